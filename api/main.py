@@ -1,0 +1,96 @@
+"""Assembles the FastAPI app and runs it (`asyncinfer-api`): settings, lifespan, routers, handlers."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from types import FrameType
+
+import uvicorn
+from fastapi import FastAPI
+
+from api.errors import install_error_handlers
+from api.routes import jobs, service
+from api.state import AppState, CompletionWaiters
+from jobqueue.connection import async_client
+from jobqueue.model_signature import read_signature
+from jobqueue.protocol import JobQueue
+from jobqueue.settings import Settings, get_settings
+
+log = logging.getLogger("asyncinfer.api")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The API reads the model signature itself so it validates while zero workers run.
+        signature = read_signature(settings.model_path, settings.labels_path)
+        client = async_client(settings)
+        queue = JobQueue(client, settings)
+        waiters = CompletionWaiters(queue)
+        app.state.asyncinfer = AppState(settings, signature, queue, waiters)
+        waiters.start()
+        log.info("serving model %s v%s on queue %s", signature.name, signature.version, settings.queue_name)
+        try:
+            yield
+        finally:
+            await waiters.stop()
+            await client.aclose()
+
+    app = FastAPI(
+        title="asyncinfer",
+        summary="Asynchronous ML inference: submit, get 202 and a job id, poll or long-poll for the result.",
+        version=service.VERSION,
+        lifespan=lifespan,
+    )
+    app.include_router(jobs.router)
+    app.include_router(service.router)
+    install_error_handlers(app)
+    return app
+
+
+class DrainingServer(uvicorn.Server):
+    """On SIGTERM, fail readiness first and keep serving SHUTDOWN_DELAY_SECONDS, so the load balancer
+    stops sending traffic before the listener closes; then uvicorn finishes in-flight requests."""
+
+    def __init__(self, config: uvicorn.Config, shutdown_delay_s: float) -> None:
+        super().__init__(config)
+        self.shutdown_delay_s = shutdown_delay_s
+        self._delayed = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        app_state: AppState | None = getattr(self.config.app.state, "asyncinfer", None)
+        if app_state is not None:
+            app_state.draining = True  # long polls notice within LONG_POLL_RECHECK_S and answer
+        if self._delayed or self.shutdown_delay_s <= 0:
+            super().handle_exit(sig, frame)
+            return
+        self._delayed = True
+        log.info("draining: readiness is 503; stopping in %.1fs", self.shutdown_delay_s)
+        threading.Timer(self.shutdown_delay_s, super().handle_exit, (sig, frame)).start()
+
+
+def run() -> None:
+    settings = get_settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        access_log=False,  # one line per job at thousands of jobs/s would cost more than the job
+        timeout_graceful_shutdown=35,  # longer than the longest long poll
+        proxy_headers=True,
+    )
+    DrainingServer(config, settings.shutdown_delay_seconds).run()
+
+
+if __name__ == "__main__":
+    run()

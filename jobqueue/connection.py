@@ -1,0 +1,34 @@
+"""Redis clients built the same way for the API (asyncio) and the worker (sync)."""
+
+from typing import Any
+
+import redis
+import redis.asyncio
+
+from jobqueue.settings import Settings
+
+# Long enough for a blocking BLMOVE (1 s) plus a slow round trip; short enough to notice a dead server.
+SOCKET_TIMEOUT_S = 5.0
+CONNECT_TIMEOUT_S = 2.0
+# Connection errors this protocol treats as "Redis is unavailable right now".
+UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, OSError)
+
+
+def _options(settings: Settings) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "decode_responses": True,
+        "socket_timeout": SOCKET_TIMEOUT_S,
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "health_check_interval": 30,
+    }
+    if settings.redis_password:
+        options["password"] = settings.redis_password
+    return options
+
+
+def sync_client(settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(settings.redis_url, **_options(settings))
+
+
+def async_client(settings: Settings, max_connections: int = 256) -> redis.asyncio.Redis:
+    return redis.asyncio.Redis.from_url(settings.redis_url, max_connections=max_connections, **_options(settings))

@@ -1,0 +1,218 @@
+"""What a model accepts and returns, read from the ONNX file itself, and the check of a job's input.
+
+The API validates requests with it while no worker runs (workers scale to zero); the worker applies the
+same check to every payload it claims, so one bad job fails alone instead of breaking its batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto
+from onnx.helper import tensor_dtype_to_np_dtype
+
+# Where a model may keep its class names: skl2onnx-style metadata, or one of these keys.
+LABEL_METADATA_KEYS = ("labels", "classes", "class_names")
+
+
+class InputError(ValueError):
+    """A request's input does not fit the model; `loc` names the offending field."""
+
+    def __init__(self, loc: tuple[str | int, ...], msg: str) -> None:
+        super().__init__(msg)
+        self.loc = loc
+        self.msg = msg
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    elem_type: str  # ONNX name: "float", "int64", "string", ...
+    shape: tuple[int | str | None, ...]  # ints are fixed; str/None are dynamic (first = batch)
+    dtype: np.dtype | None = None  # None for non-tensor values (sequences, maps)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.elem_type, "shape": list(self.shape)}
+
+    @property
+    def fixed_batch(self) -> int | None:
+        first = self.shape[0] if self.shape else None
+        return first if isinstance(first, int) and first > 0 else None
+
+
+@dataclass(frozen=True)
+class ModelSignature:
+    name: str
+    version: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    labels: tuple[str, ...] | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "inputs": [spec.as_dict() for spec in self.inputs],
+            "outputs": [spec.as_dict() for spec in self.outputs],
+            "labels": list(self.labels) if self.labels is not None else None,
+        }
+
+    def example_data(self) -> Any:
+        """A valid `data` value (all-ones rows, or iris-like values for a 4-feature float model)."""
+        examples = {spec.name: [_example_row(spec)] for spec in self.inputs}
+        return next(iter(examples.values())) if len(examples) == 1 else examples
+
+
+def _example_row(spec: TensorSpec) -> Any:
+    dims = [d if isinstance(d, int) and d > 0 else 1 for d in spec.shape[1:]]
+    if dims == [4] and spec.elem_type in ("float", "double"):
+        return [5.1, 3.5, 1.4, 0.2]
+    fill: Any = "" if spec.elem_type == "string" else (True if spec.elem_type == "bool" else 1)
+    value: Any = fill
+    for dim in reversed(dims):
+        value = [value] * dim
+    return value
+
+
+def _spec(value_info: onnx.ValueInfoProto) -> TensorSpec:
+    kind = value_info.type.WhichOneof("value")
+    if kind != "tensor_type":
+        return TensorSpec(value_info.name, kind or "unknown", ())
+    tensor = value_info.type.tensor_type
+    elem = TensorProto.DataType.Name(tensor.elem_type).lower()
+    dims: list[int | str | None] = []
+    for dim in tensor.shape.dim:
+        if dim.HasField("dim_value"):
+            dims.append(int(dim.dim_value))
+        else:
+            dims.append(dim.dim_param or None)
+    dtype = np.dtype(object) if elem == "string" else np.dtype(tensor_dtype_to_np_dtype(tensor.elem_type))
+    return TensorSpec(value_info.name, elem, tuple(dims), dtype)
+
+
+def _read_labels(labels_path: str, metadata: dict[str, str]) -> tuple[str, ...] | None:
+    if labels_path:
+        text = Path(labels_path).read_text()
+        try:
+            labels = json.loads(text)
+        except json.JSONDecodeError:
+            labels = [line.strip() for line in text.splitlines() if line.strip()]
+        return tuple(str(label) for label in labels)
+    for key in LABEL_METADATA_KEYS:
+        if key in metadata:
+            return tuple(str(label) for label in json.loads(metadata[key]))
+    return None
+
+
+def read_signature(model_path: str | os.PathLike, labels_path: str = "") -> ModelSignature:
+    """Read the model's inputs, outputs, labels and version without loading weights for inference."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    graph = model.graph
+    initializers = {init.name for init in graph.initializer}  # pre-IR4 models list weights as inputs
+    metadata = {prop.key: prop.value for prop in model.metadata_props}
+    signature = ModelSignature(
+        name=metadata.get("name") or graph.name or Path(model_path).stem,
+        version=metadata.get("version") or str(model.model_version or 1),
+        inputs=tuple(_spec(vi) for vi in graph.input if vi.name not in initializers),
+        outputs=tuple(_spec(vi) for vi in graph.output),
+        labels=_read_labels(labels_path, metadata),
+        metadata=metadata,
+    )
+    del model  # free the weights now: the API keeps only the signature
+    for spec in signature.inputs:
+        if spec.dtype is None or not spec.shape:
+            raise ValueError(f"input {spec.name!r}: only tensors with a leading batch dimension are supported")
+    return signature
+
+
+def _coerce(rows: Any, spec: TensorSpec, loc: tuple[str | int, ...]) -> np.ndarray:
+    if not isinstance(rows, list) or not rows:
+        raise InputError(loc, "must be a non-empty list of rows")
+    try:
+        raw = np.array(rows)
+    except ValueError:
+        raise InputError(loc, "rows are ragged: every row must have the same shape") from None
+    kind = raw.dtype.kind
+    if spec.elem_type == "string":
+        if kind != "U":
+            raise InputError(loc, f"input {spec.name!r} takes strings")
+        return raw.astype(object)
+    if kind == "O":
+        raise InputError(loc, "rows are ragged or mix types: every row must have the same shape")
+    if spec.elem_type == "bool":
+        if kind != "b":
+            raise InputError(loc, f"input {spec.name!r} takes booleans (true/false)")
+        return raw
+    if kind not in "iuf":
+        raise InputError(loc, f"input {spec.name!r} takes numbers, got {_json_kind(kind)}")
+    if spec.dtype.kind in "iu":
+        if kind == "f" and not np.all(np.isfinite(raw) & (raw == np.round(raw))):
+            raise InputError(loc + _first_bad(raw, np.isfinite(raw) & (raw == np.round(raw))),
+                             f"input {spec.name!r} takes integers ({spec.elem_type})")
+        info = np.iinfo(spec.dtype)
+        if raw.size and (raw.min() < info.min or raw.max() > info.max):
+            raise InputError(loc, f"value out of range for {spec.elem_type}")
+        return raw.astype(spec.dtype)
+    with np.errstate(over="ignore"):
+        arr = raw.astype(spec.dtype)
+    finite = np.isfinite(arr)
+    if not finite.all():
+        raise InputError(loc + _first_bad(arr, finite), f"values must be finite numbers (in {spec.elem_type} range)")
+    return arr
+
+
+def _json_kind(kind: str) -> str:
+    return {"U": "strings", "b": "booleans"}.get(kind, "non-numeric values")
+
+
+def _first_bad(arr: np.ndarray, ok: np.ndarray) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.argwhere(~ok)[0]) if arr.ndim else ()
+
+
+def _check_shape(arr: np.ndarray, spec: TensorSpec, loc: tuple[str | int, ...]) -> None:
+    want = spec.shape[1:]
+    got = arr.shape[1:]
+    if len(got) != len(want):
+        example = "x".join(str(d if isinstance(d, int) else "?") for d in want) or "scalar"
+        raise InputError(loc, f"each row must have shape [{example}] for input {spec.name!r}, got {list(got) or 'scalar'}")
+    for axis, (g, w) in enumerate(zip(got, want)):
+        if isinstance(w, int) and w > 0 and g != w:
+            raise InputError(loc, f"each row must have {w} values on axis {axis + 1} for input {spec.name!r}, got {g}")
+
+
+def parse_input(data: Any, signature: ModelSignature, max_rows: int) -> dict[str, np.ndarray]:
+    """Check `data` against the model and return one array per model input.
+
+    `data` is a list of rows for a single-input model, or an object mapping each input name to its rows.
+    """
+    loc: tuple[str | int, ...] = ("body", "data")
+    if isinstance(data, dict):
+        names = [spec.name for spec in signature.inputs]
+        missing, unknown = set(names) - set(data), set(data) - set(names)
+        if missing or unknown:
+            raise InputError(loc, f"expected exactly the model inputs {names}; missing {sorted(missing)}, unknown {sorted(unknown)}")
+        pairs = [(spec, data[spec.name], loc + (spec.name,)) for spec in signature.inputs]
+    elif len(signature.inputs) == 1:
+        pairs = [(signature.inputs[0], data, loc)]
+    else:
+        names = [spec.name for spec in signature.inputs]
+        raise InputError(loc, f"this model has several inputs: send an object keyed by {names}")
+
+    arrays: dict[str, np.ndarray] = {}
+    for spec, rows, field_loc in pairs:
+        if isinstance(rows, list) and len(rows) > max_rows:
+            raise InputError(field_loc, f"at most {max_rows} rows per job (MAX_ROWS_PER_JOB), got {len(rows)}")
+        arr = _coerce(rows, spec, field_loc)
+        _check_shape(arr, spec, field_loc)
+        arrays[spec.name] = arr
+    counts = {len(arr) for arr in arrays.values()}
+    if len(counts) > 1:
+        raise InputError(loc, "every input must have the same number of rows")
+    return arrays

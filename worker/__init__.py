@@ -1,0 +1,1 @@
+"""The worker: claim jobs, run the model in micro-batches, record results, drain on SIGTERM."""

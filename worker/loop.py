@@ -1,0 +1,195 @@
+"""The worker loop: claim a micro-batch, run the model once, record every result in one round trip."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import orjson
+
+from jobqueue.connection import UNAVAILABLE, sync_client
+from jobqueue.model_signature import InputError, parse_input
+from jobqueue.protocol import ClaimedJob, JobQueue
+from jobqueue.settings import Settings
+from jobqueue.states import Outcome
+from worker.model import OnnxModel
+
+log = logging.getLogger("asyncinfer.worker")
+
+BLOCK_TIMEOUT_S = 1.0  # how long one blocking wait lasts before the loop looks at its stop flag
+MAX_BACKOFF_S = 5.0  # longest pause between attempts to reach Redis again
+
+
+def new_worker_id() -> str:
+    """Host name first (the pod name in Kubernetes) so an operator can tell whose jobs these are."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    def __init__(self, settings: Settings, model: OnnxModel | None = None, worker_id: str | None = None) -> None:
+        self.settings = settings
+        self.model = model or OnnxModel(settings.model_path, settings.labels_path, settings.inference_threads)
+        self.worker_id = worker_id or new_worker_id()
+        self.client = sync_client(settings)
+        self.queue = JobQueue(self.client, settings)
+        self.stopping = threading.Event()
+        self._closed = threading.Event()  # set once the loop has left: ends the heartbeat
+        self.redis_ok = False
+        self.last_tick = time.monotonic()
+        self.processed = 0
+        self._unrecorded: list[tuple[str, Outcome, str]] = []  # outcomes Redis has not taken yet
+        self._background = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def run(self, burst: bool = False) -> None:
+        """Process jobs until `stop()`; with `burst`, also stop once the queue is empty."""
+        log.info("worker %s serving %s from %s", self.worker_id, self.model.signature.name, self.settings.queue_name)
+        self._background.start()
+        backoff = 0.1
+        while True:
+            self.last_tick = time.monotonic()
+            try:
+                if self._unrecorded:
+                    self._record()
+                if self.stopping.is_set():
+                    break
+                jobs = self._collect_batch(burst)
+                self.redis_ok = True
+                backoff = 0.1
+                if jobs:
+                    self._unrecorded = self.process(jobs)
+                    self._record()
+                elif burst:
+                    break
+            except UNAVAILABLE as exc:
+                self.redis_ok = False
+                log.warning("redis unavailable (%s); retrying in %.1fs", exc, backoff)
+                if self._unrecorded:
+                    time.sleep(backoff)  # outcomes in hand: keep trying even while stopping
+                else:
+                    self.stopping.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+        self._leave()
+
+    def stop(self) -> None:
+        """Stop claiming; the loop finishes and records what it holds, then returns."""
+        self.stopping.set()
+
+    def release_held(self) -> None:
+        """Give every held job back to the queue unrun (drain timeout, second signal)."""
+        held = self.queue.held(self.worker_id)
+        if held:
+            counts = self.queue.finish(self.worker_id, [(job_id, Outcome.RELEASE, "") for job_id in held])
+            log.warning("released %d held job(s) back to the queue", counts.requeued)
+
+    def _leave(self) -> None:
+        try:
+            if not self.queue.held(self.worker_id):
+                self.queue.deregister(self.worker_id)
+        except UNAVAILABLE:
+            pass  # our heartbeat runs out and recovery takes over whatever is left
+        self._closed.set()
+        log.info("worker %s stopped after %d jobs", self.worker_id, self.processed)
+
+    # -- claiming ------------------------------------------------------------------------------
+
+    def _collect_batch(self, burst: bool) -> list[ClaimedJob]:
+        size = self.settings.max_batch_size
+        jobs = self.queue.claim(self.worker_id, size)
+        if not jobs:
+            if burst:
+                return []
+            moved = self.queue.wait_for_job(self.worker_id, BLOCK_TIMEOUT_S)
+            if moved is None:
+                return []
+            jobs = self.queue.claim(self.worker_id, size - 1, moved=[moved])
+        # Holding at least one job: wait a little for more so the model runs on a fuller batch.
+        deadline = time.monotonic() + self.settings.max_batch_wait_ms / 1000
+        while len(jobs) < size and not self.stopping.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            time.sleep(min(remaining, 0.001))
+            jobs += self.queue.claim(self.worker_id, size - len(jobs))
+        return jobs
+
+    def _record(self) -> None:
+        counts = self.queue.finish(self.worker_id, self._unrecorded)
+        self.processed += counts.completed + counts.failed
+        self._unrecorded = []
+
+    # -- inference -----------------------------------------------------------------------------
+
+    def process(self, jobs: list[ClaimedJob]) -> list[tuple[str, Outcome, str]]:
+        """Run the model on a batch; returns an outcome per job. One bad job never fails the others."""
+        outcomes: list[tuple[str, Outcome, str]] = []
+        groups: dict[tuple, list[tuple[ClaimedJob, dict[str, np.ndarray]]]] = defaultdict(list)
+        signature = self.model.signature
+        for job in jobs:
+            try:
+                data = orjson.loads(job.payload)["data"]
+                arrays = parse_input(data, signature, self.settings.max_rows_per_job)
+            except (InputError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
+                outcomes.append((job.job_id, Outcome.FAILED, f"invalid input: {exc}"))
+                continue
+            # Jobs batch together only when their non-batch dimensions agree (dynamic-shape models).
+            groups[tuple((name, arr.shape[1:]) for name, arr in arrays.items())].append((job, arrays))
+        for members in groups.values():
+            outcomes += self._run_group(members)
+        return outcomes
+
+    def _run_group(self, members: list[tuple[ClaimedJob, dict[str, np.ndarray]]]) -> list[tuple[str, Outcome, str]]:
+        names = list(members[0][1])
+        feeds = {name: np.concatenate([arrays[name] for _, arrays in members]) if len(members) > 1 else members[0][1][name] for name in names}
+        try:
+            outputs = self.model.run(feeds)
+        except Exception as exc:  # noqa: BLE001 - the model may raise anything; isolate the culprit
+            if len(members) == 1:
+                log.warning("model failed on job %s: %s", members[0][0].job_id, exc)
+                return [(members[0][0].job_id, Outcome.RETRY, f"model error: {exc}")]
+            return [outcome for member in members for outcome in self._run_group([member])]
+        outcomes = []
+        start = 0
+        for job, arrays in members:
+            stop = start + len(arrays[names[0]])
+            result = self.model.results(outputs, start, stop)
+            outcomes.append((job.job_id, Outcome.COMPLETED, orjson.dumps(result).decode()))
+            start = stop
+        return outcomes
+
+    # -- background: heartbeat and recovery ----------------------------------------------------
+
+    def _heartbeat_loop(self) -> None:
+        next_recovery = 0.0
+        interval = self.settings.heartbeat_interval_seconds
+        while not self._closed.is_set():
+            try:
+                self.queue.heartbeat(self.worker_id)
+                if time.monotonic() >= next_recovery:
+                    next_recovery = time.monotonic() + self.settings.recovery_interval_seconds
+                    counts = self.queue.recover(self.worker_id)
+                    if counts and (counts.requeued or counts.failed or counts.timed_out):
+                        log.warning("recovery: %s", counts)
+            except UNAVAILABLE as exc:
+                log.debug("heartbeat failed: %s", exc)
+            except Exception:  # noqa: BLE001 - a heartbeat bug must not silently stop heartbeats
+                log.exception("heartbeat failed")
+            self._closed.wait(interval)
+
+    def health(self) -> dict[str, Any]:
+        """Liveness: the loop turned recently; readiness: Redis answered the last call."""
+        stale_after = self.settings.job_timeout_seconds + 30
+        return {
+            "alive": time.monotonic() - self.last_tick < stale_after,
+            "ready": self.redis_ok and not self.stopping.is_set(),
+            "worker_id": self.worker_id,
+            "processed": self.processed,
+        }
