@@ -68,11 +68,17 @@ class DrainingServer(uvicorn.Server):
         if app_state is not None:
             app_state.draining = True  # long polls notice within LONG_POLL_RECHECK_S and answer
         if self._delayed or self.shutdown_delay_s <= 0:
-            super().handle_exit(sig, frame)
+            self._stop()
             return
         self._delayed = True
         log.info("draining: readiness is 503; stopping in %.1fs", self.shutdown_delay_s)
-        threading.Timer(self.shutdown_delay_s, super().handle_exit, (sig, frame)).start()
+        threading.Timer(self.shutdown_delay_s, self._stop).start()
+
+    def _stop(self) -> None:
+        # Unlike uvicorn's own handler, a graceful stop exits 0 rather than re-raising the signal.
+        if self.should_exit:
+            self.force_exit = True  # a second signal: stop waiting for in-flight requests
+        self.should_exit = True
 
 
 def run() -> None:

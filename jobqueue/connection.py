@@ -4,6 +4,7 @@ from typing import Any
 
 import redis
 import redis.asyncio
+from redis.backoff import ExponentialBackoff
 
 from jobqueue.settings import Settings
 
@@ -20,6 +21,10 @@ def _options(settings: Settings) -> dict[str, Any]:
         "socket_timeout": SOCKET_TIMEOUT_S,
         "socket_connect_timeout": CONNECT_TIMEOUT_S,
         "health_check_interval": 30,
+        # After a Redis restart every pooled connection is stale: retry once or twice on a fresh one
+        # instead of failing a request. A retried script whose reply was lost is harmless: ids are
+        # fixed by the caller and every script checks the job's state before changing it.
+        "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
     }
     if settings.redis_password:
         options["password"] = settings.redis_password
@@ -27,8 +32,10 @@ def _options(settings: Settings) -> dict[str, Any]:
 
 
 def sync_client(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(settings.redis_url, **_options(settings))
+    retry = redis.retry.Retry(ExponentialBackoff(cap=0.5, base=0.05), 2)
+    return redis.Redis.from_url(settings.redis_url, retry=retry, **_options(settings))
 
 
 def async_client(settings: Settings, max_connections: int = 256) -> redis.asyncio.Redis:
-    return redis.asyncio.Redis.from_url(settings.redis_url, max_connections=max_connections, **_options(settings))
+    retry = redis.asyncio.retry.Retry(ExponentialBackoff(cap=0.5, base=0.05), 2)
+    return redis.asyncio.Redis.from_url(settings.redis_url, max_connections=max_connections, retry=retry, **_options(settings))

@@ -54,11 +54,15 @@ def _die_with_parent() -> None:
 def spawn(argv: list[str], env: dict[str, str], log_path: Path | None = None) -> subprocess.Popen:
     """Start a child in its own session, so a terminal Ctrl-C reaches only the launcher, which then
     stops the children in order (workers drain before Redis goes away)."""
-    out = open(log_path, "ab") if log_path else None  # noqa: SIM115 - the child owns it
-    return subprocess.Popen(
-        argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT if out else None,
-        start_new_session=True, preexec_fn=_die_with_parent,
-    )
+    out = open(log_path, "ab") if log_path else None  # noqa: SIM115 - closed below, the child keeps its copy
+    try:
+        return subprocess.Popen(
+            argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT if out else None,
+            start_new_session=True, preexec_fn=_die_with_parent,
+        )
+    finally:
+        if out:
+            out.close()
 
 
 def stop(proc: subprocess.Popen, timeout_s: float = 30.0, sig: int = signal.SIGTERM) -> int:

@@ -1,0 +1,34 @@
+"""The e2e suite talks only HTTP to E2E_BASE_URL; without it, it starts a local stack (Redis, API, 2 workers)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.conftest import service_env
+
+
+@pytest.fixture(scope="session")
+def base_url(redis_server, tmp_path_factory) -> Iterator[str]:
+    url = os.environ.get("E2E_BASE_URL")
+    if url:
+        yield url.rstrip("/")
+        return
+    from tests.conftest import Processes
+
+    procs = Processes(tmp_path_factory.mktemp("e2e-stack"))
+    env = service_env(redis_server.url, QUEUE_NAME="e2e:queue")
+    procs.worker(env)
+    procs.worker(env)
+    _, url = procs.api(env)
+    yield url
+    procs.stop_all()
+
+
+@pytest.fixture
+def http(base_url) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=base_url, timeout=40) as client:
+        yield client

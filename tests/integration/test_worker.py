@@ -1,0 +1,137 @@
+"""The worker loop in-process against real Redis: batching, FIFO, isolation of bad jobs, concurrency."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import numpy as np
+import orjson
+import pytest
+
+from jobqueue.protocol import JobQueue
+from jobqueue.states import JobStatus
+from worker.loop import Worker
+from worker.model import OnnxModel
+
+IRIS = {  # known samples of each class from the iris data set
+    "setosa": [5.1, 3.5, 1.4, 0.2],
+    "versicolor": [5.9, 3.0, 4.2, 1.5],
+    "virginica": [6.7, 3.0, 5.2, 2.3],
+}
+
+
+@pytest.fixture(scope="module")
+def model() -> OnnxModel:
+    from tests.conftest import MODEL_PATH
+
+    return OnnxModel(MODEL_PATH)
+
+
+def submit(queue: JobQueue, data) -> str:
+    return queue.enqueue(str(uuid.uuid4()), orjson.dumps({"data": data}).decode())[0]
+
+
+def test_round_trip_gives_correct_iris_classes(settings, redis_client, model):
+    queue = JobQueue(redis_client, settings)
+    ids = {name: submit(queue, [row]) for name, row in IRIS.items()}
+    Worker(settings, model).run(burst=True)
+    for name, job_id in ids.items():
+        record = queue.get(job_id)
+        assert record.status is JobStatus.COMPLETED, record
+        result = orjson.loads(record.result)
+        assert result["class_name"] == name
+        assert result["prediction"] == list(IRIS).index(name)
+        assert abs(sum(result["probabilities"]) - 1) < 1e-4 and len(result["probabilities"]) == 3
+        assert record.attempts == 1
+
+
+def test_multi_row_job_returns_one_result_per_row(settings, redis_client, model):
+    queue = JobQueue(redis_client, settings)
+    job_id = submit(queue, list(IRIS.values()))
+    Worker(settings, model).run(burst=True)
+    results = orjson.loads(queue.get(job_id).result)
+    assert [r["class_name"] for r in results] == list(IRIS)
+
+
+def test_batch_runs_model_once_and_isolates_bad_job(settings, redis_client, model):
+    queue = JobQueue(redis_client, settings)
+    good = [submit(queue, [IRIS["setosa"]]) for _ in range(5)]
+    bad = submit(queue, [[1.0, 2.0]])  # wrong feature count, slipped past the API (e.g. model swapped)
+    good += [submit(queue, [IRIS["virginica"]]) for _ in range(5)]
+    calls = []
+    original = model.run
+    model.run = lambda feeds: calls.append(len(next(iter(feeds.values())))) or original(feeds)
+    try:
+        Worker(settings, model).run(burst=True)
+    finally:
+        model.run = original
+    assert calls == [10]  # one model call for the ten valid jobs
+    assert all(queue.get(i).status is JobStatus.COMPLETED for i in good)
+    record = queue.get(bad)
+    assert record.status is JobStatus.FAILED and "4 values" in record.error
+
+
+def test_model_error_fails_only_the_poison_job(settings, redis_client, model):
+    queue = JobQueue(redis_client, settings)
+    poison_row = [6.6, 6.6, 6.6, 6.6]
+    ids = [submit(queue, [IRIS["setosa"]]) for _ in range(3)]
+    poison = submit(queue, [poison_row])
+    original = model.run
+
+    def flaky(feeds):
+        if any(np.allclose(row, poison_row) for row in next(iter(feeds.values()))):
+            raise RuntimeError("model exploded on this input")
+        return original(feeds)
+
+    model.run = flaky
+    try:
+        Worker(settings, model).run(burst=True)
+    finally:
+        model.run = original
+    assert all(queue.get(i).status is JobStatus.COMPLETED for i in ids)
+    record = queue.get(poison)
+    assert record.status is JobStatus.FAILED and record.attempts == settings.max_attempts
+    assert "model exploded" in record.error
+    assert redis_client.lrange(queue.keys.dead, 0, -1) == [poison]
+
+
+def test_fifo_with_one_worker(settings, redis_client, model):
+    queue = JobQueue(redis_client, settings.model_copy(update={"max_batch_size": 1}))
+    ids = [submit(queue, [IRIS["setosa"]]) for _ in range(20)]
+    Worker(queue.settings, model).run(burst=True)
+    started = [queue.get(i).started_at for i in ids]
+    assert started == sorted(started)
+
+
+def test_two_concurrent_workers_process_each_job_once(settings, redis_client, model):
+    queue = JobQueue(redis_client, settings.model_copy(update={"max_batch_size": 16}))
+    ids = [submit(queue, [IRIS["versicolor"]]) for _ in range(2000)]
+    workers = [Worker(queue.settings, model) for _ in range(2)]
+    threads = [threading.Thread(target=w.run, kwargs={"burst": True}) for w in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    records = [queue.get(i) for i in ids]
+    assert all(r.status is JobStatus.COMPLETED and r.attempts == 1 for r in records)
+    assert sum(w.processed for w in workers) == len(ids)  # nobody ran a job twice
+    assert all(w.processed > 0 for w in workers)
+    assert redis_client.zcard(queue.keys.inflight) == 0
+
+
+def test_stop_finishes_held_batch_then_exits(settings, redis_client, model):
+    queue = JobQueue(redis_client, settings)
+    worker = Worker(settings, model)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    job_id = submit(queue, [IRIS["setosa"]])
+    for _ in range(200):
+        if queue.get(job_id).status is JobStatus.COMPLETED:
+            break
+        threading.Event().wait(0.02)
+    worker.stop()
+    thread.join(5)
+    assert not thread.is_alive()
+    assert queue.get(job_id).status is JobStatus.COMPLETED
+    assert redis_client.zscore(queue.keys.workers, worker.worker_id) is None  # deregistered
