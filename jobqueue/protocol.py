@@ -54,6 +54,7 @@ class FinishCounts:
     failed: int
     requeued: int
     ignored: int
+    still_held: int
 
 
 @dataclass(frozen=True)

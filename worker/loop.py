@@ -45,6 +45,7 @@ class Worker:
         self.last_tick = time.monotonic()
         self.processed = 0
         self._unrecorded: list[tuple[str, Outcome, str]] = []  # outcomes Redis has not taken yet
+        self._adopt = False  # Redis lists ids under us that this process does not know it holds
         self._background = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -77,6 +78,7 @@ class Worker:
                 else:
                     self.stopping.wait(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
+                self._adopt = True  # a reply may have been lost: look at what Redis says we hold
         self._leave()
 
     def stop(self) -> None:
@@ -103,7 +105,9 @@ class Worker:
 
     def _collect_batch(self, burst: bool) -> list[ClaimedJob]:
         size = self.settings.max_batch_size
-        jobs = self.queue.claim(self.worker_id, size)
+        orphans = self.queue.held(self.worker_id) if self._adopt else []
+        jobs = self.queue.claim(self.worker_id, max(size - len(orphans), 0), moved=orphans)
+        self._adopt = False
         if not jobs:
             if burst:
                 return []
@@ -125,6 +129,7 @@ class Worker:
         counts = self.queue.finish(self.worker_id, self._unrecorded)
         self.processed += counts.completed + counts.failed
         self._unrecorded = []
+        self._adopt = counts.still_held > 0
 
     # -- inference -----------------------------------------------------------------------------
 

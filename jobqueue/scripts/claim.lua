@@ -18,7 +18,8 @@ ARGV[4] request ttl, ms (0 = never expires)
 ARGV[5] job timeout, ms
 ARGV[6] worker ttl, ms (claiming also counts as a heartbeat)
 ARGV[7] events channel
-ARGV[8..] ids already in the processing list (oldest first)
+ARGV[8..] ids already in the processing list (oldest first): moved by BLMOVE, or claimed earlier
+          by this worker whose reply was lost (those are adopted as they are)
 Returns a flat array: id, attempts, input, id, attempts, input, ...
 ]]
 local t = redis.call('TIME')
@@ -41,7 +42,7 @@ end
 local out, ended = {}, {}
 for _, id in ipairs(ids) do
   local job = prefix .. 'job:' .. id
-  local f = redis.call('HMGET', job, 'status', 'queued_at', 'attempts', 'input')
+  local f = redis.call('HMGET', job, 'status', 'queued_at', 'attempts', 'input', 'worker')
   local start = false
   if f[1] == 'pending' then
     if request_ttl > 0 and now - tonumber(f[2]) > request_ttl then
@@ -53,7 +54,12 @@ for _, id in ipairs(ids) do
       start = true
     end
   end
-  if start then
+  if f[1] == 'processing' and f[5] == wid then
+    -- Already ours: a reply lost to a dropped connection. Adopt it again, unchanged.
+    out[#out + 1] = id
+    out[#out + 1] = tonumber(f[3])
+    out[#out + 1] = f[4]
+  elseif start then
     local attempts = tonumber(f[3]) + 1
     redis.call('HSET', job, 'status', 'processing', 'started_at', now, 'worker', wid, 'attempts', attempts)
     redis.call('ZADD', KEYS[3], now + timeout, id)

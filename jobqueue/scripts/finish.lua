@@ -20,7 +20,8 @@ ARGV[6..] triples: id, outcome, payload
   outcome "retry":     payload is the error; re-queued at the front until max attempts, then failed
   outcome "release":   not run (drain timed out); re-queued at the front, the attempt not counted;
                       only ids still in this worker's list, so nothing is queued twice
-Returns {completed, failed, requeued, ignored}.
+Returns {completed, failed, requeued, ignored, still held}; still held > 0 means ids this worker does
+not know it holds (a reply lost to a dropped connection): it adopts them with `claim`.
 ]]
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
@@ -81,4 +82,4 @@ end
 if completed > 0 then redis.call('HINCRBY', KEYS[5], 'completed', completed) end
 if failed > 0 then redis.call('HINCRBY', KEYS[5], 'failed', failed) end
 if #ended > 0 then redis.call('PUBLISH', ARGV[5], table.concat(ended, ' ')) end
-return {completed, failed, requeued, ignored}
+return {completed, failed, requeued, ignored, redis.call('LLEN', KEYS[1])}

@@ -193,3 +193,18 @@ def test_job_ttl_removes_records(redis_client, settings):
         queue.get(a)
     assert queue.claim("w", 5) == []  # the orphan id is dropped, not run
     assert queue.held("w") == []
+
+
+def test_claim_adopts_ids_whose_reply_was_lost(queue):
+    """A claim or BLMOVE executed but its reply lost: the worker adopts what Redis says it holds."""
+    ids = enqueue_n(queue, 3)
+    queue.claim("w", 2)  # pretend this reply never arrived
+    moved = queue.wait_for_job("w", 0.1)  # and this one too
+    assert moved == ids[2]
+    counts = queue.finish("w", [])
+    assert counts.still_held == 3
+    adopted = queue.claim("w", 0, moved=queue.held("w"))
+    assert [job.job_id for job in adopted] == ids and [job.attempts for job in adopted] == [1, 1, 1]
+    assert queue.held("w") == ids  # nothing dropped
+    # another worker cannot adopt what is not its own
+    assert queue.claim("other", 0, moved=[ids[0]]) == []

@@ -1,0 +1,178 @@
+"""Fault suite: real worker, API and redis-server processes killed mid-work; nothing may be lost."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+import uuid
+
+import httpx
+import orjson
+import pytest
+import redis
+from stack import RedisServer, stop
+
+from jobqueue.keys import QueueKeys
+from jobqueue.protocol import JobQueue
+from jobqueue.settings import Settings
+from jobqueue.states import JobStatus
+from tests.conftest import MODEL_PATH, service_env
+
+pytestmark = pytest.mark.slow
+PAYLOAD = orjson.dumps({"data": [[5.9, 3.0, 4.2, 1.5]]}).decode()
+KEYS = QueueKeys("asyncinfer:queue")
+
+
+def fill(queue: JobQueue, n: int) -> list[str]:
+    pipe_ids = [str(uuid.uuid4()) for _ in range(n)]
+    for job_id in pipe_ids:
+        queue.enqueue(job_id, PAYLOAD)
+    return pipe_ids
+
+
+def wait_until(predicate, timeout_s: float, what: str) -> float:
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started > timeout_s:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def all_completed(queue: JobQueue, ids: list[str]) -> bool:
+    pipe = queue.client.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.hget(queue.keys.job(job_id), "status")
+    return all(status == "completed" for status in pipe.execute())
+
+
+def test_sigkill_worker_holding_a_batch_loses_nothing(processes, redis_server, redis_client):
+    env = service_env(redis_server.url, MAX_BATCH_SIZE=64)
+    queue = JobQueue(redis_client, Settings(redis_url=redis_server.url, model_path=MODEL_PATH))
+    ids = fill(queue, 3000)
+    victim = processes.worker(env)
+    processing = [None]
+
+    def holds_batch() -> bool:
+        keys = redis_client.keys(KEYS.processing("*"))
+        processing[0] = keys[0] if keys else None
+        return bool(keys) and redis_client.llen(keys[0]) > 0
+
+    wait_until(holds_batch, 30, "the worker to hold a batch")
+    victim.send_signal(signal.SIGSTOP)  # freeze it mid-batch, then kill: the crash case
+    held = redis_client.lrange(processing[0], 0, -1)
+    victim.kill()
+    victim.wait()
+    killed_at = time.monotonic()
+    assert held, "the victim held no jobs when killed"
+    processes.worker(env)
+    recovered_in = wait_until(lambda: all_completed(queue, held), 30, "the held jobs to complete elsewhere")
+    wait_until(lambda: all_completed(queue, ids), 60, "every job to complete")
+    assert {queue.get(job_id).attempts for job_id in held} == {2}  # the retry shows
+    # bound: heartbeat TTL (2 s) + recovery interval (0.5 s) + batch time, measured from the kill
+    assert time.monotonic() - killed_at < 30 and recovered_in < 10
+    assert redis_client.zcard(KEYS.inflight) == 0
+    print(f"recovered {len(held)} held jobs {recovered_in:.2f}s after SIGKILL")
+
+
+def test_sigterm_under_load_drains_and_exits_zero(processes, redis_server, redis_client):
+    env = service_env(redis_server.url, DRAIN_TIMEOUT_SECONDS=10)
+    queue = JobQueue(redis_client, Settings(redis_url=redis_server.url, model_path=MODEL_PATH))
+    first = processes.worker(env)
+    processes.worker(env)
+    submitted: list[str] = []
+    done = threading.Event()
+
+    def load() -> None:
+        client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+        producer = JobQueue(client, queue.settings)
+        while not done.is_set():
+            submitted.extend(fill(producer, 20))
+            time.sleep(0.005)
+        client.close()
+
+    producer = threading.Thread(target=load)
+    producer.start()
+    time.sleep(1.5)
+    first.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    code = first.wait(15)
+    drained_in = time.monotonic() - started
+    time.sleep(0.5)
+    done.set()
+    producer.join()
+    assert code == 0 and drained_in < 10
+    wait_until(lambda: all_completed(queue, submitted), 60, "every submitted job to complete")
+    assert {queue.get(job_id).attempts for job_id in submitted} == {1}  # no job was cut off and re-run
+    assert redis_client.zcard(KEYS.inflight) == 0 and redis_client.llen(KEYS.pending) == 0
+    assert redis_client.keys(KEYS.processing("*")) == [] or all(
+        redis_client.llen(key) == 0 for key in redis_client.keys(KEYS.processing("*"))
+    )
+    print(f"{len(submitted)} jobs, SIGTERM drain took {drained_in:.2f}s")
+
+
+def test_second_sigterm_exits_at_once_and_releases_held_jobs(processes, redis_server, redis_client):
+    """A worker stuck in a model call: the second signal hands its jobs back without waiting."""
+    env = service_env(redis_server.url, DRAIN_TIMEOUT_SECONDS=60, MAX_BATCH_SIZE=8)
+    queue = JobQueue(redis_client, Settings(redis_url=redis_server.url, model_path=MODEL_PATH))
+    ids = fill(queue, 200)
+    worker = processes.worker(env)
+    wait_until(lambda: redis_client.zcard(KEYS.inflight) > 0 or all_completed(queue, ids), 30, "work to start")
+    worker.send_signal(signal.SIGTERM)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(10) in (0, 1)
+    processes.worker(env)
+    wait_until(lambda: all_completed(queue, ids), 60, "every job to complete")
+
+
+def test_sigkill_redis_with_aof_always_keeps_every_accepted_job(processes, tmp_path):
+    server = RedisServer(tmp_path / "redis", appendfsync="always").start()
+    env = service_env(server.url)
+    accepted: list[str] = []
+    try:
+        _, url = processes.api(env)
+        processes.worker(env)
+        with httpx.Client(base_url=url, timeout=10) as http:
+
+            def submit_some(n: int) -> None:
+                for _ in range(n):
+                    response = http.post("/predict", json={"data": [[6.7, 3.0, 5.2, 2.3]]})
+                    if response.status_code == 202:
+                        accepted.append(response.json()["job_id"])
+                    else:
+                        assert response.status_code == 503, response.text
+
+            submit_some(200)
+            server.kill()  # kill -9 under load
+            submit_some(20)  # refused with 503 while Redis is down, never a 500
+            server.start()
+            submit_some(200)
+            deadline = time.monotonic() + 60
+            pending = list(accepted)
+            while pending:
+                assert time.monotonic() < deadline, f"{len(pending)} accepted jobs never completed"
+                pending = [i for i in pending if http.get(f"/job/{i}", params={"wait": 5}).json()["status"] != "completed"]
+        assert len(accepted) >= 400
+    finally:
+        server.stop()
+
+
+def test_http_api_never_answers_500_under_fuzzing(processes, redis_server):
+    """Property test of the API against its own OpenAPI schema (schemathesis)."""
+    env = service_env(redis_server.url)
+    processes.worker(env)
+    _, url = processes.api(env)
+    schemathesis = os.path.join(os.path.dirname(os.environ.get("VIRTUAL_ENV", "") or subprocess.sys.executable), "st")
+    result = subprocess.run(
+        [
+            schemathesis, "run", f"{url}/openapi.json", "--checks", "not_a_server_error",
+            "--max-examples", "60", "--seed", "1", "--generation-deterministic",
+        ],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "NO_COLOR": "1"},
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "passed" in result.stdout.lower()
+    print(result.stdout[-1500:])
