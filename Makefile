@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: help
 help: ## list the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ test-unit: $(MODEL) ## pure unit tests (no Redis)
 .PHONY: test-integration
 test-integration: $(MODEL) ## real redis-server, real API and worker processes, fault suite, e2e on a local stack
 	$(PYTEST) tests/integration tests/e2e
+
+.PHONY: test-chart
+test-chart: tools $(MODEL) ## helm lint --strict, helm template over ci/ scenarios, schema validation, live probe check
+	$(PYTEST) tests/chart
 
 .PHONY: e2e
 e2e: $(MODEL) ## the HTTP-only e2e suite against E2E_BASE_URL (default: a local stack it starts)

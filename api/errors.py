@@ -20,11 +20,12 @@ RETRY_AFTER_S = 1
 class HTTPProblem(Exception):
     """A refusal with a status, a `detail` body and optional headers."""
 
-    def __init__(self, status: int, detail: Any, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, status: int, detail: Any, headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
         self.headers = headers or {}
+        self.extra = extra
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -36,30 +37,36 @@ def invalid(loc: tuple | list, msg: str, kind: str = "value_error") -> HTTPProbl
     return HTTPProblem(422, [{"loc": list(loc), "msg": msg, "type": kind}])
 
 
+def as_problem(exc: Exception) -> HTTPProblem | None:
+    """The HTTP answer for a known failure; None for a bug (a 500)."""
+    if isinstance(exc, HTTPProblem):
+        return exc
+    if isinstance(exc, JobNotFound):
+        return HTTPProblem(404, f"job {exc.args[0]} not found (unknown id, or its record expired)")
+    if isinstance(exc, WrongState):
+        return HTTPProblem(409, str(exc), status_=exc.status)
+    if isinstance(exc, QueueFull):
+        return HTTPProblem(429, f"{exc}; try again later", {"Retry-After": str(RETRY_AFTER_S)})
+    if isinstance(exc, UNAVAILABLE):
+        log.warning("redis unavailable: %s", exc)
+        return HTTPProblem(
+            503, "job store (Redis) is unavailable; nothing was changed, try again", {"Retry-After": str(RETRY_AFTER_S)}
+        )
+    return None
+
+
+def problem_response(problem: HTTPProblem) -> Response:
+    body = {"detail": problem.detail}
+    body.update({key.rstrip("_"): value for key, value in problem.extra.items()})
+    return json_response(body, problem.status, problem.headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(HTTPProblem)
-    async def _problem(_: Request, exc: HTTPProblem) -> Response:
-        return json_response({"detail": exc.detail}, exc.status, exc.headers)
+    async def handle(_: Request, exc: Exception) -> Response:
+        problem = as_problem(exc)
+        if problem is None:
+            raise exc
+        return problem_response(problem)
 
-    @app.exception_handler(JobNotFound)
-    async def _not_found(_: Request, exc: JobNotFound) -> Response:
-        return json_response({"detail": f"job {exc.args[0]} not found (unknown id, or its record expired)"}, 404)
-
-    @app.exception_handler(WrongState)
-    async def _conflict(_: Request, exc: WrongState) -> Response:
-        return json_response({"detail": str(exc), "status": exc.status}, 409)
-
-    @app.exception_handler(QueueFull)
-    async def _full(_: Request, exc: QueueFull) -> Response:
-        return json_response({"detail": f"{exc}; try again later"}, 429, {"Retry-After": str(RETRY_AFTER_S)})
-
-    for error in UNAVAILABLE:
-
-        @app.exception_handler(error)
-        async def _redis_down(_: Request, exc: Exception) -> Response:
-            log.warning("redis unavailable: %s", exc)
-            return json_response(
-                {"detail": "job store (Redis) is unavailable; nothing was changed, try again"},
-                503,
-                {"Retry-After": str(RETRY_AFTER_S)},
-            )
+    for error in (HTTPProblem, JobNotFound, WrongState, QueueFull, *UNAVAILABLE):
+        app.add_exception_handler(error, handle)

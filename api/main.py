@@ -13,6 +13,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
+from api.hotpath import HotPathMiddleware
 from api.routes import jobs, service
 from api.state import AppState, CompletionWaiters
 from jobqueue.connection import async_client
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(service.router)
     install_error_handlers(app)
+    app.add_middleware(HotPathMiddleware)
     return app
 
 

@@ -92,5 +92,6 @@ class AppState:
     example: object = field(default=None)
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
+    # async on purpose: FastAPI runs a sync dependency in a thread pool, a hop on every request
     return request.app.state.asyncinfer

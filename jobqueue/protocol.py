@@ -120,6 +120,19 @@ class JobQueue:
         )
         return _then(reply, parse)
 
+    def enqueue_many(self, items: Sequence[tuple[str, str]]):
+        """Enqueue (job id, payload) pairs in one pipelined round trip; each is still atomic on its own.
+        Returns the ids that were created (a full queue refuses the rest)."""
+        k, s = self.keys, self.settings
+        pipe = self.client.pipeline(transaction=False)
+        for job_id, payload in items:
+            self._scripts["enqueue"](
+                keys=[k.pending, k.job(job_id), k.idempotency(""), k.stats],
+                args=[job_id, payload, s.job_ttl_seconds, s.max_queue_length, "0"],
+                client=pipe,
+            )
+        return _then(pipe.execute(), lambda replies: [_text(r[1]) for r in replies if int(r[0]) == ScriptCode.OK])
+
     def get(self, job_id: str):
         """The job's record, or JobNotFound."""
 

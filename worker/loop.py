@@ -136,38 +136,64 @@ class Worker:
     def process(self, jobs: list[ClaimedJob]) -> list[tuple[str, Outcome, str]]:
         """Run the model on a batch; returns an outcome per job. One bad job never fails the others."""
         outcomes: list[tuple[str, Outcome, str]] = []
-        groups: dict[tuple, list[tuple[ClaimedJob, dict[str, np.ndarray]]]] = defaultdict(list)
-        signature = self.model.signature
+        decoded: list[tuple[ClaimedJob, Any]] = []
         for job in jobs:
             try:
-                data = orjson.loads(job.payload)["data"]
-                arrays = parse_input(data, signature, self.settings.max_rows_per_job)
-            except (InputError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
+                decoded.append((job, orjson.loads(job.payload)["data"]))
+            except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+                outcomes.append((job.job_id, Outcome.FAILED, f"invalid input: {exc}"))
+        together = self._parse_together(decoded)
+        if together is not None:
+            return outcomes + self._run_group(*together)
+        # Some job does not fit: check each on its own, and batch those whose non-batch
+        # dimensions agree (dynamic-shape models).
+        groups: dict[tuple, list[tuple[ClaimedJob, dict[str, np.ndarray]]]] = defaultdict(list)
+        for job, data in decoded:
+            try:
+                arrays = parse_input(data, self.model.signature, self.settings.max_rows_per_job)
+            except InputError as exc:
                 outcomes.append((job.job_id, Outcome.FAILED, f"invalid input: {exc}"))
                 continue
-            # Jobs batch together only when their non-batch dimensions agree (dynamic-shape models).
             groups[tuple((name, arr.shape[1:]) for name, arr in arrays.items())].append((job, arrays))
-        for members in groups.values():
-            outcomes += self._run_group(members)
+        for group in groups.values():
+            members = [(job, len(next(iter(arrays.values())))) for job, arrays in group]
+            feeds = {name: np.concatenate([arrays[name] for _, arrays in group]) for name in group[0][1]}
+            outcomes += self._run_group(members, feeds)
         return outcomes
 
-    def _run_group(self, members: list[tuple[ClaimedJob, dict[str, np.ndarray]]]) -> list[tuple[str, Outcome, str]]:
-        names = list(members[0][1])
-        feeds = {name: np.concatenate([arrays[name] for _, arrays in members]) if len(members) > 1 else members[0][1][name] for name in names}
+    def _parse_together(self, decoded: list[tuple[ClaimedJob, Any]]) -> tuple[list[tuple[ClaimedJob, int]], dict[str, np.ndarray]] | None:
+        """The common case, checked in one numpy pass: a single-input model and rows that all fit."""
+        limit = self.settings.max_rows_per_job
+        if not decoded or len(self.model.signature.inputs) != 1:
+            return None
+        if not all(isinstance(data, list) and 0 < len(data) <= limit for _, data in decoded):
+            return None
+        rows = [row for _, data in decoded for row in data]
+        try:
+            feeds = parse_input(rows, self.model.signature, len(rows))
+        except InputError:
+            return None
+        return [(job, len(data)) for job, data in decoded], feeds
+
+    def _run_group(self, members: list[tuple[ClaimedJob, int]], feeds: dict[str, np.ndarray]) -> list[tuple[str, Outcome, str]]:
+        """One model call for jobs whose rows are stacked in `feeds`; (job, row count) in order."""
         try:
             outputs = self.model.run(feeds)
         except Exception as exc:  # noqa: BLE001 - the model may raise anything; isolate the culprit
             if len(members) == 1:
                 log.warning("model failed on job %s: %s", members[0][0].job_id, exc)
                 return [(members[0][0].job_id, Outcome.RETRY, f"model error: {exc}")]
-            return [outcome for member in members for outcome in self._run_group([member])]
-        outcomes = []
-        start = 0
-        for job, arrays in members:
-            stop = start + len(arrays[names[0]])
-            result = self.model.results(outputs, start, stop)
+            outcomes, start = [], 0
+            for job, rows in members:
+                single = {name: arr[start : start + rows] for name, arr in feeds.items()}
+                outcomes += self._run_group([(job, rows)], single)
+                start += rows
+            return outcomes
+        outcomes, start = [], 0
+        for job, rows in members:
+            result = self.model.results(outputs, start, start + rows)
             outcomes.append((job.job_id, Outcome.COMPLETED, orjson.dumps(result).decode()))
-            start = stop
+            start += rows
         return outcomes
 
     # -- background: heartbeat and recovery ----------------------------------------------------

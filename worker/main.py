@@ -10,10 +10,14 @@ import sys
 import threading
 from types import FrameType
 
+from typing import TYPE_CHECKING
+
 from jobqueue.connection import UNAVAILABLE
 from jobqueue.settings import get_settings
 from worker.health import serve_health
-from worker.loop import Worker
+
+if TYPE_CHECKING:
+    from worker.loop import Worker
 
 log = logging.getLogger("asyncinfer.worker")
 
@@ -51,12 +55,21 @@ def run() -> None:
     parser = argparse.ArgumentParser(prog="asyncinfer-worker", description="Run an asyncinfer worker.")
     parser.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     args = parser.parse_args()
+    # Loading ONNX Runtime and the model takes a while; a SIGTERM meanwhile (a quick scale-in)
+    # is remembered and honoured as a clean exit instead of killing the process mid-import.
+    early_signals: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _frame: early_signals.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, _frame: early_signals.append(signum))
+    from worker.loop import Worker  # noqa: PLC0415 - heavy import after the handlers are in place
+
     settings = get_settings()
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     worker = Worker(settings)
     install_drain_handlers(worker, settings.drain_timeout_seconds)
+    if early_signals:
+        worker.stop()
     if settings.worker_health_port:
         serve_health(settings.worker_health_port, worker.health)
     worker.run(burst=args.burst)

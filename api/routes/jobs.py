@@ -21,10 +21,12 @@ router = APIRouter(tags=["jobs"])
 
 LONG_POLL_RECHECK_S = 2.0  # re-read the record this often while waiting, in case a wake-up was missed
 MAX_WAIT_S = 30
-JobId = Annotated[str, Path(max_length=64, description="id returned by POST /predict")]
+MAX_JOB_ID = 64
+MAX_IDEMPOTENCY_KEY = 200
+JobId = Annotated[str, Path(max_length=MAX_JOB_ID, description="id returned by POST /predict")]
 IdempotencyKey = Annotated[
     str | None,
-    Header(alias="Idempotency-Key", max_length=200, description="same key within the job TTL: same job"),
+    Header(alias="Idempotency-Key", max_length=MAX_IDEMPOTENCY_KEY, description="same key within the job TTL: same job"),
 ]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {

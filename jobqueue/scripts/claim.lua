@@ -39,7 +39,7 @@ if n > 0 then
   end
 end
 
-local out, ended = {}, {}
+local out, ended, deadlines = {}, {}, {}
 for _, id in ipairs(ids) do
   local job = prefix .. 'job:' .. id
   local f = redis.call('HMGET', job, 'status', 'queued_at', 'attempts', 'input', 'worker')
@@ -62,7 +62,8 @@ for _, id in ipairs(ids) do
   elseif start then
     local attempts = tonumber(f[3]) + 1
     redis.call('HSET', job, 'status', 'processing', 'started_at', now, 'worker', wid, 'attempts', attempts)
-    redis.call('ZADD', KEYS[3], now + timeout, id)
+    deadlines[#deadlines + 1] = now + timeout
+    deadlines[#deadlines + 1] = id
     out[#out + 1] = id
     out[#out + 1] = attempts
     out[#out + 1] = f[4]
@@ -70,6 +71,10 @@ for _, id in ipairs(ids) do
     -- Not ours to run (gone, canceled, already finished, expired): stop holding it.
     redis.call('LREM', KEYS[2], -1, id)
   end
+end
+-- one ZADD per 500 jobs rather than one per job (and within Lua's unpack limit)
+for i = 1, #deadlines, 1000 do
+  redis.call('ZADD', KEYS[3], unpack(deadlines, i, math.min(i + 999, #deadlines)))
 end
 if #ended > 0 then redis.call('PUBLISH', ARGV[7], table.concat(ended, ' ')) end
 return out

@@ -28,7 +28,7 @@ local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local wid, prefix, ttl = ARGV[1], ARGV[2], ARGV[3]
 local max_attempts = tonumber(ARGV[4])
 local completed, failed, requeued, ignored = 0, 0, 0, 0
-local ended = {}
+local ended, done = {}, {}  -- done: ids to drop from the in-flight set
 
 local function fail(job, id, err)
   redis.call('HSET', job, 'status', 'failed', 'error', err, 'finished_at', now)
@@ -42,22 +42,22 @@ for i = 6, #ARGV, 3 do
   local id, outcome, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local job = prefix .. 'job:' .. id
   local held = redis.call('LREM', KEYS[1], -1, id) > 0
-  local f = redis.call('HMGET', job, 'status', 'worker', 'attempts')
+  local f = redis.call('HMGET', job, 'status', 'worker', 'attempts', 'error')
   local status = f[1]
   local live = status == 'processing' or status == 'pending'
   local ours = status == 'processing' and f[2] == wid
   if outcome == 'completed' and live then
     redis.call('HSET', job, 'status', 'completed', 'result', payload, 'finished_at', now)
-    redis.call('HDEL', job, 'error')
+    if f[4] then redis.call('HDEL', job, 'error') end  -- an earlier attempt's error
     redis.call('EXPIRE', job, ttl)
-    redis.call('ZREM', KEYS[2], id)
+    done[#done + 1] = id
     ended[#ended + 1] = id
     completed = completed + 1
   elseif outcome == 'failed' and live then
-    redis.call('ZREM', KEYS[2], id)
+    done[#done + 1] = id
     fail(job, id, payload)
   elseif outcome == 'retry' and ours then
-    redis.call('ZREM', KEYS[2], id)
+    done[#done + 1] = id
     if tonumber(f[3]) >= max_attempts then
       fail(job, id, 'failed after ' .. f[3] .. ' attempts: ' .. payload)
     else
@@ -69,7 +69,7 @@ for i = 6, #ARGV, 3 do
   elseif outcome == 'release' and held and (ours or status == 'pending') then
     -- 'pending' here: moved by the blocking wait, never started
     if ours then
-      redis.call('ZREM', KEYS[2], id)
+      done[#done + 1] = id
       redis.call('HSET', job, 'status', 'pending', 'attempts', tonumber(f[3]) - 1)
       redis.call('HDEL', job, 'worker')
     end
@@ -78,6 +78,9 @@ for i = 6, #ARGV, 3 do
   else
     ignored = ignored + 1
   end
+end
+for i = 1, #done, 1000 do
+  redis.call('ZREM', KEYS[2], unpack(done, i, math.min(i + 999, #done)))
 end
 if completed > 0 then redis.call('HINCRBY', KEYS[5], 'completed', completed) end
 if failed > 0 then redis.call('HINCRBY', KEYS[5], 'failed', failed) end

@@ -61,9 +61,14 @@ def test_sigkill_worker_holding_a_batch_loses_nothing(processes, redis_server, r
         processing[0] = keys[0] if keys else None
         return bool(keys) and redis_client.llen(keys[0]) > 0
 
-    wait_until(holds_batch, 30, "the worker to hold a batch")
-    victim.send_signal(signal.SIGSTOP)  # freeze it mid-batch, then kill: the crash case
-    held = redis_client.lrange(processing[0], 0, -1)
+    held: list[str] = []
+    for _ in range(50):  # it may finish the batch between our look and the freeze: look again
+        wait_until(holds_batch, 30, "the worker to hold a batch")
+        victim.send_signal(signal.SIGSTOP)  # freeze it mid-batch, then kill: the crash case
+        held = redis_client.lrange(processing[0], 0, -1)
+        if held:
+            break
+        victim.send_signal(signal.SIGCONT)
     victim.kill()
     victim.wait()
     killed_at = time.monotonic()
@@ -94,6 +99,7 @@ def test_sigterm_under_load_drains_and_exits_zero(processes, redis_server, redis
             time.sleep(0.005)
         client.close()
 
+    wait_until(lambda: redis_client.zcard(KEYS.workers) == 2, 30, "both workers to register")
     producer = threading.Thread(target=load)
     producer.start()
     time.sleep(1.5)

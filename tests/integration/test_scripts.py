@@ -208,3 +208,10 @@ def test_claim_adopts_ids_whose_reply_was_lost(queue):
     assert queue.held("w") == ids  # nothing dropped
     # another worker cannot adopt what is not its own
     assert queue.claim("other", 0, moved=[ids[0]]) == []
+
+
+def test_enqueue_many_pipelines_and_respects_queue_limit(redis_client, settings):
+    queue = JobQueue(redis_client, settings.model_copy(update={"max_queue_length": 3}))
+    created = queue.enqueue_many([(f"id{i}", PAYLOAD) for i in range(5)])
+    assert created == ["id0", "id1", "id2"]
+    assert [job.job_id for job in queue.claim("w", 10)] == created

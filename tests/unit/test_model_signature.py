@@ -1,0 +1,112 @@
+"""Input checking against a model signature, for models of several shapes and dtypes (no Redis)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from jobqueue.model_signature import InputError, parse_input, read_signature
+from tests.conftest import MODEL_PATH
+
+
+def make_model(tmp_path, inputs, outputs, nodes, metadata=None, name="m.onnx"):
+    graph = helper.make_graph(nodes, "g", inputs, outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    if metadata:
+        helper.set_model_props(model, metadata)
+    path = tmp_path / name
+    onnx.save(model, path)
+    return path
+
+
+@pytest.fixture
+def iris():
+    return read_signature(MODEL_PATH)
+
+
+def test_reads_iris_signature(iris):
+    assert iris.name == "iris" and iris.version == "1"
+    assert [(s.name, s.elem_type, s.shape[1:]) for s in iris.inputs] == [("X", "float", (4,))]
+    assert [o.name for o in iris.outputs] == ["label", "probabilities"]
+    assert iris.labels == ("setosa", "versicolor", "virginica")
+
+
+def test_valid_rows_become_float32(iris):
+    arrays = parse_input([[5.1, 3.5, 1.4, 0.2], [1, 2, 3, 4]], iris, 10)
+    assert arrays["X"].dtype == np.float32 and arrays["X"].shape == (2, 4)
+
+
+@pytest.mark.parametrize(
+    ("data", "loc", "words"),
+    [
+        ([[1, 2, 3]], ("body", "data"), "4 values"),
+        ([[1, 2, 3, float("inf")]], ("body", "data", 0, 3), "finite"),
+        ([[1, 2, 3, 4]] * 11, ("body", "data"), "at most 10"),
+        ("abc", ("body", "data"), "non-empty list"),
+        ([[None, 1, 2, 3]], ("body", "data"), "ragged or mix"),
+        ({"X": [[1, 2, 3, 4]], "Y": [[1]]}, ("body", "data"), "unknown ['Y']"),
+        ([[1, 2, 3, 4], [1, 2, 3, 4, 5]], ("body", "data"), "ragged"),
+    ],
+)
+def test_rejections_name_the_field(iris, data, loc, words):
+    with pytest.raises(InputError) as caught:
+        parse_input(data, iris, 10)
+    assert caught.value.loc == loc and words in caught.value.msg
+
+
+def test_labels_file_overrides_metadata(tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a\nb\nc\n")
+    assert read_signature(MODEL_PATH, str(labels)).labels == ("a", "b", "c")
+    labels.write_text(json.dumps(["x", "y", "z"]))
+    assert read_signature(MODEL_PATH, str(labels)).labels == ("x", "y", "z")
+
+
+def test_int_model_rejects_fractions_and_accepts_integers(tmp_path):
+    path = make_model(
+        tmp_path,
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n", 3])],
+        [helper.make_tensor_value_info("out", TensorProto.INT64, ["n", 3])],
+        [helper.make_node("Identity", ["ids"], ["out"])],
+    )
+    signature = read_signature(path)
+    assert parse_input([[1, 2, 3]], signature, 5)["ids"].dtype == np.int64
+    with pytest.raises(InputError, match="integers"):
+        parse_input([[1, 2.5, 3]], signature, 5)
+    with pytest.raises(InputError, match="numbers"):
+        parse_input([["1", 2, 3]], signature, 5)
+
+
+def test_image_like_rank4_model(tmp_path):
+    path = make_model(
+        tmp_path,
+        [helper.make_tensor_value_info("img", TensorProto.FLOAT, ["n", 1, 2, 2])],
+        [helper.make_tensor_value_info("s", TensorProto.FLOAT, ["n", 1])],
+        [helper.make_node("Flatten", ["img"], ["f"]), helper.make_node("ReduceSum", ["f"], ["s"], keepdims=1)],
+    )
+    signature = read_signature(path)
+    assert signature.example_data() == [[[[1, 1], [1, 1]]]]
+    parse_input([[[[1, 2], [3, 4]]]], signature, 5)
+    with pytest.raises(InputError, match="shape"):
+        parse_input([[1, 2, 3, 4]], signature, 5)
+
+
+def test_multi_input_model_takes_an_object(tmp_path):
+    path = make_model(
+        tmp_path,
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["n", 2]), helper.make_tensor_value_info("b", TensorProto.FLOAT, ["n", 2])],
+        [helper.make_tensor_value_info("sum", TensorProto.FLOAT, ["n", 2])],
+        [helper.make_node("Add", ["a", "b"], ["sum"])],
+    )
+    signature = read_signature(path)
+    arrays = parse_input({"a": [[1, 2]], "b": [[3, 4]]}, signature, 5)
+    assert set(arrays) == {"a", "b"}
+    with pytest.raises(InputError, match="several inputs"):
+        parse_input([[1, 2]], signature, 5)
+    with pytest.raises(InputError, match="same number of rows"):
+        parse_input({"a": [[1, 2]], "b": [[3, 4], [5, 6]]}, signature, 5)
