@@ -1,0 +1,80 @@
+"""The probe paths and ports the chart renders exist in the running app: render, start the real API
+and worker against a real redis-server with the chart's port settings, GET every probe, expect 200."""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.chart.render import pod_spec, rendered
+from tests.conftest import MODEL_PATH, free_port, service_env
+
+PROBES = ("startupProbe", "livenessProbe", "readinessProbe")
+
+
+def http_probes(deployment: dict[str, Any]) -> tuple[set[str], int, dict[str, str]]:
+    """(probe paths, the container port they hit, the container's literal env values)."""
+    (container,) = pod_spec(deployment)["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    paths, targets = set(), set()
+    for probe in PROBES:
+        get = container[probe]["httpGet"]
+        paths.add(get["path"])
+        targets.add(ports.get(get["port"], get["port"]))
+    assert len(targets) == 1, f"probes hit several ports: {targets}"
+    env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+    return paths, targets.pop(), env
+
+
+def get_status(url: str, timeout_s: float = 30.0) -> int:
+    """Status of GET url, retrying while the process is still starting (connection refused)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                return resp.status
+        except urllib.error.HTTPError as err:
+            if err.code != 503 or time.monotonic() > deadline:  # 503 = not ready yet: wait for it
+                return err.code
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def chart_probes() -> dict[str, tuple[set[str], int, dict[str, str]]]:
+    r = rendered("default")
+    return {c: http_probes(r.one("Deployment", c)) for c in ("api", "worker")}
+
+
+def test_chart_probes_are_the_documented_ones(chart_probes) -> None:
+    assert chart_probes["api"][0] == {"/healthz", "/readyz"}
+    assert chart_probes["worker"][0] == {"/healthz", "/readyz"}
+    worker_port, worker_env = chart_probes["worker"][1], chart_probes["worker"][2]
+    assert worker_port == 8081 and worker_env["WORKER_HEALTH_PORT"] == "8081"
+    api_port, api_env = chart_probes["api"][1], chart_probes["api"][2]
+    assert api_env["PORT"] == str(api_port) and api_env["HOST"] == "0.0.0.0"
+
+
+def test_probe_paths_answer_200_in_the_running_app(chart_probes, redis_server, processes, tmp_path: Path) -> None:
+    if not Path(MODEL_PATH).exists():
+        pytest.fail(f"{MODEL_PATH} is missing: run `make model` first")
+    api_paths, _, _ = chart_probes["api"]
+    worker_paths, _, _ = chart_probes["worker"]
+    # The chart's ports (8000/8081) may be taken on a developer machine: same paths, free ports.
+    env = service_env(redis_server.url, QUEUE_NAME="chart-probes:queue")
+    worker_port = free_port()
+    processes.worker({**env, "WORKER_HEALTH_PORT": str(worker_port)})
+    _, api_base = processes.api(env)
+    for path in sorted(api_paths):
+        assert get_status(api_base + path) == 200, f"API {path}\n{processes.logs()}"
+    for path in sorted(worker_paths):
+        assert get_status(f"http://127.0.0.1:{worker_port}{path}") == 200, f"worker {path}\n{processes.logs()}"
+    # And a path the app does not serve is not 200: the check above can fail.
+    assert get_status(f"http://127.0.0.1:{worker_port}/nope", timeout_s=1) == 404
