@@ -6,6 +6,7 @@ import asyncio
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated
 
+import redis
 from fastapi import APIRouter, Depends
 from fastapi.responses import PlainTextResponse, Response
 
@@ -41,7 +42,7 @@ async def readyz(state: Annotated[AppState, Depends(get_state)]) -> Response:
         return json_response({"status": "draining"}, 503)
     try:
         await asyncio.wait_for(state.queue.client.ping(), READINESS_REDIS_TIMEOUT_S)
-    except (*UNAVAILABLE, TimeoutError) as exc:
+    except (*UNAVAILABLE, redis.RedisError, TimeoutError) as exc:  # NOAUTH, protected mode: not ready either
         return json_response({"status": "unavailable", "detail": f"redis: {exc or 'timeout'}"}, 503)
     return json_response({"status": "ready", "model": state.signature.name})
 

@@ -46,7 +46,8 @@ def free_port() -> int:
 
 
 def _die_with_parent() -> None:
-    """Children get SIGTERM if the launcher itself is killed: no orphans."""
+    """Children get SIGTERM if the launcher itself is killed: no orphans. (Linux ties this to the
+    thread that spawned the child: spawn from a thread that lives as long as the child should.)"""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
