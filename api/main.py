@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import threading
@@ -17,11 +18,11 @@ from api.hotpath import HotPathMiddleware
 from api.routes import jobs, service
 from api.state import AppState, CompletionWaiters
 from jobqueue.connection import async_client
-from jobqueue.model_signature import read_signature
 from jobqueue.protocol import JobQueue
 from jobqueue.settings import Settings, get_settings
 
 log = logging.getLogger("asyncinfer.api")
+SIGNATURE_STARTUP_WAIT_S = 10.0
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -29,17 +30,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # The API reads the model signature itself so it validates while zero workers run.
-        signature = read_signature(settings.model_path, settings.labels_path)
         client = async_client(settings)
         queue = JobQueue(client, settings)
         waiters = CompletionWaiters(queue)
-        app.state.asyncinfer = AppState(settings, signature, queue, waiters)
+        state = AppState(settings, queue, waiters)
+        app.state.asyncinfer = state
+        # The API reads the model signature itself so it validates while zero workers run.
+        loader = asyncio.create_task(state.load_signature(), name="load-signature")
+        await asyncio.wait({loader}, timeout=SIGNATURE_STARTUP_WAIT_S)  # normally done at once
         waiters.start()
-        log.info("serving model %s v%s on queue %s", signature.name, signature.version, settings.queue_name)
         try:
             yield
         finally:
+            loader.cancel()
             await waiters.stop()
             await client.aclose()
 

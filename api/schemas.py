@@ -62,5 +62,5 @@ class ModelMetadata(BaseModel):
 class ServiceInfo(BaseModel):
     name: str
     version: str
-    model: str
+    model: str | None
     links: dict[str, str]

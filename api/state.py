@@ -6,16 +6,18 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fastapi import Request
 
+from api.errors import HTTPProblem
 from jobqueue.connection import UNAVAILABLE
-from jobqueue.model_signature import ModelSignature
+from jobqueue.model_signature import ModelSignature, read_signature
 from jobqueue.protocol import JobQueue
 from jobqueue.settings import Settings
 
 log = logging.getLogger("asyncinfer.api")
+SIGNATURE_RETRY_S = 5
 
 
 class CompletionWaiters:
@@ -85,11 +87,37 @@ class CompletionWaiters:
 @dataclass
 class AppState:
     settings: Settings
-    signature: ModelSignature
     queue: JobQueue
     waiters: CompletionWaiters
+    signature: ModelSignature | None = None  # None until MODEL_PATH could be read
+    signature_error: str = ""
     draining: bool = False
-    example: object = field(default=None)
+
+    def require_signature(self) -> ModelSignature:
+        """The model signature, or a 503 saying why it is not there (readiness is 503 meanwhile)."""
+        if self.signature is None:
+            raise HTTPProblem(
+                503,
+                f"model signature not loaded from MODEL_PATH={self.settings.model_path}: {self.signature_error}",
+                {"Retry-After": str(SIGNATURE_RETRY_S)},
+            )
+        return self.signature
+
+    async def load_signature(self) -> None:
+        """Read the model's signature, retrying while the file is missing or unreadable (a volume
+        still being mounted or filled): the API serves, unready, instead of crash-looping."""
+        while True:
+            try:
+                self.signature = read_signature(self.settings.model_path, self.settings.labels_path)
+            except Exception as exc:  # noqa: BLE001 - any reason is reported the same way
+                if self.signature_error != str(exc):
+                    log.error("cannot read the model signature (%s); retrying every %ss", exc, SIGNATURE_RETRY_S)
+                self.signature_error = str(exc)
+                await asyncio.sleep(SIGNATURE_RETRY_S)
+            else:
+                s = self.signature
+                log.info("serving model %s v%s on queue %s", s.name, s.version, self.settings.queue_name)
+                return
 
 
 async def get_state(request: Request) -> AppState:

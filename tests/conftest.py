@@ -13,7 +13,7 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "deploy" / "local"))
 
-from stack import RedisServer, free_port, start_api, start_worker, stop  # noqa: E402
+from stack import BIN, RedisServer, free_port, spawn, start_api, start_worker, stop  # noqa: E402
 
 from jobqueue.settings import Settings  # noqa: E402
 
@@ -77,6 +77,12 @@ class Processes:
         proc = start_api(env, self.tmp_path / f"api-{len(self.procs)}.log")
         self.procs.append(proc)
         return proc, f"http://127.0.0.1:{env['PORT']}"
+
+    def spawn_api_unready(self, env: dict[str, str]):
+        """Start the API without waiting for readiness (for tests of an unready API)."""
+        proc = spawn([str(BIN / "asyncinfer-api")], env, self.tmp_path / f"api-{len(self.procs)}.log")
+        self.procs.append(proc)
+        return proc
 
     def worker(self, env: dict[str, str]):
         proc = start_worker(env, self.tmp_path / f"worker-{len(self.procs)}.log")

@@ -66,7 +66,7 @@ class Worker:
                 self.redis_ok = True
                 backoff = 0.1
                 if jobs:
-                    self._unrecorded = self.process(jobs)
+                    self._unrecorded = self._process_safely(jobs)
                     self._record()
                 elif burst:
                     break
@@ -133,6 +133,14 @@ class Worker:
 
     # -- inference -----------------------------------------------------------------------------
 
+    def _process_safely(self, jobs: list[ClaimedJob]) -> list[tuple[str, Outcome, str]]:
+        """A bug here must not crash-loop the worker with jobs in hand: they are retried instead."""
+        try:
+            return self.process(jobs)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("batch failed")
+            return [(job.job_id, Outcome.RETRY, f"worker error: {exc!r}") for job in jobs]
+
     def process(self, jobs: list[ClaimedJob]) -> list[tuple[str, Outcome, str]]:
         """Run the model on a batch; returns an outcome per job. One bad job never fails the others."""
         outcomes: list[tuple[str, Outcome, str]] = []
@@ -191,8 +199,11 @@ class Worker:
             return outcomes
         outcomes, start = [], 0
         for job, rows in members:
-            result = self.model.results(outputs, start, start + rows)
-            outcomes.append((job.job_id, Outcome.COMPLETED, orjson.dumps(result).decode()))
+            try:
+                result = orjson.dumps(self.model.results(outputs, start, start + rows)).decode()
+                outcomes.append((job.job_id, Outcome.COMPLETED, result))
+            except Exception as exc:  # noqa: BLE001 - e.g. outputs without a batch dimension
+                outcomes.append((job.job_id, Outcome.FAILED, f"model output does not map to this job: {exc!r}"))
             start += rows
         return outcomes
 

@@ -67,7 +67,7 @@ def _validated_payload(body: bytes, state: AppState) -> bytes:
     if unknown:
         raise invalid(["body", unknown[0]], f"unknown field {unknown[0]!r}", "extra_forbidden")
     try:
-        parse_input(parsed["data"], state.signature, state.settings.max_rows_per_job)
+        parse_input(parsed["data"], state.require_signature(), state.settings.max_rows_per_job)
     except InputError as exc:
         raise invalid(exc.loc, exc.msg) from None
     return orjson.dumps({"data": parsed["data"]})
@@ -100,7 +100,7 @@ async def predict(
     "/predict/test", status_code=202, response_model=JobAccepted, responses=_SUBMIT_ERRORS, summary="Submit a built-in sample"
 )
 async def predict_test(state: Annotated[AppState, Depends(get_state)]) -> Response:
-    return await _enqueue(state, orjson.dumps({"data": state.signature.example_data()}), None)
+    return await _enqueue(state, orjson.dumps({"data": state.require_signature().example_data()}), None)
 
 
 def _view(record: JobRecord) -> dict[str, Any]:

@@ -28,7 +28,8 @@ except PackageNotFoundError:  # running from a source tree without installing
 async def index(state: Annotated[AppState, Depends(get_state)]) -> Response:
     links = {name: f"/{name}" for name in ("docs", "metadata", "healthz", "readyz", "metrics")}
     links["submit"] = "/predict"
-    return json_response({"name": "asyncinfer", "version": VERSION, "model": state.signature.name, "links": links})
+    model = state.signature.name if state.signature else None
+    return json_response({"name": "asyncinfer", "version": VERSION, "model": model, "links": links})
 
 
 @router.get("/healthz", summary="Liveness: the process serves (never depends on Redis or workers)")
@@ -40,6 +41,8 @@ async def healthz() -> Response:
 async def readyz(state: Annotated[AppState, Depends(get_state)]) -> Response:
     if state.draining:
         return json_response({"status": "draining"}, 503)
+    if state.signature is None:
+        return json_response({"status": "unavailable", "detail": f"model signature: {state.signature_error}"}, 503)
     try:
         await asyncio.wait_for(state.queue.client.ping(), READINESS_REDIS_TIMEOUT_S)
     except (*UNAVAILABLE, redis.RedisError, TimeoutError) as exc:  # NOAUTH, protected mode: not ready either
@@ -49,7 +52,8 @@ async def readyz(state: Annotated[AppState, Depends(get_state)]) -> Response:
 
 @router.get("/metadata", response_model=ModelMetadata, summary="The model's signature and labels")
 async def metadata(state: Annotated[AppState, Depends(get_state)]) -> Response:
-    return json_response({**state.signature.as_dict(), "example": {"data": state.signature.example_data()}})
+    signature = state.require_signature()
+    return json_response({**signature.as_dict(), "example": {"data": signature.example_data()}})
 
 
 @router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics (queue depths and counters)")

@@ -8,17 +8,16 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import service_env
+from tests.conftest import Processes, service_env
 
 
 @pytest.fixture(scope="session")
-def base_url(redis_server, tmp_path_factory) -> Iterator[str]:
+def base_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url = os.environ.get("E2E_BASE_URL")
     if url:
         yield url.rstrip("/")
         return
-    from tests.conftest import Processes
-
+    redis_server = request.getfixturevalue("redis_server")  # only a local stack needs one
     procs = Processes(tmp_path_factory.mktemp("e2e-stack"))
     env = service_env(redis_server.url, QUEUE_NAME="e2e:queue")
     procs.worker(env)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 
 import httpx
 import pytest
-from stack import RedisServer
+from stack import RedisServer, wait_http
 
 from jobqueue.protocol import JobQueue
 from jobqueue.states import Outcome
-from tests.conftest import service_env
+from tests.conftest import MODEL_PATH, service_env
 
 ROW = [5.1, 3.5, 1.4, 0.2]
 
@@ -123,3 +124,23 @@ def test_overlong_idempotency_key_is_422(processes, redis_server, header):
     with httpx.Client(base_url=url) as http:
         response = http.post("/predict", json={"data": [ROW]}, headers={"Idempotency-Key": header})
     assert response.status_code == 422 and "Idempotency-Key" in str(response.json()["detail"])
+
+
+def test_missing_model_keeps_api_up_but_unready(processes, redis_server, tmp_path):
+    """A model volume not mounted yet: the API serves, /readyz and submits say why, until the file appears."""
+    model = tmp_path / "later.onnx"
+    env = service_env(redis_server.url, MODEL_PATH=model)
+    proc = processes.spawn_api_unready(env)
+    url = f"http://127.0.0.1:{env['PORT']}"
+    with httpx.Client(base_url=url) as http:
+        wait_http(f"{url}/healthz", proc=proc)
+        ready = http.get("/readyz")
+        assert ready.status_code == 503 and "model signature" in ready.json()["detail"]
+        refused = http.post("/predict", json={"data": [ROW]})
+        assert refused.status_code == 503 and "MODEL_PATH" in refused.json()["detail"]
+        model.write_bytes(Path(MODEL_PATH).read_bytes())
+        deadline = time.monotonic() + 15
+        while http.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert http.post("/predict", json={"data": [ROW]}).status_code == 202
