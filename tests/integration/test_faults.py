@@ -11,6 +11,7 @@ import uuid
 
 import httpx
 import orjson
+import psutil
 import pytest
 import redis
 from stack import RedisServer, stop
@@ -27,18 +28,15 @@ KEYS = QueueKeys("asyncinfer:queue")
 
 
 def fill(queue: JobQueue, n: int) -> list[str]:
-    pipe_ids = [str(uuid.uuid4()) for _ in range(n)]
-    for job_id in pipe_ids:
-        queue.enqueue(job_id, PAYLOAD)
-    return pipe_ids
+    return queue.enqueue_many([(str(uuid.uuid4()), PAYLOAD) for _ in range(n)])
 
 
-def wait_until(predicate, timeout_s: float, what: str) -> float:
+def wait_until(predicate, timeout_s: float, what: str, poll_s: float = 0.05) -> float:
     started = time.monotonic()
     while not predicate():
         if time.monotonic() - started > timeout_s:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.05)
+        time.sleep(poll_s)
     return time.monotonic() - started
 
 
@@ -52,19 +50,21 @@ def all_completed(queue: JobQueue, ids: list[str]) -> bool:
 def test_sigkill_worker_holding_a_batch_loses_nothing(processes, redis_server, redis_client):
     env = service_env(redis_server.url, MAX_BATCH_SIZE=64)
     queue = JobQueue(redis_client, Settings(redis_url=redis_server.url, model_path=MODEL_PATH))
-    ids = fill(queue, 3000)
+    ids = fill(queue, 20_000)  # enough that the victim is still busy after many missed freezes
     victim = processes.worker(env)
     processing = [None]
 
     def holds_batch() -> bool:
-        keys = redis_client.keys(KEYS.processing("*"))
-        processing[0] = keys[0] if keys else None
-        return bool(keys) and redis_client.llen(keys[0]) > 0
+        workers = redis_client.zrange(KEYS.workers, 0, 0)
+        processing[0] = KEYS.processing(workers[0]) if workers else None
+        return bool(workers) and redis_client.llen(processing[0]) > 0
 
     held: list[str] = []
-    for _ in range(50):  # it may finish the batch between our look and the freeze: look again
-        wait_until(holds_batch, 30, "the worker to hold a batch")
+    for _ in range(200):  # the freeze may land while its `finish` is on the wire: look again
+        wait_until(holds_batch, 30, "the worker to hold a batch", poll_s=0.001)
         victim.send_signal(signal.SIGSTOP)  # freeze it mid-batch, then kill: the crash case
+        wait_until(lambda: psutil.Process(victim.pid).status() == psutil.STATUS_STOPPED, 5, "the freeze")
+        time.sleep(0.05)  # a command already on the wire still lands: read what is held after it
         held = redis_client.lrange(processing[0], 0, -1)
         if held:
             break
