@@ -11,6 +11,7 @@ from jobqueue.settings import Settings
 # Long enough for a blocking BLMOVE (1 s) plus a slow round trip; short enough to notice a dead server.
 SOCKET_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 2.0
+POOL_TIMEOUT_S = 10.0
 # Connection errors this protocol treats as "Redis is unavailable right now".
 UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, OSError)
 
@@ -36,6 +37,11 @@ def sync_client(settings: Settings) -> redis.Redis:
     return redis.Redis.from_url(settings.redis_url, retry=retry, **_options(settings))
 
 
-def async_client(settings: Settings, max_connections: int = 256) -> redis.asyncio.Redis:
+def async_client(settings: Settings, max_connections: int = 64) -> redis.asyncio.Redis:
     retry = redis.asyncio.retry.Retry(ExponentialBackoff(cap=0.5, base=0.05), 2)
-    return redis.asyncio.Redis.from_url(settings.redis_url, max_connections=max_connections, retry=retry, **_options(settings))
+    # A blocking pool: a burst of more concurrent requests than connections waits for a free one
+    # (up to POOL_TIMEOUT_S) instead of failing with "Too many connections".
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=max_connections, timeout=POOL_TIMEOUT_S, retry=retry, **_options(settings)
+    )
+    return redis.asyncio.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it

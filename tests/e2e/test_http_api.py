@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 
+import httpx
 import pytest
 
 IRIS = {"setosa": [5.1, 3.5, 1.4, 0.2], "versicolor": [5.9, 3.0, 4.2, 1.5], "virginica": [6.7, 3.0, 5.2, 2.3]}
@@ -133,3 +134,15 @@ def test_service_endpoints(http):
     assert http.get("/docs").status_code == 200
     assert "/predict" in http.get("/openapi.json").json()["paths"]
     assert "asyncinfer_jobs_pending" in http.get("/metrics").text
+
+
+def test_a_burst_of_concurrent_submits_is_all_accepted(base_url):
+    """More concurrent requests than the API has Redis connections: they wait, none is refused."""
+    import asyncio
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(base_url=base_url, timeout=60, limits=httpx.Limits(max_connections=400)) as client:
+            responses = await asyncio.gather(*(client.post("/predict", json={"data": [IRIS["setosa"]]}) for _ in range(400)))
+        return [r.status_code for r in responses]
+
+    assert set(asyncio.run(burst())) == {202}
