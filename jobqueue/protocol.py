@@ -20,6 +20,7 @@ from jobqueue.states import JobStatus, Outcome, ScriptCode
 
 T = TypeVar("T")
 SCRIPT_NAMES = ("enqueue", "claim", "finish", "recover", "cancel", "retry", "heartbeat")
+RECORD_FIELDS = ("status", "result", "error", "attempts", "created_at", "started_at", "finished_at")
 
 
 def _then(reply: Any, parse: Callable[[Any], T]) -> T | Any:
@@ -133,26 +134,28 @@ class JobQueue:
             )
         return _then(pipe.execute(), lambda replies: [_text(r[1]) for r in replies if int(r[0]) == ScriptCode.OK])
 
-    def get(self, job_id: str):
-        """The job's record, or JobNotFound."""
+    def get(self, job_id: str, with_input: bool = False):
+        """The job's record, or JobNotFound. The input is left in Redis unless asked for: a poll
+        should not carry a large input (an image, say) back every time."""
+        fields = RECORD_FIELDS + ("input",) if with_input else RECORD_FIELDS
 
-        def parse(fields: dict) -> JobRecord:
-            if not fields:
+        def parse(values: list) -> JobRecord:
+            f = dict(zip(fields, values))
+            if f["status"] is None:
                 raise JobNotFound(job_id)
-            f = {_text(key): value for key, value in fields.items()}
             return JobRecord(
                 job_id=job_id,
                 status=JobStatus(_text(f["status"])),
                 input=_opt_text(f.get("input")),
-                result=_opt_text(f.get("result")),
-                error=_opt_text(f.get("error")),
-                attempts=int(f.get("attempts", 0)),
-                created_at=_opt_int(f.get("created_at")),
-                started_at=_opt_int(f.get("started_at")),
-                finished_at=_opt_int(f.get("finished_at")),
+                result=_opt_text(f["result"]),
+                error=_opt_text(f["error"]),
+                attempts=int(f["attempts"] or 0),
+                created_at=_opt_int(f["created_at"]),
+                started_at=_opt_int(f["started_at"]),
+                finished_at=_opt_int(f["finished_at"]),
             )
 
-        return _then(self.client.hgetall(self.keys.job(job_id)), parse)
+        return _then(self.client.hmget(self.keys.job(job_id), fields), parse)
 
     def cancel(self, job_id: str):
         k = self.keys

@@ -28,8 +28,9 @@ def test_enqueue_writes_record_and_list_atomically(queue, redis_client):
     job_id, created = queue.enqueue("a", PAYLOAD)
     assert (job_id, created) == ("a", True)
     assert redis_client.lrange(queue.keys.pending, 0, -1) == ["a"]
-    record = queue.get("a")
+    record = queue.get("a", with_input=True)
     assert record.status is JobStatus.PENDING and record.attempts == 0 and record.input == PAYLOAD
+    assert queue.get("a").input is None  # polls leave the input in Redis
     assert 0 < redis_client.ttl(queue.keys.job("a")) <= queue.settings.job_ttl_seconds
 
 
