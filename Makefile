@@ -36,7 +36,8 @@ run: $(MODEL) ## start Redis (AOF in .data/), the API on :8000 and a worker; Ctr
 test: test-unit test-integration test-chart test-containers ## the whole suite (what CI runs)
 
 .PHONY: test-unit
-test-unit: $(MODEL) ## pure unit tests (no Redis)
+test-unit: $(MODEL) ## lint (ruff) and pure unit tests (no Redis)
+	$(PY) -m ruff check .
 	$(PYTEST) tests/unit
 
 .PHONY: test-integration

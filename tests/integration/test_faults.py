@@ -14,12 +14,11 @@ import orjson
 import psutil
 import pytest
 import redis
-from stack import RedisServer, stop
+from stack import RedisServer
 
 from jobqueue.keys import QueueKeys
 from jobqueue.protocol import JobQueue
 from jobqueue.settings import Settings
-from jobqueue.states import JobStatus
 from tests.conftest import MODEL_PATH, service_env
 
 pytestmark = pytest.mark.slow
