@@ -24,9 +24,13 @@ PYTHON="${PYTHON:-$(command -v python3)}"
 log() { echo "install-helm.sh: $*" >&2; }
 
 installed() {
-    [ -x "$BIN/helm" ] && [ -x "$BIN/kubectl" ] \
-        && "$BIN/helm" version --template '{{.Version}}' 2>/dev/null | grep -qx "$HELM_VERSION" \
-        && "$BIN/kubectl" version --client 2>/dev/null | grep -q "Client Version: $KUBECTL_VERSION\$"
+    # Outputs are captured, not piped into `grep -q`: grep exiting early would SIGPIPE the tool,
+    # and under pipefail that reads as a failure now and then.
+    [ -x "$BIN/helm" ] && [ -x "$BIN/kubectl" ] || return 1
+    local helm_version kubectl_version
+    helm_version="$("$BIN/helm" version --template '{{.Version}}' 2>/dev/null)" || return 1
+    kubectl_version="$("$BIN/kubectl" version --client 2>/dev/null)" || return 1
+    [ "$helm_version" = "$HELM_VERSION" ] && grep -q "^Client Version: $KUBECTL_VERSION\$" <<<"$kubectl_version"
 }
 
 if installed; then
