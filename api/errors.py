@@ -20,12 +20,14 @@ RETRY_AFTER_S = 1
 class HTTPProblem(Exception):
     """A refusal with a status, a `detail` body and optional headers."""
 
-    def __init__(self, status: int, detail: Any, headers: dict[str, str] | None = None, **extra: Any) -> None:
+    def __init__(
+        self, status: int, detail: Any, headers: dict[str, str] | None = None, fields: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
         self.headers = headers or {}
-        self.extra = extra
+        self.fields = fields or {}  # more members of the body, beside `detail`
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -44,7 +46,7 @@ def as_problem(exc: Exception) -> HTTPProblem | None:
     if isinstance(exc, JobNotFound):
         return HTTPProblem(404, f"job {exc.args[0]} not found (unknown id, or its record expired)")
     if isinstance(exc, WrongState):
-        return HTTPProblem(409, str(exc), status_=exc.status)
+        return HTTPProblem(409, str(exc), fields={"status": exc.status})
     if isinstance(exc, QueueFull):
         return HTTPProblem(429, f"{exc}; try again later", {"Retry-After": str(RETRY_AFTER_S)})
     if isinstance(exc, UNAVAILABLE):
@@ -56,9 +58,7 @@ def as_problem(exc: Exception) -> HTTPProblem | None:
 
 
 def problem_response(problem: HTTPProblem) -> Response:
-    body = {"detail": problem.detail}
-    body.update({key.rstrip("_"): value for key, value in problem.extra.items()})
-    return json_response(body, problem.status, problem.headers)
+    return json_response({"detail": problem.detail, **problem.fields}, problem.status, problem.headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

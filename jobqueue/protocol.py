@@ -104,34 +104,32 @@ class JobQueue:
 
     # -- API side -------------------------------------------------------------------------------
 
+    def _enqueue(self, job_id: str, payload: str, idempotency_key: str | None = None, client: Any = None) -> Any:
+        """Run the enqueue script (on `client`, e.g. a pipeline, when given); the raw reply."""
+        k, s = self.keys, self.settings
+        return self._scripts["enqueue"](
+            keys=[k.pending, k.job(job_id), k.idempotency(idempotency_key or ""), k.stats],
+            args=[job_id, payload, s.job_ttl_seconds, s.max_queue_length, "1" if idempotency_key else "0"],
+            client=client,
+        )
+
     def enqueue(self, job_id: str, payload: str, idempotency_key: str | None = None):
         """Create the job and queue it in one round trip. Returns (job id, created?)."""
-        k, s = self.keys, self.settings
-        idem_key = k.idempotency(idempotency_key) if idempotency_key else k.idempotency("")
 
         def parse(reply: Sequence[Any]) -> tuple[str, bool]:
             code, value = _code(reply)
             if code is ScriptCode.QUEUE_FULL:
-                raise QueueFull(f"queue holds {s.max_queue_length} jobs (MAX_QUEUE_LENGTH)")
+                raise QueueFull(f"queue holds {self.settings.max_queue_length} jobs (MAX_QUEUE_LENGTH)")
             return value, code is ScriptCode.OK
 
-        reply = self._scripts["enqueue"](
-            keys=[k.pending, k.job(job_id), idem_key, k.stats],
-            args=[job_id, payload, s.job_ttl_seconds, s.max_queue_length, "1" if idempotency_key else "0"],
-        )
-        return _then(reply, parse)
+        return _then(self._enqueue(job_id, payload, idempotency_key), parse)
 
     def enqueue_many(self, items: Sequence[tuple[str, str]]):
         """Enqueue (job id, payload) pairs in one pipelined round trip; each is still atomic on its own.
         Returns the ids that were created (a full queue refuses the rest)."""
-        k, s = self.keys, self.settings
         pipe = self.client.pipeline(transaction=False)
         for job_id, payload in items:
-            self._scripts["enqueue"](
-                keys=[k.pending, k.job(job_id), k.idempotency(""), k.stats],
-                args=[job_id, payload, s.job_ttl_seconds, s.max_queue_length, "0"],
-                client=pipe,
-            )
+            self._enqueue(job_id, payload, client=pipe)
         return _then(pipe.execute(), lambda replies: [_text(r[1]) for r in replies if int(r[0]) == ScriptCode.OK])
 
     def get(self, job_id: str, with_input: bool = False):

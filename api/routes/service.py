@@ -45,7 +45,7 @@ async def readyz(state: Annotated[AppState, Depends(get_state)]) -> Response:
         return json_response({"status": "unavailable", "detail": f"model signature: {state.signature_error}"}, 503)
     try:
         await asyncio.wait_for(state.queue.client.ping(), READINESS_REDIS_TIMEOUT_S)
-    except (*UNAVAILABLE, redis.RedisError, TimeoutError) as exc:  # NOAUTH, protected mode: not ready either
+    except (*UNAVAILABLE, redis.ResponseError, TimeoutError) as exc:  # NOAUTH, protected mode: not ready either
         return json_response({"status": "unavailable", "detail": f"redis: {exc or 'timeout'}"}, 503)
     return json_response({"status": "ready", "model": state.signature.name})
 
