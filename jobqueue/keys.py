@@ -1,61 +1,126 @@
-"""Every Redis key of a queue, built in one place."""
+"""Every Redis key, built in one place. Lua scripts receive each key or key prefix from here.
+
+Layout (prefix = KEY_PREFIX, model = a model name, a DNS label):
+
+    <prefix>:job:<id>                     HASH   one job's record (any model)
+    <prefix>:idem:<principal>:<key>       STRING idempotency key -> job id
+    <prefix>:events                       PUBSUB "<status> <id> <id> ..." on every transition
+    <prefix>:notify                       ZSET   job id -> next webhook attempt (ms)
+    <prefix>:notify-failed                LIST   job ids whose webhook was given up
+    <prefix>:principal:<name>             HASH   per-principal rate-limit bucket and unfinished count
+    <prefix>:<model>:pending:<priority>   LIST   ids waiting to start; KEDA reads the lengths
+    <prefix>:<model>:inflight             ZSET   id -> backstop deadline (ms); ZCARD is the in-flight count
+    <prefix>:<model>:workers              ZSET   worker id -> heartbeat deadline (ms)
+    <prefix>:<model>:processing:<worker>  LIST   ids one worker holds
+    <prefix>:<model>:dead                 LIST   dead-lettered ids (bounded)
+    <prefix>:<model>:stats                HASH   counters and the outage grace mark
+    <prefix>:<model>:recovery-lock        STRING
+    <prefix>:<model>:paused               STRING present while the model's queue is paused
+"""
+
+from __future__ import annotations
 
 from dataclasses import dataclass
 
+from jobqueue.settings import PRIORITIES
+
 
 @dataclass(frozen=True)
-class QueueKeys:
-    """Key names for one queue. The pending list is the queue name itself: KEDA reads its length.
+class StoreKeys:
+    """Keys shared by every model: job records, idempotency keys, events, webhooks, principals."""
 
-    To run on Redis Cluster, give the queue a hash tag (``{asyncinfer}:queue``) so all keys share a slot.
-    """
-
-    queue: str
+    prefix: str
 
     @property
-    def pending(self) -> str:
-        """LIST of ids waiting to start; nothing else ever goes in it."""
-        return self.queue
+    def job_prefix(self) -> str:
+        return f"{self.prefix}:job:"
+
+    def job(self, job_id: str) -> str:
+        return self.job_prefix + job_id
 
     @property
-    def prefix(self) -> str:
-        return self.queue + ":"
+    def idempotency_prefix(self) -> str:
+        return f"{self.prefix}:idem:"
 
-    @property
-    def inflight(self) -> str:
-        """ZSET job id -> timeout deadline (ms); ZCARD is the in-flight count KEDA adds to the backlog."""
-        return self.prefix + "inflight"
-
-    @property
-    def workers(self) -> str:
-        """ZSET worker id -> heartbeat deadline (ms)."""
-        return self.prefix + "workers"
-
-    @property
-    def dead(self) -> str:
-        """LIST of ids that failed for good (dead letters)."""
-        return self.prefix + "dead"
+    def idempotency(self, principal: str, key: str) -> str:
+        """Scoped per principal: one client's key never finds another's job."""
+        return f"{self.idempotency_prefix}{principal}:{key}"
 
     @property
     def events(self) -> str:
-        """Pub/Sub channel: space-separated ids that reached a terminal state (wakes long polls)."""
-        return self.prefix + "events"
+        """Pub/Sub channel: '<status> <id> <id> ...' whenever jobs change state."""
+        return f"{self.prefix}:events"
 
     @property
-    def recovery_lock(self) -> str:
-        return self.prefix + "recovery-lock"
+    def notify(self) -> str:
+        """ZSET job id -> when its next webhook attempt is due (ms)."""
+        return f"{self.prefix}:notify"
 
     @property
-    def stats(self) -> str:
-        """HASH of counters (enqueued, completed, failed, recovered, ...)."""
-        return self.prefix + "stats"
+    def notify_failed(self) -> str:
+        """LIST of job ids whose webhook delivery was given up."""
+        return f"{self.prefix}:notify-failed"
 
-    def job(self, job_id: str) -> str:
-        return self.prefix + "job:" + job_id
+    @property
+    def principal_prefix(self) -> str:
+        return f"{self.prefix}:principal:"
+
+    def principal(self, name: str) -> str:
+        """HASH: token bucket (tokens, at) and `unfinished` job count of one principal."""
+        return self.principal_prefix + name
+
+    def model(self, name: str) -> ModelKeys:
+        return ModelKeys(self.prefix, name)
+
+
+@dataclass(frozen=True)
+class ModelKeys:
+    """Keys of one model's queue."""
+
+    prefix: str
+    name: str
+
+    @property
+    def base(self) -> str:
+        return f"{self.prefix}:{self.name}:"
+
+    def pending(self, priority: str = "normal") -> str:
+        """LIST of ids waiting to start at one priority; nothing else ever goes in it."""
+        return f"{self.base}pending:{priority}"
+
+    @property
+    def pending_all(self) -> tuple[str, ...]:
+        """The pending lists, highest priority first."""
+        return tuple(self.pending(p) for p in PRIORITIES)
+
+    @property
+    def inflight(self) -> str:
+        return self.base + "inflight"
+
+    @property
+    def workers(self) -> str:
+        return self.base + "workers"
+
+    @property
+    def processing_prefix(self) -> str:
+        return self.base + "processing:"
 
     def processing(self, worker_id: str) -> str:
         """LIST of ids one worker holds: claimed but not yet acknowledged."""
-        return self.prefix + "processing:" + worker_id
+        return self.processing_prefix + worker_id
 
-    def idempotency(self, key: str) -> str:
-        return self.prefix + "idem:" + key
+    @property
+    def dead(self) -> str:
+        return self.base + "dead"
+
+    @property
+    def stats(self) -> str:
+        return self.base + "stats"
+
+    @property
+    def recovery_lock(self) -> str:
+        return self.base + "recovery-lock"
+
+    @property
+    def paused(self) -> str:
+        return self.base + "paused"

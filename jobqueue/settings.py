@@ -1,58 +1,130 @@
-"""Typed settings read once from the environment; the one place every variable is named and defaulted."""
+"""Typed settings read once from the environment: the one place every variable is named, defaulted,
+bounded and described. The README table, the chart's values/schema/ConfigMap and the compose file are
+generated from this class or checked against it by tests."""
 
+from __future__ import annotations
+
+import re
 from functools import lru_cache
+from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# A model name appears in Redis keys, metric labels and Kubernetes object names: a DNS label.
+MODEL_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"
+PRIORITIES = ("high", "normal", "low")
 
 
 class Settings(BaseSettings):
-    """Every knob of the API, the worker, the local stack, the containers and the chart.
+    """Every knob of the API, the worker, the notifier, the local stack, the containers and the chart.
 
-    Field names map 1:1 to upper-case environment variables (``queue_name`` -> ``QUEUE_NAME``).
+    Field names map 1:1 to upper-case environment variables (``key_prefix`` -> ``KEY_PREFIX``).
     """
 
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
 
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    # Kept apart from the URL so Kubernetes can inject it from a Secret.
-    redis_password: str = ""
-    queue_name: str = Field("asyncinfer:queue", min_length=1)
-    model_path: str = "models/iris.onnx"
-    labels_path: str = ""
-    inference_threads: int = Field(0, ge=0)  # ONNX Runtime intra-op threads; 0 = its own default
+    # -- Redis ---------------------------------------------------------------------------------
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis to store jobs in (redis:// or rediss://).")
+    redis_password: str = Field("", description="Redis password; prefer REDIS_PASSWORD_FILE.")
+    redis_password_file: str = Field("", description="File holding the Redis password (a mounted Secret); wins over REDIS_PASSWORD.")
+    key_prefix: str = Field(
+        "asyncinfer",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.{}-]+$",
+        description="Prefix of every Redis key; pending lists are <prefix>:<model>:pending:<priority>.",
+    )
 
-    job_ttl_seconds: int = Field(3600, ge=1)
-    request_ttl_seconds: int = Field(1800, ge=0)  # 0 = a pending job never expires
-    max_batch_size: int = Field(128, ge=1, le=4096)
-    max_batch_wait_ms: float = Field(5, ge=0)
-    max_attempts: int = Field(3, ge=1)
-    job_timeout_seconds: float = Field(60, gt=0)
-    worker_ttl_seconds: float = Field(10, gt=0)
-    recovery_interval_seconds: float = Field(5, gt=0)
-    drain_timeout_seconds: float = Field(25, ge=0)
-    shutdown_delay_seconds: float = Field(0, ge=0)
+    # -- models ----------------------------------------------------------------------------------
+    model_path: str = Field("models/iris.onnx", description="The ONNX file of a one-model setup (ignored when MODELS_FILE is set).")
+    labels_path: str = Field("", description="Optional class names for MODEL_PATH (JSON list or one per line).")
+    models_file: str = Field("", description="YAML file mapping model name to {path, labels, max_batch_size, ...}; several models.")
+    default_model: str = Field("", description="Model served by /predict and /metadata; default: the first in MODELS_FILE.")
+    model_name: str = Field("", description="Worker: the model this process serves; default: the default model.")
+    inference_threads: int = Field(0, ge=0, le=256, description="ONNX Runtime intra-op threads; 0 = its own default.")
+    inference_providers: str = Field(
+        "CPUExecutionProvider", description="ONNX Runtime execution providers in order, comma-separated; missing ones are skipped."
+    )
 
-    max_queue_length: int = Field(100_000, ge=0)  # 0 = unbounded
-    max_body_bytes: int = Field(1_048_576, ge=64)
-    max_rows_per_job: int = Field(256, ge=1)
+    # -- jobs ------------------------------------------------------------------------------------
+    job_ttl_seconds: int = Field(3600, ge=1, description="How long a finished job's record (and result) is kept.")
+    request_ttl_seconds: int = Field(1800, ge=0, description="A job not started within this ends expired; 0 = never.")
+    max_batch_size: int = Field(128, ge=1, le=4096, description="Most jobs one model call takes.")
+    max_batch_wait_ms: float = Field(5, ge=0, le=10_000, description="How long a worker waits to fill a batch once it holds a job.")
+    max_attempts: int = Field(3, ge=1, le=100, description="Runs of one job before it fails for good.")
+    job_timeout_seconds: float = Field(60, gt=0, le=86_400, description="Longest model call for one job; longer is aborted and fails.")
+    worker_ttl_seconds: float = Field(10, gt=0, le=3600, description="A worker silent this long is dead; its jobs are requeued.")
+    recovery_interval_seconds: float = Field(5, gt=0, le=3600, description="How often some worker looks for dead workers' jobs.")
+    drain_timeout_seconds: float = Field(25, ge=0, le=3600, description="On SIGTERM, time to finish held jobs before handing them back.")
+    shutdown_delay_seconds: float = Field(0, ge=0, le=300, description="API: serve unready this long after SIGTERM before closing.")
 
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    worker_health_port: int = Field(0, ge=0, le=65535)  # 0 = no worker health server
-    log_level: str = "INFO"
+    max_queue_length: int = Field(100_000, ge=0, description="Most pending jobs per model; more is refused with 429; 0 = unbounded.")
+    max_body_bytes: int = Field(1_048_576, ge=64, description="Largest request body.")
+    max_rows_per_job: int = Field(256, ge=1, description="Most input rows in one job.")
+    max_bulk_items: int = Field(1000, ge=1, le=100_000, description="Most items in one bulk submit or lookup.")
+    max_dead_letters: int = Field(10_000, ge=1, description="Dead-letter list length kept per model (oldest dropped).")
+
+    # -- security and limits ---------------------------------------------------------------------
+    auth_tokens_file: str = Field("", description="File of '<name> <role> <token>' lines (role client|admin); unset = no auth.")
+    docs_enabled: bool = Field(True, description="Serve /docs and /openapi.json.")
+    rate_limit_per_second: float = Field(0, ge=0, description="Submits per second per principal (token bucket); 0 = unlimited.")
+    rate_limit_burst: int = Field(200, ge=1, description="Token bucket size for RATE_LIMIT_PER_SECOND.")
+    max_pending_per_principal: int = Field(0, ge=0, description="Unfinished jobs one principal may have; 0 = unlimited.")
+    max_concurrent_requests: int = Field(512, ge=1, description="Requests one API process serves at once; more get 503.")
+
+    # -- webhooks --------------------------------------------------------------------------------
+    webhook_secret: str = Field("", description="Standard Webhooks signing secret (whsec_...); prefer WEBHOOK_SECRET_FILE.")
+    webhook_secret_file: str = Field("", description="File holding WEBHOOK_SECRET (a mounted Secret).")
+    webhook_allow_http: bool = Field(False, description="Allow http:// callback URLs (https only otherwise).")
+    webhook_allow_private: bool = Field(False, description="Allow callbacks to loopback, private and link-local addresses.")
+    webhook_allowed_hosts: str = Field("", description="Comma-separated host names callbacks may go to; empty = any public host.")
+    webhook_timeout_seconds: float = Field(5, gt=0, le=60, description="Timeout of one webhook delivery.")
+    webhook_max_attempts: int = Field(8, ge=1, le=30, description="Deliveries tried before a webhook is given up.")
+
+    # -- Open Inference Protocol -----------------------------------------------------------------
+    oip_wait_seconds: float = Field(30, ge=0, le=300, description="How long /v2/models/{name}/infer waits for the job before a 202.")
+
+    # -- processes -------------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="API listen address.")
+    port: int = Field(8000, ge=0, le=65535, description="API listen port.")
+    metrics_port: int = Field(0, ge=0, le=65535, description="API: separate /metrics listener (not routed by the Ingress); 0 = on PORT.")
+    worker_health_port: int = Field(0, ge=0, le=65535, description="Worker/notifier probes and /metrics; 0 = none.")
+    log_level: str = Field("INFO", pattern=r"^(?i:debug|info|warning|error|critical)$", description="Log level.")
+
+    @field_validator("default_model", "model_name")
+    @classmethod
+    def _model_name_shape(cls, value: str) -> str:
+        if value and not re.match(MODEL_NAME_PATTERN, value):
+            raise ValueError(f"{value!r} is not a valid model name (lower-case letters, digits, '-'; at most 40)")
+        return value
 
     @model_validator(mode="after")
-    def _request_ttl_within_record_life(self) -> "Settings":
-        # A pending job's record must outlive its start deadline, or it vanishes instead of expiring.
-        if self.request_ttl_seconds > self.job_ttl_seconds:
-            raise ValueError("REQUEST_TTL_SECONDS must not exceed JOB_TTL_SECONDS")
+    def _settings_that_work_together(self) -> Settings:
+        if self.recovery_interval_seconds > self.worker_ttl_seconds * 10:
+            raise ValueError("RECOVERY_INTERVAL_SECONDS must be at most 10x WORKER_TTL_SECONDS")
+        if self.request_ttl_seconds and self.request_ttl_seconds > self.job_ttl_seconds * 1000:
+            raise ValueError("REQUEST_TTL_SECONDS is beyond any sensible JOB_TTL_SECONDS multiple")
+        if self.metrics_port and self.metrics_port == self.port:
+            raise ValueError("METRICS_PORT must differ from PORT")
         return self
 
     @property
     def heartbeat_interval_seconds(self) -> float:
         """A third of the TTL, so two heartbeats can be missed before a worker counts as dead."""
         return self.worker_ttl_seconds / 3
+
+    def secret(self, value: str, file: str) -> str:
+        """A secret from its file when one is named (a mounted Secret, rotated in place), else the value."""
+        return Path(file).read_text().strip() if file else value
+
+    @property
+    def redis_password_value(self) -> str:
+        return self.secret(self.redis_password, self.redis_password_file)
+
+    @property
+    def webhook_secret_value(self) -> str:
+        return self.secret(self.webhook_secret, self.webhook_secret_file)
 
 
 @lru_cache
