@@ -56,7 +56,7 @@ def test_a_broken_expression_fails_the_unit_tests(tmp_path: Path):
     tests = ALERT_TESTS.read_text().replace("../helm/asyncinfer/files/alerts.yaml", "files/alerts.yaml")
     (tmp_path / "alerts_test.yaml").write_text(tests)
     result = promtool("test", "rules", str(tmp_path / "alerts_test.yaml"))
-    assert result.returncode != 0 and "AsyncinferRedisMemoryNearLimit" in result.stdout
+    assert result.returncode != 0 and "AsyncinferRedisMemoryNearLimit" in result.stdout + result.stderr
 
 
 def test_alerts_are_mixin_style_with_runbook_sections():
