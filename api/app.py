@@ -14,9 +14,10 @@ from api.auth import TokenFile
 from api.errors import HTTPProblem, install_error_handlers, problem_response
 from api.hotpath import HotPathMiddleware
 from api.metrics_listener import MetricsListener
-from api.routes import jobs, models, service
+from api.routes import admin, jobs, models, service
 from api.state import AppState, JobEvents, ModelRegistry
 from jobqueue import __version__
+from jobqueue.metrics import RequestMetricsMiddleware
 from jobqueue.connection import async_client, async_probe_client
 from jobqueue.models import load_models
 from jobqueue.protocol import JobStore
@@ -99,7 +100,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(models.router)
     app.include_router(service.router)
+    app.include_router(admin.router)
+    app.include_router(admin.console_router)
     install_error_handlers(app)
     app.add_middleware(HotPathMiddleware)
     app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests)
+    app.add_middleware(RequestMetricsMiddleware)  # outermost: 503s from the concurrency limit count too
     return app

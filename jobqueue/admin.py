@@ -1,32 +1,33 @@
 """Admin-side reads and actions on the queue: the overview (also the source of the queue metrics),
 dead letters, one job in detail, pause/resume and retry-all. Every key comes from `jobqueue.keys`.
 
-Reads are pipelined (two round trips for the whole overview, whatever the number of models); the one
-multi-key change, moving dead letters back to pending, is a Lua script (`scripts/admin_retry_dead.lua`).
-Async only: the API is the one caller.
+Reads are pipelined (two round trips for the whole overview, whatever the number of models). Job state
+changes go through the protocol's own transitions (retry-all is many `retry.lua` calls), so the admin
+side never writes a job record itself. Async only: the API is the one caller.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+import uuid
 from importlib import resources
 from typing import Any
 
 import redis.asyncio
 
+from jobqueue.errors import JobQueueError, QueueFull
 from jobqueue.keys import ModelKeys, StoreKeys
+from jobqueue.protocol import RECORD_FIELDS, JobRecord, JobStore, parse_record, retry_call, state_change
 from jobqueue.settings import PRIORITIES
+from jobqueue.states import JobStatus
 
-# Fields of a job record the admin views read; `input` is left in Redis (only its size is read).
-JOB_FIELDS = (
-    "status", "model", "model_version", "priority", "owner", "result", "error", "attempts", "created_at", "queued_at",
-    "started_at", "finished_at", "worker", "callback_url", "notify_state", "notify_attempts", "notify_last_status",
-    "notify_last_error",
-)
-# Dead letters moved per script call: each call is atomic and blocks Redis while it runs, so a large
-# dead-letter list is retried in slices that each take well under a millisecond per hundred jobs.
-RETRY_SLICE = 500
+# A record's fields as the protocol parses them, plus what only operators see; `input` stays in Redis.
+ADMIN_FIELDS = (*RECORD_FIELDS, "queued_at", "worker")
+RETRYABLE = (JobStatus.FAILED, JobStatus.EXPIRED)
+# Dead letters retried per pipelined round trip: bounds the memory and the burst of script calls one
+# admin click sends to Redis at once.
+RETRY_SLICE = 200
 
 
 @dataclass(frozen=True)
@@ -157,35 +158,45 @@ async def overview(client: redis.asyncio.Redis, keys: StoreKeys, models: Sequenc
     )
 
 
-async def jobs(client: redis.asyncio.Redis, keys: StoreKeys, job_ids: Sequence[str]) -> list[dict[str, Any] | None]:
-    """Records of `job_ids` in order (JOB_FIELDS plus `input_bytes`), None where the record is gone."""
+@dataclass(frozen=True)
+class AdminJob:
+    """A job as an operator sees it: the record plus what clients are not shown."""
+
+    record: JobRecord
+    queued_at: int | None  # epoch ms, Redis clock
+    worker: str | None
+    input_bytes: int
+
+
+async def jobs(client: redis.asyncio.Redis, keys: StoreKeys, job_ids: Sequence[str]) -> list[AdminJob | None]:
+    """Records of `job_ids` in order, None where the record is gone; the input is left in Redis (only
+    its size is read). One pipelined round trip."""
     pipe = client.pipeline(transaction=False)
     for job_id in job_ids:
-        pipe.hmget(keys.job(job_id), JOB_FIELDS)
+        pipe.hmget(keys.job(job_id), ADMIN_FIELDS)
         pipe.hstrlen(keys.job(job_id), "input")
-    replies = await pipe.execute()
-    records: list[dict[str, Any] | None] = []
+    replies = await pipe.execute() if job_ids else []
+    found: list[AdminJob | None] = []
     for i, job_id in enumerate(job_ids):
         values, input_bytes = replies[2 * i], replies[2 * i + 1]
-        if values[0] is None:
-            records.append(None)
+        record = parse_record(job_id, ADMIN_FIELDS, values)
+        if record is None:
+            found.append(None)
             continue
-        record: dict[str, Any] = {"job_id": job_id, **dict(zip(JOB_FIELDS, values))}
-        record["input_bytes"] = int(input_bytes)
-        records.append(record)
-    return records
+        extra = dict(zip(ADMIN_FIELDS[len(RECORD_FIELDS) :], values[len(RECORD_FIELDS) :], strict=True))
+        queued_at = int(extra["queued_at"]) if extra["queued_at"] else None
+        found.append(AdminJob(record, queued_at, extra["worker"], int(input_bytes)))
+    return found
 
 
-async def dead_letters(
-    client: redis.asyncio.Redis, keys: StoreKeys, models: Sequence[str], limit: int
-) -> list[dict[str, Any]]:
+async def dead_letters(client: redis.asyncio.Redis, keys: StoreKeys, models: Sequence[str], limit: int) -> list[AdminJob]:
     """The newest `limit` dead letters of each of `models` whose record still exists, newest first per
     model. (A record expires JOB_TTL_SECONDS after it failed; its id lingers in the bounded list.)"""
     pipe = client.pipeline(transaction=False)
     for name in models:
         pipe.lrange(keys.model(name).dead, 0, limit - 1)  # LPUSHed: the head is the newest
-    ids = [job_id for batch in await pipe.execute() for job_id in batch]
-    return [record for record in await jobs(client, keys, ids) if record is not None]
+    ids = [job_id for batch in await pipe.execute() for job_id in batch] if models else []
+    return [job for job in await jobs(client, keys, ids) if job is not None]
 
 
 async def pause(client: redis.asyncio.Redis, keys: ModelKeys) -> None:
@@ -199,34 +210,49 @@ async def resume(client: redis.asyncio.Redis, keys: ModelKeys) -> None:
     await client.delete(keys.paused)
 
 
-def _lua(name: str) -> str:
-    return resources.files("jobqueue").joinpath("scripts", f"{name}.lua").read_text()
-
-
 class DeadLetterRetrier:
-    """Moves a model's dead letters back to their pending lists (`admin_retry_dead.lua`), in slices."""
+    """Retry-all: every failed or expired job in a model's dead-letter list goes through the one retry
+    transition (`retry.lua`, the script behind `POST /job/{id}/retry`, built by the protocol's
+    `retry_call`), pipelined RETRY_SLICE at a time, oldest first."""
 
-    def __init__(self, client: redis.asyncio.Redis, keys: StoreKeys, job_ttl_seconds: int, max_queue_length: int) -> None:
-        self.client = client
-        self.keys = keys
-        self.job_ttl_seconds = job_ttl_seconds
-        self.max_queue_length = max_queue_length
-        self._script = client.register_script(_lua("admin_retry_dead"))
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+        self._retry = store.client.register_script(resources.files("jobqueue").joinpath("scripts", "retry.lua").read_text())
 
-    async def retry_model(self, model: str) -> int:
-        """Retry every failed or expired job in `model`'s dead-letter list; returns how many went back
-        to pending. Stops early when the model's pending lists are full (MAX_QUEUE_LENGTH)."""
-        k = self.keys.model(model)
+    async def retry(self, model: str) -> int:
+        """How many of `model`'s dead letters went back to pending. Ids whose record is gone or that are
+        no longer retryable are dropped from the list; stops early when the pending list is full
+        (MAX_QUEUE_LENGTH), leaving the rest as they are."""
+        store = self.store
+        dead_key = store.keys.model(model).dead
+        token = uuid.uuid4().hex  # one admin request: retry.lua recognises its own repeat
         retried = 0
         while True:
-            moved, _skipped, remaining, full = await self._script(
-                keys=[k.dead, *k.pending_all, k.stats],
-                args=[self.keys.job_prefix, RETRY_SLICE, self.job_ttl_seconds, self.max_queue_length, self.keys.events],
-            )
-            retried += int(moved)
-            if int(full) or int(remaining) == 0:
+            tail = await store.client.lrange(dead_key, -RETRY_SLICE, -1)  # the tail is the oldest
+            ids = list(dict.fromkeys(reversed(tail)))
+            if not ids:
                 return retried
-
-    async def retry(self, models: Sequence[str]) -> int:
-        """Retry the dead letters of each of `models`; the total moved back to pending."""
-        return sum([await self.retry_model(model) for model in models])
+            records = await store.get_many(ids)
+            retryable = [r for r in records if r is not None and r.model == model and r.status in RETRYABLE]
+            pipe = store.client.pipeline(transaction=False)
+            for record in retryable:
+                call = retry_call(store.keys, store.settings, record, token)
+                await self._retry(keys=call.keys, args=call.args, client=pipe)  # queued in the pipeline
+            replies = await pipe.execute() if retryable else []
+            drop = [job_id for job_id, r in zip(ids, records, strict=True) if r is None or r.model != model or r.status not in RETRYABLE]
+            full = False
+            for record, reply in zip(retryable, replies, strict=True):
+                try:
+                    state_change(reply, record.job_id, "retry", store.settings)
+                    retried += 1
+                except QueueFull:
+                    full = True
+                except JobQueueError:  # raced into another state meanwhile: no longer a dead letter
+                    drop.append(record.job_id)
+            if drop:
+                pipe = store.client.pipeline(transaction=False)
+                for job_id in drop:
+                    pipe.lrem(dead_key, 0, job_id)
+                await pipe.execute()
+            if full:
+                return retried

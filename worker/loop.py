@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from jobqueue import metrics
 from jobqueue.connection import REFUSED, UNAVAILABLE, sync_client
 from jobqueue.model_signature import InputError, parse_input
 from jobqueue.models import ModelConfig, load_models
@@ -166,7 +167,9 @@ class Worker:
         self._record()
 
     def _record(self) -> None:
+        ended = [job_id for job_id, outcome, _ in self._unrecorded if outcome in (Outcome.COMPLETED, Outcome.FAILED)]
         counts = self.queue.finish(self.worker_id, self._unrecorded)
+        metrics.observe_ended_jobs(self.client, self.queue.store, self.model.name, ended)
         self.processed += counts.completed + counts.failed
         self._unrecorded = []
         self._adopt = self._adopt or counts.still_held > 0
@@ -208,7 +211,9 @@ class Worker:
     def _run_group(self, members: list[tuple[ClaimedJob, int]], feeds: dict[str, np.ndarray]) -> OutcomeList:
         """One model call for jobs whose rows are stacked in `feeds`; (job, row count) in order."""
         try:
+            call_started = time.perf_counter()
             outputs = self.model.run(feeds, self.settings.job_timeout_seconds)
+            metrics.observe_batch(self.model.name, len(members), time.perf_counter() - call_started)
         except ModelTimeout as exc:
             if len(members) == 1:
                 log.warning("job %s: %s", members[0][0].job_id, exc)

@@ -3,18 +3,20 @@ resume a model's queue; and the web console at /console that calls them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from importlib import resources
 from typing import Annotated, Any
 
-import orjson
-from fastapi import APIRouter, Body, Depends, Path, Query, Request
+from fastapi import APIRouter, Body, Depends, Path
+from fastapi import Query as QueryParam
 from fastapi.responses import Response
 
+from api.auth import admin as admin_principal
 from api.errors import HTTPProblem, json_response
+from api.state import AppState, get_state
 from jobqueue import admin
-from jobqueue.keys import StoreKeys
+from jobqueue.errors import JobNotFound
 from jobqueue.protocol import epoch_ms_to_iso
+from jobqueue.views import job_view
 
 MAX_DEAD_LETTERS_PAGE = 1000
 # The console is static: it may only load its own files and call this origin (no inline script, no CDN).
@@ -28,94 +30,30 @@ CONSOLE_HEADERS = {
 CONSOLE_FILES = {"index.html": "text/html; charset=utf-8", "console.css": "text/css", "console.js": "text/javascript"}
 
 
-@dataclass(frozen=True)
-class AdminContext:
-    """What the admin routes need from the app: a Redis client, the key layout, the models, limits."""
-
-    client: Any  # redis.asyncio.Redis
-    keys: StoreKeys
-    models: tuple[str, ...]
-    job_ttl_seconds: int
-    max_queue_length: int
-
-    def model(self, name: str) -> str:
-        """`name` if it is a served model, else a 404 naming the known ones."""
-        if name not in self.models:
-            raise HTTPProblem(404, f"unknown model {name!r}; known: {', '.join(self.models)}")
-        return name
-
-
-async def admin_context(request: Request) -> AdminContext:
-    """The admin view of the app's state."""
-    state = request.app.state.asyncinfer
-    settings = state.settings
-    return AdminContext(
-        client=state.queue.client,
-        keys=StoreKeys(settings.key_prefix),
-        models=tuple(state.model_names),
-        job_ttl_seconds=settings.job_ttl_seconds,
-        max_queue_length=settings.max_queue_length,
-    )
-
-
-async def require_admin(request: Request) -> None:
-    """Admin role required (401 without a valid token, 403 with a client token)."""
-    await request.app.state.asyncinfer.require_admin(request)
-
-
-Context = Annotated[AdminContext, Depends(admin_context)]
-router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+State = Annotated[AppState, Depends(get_state)]
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(admin_principal)])
 console_router = APIRouter(tags=["admin"], include_in_schema=False)
 
 
-def _json_or_none(value: str | None) -> Any:
-    if value is None:
-        return None
-    try:
-        return orjson.loads(value)
-    except orjson.JSONDecodeError:
-        return value
+def served_models(state: AppState, name: str | None) -> list[str]:
+    """[name] when given (404 naming the known models otherwise), else every served model."""
+    return [state.models.require(name).name] if name else state.models.names()
 
 
-def job_view(record: dict[str, Any]) -> dict[str, Any]:
-    """The contract's job view of a raw record, plus what an operator needs: input size, queue time,
-    worker and owner."""
-    notification = None
-    if record.get("notify_state"):
-        notification = {
-            "state": record["notify_state"],
-            "attempts": int(record.get("notify_attempts") or 0),
-            "last_status": int(record["notify_last_status"]) if record.get("notify_last_status") else None,
-            "last_error": record.get("notify_last_error"),
-        }
-
-    def iso(name: str) -> str | None:
-        value = record.get(name)
-        return epoch_ms_to_iso(int(value)) if value else None
-
+def admin_view(job: admin.AdminJob) -> dict[str, Any]:
+    """The contract's job view plus what an operator needs: input size, queue time, worker, owner."""
     return {
-        "job_id": record["job_id"],
-        "status": record["status"],
-        "model": record.get("model"),
-        "model_version": record.get("model_version"),
-        "priority": record.get("priority") or "normal",
-        "result": _json_or_none(record.get("result")),
-        "error": record.get("error"),
-        "attempts": int(record.get("attempts") or 0),
-        "created_at": iso("created_at"),
-        "started_at": iso("started_at"),
-        "finished_at": iso("finished_at"),
-        "notification": notification,
-        "queued_at": iso("queued_at"),
-        "input_bytes": record.get("input_bytes", 0),
-        "worker": record.get("worker"),
-        "owner": record.get("owner"),
+        **job_view(job.record),
+        "queued_at": epoch_ms_to_iso(job.queued_at),
+        "input_bytes": job.input_bytes,
+        "worker": job.worker,
+        "owner": job.record.owner,
     }
 
 
 @router.get("/overview", summary="Every model's queue: pending by priority, in flight, dead letters, workers, stats")
-async def overview(ctx: Context) -> Response:
-    o = await admin.overview(ctx.client, ctx.keys, ctx.models)
+async def overview(state: State) -> Response:
+    o = await admin.overview(state.store.client, state.store.keys, state.models.names())
     return json_response(
         {
             "now": epoch_ms_to_iso(o.now_ms),
@@ -128,43 +66,43 @@ async def overview(ctx: Context) -> Response:
 
 @router.get("/dead-letters", summary="Dead-lettered jobs, newest first per model, with their error text")
 async def dead_letters(
-    ctx: Context,
-    model: Annotated[str | None, Query(description="one model; default: all")] = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_DEAD_LETTERS_PAGE, description="most jobs per model")] = 50,
+    state: State,
+    model: Annotated[str | None, QueryParam(description="one model; default: all")] = None,
+    limit: Annotated[int, QueryParam(ge=1, le=MAX_DEAD_LETTERS_PAGE, description="most jobs per model")] = 50,
 ) -> Response:
-    models = [ctx.model(model)] if model else list(ctx.models)
-    records = await admin.dead_letters(ctx.client, ctx.keys, models, limit)
-    return json_response({"items": [job_view(r) for r in records]})
+    jobs = await admin.dead_letters(state.store.client, state.store.keys, served_models(state, model), limit)
+    return json_response({"items": [admin_view(job) for job in jobs]})
 
 
 @router.post("/dead-letters/retry", summary="Put every failed or expired dead letter back on its pending list")
 async def retry_dead_letters(
-    ctx: Context,
+    state: State,
     body: Annotated[dict[str, str] | None, Body(examples=[{"model": "iris"}], description='{"model"?: name}')] = None,
 ) -> Response:
-    name = (body or {}).get("model")
-    models = [ctx.model(name)] if name else list(ctx.models)
-    retrier = admin.DeadLetterRetrier(ctx.client, ctx.keys, ctx.job_ttl_seconds, ctx.max_queue_length)
-    return json_response({"retried": await retrier.retry(models)})
+    retrier = admin.DeadLetterRetrier(state.store)
+    retried = 0
+    for model in served_models(state, (body or {}).get("model")):
+        retried += await retrier.retry(model)
+    return json_response({"retried": retried})
 
 
 @router.get("/jobs/{job_id}", summary="One job in detail: the job view plus input size, queue time, worker, owner")
-async def job_detail(ctx: Context, job_id: Annotated[str, Path(max_length=64)]) -> Response:
-    (record,) = await admin.jobs(ctx.client, ctx.keys, [job_id])
-    if record is None:
-        raise HTTPProblem(404, f"job {job_id} not found (unknown id, or its record expired)")
-    return json_response(job_view(record))
+async def job_detail(state: State, job_id: Annotated[str, Path(max_length=64)]) -> Response:
+    (job,) = await admin.jobs(state.store.client, state.store.keys, [job_id])
+    if job is None:
+        raise JobNotFound(job_id)
+    return json_response(admin_view(job))
 
 
 @router.post("/models/{name}/pause", summary="Stop workers claiming this model's jobs (pending jobs stay queued)")
-async def pause(ctx: Context, name: str) -> Response:
-    await admin.pause(ctx.client, ctx.keys.model(ctx.model(name)))
+async def pause(state: State, name: str) -> Response:
+    await admin.pause(state.store.client, state.store.keys.model(served_models(state, name)[0]))
     return json_response({"name": name, "paused": True})
 
 
 @router.post("/models/{name}/resume", summary="Let workers claim this model's jobs again")
-async def resume(ctx: Context, name: str) -> Response:
-    await admin.resume(ctx.client, ctx.keys.model(ctx.model(name)))
+async def resume(state: State, name: str) -> Response:
+    await admin.resume(state.store.client, state.store.keys.model(served_models(state, name)[0]))
     return json_response({"name": name, "paused": False})
 
 

