@@ -18,7 +18,7 @@ import redis.asyncio
 
 from jobqueue.errors import JobQueueError, QueueFull
 from jobqueue.keys import ModelKeys, StoreKeys
-from jobqueue.protocol import RECORD_FIELDS, JobRecord, JobStore, parse_record, retry_call, state_change
+from jobqueue.protocol import RECORD_FIELDS, STAT_COUNTERS, JobRecord, JobStore, parse_record, retry_call, state_change
 from jobqueue.settings import PRIORITIES
 from jobqueue.states import JobStatus
 
@@ -145,7 +145,7 @@ async def overview(client: redis.asyncio.Redis, keys: StoreKeys, models: Sequenc
                 inflight=int(inflight),
                 dead=int(dead),
                 workers=views,
-                stats={field_name: _int(value) for field_name, value in stats.items()},
+                stats={name: _int(stats.get(name)) for name in STAT_COUNTERS},  # not the marks kept beside them
             )
         )
     return StoreOverview(

@@ -45,6 +45,8 @@ WEBHOOK_SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 # outcomes is every job that ended.
 FINISHED_OUTCOMES = ("completed", "failed", "expired", "canceled")
 WEBHOOK_OUTCOMES = ("delivered", "rejected", "error", "given_up")
+# Where a middleware that answers without the router puts the route template it served.
+ROUTE_TEMPLATE_KEY = "asyncinfer.route"
 # A job's timestamps, as the worker reads them after `finish`; only ended jobs are observed.
 TIMING_FIELDS = ("status", "priority", "created_at", "queued_at", "started_at", "finished_at")
 ENDED_BY_WORKER = ("completed", "failed", b"completed", b"failed")
@@ -229,8 +231,9 @@ class RequestMetricsMiddleware:
     """ASGI middleware: counts requests and their latency by method, route template and status class.
 
     The route is the matched route's path template (`/job/{job_id}`), which routing stores in the scope;
-    requests answered before routing (the hot path) are matched against the app's routes here. A path
-    no route matches is labelled `unmatched`, so a scan of random URLs cannot grow the label set.
+    a middleware that answers before routing (the API's hot path) names its template in
+    `scope[ROUTE_TEMPLATE_KEY]`. A path no route matches is labelled `unmatched`, so a scan of random
+    URLs cannot grow the label set.
     """
 
     def __init__(self, app: object) -> None:
@@ -261,14 +264,5 @@ class RequestMetricsMiddleware:
 def route_template(scope: dict) -> str:
     """The path template of the route that served `scope`, or 'unmatched'."""
     route = scope.get("route")
-    if route is None:
-        # Answered without the router (a direct hot path): match here, as the router would.
-        from starlette.routing import Match  # noqa: PLC0415 - the worker imports this module without starlette
-
-        app = scope.get("app")
-        for candidate in getattr(app, "routes", ()):
-            match, _ = candidate.matches(scope)
-            if match is Match.FULL:
-                route = candidate
-                break
-    return getattr(route, "path_format", None) or getattr(route, "path", None) or "unmatched"
+    template = getattr(route, "path_format", None) if route is not None else None
+    return template or scope.get(ROUTE_TEMPLATE_KEY) or "unmatched"

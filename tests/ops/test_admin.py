@@ -71,7 +71,7 @@ def test_overview_reads_every_model_in_one_call(redis_server, redis_client):
     assert iris.oldest_pending_age_s["low"] == 0
     assert iris.inflight == 2 and iris.dead == 1 and not iris.paused
     assert {(w.id, w.holding, w.alive) for w in iris.workers} == {("w-live", 2, True), ("w-dead", 0, False)}
-    assert iris.stats == {"enqueued": 10, "completed": 6, "failed": 1, "recovery_grace": 0}
+    assert iris.stats == {"enqueued": 10, "completed": 6, "failed": 1, "retried": 0, "recovered": 0, "expired": 0, "canceled": 0}
     assert resnet.paused and resnet.pending == {"high": 0, "normal": 0, "low": 0} and resnet.workers == []
     assert o.redis_memory_used_bytes > 0 and o.redis_memory_max_bytes == 0
     assert abs(o.now_ms - now_ms()) < 5_000
