@@ -335,7 +335,7 @@ function renderJob(job) {
     actions.push(el("button", { class: "btn btn-small btn-danger", type: "button", text: "Cancel", onclick: () => cancelJob(job.job_id) }));
   }
   const facts = [
-    ["Model", `${job.model || "–"}${job.model_version ? ` v${job.model_version}` : ""}`],
+    ["Model", `${job.model || "–"}${job.model_version ? ` · ${job.model_version}` : ""}`],
     ["Priority", job.priority],
     ["Attempts", String(job.attempts)],
     ["Input size", formatBytes(job.input_bytes)],
