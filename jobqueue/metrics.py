@@ -39,12 +39,11 @@ JOB_SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 # HTTP: sub-millisecond submits up to 30 s long polls (GET /job?wait=30, Prefer: wait=30).
 HTTP_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-WEBHOOK_SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 # Stats HASH fields that end a job, exported as asyncinfer_jobs_finished_total{outcome=...}; the sum over
 # outcomes is every job that ended.
 FINISHED_OUTCOMES = ("completed", "failed", "expired", "canceled")
-WEBHOOK_OUTCOMES = ("delivered", "rejected", "error", "given_up")
+WEBHOOK_OUTCOMES = ("delivered", "retried", "failed", "lease_lost", "errors")
 # Where a middleware that answers without the router puts the route template it served.
 ROUTE_TEMPLATE_KEY = "asyncinfer.route"
 # A job's timestamps, as the worker reads them after `finish`; only ended jobs are observed.
@@ -85,15 +84,10 @@ MODEL_CALL_SECONDS = Histogram(
 
 # -- notifier observations ----------------------------------------------------------------------------
 WEBHOOK_DELIVERIES = Counter(
-    "asyncinfer_webhook_deliveries",
-    "Webhook delivery attempts by outcome: delivered (2xx), rejected (other status), error (timeout, "
-    "connection), given_up (the last allowed attempt failed; counted besides its rejected/error).",
+    "asyncinfer_notifier_deliveries",
+    "Webhook delivery attempts by outcome: delivered (2xx), retried (failed, tried again later), failed (the "
+    "last attempt failed: given up), lease_lost (another notifier took it over), errors (unexpected).",
     ["outcome"],
-)
-WEBHOOK_DELIVERY_SECONDS = Histogram(
-    "asyncinfer_webhook_delivery_seconds",
-    "Duration of one webhook delivery attempt.",
-    buckets=WEBHOOK_SECONDS_BUCKETS,
 )
 
 # -- API requests (per API process) ------------------------------------------------------------------
@@ -138,12 +132,9 @@ def observe_ended_jobs(client: redis.Redis, keys: StoreKeys, model: str, job_ids
             observe_ended(model, _text(priority or "normal"), *(int(stamp) for stamp in stamps))
 
 
-def observe_webhook(outcome: str, seconds: float, given_up: bool = False) -> None:
-    """Notifier: one delivery attempt ended with `outcome` (delivered, rejected, error) after `seconds`."""
+def observe_webhook(outcome: str) -> None:
+    """Notifier: one delivery attempt ended with `outcome` (one of WEBHOOK_OUTCOMES)."""
     WEBHOOK_DELIVERIES.labels(outcome).inc()
-    WEBHOOK_DELIVERY_SECONDS.observe(seconds)
-    if given_up:
-        WEBHOOK_DELIVERIES.labels("given_up").inc()
 
 
 def _text(value: Any) -> str:

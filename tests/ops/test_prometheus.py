@@ -37,7 +37,7 @@ kube_horizontalpodautoscaler_spec_max_replicas{namespace="ml",horizontalpodautos
 """
 # Series only the webhook notifier reports; it is not part of this stack (it runs only when a job has
 # a callback_url and ships with its own tests), so these may be empty here, but must still evaluate.
-NOTIFIER_ONLY = ("asyncinfer_webhook_deliveries_total", "asyncinfer_webhook_delivery_seconds")
+NOTIFIER_ONLY = ("asyncinfer_notifier_deliveries_total",)
 
 
 class StaticExporter:
