@@ -73,3 +73,10 @@ def test_alerts_are_mixin_style_with_runbook_sections():
         url = annotations["runbook_url"]
         assert url.startswith(RUNBOOK_BASE) and url[len(RUNBOOK_BASE):] in anchors, f"{rule['alert']}: {url} has no section"
         assert url[len(RUNBOOK_BASE):] == rule["alert"].lower()
+
+
+def test_the_local_scrape_config_is_valid_and_loads_the_alerts():
+    config = ROOT / "deploy/prometheus/prometheus.yml"
+    result = promtool("check", "config", str(config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(alert_rules())} rules found" in result.stdout
