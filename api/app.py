@@ -13,11 +13,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api.auth import TokenFile
 from api.errors import HTTPProblem, install_error_handlers, problem_response
 from api.hotpath import HotPathMiddleware
+from api.metrics import RequestMetricsMiddleware
 from api.metrics_listener import MetricsListener
 from api.routes import admin, jobs, models, service
 from api.state import AppState, JobEvents, ModelRegistry
 from jobqueue import __version__
-from jobqueue.metrics import RequestMetricsMiddleware
 from jobqueue.connection import async_client, async_probe_client
 from jobqueue.models import load_models
 from jobqueue.protocol import JobStore

@@ -16,8 +16,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.auth import authenticate
 from api.errors import as_problem, invalid, problem_response
+from api.metrics import ROUTE_TEMPLATE_KEY
 from api.routes import jobs
-from jobqueue.metrics import ROUTE_TEMPLATE_KEY
 
 JOB_PREFIX = "/job/"
 

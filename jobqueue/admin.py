@@ -8,9 +8,9 @@ side never writes a job record itself. Async only: the API is the one caller.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-import uuid
 from importlib import resources
 from typing import Any
 

@@ -18,7 +18,6 @@ method, status (a class such as "2xx"). Never job ids or principals.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -44,8 +43,6 @@ HTTP_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 # outcomes is every job that ended.
 FINISHED_OUTCOMES = ("completed", "failed", "expired", "canceled")
 WEBHOOK_OUTCOMES = ("delivered", "retried", "failed", "lease_lost", "errors")
-# Where a middleware that answers without the router puts the route template it served.
-ROUTE_TEMPLATE_KEY = "asyncinfer.route"
 # A job's timestamps, as the worker reads them after `finish`; only ended jobs are observed.
 TIMING_FIELDS = ("status", "priority", "created_at", "queued_at", "started_at", "finished_at")
 ENDED_BY_WORKER = ("completed", "failed", b"completed", b"failed")
@@ -216,44 +213,3 @@ def render(overview: StoreOverview | None = None, *, with_queue: bool = False) -
         queue_registry.register(QueueCollector(overview))
         body += generate_latest(queue_registry)
     return body, CONTENT_TYPE_LATEST
-
-
-class RequestMetricsMiddleware:
-    """ASGI middleware: counts requests and their latency by method, route template and status class.
-
-    The route is the matched route's path template (`/job/{job_id}`), which routing stores in the scope;
-    a middleware that answers before routing (the API's hot path) names its template in
-    `scope[ROUTE_TEMPLATE_KEY]`. A path no route matches is labelled `unmatched`, so a scan of random
-    URLs cannot grow the label set.
-    """
-
-    def __init__(self, app: object) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: object, send: object) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)  # type: ignore[operator]
-            return
-        status = 500  # an exception before the response started is a 5xx to the client
-        started = time.perf_counter()
-
-        async def send_with_status(message: dict) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)  # type: ignore[operator]
-
-        try:
-            await self.app(scope, receive, send_with_status)  # type: ignore[operator]
-        finally:
-            method = scope["method"]
-            route = route_template(scope)
-            HTTP_REQUESTS.labels(method, route, status_class(status)).inc()
-            HTTP_REQUEST_SECONDS.labels(method, route).observe(time.perf_counter() - started)
-
-
-def route_template(scope: dict) -> str:
-    """The path template of the route that served `scope`, or 'unmatched'."""
-    route = scope.get("route")
-    template = getattr(route, "path_format", None) if route is not None else None
-    return template or scope.get(ROUTE_TEMPLATE_KEY) or "unmatched"

@@ -19,6 +19,7 @@ import pytest
 import yaml
 from stack import free_port, stop
 
+from tests.ops.conftest import ADMIN_TOKEN
 from tests.ops.helpers import ALERTS, alert_expressions, dashboard_queries
 
 pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus missing: run deploy/ops-tools.sh")
@@ -159,7 +160,7 @@ def test_every_dashboard_and_alert_metric_has_data_under_load(ops_stack, prometh
     with ops_stack.http() as http:
         http.post("/predict", json={"data": [[1, 2]]})  # 422: a 4xx in the request metrics
         http.get("/job/no-such-job")
-    with ops_stack.http(admin_token()) as http:
+    with ops_stack.http(ADMIN_TOKEN) as http:
         assert http.post("/admin/models/iris/pause").status_code == 200
         paused_ids = ops_stack.submit(1)
         time.sleep(2)  # scraped while paused with a job waiting
@@ -220,8 +221,3 @@ def test_prometheus_loads_and_evaluates_every_alert_rule(ops_stack, prometheus, 
     firing = query(prometheus, 'ALERTS{alertstate="firing"}')
     assert firing == []
 
-
-def admin_token() -> str:
-    from tests.ops.conftest import ADMIN_TOKEN  # noqa: PLC0415 - one definition of the token
-
-    return ADMIN_TOKEN
