@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 import redis.asyncio
 
-from jobqueue.errors import JobNotFound, WrongState
+from jobqueue.errors import JobNotFound, JobQueueError, WrongState
 from jobqueue.keys import StoreKeys
 from jobqueue.settings import Settings
 
@@ -57,6 +57,15 @@ class NotifyState(StrEnum):
     PENDING = "pending"
     DELIVERED = "delivered"
     FAILED = "failed"
+
+
+class NoCallbackUrl(WrongState):
+    """The job was submitted without a callback_url: there is no webhook to resend."""
+
+    def __init__(self, status: str) -> None:
+        JobQueueError.__init__(self, "job has no callback_url: there is no webhook to resend")
+        self.status = status
+        self.operation = "resend"
 
 
 class TransitionCode(IntEnum):
@@ -215,8 +224,10 @@ class NotificationStore:
             keys=[self.keys.notify, self.keys.job(job_id), self.keys.notify_failed], args=[job_id]
         )
         code, detail = int(reply[0]), _text(reply[1])
-        if code < 0:
+        if code == -1:
             raise JobNotFound(job_id)
+        if code == -2:
+            raise NoCallbackUrl(detail)
         if code == 0:
             raise WrongState(detail, "resending its webhook")
         return NotifyState.PENDING

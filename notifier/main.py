@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -38,6 +39,8 @@ OUTBOX_GAUGE_INTERVAL_S = 5.0
 # /healthz fails when the loop has not turned for this long (a wedged event loop).
 LOOP_STALL_S = 30.0
 REDIS_BACKOFF_MAX_S = 5.0
+# Standard Webhooks asks for secrets of 24 to 64 random bytes; a shorter one is guessable.
+MIN_SECRET_BYTES = 24
 
 
 def lease_ms(settings: Settings) -> int:
@@ -217,8 +220,11 @@ def signing_secret(settings: Settings) -> str:
         raise SystemExit("asyncinfer-notifier: WEBHOOK_SECRET_FILE (or WEBHOOK_SECRET) must hold a whsec_... secret")
     try:
         Webhook(secret)
+        size = len(base64.b64decode(secret.removeprefix("whsec_") + "=="))
     except Exception as exc:  # noqa: BLE001 - any defect of the secret is reported the same way
         raise SystemExit(f"asyncinfer-notifier: WEBHOOK_SECRET is not a valid whsec_ (base64) secret: {exc}") from None
+    if size < MIN_SECRET_BYTES:
+        raise SystemExit(f"asyncinfer-notifier: WEBHOOK_SECRET holds {size} bytes; Standard Webhooks needs at least {MIN_SECRET_BYTES}")
     return secret
 
 

@@ -58,7 +58,7 @@ def address_refusal(ip: IPAddress) -> str | None:
             embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
         if embedded is not None:
             reason = address_refusal(embedded)
-            return None if reason is None else f"{reason} (embedded in {ip})"
+            return None if reason is None else f"{reason}, embedded in {ip}"
     checks: tuple[tuple[bool, str], ...] = (
         (ip.is_unspecified, "unspecified"),
         (ip.is_loopback, "loopback"),

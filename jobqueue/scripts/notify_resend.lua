@@ -10,7 +10,7 @@ KEYS[2] job            HASH  the job's record
 KEYS[3] notify-failed  LIST  ids whose delivery was given up
 ARGV[1] job id
 Returns {code, detail}: {1, "pending"} queued, {2, "pending"} already pending (unchanged),
-{0, status} job not finished or without callback_url (detail says which), {-1, ""} no such job.
+{0, status} job not finished, {-2, status} job without callback_url, {-1, ""} no such job.
 ]]
 local notifyKey, jobKey, failedKey = KEYS[1], KEYS[2], KEYS[3]
 local id = ARGV[1]
@@ -18,7 +18,7 @@ local id = ARGV[1]
 local f = redis.call('HMGET', jobKey, 'status', 'callback_url', 'notify_state')
 local status, callback, state = f[1], f[2], f[3]
 if not status then return {-1, ''} end
-if not callback or callback == '' then return {0, 'no callback_url'} end
+if not callback or callback == '' then return {-2, status} end
 if status == 'pending' or status == 'processing' then return {0, status} end
 if state == 'pending' and redis.call('ZSCORE', notifyKey, id) then return {2, 'pending'} end
 local t = redis.call('TIME')

@@ -1,0 +1,120 @@
+"""Admin routes for notifications (api/routes/notifications.py) against a real redis-server."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+
+import httpx
+import redis
+import uvicorn
+from fastapi import FastAPI
+from stack import free_port
+
+from api.errors import install_error_handlers
+from api.routes import notifications
+from jobqueue.connection import async_client
+from jobqueue.notifications import NotificationStore
+from jobqueue.settings import Settings
+from tests.notifier.helpers import KEYS, seed_finished_job
+
+
+@contextmanager
+def admin_client(redis_client: redis.Redis) -> Iterator[httpx.Client]:
+    """The notifications router in an app wired as the lead's create_app would wire it (store on
+    app.state), served by a real uvicorn on a free loopback port for the duration of the block."""
+    url = "redis://{host}:{port}/{db}".format(**redis_client.connection_pool.connection_kwargs)
+    settings = Settings(redis_url=url)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = async_client(settings)
+        app.state.notifications = NotificationStore(client, settings)
+        yield
+        await client.aclose()
+
+    app = FastAPI(lifespan=lifespan)
+    app.include_router(notifications.router)
+    install_error_handlers(app)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="admin-api", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the test API did not start"
+        time.sleep(0.02)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            yield http
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def given_up(redis_client: redis.Redis, job_id: str, error: str = "HTTP 500") -> None:
+    """A job whose delivery was given up, as notify_failed_attempt leaves it."""
+    seed_finished_job(redis_client, job_id, "https://hooks.example.com/x")
+    redis_client.zrem(KEYS.notify, job_id)
+    redis_client.hset(
+        KEYS.job(job_id),
+        mapping={"notify_state": "failed", "notify_attempts": 8, "notify_last_status": 500, "notify_last_error": error},
+    )
+    redis_client.lpush(KEYS.notify_failed, job_id)
+
+
+def test_failed_lists_views_newest_first_and_skips_expired_or_resent(redis_client):
+    older, newer, expired = (str(uuid.uuid4()) for _ in range(3))
+    given_up(redis_client, older)
+    given_up(redis_client, expired)
+    given_up(redis_client, newer, "HTTP 500: down")
+    redis_client.delete(KEYS.job(expired))
+    with admin_client(redis_client) as http:
+        items = http.get("/admin/notifications/failed").json()["items"]
+        assert [i["job_id"] for i in items] == [newer, older]
+        assert items[0]["notification"] == {"state": "failed", "attempts": 8, "last_status": 500, "last_error": "HTTP 500: down"}
+        assert items[0]["status"] == "completed" and items[0]["result"][0]["label"] == "setosa"
+        assert [i["job_id"] for i in http.get("/admin/notifications/failed?limit=1").json()["items"]] == [newer]
+        assert http.get("/admin/notifications/failed?limit=0").status_code == 422
+
+        assert http.post(f"/admin/notifications/{older}/resend").status_code == 202
+        assert [i["job_id"] for i in http.get("/admin/notifications/failed").json()["items"]] == [newer]
+
+
+def test_resend_resets_and_requeues_delivered_or_failed(redis_client):
+    failed_id, delivered_id = str(uuid.uuid4()), str(uuid.uuid4())
+    given_up(redis_client, failed_id)
+    seed_finished_job(redis_client, delivered_id, "https://hooks.example.com/x")
+    redis_client.zrem(KEYS.notify, delivered_id)
+    redis_client.hset(KEYS.job(delivered_id), mapping={"notify_state": "delivered", "notify_attempts": 2, "notify_last_status": 200})
+    with admin_client(redis_client) as http:
+        for job_id in (failed_id, delivered_id):
+            response = http.post(f"/admin/notifications/{job_id}/resend")
+            assert response.status_code == 202
+            assert response.json() == {"job_id": job_id, "notification": {"state": "pending", "attempts": 0}}
+            fields = redis_client.hgetall(KEYS.job(job_id))
+            assert fields["notify_state"] == "pending" and fields["notify_attempts"] == "0"
+            assert "notify_last_status" not in fields and "notify_last_error" not in fields
+            assert redis_client.zscore(KEYS.notify, job_id) is not None
+        assert redis_client.lrange(KEYS.notify_failed, 0, -1) == []
+        # twice is harmless: still one outbox entry, still pending
+        assert http.post(f"/admin/notifications/{failed_id}/resend").status_code == 202
+        assert redis_client.zcard(KEYS.notify) == 2
+
+
+def test_resend_refusals(redis_client):
+    unfinished, no_callback = str(uuid.uuid4()), str(uuid.uuid4())
+    seed_finished_job(redis_client, unfinished, "https://hooks.example.com/x")
+    redis_client.hset(KEYS.job(unfinished), "status", "processing")
+    redis_client.hset(KEYS.job(no_callback), mapping={"status": "completed"})
+    with admin_client(redis_client) as http:
+        missing = http.post(f"/admin/notifications/{uuid.uuid4()}/resend")
+        assert missing.status_code == 404
+        conflict = http.post(f"/admin/notifications/{unfinished}/resend")
+        assert conflict.status_code == 409 and conflict.json()["status"] == "processing"
+        without = http.post(f"/admin/notifications/{no_callback}/resend")
+        assert without.status_code == 409 and "no callback_url" in without.json()["detail"]
+        assert http.post(f"/admin/notifications/{'x' * 65}/resend").status_code == 422
