@@ -67,8 +67,8 @@ def address_refusal(ip: IPAddress) -> str | None:
         (isinstance(ip, ipaddress.IPv4Address) and ip in CGNAT_NETWORK, "carrier-grade NAT (100.64.0.0/10)"),
         (isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local, "site-local"),
         (isinstance(ip, ipaddress.IPv6Address) and ip in ipaddress.ip_network("fc00::/7"), "unique local (fc00::/7)"),
-        (ip.is_private, "private"),
         (ip.is_reserved, "reserved"),
+        (ip.is_private, "private"),
         (not ip.is_global, "not globally routable"),
     )
     return next((reason for refused, reason in checks if refused), None)
