@@ -15,39 +15,21 @@ The lead's job scripts put a finished job with a `callback_url` into the outbox
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from importlib import resources
 from typing import Any
 
-import orjson
 import redis.asyncio
 
 from jobqueue.errors import JobNotFound, JobQueueError, WrongState
 from jobqueue.keys import StoreKeys
+from jobqueue.protocol import RECORD_FIELDS, JobRecord, parse_record
 from jobqueue.settings import Settings
+from jobqueue.views import job_view
 
 # Most ids kept on the notify-failed list; older ones drop off (their records still say `failed`).
 MAX_FAILED_NOTIFICATIONS = 10_000
-# The record fields a job view is built from (the API builds the same view from the same fields).
-VIEW_FIELDS = (
-    "status",
-    "model",
-    "model_version",
-    "priority",
-    "result",
-    "error",
-    "attempts",
-    "created_at",
-    "started_at",
-    "finished_at",
-    "notify_state",
-    "notify_attempts",
-    "notify_last_status",
-    "notify_last_error",
-)
-DELIVERY_FIELDS = (*VIEW_FIELDS, "callback_url")
 SCRIPT_NAMES = ("notify_claim", "notify_delivered", "notify_failed_attempt", "notify_release", "notify_resend")
 
 
@@ -99,48 +81,6 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _opt_int(value: Any) -> int | None:
-    return int(value) if value not in (None, b"", "") else None
-
-
-def epoch_ms_to_iso(ms: int | None) -> str | None:
-    """Redis-clock milliseconds as ISO-8601 UTC (the API's format: millisecond precision, `Z`)."""
-    if ms is None:
-        return None
-    seconds, millis = divmod(ms, 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
-
-
-def job_view(job_id: str, fields: dict[str, Any]) -> dict[str, Any]:
-    """The contract's job view from a record's VIEW_FIELDS (as read with HMGET): the webhook body and the
-    admin listing. `result` is parsed JSON; timestamps ISO-8601 UTC or null; `notification` null for a
-    job without a webhook."""
-    f = {name: (None if value is None else _text(value)) for name, value in fields.items()}
-    notification = None
-    if f.get("notify_state"):
-        last_status = _opt_int(f.get("notify_last_status"))
-        notification = {
-            "state": f["notify_state"],
-            "attempts": int(f.get("notify_attempts") or 0),
-            "last_status": last_status,
-            "last_error": f.get("notify_last_error"),
-        }
-    return {
-        "job_id": job_id,
-        "status": f.get("status"),
-        "model": f.get("model"),
-        "model_version": f.get("model_version"),
-        "priority": f.get("priority") or "normal",
-        "result": orjson.loads(f["result"]) if f.get("result") is not None else None,
-        "error": f.get("error"),
-        "attempts": int(f.get("attempts") or 0),
-        "created_at": epoch_ms_to_iso(_opt_int(f.get("created_at"))),
-        "started_at": epoch_ms_to_iso(_opt_int(f.get("started_at"))),
-        "finished_at": epoch_ms_to_iso(_opt_int(f.get("finished_at"))),
-        "notification": notification,
-    }
-
-
 @dataclass(frozen=True)
 class DeliveryRecord:
     """What one delivery attempt needs from a job record."""
@@ -149,6 +89,10 @@ class DeliveryRecord:
     callback_url: str | None
     finished_at: int | None
     view: dict[str, Any]
+
+    @classmethod
+    def of(cls, record: JobRecord) -> DeliveryRecord:
+        return cls(record.job_id, record.callback_url, record.finished_at, job_view(record))
 
     @property
     def message_id(self) -> str:
@@ -174,18 +118,9 @@ class NotificationStore:
         return [Lease(_text(reply[i]), int(reply[i + 1])) for i in range(0, len(reply), 2)]
 
     async def read(self, job_id: str) -> DeliveryRecord | None:
-        """The record a delivery sends, or None when it is gone."""
-        values = await self.client.hmget(self.keys.job(job_id), DELIVERY_FIELDS)
-        fields = dict(zip(DELIVERY_FIELDS, values))
-        if fields["status"] is None:
-            return None
-        callback = fields.pop("callback_url")
-        return DeliveryRecord(
-            job_id=job_id,
-            callback_url=None if callback is None else _text(callback),
-            finished_at=_opt_int(fields["finished_at"]),
-            view=job_view(job_id, fields),
-        )
+        """What a delivery sends (the API's job view, jobqueue.views) and where, or None when the record is gone."""
+        record = parse_record(job_id, RECORD_FIELDS, await self.client.hmget(self.keys.job(job_id), RECORD_FIELDS))
+        return None if record is None else DeliveryRecord.of(record)
 
     async def delivered(self, lease: Lease, http_status: int) -> TransitionCode:
         """Record a 2xx: notify_state delivered, out of the outbox."""
@@ -238,13 +173,9 @@ class NotificationStore:
         ids = [_text(i) for i in await self.client.lrange(self.keys.notify_failed, 0, max(0, limit - 1))]
         pipe = self.client.pipeline(transaction=False)
         for job_id in ids:
-            pipe.hmget(self.keys.job(job_id), VIEW_FIELDS)
-        views = []
-        for job_id, values in zip(ids, await pipe.execute() if ids else []):
-            fields = dict(zip(VIEW_FIELDS, values))
-            if fields["status"] is not None and _text(fields["notify_state"] or "") == NotifyState.FAILED:
-                views.append(job_view(job_id, fields))
-        return views
+            pipe.hmget(self.keys.job(job_id), RECORD_FIELDS)
+        records = [parse_record(job_id, RECORD_FIELDS, values) for job_id, values in zip(ids, await pipe.execute() if ids else [])]
+        return [job_view(r) for r in records if r is not None and r.notify_state == NotifyState.FAILED]
 
     async def due_count(self) -> int:
         """Deliveries waiting or leased (ZCARD of the outbox), for /metrics."""

@@ -5,40 +5,32 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import redis
 import uvicorn
-from fastapi import FastAPI
 from stack import free_port
 
-from api.errors import install_error_handlers
+from api.app import create_app
 from api.routes import notifications
-from jobqueue.connection import async_client
-from jobqueue.notifications import NotificationStore
 from jobqueue.settings import Settings
+from tests.conftest import MODEL_PATH
 from tests.notifier.helpers import KEYS, seed_finished_job
+
+ADMIN_TOKEN, CLIENT_TOKEN = "admin-secret-token", "client-secret-token"
 
 
 @contextmanager
-def admin_client(redis_client: redis.Redis) -> Iterator[httpx.Client]:
-    """The notifications router in an app wired as the lead's create_app would wire it (store on
-    app.state), served by a real uvicorn on a free loopback port for the duration of the block."""
+def admin_client(redis_client: redis.Redis, tokens_file: Path | None = None) -> Iterator[httpx.Client]:
+    """The real API app (api.app.create_app) with the notifications router included as the lead's hook
+    line does, served by uvicorn on a free loopback port for the duration of the block."""
     url = "redis://{host}:{port}/{db}".format(**redis_client.connection_pool.connection_kwargs)
-    settings = Settings(redis_url=url)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = async_client(settings)
-        app.state.notifications = NotificationStore(client, settings)
-        yield
-        await client.aclose()
-
-    app = FastAPI(lifespan=lifespan)
+    settings = Settings(redis_url=url, model_path=MODEL_PATH, auth_tokens_file=str(tokens_file or ""))
+    app = create_app(settings)
     app.include_router(notifications.router)
-    install_error_handlers(app)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, name="admin-api", daemon=True)
@@ -48,7 +40,8 @@ def admin_client(redis_client: redis.Redis) -> Iterator[httpx.Client]:
         assert thread.is_alive() and time.monotonic() < deadline, "the test API did not start"
         time.sleep(0.02)
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"} if tokens_file else {}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10, headers=headers) as http:
             yield http
     finally:
         server.should_exit = True
@@ -118,3 +111,17 @@ def test_resend_refusals(redis_client):
         without = http.post(f"/admin/notifications/{no_callback}/resend")
         assert without.status_code == 409 and "no callback_url" in without.json()["detail"]
         assert http.post(f"/admin/notifications/{'x' * 65}/resend").status_code == 422
+
+
+def test_admin_routes_need_an_admin_token(redis_client, tmp_path: Path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"ops admin {ADMIN_TOKEN}\nalice client {CLIENT_TOKEN}\n")
+    job_id = str(uuid.uuid4())
+    given_up(redis_client, job_id)
+    with admin_client(redis_client, tokens) as http:
+        as_client = {"Authorization": f"Bearer {CLIENT_TOKEN}"}
+        assert http.get("/admin/notifications/failed", headers=as_client).status_code == 403
+        assert http.post(f"/admin/notifications/{job_id}/resend", headers=as_client).status_code == 403
+        assert http.get("/admin/notifications/failed", headers={"Authorization": ""}).status_code == 401
+        assert redis_client.hget(KEYS.job(job_id), "notify_state") == "failed", "refused callers changed nothing"
+        assert [i["job_id"] for i in http.get("/admin/notifications/failed").json()["items"]] == [job_id]

@@ -9,7 +9,8 @@ import time
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from jobqueue.notifications import DeliveryRecord, job_view
+from jobqueue.notifications import DeliveryRecord
+from jobqueue.protocol import RECORD_FIELDS, parse_record
 from notifier.delivery import (
     BACKOFF_BASE_S,
     BACKOFF_CAP_S,
@@ -76,25 +77,27 @@ def test_signed_headers_verify_with_standardwebhooks():
         Webhook(secret).verify(body.replace("j1", "j2"), headers)
 
 
-def test_job_view_shape():
+def test_webhook_body_is_the_api_job_view():
     fields = {
         "status": "completed",
         "model": "iris",
         "model_version": "3",
-        "priority": None,
+        "owner": "alice",
         "result": '{"label": "setosa"}',
-        "error": None,
         "attempts": "2",
         "created_at": "1764590400000",
         "started_at": "1764590400500",
         "finished_at": "1764590401007",
+        "callback_url": "https://hooks.example.com/x",
         "notify_state": "failed",
         "notify_attempts": "8",
-        "notify_last_status": None,
         "notify_last_error": "timed out",
     }
-    view = job_view("j1", fields)
-    assert view == {
+    record = parse_record("j1", RECORD_FIELDS, [fields.get(name) for name in RECORD_FIELDS])
+    assert record is not None
+    delivery = DeliveryRecord.of(record)
+    assert delivery.callback_url == "https://hooks.example.com/x" and delivery.message_id == "msg_j1_1764590401007"
+    assert delivery.view == {
         "job_id": "j1",
         "status": "completed",
         "model": "iris",
@@ -108,7 +111,7 @@ def test_job_view_shape():
         "finished_at": "2025-12-01T12:00:01.007Z",
         "notification": {"state": "failed", "attempts": 8, "last_status": None, "last_error": "timed out"},
     }
-    assert job_view("j2", {"status": "pending"})["notification"] is None
+    assert "owner" not in delivery.view and "callback_url" not in delivery.view  # never sent out
 
 
 def test_message_id_is_per_outcome():
