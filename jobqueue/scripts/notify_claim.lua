@@ -7,7 +7,9 @@ comes back by itself if this notifier dies (at-least-once, no separate in-flight
 is the claim's fencing token: every later transition passes it back and does nothing unless the score
 is still exactly that (the lease is still ours). It is always greater than the old score (the id was
 due, lease > 0), so a re-claim after expiry never reuses a token.
-Ids whose job record is gone (TTL ran out) are dropped from the outbox instead of claimed.
+Ids whose job record is gone (TTL ran out) are dropped from the outbox instead of claimed, and so are
+ids whose job is running again (retried after it ended): the core's finish/claim/recover/cancel
+scripts put it back when it ends again, and a webhook must only ever carry a finished job.
 
 KEYS[1] notify      ZSET  job id -> next attempt due (ms); while leased: lease deadline (ms)
 ARGV[1] job key prefix (record of id X is <prefix>X; same hash tag as KEYS[1])
@@ -27,7 +29,8 @@ if maxIds <= 0 then return out end
 local due = redis.call('ZRANGEBYSCORE', notifyKey, '-inf', now, 'LIMIT', 0, maxIds)
 local deadline = now + leaseMs
 for _, id in ipairs(due) do
-  if redis.call('EXISTS', jobPrefix .. id) == 1 then
+  local status = redis.call('HGET', jobPrefix .. id, 'status')
+  if status and status ~= 'pending' and status ~= 'processing' then
     redis.call('ZADD', notifyKey, 'XX', deadline, id)
     out[#out + 1] = id
     out[#out + 1] = deadline

@@ -64,6 +64,13 @@ def test_claim_leases_due_ids_once_and_drops_expired_records(run_store, redis_cl
     assert run_store(lambda s: s.claim(0, LEASE_MS)) == []
 
 
+def test_claim_drops_jobs_that_run_again(run_store, redis_client: redis.Redis):
+    rerun, done = seed(redis_client, 2)
+    redis_client.hset(KEYS.job(rerun), "status", "pending")  # retried via POST /job/{id}/retry
+    assert [lease.job_id for lease in run_store(lambda s: s.claim(10, LEASE_MS))] == [done]
+    assert redis_client.zscore(KEYS.notify, rerun) is None, "re-added by the core's scripts when it ends again"
+
+
 def test_claim_respects_the_limit(run_store, redis_client: redis.Redis):
     seed(redis_client, 5)
     assert len(run_store(lambda s: s.claim(3, LEASE_MS))) == 3
