@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
+import subprocess
 import time
 import urllib.request
 import uuid
@@ -64,15 +66,21 @@ def test_410_gone_gives_up_at_once(redis_client, notifiers: Notifiers, make_rece
     assert len(receiver.requests) == 1, "no retry after 410 Gone"
 
 
-def test_other_4xx_is_permanent_but_409_is_retried(redis_client, notifiers: Notifiers, make_receiver):
+def test_other_4xx_and_redirects_are_permanent_but_409_is_retried(redis_client, notifiers: Notifiers, make_receiver):
     receiver = make_receiver([Reply(400)])
     retried = make_receiver([Reply(409), Reply(200)])
+    elsewhere = make_receiver()
+    redirecting = make_receiver([Reply(307, {"Location": elsewhere.url})])
     notifiers.start()
-    bad, conflict = str(uuid.uuid4()), str(uuid.uuid4())
+    bad, conflict, redirected = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
     seed_finished_job(redis_client, bad, receiver.url)
     seed_finished_job(redis_client, conflict, retried.url)
+    seed_finished_job(redis_client, redirected, redirecting.url)
     assert wait_until(notify_state_is(redis_client, bad, "failed"), 15)["notify_attempts"] == "1"
     assert wait_until(notify_state_is(redis_client, conflict, "delivered"), 15)["notify_attempts"] == "2"
+    done = wait_until(notify_state_is(redis_client, redirected, "failed"), 15)
+    assert "redirects are not followed" in done["notify_last_error"] and done["notify_last_status"] == "307"
+    assert elsewhere.requests == [], "the redirect was not followed"
 
 
 def test_gives_up_after_max_attempts_then_admin_resend_redelivers(redis_client, notifiers: Notifiers, make_receiver):
@@ -172,6 +180,9 @@ def test_probes_and_metrics(redis_client, notifiers: Notifiers, make_receiver):
         "metrics",
     )
     assert "asyncinfer_notifier_outbox" in text
+    if shutil.which("promtool"):  # Debian's prometheus package; the exposition must lint clean
+        check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
 
 
 @pytest.mark.parametrize("secret", ["", "not base64 !!", "whsec_c2hvcnQ="])
