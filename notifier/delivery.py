@@ -17,7 +17,7 @@ from standardwebhooks.webhooks import Webhook
 
 from jobqueue.notifications import DeliveryRecord
 from jobqueue.settings import Settings
-from notifier.ssrf import CallbackRefused, Resolver, resolve_vetted, system_resolver, validate_callback_url
+from jobqueue.ssrf import CallbackRefused, Resolver, resolve_vetted, system_resolver, validate_callback_url
 
 log = logging.getLogger("asyncinfer.notifier")
 

@@ -18,7 +18,7 @@ def without_notification(view: dict) -> dict:
 
 def test_completed_and_canceled_jobs_reach_the_callback(redis_server, redis_client, processes: Processes, notifiers: Notifiers, make_receiver):
     receiver = make_receiver()
-    # the API's callback_url check (notifier.ssrf) must let the loopback http receiver through too
+    # the API's callback_url check (jobqueue.ssrf) must let the loopback http receiver through too
     env = service_env(redis_server.url, WEBHOOK_ALLOW_HTTP="true", WEBHOOK_ALLOW_PRIVATE="true")
     _, base = processes.api(env)
     notifiers.start()

@@ -11,7 +11,7 @@ import pytest
 
 from jobqueue.settings import Settings
 from notifier.delivery import PinnedTransport
-from notifier.ssrf import CallbackRefused, address_refusal, resolve_vetted, validate_callback_url
+from jobqueue.ssrf import CallbackRefused, address_refusal, resolve_vetted, validate_callback_url
 from tests.notifier.helpers import Receiver, make_tls_context, new_secret
 
 REFUSED = {
