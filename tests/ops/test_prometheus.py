@@ -1,6 +1,7 @@
-"""A real Prometheus scrapes a local stack (redis-server, API, two workers) under a small load: every
-metric the dashboard and the alerts use has data, every dashboard query and alert expression evaluates
-without error, and Prometheus itself loads and evaluates the alert rules."""
+"""A real Prometheus scrapes a local stack (redis-server, API, two workers, the webhook notifier and a
+webhook receiver) under a small load: every metric the dashboard and the alerts use has data, every
+dashboard query and alert expression evaluates without error, and Prometheus itself loads and
+evaluates the alert rules."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import pytest
 import yaml
 from stack import free_port, stop
 
+from tests.notifier.helpers import Receiver, Reply
 from tests.ops.conftest import ADMIN_TOKEN
 from tests.ops.helpers import ALERTS, alert_expressions, dashboard_queries
 
@@ -36,9 +38,6 @@ kube_horizontalpodautoscaler_status_desired_replicas{namespace="ml",horizontalpo
 # TYPE kube_horizontalpodautoscaler_spec_max_replicas gauge
 kube_horizontalpodautoscaler_spec_max_replicas{namespace="ml",horizontalpodautoscaler="keda-hpa-prod-asyncinfer-worker-iris"} 10
 """
-# Series only the webhook notifier reports; it is not part of this stack (it runs only when a job has
-# a callback_url and ships with its own tests), so these may be empty here, but must still evaluate.
-NOTIFIER_ONLY = ("asyncinfer_notifier_deliveries_total",)
 
 
 class StaticExporter:
@@ -81,9 +80,14 @@ def worker_ports() -> list[int]:
 
 
 @pytest.fixture
-def prometheus(ops_stack, worker_ports: list[int], tmp_path: Path) -> Iterator[str]:
-    """Prometheus scraping the API, two worker ports and the kube-state-metrics stand-in, with the
-    alerts loaded; yields its base URL."""
+def notifier_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def prometheus(ops_stack, worker_ports: list[int], notifier_port: int, tmp_path: Path) -> Iterator[str]:
+    """Prometheus scraping the API, two worker ports, the notifier's and the kube-state-metrics
+    stand-in, with the alerts loaded; yields its base URL."""
     ksm = StaticExporter(KSM_TEXT)
     port = free_port()
     config = {
@@ -92,6 +96,7 @@ def prometheus(ops_stack, worker_ports: list[int], tmp_path: Path) -> Iterator[s
         "scrape_configs": [
             {"job_name": "asyncinfer-api", "static_configs": [{"targets": [target(ops_stack.metrics_url)]}]},
             {"job_name": "asyncinfer-worker", "static_configs": [{"targets": [f"127.0.0.1:{p}" for p in worker_ports]}]},
+            {"job_name": "asyncinfer-notifier", "static_configs": [{"targets": [f"127.0.0.1:{notifier_port}"]}]},
             {"job_name": "kube-state-metrics", "static_configs": [{"targets": [ksm.target]}]},
         ],
     }
@@ -148,11 +153,24 @@ def maxmemory(redis_client) -> Iterator[int]:
     redis_client.config_set("maxmemory", 0)
 
 
-def test_every_dashboard_and_alert_metric_has_data_under_load(ops_stack, prometheus, worker_ports, maxmemory):
-    # A small load: two jobs failed for good, then jobs at every priority for two workers, a paused spell.
+@pytest.fixture
+def receiver(ops_stack) -> Iterator[Receiver]:
+    """A webhook receiver that answers each webhook's first attempt with 503, then 200."""
+    receiver = Receiver(ops_stack.webhook_secret, [Reply(503)])
+    yield receiver
+    receiver.stop()
+
+
+def test_every_dashboard_and_alert_metric_has_data_under_load(
+    ops_stack, prometheus, worker_ports, notifier_port, receiver, maxmemory
+):
+    # A small load: two jobs failed for good, then jobs at every priority for two workers (three with a
+    # webhook, each delivered on its second attempt), a paused spell.
+    ops_stack.start_notifier(notifier_port)
     ops_stack.submit(2)
     assert len(ops_stack.fail_pending("model error: out of memory", 2)) == 2
-    ops_stack.submit(20, "normal")
+    ops_stack.submit(3, callback_url=receiver.url)
+    ops_stack.submit(17, "normal")
     ops_stack.submit(5, "high")
     ops_stack.submit(5, "low")
     for port in worker_ports:
@@ -169,7 +187,8 @@ def test_every_dashboard_and_alert_metric_has_data_under_load(ops_stack, prometh
 
     wait_for(prometheus, 'asyncinfer_jobs_finished_total{outcome="failed"} > 0')
     wait_for(prometheus, "asyncinfer_job_e2e_seconds_count > 0")
-    wait_for(prometheus, "count(up == 1) == 4")
+    wait_for(prometheus, 'asyncinfer_notifier_deliveries_total{outcome="delivered"} == 3', 60)
+    wait_for(prometheus, "count(up == 1) == 5")
     time.sleep(3)  # a few more scrapes, so rates over the range have two points after the last change
 
     dashboard = {name: expr.replace("$__rate_interval", RANGE) for name, expr in dashboard_queries().items()}
@@ -178,14 +197,14 @@ def test_every_dashboard_and_alert_metric_has_data_under_load(ops_stack, prometh
     assert len(names) >= 20
     empty = []
     for name in sorted(names):
-        if not query(prometheus, f'count({{__name__="{name}"}})') and not name.startswith(NOTIFIER_ONLY):
+        if not query(prometheus, f'count({{__name__="{name}"}})'):
             empty.append(name)
     assert not empty, f"metrics without data: {empty}"
 
     no_data = []
     for name, expr in dashboard.items():
         result = query(prometheus, expr)  # asserts it evaluates
-        if not result and not any(n in expr for n in NOTIFIER_ONLY):
+        if not result:
             no_data.append(name)
     assert not no_data, f"dashboard queries without data: {no_data}"
     for alert, expr in alerts.items():
@@ -199,14 +218,16 @@ def test_every_dashboard_and_alert_metric_has_data_under_load(ops_stack, prometh
     worker_jobs = query(prometheus, "sum(asyncinfer_worker_batch_size_sum)")
     assert float(worker_jobs[0]["value"][1]) == 31  # two worker pods' own observations sum to all jobs run
     assert float(query(prometheus, "max(asyncinfer_redis_memory_max_bytes)")[0]["value"][1]) == maxmemory
+    assert query(prometheus, 'asyncinfer_notifier_deliveries_total{outcome="retried"} == 3')  # each 503 once
     routes = {r["metric"]["route"] for r in query(prometheus, "asyncinfer_http_requests_total")}
     assert {"/predict", "/job/{job_id}", "/admin/models/{name}/pause"} <= routes
     assert not any(re.search(r"[0-9a-f]{16}", route) for route in routes), routes  # templates, never ids
 
 
-def test_prometheus_loads_and_evaluates_every_alert_rule(ops_stack, prometheus, worker_ports):
+def test_prometheus_loads_and_evaluates_every_alert_rule(ops_stack, prometheus, worker_ports, notifier_port):
     for port in worker_ports:
         ops_stack.start_worker(port)
+    ops_stack.start_notifier(notifier_port)
     wait_for(prometheus, "asyncinfer_redis_up == 1")
     deadline = time.monotonic() + 20
     while True:
