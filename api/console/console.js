@@ -110,7 +110,8 @@ function confirmAction(title, text, okLabel = "Confirm") {
 class AuthError extends Error {}
 
 async function api(path, options = {}) {
-  const headers = { Accept: "application/json", Authorization: `Bearer ${state.token}` };
+  const headers = { Accept: "application/json" };
+  if (state.token) headers.Authorization = `Bearer ${state.token}`;
   if (options.body !== undefined) headers["Content-Type"] = "application/json";
   const response = await fetch(path, {
     method: options.method || "GET",
@@ -142,16 +143,16 @@ function showLogin(message) {
   $("token").focus();
 }
 
-async function signIn(token) {
+async function signIn(token, quiet = false) {
   state.token = token;
   try {
     await api("/admin/overview");
   } catch (err) {
-    if (err instanceof AuthError) { sessionStorage.removeItem(TOKEN_KEY); showLogin(err.message); return; }
+    if (err instanceof AuthError) { sessionStorage.removeItem(TOKEN_KEY); showLogin(quiet ? "" : err.message); return; }
     showLogin(`cannot reach the API: ${err.message}`);
     return;
   }
-  sessionStorage.setItem(TOKEN_KEY, token);
+  if (token) sessionStorage.setItem(TOKEN_KEY, token);
   $("login").hidden = true;
   $("app").hidden = false;
   $("signout").hidden = false;
@@ -445,6 +446,7 @@ document.addEventListener("DOMContentLoaded", () => {
     state.token = "";
     showLogin("");
   });
-  if (state.token) signIn(state.token);
-  else showLogin("");
+  // Without a stored token, try without one: an API with authentication off (the local stack) lets
+  // everyone in as admin; otherwise the sign-in form shows.
+  signIn(state.token, !state.token);
 });

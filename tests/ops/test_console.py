@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import service_env
 from tests.ops.conftest import ADMIN_TOKEN, CLIENT_TOKEN, OpsStack
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -145,3 +146,10 @@ def test_a_client_token_is_refused(ops_stack: OpsStack, page):
         assert http.get("/admin/dead-letters").status_code == 403
     sign_in(page, ops_stack, "not-a-token-at-all-0000")
     expect(page.locator("#login-error")).to_contain_text("token rejected")
+
+
+def test_with_authentication_off_the_console_opens_without_a_token(processes, redis_server, redis_client, page):
+    _, url = processes.api(service_env(redis_server.url))  # the plain local stack: no AUTH_TOKENS_FILE
+    page.goto(f"{url}/console")
+    expect(page.locator('#queues tr[data-model="iris"]')).to_be_visible()
+    expect(page.locator("#login")).to_be_hidden()
