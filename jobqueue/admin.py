@@ -11,14 +11,22 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 import redis.asyncio
 
 from jobqueue.errors import JobQueueError, QueueFull
 from jobqueue.keys import ModelKeys, StoreKeys
-from jobqueue.protocol import RECORD_FIELDS, STAT_COUNTERS, JobRecord, JobStore, parse_record, retry_call, state_change
+from jobqueue.protocol import (
+    RECORD_FIELDS,
+    STAT_COUNTERS,
+    JobRecord,
+    JobStore,
+    lua_source,
+    parse_record,
+    retry_call,
+    state_change,
+)
 from jobqueue.settings import PRIORITIES
 from jobqueue.states import JobStatus
 
@@ -217,7 +225,7 @@ class DeadLetterRetrier:
 
     def __init__(self, store: JobStore) -> None:
         self.store = store
-        self._retry = store.client.register_script(resources.files("jobqueue").joinpath("scripts", "retry.lua").read_text())
+        self._retry = store.client.register_script(lua_source("retry"))
 
     async def retry(self, model: str) -> int:
         """How many of `model`'s dead letters went back to pending. Ids whose record is gone or that are
