@@ -199,7 +199,7 @@ def _encode_varint(value: int) -> bytes:
             return bytes(out)
 
 
-def read_signature(model_path: str | os.PathLike, labels_path: str = "") -> ModelSignature:
+def read_signature(model_path: str | os.PathLike[str], labels_path: str = "") -> ModelSignature:
     """Read the model's inputs, outputs, labels and version without loading weights for inference."""
     model, initializers = _load_without_weights(model_path)
     graph = model.graph

@@ -61,7 +61,7 @@ def _providers(value: Any) -> tuple[str, ...]:
 
 def load_models(settings: Settings) -> dict[str, ModelConfig]:
     """Every configured model by name, the default first. Raises ModelConfigError with a clear message."""
-    defaults = {
+    defaults: dict[str, Any] = {
         "max_batch_size": settings.max_batch_size,
         "max_batch_wait_ms": settings.max_batch_wait_ms,
         "inference_providers": _providers(settings.inference_providers),

@@ -329,7 +329,10 @@ class JobStore:
             mk = self.keys.model(name)
             for key in mk.pending_all:
                 pipe.llen(key)
-            pipe.zcard(mk.inflight).llen(mk.dead).zcard(mk.workers).hgetall(mk.stats)
+            pipe.zcard(mk.inflight)
+            pipe.llen(mk.dead)
+            pipe.zcard(mk.workers)
+            pipe.hgetall(mk.stats)
         replies = await pipe.execute() if names else []
         out: dict[str, dict[str, int]] = {}
         width = len(PRIORITIES) + 4
@@ -384,7 +387,8 @@ class WorkerQueue:
     def wait_for_job(self, worker_id: str, timeout_s: float) -> str | None:
         """Block until an id is pending at normal priority and move it into this worker's list
         (reliable-queue BLMOVE; other priorities are found by the claim that follows every wait)."""
-        moved = self.client.blmove(self.keys.pending("normal"), self.keys.processing(worker_id), timeout_s, "RIGHT", "LEFT")
+        # redis-py's stub says int; Redis takes a float timeout (>= 6.0)
+        moved = self.client.blmove(self.keys.pending("normal"), self.keys.processing(worker_id), timeout_s, "RIGHT", "LEFT")  # type: ignore[arg-type]
         return None if moved is None else _text(moved)
 
     def finish(self, worker_id: str, outcomes: Iterable[tuple[str, Outcome, str]]) -> FinishCounts:
@@ -428,5 +432,6 @@ class WorkerQueue:
     def deregister(self, worker_id: str) -> None:
         """Clean exit: forget the worker; its processing list is empty by now."""
         pipe = self.client.pipeline(transaction=True)
-        pipe.zrem(self.keys.workers, worker_id).delete(self.keys.processing(worker_id))
+        pipe.zrem(self.keys.workers, worker_id)
+        pipe.delete(self.keys.processing(worker_id))
         pipe.execute()
