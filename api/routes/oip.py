@@ -1,0 +1,290 @@
+"""Open Inference Protocol (KServe V2 REST) routes under /v2: health, server and model metadata, and
+`infer`, which is served through the job queue so Triton/KServe clients work unchanged while workers
+autoscale behind it.
+
+`infer` turns the request into a job, waits up to OIP_WAIT_SECONDS for it and answers the protocol's
+inference response (200); past the wait, or with `Prefer: respond-async`, it answers 202 with the job
+id and `Location: /job/<id>`, where the job can be followed like any other. Every error is
+`{"error": "..."}`, as the protocol has it.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Coroutine
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from fastapi.routing import APIRoute
+
+from api import oip
+from api.errors import HTTPProblem, as_problem, json_response
+from jobqueue.settings import PRIORITIES
+
+try:  # the lead's auth module; until it lands every caller is anonymous
+    from api.auth import principal as authenticate
+except ImportError:  # pragma: no cover - shim for the time before api.auth exists
+
+    async def authenticate(request: Request) -> Any:
+        """Shim: no authentication configured yet."""
+        return None
+
+
+try:
+    VERSION = version("asyncinfer")
+except PackageNotFoundError:  # running from a source tree without installing
+    VERSION = "0.0.0"
+
+SERVER_NAME = "asyncinfer"
+EXTENSIONS = ["binary_tensor_data"]
+MAX_IDEMPOTENCY_KEY = 200  # as /predict: a key longer than this is a client bug, not a key
+RETRY_AFTER_S = 1
+TERMINAL_ERRORS = {  # how a job that ended without a result is told to an OIP client
+    "failed": (500, "inference failed"),
+    "canceled": (409, "the job was canceled before it ran"),
+    "expired": (503, "the job expired in the queue before a worker took it"),
+}
+
+
+def problem_text(detail: Any) -> str:
+    """One line for an HTTPProblem detail (FastAPI's 422 list names each field as `a.b.c: msg`)."""
+    if isinstance(detail, list):
+        parts = []
+        for item in detail:
+            if isinstance(item, dict):
+                loc = ".".join(str(part) for part in item.get("loc", []))
+                parts.append(f"{loc}: {item.get('msg', '')}" if loc else str(item.get("msg", "")))
+            else:
+                parts.append(str(item))
+        return "; ".join(parts)
+    return str(detail)
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    """The protocol's error body."""
+    return json_response({"error": message}, status, headers)
+
+
+def oip_error_for(exc: Exception) -> Response | None:
+    """The OIP answer for a known failure, or None for a bug (a 500 from the framework)."""
+    if isinstance(exc, oip.OIPError):
+        return error_response(exc.status, str(exc))
+    if isinstance(exc, RequestValidationError):
+        return error_response(400, problem_text(exc.errors()))
+    problem = as_problem(exc)
+    if problem is None:
+        return None
+    # the protocol's clients expect 400 for a request that does not fit the model, not FastAPI's 422
+    status = 400 if problem.status == 422 else problem.status
+    return error_response(status, problem_text(problem.detail), problem.headers)
+
+
+class OIPRoute(APIRoute):
+    """A route whose errors are `{"error": ...}` rather than the rest of the API's `{"detail": ...}`."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except Exception as exc:  # noqa: BLE001 - mapped below, or re-raised as a 500
+                response = oip_error_for(exc)
+                if response is None:
+                    raise
+                return response
+
+        return handle
+
+
+router = APIRouter(prefix="/v2", tags=["open inference protocol"], route_class=OIPRoute)
+
+
+def _state(request: Request) -> Any:
+    return request.app.state.asyncinfer
+
+
+def _model(request: Request, name: str, version: str | None = None) -> Any:
+    """The model entry, or 404 naming the known models (or the version served)."""
+    state = _state(request)
+    entry = state.models.get(name)
+    if entry is None:
+        known = ", ".join(state.models.names()) or "none"
+        raise oip.OIPError(f"unknown model {name!r}; known models: {known}", 404)
+    if version is not None and version != entry.version:
+        raise oip.OIPError(f"model {name!r} has no version {version!r}; it serves version {entry.version!r}", 404)
+    return entry
+
+
+def _is_ready(entry: Any) -> bool:
+    return bool(entry.ready) and entry.signature is not None
+
+
+def _require_ready(entry: Any) -> Any:
+    """The model's signature, or 503 while it is not loaded (the API validates without a worker)."""
+    if not _is_ready(entry):
+        message = f"model {entry.name!r} is not ready (its signature is not loaded yet)"
+        raise HTTPProblem(503, message, {"Retry-After": str(RETRY_AFTER_S)})
+    return entry.signature
+
+
+# -- health and metadata ---------------------------------------------------------------------------
+
+
+@router.get("", summary="Server metadata")
+async def server_metadata(request: Request) -> Response:
+    await authenticate(request)
+    return json_response({"name": SERVER_NAME, "version": VERSION, "extensions": EXTENSIONS})
+
+
+@router.get("/health/live", summary="Server liveness (200 while the process serves)")
+async def server_live() -> Response:
+    return json_response({"live": True})
+
+
+@router.get("/health/ready", summary="Server readiness: every model's signature is loaded (workers may be at zero)")
+async def server_ready(request: Request) -> Response:
+    state = _state(request)
+    entries = [state.models.get(name) for name in state.models.names()]
+    ready = bool(entries) and all(entry is not None and _is_ready(entry) for entry in entries)
+    if getattr(state, "draining", False):
+        ready = False
+    return json_response({"ready": ready}, 200 if ready else 503)
+
+
+async def _model_ready(request: Request, name: str, version: str | None) -> Response:
+    await authenticate(request)
+    entry = _model(request, name, version)
+    ready = _is_ready(entry)
+    return json_response({"name": entry.name, "ready": ready}, 200 if ready else 503)
+
+
+@router.get("/models/{model_name}/ready", summary="Model readiness")
+async def model_ready(request: Request, model_name: str) -> Response:
+    return await _model_ready(request, model_name, None)
+
+
+@router.get("/models/{model_name}/versions/{model_version}/ready", summary="Model version readiness")
+async def model_version_ready(request: Request, model_name: str, model_version: str) -> Response:
+    return await _model_ready(request, model_name, model_version)
+
+
+async def _model_metadata(request: Request, name: str, version: str | None) -> Response:
+    await authenticate(request)
+    entry = _model(request, name, version)
+    signature = _require_ready(entry)
+    return json_response(oip.model_metadata(entry.name, entry.version, signature))
+
+
+@router.get("/models/{model_name}", summary="Model metadata: name, versions, platform, input and output tensors")
+async def model_metadata(request: Request, model_name: str) -> Response:
+    return await _model_metadata(request, model_name, None)
+
+
+@router.get("/models/{model_name}/versions/{model_version}", summary="Model version metadata")
+async def model_version_metadata(request: Request, model_name: str, model_version: str) -> Response:
+    return await _model_metadata(request, model_name, model_version)
+
+
+# -- inference ---------------------------------------------------------------------------------------
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 past `limit` bytes; gzip/deflate bodies (tritonclient's
+    request compression) are inflated, and the limit applies to the inflated size too."""
+    too_big = HTTPProblem(413, f"request body is larger than {limit} bytes (MAX_BODY_BYTES)")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_big
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_big
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise oip.OIPError(f"Content-Encoding {encoding!r} is not supported (gzip, deflate)", 415)
+    inflater = zlib.decompressobj(zlib.MAX_WBITS | 16 if encoding == "gzip" else zlib.MAX_WBITS)
+    try:
+        inflated = inflater.decompress(body, limit + 1)  # never inflate more than the limit: a zip bomb stops here
+    except zlib.error as exc:
+        raise oip.OIPError(f"the body is not valid {encoding} data: {exc}") from None
+    if len(inflated) > limit or inflater.unconsumed_tail:
+        raise too_big
+    return inflated
+
+
+def _preferences(request: Request) -> set[str]:
+    return {token.strip().lower() for token in request.headers.get("prefer", "").split(",") if token.strip()}
+
+
+def _priority(parameters: dict[str, Any]) -> str:
+    """Our priority from the request's `priority` parameter when it names one; Triton's numeric
+    priority levels have no meaning here and are ignored."""
+    value = parameters.get("priority")
+    return value if isinstance(value, str) and value in PRIORITIES else "normal"
+
+
+def _accepted(job_id: str, status: str, respond_async: bool) -> Response:
+    headers = {"Location": f"/job/{job_id}"}
+    if respond_async:
+        headers["Preference-Applied"] = "respond-async"
+    return json_response({"job_id": job_id, "status": status}, 202, headers)
+
+
+async def _infer(request: Request, name: str, version: str | None) -> Response:
+    principal = await authenticate(request)
+    state = _state(request)
+    entry = _model(request, name, version)
+    signature = _require_ready(entry)
+    idempotency_key = request.headers.get("idempotency-key")
+    if idempotency_key is not None and len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
+        raise oip.OIPError(f"the Idempotency-Key header has more than {MAX_IDEMPOTENCY_KEY} characters")
+
+    body = await read_body(request, state.settings.max_body_bytes)
+    header_length = oip.parse_header_length(request.headers.get(oip.HEADER_LENGTH), len(body))
+    infer_request = oip.parse_infer_request(body, header_length)
+    data, rows = oip.job_data(infer_request, signature)
+    job_id = await state.submit(
+        principal, entry.name, data, priority=_priority(infer_request.parameters), idempotency_key=idempotency_key
+    )
+
+    respond_async = "respond-async" in _preferences(request)
+    wait_s = state.settings.oip_wait_seconds
+    if respond_async or wait_s <= 0:
+        return _accepted(job_id, "pending", respond_async)
+    record = await state.wait_for(job_id, wait_s)
+    status = str(record.status)
+    if status != "completed":
+        if status in TERMINAL_ERRORS:
+            code, what = TERMINAL_ERRORS[status]
+            message = f"{what}: {record.error}" if record.error else what
+            return error_response(code, f"{message} (job {job_id})", {"Retry-After": str(RETRY_AFTER_S)} if code == 503 else None)
+        return _accepted(job_id, status, False)  # still pending or processing after the wait
+
+    try:
+        tensors = oip.oip_outputs(orjson.loads(record.result or "null"), signature, rows)
+    except (ValueError, TypeError) as exc:  # a result from another model version, say
+        return error_response(500, f"the job's result cannot be read as this model's outputs: {exc} (job {job_id})")
+    content, json_length = oip.build_response(entry.name, entry.version, infer_request, tensors)
+    if json_length is None:
+        return Response(content, media_type="application/json")
+    return Response(content, media_type="application/octet-stream", headers={oip.HEADER_LENGTH: str(json_length)})
+
+
+@router.post("/models/{model_name}/infer", summary="Inference (through the queue; 202 past OIP_WAIT_SECONDS)")
+async def infer(request: Request, model_name: str) -> Response:
+    return await _infer(request, model_name, None)
+
+
+@router.post("/models/{model_name}/versions/{model_version}/infer", summary="Inference on a model version")
+async def infer_version(request: Request, model_name: str, model_version: str) -> Response:
+    return await _infer(request, model_name, model_version)

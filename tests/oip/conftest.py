@@ -1,0 +1,43 @@
+"""Fixtures for the Open Inference Protocol tests: the test models and an app over a fake AppState."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from onnx import TensorProto
+
+from api.routes import oip as oip_routes
+from jobqueue.settings import Settings
+from tests.conftest import MODEL_PATH
+from tests.oip.fakes import AppClient, FakeModels, FakeState, fake_entry
+from tests.oip.models import build_identity_model, build_int64_model
+
+
+@pytest.fixture(scope="session")
+def oip_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Model name -> ONNX file: iris (the bundled model) and the exact-value test models."""
+    root = tmp_path_factory.mktemp("oip-models")
+    return {
+        "iris": Path(MODEL_PATH),
+        "ints": build_int64_model(root / "ints.onnx"),
+        "text": build_identity_model(root / "text.onnx", TensorProto.STRING, name="text"),
+        "half": build_identity_model(root / "half.onnx", TensorProto.FLOAT16, name="half"),
+        "flags": build_identity_model(root / "flags.onnx", TensorProto.BOOL, name="flags"),
+    }
+
+
+@pytest.fixture
+def fake_state(oip_models: dict[str, Path]) -> FakeState:
+    entries = [fake_entry(name, str(path)) for name, path in oip_models.items()]
+    return FakeState(Settings(max_body_bytes=4096, oip_wait_seconds=5), FakeModels(entries))
+
+
+@pytest.fixture
+def fake_client(fake_state: FakeState) -> AppClient:
+    """The /v2 routes alone, over the fake state (no lifespan: the state is set here)."""
+    app = FastAPI()
+    app.include_router(oip_routes.router)
+    app.state.asyncinfer = fake_state
+    return AppClient(app)
