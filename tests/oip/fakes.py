@@ -54,9 +54,17 @@ class FakeState:
     submitted: list[dict[str, Any]] = field(default_factory=list)
     run_jobs: bool = True  # False: jobs stay pending (a worker-less queue)
     refuse: HTTPProblem | None = None  # raised by submit (a full queue, Redis down)
+    outcome: FakeRecord | None = None  # how every job ends instead of running (a failure, say)
 
-    async def submit(self, principal: Any, model_name: str, data: Any, priority: str = "normal",
-                     callback_url: str | None = None, idempotency_key: str | None = None) -> str:
+    async def submit(
+        self,
+        principal: Any,
+        model_name: str,
+        data: Any,
+        priority: str = "normal",
+        callback_url: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
         if self.refuse is not None:
             raise self.refuse
         entry = self.models.get(model_name)
@@ -68,8 +76,8 @@ class FakeState:
         job_id = str(uuid.uuid4())
         # the stored input is JSON, as in Redis: what the worker sees went through a JSON round trip
         self.submitted.append({"model": model_name, "data": orjson.loads(orjson.dumps(data)), "priority": priority})
-        if not self.run_jobs:
-            self.jobs[job_id] = FakeRecord("pending")
+        if not self.run_jobs or self.outcome is not None:
+            self.jobs[job_id] = self.outcome or FakeRecord("pending")
             return job_id
         outputs = entry.model.run(arrays)
         rows = len(next(iter(arrays.values())))

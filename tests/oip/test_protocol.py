@@ -42,9 +42,21 @@ def spec(name: str, elem_type: str, shape: tuple, dtype: str | None) -> TensorSp
 
 @pytest.mark.parametrize(
     "elem_type, datatype",
-    [("bool", "BOOL"), ("uint8", "UINT8"), ("uint16", "UINT16"), ("uint32", "UINT32"), ("uint64", "UINT64"),
-     ("int8", "INT8"), ("int16", "INT16"), ("int32", "INT32"), ("int64", "INT64"), ("float16", "FP16"),
-     ("float", "FP32"), ("double", "FP64"), ("string", "BYTES")],
+    [
+        ("bool", "BOOL"),
+        ("uint8", "UINT8"),
+        ("uint16", "UINT16"),
+        ("uint32", "UINT32"),
+        ("uint64", "UINT64"),
+        ("int8", "INT8"),
+        ("int16", "INT16"),
+        ("int32", "INT32"),
+        ("int64", "INT64"),
+        ("float16", "FP16"),
+        ("float", "FP32"),
+        ("double", "FP64"),
+        ("string", "BYTES"),
+    ],
 )
 def test_onnx_elem_types_map_to_oip_datatypes(elem_type, datatype):
     dtype = "O" if elem_type == "string" else ("f4" if elem_type == "float" else "f8" if elem_type == "double" else elem_type)
@@ -71,8 +83,10 @@ def test_model_metadata_of_iris():
         "versions": ["abc123"],
         "platform": "onnx_onnxv1",
         "inputs": [{"name": IRIS_IN, "datatype": "FP32", "shape": [-1, 4]}],
-        "outputs": [{"name": "label", "datatype": "INT64", "shape": [-1]},
-                    {"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]}],
+        "outputs": [
+            {"name": "label", "datatype": "INT64", "shape": [-1]},
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]},
+        ],
     }
 
 
@@ -148,8 +162,11 @@ IRIS_INPUT = {"name": IRIS_IN, "shape": [1, 4], "datatype": "FP32", "data": [5.1
         (json_request([]), None, "inputs must be a non-empty list"),
         (json_request([{**IRIS_INPUT, "datatype": "FP99"}]), None, r"inputs\[0\] \('X'\).datatype: datatype 'FP99'"),
         (json_request([{**IRIS_INPUT, "shape": [1, -4]}]), None, r"inputs\[0\] \('X'\).shape must be a list of non-negative"),
-        (json_request([{**IRIS_INPUT, "data": [1, 2, 3]}]), None,
-         r"inputs\[0\] \('X'\).data has 3 elements, but its shape needs 4"),
+        (
+            json_request([{**IRIS_INPUT, "data": [1, 2, 3]}]),
+            None,
+            r"inputs\[0\] \('X'\).data has 3 elements, but its shape needs 4",
+        ),
         (json_request([{**IRIS_INPUT, "data": [1, 2, "3", 4]}]), None, r"\('X'\).data: FP32 elements must be numbers"),
         (json_request([{**IRIS_INPUT, "datatype": "INT64", "data": [1, 2, 3.5, 4]}]), None, "INT64 elements must be integers"),
         (json_request([{**IRIS_INPUT, "datatype": "INT8", "data": [1, 2, 300, 4]}]), None, "out of range for INT8"),
@@ -157,10 +174,16 @@ IRIS_INPUT = {"name": IRIS_IN, "shape": [1, 4], "datatype": "FP32", "data": [5.1
         (json_request([{k: v for k, v in IRIS_INPUT.items() if k != "data"}]), None, r"\('X'\).data is missing"),
         # binary: the bytes the JSON header promises are not there
         (json_request([{**IRIS_INPUT, "parameters": {"binary_data_size": 16}, "data": None}]), None, "has both data"),
-        (json_request([{k: v for k, v in IRIS_INPUT.items() if k != "data"} | {"parameters": {"binary_data_size": 16}}]), None,
-         r"binary_data_size is 16 but only 0 bytes .* \(is Inference-Header-Content-Length set\?\)"),
-        (json_request([IRIS_INPUT], outputs=[{"name": "x", "parameters": {"classification": 2}}]),
-         None, "classification extension is not supported"),
+        (
+            json_request([{k: v for k, v in IRIS_INPUT.items() if k != "data"} | {"parameters": {"binary_data_size": 16}}]),
+            None,
+            r"binary_data_size is 16 but only 0 bytes .* \(is Inference-Header-Content-Length set\?\)",
+        ),
+        (
+            json_request([IRIS_INPUT], outputs=[{"name": "x", "parameters": {"classification": 2}}]),
+            None,
+            "classification extension is not supported",
+        ),
     ],
 )
 def test_malformed_requests_are_refused_naming_the_field(body, header_length, message):
@@ -227,8 +250,10 @@ def test_oip_outputs_from_the_workers_result_format():
 def test_non_tensor_outputs_come_back_as_json_text():
     outputs = [spec("output_label", "string", ("n",), "O"), spec("output_probability", "sequence_type", (), None)]
     zipmap = signature([IRIS.inputs[0]], outputs)
-    result = [{"prediction": "setosa", "output_probability": {"setosa": 0.9, "virginica": 0.1}},
-              {"prediction": "virginica", "output_probability": {"setosa": 0.2, "virginica": 0.8}}]
+    result = [
+        {"prediction": "setosa", "output_probability": {"setosa": 0.9, "virginica": 0.1}},
+        {"prediction": "virginica", "output_probability": {"setosa": 0.2, "virginica": 0.8}},
+    ]
     [label, probabilities] = oip.oip_outputs(result, zipmap, 2)
     assert label.datatype == "BYTES" and label.array.tolist() == ["setosa", "virginica"]
     assert probabilities.datatype == "BYTES" and probabilities.array.shape == (2,)
@@ -264,11 +289,13 @@ def test_per_output_binary_choice_overrides_the_request_default():
         oip.OutputTensor("label", "INT64", np.array([1])),
         oip.OutputTensor("probabilities", "FP32", np.zeros((1, 3), np.float32)),
     ]
-    request = oip.parse_infer_request(json_request(
-        [IRIS_INPUT],
-        parameters={"binary_data_output": True},
-        outputs=[{"name": "probabilities", "parameters": {"binary_data": False}}, {"name": "label"}],
-    ))
+    request = oip.parse_infer_request(
+        json_request(
+            [IRIS_INPUT],
+            parameters={"binary_data_output": True},
+            outputs=[{"name": "probabilities", "parameters": {"binary_data": False}}, {"name": "label"}],
+        )
+    )
     body, header_length = oip.build_response("iris", "v1", request, tensors)
     head = orjson.loads(body[:header_length])
     assert [o["name"] for o in head["outputs"]] == ["probabilities", "label"]  # the request's order
