@@ -104,6 +104,11 @@ class OIPRoute(APIRoute):
 router = APIRouter(prefix="/v2", tags=["open inference protocol"], route_class=OIPRoute)
 
 
+def _owner(principal: Any) -> Any:
+    """What submit records as the job's owner: the principal's name (None while auth is a shim)."""
+    return getattr(principal, "name", principal)
+
+
 def _state(request: Request) -> Any:
     return request.app.state.asyncinfer
 
@@ -226,6 +231,21 @@ def _preferences(request: Request) -> set[str]:
     return {token.strip().lower() for token in request.headers.get("prefer", "").split(",") if token.strip()}
 
 
+def _preferred_wait(preferences: set[str], limit_s: float) -> tuple[float, bool]:
+    """How long to wait for the job: `Prefer: wait=N` may shorten OIP_WAIT_SECONDS, never lengthen it.
+    Returns (seconds, whether the header was applied); an unreadable value is ignored (RFC 7240)."""
+    for preference in preferences:
+        name, _, value = preference.partition("=")
+        if name.strip() == "wait":
+            try:
+                wanted = float(value.strip())
+            except ValueError:
+                continue
+            if 0 <= wanted < limit_s:
+                return wanted, True
+    return limit_s, False
+
+
 def _priority(parameters: dict[str, Any]) -> str:
     """Our priority from the request's `priority` parameter when it names one; Triton's numeric
     priority levels have no meaning here and are ignored."""
@@ -233,11 +253,8 @@ def _priority(parameters: dict[str, Any]) -> str:
     return value if isinstance(value, str) and value in PRIORITIES else "normal"
 
 
-def _accepted(job_id: str, status: str, respond_async: bool) -> Response:
-    headers = {"Location": f"/job/{job_id}"}
-    if respond_async:
-        headers["Preference-Applied"] = "respond-async"
-    return json_response({"job_id": job_id, "status": status}, 202, headers)
+def _accepted(job_id: str, status: str, applied: dict[str, str]) -> Response:
+    return json_response({"job_id": job_id, "status": status}, 202, {"Location": f"/job/{job_id}", **applied})
 
 
 async def _infer(request: Request, name: str, version: str | None) -> Response:
@@ -254,13 +271,16 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     infer_request = oip.parse_infer_request(body, header_length)
     data, rows = oip.job_data(infer_request, signature)
     job_id = await state.submit(
-        principal, entry.name, data, priority=_priority(infer_request.parameters), idempotency_key=idempotency_key
+        _owner(principal), entry.name, data, priority=_priority(infer_request.parameters), idempotency_key=idempotency_key
     )
 
-    respond_async = "respond-async" in _preferences(request)
-    wait_s = state.settings.oip_wait_seconds
-    if respond_async or wait_s <= 0:
-        return _accepted(job_id, "pending", respond_async)
+    preferences = _preferences(request)
+    if "respond-async" in preferences:
+        return _accepted(job_id, "pending", {"Preference-Applied": "respond-async"})
+    wait_s, wait_applied = _preferred_wait(preferences, state.settings.oip_wait_seconds)
+    applied = {"Preference-Applied": f"wait={wait_s:g}"} if wait_applied else {}
+    if wait_s <= 0:
+        return _accepted(job_id, "pending", applied)
     record = await state.wait_for(job_id, wait_s)
     status = str(record.status)
     if status != "completed":
@@ -268,7 +288,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
             code, what = TERMINAL_ERRORS[status]
             message = f"{what}: {record.error}" if record.error else what
             return error_response(code, f"{message} (job {job_id})", {"Retry-After": str(RETRY_AFTER_S)} if code == 503 else None)
-        return _accepted(job_id, status, False)  # still pending or processing after the wait
+        return _accepted(job_id, status, applied)  # still pending or processing after the wait
 
     try:
         tensors = oip.oip_outputs(orjson.loads(record.result or "null"), signature, rows)
@@ -276,8 +296,8 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
         return error_response(500, f"the job's result cannot be read as this model's outputs: {exc} (job {job_id})")
     content, json_length = oip.build_response(entry.name, entry.version, infer_request, tensors)
     if json_length is None:
-        return Response(content, media_type="application/json")
-    return Response(content, media_type="application/octet-stream", headers={oip.HEADER_LENGTH: str(json_length)})
+        return Response(content, media_type="application/json", headers=applied)
+    return Response(content, media_type="application/octet-stream", headers={oip.HEADER_LENGTH: str(json_length), **applied})
 
 
 @router.post("/models/{model_name}/infer", summary="Inference (through the queue; 202 past OIP_WAIT_SECONDS)")

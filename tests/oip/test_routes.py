@@ -194,3 +194,14 @@ def test_failed_job_is_an_oip_error(fake_client, fake_state):
     fake_state.outcome = FakeRecord("failed", error="model raised: boom")
     response = fake_client.post("/v2/models/iris/infer", json=iris_json())
     assert response.status_code == 500 and response.json()["error"].startswith("inference failed: model raised: boom (job ")
+
+
+def test_prefer_wait_shortens_the_wait_and_is_reported(fake_client, fake_state):
+    response = fake_client.post("/v2/models/iris/infer", json=iris_json(), headers={"Prefer": "wait=2"})
+    assert response.status_code == 200 and response.headers["preference-applied"] == "wait=2"
+    fake_state.run_jobs = False
+    response = fake_client.post("/v2/models/iris/infer", json=iris_json(), headers={"Prefer": "wait=0"})
+    assert response.status_code == 202 and response.headers["preference-applied"] == "wait=0"
+    # longer than OIP_WAIT_SECONDS (5 here) is not honoured, so not reported either
+    response = fake_client.post("/v2/models/iris/infer", json=iris_json(), headers={"Prefer": "wait=60"})
+    assert response.status_code == 202 and "preference-applied" not in response.headers
