@@ -151,3 +151,36 @@ def test_body_limit_is_413(stack):
     big = {"inputs": [{"name": IRIS_IN, "shape": [100_000, 4], "datatype": "FP32", "data": [1.5] * 400_000}]}
     response = httpx.post(f"{stack}/v2/models/iris/infer", json=big, timeout=30)
     assert response.status_code == 413 and "MAX_BODY_BYTES" in response.json()["error"]
+
+
+def test_auth_guards_everything_but_health(redis_server, oip_models, processes, tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("alice client alice-token-0123456789\nbob client bob-token-0123456789ab\n")
+    models_file = tmp_path / "models.yaml"
+    models_file.write_text(yaml.safe_dump({"iris": {"path": str(oip_models["iris"])}}))
+    env = service_env(
+        redis_server.url, MODELS_FILE=str(models_file), AUTH_TOKENS_FILE=str(tokens), KEY_PREFIX=f"oip{time.time_ns()}"
+    )
+    _, base_url = processes.api(env)
+    assert httpx.get(f"{base_url}/v2/health/live").status_code == 200
+    assert httpx.get(f"{base_url}/v2/health/ready").status_code == 200
+    response = httpx.get(f"{base_url}/v2/models/iris")
+    assert response.status_code == 401 and response.headers["www-authenticate"].startswith("Bearer")
+    assert response.json() == {"error": "missing bearer token: send 'Authorization: Bearer <token>'"}
+
+    alice = {"Authorization": "Bearer alice-token-0123456789"}
+    client = triton.InferenceServerClient(base_url.removeprefix("http://"))
+    try:
+        assert client.get_model_metadata("iris", headers=alice)["name"] == "iris"
+        with pytest.raises(InferenceServerException) as caught:
+            client.get_model_metadata("iris", headers={"Authorization": "Bearer wrong-token-0123456789"})
+        assert caught.value.status() == "401"
+    finally:
+        client.close()
+    # no worker here: respond-async queues the job, owned by alice (bob cannot see it)
+    body = {"inputs": [{"name": IRIS_IN, "shape": [1, 4], "datatype": "FP32", "data": ROWS[0].tolist()}]}
+    response = httpx.post(f"{base_url}/v2/models/iris/infer", json=body, headers={**alice, "Prefer": "respond-async"})
+    assert response.status_code == 202
+    location = f"{base_url}{response.headers['location']}"
+    assert httpx.get(location, headers=alice).json()["status"] == "pending"
+    assert httpx.get(location, headers={"Authorization": "Bearer bob-token-0123456789ab"}).status_code == 404
