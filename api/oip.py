@@ -338,14 +338,22 @@ def encode_bytes_elements(elements: Any) -> bytes:
 
 
 def _flatten(data: Any) -> list[Any]:
-    """Row-major elements of JSON tensor data, flat or nested (the spec allows both)."""
+    """Row-major elements of JSON tensor data, flat or nested (the spec allows both). Iterative: a
+    deeply nested body must be a 400, not a RecursionError."""
     if not isinstance(data, list):
         return [data]
     if not any(isinstance(item, list) for item in data):
         return data
     flat: list[Any] = []
-    for item in data:
-        flat.extend(_flatten(item))
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            flat.append(item)
+        else:
+            stack.pop()
     return flat
 
 

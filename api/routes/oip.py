@@ -22,17 +22,11 @@ from fastapi.responses import Response
 from fastapi.routing import APIRoute
 
 from api import oip
+from api.auth import Principal
+from api.auth import principal as authenticate
 from api.errors import HTTPProblem, as_problem, json_response
+from api.routes.jobs import wait_for_end
 from jobqueue.settings import PRIORITIES
-
-try:  # the lead's auth module; until it lands every caller is anonymous
-    from api.auth import principal as authenticate
-except ImportError:  # pragma: no cover - shim for the time before api.auth exists
-
-    async def authenticate(request: Request) -> Any:
-        """Shim: no authentication configured yet."""
-        return None
-
 
 try:
     VERSION = version("asyncinfer")
@@ -103,10 +97,62 @@ class OIPRoute(APIRoute):
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"], route_class=OIPRoute)
 
-
-def _owner(principal: Any) -> Any:
-    """What submit records as the job's owner: the principal's name (None while auth is a shim)."""
-    return getattr(principal, "name", principal)
+_TENSOR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["name", "shape", "datatype"],
+    "properties": {
+        "name": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "datatype": {"type": "string", "enum": sorted(oip.OIP_TO_NUMPY)},
+        "parameters": {"type": "object", "properties": {"binary_data_size": {"type": "integer", "minimum": 0}}},
+        "data": {"type": "array", "description": "row-major elements, flat or nested"},
+    },
+}
+_REQUESTED_OUTPUT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {"name": {"type": "string"}, "parameters": {"type": "object"}},
+}
+_IRIS_EXAMPLE = {"id": "1", "inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]}
+_INFER_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": f"JSON inference request; with binary tensors: the JSON header ({oip.HEADER_LENGTH} bytes),"
+        " then the raw tensors.",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["inputs"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "parameters": {"type": "object"},
+                        "inputs": {"type": "array", "minItems": 1, "items": _TENSOR_SCHEMA},
+                        "outputs": {"type": "array", "items": _REQUESTED_OUTPUT_SCHEMA},
+                    },
+                },
+                "example": _IRIS_EXAMPLE,
+            },
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+_ERROR = {"content": {"application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}}}}}}
+_INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "inference response (binary outputs follow the JSON when asked for)"},
+    202: {"description": "still running after OIP_WAIT_SECONDS, or Prefer: respond-async: {job_id, status}; see Location"},
+    **{code: {**_ERROR, "description": why} for code, why in (
+        (400, "the request does not fit the protocol or the model; the message names the field"),
+        (401, "missing or invalid bearer token"),
+        (404, "unknown model or version"),
+        (409, "the job was canceled"),
+        (413, "body larger than MAX_BODY_BYTES"),
+        (415, "unsupported Content-Encoding"),
+        (429, "queue full or rate limited; see Retry-After"),
+        (500, "the job failed in the worker"),
+        (503, "Redis unavailable or the model not loaded; see Retry-After"),
+    )},
+}  # fmt: skip
 
 
 def _state(request: Request) -> Any:
@@ -258,7 +304,7 @@ def _accepted(job_id: str, status: str, applied: dict[str, str]) -> Response:
 
 
 async def _infer(request: Request, name: str, version: str | None) -> Response:
-    principal = await authenticate(request)
+    caller: Principal = await authenticate(request)
     state = _state(request)
     entry = _model(request, name, version)
     signature = _require_ready(entry)
@@ -271,7 +317,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     infer_request = oip.parse_infer_request(body, header_length)
     data, rows = oip.job_data(infer_request, signature)
     job_id = await state.submit(
-        _owner(principal), entry.name, data, priority=_priority(infer_request.parameters), idempotency_key=idempotency_key
+        caller.name, entry.name, data, priority=_priority(infer_request.parameters), idempotency_key=idempotency_key
     )
 
     preferences = _preferences(request)
@@ -281,7 +327,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     applied = {"Preference-Applied": f"wait={wait_s:g}"} if wait_applied else {}
     if wait_s <= 0:
         return _accepted(job_id, "pending", applied)
-    record = await state.wait_for(job_id, wait_s)
+    record = await wait_for_end(state, job_id, wait_s, request.receive)  # stops early if the client leaves
     status = str(record.status)
     if status != "completed":
         if status in TERMINAL_ERRORS:
@@ -300,11 +346,17 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     return Response(content, media_type="application/octet-stream", headers={oip.HEADER_LENGTH: str(json_length), **applied})
 
 
-@router.post("/models/{model_name}/infer", summary="Inference (through the queue; 202 past OIP_WAIT_SECONDS)")
+@router.post(
+    "/models/{model_name}/infer", responses=_INFER_RESPONSES, openapi_extra=_INFER_BODY,
+    summary="Inference (through the queue; 202 past OIP_WAIT_SECONDS)",
+)  # fmt: skip
 async def infer(request: Request, model_name: str) -> Response:
     return await _infer(request, model_name, None)
 
 
-@router.post("/models/{model_name}/versions/{model_version}/infer", summary="Inference on a model version")
+@router.post(
+    "/models/{model_name}/versions/{model_version}/infer", responses=_INFER_RESPONSES, openapi_extra=_INFER_BODY,
+    summary="Inference on a model version",
+)  # fmt: skip
 async def infer_version(request: Request, model_name: str, model_version: str) -> Response:
     return await _infer(request, model_name, model_version)

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from api.errors import HTTPProblem, invalid
 from jobqueue.model_signature import InputError, ModelSignature, parse_input
+from jobqueue.models import ModelConfig
 from jobqueue.settings import Settings
 from worker.model import OnnxModel
 
@@ -50,6 +51,7 @@ class FakeRecord:
 class FakeState:
     settings: Settings
     models: FakeModels
+    tokens: Any = None  # api.auth reads it: None = authentication off
     jobs: dict[str, FakeRecord] = field(default_factory=dict)
     submitted: list[dict[str, Any]] = field(default_factory=list)
     run_jobs: bool = True  # False: jobs stay pending (a worker-less queue)
@@ -79,17 +81,17 @@ class FakeState:
         if not self.run_jobs or self.outcome is not None:
             self.jobs[job_id] = self.outcome or FakeRecord("pending")
             return job_id
-        outputs = entry.model.run(arrays)
+        outputs = entry.model.run(arrays, timeout_s=10)
         rows = len(next(iter(arrays.values())))
         self.jobs[job_id] = FakeRecord("completed", orjson.dumps(entry.model.results(outputs, 0, rows)).decode())
         return job_id
 
-    async def wait_for(self, job_id: str, timeout_s: float) -> FakeRecord:
+    async def wait_for(self, job_id: str, timeout_s: float, disconnected: Any = None) -> FakeRecord:
         return self.jobs[job_id]
 
 
 def fake_entry(name: str, model_path: str, ready: bool = True) -> FakeModelEntry:
-    model = OnnxModel(model_path)
+    model = OnnxModel(ModelConfig(name, model_path))
     return FakeModelEntry(name, "0123abcd", model.signature, ready, model)
 
 

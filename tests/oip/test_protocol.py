@@ -143,9 +143,14 @@ def test_bytes_elements_encode_and_decode():
 
 
 def test_nested_json_data_is_read_row_major():
-    body = orjson.dumps({"inputs": [{"name": IRIS_IN, "shape": [1, 4], "datatype": "FP32", "data": [[1, 2, 3, 4]]}]})
+    nested = [[1, [2, 3], 4], [[[5]], 6, 7, 8]]
+    body = orjson.dumps({"inputs": [{"name": IRIS_IN, "shape": [2, 4], "datatype": "FP32", "data": nested}]})
     [tensor] = oip.parse_infer_request(body).inputs
-    assert tensor.array.tolist() == [[1.0, 2.0, 3.0, 4.0]]
+    assert tensor.array.tolist() == [[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]]
+    # nesting just inside the JSON parser's depth limit is refused as a 400, not a RecursionError
+    deep = b'{"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": ' + b"[" * 1020 + b"1" + b"]" * 1020 + b"}]}"
+    with pytest.raises(oip.OIPError, match="has 1 elements, but its shape needs 4"):
+        oip.parse_infer_request(deep)
 
 
 def json_request(inputs: list[dict], **extra) -> bytes:
