@@ -9,10 +9,12 @@ from fastapi import FastAPI
 from onnx import TensorProto
 
 from api.routes import oip as oip_routes
+from jobqueue.models import ModelConfig
 from jobqueue.settings import Settings
 from tests.conftest import MODEL_PATH
 from tests.oip.fakes import AppClient, FakeModels, FakeState, fake_entry
-from tests.oip.models import build_identity_model, build_int64_model
+from tests.oip.models import build_identity_model, build_int64_model, build_zipmap_model
+from worker.model import OnnxModel
 
 
 @pytest.fixture(scope="session")
@@ -25,12 +27,19 @@ def oip_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "text": build_identity_model(root / "text.onnx", TensorProto.STRING, name="text"),
         "half": build_identity_model(root / "half.onnx", TensorProto.FLOAT16, name="half"),
         "flags": build_identity_model(root / "flags.onnx", TensorProto.BOOL, name="flags"),
+        "zipmap": build_zipmap_model(root / "zipmap.onnx"),
     }
 
 
+@pytest.fixture(scope="session")
+def loaded_models(oip_models: dict[str, Path]) -> dict[str, OnnxModel]:
+    """Each test model loaded once, through the worker's own class."""
+    return {name: OnnxModel(ModelConfig(name, str(path))) for name, path in oip_models.items()}
+
+
 @pytest.fixture
-def fake_state(oip_models: dict[str, Path]) -> FakeState:
-    entries = [fake_entry(name, str(path)) for name, path in oip_models.items()]
+def fake_state(loaded_models: dict[str, OnnxModel]) -> FakeState:
+    entries = [fake_entry(name, model) for name, model in loaded_models.items()]
     return FakeState(Settings(max_body_bytes=4096, oip_wait_seconds=5), FakeModels(entries))
 
 

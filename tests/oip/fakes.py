@@ -15,7 +15,6 @@ from fastapi import FastAPI
 
 from api.errors import HTTPProblem, invalid
 from jobqueue.model_signature import InputError, ModelSignature, parse_input
-from jobqueue.models import ModelConfig
 from jobqueue.settings import Settings
 from worker.model import OnnxModel
 
@@ -90,8 +89,7 @@ class FakeState:
         return self.jobs[job_id]
 
 
-def fake_entry(name: str, model_path: str, ready: bool = True) -> FakeModelEntry:
-    model = OnnxModel(ModelConfig(name, model_path))
+def fake_entry(name: str, model: OnnxModel, ready: bool = True) -> FakeModelEntry:
     return FakeModelEntry(name, "0123abcd", model.signature, ready, model)
 
 

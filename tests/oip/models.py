@@ -36,3 +36,20 @@ def build_identity_model(path: Path, elem_type: int, width: int = 2, name: str =
     value = helper.make_tensor_value_info("value", elem_type, ["batch", width])
     echo = helper.make_tensor_value_info("echo", elem_type, ["batch", width])
     return _save(helper.make_graph([helper.make_node("Identity", ["value"], ["echo"])], name, [value], [echo]), path)
+
+
+def build_zipmap_model(path: Path) -> Path:
+    """A scikit-learn classifier with string labels and skl2onnx's default ZipMap: `output_label` is a
+    string tensor, `output_probability` a sequence of {class: probability} maps (not a tensor)."""
+    import numpy as np  # noqa: PLC0415 - only this builder needs scikit-learn
+    from skl2onnx import to_onnx  # noqa: PLC0415
+    from sklearn.datasets import load_iris  # noqa: PLC0415
+    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
+
+    features, target = load_iris(return_X_y=True)
+    features = features.astype(np.float32)
+    names = np.array(["setosa", "versicolor", "virginica"])[target]
+    classifier = LogisticRegression(max_iter=500, random_state=0).fit(features, names)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(to_onnx(classifier, features[:1], target_opset=OPSET).SerializeToString())
+    return path

@@ -58,7 +58,7 @@ def test_model_metadata_and_readiness(fake_client, fake_state):
 def test_unknown_model_or_version_is_404_naming_what_exists(fake_client):
     response = fake_client.get("/v2/models/nope")
     assert response.status_code == 404
-    assert response.json() == {"error": "unknown model 'nope'; known models: iris, ints, text, half, flags"}
+    assert response.json() == {"error": "unknown model 'nope'; known models: iris, ints, text, half, flags, zipmap"}
     response = fake_client.post("/v2/models/nope/infer", json=iris_json())
     assert response.status_code == 404 and "known models: iris" in response.json()["error"]
     response = fake_client.get("/v2/models/iris/versions/7/ready")
@@ -205,3 +205,26 @@ def test_prefer_wait_shortens_the_wait_and_is_reported(fake_client, fake_state):
     # longer than OIP_WAIT_SECONDS (5 here) is not honoured, so not reported either
     response = fake_client.post("/v2/models/iris/infer", json=iris_json(), headers={"Prefer": "wait=60"})
     assert response.status_code == 202 and "preference-applied" not in response.headers
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_zipmap_probabilities_come_back_as_json_text(fake_client, binary):
+    meta = fake_client.get("/v2/models/zipmap").json()
+    assert meta["outputs"] == [
+        {"name": "output_label", "datatype": "BYTES", "shape": [-1]},
+        {"name": "output_probability", "datatype": "BYTES", "shape": [-1]},  # a sequence of maps: JSON text per row
+    ]
+    inputs = [triton.InferInput(IRIS_IN, [2, 4], "FP32")]
+    inputs[0].set_data_from_numpy(ROWS[:2], binary_data=binary)
+    body, json_size = triton.InferenceServerClient.generate_request_body(
+        inputs, outputs=[triton.InferRequestedOutput(name, binary_data=binary) for name in ("output_label", "output_probability")]
+    )
+    headers = {"Inference-Header-Content-Length": str(json_size)} if json_size is not None else {}
+    response = fake_client.post("/v2/models/zipmap/infer", content=body, headers=headers)
+    assert response.status_code == 200, response.text
+    header_length = response.headers.get("inference-header-content-length")
+    result = triton.InferResult.from_response_body(response.content, header_length=int(header_length) if header_length else None)
+    labels = [v.decode() if isinstance(v, bytes) else v for v in result.as_numpy("output_label").tolist()]
+    assert labels == ["setosa", "virginica"]
+    maps = [orjson.loads(v) for v in result.as_numpy("output_probability").tolist()]
+    assert [max(m, key=m.get) for m in maps] == labels and all(abs(sum(m.values()) - 1) < 1e-5 for m in maps)
