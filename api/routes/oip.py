@@ -10,12 +10,14 @@ id and `Location: /job/<id>`, where the job can be followed like any other. Ever
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from collections.abc import Callable, Coroutine
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import orjson
+import redis
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -26,6 +28,8 @@ from api.auth import Principal
 from api.auth import principal as authenticate
 from api.errors import HTTPProblem, as_problem, json_response
 from api.routes.jobs import wait_for_end
+from api.routes.service import READINESS_REDIS_TIMEOUT_S
+from jobqueue.connection import UNAVAILABLE
 from jobqueue.settings import PRIORITIES
 
 try:
@@ -197,13 +201,20 @@ async def server_live() -> Response:
     return json_response({"live": True})
 
 
-@router.get("/health/ready", summary="Server readiness: every model's signature is loaded (workers may be at zero)")
+async def _redis_answers(state: Any) -> bool:
+    try:
+        await asyncio.wait_for(state.probe.ping(), READINESS_REDIS_TIMEOUT_S)
+    except (*UNAVAILABLE, redis.ResponseError, TimeoutError):  # NOAUTH, protected mode: not ready either
+        return False
+    return True
+
+
+@router.get("/health/ready", summary="Server readiness: not draining, every model's signature loaded, Redis answers")
 async def server_ready(request: Request) -> Response:
+    # workers may be at zero: jobs wait in the queue for them, so they are no part of readiness
     state = _state(request)
-    entries = [state.models.get(name) for name in state.models.names()]
-    ready = bool(entries) and all(entry is not None and _is_ready(entry) for entry in entries)
-    if getattr(state, "draining", False):
-        ready = False
+    models_loaded = all(_is_ready(state.models.get(name)) for name in state.models.names())
+    ready = not state.draining and models_loaded and await _redis_answers(state)
     return json_response({"ready": ready}, 200 if ready else 503)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import orjson
+import redis
 from fastapi import FastAPI
 
 from api.errors import HTTPProblem, invalid
@@ -46,11 +47,24 @@ class FakeRecord:
     error: str | None = None
 
 
+class FakeRedis:
+    """What readiness asks Redis; `down` makes it fail as an unreachable server does."""
+
+    down = False
+
+    async def ping(self) -> bool:
+        if self.down:
+            raise redis.ConnectionError("connection refused")
+        return True
+
+
 @dataclass
 class FakeState:
     settings: Settings
     models: FakeModels
     tokens: Any = None  # api.auth reads it: None = authentication off
+    draining: bool = False
+    probe: FakeRedis = field(default_factory=lambda: FakeRedis())
     jobs: dict[str, FakeRecord] = field(default_factory=dict)
     submitted: list[dict[str, Any]] = field(default_factory=list)
     run_jobs: bool = True  # False: jobs stay pending (a worker-less queue)

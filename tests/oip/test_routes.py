@@ -34,9 +34,16 @@ def test_server_metadata_and_health(fake_client, fake_state):
     assert meta["name"] == "asyncinfer" and meta["extensions"] == ["binary_tensor_data"] and isinstance(meta["version"], str)
     assert fake_client.get("/v2/health/live").status_code == 200
     assert fake_client.get("/v2/health/ready").json() == {"ready": True}
+    fake_state.probe.down = True
+    assert fake_client.get("/v2/health/ready").status_code == 503
+    fake_state.probe.down = False
+    fake_state.draining = True
+    assert fake_client.get("/v2/health/ready").status_code == 503
+    fake_state.draining = False
     fake_state.models.get("half").ready = False
     response = fake_client.get("/v2/health/ready")
     assert response.status_code == 503 and response.json() == {"ready": False}
+    assert fake_client.get("/v2/health/live").status_code == 200  # liveness never depends on any of these
 
 
 def test_model_metadata_and_readiness(fake_client, fake_state):
