@@ -371,3 +371,14 @@ async def infer(request: Request, model_name: str) -> Response:
 )  # fmt: skip
 async def infer_version(request: Request, model_name: str, model_version: str) -> Response:
     return await _infer(request, model_name, model_version)
+
+
+@router.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+async def unsupported(request: Request, path: str) -> Response:
+    """Anything else under /v2 (Triton's model configuration, statistics, repository, shared-memory
+    extensions...): a 404 in the protocol's error shape, so OIP clients show why."""
+    return error_response(
+        404,
+        f"{request.method} /v2/{path} is not served: asyncinfer implements the Open Inference Protocol's health,"
+        f" metadata and infer endpoints and the extensions {EXTENSIONS}",
+    )

@@ -235,3 +235,11 @@ def test_zipmap_probabilities_come_back_as_json_text(fake_client, binary):
     assert labels == ["setosa", "virginica"]
     maps = [orjson.loads(v) for v in result.as_numpy("output_probability").tolist()]
     assert [max(m, key=m.get) for m in maps] == labels and all(abs(sum(m.values()) - 1) < 1e-5 for m in maps)
+
+
+def test_other_v2_paths_are_404_in_the_protocols_shape(fake_client):
+    response = fake_client.get("/v2/models/iris/config")
+    assert response.status_code == 404
+    assert response.json()["error"].startswith("GET /v2/models/iris/config is not served")
+    assert fake_client.post("/v2/repository/index").status_code == 404
+    assert fake_client.get("/v2/models/iris").status_code == 200  # the real routes still win

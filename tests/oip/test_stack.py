@@ -78,6 +78,9 @@ def test_health_and_metadata(client):
     with pytest.raises(InferenceServerException) as caught:
         client.get_model_metadata("nope")
     assert caught.value.status() == "404" and "known models: iris, ints, text, flags" in caught.value.message()
+    with pytest.raises(InferenceServerException) as caught:
+        client.get_model_config("ints")  # a Triton extension we do not serve: a readable 404
+    assert caught.value.status() == "404" and "is not served" in caught.value.message()
 
 
 @pytest.mark.parametrize("binary", [False, True])
