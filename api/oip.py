@@ -168,7 +168,7 @@ def parse_header_length(value: str | None, body_length: int) -> int | None:
     if value is None:
         return None
     value = value.strip()
-    if not value.isdigit() or int(value) > body_length:
+    if not (value.isascii() and value.isdigit()) or int(value) > body_length:  # isdigit alone takes "²"
         raise OIPError(f"{HEADER_LENGTH} must be an integer between 0 and the body length ({body_length}), got {value!r}")
     return int(value)
 

@@ -260,7 +260,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     request compression) are inflated, and the limit applies to the inflated size too."""
     too_big = HTTPProblem(413, f"request body is larger than {limit} bytes (MAX_BODY_BYTES)")
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise too_big
     chunks, size = [], 0
     async for chunk in request.stream():

@@ -204,8 +204,9 @@ def test_binary_size_must_match_shape_and_every_byte_must_be_claimed():
     head = json_request([{"name": IRIS_IN, "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": 16}}])
     with pytest.raises(oip.OIPError, match="3 bytes after the JSON header are not claimed"):
         oip.parse_infer_request(head + bytes(19), len(head))
-    with pytest.raises(oip.OIPError, match="Inference-Header-Content-Length must be an integer"):
-        oip.parse_header_length("12x", 100)
+    for bad in ("12x", "-1", "\u00b2", ""):  # "²" passes str.isdigit but not int()
+        with pytest.raises(oip.OIPError, match="Inference-Header-Content-Length must be an integer"):
+            oip.parse_header_length(bad, 100)
     with pytest.raises(oip.OIPError, match="between 0 and the body length"):
         oip.parse_header_length("101", 100)
 
