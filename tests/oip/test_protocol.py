@@ -8,6 +8,8 @@ import numpy as np
 import orjson
 import pytest
 import tritonclient.http as triton
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tritonclient.utils import triton_to_np_dtype
 
 from api import oip
@@ -307,3 +309,44 @@ def test_per_output_binary_choice_overrides_the_request_default():
     assert [o["name"] for o in head["outputs"]] == ["probabilities", "label"]  # the request's order
     assert head["outputs"][0]["data"] == [0.0, 0.0, 0.0] and "data" not in head["outputs"][1]
     assert head["outputs"][1]["parameters"] == {"binary_data_size": 8} and body[header_length:] == (1).to_bytes(8, "little")
+
+
+JSON_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**63 - 1),  # orjson writes no wider integers
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=5),
+)
+JSON_VALUES = st.recursive(
+    JSON_SCALARS,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4),
+    max_leaves=20,
+)
+TENSOR_FIELDS = st.fixed_dictionaries(
+    {},
+    optional={
+        "name": st.sampled_from([IRIS_IN, "x", ""]) | JSON_VALUES,
+        "shape": st.lists(st.integers(-1, 5), max_size=3) | JSON_VALUES,
+        "datatype": st.sampled_from(sorted(oip.OIP_TO_NUMPY)) | JSON_VALUES,
+        "data": JSON_VALUES,
+        "parameters": st.fixed_dictionaries({}, optional={"binary_data_size": st.integers(-1, 40) | JSON_VALUES}),
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    inputs=st.lists(TENSOR_FIELDS, max_size=3) | JSON_VALUES,
+    outputs=st.none() | st.lists(st.fixed_dictionaries({"name": st.text(max_size=5)}), max_size=2) | JSON_VALUES,
+    tail=st.binary(max_size=40),
+    use_header=st.booleans(),
+)
+def test_any_request_is_decoded_or_refused_with_a_400(inputs, outputs, tail, use_header):
+    head = orjson.dumps({"inputs": inputs, "outputs": outputs})
+    body = head + tail if use_header else head
+    try:
+        request = oip.parse_infer_request(body, len(head) if use_header else None)
+        oip.job_data(request, IRIS)
+    except oip.OIPError as exc:
+        assert exc.status == 400 and str(exc)
