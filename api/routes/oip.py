@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import zlib
 from collections.abc import Callable, Coroutine
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import orjson
@@ -29,13 +28,9 @@ from api.auth import principal as authenticate
 from api.errors import HTTPProblem, as_problem, json_response
 from api.routes.jobs import wait_for_end
 from api.routes.service import READINESS_REDIS_TIMEOUT_S
+from jobqueue import __version__
 from jobqueue.connection import UNAVAILABLE
 from jobqueue.settings import PRIORITIES
-
-try:
-    VERSION = version("asyncinfer")
-except PackageNotFoundError:  # running from a source tree without installing
-    VERSION = "0.0.0"
 
 SERVER_NAME = "asyncinfer"
 EXTENSIONS = ["binary_tensor_data"]
@@ -193,7 +188,7 @@ def _require_ready(entry: Any) -> Any:
 @router.get("", summary="Server metadata")
 async def server_metadata(request: Request) -> Response:
     await authenticate(request)
-    return json_response({"name": SERVER_NAME, "version": VERSION, "extensions": EXTENSIONS})
+    return json_response({"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS})
 
 
 @router.get("/health/live", summary="Server liveness (200 while the process serves)")
