@@ -21,6 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
+from starlette.routing import Match
 
 from api import oip
 from api.auth import Principal
@@ -96,6 +97,8 @@ class OIPRoute(APIRoute):
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"], route_class=OIPRoute)
 
+# A null optional member reads as absent, so the schemas allow it (OpenAPI 3.1 type lists).
+_PARAMETERS_SCHEMA: dict[str, Any] = {"type": ["object", "null"]}
 _TENSOR_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["name", "shape", "datatype"],
@@ -103,14 +106,14 @@ _TENSOR_SCHEMA: dict[str, Any] = {
         "name": {"type": "string"},
         "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
         "datatype": {"type": "string", "enum": sorted(oip.OIP_TO_NUMPY)},
-        "parameters": {"type": "object", "properties": {"binary_data_size": {"type": "integer", "minimum": 0}}},
-        "data": {"type": "array", "description": "row-major elements, flat or nested"},
+        "parameters": {**_PARAMETERS_SCHEMA, "properties": {"binary_data_size": {"type": "integer", "minimum": 0}}},
+        "data": {"description": "row-major elements, flat or nested (a bare value for a one-element tensor)"},
     },
 }
 _REQUESTED_OUTPUT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["name"],
-    "properties": {"name": {"type": "string"}, "parameters": {"type": "object"}},
+    "properties": {"name": {"type": "string"}, "parameters": _PARAMETERS_SCHEMA},
 }
 _IRIS_EXAMPLE = {"id": "1", "inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]}
 _INFER_BODY: dict[str, Any] = {
@@ -124,10 +127,10 @@ _INFER_BODY: dict[str, Any] = {
                     "type": "object",
                     "required": ["inputs"],
                     "properties": {
-                        "id": {"type": "string"},
-                        "parameters": {"type": "object"},
+                        "id": {"type": ["string", "null"]},
+                        "parameters": _PARAMETERS_SCHEMA,
                         "inputs": {"type": "array", "minItems": 1, "items": _TENSOR_SCHEMA},
-                        "outputs": {"type": "array", "items": _REQUESTED_OUTPUT_SCHEMA},
+                        "outputs": {"type": ["array", "null"], "items": _REQUESTED_OUTPUT_SCHEMA},
                     },
                 },
                 "example": _IRIS_EXAMPLE,
@@ -136,22 +139,42 @@ _INFER_BODY: dict[str, Any] = {
         },
     }
 }
-_ERROR = {"content": {"application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}}}}}}
+_ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
+
+
+def _errors(*codes_and_reasons: tuple[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for error codes, each with the protocol's `{"error": ...}` body."""
+    return {
+        code: {"description": why, "content": {"application/json": {"schema": _ERROR_SCHEMA}}} for code, why in codes_and_reasons
+    }
+
+
+_UNAUTHORIZED = (401, "missing or invalid bearer token")
+_UNKNOWN = (404, "unknown model (the message names the known ones) or version")
+_NOT_LOADED = (503, "the model's signature is not loaded yet; see Retry-After")
+_READINESS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    503: {"description": "not ready", "content": {"application/json": {"schema": {"type": "object"}}}}
+}
+_MODEL_RESPONSES = {**_errors(_UNAUTHORIZED, _UNKNOWN), **_READINESS_RESPONSES}
+_METADATA_RESPONSES = _errors(_UNAUTHORIZED, _UNKNOWN, _NOT_LOADED)
 _INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "inference response (binary outputs follow the JSON when asked for)"},
+    200: {
+        "description": "inference response; binary outputs, when asked for, follow the JSON header",
+        "content": {"application/json": {}, "application/octet-stream": {}},
+    },
     202: {"description": "still running after OIP_WAIT_SECONDS, or Prefer: respond-async: {job_id, status}; see Location"},
-    **{code: {**_ERROR, "description": why} for code, why in (
+    **_errors(
         (400, "the request does not fit the protocol or the model; the message names the field"),
-        (401, "missing or invalid bearer token"),
-        (404, "unknown model or version"),
+        _UNAUTHORIZED,
+        _UNKNOWN,
         (409, "the job was canceled"),
         (413, "body larger than MAX_BODY_BYTES"),
         (415, "unsupported Content-Encoding"),
         (429, "queue full or rate limited; see Retry-After"),
         (500, "the job failed in the worker"),
         (503, "Redis unavailable or the model not loaded; see Retry-After"),
-    )},
-}  # fmt: skip
+    ),
+}
 
 
 def _state(request: Request) -> Any:
@@ -185,7 +208,7 @@ def _require_ready(entry: Any) -> Any:
 # -- health and metadata ---------------------------------------------------------------------------
 
 
-@router.get("", summary="Server metadata")
+@router.get("", responses=_errors(_UNAUTHORIZED), summary="Server metadata")
 async def server_metadata(request: Request) -> Response:
     await authenticate(request)
     return json_response({"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS})
@@ -204,7 +227,9 @@ async def _redis_answers(state: Any) -> bool:
     return True
 
 
-@router.get("/health/ready", summary="Server readiness: not draining, every model's signature loaded, Redis answers")
+@router.get(
+    "/health/ready", responses=_READINESS_RESPONSES, summary="Server readiness: not draining, every model loaded, Redis answers"
+)
 async def server_ready(request: Request) -> Response:
     # workers may be at zero: jobs wait in the queue for them, so they are no part of readiness
     state = _state(request)
@@ -220,12 +245,14 @@ async def _model_ready(request: Request, name: str, version: str | None) -> Resp
     return json_response({"name": entry.name, "ready": ready}, 200 if ready else 503)
 
 
-@router.get("/models/{model_name}/ready", summary="Model readiness")
+@router.get("/models/{model_name}/ready", responses=_MODEL_RESPONSES, summary="Model readiness")
 async def model_ready(request: Request, model_name: str) -> Response:
     return await _model_ready(request, model_name, None)
 
 
-@router.get("/models/{model_name}/versions/{model_version}/ready", summary="Model version readiness")
+@router.get(
+    "/models/{model_name}/versions/{model_version}/ready", responses=_MODEL_RESPONSES, summary="Model version readiness"
+)
 async def model_version_ready(request: Request, model_name: str, model_version: str) -> Response:
     return await _model_ready(request, model_name, model_version)
 
@@ -237,12 +264,14 @@ async def _model_metadata(request: Request, name: str, version: str | None) -> R
     return json_response(oip.model_metadata(entry.name, entry.version, signature))
 
 
-@router.get("/models/{model_name}", summary="Model metadata: name, versions, platform, input and output tensors")
+@router.get("/models/{model_name}", responses=_METADATA_RESPONSES, summary="Model metadata: versions, platform, tensors")
 async def model_metadata(request: Request, model_name: str) -> Response:
     return await _model_metadata(request, model_name, None)
 
 
-@router.get("/models/{model_name}/versions/{model_version}", summary="Model version metadata")
+@router.get(
+    "/models/{model_name}/versions/{model_version}", responses=_METADATA_RESPONSES, summary="Model version metadata"
+)
 async def model_version_metadata(request: Request, model_name: str, model_version: str) -> Response:
     return await _model_metadata(request, model_name, model_version)
 
@@ -371,7 +400,16 @@ async def infer_version(request: Request, model_name: str, model_version: str) -
 @router.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
 async def unsupported(request: Request, path: str) -> Response:
     """Anything else under /v2 (Triton's model configuration, statistics, repository, shared-memory
-    extensions...): a 404 in the protocol's error shape, so OIP clients show why."""
+    extensions...): a 404 in the protocol's error shape, so OIP clients show why; a served path asked
+    with another method stays a 405 with `Allow`."""
+    allowed = sorted(
+        method
+        for route in router.routes
+        if isinstance(route, APIRoute) and route.endpoint is not unsupported and route.matches(request.scope)[0] is Match.PARTIAL
+        for method in route.methods
+    )
+    if allowed:
+        return error_response(405, f"{request.method} is not allowed on {request.url.path}", {"Allow": ", ".join(allowed)})
     return error_response(
         404,
         f"{request.method} /v2/{path} is not served: asyncinfer implements the Open Inference Protocol's health,"

@@ -244,3 +244,6 @@ def test_other_v2_paths_are_404_in_the_protocols_shape(fake_client):
     assert response.json()["error"].startswith("GET /v2/models/iris/config is not served")
     assert fake_client.post("/v2/repository/index").status_code == 404
     assert fake_client.get("/v2/models/iris").status_code == 200  # the real routes still win
+    response = fake_client.request("PUT", "/v2/models/iris/infer")  # a served path, another method: 405
+    assert response.status_code == 405 and response.headers["allow"] == "POST"
+    assert "PUT is not allowed" in response.json()["error"]
