@@ -73,7 +73,7 @@ class AttemptResult:
     attempts: int
 
 
-def _lua(name: str) -> str:
+def lua_source(name: str) -> str:
     return resources.files("jobqueue").joinpath("scripts", f"{name}.lua").read_text()
 
 
@@ -108,7 +108,7 @@ class NotificationStore:
         self.client = client
         self.settings = settings
         self.keys = StoreKeys(settings.key_prefix)
-        self._scripts = {name: client.register_script(_lua(name)) for name in SCRIPT_NAMES}
+        self._scripts = {name: client.register_script(lua_source(name)) for name in SCRIPT_NAMES}
 
     async def claim(self, max_ids: int, lease_ms: int) -> list[Lease]:
         """Lease up to `max_ids` due deliveries for `lease_ms` (see notify_claim.lua)."""

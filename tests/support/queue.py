@@ -19,7 +19,7 @@ from jobqueue.protocol import (
     JobRecord,
     NewJob,
     WorkerQueue,
-    _lua,
+    lua_source,
     _record_fields,
     cancel_call,
     enqueue_call,
@@ -41,7 +41,7 @@ class SyncJobs(WorkerQueue):
 
     def __init__(self, client: redis.Redis, settings: Settings, model: str = MODEL, version: str = "test") -> None:
         super().__init__(client, settings, model, version)
-        self.api_scripts = {name: client.register_script(_lua(name)) for name in ("enqueue", "cancel", "retry")}
+        self.api_scripts = {name: client.register_script(lua_source(name)) for name in ("enqueue", "cancel", "retry")}
 
     def new_job(self, job_id: str | None = None, payload: str = PAYLOAD, **fields: Any) -> NewJob:
         return NewJob(job_id=job_id or str(uuid.uuid4()), model=self.keys.name, payload=payload, **fields)
