@@ -308,8 +308,10 @@ def _decode_binary(chunk: bytes, datatype: str, dtype: np.dtype, count: int, whe
             f" need {expected} ({count} x {dtype.itemsize})"
         )
     if datatype == "BOOL":
-        return np.frombuffer(chunk, dtype=np.uint8) != 0
-    return np.frombuffer(chunk, dtype=dtype)
+        flags: np.ndarray = np.frombuffer(chunk, dtype=np.uint8) != 0
+        return flags
+    values: np.ndarray = np.frombuffer(chunk, dtype=dtype)
+    return values
 
 
 def decode_bytes_elements(chunk: bytes, where: str = "BYTES tensor") -> list[bytes]:
@@ -446,12 +448,14 @@ def _to_json_rows(tensor: InputTensor, where: str) -> list[Any]:
     """The tensor as nested JSON rows. FP32 values become the doubles that read back exactly as the same
     float32; BYTES become text (string model inputs travel as JSON text)."""
     if tensor.datatype != "BYTES":
-        return tensor.array.tolist()
+        rows: list[Any] = tensor.array.tolist()
+        return rows
     try:
         text = np.array([element.decode() for element in tensor.array.ravel()], dtype=object)
     except UnicodeDecodeError:
         raise OIPError(f"{where}: BYTES elements must be UTF-8 text for a string model input") from None
-    return text.reshape(tensor.array.shape).tolist()
+    text_rows: list[Any] = text.reshape(tensor.array.shape).tolist()
+    return text_rows
 
 
 # -- job result -> OIP outputs -----------------------------------------------------------------------

@@ -16,7 +16,6 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import orjson
-import redis
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -28,9 +27,8 @@ from api.auth import Principal
 from api.auth import principal as authenticate
 from api.errors import HTTPProblem, as_problem, json_response
 from api.routes.jobs import wait_for_end
-from api.routes.service import READINESS_REDIS_TIMEOUT_S
+from api.routes.service import NOT_READY, READINESS_REDIS_TIMEOUT_S
 from jobqueue import __version__
-from jobqueue.connection import UNAVAILABLE
 from jobqueue.settings import PRIORITIES
 
 SERVER_NAME = "asyncinfer"
@@ -222,7 +220,7 @@ async def server_live() -> Response:
 async def _redis_answers(state: Any) -> bool:
     try:
         await asyncio.wait_for(state.probe.ping(), READINESS_REDIS_TIMEOUT_S)
-    except (*UNAVAILABLE, redis.ResponseError, TimeoutError):  # NOAUTH, protected mode: not ready either
+    except NOT_READY:  # NOAUTH, protected mode: not ready either
         return False
     return True
 
@@ -406,7 +404,7 @@ async def unsupported(request: Request, path: str) -> Response:
         method
         for route in router.routes
         if isinstance(route, APIRoute) and route.endpoint is not unsupported and route.matches(request.scope)[0] is Match.PARTIAL
-        for method in route.methods
+        for method in (route.methods or ())
     )
     if allowed:
         return error_response(405, f"{request.method} is not allowed on {request.url.path}", {"Allow": ", ".join(allowed)})
