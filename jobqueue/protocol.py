@@ -12,10 +12,9 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
-import redis.asyncio
 
 from jobqueue.errors import (
     IdempotencyConflict,
@@ -29,6 +28,9 @@ from jobqueue.errors import (
 from jobqueue.keys import ModelKeys, StoreKeys
 from jobqueue.settings import PRIORITIES, Settings
 from jobqueue.states import ClaimFlag, JobStatus, Outcome, ScriptCode
+
+if TYPE_CHECKING:
+    import redis.asyncio
 
 SCRIPT_NAMES = ("enqueue", "claim", "finish", "recover", "cancel", "retry", "heartbeat")
 RECORD_FIELDS = (
