@@ -14,7 +14,7 @@ from api.auth import TokenFile
 from api.errors import HTTPProblem, install_error_handlers, problem_response
 from api.hotpath import HotPathMiddleware
 from api.metrics_listener import MetricsListener
-from api.routes import jobs, models, service
+from api.routes import jobs, models, service, streams
 from api.state import AppState, JobEvents, ModelRegistry
 from jobqueue import __version__
 from jobqueue.connection import async_client, async_probe_client
@@ -97,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json" if docs else None,
     )
     app.include_router(jobs.router)
+    app.include_router(streams.router)
     app.include_router(models.router)
     app.include_router(service.router)
     install_error_handlers(app)
