@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 import orjson
 from fastapi import APIRouter, Depends, Header, WebSocket
@@ -225,6 +226,12 @@ async def ws_caller(websocket: WebSocket, state: AppState) -> Principal | None:
     WebSocket), `?token=`; None after closing the socket with 4401."""
     authorization = websocket.headers.get("authorization")
     token = websocket.query_params.get("token")
+    if token is not None:
+        # uvicorn logs the path with its query string when the handshake is accepted: keep the
+        # secret out of the logs (the same scope object is what it formats).
+        websocket.scope["query_string"] = urlencode(
+            [(k, "REDACTED" if k == "token" else v) for k, v in websocket.query_params.multi_items()]
+        ).encode()
     if authorization is None and token:
         authorization = f"Bearer {token}"
     try:

@@ -4,6 +4,7 @@ the WebSocket, bulk submit, lookup, and the fair share between priorities."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import statistics
 import time
 from collections import Counter
@@ -267,12 +268,44 @@ def test_websocket_delivers_each_of_100_jobs_once(processes, redis_server, redis
             return {v["job_id"]: v for v in got}
 
     views = asyncio.run(scenario())
+    logs = "".join(path.read_text() for path in tmp_path.glob("*.log"))
+    assert "WebSocket /ws?token=REDACTED" in logs
+    assert not any(token in logs for token in TOKENS.values())  # ?token= never reaches a log
     with httpx.Client(base_url=url, timeout=30) as http:
         stored = http.post("/jobs/lookup", json={"ids": job_ids}, headers=bearer("alice")).json()["items"]
     for job_id, expected in zip(job_ids, items, strict=True):
         assert views[job_id] == stored[job_ids.index(job_id)]  # the view as GET would give it
         assert views[job_id]["status"] == "completed"
         assert views[job_id]["result"]["class_name"] == next(n for n, r in IRIS.items() if [r] == expected["data"])
+
+
+def test_streams_end_when_the_api_drains(processes, redis_server, redis_client):
+    """On SIGTERM the API ends its streams (SSE closes, the WebSocket closes with 1012) within a tick,
+    so clients reconnect to a replica that stays instead of holding this one for the whole drain."""
+    env = service_env(redis_server.url, SHUTDOWN_DELAY_SECONDS=10)
+    api, url = processes.api(env)
+    job_id = httpx.post(f"{url}/predict", json={"data": [ROW]}).json()["job_id"]
+
+    async def scenario() -> None:
+        async with aiohttp.ClientSession() as session, httpx.AsyncClient(base_url=url, timeout=20) as http:
+            async with session.ws_connect(url.replace("http://", "ws://") + "/ws") as ws:
+                await ws.send_json({"subscribe": [job_id, "bogus-id"]})
+                assert await ws_messages(ws, 1) == [{"type": "not_found", "job_id": "bogus-id"}]  # subscribed
+                async with http.stream("GET", f"/job/{job_id}/events") as stream:
+                    lines = stream.aiter_lines()
+                    while await anext(lines) != "event: status":
+                        pass
+                    api.send_signal(signal.SIGTERM)
+                    started = time.monotonic()
+                    rest = [line async for line in lines]
+                    assert time.monotonic() - started < 5
+                assert not any(line.startswith("event: end") for line in rest)
+                closing = await asyncio.wait_for(ws.receive(), 5)
+                assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 1012, closing
+            assert (await http.get("/readyz")).status_code == 503  # still serving, unready, until the delay ends
+
+    asyncio.run(scenario())
+    assert httpx.get(f"{url}/job/{job_id}").json()["status"] == "pending"
 
 
 # -- bulk submit and lookup -----------------------------------------------------------------------
