@@ -37,7 +37,9 @@ class ConcurrencyLimit:
         self.active = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in UNLIMITED_PATHS:
+        # Event streams are long-lived and capped on their own (api/routes/streams.py): counted here,
+        # a few hundred watching clients would lock every submit out.
+        if scope["type"] != "http" or scope["path"] in UNLIMITED_PATHS or scope["path"].endswith("/events"):
             return await self.app(scope, receive, send)
         if self.active >= self.limit:
             problem = HTTPProblem(503, f"this API process is serving {self.limit} requests (MAX_CONCURRENT_REQUESTS)", {"Retry-After": "1"})

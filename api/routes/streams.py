@@ -7,9 +7,10 @@ client; both re-read the record after registering for the next wake-up, so no tr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -41,6 +42,12 @@ WS_RECHECK_S = 30.0  # re-read every watched job this often, in case a wake-up w
 WS_RETRY_S = 1.0  # after Redis was unavailable, try the unread jobs again this soon
 WS_UNAUTHORIZED = 4401  # application close code mirroring HTTP 401
 WS_SERVICE_RESTART = 1012  # the API is draining: reconnect (to another replica) and subscribe again
+WS_TRY_AGAIN_LATER = 1013  # this process holds its most open streams
+# Open streams (SSE and WebSockets together) per process, per MAX_CONCURRENT_REQUESTS slot: a stream is
+# an idle socket and a waiter, far cheaper than a request in flight, and it is not counted against
+# MAX_CONCURRENT_REQUESTS (a few hundred watching browsers must not lock submits out); 512 -> 4096.
+STREAMS_PER_REQUEST_SLOT = 8
+STREAMS_RETRY_AFTER_S = 5
 
 SSE_HEADERS = {
     "Cache-Control": "no-cache",
@@ -49,6 +56,33 @@ SSE_HEADERS = {
 
 Caller = Annotated[Principal, Depends(principal)]
 State = Annotated[AppState, Depends(get_state)]
+
+
+class OpenStreams:
+    """How many streams this process holds open, against its cap."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+
+    @property
+    def full(self) -> bool:
+        return self.count >= self.limit
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self.count += 1
+        try:
+            yield
+        finally:
+            self.count -= 1
+
+
+def open_streams(state: AppState) -> OpenStreams:
+    streams = state.extras.get("open_streams")
+    if streams is None:
+        streams = state.extras["open_streams"] = OpenStreams(state.settings.max_concurrent_requests * STREAMS_PER_REQUEST_SLOT)
+    return streams
 
 
 def event_id(record: JobRecord) -> str:
@@ -73,40 +107,42 @@ async def job_stream(state: AppState, record: JobRecord, last_event_id: str | No
     """
     job_id = record.job_id
     future = state.events.add(job_id)
-    try:
-        yield f"retry: {RECONNECT_MS}\n\n".encode()
-        last_sent = last_event_id
-        next_keepalive = time.monotonic() + KEEPALIVE_S
-        stale = True  # re-read after registering `future`: no transition in between is missed
-        while True:
-            if stale:
-                try:
-                    record = await state.store.get(job_id)
-                except UNAVAILABLE:
-                    pass  # keep the last record (ids stop a resend); JobEvents wakes us when Redis is back
-                except JobNotFound:
-                    # The record vanished while the job never ended (the database was flushed).
-                    yield f'event: error\ndata: {{"detail": "job {job_id} not found"}}\n\n'.encode()
+    # counted here, not in the route: a response whose start could not be sent never runs this
+    with open_streams(state).held():
+        try:
+            yield f"retry: {RECONNECT_MS}\n\n".encode()
+            last_sent = last_event_id
+            next_keepalive = time.monotonic() + KEEPALIVE_S
+            stale = True  # re-read after registering `future`: no transition in between is missed
+            while True:
+                if stale:
+                    try:
+                        record = await state.store.get(job_id)
+                    except UNAVAILABLE:
+                        pass  # keep the last record (ids stop a resend); JobEvents wakes us when Redis is back
+                    except JobNotFound:
+                        # The record vanished while the job never ended (the database was flushed).
+                        yield f'event: error\ndata: {{"detail": "job {job_id} not found"}}\n\n'.encode()
+                        return
+                if record.status.terminal:
+                    yield sse_frame("end", record)
                     return
-            if record.status.terminal:
-                yield sse_frame("end", record)
-                return
-            if event_id(record) != last_sent:
-                yield sse_frame("status", record)
-                last_sent = event_id(record)
-            if state.draining:
-                return  # the client reconnects (with Last-Event-ID) to a replica that stays
-            await asyncio.wait({future}, timeout=TICK_S)  # a timeout leaves `future` armed
-            stale = future.done()
-            if stale:
-                state.events.discard(job_id, future)
-                future = state.events.add(job_id)
-            if time.monotonic() >= next_keepalive:
-                yield b": keep-alive\n\n"
-                next_keepalive = time.monotonic() + KEEPALIVE_S
-                stale = True  # and a slow safety net in case a wake-up was lost
-    finally:
-        state.events.discard(job_id, future)
+                if event_id(record) != last_sent:
+                    yield sse_frame("status", record)
+                    last_sent = event_id(record)
+                if state.draining:
+                    return  # the client reconnects (with Last-Event-ID) to a replica that stays
+                await asyncio.wait({future}, timeout=TICK_S)  # a timeout leaves `future` armed
+                stale = future.done()
+                if stale:
+                    state.events.discard(job_id, future)
+                    future = state.events.add(job_id)
+                if time.monotonic() >= next_keepalive:
+                    yield b": keep-alive\n\n"
+                    next_keepalive = time.monotonic() + KEEPALIVE_S
+                    stale = True  # and a slow safety net in case a wake-up was lost
+        finally:
+            state.events.discard(job_id, future)
 
 
 @router.get(
@@ -129,6 +165,9 @@ async def job_events(
     """Stream one job's states: `event: status` (data: the job view) now and on each transition,
     `event: end` (data: the final view) when it ends, then the stream closes."""
     record = await owned(state, caller, job_id)
+    if open_streams(state).full:
+        raise HTTPProblem(503, "this API process holds its most open streams; try again or poll GET /job/{id}?wait=N",
+                          {"Retry-After": str(STREAMS_RETRY_AFTER_S)})  # fmt: skip
     if record.status.terminal and last_event_id == event_id(record):
         # The client has the end already; 204 is what stops an EventSource from reconnecting.
         return Response(status_code=204, headers={"Cache-Control": "no-cache"})
@@ -254,6 +293,16 @@ async def job_socket(websocket: WebSocket) -> None:
     if caller is None:
         return
     await websocket.accept()
+    streams = open_streams(state)
+    if streams.full:
+        await websocket.close(WS_TRY_AGAIN_LATER, "this API process holds its most open streams; try again later")
+        return
+    with streams.held():
+        await serve_subscriptions(websocket, state, caller)
+
+
+async def serve_subscriptions(websocket: WebSocket, state: AppState, caller: Principal) -> None:
+    """The accepted socket's loop: read subscribe messages, send each watched job when it ends."""
     subs = Subscriptions(state, caller)
     receiving: asyncio.Task[Any] = asyncio.ensure_future(websocket.receive())
     waking: asyncio.Task[Any] = asyncio.ensure_future(subs.wakeup.wait())

@@ -4,6 +4,7 @@ the WebSocket, bulk submit, lookup, and the fair share between priorities."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import statistics
 import time
@@ -306,6 +307,39 @@ def test_streams_end_when_the_api_drains(processes, redis_server, redis_client):
 
     asyncio.run(scenario())
     assert httpx.get(f"{url}/job/{job_id}").json()["status"] == "pending"
+
+
+def test_streams_have_their_own_cap_and_do_not_lock_requests_out(processes, redis_server, redis_client):
+    """Open streams are not requests in flight: with MAX_CONCURRENT_REQUESTS=1 eight streams stay
+    open (8 per request slot) while submits still pass; the ninth is refused until one closes."""
+    env = service_env(redis_server.url, MAX_CONCURRENT_REQUESTS=1)
+    _, url = processes.api(env)
+    with httpx.Client(base_url=url, timeout=10) as http, contextlib.ExitStack() as open_streams:
+        job_id = http.post("/predict", json={"data": [ROW]}).json()["job_id"]
+        streams, readers = [], []  # a reader dropped by the garbage collector would close its stream
+        for _ in range(8):
+            stream = open_streams.enter_context(http.stream("GET", f"/job/{job_id}/events"))
+            readers.append(data_events(stream))
+            assert next(readers[-1])["id"] == "pending-0-0"  # started, so counted
+            streams.append(stream)
+        assert http.post("/predict", json={"data": [ROW]}).status_code == 202
+        refused = http.get(f"/job/{job_id}/events")
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+
+        async def ws_refused() -> None:
+            async with aiohttp.ClientSession() as session, session.ws_connect(url.replace("http://", "ws://") + "/ws") as ws:
+                closing = await ws.receive()
+                assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 1013, closing
+
+        asyncio.run(ws_refused())
+        streams[0].close()  # the server notices the disconnect and frees the slot
+        deadline = time.monotonic() + 5
+        while True:
+            with http.stream("GET", f"/job/{job_id}/events") as stream:
+                if stream.status_code == 200:
+                    break
+            assert stream.status_code == 503 and time.monotonic() < deadline
+            time.sleep(0.1)
 
 
 # -- bulk submit and lookup -----------------------------------------------------------------------
