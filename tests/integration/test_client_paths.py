@@ -18,6 +18,7 @@ import httpx
 import orjson
 import pytest
 
+from jobqueue.protocol import WorkerQueue
 from tests.conftest import service_env
 
 IRIS = {  # known samples of each class from the iris data set
@@ -117,12 +118,12 @@ def test_prefer_wait_without_a_worker_answers_202_after_the_wait(processes, redi
         body = answer.json()
         assert body == {"job_id": body["job_id"], "status": "pending", "model": "iris"}
         assert answer.headers["location"] == f"/job/{body['job_id']}"
-        assert answer.headers["preference-applied"] == "wait=1"
+        assert answer.headers["preference-applied"] == "wait=1" and "Prefer" in answer.headers["vary"]
 
         started = time.monotonic()
         plain = http.post("/predict", json={"data": [ROW]})
         assert plain.status_code == 202 and time.monotonic() - started < 0.9
-        assert "preference-applied" not in plain.headers
+        assert "preference-applied" not in plain.headers and "Prefer" in plain.headers["vary"]
         assert plain.json()["status"] == "pending" and plain.headers["location"] == f"/job/{plain.json()['job_id']}"
     assert redis_client.llen("asyncinfer:iris:pending:normal") == 2
 
@@ -197,6 +198,37 @@ def test_sse_streams_every_transition_of_a_job(processes, redis_server, redis_cl
         assert [r["class_name"] for r in results] == list(IRIS)
         assert [e["data"]["status"] for e in rest] in (["processing", "completed"], ["completed"])
         assert len({e["id"] for e in rest}) == len(rest)
+
+
+def test_sse_reports_pending_again_after_recovery(processes, redis_server, redis_client, settings):
+    """A worker dies holding the job: the stream shows processing, pending again (recovered, attempt
+    kept), then the second run's end; every state with its own id."""
+    env = service_env(redis_server.url)
+    _, url = processes.api(env)
+    doomed = WorkerQueue(redis_client, settings, "iris", "doomed-version")
+    with httpx.Client(base_url=url, timeout=15) as http:
+        job_id = http.post("/predict", json={"data": [ROW]}).json()["job_id"]
+        with http.stream("GET", f"/job/{job_id}/events") as stream:
+            events = data_events(stream)
+            seen = [next(events)]
+            assert [job.job_id for job in doomed.claim("doomed-worker", 1).jobs] == [job_id]
+            first_start = redis_client.hget(f"asyncinfer:job:{job_id}", "started_at")
+            seen.append(next(events))
+            time.sleep(settings.worker_ttl_seconds + 0.3)  # its heartbeat deadline passes
+            assert doomed.recover("rescuer").requeued == 1
+            seen.append(next(events))
+            processes.worker(env)
+            seen += list(events)
+    second_start = redis_client.hget(f"asyncinfer:job:{job_id}", "started_at")
+    states = [(e["event"], e["id"], e["data"]["status"], e["data"]["attempts"]) for e in seen]
+    assert states[:3] == [
+        ("status", "pending-0-0", "pending", 0),
+        ("status", f"processing-1-{first_start}", "processing", 1),
+        ("status", f"pending-1-{first_start}", "pending", 1),  # recovered: the attempt is kept
+    ]
+    end = ("end", f"completed-2-{second_start}", "completed", 2)
+    assert states[3:] in ([("status", f"processing-2-{second_start}", "processing", 2), end], [end])
+    assert seen[-1]["data"]["result"]["class_name"] == "setosa" and seen[-1]["data"]["model_version"] != "doomed-version"
 
 
 # -- WebSocket ------------------------------------------------------------------------------------
