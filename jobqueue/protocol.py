@@ -39,7 +39,7 @@ RECORD_FIELDS = (
 ANONYMOUS = "anonymous"  # the owner of every job while authentication is off
 
 
-def _lua(name: str) -> str:
+def lua_source(name: str) -> str:
     return resources.files("jobqueue").joinpath("scripts", f"{name}.lua").read_text()
 
 
@@ -272,7 +272,7 @@ class JobStore:
         self.client = client
         self.settings = settings
         self.keys = StoreKeys(settings.key_prefix)
-        self._scripts = {name: client.register_script(_lua(name)) for name in SCRIPT_NAMES}
+        self._scripts = {name: client.register_script(lua_source(name)) for name in SCRIPT_NAMES}
 
     async def _run(self, call: ScriptCall, client: Any = None) -> Any:
         return await self._scripts[call.name](keys=call.keys, args=call.args, client=client)
@@ -358,7 +358,7 @@ class WorkerQueue:
         self.store = StoreKeys(settings.key_prefix)
         self.keys: ModelKeys = self.store.model(model)
         self.version = version
-        self._scripts = {name: client.register_script(_lua(name)) for name in SCRIPT_NAMES}
+        self._scripts = {name: client.register_script(lua_source(name)) for name in SCRIPT_NAMES}
 
     @property
     def backstop_ms(self) -> int:
