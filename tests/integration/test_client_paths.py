@@ -9,7 +9,7 @@ import signal
 import statistics
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,8 @@ import aiohttp
 import httpx
 import orjson
 import pytest
+import redis
+from stack import RedisServer
 
 from jobqueue.protocol import WorkerQueue
 from tests.conftest import service_env
@@ -372,6 +374,61 @@ def test_streams_have_their_own_cap_and_do_not_lock_requests_out(processes, redi
                     break
             assert stream.status_code == 503 and time.monotonic() < deadline
             time.sleep(0.1)
+
+
+def complete_silently(client: redis.Redis, job_id: str) -> None:
+    """End a job in its record without a Pub/Sub message: what a subscriber that was away misses."""
+    client.hset(f"asyncinfer:job:{job_id}", mapping={"status": "completed", "result": '{"prediction": 0}', "finished_at": 1})
+
+
+def test_streams_recheck_after_the_event_subscription_comes_back(processes, tmp_path):
+    """Messages published while the API's Pub/Sub connection is away are lost; once it is back every
+    stream re-reads its jobs at once (not at the next keep-alive, 15 s, or WebSocket re-check, 30 s):
+    after redis-py's own quick reconnect (the connection killed) and after an outage (Redis restarted)."""
+    server = RedisServer(tmp_path / "redis", appendfsync="always").start()
+    client = redis.Redis.from_url(server.url, decode_responses=True)
+    try:
+        _, url = processes.api(service_env(server.url))
+        job_ids = [httpx.post(f"{url}/predict", json={"data": [ROW]}).json()["job_id"] for _ in range(2)]
+
+        async def next_event(lines: AsyncIterator[str], kind: str) -> None:
+            while await anext(lines) != f"event: {kind}":
+                pass
+
+        async def scenario() -> None:
+            async with aiohttp.ClientSession() as session, httpx.AsyncClient(base_url=url, timeout=30) as http:
+                async with session.ws_connect(url.replace("http://", "ws://") + "/ws") as ws:
+                    await ws.send_json({"subscribe": [job_ids[0], "bogus-id"]})
+                    assert (await ws_messages(ws, 1))[0]["type"] == "not_found"  # subscribed
+                    async with http.stream("GET", f"/job/{job_ids[0]}/events") as first, http.stream(
+                        "GET", f"/job/{job_ids[1]}/events"
+                    ) as second:
+                        lines = [first.aiter_lines(), second.aiter_lines()]
+                        for reader in lines:
+                            await next_event(reader, "status")
+                        await asyncio.sleep(0.5)  # the SSE generators are waiting
+
+                        complete_silently(client, job_ids[0])
+                        started = time.monotonic()
+                        assert client.client_kill_filter(_type="pubsub") == 1  # the API's event listener
+                        await asyncio.wait_for(next_event(lines[0], "end"), 5)
+                        job = await ws_messages(ws, 1, timeout_s=5)
+                        assert job[0]["job"]["job_id"] == job_ids[0] and job[0]["job"]["status"] == "completed"
+                        assert time.monotonic() - started < 5
+
+                        complete_silently(client, job_ids[1])  # while the listener still hears, unannounced
+                        await asyncio.sleep(0.2)
+                        await asyncio.to_thread(server.stop)
+                        await asyncio.sleep(2)
+                        await asyncio.to_thread(server.start)
+                        started = time.monotonic()
+                        await asyncio.wait_for(next_event(lines[1], "end"), 8)
+                        assert time.monotonic() - started < 8  # the next keep-alive is ~13 s away
+
+        asyncio.run(scenario())
+    finally:
+        client.close()
+        server.stop()
 
 
 # -- bulk submit and lookup -----------------------------------------------------------------------
