@@ -329,7 +329,7 @@ async def serve_subscriptions(websocket: WebSocket, state: AppState, caller: Pri
                 to_read += subs.take_woken()
                 waking = asyncio.ensure_future(subs.wakeup.wait())
             if time.monotonic() >= next_recheck:
-                to_read += [job_id for job_id in subs.futures if job_id not in to_read]
+                to_read += subs.futures  # duplicates are dropped below
                 next_recheck = time.monotonic() + WS_RECHECK_S
             replies += await subs.read(list(dict.fromkeys(to_read)))
             for reply in replies:
