@@ -73,6 +73,10 @@ bench: $(MODEL) ## throughput benchmark against the naive seed-design baseline; 
 bench-chaos: $(MODEL) ## 10,000 jobs, 2 workers, a worker SIGKILLed every few seconds; prints lost/duplicated
 	$(PY) bench/chaos.py
 
+.PHONY: docs
+docs: $(STAMP) ## regenerate the README's settings table from jobqueue/settings.py
+	$(PY) docs/splice.py README.md settings "$$($(PY) -m jobqueue.settings)"
+
 .PHONY: clean
 clean: ## remove the venv, tools, built model and local data
 	rm -rf $(VENV) .tools .data $(MODEL) .pytest_cache
