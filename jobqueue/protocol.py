@@ -12,10 +12,9 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
-import redis.asyncio
 
 from jobqueue.errors import (
     IdempotencyConflict,
@@ -29,6 +28,9 @@ from jobqueue.errors import (
 from jobqueue.keys import ModelKeys, StoreKeys
 from jobqueue.settings import PRIORITIES, Settings
 from jobqueue.states import ClaimFlag, JobStatus, Outcome, ScriptCode
+
+if TYPE_CHECKING:
+    import redis.asyncio
 
 SCRIPT_NAMES = ("enqueue", "claim", "finish", "recover", "cancel", "retry", "heartbeat")
 RECORD_FIELDS = (
@@ -329,7 +331,10 @@ class JobStore:
             mk = self.keys.model(name)
             for key in mk.pending_all:
                 pipe.llen(key)
-            pipe.zcard(mk.inflight).llen(mk.dead).zcard(mk.workers).hgetall(mk.stats)
+            pipe.zcard(mk.inflight)
+            pipe.llen(mk.dead)
+            pipe.zcard(mk.workers)
+            pipe.hgetall(mk.stats)
         replies = await pipe.execute() if names else []
         out: dict[str, dict[str, int]] = {}
         width = len(PRIORITIES) + 4
@@ -384,7 +389,8 @@ class WorkerQueue:
     def wait_for_job(self, worker_id: str, timeout_s: float) -> str | None:
         """Block until an id is pending at normal priority and move it into this worker's list
         (reliable-queue BLMOVE; other priorities are found by the claim that follows every wait)."""
-        moved = self.client.blmove(self.keys.pending("normal"), self.keys.processing(worker_id), timeout_s, "RIGHT", "LEFT")
+        # redis-py's stub says int; Redis takes a float timeout (>= 6.0)
+        moved = self.client.blmove(self.keys.pending("normal"), self.keys.processing(worker_id), timeout_s, "RIGHT", "LEFT")  # type: ignore[arg-type]
         return None if moved is None else _text(moved)
 
     def finish(self, worker_id: str, outcomes: Iterable[tuple[str, Outcome, str]]) -> FinishCounts:
@@ -428,5 +434,6 @@ class WorkerQueue:
     def deregister(self, worker_id: str) -> None:
         """Clean exit: forget the worker; its processing list is empty by now."""
         pipe = self.client.pipeline(transaction=True)
-        pipe.zrem(self.keys.workers, worker_id).delete(self.keys.processing(worker_id))
+        pipe.zrem(self.keys.workers, worker_id)
+        pipe.delete(self.keys.processing(worker_id))
         pipe.execute()

@@ -249,9 +249,9 @@ async def submit_bulk(state: AppState, caller: Principal, model_name: str | None
     results = await state.store.enqueue_many([job for _, job in jobs]) if jobs else []
     for (i, _), result in zip(jobs, results, strict=True):
         if isinstance(result, JobQueueError):
-            problem = as_problem(result)
-            assert problem is not None
-            answers[i] = {"error": {"status": problem.status, "detail": problem.detail}}
+            refusal = as_problem(result)
+            assert refusal is not None
+            answers[i] = {"error": {"status": refusal.status, "detail": refusal.detail}}
         else:
             answers[i] = {"job_id": result.job_id, "status": result.status}
     return json_response({"items": answers, "model": entry.name})

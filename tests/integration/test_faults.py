@@ -20,6 +20,7 @@ from jobqueue.keys import StoreKeys
 from jobqueue.settings import Settings
 from tests.conftest import MODEL_PATH, service_env
 from tests.support.queue import SyncJobs
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 PAYLOAD = orjson.dumps({"data": [[5.9, 3.0, 4.2, 1.5]]}).decode()
@@ -28,15 +29,6 @@ KEYS = StoreKeys("asyncinfer").model("iris")
 
 def fill(queue: SyncJobs, n: int) -> list[str]:
     return [r.job_id for r in queue.enqueue_many([queue.new_job(str(uuid.uuid4()), PAYLOAD) for _ in range(n)])]
-
-
-def wait_until(predicate, timeout_s: float, what: str, poll_s: float = 0.05) -> float:
-    started = time.monotonic()
-    while not predicate():
-        if time.monotonic() - started > timeout_s:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(poll_s)
-    return time.monotonic() - started
 
 
 def all_completed(queue: SyncJobs, ids: list[str]) -> bool:

@@ -177,3 +177,32 @@ def test_signature_is_read_without_the_weights(tmp_path):
     tracemalloc.stop()
     assert [s.name for s in signature.inputs] == ["x"]  # W is a weight, not an input
     assert peak < 5_000_000, f"reading the signature allocated {peak} bytes"
+
+
+def test_header_reader_agrees_with_onnx(tmp_path):
+    """jobqueue.onnx_header reads the same names, types, shapes and metadata as the onnx package."""
+    from skl2onnx import to_onnx
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    from jobqueue.onnx_header import read_header
+
+    x, y = load_iris(return_X_y=True)
+    zipmap = tmp_path / "zipmap.onnx"
+    zipmap.write_bytes(to_onnx(LogisticRegression(max_iter=300).fit(x, y), x[:1].astype(np.float32)).SerializeToString())
+    neg = make_model(tmp_path, [helper.make_tensor_value_info("x", TensorProto.INT64, [-1, 3, "w"])],
+                     [helper.make_tensor_value_info("y", TensorProto.INT64, [-1, 3, "w"])], [helper.make_node("Neg", ["x"], ["y"])],
+                     metadata={"version": "7", "note": "é"}, name="neg.onnx")  # fmt: skip
+    for path in (MODEL_PATH, zipmap, neg):
+        model = onnx.load(path)
+        header = read_header(path)
+        assert header.graph_name == model.graph.name and header.metadata == {p.key: p.value for p in model.metadata_props}
+        for mine, theirs in zip(header.inputs + header.outputs, list(model.graph.input) + list(model.graph.output), strict=True):
+            assert mine.name == theirs.name and mine.kind == theirs.type.WhichOneof("value")
+            if mine.kind == "tensor_type":
+                assert mine.elem_type == TensorProto.DataType.Name(theirs.type.tensor_type.elem_type).lower()
+                dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in theirs.type.tensor_type.shape.dim]
+                assert list(mine.dims) == dims
+    with pytest.raises(ValueError, match="not an ONNX model"):
+        (tmp_path / "junk.onnx").write_bytes(b"\xff\xff\xff")
+        read_header(tmp_path / "junk.onnx")

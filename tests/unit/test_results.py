@@ -31,3 +31,12 @@ def test_regressor_without_labels_and_fixed_batch_model(tmp_path):
     outputs = model.run({"x": np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]], dtype=np.float32)}, 10)
     assert model.results(outputs, 1, 2) == {"prediction": [5.0]}
     assert [r["prediction"] for r in model.results(outputs, 0, 3)] == [[2.0], [5.0], [8.0]]
+
+
+def test_missing_execution_providers_are_skipped_with_one_line(caplog):
+    from worker.model import available_providers
+
+    with caplog.at_level("WARNING"):
+        chosen = available_providers(["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert chosen == ["CPUExecutionProvider"]
+    assert [r.getMessage() for r in caplog.records] == ["execution provider CUDAExecutionProvider is not in this ONNX Runtime build; skipped"]
