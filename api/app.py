@@ -15,11 +15,7 @@ from api.errors import HTTPProblem, install_error_handlers, problem_response
 from api.hotpath import HotPathMiddleware
 from api.metrics import RequestMetricsMiddleware
 from api.metrics_listener import MetricsListener
-<<<<<<< HEAD
-from api.routes import admin, jobs, models, notifications, service
-=======
-from api.routes import jobs, models, notifications, oip, service, streams
->>>>>>> main
+from api.routes import admin, jobs, models, notifications, oip, service, streams
 from api.state import AppState, JobEvents, ModelRegistry
 from jobqueue import __version__
 from jobqueue.connection import async_client, async_probe_client

@@ -8,11 +8,10 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-import redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jobqueue import admin, metrics
-from jobqueue.connection import UNAVAILABLE
+from jobqueue.connection import REFUSED, UNAVAILABLE
 
 if TYPE_CHECKING:
     from api.state import AppState
@@ -22,6 +21,8 @@ log = logging.getLogger("asyncinfer.api")
 ROUTE_TEMPLATE_KEY = "asyncinfer.route"
 # A scrape must answer within Prometheus' scrape timeout (10 s by default) even when Redis hangs.
 SCRAPE_REDIS_TIMEOUT_S = 3.0
+# Redis down, refusing (NOAUTH, a replica), erring or slow: the scrape answers with asyncinfer_redis_up 0.
+SCRAPE_FAILURES: tuple[type[BaseException], ...] = (*UNAVAILABLE, *REFUSED, TimeoutError)
 
 
 async def metrics_text(state: AppState) -> str:
@@ -30,7 +31,7 @@ async def metrics_text(state: AppState) -> str:
         overview = await asyncio.wait_for(
             admin.overview(state.store.client, state.store.keys, state.models.names()), SCRAPE_REDIS_TIMEOUT_S
         )
-    except (*UNAVAILABLE, redis.ResponseError, TimeoutError) as exc:
+    except SCRAPE_FAILURES as exc:
         log.debug("metrics: queue state not read (%s)", exc)
         overview = None
     body, _ = metrics.render(overview, with_queue=True)

@@ -87,6 +87,10 @@ class StoreOverview:
     notify_failed: int = 0
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _int(value: Any, default: int = 0) -> int:
     try:
         return int(value)
@@ -237,7 +241,7 @@ class DeadLetterRetrier:
         retried = 0
         while True:
             tail = await store.client.lrange(dead_key, -RETRY_SLICE, -1)  # the tail is the oldest
-            ids = list(dict.fromkeys(reversed(tail)))
+            ids = list(dict.fromkeys(_text(job_id) for job_id in reversed(tail)))
             if not ids:
                 return retried
             records = await store.get_many(ids)
@@ -247,7 +251,11 @@ class DeadLetterRetrier:
                 call = retry_call(store.keys, store.settings, record, token)
                 await self._retry(keys=call.keys, args=call.args, client=pipe)  # queued in the pipeline
             replies = await pipe.execute() if retryable else []
-            drop = [job_id for job_id, r in zip(ids, records, strict=True) if r is None or r.model != model or r.status not in RETRYABLE]
+            drop = [
+                job_id
+                for job_id, r in zip(ids, records, strict=True)
+                if r is None or r.model != model or r.status not in RETRYABLE
+            ]
             full = False
             for record, reply in zip(retryable, replies, strict=True):
                 try:

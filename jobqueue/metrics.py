@@ -107,7 +107,9 @@ def observe_batch(model: str, batch_size: int, call_seconds: float) -> None:
     MODEL_CALL_SECONDS.labels(model).observe(call_seconds)
 
 
-def observe_ended(model: str, priority: str, created_at_ms: int, queued_at_ms: int, started_at_ms: int, finished_at_ms: int) -> None:
+def observe_ended(
+    model: str, priority: str, created_at_ms: int, queued_at_ms: int, started_at_ms: int, finished_at_ms: int
+) -> None:
     """Worker: a job it ran ended (completed, or failed for good); Redis-clock epoch ms from its record."""
     JOB_QUEUE_WAIT_SECONDS.labels(model, priority).observe(max(0, started_at_ms - queued_at_ms) / 1000)
     JOB_RUN_SECONDS.labels(model).observe(max(0, finished_at_ms - started_at_ms) / 1000)
@@ -158,7 +160,8 @@ class QueueCollector(Collector):
             return
         o = self.overview
         pending = GaugeMetricFamily(
-            "asyncinfer_queue_pending_jobs", "Jobs waiting to start, per model and priority (the lists KEDA reads).",
+            "asyncinfer_queue_pending_jobs",
+            "Jobs waiting to start, per model and priority (the lists KEDA reads).",
             labels=["model", "priority"],
         )
         oldest = GaugeMetricFamily(
@@ -174,7 +177,9 @@ class QueueCollector(Collector):
         finished = CounterMetricFamily(
             "asyncinfer_jobs_finished", "Jobs that ended, by outcome (from the stats hash).", labels=["model", "outcome"]
         )
-        retried = CounterMetricFamily("asyncinfer_jobs_retried", "Jobs put back to pending by a retry (from the stats hash).", labels=["model"])
+        retried = CounterMetricFamily(
+            "asyncinfer_jobs_retried", "Jobs put back to pending by a retry (from the stats hash).", labels=["model"]
+        )
         recovered = CounterMetricFamily(
             "asyncinfer_jobs_recovered", "Jobs requeued from a dead worker (from the stats hash).", labels=["model"]
         )
@@ -197,9 +202,13 @@ class QueueCollector(Collector):
         memory_used.add_metric([], o.redis_memory_used_bytes)
         memory_max = GaugeMetricFamily("asyncinfer_redis_memory_max_bytes", "Redis maxmemory; 0 = no limit set.")
         memory_max.add_metric([], o.redis_memory_max_bytes)
-        notify_due = GaugeMetricFamily("asyncinfer_webhook_pending_notifications", "Webhook notifications waiting to be delivered.")
+        notify_due = GaugeMetricFamily(
+            "asyncinfer_webhook_pending_notifications", "Webhook notifications waiting to be delivered."
+        )
         notify_due.add_metric([], o.notify_pending)
-        notify_failed = GaugeMetricFamily("asyncinfer_webhook_failed_notifications", "Webhook notifications given up (kept for resend).")
+        notify_failed = GaugeMetricFamily(
+            "asyncinfer_webhook_failed_notifications", "Webhook notifications given up (kept for resend)."
+        )
         notify_failed.add_metric([], o.notify_failed)
         yield from (memory_used, memory_max, notify_due, notify_failed)
 

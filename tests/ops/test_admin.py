@@ -41,8 +41,16 @@ def now_ms() -> int:
 def seed_job(r: redis.Redis, job_id: str, model: str, status: str, priority: str = "normal", **fields: object) -> None:
     """A job record as the contract lays it out, and its id on the list its status implies."""
     k = KEYS.model(model)
-    record = {"status": status, "model": model, "priority": priority, "owner": "alice", "input": '{"data": [[1, 2, 3, 4]]}',
-              "attempts": 0, "created_at": now_ms(), "queued_at": now_ms()}
+    record = {
+        "status": status,
+        "model": model,
+        "priority": priority,
+        "owner": "alice",
+        "input": '{"data": [[1, 2, 3, 4]]}',
+        "attempts": 0,
+        "created_at": now_ms(),
+        "queued_at": now_ms(),
+    }
     record.update(fields)
     r.hset(KEYS.job(job_id), mapping=record)
     if status == "pending":
@@ -170,7 +178,9 @@ def test_retry_all_stops_at_max_queue_length_and_keeps_the_rest(redis_server, re
     k = KEYS.model("iris")
     assert r.llen(k.pending("normal")) == 3
     # two went back; the other three stay dead letters, in their order, still failed
-    assert len(r.lrange(k.dead, 0, -1)) == 3 and r.lrange(k.dead, 0, -1) == [d for d in ["d4", "d3", "d2", "d1", "d0"] if d in r.lrange(k.dead, 0, -1)]
+    assert len(r.lrange(k.dead, 0, -1)) == 3 and r.lrange(k.dead, 0, -1) == [
+        d for d in ["d4", "d3", "d2", "d1", "d0"] if d in r.lrange(k.dead, 0, -1)
+    ]
     assert sorted(r.hget(KEYS.job(d), "status") for d in r.lrange(k.dead, 0, -1)) == ["failed"] * 3
 
 

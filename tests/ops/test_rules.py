@@ -71,8 +71,8 @@ def test_alerts_are_mixin_style_with_runbook_sections():
         annotations = rule["annotations"]
         assert annotations["summary"] and annotations["description"]
         url = annotations["runbook_url"]
-        assert url.startswith(RUNBOOK_BASE) and url[len(RUNBOOK_BASE):] in anchors, f"{rule['alert']}: {url} has no section"
-        assert url[len(RUNBOOK_BASE):] == rule["alert"].lower()
+        assert url.startswith(RUNBOOK_BASE) and url[len(RUNBOOK_BASE) :] in anchors, f"{rule['alert']}: {url} has no section"
+        assert url[len(RUNBOOK_BASE) :] == rule["alert"].lower()
 
 
 def test_the_local_scrape_config_is_valid_and_loads_the_alerts():
