@@ -213,10 +213,15 @@ class QueueCollector(Collector):
         yield from (memory_used, memory_max, notify_due, notify_failed)
 
 
+def exposition() -> bytes:
+    """This process's own metrics in the Prometheus text format (a worker's or the notifier's /metrics)."""
+    return generate_latest(REGISTRY)
+
+
 def render(overview: StoreOverview | None = None, *, with_queue: bool = False) -> tuple[bytes, str]:
     """The exposition text and its content type: this process's own metrics, plus (API only,
     `with_queue`) the queue-wide state from `overview`."""
-    body = generate_latest(REGISTRY)
+    body = exposition()
     if with_queue:
         queue_registry = CollectorRegistry(auto_describe=False)
         queue_registry.register(QueueCollector(overview))
