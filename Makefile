@@ -33,7 +33,7 @@ run: $(MODEL) ## start Redis (AOF in .data/), the API on :8000 and a worker; Ctr
 	$(PY) deploy/local/stack.py
 
 .PHONY: test
-test: lint typecheck test-unit test-integration test-chart test-containers ## the whole suite (what CI runs)
+test: lint typecheck test-unit test-integration test-chart test-ops test-containers ## the whole suite (what CI runs)
 
 .PHONY: lint
 lint: $(STAMP) ## ruff (defects, imports, modern syntax, simplifications, stale noqa) and ruff format --check
@@ -81,4 +81,4 @@ docs: $(STAMP) ## regenerate the README's settings table from jobqueue/settings.
 clean: ## remove the venv, tools, built model and local data
 	rm -rf $(VENV) .tools .data $(MODEL) .pytest_cache
 
--include deploy/cluster.mk deploy/containers.mk
+-include deploy/cluster.mk deploy/containers.mk deploy/ops.mk

@@ -18,7 +18,7 @@ method, status (a class such as "2xx"). Never job ids or principals.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
@@ -26,10 +26,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:  # annotations only: the worker imports this module without the API's modules
-    import redis
 
     from jobqueue.admin import StoreOverview
-    from jobqueue.keys import StoreKeys
 
 # Job latencies span a 10 ms model call to a job that waited an hour in a backlog (REQUEST_TTL_SECONDS
 # defaults to 30 min): 10 ms .. 1 h, about three buckets per decade.
@@ -44,8 +42,6 @@ HTTP_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 FINISHED_OUTCOMES = ("completed", "failed", "expired", "canceled")
 WEBHOOK_OUTCOMES = ("delivered", "retried", "failed", "lease_lost", "errors")
 # A job's timestamps, as the worker reads them after `finish`; only ended jobs are observed.
-TIMING_FIELDS = ("status", "priority", "created_at", "queued_at", "started_at", "finished_at")
-ENDED_BY_WORKER = ("completed", "failed", b"completed", b"failed")
 
 # -- worker observations (summed across worker pods) -------------------------------------------------
 JOB_QUEUE_WAIT_SECONDS = Histogram(
@@ -114,21 +110,6 @@ def observe_ended(
     JOB_QUEUE_WAIT_SECONDS.labels(model, priority).observe(max(0, started_at_ms - queued_at_ms) / 1000)
     JOB_RUN_SECONDS.labels(model).observe(max(0, finished_at_ms - started_at_ms) / 1000)
     JOB_E2E_SECONDS.labels(model, priority).observe(max(0, finished_at_ms - created_at_ms) / 1000)
-
-
-def observe_ended_jobs(client: redis.Redis, keys: StoreKeys, model: str, job_ids: Sequence[str]) -> None:
-    """Worker, after `finish`: read the timestamps of the jobs that ended (one pipelined round trip)
-    and observe their wait, run and end-to-end times. Jobs requeued for another attempt are observed
-    when they end; a record another worker finished first is observed by that worker only."""
-    if not job_ids:
-        return
-    pipe = client.pipeline(transaction=False)
-    for job_id in job_ids:
-        pipe.hmget(keys.job(job_id), TIMING_FIELDS)
-    for values in pipe.execute():
-        status, priority, *stamps = values
-        if status in ENDED_BY_WORKER and all(stamps):
-            observe_ended(model, _text(priority or "normal"), *(int(stamp) for stamp in stamps))
 
 
 def observe_webhook(outcome: str) -> None:

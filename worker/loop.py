@@ -167,9 +167,11 @@ class Worker:
         self._record()
 
     def _record(self) -> None:
-        ended = [job_id for job_id, outcome, _ in self._unrecorded if outcome in (Outcome.COMPLETED, Outcome.FAILED)]
         counts = self.queue.finish(self.worker_id, self._unrecorded)
-        metrics.observe_ended_jobs(self.client, self.queue.store, self.model.name, ended)
+        for timing in counts.ended:
+            metrics.observe_ended(
+                self.model.name, timing.priority, timing.created_at, timing.queued_at, timing.started_at, counts.finished_at
+            )
         self.processed += counts.completed + counts.failed
         self._unrecorded = []
         self._adopt = self._adopt or counts.still_held > 0
