@@ -219,7 +219,7 @@ def _check_shape(arr: np.ndarray, spec: TensorSpec, loc: tuple[str | int, ...]) 
     if len(got) != len(want):
         example = "x".join(str(d if isinstance(d, int) else "?") for d in want) or "scalar"
         raise InputError(loc, f"each row must have shape [{example}] for input {spec.name!r}, got {list(got) or 'scalar'}")
-    for axis, (g, w) in enumerate(zip(got, want)):
+    for axis, (g, w) in enumerate(zip(got, want, strict=True)):
         if isinstance(w, int) and w > 0 and g != w:
             raise InputError(loc, f"each row must have {w} values on axis {axis + 1} for input {spec.name!r}, got {g}")
 
