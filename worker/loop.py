@@ -196,7 +196,7 @@ class Worker:
         for job in jobs:
             try:
                 data = orjson.loads(job.payload)["data"]
-                arrays = parse_input(data, self.model.signature, self.settings.max_rows_per_job)
+                arrays = parse_input(data, self.model.signature, self.settings.max_rows_per_job, raw=job.payload)
             except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
                 outcomes.append((job.job_id, Outcome.FAILED, f"invalid input: {exc}"))
                 continue
