@@ -9,12 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from asyncinfer_client import RetryPolicy
 from tests.client.fake_service import FakeServer, FakeService
 from tests.conftest import Processes, service_env
-
-ROW = [5.1, 3.5, 1.4, 0.2]
-FAST_RETRY = RetryPolicy(max_retries=5, backoff_base_s=0.05, backoff_max_s=0.2)
 
 
 @dataclass

@@ -20,7 +20,7 @@ from asyncinfer_client import (
     RetryPolicy,
     Timeout,
 )
-from tests.client.conftest import FAST_RETRY, ROW
+from tests.client.helpers import FAST_RETRY, ROW
 
 TOKEN = "s3cret-token-value"
 
