@@ -173,7 +173,7 @@ class AsyncClient:
             body = await self._json(call)
             for index, item in enumerate(body["items"]):
                 outcome = protocol.submitted_item(item, call, start + index)
-                submitted.append(outcome if isinstance(outcome, APIError) else AsyncJob(self, outcome, model))
+                submitted.append(outcome if isinstance(outcome, APIError) else AsyncJob(self, outcome, body.get("model") or model))
         return submitted
 
     async def map(

@@ -178,7 +178,7 @@ class Client:
             body = self._json(call)
             for index, item in enumerate(body["items"]):
                 outcome = protocol.submitted_item(item, call, start + index)
-                submitted.append(outcome if isinstance(outcome, APIError) else Job(self, outcome, model))
+                submitted.append(outcome if isinstance(outcome, APIError) else Job(self, outcome, body.get("model") or model))
         return submitted
 
     def map(

@@ -18,6 +18,9 @@ def test_submit_wait_and_predict(stack):
         assert view.result["class_name"] == "setosa"
         assert client.predict([VIRGINICA], timeout=20)["class_name"] == "virginica"
         assert client.get(job.id).result == view.result
+        with pytest.raises(Conflict) as raised:
+            client.cancel(job.id)  # it completed: nothing to cancel
+        assert raised.value.status == 409
 
 
 def test_async_client_has_the_same_methods(stack):
@@ -54,9 +57,7 @@ def test_canceled_pending_job_raises_job_canceled(api_only):
         assert job.cancel().status == "canceled"
         with pytest.raises(JobCanceled) as raised:
             job.wait(timeout=5)
-        assert raised.value.job_id == job.id
-        with pytest.raises(Conflict):
-            client.cancel(job.id)  # it ended: nothing to cancel
+        assert raised.value.job_id == job.id and raised.value.view.status == "canceled"
 
 
 def test_unknown_job_is_not_found_and_waiting_times_out(api_only):
