@@ -145,7 +145,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return fail(f"cannot read {args.input}: {exc}", EXIT_USAGE)
     if output_path.resolve() == input_path:
         return fail("OUTPUT must not be the INPUT file", EXIT_USAGE)
-    journal = Journal(output_path).open()
+    try:
+        journal = Journal(output_path).open()
+    except (OSError, InputError, UnicodeDecodeError) as exc:
+        return fail(f"cannot resume from {args.output}: {exc}", EXIT_USAGE)
     options = RunOptions(args.model, args.priority, args.concurrency, args.job_timeout)
 
     async def go() -> Any:

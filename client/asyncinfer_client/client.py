@@ -6,7 +6,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from typing import Any
@@ -230,7 +230,7 @@ class Client:
 
     def _run_chunk(
         self, chunk: list[tuple[int, Any]], model: str | None, priority: str | None, timeout: float | None,
-        emit: Any, stop: threading.Event,
+        emit: Callable[[Outcome | _ChunkEnd], None], stop: threading.Event,
     ) -> None:
         error: BaseException | None = None
         try:

@@ -24,6 +24,8 @@ from asyncinfer_client.errors import APIError, AsyncInferError, JobError, Timeou
 from asyncinfer_client.progress import Progress
 
 KEY_SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,100}$")  # ids that can stand in a key as they are
+# refusals about the input itself (malformed, too big, does not fit the model): journaled as `rejected`
+INPUT_REJECTED_STATUSES = frozenset({400, 413, 422})
 TICK_S = 0.25  # how often the progress display is given a chance to draw without a finished input
 
 
@@ -153,9 +155,13 @@ class Journal:
             if len(keep) != len(raw):
                 with self.path.open("r+b") as handle:
                     handle.truncate(len(keep))
-            for line in keep.decode("utf-8").splitlines():
-                if line.strip():
+            for line_number, line in enumerate(keep.decode("utf-8").splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
                     self.done.add(str(json.loads(line)["id"]))
+                except (json.JSONDecodeError, TypeError, KeyError):
+                    raise InputError(f"{self.path} line {line_number} is no result line: is OUTPUT the right file?") from None
         self._handle = self.path.open("a", encoding="utf-8")
         return self
 
@@ -236,8 +242,10 @@ async def run_inputs(
         except Timeout as exc:
             record.update(status="timeout", error=str(exc))
         except APIError as exc:
-            if exc.status in (401, 403):
-                raise  # every other input would fail the same way
+            if exc.status not in INPUT_REJECTED_STATUSES:
+                # not about this input (bad token, unknown model, queue full after every retry, outage): every
+                # other input would fail the same way, and nothing is journaled, so a re-run tries them again
+                raise
             record.update(status="rejected", error=str(exc))
         failed = record["status"] != "completed"
         journal.write(record)

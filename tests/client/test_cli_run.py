@@ -58,7 +58,7 @@ def test_run_interrupted_half_way_resumes_without_submitting_twice(stack, redis_
     input_path = tmp_path / f"inputs.{kind}"
     ids = (write_jsonl if kind == "jsonl" else write_csv)(input_path, rows)
     output = tmp_path / "results.jsonl"
-    args = [CLI, "run", str(input_path), "-o", str(output), "--concurrency", "4", "--progress-interval", "0.5"]
+    args = [CLI, "run", str(input_path), "-o", str(output), "--concurrency", "8", "--progress-interval", "0.5"]
     first = subprocess.Popen(args, env=cli_env(stack.url), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: line_count(output) >= TOTAL // 2, 90, "half the results")
@@ -81,7 +81,7 @@ def test_run_interrupted_half_way_resumes_without_submitting_twice(stack, redis_
     written_first = read_jsonl(output)
     assert TOTAL // 2 <= len(written_first) < TOTAL
 
-    second = run_cli(["run", str(input_path), "-o", str(output), "--concurrency", "4"], stack.url)
+    second = run_cli(["run", str(input_path), "-o", str(output), "--concurrency", "8"], stack.url)
     assert second.returncode == 0, second.stderr
     records = read_jsonl(output)
     assert sorted(map(str, (r["id"] for r in records))) == sorted(map(str, ids))  # every input exactly once
@@ -91,7 +91,7 @@ def test_run_interrupted_half_way_resumes_without_submitting_twice(stack, redis_
     assert len(redis_client.keys(JOB_KEYS)) == TOTAL
     assert len({r["job_id"] for r in records}) == TOTAL
     replayed = int(re.search(r"(\d+) found already submitted", second.stderr).group(1))
-    assert 1 <= replayed <= 4, second.stderr
+    assert 1 <= replayed <= 8, second.stderr  # the ones in flight at Ctrl-C: at most one per lane
     assert f"{len(written_first)} already done" in second.stderr
 
 
