@@ -14,7 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-FAKE_WAIT_CAP_S = 1.0  # a long poll on a job that never ends holds at most this long here
+FAKE_WAIT_CAP_S = 1.0
+SLOW_DATA = [[0.0, 0.0, 0.0, 0.0]]  # an input the fake takes `slow_delay_s` to finish  # a long poll on a job that never ends holds at most this long here
 
 
 @dataclass
@@ -39,6 +40,8 @@ class FakeService:
     job_status: str = "completed"  # what GET /job/{id} shows for every job
     job_error: str | None = None
     required_token: str | None = None  # answer 401 without `Authorization: Bearer <this>`
+    slow_delay_s: float = 0.0  # jobs whose data is SLOW_DATA stay pending this long
+    ready_at: dict[str, float] = field(default_factory=dict)  # job id -> when it shows `job_status`
     requests: list[Recorded] = field(default_factory=list)
     jobs_by_key: dict[str, str] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -64,10 +67,11 @@ class FakeService:
             return job_id, False
 
     def view(self, job_id: str) -> dict[str, Any]:
-        ended = self.job_status in {"completed", "failed", "canceled", "expired"}
+        status = self.job_status if time.monotonic() >= self.ready_at.get(job_id, 0.0) else "pending"
+        ended = status in {"completed", "failed", "canceled", "expired"}
         return {
-            "job_id": job_id, "status": self.job_status, "model": "iris", "model_version": "1", "priority": "normal",
-            "result": {"prediction": 0} if self.job_status == "completed" else None, "error": self.job_error,
+            "job_id": job_id, "status": status, "model": "iris", "model_version": "1", "priority": "normal",
+            "result": {"prediction": 0} if status == "completed" else None, "error": self.job_error,
             "attempts": 3 if self.job_status == "failed" else 1, "created_at": "2026-01-01T00:00:00.000Z",
             "started_at": None, "finished_at": "2026-01-01T00:00:01.000Z" if ended else None, "notification": None,
         }
@@ -117,8 +121,10 @@ def _handler(service: FakeService) -> type[BaseHTTPRequestHandler]:
                 key = self.headers.get("Idempotency-Key")
                 if url.path.endswith("/batch"):
                     items = []
-                    for index, _ in enumerate(body["items"]):
+                    for index, item in enumerate(body["items"]):
                         job_id, _replayed = service.job_for(f"{key}:{index}" if key else None)
+                        if item["data"] == SLOW_DATA:
+                            service.ready_at[job_id] = time.monotonic() + service.slow_delay_s
                         items.append({"job_id": job_id, "status": "pending"})
                     self._answer(200, {"items": items})
                     return
@@ -128,9 +134,10 @@ def _handler(service: FakeService) -> type[BaseHTTPRequestHandler]:
                 return
             if self.command == "GET" and url.path.startswith("/job/"):
                 wait = float(parse_qs(url.query).get("wait", ["0"])[0])
-                if service.job_status in {"pending", "processing"} and wait:
+                job_id = url.path.removeprefix("/job/")
+                if service.view(job_id)["status"] in {"pending", "processing"} and wait:
                     time.sleep(min(wait, FAKE_WAIT_CAP_S))
-                self._answer(200, service.view(url.path.removeprefix("/job/")))
+                self._answer(200, service.view(job_id))
                 return
             if self.command == "POST" and url.path == "/jobs/lookup":
                 self._answer(200, {"items": [service.view(job_id) for job_id in body["ids"]]})

@@ -20,9 +20,11 @@ from asyncinfer_client import (
     RetryPolicy,
     Timeout,
 )
+from tests.client.fake_service import SLOW_DATA
 from tests.client.helpers import FAST_RETRY, ROW
 
 TOKEN = "s3cret-token-value"
+SLOW_FIRST_CHUNK = [SLOW_DATA] * 10 + [[ROW]] * 20  # with chunks of 10, the first chunk ends last
 
 
 @pytest.mark.parametrize("status", [503, 429])
@@ -156,3 +158,35 @@ def test_url_and_token_default_from_the_environment(fake, monkeypatch):
         assert client.base_url == fake.url
         client.submit([ROW])
     assert fake.service.jobs_created == 1
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_map_order_with_a_slow_first_chunk(fake, ordered):
+    fake.service.slow_delay_s = 1.5  # the first chunk's jobs end last
+    with Client(fake.url, retry=FAST_RETRY) as client:
+        indexes = [o.index for o in client.map(SLOW_FIRST_CHUNK, concurrency=3, chunk_size=10, ordered=ordered, timeout=20)]
+    assert sorted(indexes) == list(range(30))
+    if ordered:
+        assert indexes == list(range(30))  # held back until the first chunk ended
+    else:
+        assert sorted(indexes[:20]) == list(range(10, 30)) and sorted(indexes[20:]) == list(range(10))  # as they ended
+
+
+def test_async_map_as_completed_with_a_slow_first_chunk(fake):
+    fake.service.slow_delay_s = 1.5
+
+    async def collect() -> list[int]:
+        async with AsyncClient(fake.url, retry=FAST_RETRY) as client:
+            return [o.index async for o in client.map(SLOW_FIRST_CHUNK, concurrency=3, chunk_size=10, ordered=False, timeout=20)]
+
+    indexes = asyncio.run(collect())
+    assert sorted(indexes[:20]) == list(range(10, 30)) and sorted(indexes[20:]) == list(range(10))
+
+
+def test_map_reports_a_chunk_that_did_not_end_in_time_as_timeouts(fake):
+    fake.service.job_status = "pending"
+    with Client(fake.url, retry=FAST_RETRY) as client:
+        outcomes = list(client.map([[ROW]] * 5, chunk_size=5, timeout=0.5))
+    assert [o.status for o in outcomes] == ["timeout"] * 5
+    with pytest.raises(Timeout):
+        outcomes[0].unwrap()

@@ -100,13 +100,6 @@ def test_map_1000_inputs_as_completed_async(stack, redis_client):
     assert len(redis_client.keys(JOB_KEYS)) == 1000
 
 
-def test_map_as_completed_yields_before_the_slowest_chunk_ends(stack):
-    # the first chunk waits behind the worker; with ordered=False results of other chunks are not held back
-    with Client(stack.url) as client:
-        indexes = [o.index for o in client.map(_inputs(300), concurrency=3, chunk_size=100, ordered=False, timeout=120)]
-    assert sorted(indexes) == list(range(300))
-
-
 def test_lookup_models_and_metadata(stack):
     with Client(stack.url) as client:
         job = client.submit([SETOSA])
