@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.client.fake_service import FakeServer, FakeService
+from tests.client.helpers import TOKENS
 from tests.conftest import Processes, service_env
 
 
@@ -53,3 +54,14 @@ def client_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No ASYNCINFER_* from the developer's shell leaks into a test."""
     monkeypatch.delenv("ASYNCINFER_URL", raising=False)
     monkeypatch.delenv("ASYNCINFER_TOKEN", raising=False)
+
+
+@pytest.fixture
+def auth_stack(processes: Processes, redis_server, redis_client, tmp_path: Path) -> Stack:
+    """The real service with AUTH_TOKENS_FILE: clients alice and bob, admin ops (tokens in TOKENS)."""
+    tokens_file = tmp_path / "tokens"
+    tokens_file.write_text("alice client {alice}\nbob client {bob}\nops admin {ops}\n".format(**TOKENS))
+    env = service_env(redis_server.url, AUTH_TOKENS_FILE=str(tokens_file))
+    worker = processes.worker(env)
+    _, url = processes.api(env)
+    return Stack(url, env, processes, worker)

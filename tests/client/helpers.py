@@ -15,6 +15,7 @@ from asyncinfer_client import RetryPolicy
 
 ROW = [5.1, 3.5, 1.4, 0.2]
 SETOSA, VIRGINICA = [5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]
+TOKENS = {"alice": "alice-token-0123456789", "bob": "bob-token-0123456789", "ops": "ops-token-0123456789"}  # auth_stack's
 FAST_RETRY = RetryPolicy(max_retries=5, backoff_base_s=0.05, backoff_max_s=0.2)
 JOB_KEYS = "asyncinfer:job:*"  # one job record per job (default KEY_PREFIX): counts the jobs the server made
 CLI = str(BIN / "asyncinfer")  # the console script installed by `pip install -e client[progress]`
