@@ -110,3 +110,15 @@ def test_lookup_models_and_metadata(stack):
         assert [m["name"] for m in models] == ["iris"] and models[0]["default"] is True
         assert client.metadata()["inputs"][0]["shape"][-1] == 4
         assert client.metadata("iris")["example"]["data"]
+
+
+def test_named_model_routes_and_unknown_model(stack):
+    with Client(stack.url) as client:
+        job = client.submit([SETOSA], model="iris", priority="high")
+        view = job.wait(timeout=20)
+        assert view.model == "iris" and view.priority == "high" and job.model == "iris"
+        outcomes = list(client.map(_inputs(10), model="iris", chunk_size=5, timeout=60))
+        assert [o.index for o in outcomes] == list(range(10)) and all(o.view.model == "iris" for o in outcomes)
+        with pytest.raises(NotFound) as raised:
+            client.submit([SETOSA], model="no-such-model")
+        assert "iris" in str(raised.value)  # the refusal names the models there are
