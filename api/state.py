@@ -169,7 +169,7 @@ class JobEvents:
                 log.debug("event listener lost redis (%s)", exc)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
             self.wake_all()  # let waiters re-check while we reconnect
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
