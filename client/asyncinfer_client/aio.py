@@ -108,7 +108,11 @@ class AsyncClient:
         while True:
             try:
                 response = await self._http.request(
-                    call.method, call.path, json=call.json, params=call.params, headers=call.headers,
+                    call.method,
+                    call.path,
+                    json=call.json,
+                    params=call.params,
+                    headers=call.headers,
                     timeout=call.timeout_s if call.timeout_s is not None else httpx.USE_CLIENT_DEFAULT,
                 )
             except httpx.TransportError as exc:
@@ -141,16 +145,16 @@ class AsyncClient:
     ) -> AsyncJob:
         """Submit one job (`data`: one or more input rows). With `wait` (seconds, at most 30) the service holds
         the answer until the job ends, so a fast job needs no second request."""
-        call = protocol.submit_call(
-            data, model, priority, callback_url, idempotency_key or protocol.new_idempotency_key(), wait
-        )
+        call = protocol.submit_call(data, model, priority, callback_url, idempotency_key or protocol.new_idempotency_key(), wait)
         response = await self.send(call)
         body = protocol.checked_json(response)
         replayed = response.headers.get("idempotent-replayed") == "true"
         view = JobView.from_json(body) if response.status_code == 200 else None
         return AsyncJob(self, str(body["job_id"]), body.get("model") or model, view, replayed)
 
-    async def predict(self, data: Any, model: str | None = None, timeout: float | None = 60.0, priority: str | None = None) -> Any:
+    async def predict(
+        self, data: Any, model: str | None = None, timeout: float | None = 60.0, priority: str | None = None
+    ) -> Any:
         """Submit and wait in one call; the job's result (JobFailed etc. when it has none, Timeout after `timeout`)."""
         job = await self.submit(data, model, priority, wait=min(timeout, protocol.MAX_WAIT_S) if timeout else protocol.MAX_WAIT_S)
         return await job.result(timeout)
@@ -173,7 +177,9 @@ class AsyncClient:
             body = await self._json(call)
             for index, item in enumerate(body["items"]):
                 outcome = protocol.submitted_item(item, call, start + index)
-                submitted.append(outcome if isinstance(outcome, APIError) else AsyncJob(self, outcome, body.get("model") or model))
+                submitted.append(
+                    outcome if isinstance(outcome, APIError) else AsyncJob(self, outcome, body.get("model") or model)
+                )
         return submitted
 
     async def map(
@@ -223,7 +229,11 @@ class AsyncClient:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run_chunk(
-        self, chunk: list[tuple[int, Any]], model: str | None, priority: str | None, timeout: float | None,
+        self,
+        chunk: list[tuple[int, Any]],
+        model: str | None,
+        priority: str | None,
+        timeout: float | None,
         emit: Callable[[Outcome | BaseException | None], None],
     ) -> None:
         try:

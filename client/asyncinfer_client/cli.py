@@ -218,12 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
     model_options(command("metadata", cmd_metadata, "a model's inputs, outputs, labels and example"), priority=False)
 
     sub = command("run", cmd_run, "run every input of a JSONL or CSV file; results to a JSONL file; resumable")
-    sub.add_argument("input", metavar="INPUT", help="JSONL ({\"data\": ..., \"id\"?: ...} or a bare row per line) or CSV")
+    sub.add_argument("input", metavar="INPUT", help='JSONL ({"data": ..., "id"?: ...} or a bare row per line) or CSV')
     sub.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="JSONL results; inputs already in it are skipped")
     sub.add_argument("--concurrency", "-c", type=int, default=8, help="inputs in flight at once (default 8)")
     model_options(sub)
     sub.add_argument("--job-timeout", type=float, default=None, help="give up on one job after this many seconds")
-    sub.add_argument("--progress-interval", type=float, default=10.0, help="seconds between progress lines when stderr is no terminal")
+    sub.add_argument(
+        "--progress-interval", type=float, default=10.0, help="seconds between progress lines when stderr is no terminal"
+    )
 
     admin = commands.add_parser("admin", help="operator commands (an admin token)")
     admin_commands = admin.add_subparsers(dest="admin_command", required=True, metavar="COMMAND")

@@ -24,7 +24,9 @@ log = logging.getLogger("asyncinfer_client")
 class Job:
     """A submitted job. `wait()` / `result()` long-poll the service in slices until it ends."""
 
-    def __init__(self, client: Client, job_id: str, model: str | None = None, view: JobView | None = None, replayed: bool = False) -> None:
+    def __init__(
+        self, client: Client, job_id: str, model: str | None = None, view: JobView | None = None, replayed: bool = False
+    ) -> None:
         self.client = client
         self.id = job_id
         self.model = model
@@ -113,7 +115,11 @@ class Client:
         while True:
             try:
                 response = self._http.request(
-                    call.method, call.path, json=call.json, params=call.params, headers=call.headers,
+                    call.method,
+                    call.path,
+                    json=call.json,
+                    params=call.params,
+                    headers=call.headers,
                     timeout=call.timeout_s if call.timeout_s is not None else httpx.USE_CLIENT_DEFAULT,
                 )
             except httpx.TransportError as exc:
@@ -146,9 +152,7 @@ class Client:
     ) -> Job:
         """Submit one job (`data`: one or more input rows). With `wait` (seconds, at most 30) the service holds
         the answer until the job ends, so a fast job needs no second request."""
-        call = protocol.submit_call(
-            data, model, priority, callback_url, idempotency_key or protocol.new_idempotency_key(), wait
-        )
+        call = protocol.submit_call(data, model, priority, callback_url, idempotency_key or protocol.new_idempotency_key(), wait)
         response = self.send(call)
         body = protocol.checked_json(response)
         replayed = response.headers.get("idempotent-replayed") == "true"
@@ -229,8 +233,13 @@ class Client:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def _run_chunk(
-        self, chunk: list[tuple[int, Any]], model: str | None, priority: str | None, timeout: float | None,
-        emit: Callable[[Outcome | _ChunkEnd], None], stop: threading.Event,
+        self,
+        chunk: list[tuple[int, Any]],
+        model: str | None,
+        priority: str | None,
+        timeout: float | None,
+        emit: Callable[[Outcome | _ChunkEnd], None],
+        stop: threading.Event,
     ) -> None:
         error: BaseException | None = None
         try:

@@ -134,10 +134,11 @@ class RichProgress:
     """rich's live progress bar: done/total, failed, rate and ETA."""
 
     def __init__(self, stream: TextIO) -> None:
-        from rich.console import Console  # noqa: PLC0415 - optional dependency (extra `progress`)
+        # imported here: rich is optional (the `progress` extra) and ImportError picks the fallback bar
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, TextColumn, TimeRemainingColumn
-        from rich.progress import Progress as RichBar  # noqa: PLC0415
-        from rich.text import Text  # noqa: PLC0415
+        from rich.progress import Progress as RichBar
+        from rich.text import Text
 
         counts = self.counts = Counts()
 

@@ -248,7 +248,9 @@ def lookup_items(body: dict[str, Any]) -> list[JobView | None]:
     return [JobView.from_json(item) if item.get("found", True) and "status" in item else None for item in body["items"]]
 
 
-def chunk_outcomes(job_indexes: dict[str, int], views: Sequence[JobView | None], ids: Sequence[str]) -> tuple[list[Outcome], list[str]]:
+def chunk_outcomes(
+    job_indexes: dict[str, int], views: Sequence[JobView | None], ids: Sequence[str]
+) -> tuple[list[Outcome], list[str]]:
     """Split a lookup of `ids` into outcomes for the jobs that ended (or vanished) and ids still running."""
     done: list[Outcome] = []
     running: list[str] = []

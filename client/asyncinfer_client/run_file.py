@@ -87,7 +87,7 @@ def _read_jsonl(handle: IO[str]) -> Iterator[InputItem]:
             # a bare row is one input row; a list of rows is already a job's data
             yield InputItem(line_number, value if value and isinstance(value[0], list) else [value])
         else:
-            raise InputError(f"line {line_number}: expected {{\"data\": ...}} or a row like [5.1, 3.5, 1.4, 0.2]")
+            raise InputError(f'line {line_number}: expected {{"data": ...}} or a row like [5.1, 3.5, 1.4, 0.2]')
 
 
 def _number(cell: str) -> float | str:
@@ -195,10 +195,7 @@ class RunSummary:
         return self.total - self.skipped - self.completed - self.failed
 
     def line(self, output: Path) -> str:
-        text = (
-            f"{self.completed} completed, {self.failed} failed, {self.skipped} already done"
-            f" ({self.total} inputs) -> {output}"
-        )
+        text = f"{self.completed} completed, {self.failed} failed, {self.skipped} already done ({self.total} inputs) -> {output}"
         if self.replayed:
             text += f"; {self.replayed} found already submitted"
         if self.interrupted or self.fatal:
@@ -230,7 +227,10 @@ async def run_inputs(
         record: dict[str, Any] = {"id": item.id, "job_id": None}
         try:
             job = await client.submit(
-                item.data, options.model, options.priority, idempotency_key=idempotency_key(prefix, item),
+                item.data,
+                options.model,
+                options.priority,
+                idempotency_key=idempotency_key(prefix, item),
                 wait=min(options.job_timeout_s or 30, 30),
             )
             summary.replayed += job.replayed

@@ -15,7 +15,9 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 FAKE_WAIT_CAP_S = 1.0
-SLOW_DATA = [[0.0, 0.0, 0.0, 0.0]]  # an input the fake takes `slow_delay_s` to finish  # a long poll on a job that never ends holds at most this long here
+SLOW_DATA = [
+    [0.0, 0.0, 0.0, 0.0]
+]  # an input the fake takes `slow_delay_s` to finish  # a long poll on a job that never ends holds at most this long here
 
 
 @dataclass
@@ -70,10 +72,18 @@ class FakeService:
         status = self.job_status if time.monotonic() >= self.ready_at.get(job_id, 0.0) else "pending"
         ended = status in {"completed", "failed", "canceled", "expired"}
         return {
-            "job_id": job_id, "status": status, "model": "iris", "model_version": "1", "priority": "normal",
-            "result": {"prediction": 0} if status == "completed" else None, "error": self.job_error,
-            "attempts": 3 if self.job_status == "failed" else 1, "created_at": "2026-01-01T00:00:00.000Z",
-            "started_at": None, "finished_at": "2026-01-01T00:00:01.000Z" if ended else None, "notification": None,
+            "job_id": job_id,
+            "status": status,
+            "model": "iris",
+            "model_version": "1",
+            "priority": "normal",
+            "result": {"prediction": 0} if status == "completed" else None,
+            "error": self.job_error,
+            "attempts": 3 if self.job_status == "failed" else 1,
+            "created_at": "2026-01-01T00:00:00.000Z",
+            "started_at": None,
+            "finished_at": "2026-01-01T00:00:01.000Z" if ended else None,
+            "notification": None,
         }
 
 
@@ -81,7 +91,7 @@ def _handler(service: FakeService) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        def log_message(self, format: str, *args: Any) -> None:  # the base class names it `format`
             pass  # quiet: pytest shows failures, not access logs
 
         def _answer(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
@@ -99,10 +109,17 @@ def _handler(service: FakeService) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
             body = json.loads(raw) if raw else None
-            service.requests.append(Recorded(
-                self.command, url.path, parse_qs(url.query), self.headers.get("Idempotency-Key"),
-                self.headers.get("Authorization"), self.headers.get("Prefer"), body,
-            ))
+            service.requests.append(
+                Recorded(
+                    self.command,
+                    url.path,
+                    parse_qs(url.query),
+                    self.headers.get("Idempotency-Key"),
+                    self.headers.get("Authorization"),
+                    self.headers.get("Prefer"),
+                    body,
+                )
+            )
             if service.required_token and self.headers.get("Authorization") != f"Bearer {service.required_token}":
                 self._answer(401, {"detail": "missing or unknown bearer token"}, {"WWW-Authenticate": "Bearer"})
                 return
@@ -129,8 +146,11 @@ def _handler(service: FakeService) -> type[BaseHTTPRequestHandler]:
                     self._answer(200, {"items": items})
                     return
                 job_id, replayed = service.job_for(key)
-                self._answer(202, {"job_id": job_id, "status": "pending", "model": "iris"},
-                             {"Location": f"/job/{job_id}", **({"Idempotent-Replayed": "true"} if replayed else {})})
+                self._answer(
+                    202,
+                    {"job_id": job_id, "status": "pending", "model": "iris"},
+                    {"Location": f"/job/{job_id}", **({"Idempotent-Replayed": "true"} if replayed else {})},
+                )
                 return
             if self.command == "GET" and url.path.startswith("/job/"):
                 wait = float(parse_qs(url.query).get("wait", ["0"])[0])

@@ -48,7 +48,9 @@ def test_models_lists_the_default_model(stack):
 
 def test_json_is_indented_on_a_terminal(stack):
     master, slave = pty.openpty()
-    proc = subprocess.Popen([CLI, "predict", "[[5.1,3.5,1.4,0.2]]"], env=cli_env(stack.url), stdout=slave, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [CLI, "predict", "[[5.1,3.5,1.4,0.2]]"], env=cli_env(stack.url), stdout=slave, stderr=subprocess.DEVNULL
+    )
     os.close(slave)
     assert proc.wait(timeout=60) == 0
     output = b""

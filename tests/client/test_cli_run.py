@@ -97,7 +97,9 @@ def test_run_interrupted_half_way_resumes_without_submitting_twice(stack, redis_
 
 def test_run_exits_1_and_names_the_failure_when_an_input_is_refused(stack, tmp_path):
     input_path = tmp_path / "inputs.jsonl"
-    input_path.write_text(json.dumps({"id": "good", "data": [[5.1, 3.5, 1.4, 0.2]]}) + "\n" + json.dumps({"id": "bad", "data": [[1, 2]]}) + "\n")
+    input_path.write_text(
+        json.dumps({"id": "good", "data": [[5.1, 3.5, 1.4, 0.2]]}) + "\n" + json.dumps({"id": "bad", "data": [[1, 2]]}) + "\n"
+    )
     output = tmp_path / "results.jsonl"
     result = run_cli(["run", str(input_path), "-o", str(output)], stack.url)
     assert result.returncode == 1
@@ -134,8 +136,10 @@ def test_progress_on_a_terminal_is_a_live_bar_with_rate_and_eta(stack, tmp_path)
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 140, 0, 0))
     proc = subprocess.Popen(
         [CLI, "run", str(input_path), "-o", str(tmp_path / "out.jsonl"), "--concurrency", "1"],
-        env=cli_env(stack.url, TERM="xterm-256color", COLUMNS="140"), stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL, stderr=slave,
+        env=cli_env(stack.url, TERM="xterm-256color", COLUMNS="140"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=slave,
     )
     os.close(slave)
     chunks: list[bytes] = []

@@ -64,16 +64,15 @@ def test_dropped_connection_is_retried_with_the_same_key(fake):
 
 
 def test_unreachable_service_raises_connection_failed_after_retries(client_env):
-    with Client("http://127.0.0.1:9", retry=FAST_RETRY) as client:  # port 9 (discard): nothing listens
-        with pytest.raises(ConnectionFailed):
-            client.submit([ROW])
+    # port 9 (discard): nothing listens
+    with Client("http://127.0.0.1:9", retry=FAST_RETRY) as client, pytest.raises(ConnectionFailed):
+        client.submit([ROW])
 
 
 def test_retries_run_out_into_rate_limited_with_retry_after(fake):
     fake.service.fail_first, fake.service.fail_status, fake.service.retry_after = 100, 429, "0"
-    with Client(fake.url, retry=RetryPolicy(max_retries=2, backoff_base_s=0.01)) as client:
-        with pytest.raises(RateLimited) as raised:
-            client.submit([ROW])
+    with Client(fake.url, retry=RetryPolicy(max_retries=2, backoff_base_s=0.01)) as client, pytest.raises(RateLimited) as raised:
+        client.submit([ROW])
     assert raised.value.status == 429 and raised.value.retry_after_s == 0
     assert "queue is full" in str(raised.value)
     assert len(fake.service.submit_keys()) == 3 and fake.service.jobs_created == 0
@@ -142,9 +141,8 @@ def test_token_is_sent_but_never_shown(fake, caplog):
         client.submit([ROW])
         assert TOKEN not in repr(client)
     assert fake.service.requests[-1].authorization == f"Bearer {TOKEN}"
-    with Client(fake.url, token="wrong-" + TOKEN, retry=FAST_RETRY) as client:
-        with pytest.raises(AuthenticationError) as raised:
-            client.submit([ROW])
+    with Client(fake.url, token="wrong-" + TOKEN, retry=FAST_RETRY) as client, pytest.raises(AuthenticationError) as raised:
+        client.submit([ROW])
     assert raised.value.status == 401
     assert TOKEN not in str(raised.value) and TOKEN not in repr(raised.value) and TOKEN not in repr(raised.value.__dict__)
     assert TOKEN not in caplog.text
