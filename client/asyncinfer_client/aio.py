@@ -238,20 +238,24 @@ class AsyncClient:
     ) -> None:
         try:
             deadline = None if timeout is None else time.monotonic() + timeout
-            try:
-                submitted: list[AsyncJob | APIError] = await self.submit_many(
-                    [data for _, data in chunk], model, priority, chunk_size=len(chunk)
-                )
-            except APIError as exc:
-                if exc.status not in protocol.CHUNK_REJECTED_STATUSES:
-                    raise
-                submitted = [exc] * len(chunk)  # the whole request was refused: so is each of its items
             indexes: dict[str, int] = {}
-            for (index, _), item in zip(chunk, submitted, strict=True):
-                if isinstance(item, APIError):
-                    emit(protocol.rejected_outcome(index, item))
-                else:
-                    indexes[item.id] = index
+            pending, attempt = chunk, 0
+            while pending:
+                try:
+                    jobs = await self.submit_many([data for _, data in pending], model, priority, chunk_size=len(pending))
+                    submitted = [job if isinstance(job, APIError) else job.id for job in jobs]
+                except APIError as exc:
+                    if exc.status not in protocol.CHUNK_REJECTED_STATUSES:
+                        raise
+                    submitted = [exc] * len(pending)  # the whole request was refused: so is each of its items
+                sorted_items = protocol.sort_submission(pending, submitted, attempt < self.retry_policy.max_retries)
+                indexes.update(sorted_items.accepted)
+                for outcome in sorted_items.rejected:
+                    emit(outcome)
+                pending = sorted_items.again
+                if pending:
+                    await asyncio.sleep(self.retry_policy.backoff_s(attempt))
+                    attempt += 1
             running = list(indexes)
             while running:
                 slice_s = protocol.wait_slice_s(deadline, protocol.MAP_POLL_SLICE_S)

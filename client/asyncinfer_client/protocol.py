@@ -273,6 +273,29 @@ def rejected_outcome(index: int, error: APIError) -> Outcome:
     return Outcome(index, None, "rejected", None, error)
 
 
+@dataclass
+class SortedSubmission:
+    """One bulk answer in `map`, sorted: jobs to wait for, items refused for good, items to send again."""
+
+    accepted: dict[str, int] = field(default_factory=dict)  # job id -> input index
+    rejected: list[Outcome] = field(default_factory=list)
+    again: list[tuple[int, Any]] = field(default_factory=list)  # (input index, data)
+
+
+def sort_submission(pending: Sequence[tuple[int, Any]], submitted: Sequence[str | APIError], can_retry: bool) -> SortedSubmission:
+    """Items refused with 429/503 (the model's queue is full, or a moment's outage) made no job: while retries
+    are left they go again in a later bulk request (with a new key); other refusals are final."""
+    result = SortedSubmission()
+    for (index, data), item in zip(pending, submitted, strict=True):
+        if isinstance(item, str):
+            result.accepted[item] = index
+        elif item.status in RETRY_STATUSES and can_retry:
+            result.again.append((index, data))
+        else:
+            result.rejected.append(rejected_outcome(index, item))
+    return result
+
+
 def masked_repr(cls_name: str, base_url: str, token: str | None) -> str:
     """A client's repr: the URL, and only whether a token is set."""
     return f"{cls_name}(base_url={base_url!r}, token={'***' if token else None})"

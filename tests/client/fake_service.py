@@ -43,6 +43,8 @@ class FakeService:
     job_error: str | None = None
     required_token: str | None = None  # answer 401 without `Authorization: Bearer <this>`
     slow_delay_s: float = 0.0  # jobs whose data is SLOW_DATA stay pending this long
+    refuse_items_first: int = 0  # bulk items answered with a per-item 429 (queue full) before any is accepted
+    items_refused: int = 0
     ready_at: dict[str, float] = field(default_factory=dict)  # job id -> when it shows `job_status`
     requests: list[Recorded] = field(default_factory=list)
     jobs_by_key: dict[str, str] = field(default_factory=dict)
@@ -139,6 +141,10 @@ def _handler(service: FakeService) -> type[BaseHTTPRequestHandler]:
                 if url.path.endswith("/batch"):
                     items = []
                     for index, item in enumerate(body["items"]):
+                        if service.items_refused < service.refuse_items_first:
+                            service.items_refused += 1
+                            items.append({"error": {"status": 429, "detail": "queue of model iris is full"}})
+                            continue
                         job_id, _replayed = service.job_for(f"{key}:{index}" if key else None)
                         if item["data"] == SLOW_DATA:
                             service.ready_at[job_id] = time.monotonic() + service.slow_delay_s

@@ -188,3 +188,22 @@ def test_map_reports_a_chunk_that_did_not_end_in_time_as_timeouts(fake):
     assert [o.status for o in outcomes] == ["timeout"] * 5
     with pytest.raises(Timeout):
         outcomes[0].unwrap()
+
+
+def test_map_sends_items_refused_for_a_full_queue_again(fake):
+    fake.service.refuse_items_first = 15  # the first chunk entirely, half of the second
+    with Client(fake.url, retry=FAST_RETRY) as client:
+        outcomes = list(client.map([[ROW]] * 30, concurrency=1, chunk_size=10, timeout=20))
+    assert [o.status for o in outcomes] == ["completed"] * 30
+    assert fake.service.jobs_created == 30 and len(fake.service.bulk_keys()) >= 4  # refused items went again
+
+
+def test_map_gives_up_on_refused_items_when_retries_run_out(fake):
+    fake.service.refuse_items_first = 10_000
+
+    async def collect() -> list[str]:
+        async with AsyncClient(fake.url, retry=RetryPolicy(max_retries=2, backoff_base_s=0.01)) as client:
+            return [o.status async for o in client.map([[ROW]] * 4, chunk_size=4)]
+
+    assert asyncio.run(collect()) == ["rejected"] * 4
+    assert len(fake.service.bulk_keys()) == 3 and fake.service.jobs_created == 0

@@ -122,3 +122,12 @@ def test_named_model_routes_and_unknown_model(stack):
         with pytest.raises(NotFound) as raised:
             client.submit([SETOSA], model="no-such-model")
         assert "iris" in str(raised.value)  # the refusal names the models there are
+
+
+def test_map_reports_an_item_the_service_refuses_and_runs_the_others(stack):
+    with Client(stack.url) as client:
+        outcomes = list(client.map([[SETOSA], [[1.0, 2.0]], [VIRGINICA]], timeout=60))
+    assert [o.status for o in outcomes] == ["completed", "rejected", "completed"]
+    refused = outcomes[1].error
+    assert refused is not None and refused.status == 422 and "4 values" in str(refused)
+    assert outcomes[1].job_id is None
