@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 
 import pytest
 
-from asyncinfer_client import AsyncClient, Client, Conflict, JobCanceled, NotFound, Outcome, Timeout
-from tests.client.helpers import JOB_KEYS, ROW, SETOSA, VIRGINICA
+from asyncinfer_client import AsyncClient, Client, Conflict, JobCanceled, JobExpired, NotFound, Outcome, Timeout
+from tests.client.helpers import JOB_KEYS, ROW, SETOSA, VIRGINICA, run_cli
+from tests.conftest import service_env
 
 
 def test_submit_wait_and_predict(stack):
@@ -131,3 +134,21 @@ def test_map_reports_an_item_the_service_refuses_and_runs_the_others(stack):
     refused = outcomes[1].error
     assert refused is not None and refused.status == 422 and "4 values" in str(refused)
     assert outcomes[1].job_id is None
+
+
+def test_expired_job_raises_job_expired_and_retry_runs_it(processes, redis_server, redis_client):
+    env = service_env(redis_server.url, REQUEST_TTL_SECONDS=1)
+    _, url = processes.api(env)
+    with Client(url) as client:
+        job = client.submit([SETOSA])
+        time.sleep(1.3)  # not started within REQUEST_TTL_SECONDS: the worker will expire it instead of running it
+        processes.worker(env)
+        with pytest.raises(JobExpired) as raised:
+            job.wait(timeout=15)
+        assert "REQUEST_TTL_SECONDS" in (raised.value.view.error or "")
+    retried = run_cli(["retry", job.id], url)  # the CLI's retry: queued again, then run
+    assert retried.returncode == 0, retried.stderr
+    assert json.loads(retried.stdout)["status"] in {"pending", "processing", "completed"}  # the worker may be quick
+    waited = run_cli(["wait", job.id, "--timeout-s", "15"], url)
+    assert waited.returncode == 0, waited.stdout + waited.stderr
+    assert json.loads(waited.stdout)["result"]["class_name"] == "setosa"
