@@ -14,7 +14,7 @@ from api.auth import TokenFile
 from api.errors import HTTPProblem, install_error_handlers, problem_response
 from api.hotpath import HotPathMiddleware
 from api.metrics_listener import MetricsListener
-from api.routes import jobs, models, notifications, oip, service
+from api.routes import jobs, models, notifications, oip, service, streams
 from api.state import AppState, JobEvents, ModelRegistry
 from jobqueue import __version__
 from jobqueue.connection import async_client, async_probe_client
@@ -38,7 +38,9 @@ class ConcurrencyLimit:
         self.active = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in UNLIMITED_PATHS:
+        # Event streams are long-lived and capped on their own (api/routes/streams.py): counted here,
+        # a few hundred watching clients would lock every submit out.
+        if scope["type"] != "http" or scope["path"] in UNLIMITED_PATHS or scope["path"].endswith("/events"):
             return await self.app(scope, receive, send)
         if self.active >= self.limit:
             problem = HTTPProblem(503, f"this API process is serving {self.limit} requests (MAX_CONCURRENT_REQUESTS)", {"Retry-After": "1"})
@@ -99,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json" if docs else None,
     )
     app.include_router(jobs.router)
+    app.include_router(streams.router)
     app.include_router(models.router)
     app.include_router(service.router)
     app.include_router(oip.router)

@@ -32,7 +32,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "deploy" / "local")]
 
 from stack import BIN, RedisServer, free_port, spawn, stop, wait_http  # noqa: E402
 
-from jobqueue.protocol import JobQueue  # noqa: E402
+from jobqueue.keys import StoreKeys  # noqa: E402
+from jobqueue.protocol import NewJob, enqueue_call  # noqa: E402
+from jobqueue.protocol import lua_source as lua_script  # noqa: E402
 from jobqueue.settings import Settings  # noqa: E402
 
 MODEL = str(ROOT / "models" / "iris.onnx")

@@ -40,7 +40,7 @@ class Settings(BaseModel):
         min_length=1,
         max_length=64,
         pattern=r"^[A-Za-z0-9_.{}-]+$",
-        description="Prefix of every Redis key; pending lists are <prefix>:<model>:pending:<priority>.",
+        description="Prefix of every Redis key; pending lists are `<prefix>:<model>:pending:<priority>`.",
     )
 
     # -- models ----------------------------------------------------------------------------------
@@ -138,3 +138,26 @@ class Settings(BaseModel):
 def get_settings() -> Settings:
     """The process-wide settings, read from the environment on first use."""
     return Settings()
+
+
+def markdown_table() -> str:
+    """The README's settings table, generated from the fields above (a test keeps README in step)."""
+    rows = ["| variable | default | allowed | what it does |", "|---|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        bounds = []
+        for item in field.metadata:
+            for attr, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"), ("min_length", "length >="), ("max_length", "length <=")):
+                value = getattr(item, attr, None)
+                if value is not None:
+                    bounds.append(f"{sign} {value:g}" if isinstance(value, float) else f"{sign} {value}")
+            pattern = getattr(item, "pattern", None)
+            if pattern:
+                bounds.append(f"`{pattern}`")
+        default = field.default
+        shown = f"`{str(default).lower() if isinstance(default, bool) else default}`" if default != "" else "(empty)"
+        rows.append(f"| `{name.upper()}` | {shown} | {', '.join(bounds)} | {field.description} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # python -m jobqueue.settings > table (make docs splices it into README.md)
+    print(markdown_table())

@@ -11,15 +11,10 @@ import pytest
 
 from jobqueue.models import ModelConfig
 from jobqueue.states import JobStatus
+from tests.support.queue import SyncJobs
+from tests.support.samples import IRIS
 from worker.loop import Worker
 from worker.model import OnnxModel
-from tests.support.queue import SyncJobs
-
-IRIS = {  # known samples of each class from the iris data set
-    "setosa": [5.1, 3.5, 1.4, 0.2],
-    "versicolor": [5.9, 3.0, 4.2, 1.5],
-    "virginica": [6.7, 3.0, 5.2, 2.3],
-}
 
 
 @pytest.fixture(scope="module")
@@ -122,17 +117,32 @@ def test_two_concurrent_workers_process_each_job_once(settings, redis_client, mo
 
 
 def test_stop_finishes_held_batch_then_exits(settings, redis_client, model):
+    """stop() while the model runs: the batch in hand is finished and recorded, then the loop leaves."""
     queue = SyncJobs(redis_client, settings)
     worker = Worker(settings, model)
-    thread = threading.Thread(target=worker.run)
-    thread.start()
-    job_id = submit(queue, [IRIS["setosa"]])
-    for _ in range(200):
-        if queue.get(job_id).status is JobStatus.COMPLETED:
-            break
-        threading.Event().wait(0.02)
-    worker.stop()
-    thread.join(5)
+    in_model, release = threading.Event(), threading.Event()
+    original = model.run
+
+    def slow(feeds, timeout_s):
+        in_model.set()
+        release.wait(10)
+        return original(feeds, timeout_s)
+
+    model.run = slow
+    try:
+        ids = [submit(queue, [IRIS["setosa"]]) for _ in range(3)]
+        thread = threading.Thread(target=worker.run)
+        thread.start()
+        assert in_model.wait(10)
+        worker.stop()
+        held = queue.held(worker.worker_id)
+        assert held, "the worker holds its batch when it is told to stop"
+        release.set()
+        thread.join(10)
+    finally:
+        model.run = original
     assert not thread.is_alive()
-    assert queue.get(job_id).status is JobStatus.COMPLETED
+    assert all(queue.get(i).status is JobStatus.COMPLETED and queue.get(i).attempts == 1 for i in held)
+    assert queue.held(worker.worker_id) == []
     assert redis_client.zscore(queue.keys.workers, worker.worker_id) is None  # deregistered
+    assert {queue.get(i).status for i in ids} <= {JobStatus.COMPLETED, JobStatus.PENDING}  # nothing lost or failed
