@@ -14,6 +14,7 @@ import json
 import os
 import re
 import signal
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,6 +226,7 @@ async def run_inputs(
 
     async def run_one(item: InputItem) -> None:
         record: dict[str, Any] = {"id": item.id, "job_id": None}
+        started = time.monotonic()
         try:
             job = await client.submit(
                 item.data,
@@ -235,7 +237,8 @@ async def run_inputs(
             )
             summary.replayed += job.replayed
             record["job_id"] = job.id
-            view = await job.wait(options.job_timeout_s)
+            timeout_s = None if options.job_timeout_s is None else max(0.0, options.job_timeout_s - (time.monotonic() - started))
+            view = await job.wait(timeout_s)  # the submit's own wait counts against --job-timeout
             record.update(status=view.status, result=view.result)
         except JobError as exc:
             record.update(status=exc.view.status, error=str(exc.view.error or exc))

@@ -55,3 +55,14 @@ def test_csv_header_with_an_id_column_names_the_results(fake, tmp_path):
     assert sorted(r["id"] for r in read_jsonl(output)) == ["x1", "x2"]
     bodies = [r.body for r in fake.service.requests if r.method == "POST"]
     assert sorted(b["data"][0][0] for b in bodies) == [5.1, 6.7] and all(len(b["data"][0]) == 4 for b in bodies)
+
+
+def test_job_timeout_journals_timeouts_and_exits_1(fake, tmp_path):
+    fake.service.job_status = "pending"  # never ends
+    inputs, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_inputs(inputs)
+    result = run_cli(["run", str(inputs), "-o", str(output), "--job-timeout", "1"], fake.url, timeout_s=30)
+    assert result.returncode == 1
+    records = read_jsonl(output)
+    assert [r["status"] for r in records] == ["timeout"] * 3 and all(r["job_id"] for r in records)
+    assert "0 completed, 3 failed" in result.stderr
