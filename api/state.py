@@ -290,10 +290,10 @@ class AppState:
                         pending.cancel()
                 if disconnected is not None and disconnected.done():
                     break
-                record = await self.store.get(job_id)
-                if future.done():
-                    self.events.discard(job_id, future)
+                if future.done():  # woken (e.g. by "processing"): listen again BEFORE reading, or
+                    self.events.discard(job_id, future)  # an "ended" landing during the read is lost
                     future = self.events.add(job_id)
+                record = await self.store.get(job_id)
         finally:
             self.events.discard(job_id, future)
         return record
