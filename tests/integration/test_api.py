@@ -151,3 +151,33 @@ def test_missing_model_keeps_api_up_but_unready(processes, redis_server, tmp_pat
             assert time.monotonic() < deadline
             time.sleep(0.2)
         assert http.post("/predict", json={"data": [ROW]}).status_code == 202
+
+
+def test_no_waiter_misses_its_job_ending(processes, redis_server, redis_client):
+    """Every `Prefer: wait` under concurrent load is answered by the job's own "ended" event, never by
+    the slow re-check (LONG_POLL_RECHECK_S): a waiter woken by "processing" listens again before it
+    re-reads the job, so an "ended" landing during that read is heard."""
+    import asyncio
+
+    from api.state import LONG_POLL_RECHECK_S
+
+    env = service_env(redis_server.url)
+    processes.worker(env)
+    _, url = processes.api(env)
+
+    async def one(client: httpx.AsyncClient) -> tuple[int, float]:
+        started = time.monotonic()
+        response = await client.post("/predict", json={"data": [ROW]}, headers={"Prefer": "wait=10"})
+        return response.status_code, time.monotonic() - started
+
+    async def load() -> list[tuple[int, float]]:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            results: list[tuple[int, float]] = []
+            for _ in range(10):
+                results += await asyncio.gather(*(one(client) for _ in range(32)))
+            return results
+
+    results = asyncio.run(load())
+    assert {code for code, _ in results} == {200}
+    slowest = max(elapsed for _, elapsed in results)
+    assert slowest < LONG_POLL_RECHECK_S * 0.9, f"a wait took {slowest:.2f}s: it was woken by the re-check"
