@@ -245,7 +245,8 @@ class AppState:
             owner=owner,
             callback_url=callback,
             idempotency_key=idempotency_key,
-            fingerprint=fingerprint(model.name, payload, priority, callback),
+            # only an idempotency key's replay compares fingerprints: no key, no hashing
+            fingerprint=fingerprint(model.name, payload, priority, callback) if idempotency_key else "",
         )
 
     async def submit(

@@ -8,6 +8,7 @@ script's reply into a typed value or a `JobQueueError`.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -285,7 +286,13 @@ def epoch_ms_to_iso(ms: int | None) -> str | None:
     if ms is None:
         return None
     seconds, millis = divmod(ms, 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+    return _iso_second(seconds) + f".{millis:03d}Z"
+
+
+@functools.lru_cache(maxsize=1024)
+def _iso_second(seconds: int) -> str:
+    """Formatting a second is most of the work; a busy API formats the same few seconds again and again."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
 # -- the API's store (asyncio) --------------------------------------------------------------------

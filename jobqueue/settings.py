@@ -58,7 +58,7 @@ class Settings(BaseModel):
     job_ttl_seconds: int = Field(3600, ge=1, description="How long a finished job's record (and result) is kept.")
     request_ttl_seconds: int = Field(1800, ge=0, description="A job not started within this ends expired; 0 = never.")
     max_batch_size: int = Field(128, ge=1, le=4096, description="Most jobs one model call takes.")
-    max_batch_wait_ms: float = Field(5, ge=0, le=10_000, description="How long a worker waits to fill a batch once it holds a job.")
+    max_batch_wait_ms: float = Field(5, ge=0, le=10_000, description="Longest a worker waits to fill a batch once it holds jobs; it stops at the first look that finds none.")
     max_attempts: int = Field(3, ge=1, le=100, description="Runs of one job before it fails for good.")
     job_timeout_seconds: float = Field(60, gt=0, le=86_400, description="Longest model call for one job; longer is aborted and fails.")
     worker_ttl_seconds: float = Field(10, gt=0, le=3600, description="A worker silent this long is dead; its jobs are requeued.")

@@ -29,6 +29,7 @@ log = logging.getLogger("asyncinfer.worker")
 # worker are found by the claim after it, so they start within this. The stop flag is checked as often.
 BLOCK_TIMEOUT_S = 0.1
 PAUSED_POLL_S = 0.5  # how often a paused model's worker looks whether it was resumed
+BATCH_LOOK_S = 0.001  # while filling a batch, how long to wait before looking for more jobs
 MAX_BACKOFF_S = 5.0  # longest pause between attempts to reach Redis again
 RECONCILE_INTERVAL_S = 5.0  # how often the worker compares what Redis says it holds with what it knows
 
@@ -146,14 +147,19 @@ class Worker:
                 return [], False, batch.paused
         if batch.suspect_alone:
             return jobs, True, False
-        # Holding at least one job: wait a little for more so the model runs on a fuller batch.
+        # Holding jobs: wait a little for more so the model runs on a fuller batch, but only while more
+        # keep arriving (up to MAX_BATCH_WAIT_MS): once a look finds nothing new, waiting longer would
+        # only add latency to the jobs in hand (and claims to Redis).
         deadline = time.monotonic() + self.config.max_batch_wait_ms / 1000
         while len(jobs) < size and not self.stopping.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            time.sleep(min(remaining, 0.001))
-            jobs += self.queue.claim(self.worker_id, size - len(jobs), held_in_batch=len(jobs)).jobs
+            time.sleep(min(remaining, BATCH_LOOK_S))
+            more = self.queue.claim(self.worker_id, size - len(jobs), held_in_batch=len(jobs)).jobs
+            if not more:
+                break
+            jobs += more
         return jobs, False, False
 
     def _run_batch(self, jobs: list[ClaimedJob], alone: bool) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,43 @@ def available_providers(wanted: Sequence[str]) -> list[str]:
     return chosen or ["CPUExecutionProvider"]
 
 
+class Watchdog:
+    """One thread for every model call of a process (a thread started per call costs more than a
+    small batch's inference): it runs the armed callback once the armed deadline passes."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._armed: tuple[Callable[[], None], float] | None = None
+        self._idle = True  # the thread sleeps until armed (no deadline to wake for)
+        threading.Thread(target=self._watch, name="watchdog", daemon=True).start()
+
+    def arm(self, on_expiry: Callable[[], None], timeout_s: float) -> None:
+        with self._cond:
+            self._armed = (on_expiry, time.monotonic() + timeout_s)
+            if self._idle:
+                self._cond.notify()
+
+    def disarm(self) -> None:
+        with self._cond:  # no wake-up: the thread finds nothing armed when its wait ends
+            self._armed = None
+
+    def _watch(self) -> None:
+        with self._cond:
+            while True:
+                if self._armed is None:
+                    self._idle = True
+                    self._cond.wait()
+                    continue
+                self._idle = False
+                on_expiry, deadline = self._armed
+                remaining = deadline - time.monotonic()
+                if remaining > 0:
+                    self._cond.wait(remaining)
+                    continue
+                self._armed = None
+                on_expiry()
+
+
 class OnnxModel:
     """Runs any ONNX model whose inputs have a leading batch dimension."""
 
@@ -57,6 +95,7 @@ class OnnxModel:
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._fixed_batch = self.signature.inputs[0].fixed_batch
         self._lock = threading.Lock()
+        self._watchdog = Watchdog()
         self._current: ort.RunOptions | None = None
         self._aborted = False
 
@@ -98,9 +137,7 @@ class OnnxModel:
             if self._aborted:
                 raise ModelAborted("worker is exiting")
             self._current = run_options
-        watchdog = threading.Timer(timeout_s, expire)
-        watchdog.daemon = True
-        watchdog.start()
+        self._watchdog.arm(expire, timeout_s)
         try:
             return list(self.session.run(self.output_names, feeds, run_options))
         except Exception:
@@ -110,7 +147,7 @@ class OnnxModel:
                 raise ModelAborted("worker is exiting") from None
             raise
         finally:
-            watchdog.cancel()
+            self._watchdog.disarm()
             with self._lock:
                 self._current = None
 
