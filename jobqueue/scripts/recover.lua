@@ -91,8 +91,11 @@ end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', inflight, '-inf', now, 'LIMIT', 0, 1000)) do
   local job = job_prefix .. id
   redis.call('ZREM', inflight, id)
-  local status, owner, callback, idem = unpack(redis.call('HMGET', job, 'status', 'owner', 'callback_url', 'idem'))
+  local status, owner, callback, idem, worker = unpack(redis.call('HMGET', job, 'status', 'owner', 'callback_url', 'idem', 'worker'))
   if status == 'processing' then
+    -- The stuck worker's list must not keep the id: once the job is retried (pending again), a stale
+    -- copy there would be pushed a second time by its recovery or its drain's release.
+    if worker then redis.call('LREM', processing_prefix .. worker, -1, id) end
     fail(job, id, 'exceeded its deadline (JOB_TIMEOUT_SECONDS) and its worker did not answer', owner, callback, idem)
     timed_out = timed_out + 1
   end
