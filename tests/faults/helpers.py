@@ -93,6 +93,22 @@ class Jobs:
         return [key.removeprefix(STORE.job_prefix) for key in self.client.scan_iter(STORE.job_prefix + "*")]
 
 
+def start_paused(jobs: Jobs, model: str, start_worker: Callable[[], Any]) -> Any:
+    """Start a worker with its model paused and wait until it beats: jobs enqueued next are all taken by
+    one claim when `resume` is called, however short REQUEST_TTL_SECONDS is (a worker takes seconds
+    to import ONNX Runtime)."""
+    keys = STORE.model(model)
+    jobs.client.set(keys.paused, "1")
+    before = set(jobs.client.zrange(keys.workers, 0, -1))
+    proc = start_worker()
+    wait_until(lambda: set(jobs.client.zrange(keys.workers, 0, -1)) - before, 30, "the worker to beat")
+    return proc
+
+
+def resume(jobs: Jobs, model: str) -> None:
+    jobs.client.delete(STORE.model(model).paused)
+
+
 def worker_id_prefix(pid: int) -> str:
     """Worker ids are '<host>-<pid>-<random>': the part after the host names the process."""
     return f"-{pid}-"
