@@ -415,6 +415,7 @@ class WorkerQueue:
             args=[
                 worker_id, int(s.recovery_interval_seconds * 1000), self.store.job_prefix, s.max_attempts,
                 s.job_ttl_seconds, self.store.events, k.processing_prefix, s.max_dead_letters, self.store.principal_prefix,
+                int(s.worker_ttl_seconds * 1000),
             ],
         )  # fmt: skip
         if int(reply[0]) in (ScriptCode.RECOVERY_LOCK_HELD, ScriptCode.RECOVERY_GRACE):
