@@ -19,10 +19,9 @@ HANG = 10**12  # Loop iterations: hours of work, so only the watchdog can end th
 
 def loop_env(redis_url: str, model_dir: Path, tmp_path: Path, **overrides: object) -> dict[str, str]:
     models_file = write_models_file(tmp_path / "loop.yaml", {"loop": model_dir / "loop.onnx"})
-    return service_env(
-        redis_url, MODELS_FILE=models_file, MODEL_NAME="loop", MAX_BATCH_SIZE=64, MAX_BATCH_WAIT_MS=50, INFERENCE_THREADS=1,
-        **overrides,
-    )  # fmt: skip
+    settings: dict[str, object] = {"MODELS_FILE": models_file, "MODEL_NAME": "loop", "MAX_BATCH_SIZE": 64, "MAX_BATCH_WAIT_MS": 50,
+                                   "INFERENCE_THREADS": 1}  # fmt: skip
+    return service_env(redis_url, **{**settings, **overrides})
 
 
 def test_hanging_input_fails_alone_by_timeout_and_the_other_nine_complete(processes, redis_server, jobs: Jobs, model_dir, tmp_path):
