@@ -52,7 +52,7 @@ def test_recover_running_first_after_a_stall_declares_nobody_dead(redis_server, 
     assert redis_client.lrange(STORE.model("iris").processing("a"), 0, -1) == [job]
 
 
-def test_submit_burst_across_a_freeze_stores_each_accepted_job_once(processes, own_redis, own_jobs: Jobs, models_file):
+def test_submit_burst_across_a_freeze_stores_each_accepted_job_once(own_redis, processes, own_jobs: Jobs, models_file):
     env = service_env(own_redis.url, MODELS_FILE=models_file, MODEL_NAME="int64", MAX_BATCH_SIZE=32, INFERENCE_THREADS=1)
     _, api = processes.api(env)
     processes.worker(env)
@@ -100,7 +100,7 @@ def test_submit_burst_across_a_freeze_stores_each_accepted_job_once(processes, o
     print(f"answers {dict(codes)}, stored {len(stored)}")
 
 
-def test_worker_holding_jobs_when_its_connection_times_out_strands_nothing(processes, own_redis, own_jobs: Jobs, model_dir, tmp_path):
+def test_worker_holding_jobs_when_its_connection_times_out_strands_nothing(own_redis, processes, own_jobs: Jobs, model_dir, tmp_path):
     env = loop_env(own_redis.url, model_dir, tmp_path, MAX_BATCH_SIZE=4, MAX_BATCH_WAIT_MS=2, WORKER_TTL_SECONDS=2)
     start_paused(own_jobs, "loop", lambda: processes.worker(env))
     values = [20_000 + i for i in range(60)]  # ~0.15 s a batch: the worker is always holding some
@@ -124,7 +124,7 @@ def test_worker_holding_jobs_when_its_connection_times_out_strands_nothing(proce
     assert "redis unavailable or refusing" in log  # the freeze really cut a call short
 
 
-def test_outage_longer_than_worker_ttl_requeues_nothing(processes, own_redis, own_jobs: Jobs, model_dir, tmp_path, loop_speed):
+def test_outage_longer_than_worker_ttl_requeues_nothing(own_redis, processes, own_jobs: Jobs, model_dir, tmp_path, loop_speed):
     ttl_s = 1
     env = loop_env(own_redis.url, model_dir, tmp_path, MAX_BATCH_SIZE=2, WORKER_TTL_SECONDS=ttl_s,
                    RECOVERY_INTERVAL_SECONDS=0.3, JOB_TIMEOUT_SECONDS=30)  # fmt: skip
