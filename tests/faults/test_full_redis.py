@@ -5,6 +5,7 @@ results it holds, and once memory is raised every accepted job completes. Any ot
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 import httpx
@@ -101,3 +102,33 @@ def test_any_redis_error_reply_is_503_never_500(own_redis: RedisServer, processe
         assert answers[name].headers.get("Retry-After"), name
         assert "(NOPERM: the Redis user lacks a permission)" in answers[name].json()["detail"], answers[name].text
     assert Counter(own_jobs.client.scan_iter("asyncinfer:job:*")) == Counter(), "a refused submit stored something"
+
+
+@pytest.mark.slow
+def test_worker_keeps_its_results_while_redis_refuses_its_writes(own_redis: RedisServer, processes, own_jobs: Jobs, model_dir, tmp_path):
+    """Redis refuses the worker's scripts (here its ACL loses EVALSHA) from the middle of a model call
+    until after the worker TTL: the finished results are recorded once Redis accepts again, not rerun."""
+    client = own_jobs.client
+    client.execute_command("ACL", "SETUSER", "worker", "on", ">pw", "~*", "&*", "+@all")
+    env = loop_env(own_redis.url.replace("redis://", "redis://worker:pw@"), model_dir, tmp_path, WORKER_TTL_SECONDS=1,
+                   RECOVERY_INTERVAL_SECONDS=0.3)  # fmt: skip
+    worker = processes.worker(env)
+    job = own_jobs.enqueue("loop", [[300_000]])  # ~2 s
+    wait_until(lambda: own_jobs.record(job).get("status") == "processing", 30, "the job to start")
+    time.sleep(0.5)  # past the batch wait (its claims): inside the model call
+    client.execute_command("ACL", "SETUSER", "worker", "-evalsha")
+    log_path = next(processes.tmp_path.glob("worker-*.log"))
+    assert "no permissions" not in log_path.read_text()
+    wait_until(lambda: "no permissions" in log_path.read_text(), 15, "the finish to be refused")
+    time.sleep(2)  # past WORKER_TTL_SECONDS with no heartbeat accepted either
+    assert own_jobs.record(job)["status"] == "processing"
+    client.execute_command("ACL", "SETUSER", "worker", "+evalsha")
+
+    wait_until(lambda: own_jobs.all_ended([job]), 30, "the job to end")
+    record = own_jobs.record(job)
+    assert (record["status"], record["attempts"]) == ("completed", "1"), record
+    assert own_jobs.result(job) == {"prediction": [300_000], "iterations": [300_000]}
+    stats = own_jobs.stats("loop")
+    assert (stats["completed"], stats["recovered"], stats["retried"], stats["failed"]) == (1, 0, 0, 0), stats
+    assert worker.poll() is None
+    assert_queue_consistent(own_jobs, "loop")
