@@ -30,7 +30,7 @@ from jobqueue.keys import ModelKeys, StoreKeys
 from jobqueue.settings import PRIORITIES, Settings
 from jobqueue.states import ClaimFlag, JobStatus, Outcome, ScriptCode
 
-SCRIPT_NAMES = ("enqueue", "claim", "finish", "recover", "cancel", "retry", "heartbeat")
+SCRIPT_NAMES = ("enqueue", "claim", "finish", "recover", "cancel", "retry", "heartbeat", "extend")
 RECORD_FIELDS = (
     "status", "model", "model_version", "priority", "owner", "result", "error", "attempts",
     "created_at", "started_at", "finished_at", "callback_url",
@@ -400,6 +400,14 @@ class WorkerQueue:
             keys=[k.processing(worker_id), k.inflight, k.dead, k.stats, self.store.notify, *k.pending_all], args=args
         )
         return FinishCounts(*map(int, reply))
+
+    def extend(self, worker_id: str, job_ids: Sequence[str]) -> int:
+        """Push the backstop deadline of jobs this worker still runs forward (it is making progress:
+        a batch of several model calls); returns how many moved."""
+        if not job_ids:
+            return 0
+        reply = self._scripts["extend"](keys=[self.keys.inflight], args=[worker_id, self.store.job_prefix, self.backstop_ms, *job_ids])
+        return int(reply)
 
     def heartbeat(self, worker_id: str) -> int:
         """Push this worker's heartbeat deadline forward; returns it (ms)."""
