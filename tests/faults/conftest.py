@@ -32,6 +32,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     batch_mean_model(root / "batch-mean.onnx")
     fixed_one_output_model(root / "fixed-one.onnx")
     loop_model(root / "loop.onnx")
+    loop_model(root / "loop-wide.onnx", width="K")  # rows of any width: each width is its own model call
     return root
 
 

@@ -117,3 +117,30 @@ def test_input_that_kills_its_worker_every_time_fails_alone_as_worker_lost(proce
     assert stats["recovered"] == 10 + 1 + 0, stats  # the whole first batch, then the victim alone once more
     wait_until(lambda: not any(jobs.processing_lists("loop").values()), 10, "the dead workers' lists to be reaped")
     assert_queue_consistent(jobs, "loop")
+
+
+@pytest.mark.slow
+def test_batch_of_many_model_calls_each_within_the_timeout_is_not_failed_by_the_backstop(
+    processes, redis_server, jobs: Jobs, model_dir, tmp_path, loop_speed
+):
+    """Jobs of different row shapes share a claim but not a model call: the batch runs one call per shape,
+    each well within JOB_TIMEOUT_SECONDS. Recovery's backstop (2x JOB_TIMEOUT + WORKER_TTL after the
+    start) must not fail them while the worker keeps making progress."""
+    models_file = write_models_file(tmp_path / "wide.yaml", {"loop-wide": model_dir / "loop-wide.onnx"})
+    env = service_env(redis_server.url, MODELS_FILE=models_file, MODEL_NAME="loop-wide", MAX_BATCH_SIZE=64, MAX_BATCH_WAIT_MS=50,
+                      INFERENCE_THREADS=1, JOB_TIMEOUT_SECONDS=2, WORKER_TTL_SECONDS=0.5, RECOVERY_INTERVAL_SECONDS=0.3)  # fmt: skip
+    backstop_s = 2 * 2 + 0.5
+    trips = int(loop_speed * 0.5)  # each call ~0.5 s (4x under the timeout); 16 calls ~8 s > the 4.5 s backstop
+    ids = {width: jobs.enqueue("loop-wide", [[trips] * width]) for width in range(1, 17)}
+    processes.worker(env)
+    wait_until(lambda: jobs.all_ended(list(ids.values())), 60, "the jobs to end")
+    records = jobs.records(list(ids.values()))
+    assert len({r["started_at"] for r in records}) == 1, "one claim"
+    took_s = (max(int(r["finished_at"]) for r in records) - int(records[0]["started_at"])) / 1000
+    for width, job_id in ids.items():
+        record = jobs.record(job_id)
+        assert (record["status"], record["attempts"]) == ("completed", "1"), (took_s, record)
+        assert jobs.result(job_id) == {"prediction": [trips] * width, "iterations": [trips] * width}
+    assert took_s > backstop_s, f"the batch took {took_s:.1f}s: too fast to test the backstop"
+    assert jobs.stats("loop-wide")["failed"] == 0
+    assert_queue_consistent(jobs, "loop-wide")

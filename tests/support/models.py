@@ -61,8 +61,8 @@ def fixed_one_output_model(path: Path) -> Path:
     return _save(graph, path)
 
 
-def loop_model(path: Path) -> Path:
-    """x INT64 [N, 1] -> y = x, iterations = trip count (one per row), where a Loop runs max(x) times.
+def loop_model(path: Path, width: int | str = 1) -> Path:
+    """x INT64 [N, width] -> y = x, iterations = trip count (one per value), where a Loop runs max(x) times.
 
     Each iteration multiplies a LOOP_STATE x LOOP_STATE matrix, so the call's duration grows with the
     largest input of the batch: a huge value hangs the whole call (the poison input); the watchdog has
@@ -103,10 +103,10 @@ def loop_model(path: Path) -> Path:
             helper.make_node("Identity", ["x"], ["y"]),
         ],
         "loop_by_input",
-        [helper.make_tensor_value_info("x", TensorProto.INT64, ["N", 1])],
+        [helper.make_tensor_value_info("x", TensorProto.INT64, ["N", width])],
         [
-            helper.make_tensor_value_info("y", TensorProto.INT64, ["N", 1]),
-            helper.make_tensor_value_info("iterations", TensorProto.INT64, ["N", 1]),
+            helper.make_tensor_value_info("y", TensorProto.INT64, ["N", width]),
+            helper.make_tensor_value_info("iterations", TensorProto.INT64, ["N", width]),
         ],
         initializer=[
             helper.make_tensor("zero", TensorProto.INT64, [], [0]),
