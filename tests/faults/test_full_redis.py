@@ -58,7 +58,7 @@ def test_full_redis_answers_503_worker_keeps_results_and_everything_accepted_com
 
     wait_until(lambda: own_jobs.record(slow_id)["status"] == "completed", 30, "the held job's result to be recorded")
     log_path = next(processes.tmp_path.glob("worker-*.log"))
-    wait_until(lambda: "OOM command not allowed" in log_path.read_text(), 15, "the worker to be refused")
+    wait_until(lambda: "command not allowed when used memory" in log_path.read_text(), 15, "the worker to be refused")
     assert worker.poll() is None, "the worker must back off, not exit"
 
     client.config_set("maxmemory", "0")
