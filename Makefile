@@ -33,16 +33,29 @@ run: $(MODEL) ## start Redis (AOF in .data/), the API on :8000 and a worker; Ctr
 	$(PY) deploy/local/stack.py
 
 .PHONY: test
-test: test-unit test-integration test-chart test-containers ## the whole suite (what CI runs)
+test: lint typecheck test-unit test-integration test-chart test-containers ## the whole suite (what CI runs)
+
+.PHONY: lint
+lint: $(STAMP) ## ruff (defects, imports, modern syntax, simplifications, stale noqa) and ruff format --check
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+.PHONY: format
+format: $(STAMP) ## apply ruff's fixes and formatting
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+.PHONY: typecheck
+typecheck: $(STAMP) ## mypy --strict on api/ jobqueue/ worker/ notifier/ (and the client, configured in its own pyproject)
+	$(PY) -m mypy
 
 .PHONY: test-unit
-test-unit: $(MODEL) ## lint (ruff) and pure unit tests (no Redis)
-	$(PY) -m ruff check .
+test-unit: $(MODEL) ## pure unit tests (no Redis)
 	$(PYTEST) tests/unit
 
 .PHONY: test-integration
 test-integration: $(MODEL) ## real redis-server, real API and worker processes, fault suite, e2e on a local stack
-	$(PYTEST) tests/integration tests/e2e
+	$(PYTEST) tests/integration tests/notifier tests/oip tests/e2e
 
 .PHONY: test-chart
 test-chart: tools $(MODEL) ## helm lint --strict, helm template over ci/ scenarios, schema validation, live probe check
@@ -59,6 +72,10 @@ bench: $(MODEL) ## throughput benchmark against the naive seed-design baseline; 
 .PHONY: bench-chaos
 bench-chaos: $(MODEL) ## 10,000 jobs, 2 workers, a worker SIGKILLed every few seconds; prints lost/duplicated
 	$(PY) bench/chaos.py
+
+.PHONY: docs
+docs: $(STAMP) ## regenerate the README's settings table from jobqueue/settings.py
+	$(PY) docs/splice.py README.md settings "$$($(PY) -m jobqueue.settings)"
 
 .PHONY: clean
 clean: ## remove the venv, tools, built model and local data

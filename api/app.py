@@ -14,13 +14,14 @@ from api.auth import TokenFile
 from api.errors import HTTPProblem, install_error_handlers, problem_response
 from api.hotpath import HotPathMiddleware
 from api.metrics_listener import MetricsListener
-from api.routes import jobs, models, service
+from api.routes import jobs, models, notifications, oip, service, streams
 from api.state import AppState, JobEvents, ModelRegistry
 from jobqueue import __version__
 from jobqueue.connection import async_client, async_probe_client
 from jobqueue.models import load_models
 from jobqueue.protocol import JobStore
 from jobqueue.settings import Settings, get_settings
+from jobqueue.ssrf import validate_callback_url
 
 log = logging.getLogger("asyncinfer.api")
 MODELS_STARTUP_WAIT_S = 10.0
@@ -37,7 +38,9 @@ class ConcurrencyLimit:
         self.active = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in UNLIMITED_PATHS:
+        # Event streams are long-lived and capped on their own (api/routes/streams.py): counted here,
+        # a few hundred watching clients would lock every submit out.
+        if scope["type"] != "http" or scope["path"] in UNLIMITED_PATHS or scope["path"].endswith("/events"):
             return await self.app(scope, receive, send)
         if self.active >= self.limit:
             problem = HTTPProblem(503, f"this API process is serving {self.limit} requests (MAX_CONCURRENT_REQUESTS)", {"Retry-After": "1"})
@@ -67,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             models=ModelRegistry(configs),
             events=JobEvents(client, store.keys.events),
             tokens=tokens,
+            callback_validator=validate_callback_url,
         )
         app.state.asyncinfer = state
         # The API reads every model's signature itself so it validates while zero workers run.
@@ -97,8 +101,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json" if docs else None,
     )
     app.include_router(jobs.router)
+    app.include_router(streams.router)
     app.include_router(models.router)
     app.include_router(service.router)
+    app.include_router(oip.router)
+    app.include_router(notifications.router)
     install_error_handlers(app)
     app.add_middleware(HotPathMiddleware)
     app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests)

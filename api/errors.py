@@ -36,7 +36,7 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
-def invalid(loc: tuple | list, msg: str, kind: str = "value_error") -> HTTPProblem:
+def invalid(loc: tuple[str | int, ...] | list[str | int], msg: str, kind: str = "value_error") -> HTTPProblem:
     """A 422 in FastAPI's own shape, so clients parse every validation error the same way."""
     return HTTPProblem(422, [{"loc": list(loc), "msg": msg, "type": kind}])
 

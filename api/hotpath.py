@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.auth import authenticate
-from api.errors import as_problem, invalid, problem_response
+from api.errors import as_problem, invalid, json_response, problem_response
 from api.routes import jobs
 
 JOB_PREFIX = "/job/"
@@ -43,6 +43,10 @@ class HotPathMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         method, path = scope["method"], scope["path"]
+        if path.startswith(JOB_PREFIX) and "/" not in path[len(JOB_PREFIX) :] and method not in ("GET", "HEAD", "DELETE"):
+            # GET and DELETE are two routes: Starlette would name only the first one in Allow
+            response = json_response({"detail": "Method Not Allowed"}, 405, {"Allow": "GET, DELETE"})
+            return await response(scope, receive, send)
         is_submit = method == "POST" and path == "/predict"
         job_id = path[len(JOB_PREFIX) :] if method == "GET" and path.startswith(JOB_PREFIX) else ""
         if not is_submit and (not job_id or "/" in job_id):

@@ -25,7 +25,7 @@ class DrainingServer(uvicorn.Server):
         self._delayed = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        app_state: AppState | None = getattr(self.config.app.state, "asyncinfer", None)
+        app_state: AppState | None = getattr(getattr(self.config.app, "state", None), "asyncinfer", None)
         if app_state is not None:
             app_state.draining = True  # long polls notice within LONG_POLL_RECHECK_S and answer
         if self._delayed or self.shutdown_delay_s <= 0:

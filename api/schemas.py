@@ -35,7 +35,15 @@ BULK_REQUEST_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["items"],
     "additionalProperties": False,
-    "properties": {"items": {"type": "array", "minItems": 1, "items": PREDICT_REQUEST_SCHEMA}},
+    "properties": {
+        "items": {
+            "type": "array",
+            "minItems": 1,
+            # Each item is checked on its own and refused in place (the request still succeeds):
+            # documented here, so that an invalid item is not a schema violation of the request.
+            "items": {"type": "object", "description": "a submit: " + str(list(_SUBMIT_PROPERTIES))},
+        }
+    },
     "example": {"items": [{"data": [[5.1, 3.5, 1.4, 0.2]]}, {"data": [[6.7, 3.0, 5.2, 2.3]], "priority": "high"}]},
 }
 LOOKUP_REQUEST_SCHEMA: dict[str, Any] = {

@@ -152,13 +152,23 @@ class JobEvents:
         for job_id in list(self._futures):
             self.wake(job_id, "recheck")
 
+    def _on_reconnect(self, _connection: Any) -> None:
+        """redis-py reconnects and re-subscribes a dropped Pub/Sub connection on its own (its retry);
+        messages published meanwhile are lost, so every waiter re-checks."""
+        self.wake_all()
+
     async def _listen(self) -> None:
         backoff = 0.1
+        resubscribed = False
         while True:
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self._channel)
                 backoff = 0.1
+                if resubscribed:
+                    self.wake_all()  # transitions between the last re-check and now were not heard
+                if pubsub.connection is not None:  # set by subscribe
+                    pubsub.connection.register_connect_callback(self._on_reconnect)
                 async for message in pubsub.listen():
                     if self._futures and message.get("type") == "message":
                         kind, *ids = str(message["data"]).split()
@@ -169,8 +179,11 @@ class JobEvents:
                 log.debug("event listener lost redis (%s)", exc)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    if pubsub.connection is not None:
+                        pubsub.connection.deregister_connect_callback(self._on_reconnect)
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
             self.wake_all()  # let waiters re-check while we reconnect
+            resubscribed = True
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
-import redis.asyncio
 from redis.backoff import ExponentialBackoff
 
 from jobqueue.settings import Settings
+
+if TYPE_CHECKING:
+    import redis.asyncio
 
 # Long enough for a blocking BLMOVE (1 s) plus a slow round trip; short enough to notice a dead server.
 SOCKET_TIMEOUT_S = 5.0
@@ -46,6 +48,8 @@ def async_client(settings: Settings, max_connections: int = 64) -> redis.asyncio
     """The API's client. Every command it sends is safe to repeat (reads; enqueue keyed by a job id
     fixed before the first try; cancel and retry answer "done" when run twice), so a stale pooled
     connection after a Redis restart is retried on a fresh one instead of failing a request."""
+    import redis.asyncio  # here, not at the top: a worker never pays for asyncio
+
     retry = redis.asyncio.retry.Retry(ExponentialBackoff(cap=0.5, base=0.05), 2)
     # A blocking pool: a burst of more concurrent requests than connections waits for a free one
     # (up to POOL_TIMEOUT_S) instead of failing with "Too many connections".
@@ -62,5 +66,7 @@ def async_client(settings: Settings, max_connections: int = 64) -> redis.asyncio
 
 def async_probe_client(settings: Settings) -> redis.asyncio.Redis:
     """One connection of its own for readiness: a saturated request pool never makes a pod unready."""
+    import redis.asyncio
+
     pool = redis.asyncio.ConnectionPool.from_url(settings.redis_url, max_connections=1, **_options(settings))
     return redis.asyncio.Redis.from_pool(pool)

@@ -7,7 +7,6 @@ same check to every payload it claims, so one bad job fails alone instead of bre
 from __future__ import annotations
 
 import json
-import mmap
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,9 +14,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-import onnx
-from onnx import TensorProto
-from onnx.helper import tensor_dtype_to_np_dtype
+
+from jobqueue.onnx_header import ValueInfo, read_header
 
 # Where a model may keep its class names: skl2onnx-style metadata, or one of these keys.
 LABEL_METADATA_KEYS = ("labels", "classes", "class_names")
@@ -83,20 +81,20 @@ def _example_row(spec: TensorSpec) -> Any:
     return value
 
 
-def _spec(value_info: onnx.ValueInfoProto) -> TensorSpec:
-    kind = value_info.type.WhichOneof("value")
-    if kind != "tensor_type":
-        return TensorSpec(value_info.name, kind or "unknown", ())
-    tensor = value_info.type.tensor_type
-    elem = TensorProto.DataType.Name(tensor.elem_type).lower()
-    dims: list[int | str | None] = []
-    for dim in tensor.shape.dim:
-        if dim.HasField("dim_value"):
-            dims.append(int(dim.dim_value))
-        else:
-            dims.append(dim.dim_param or None)
-    dtype = np.dtype(object) if elem == "string" else np.dtype(tensor_dtype_to_np_dtype(tensor.elem_type))
-    return TensorSpec(value_info.name, elem, tuple(dims), dtype)
+NUMPY_DTYPES = {
+    "float": np.float32, "double": np.float64, "float16": np.float16, "bool": np.bool_, "string": object,
+    "int8": np.int8, "int16": np.int16, "int32": np.int32, "int64": np.int64,
+    "uint8": np.uint8, "uint16": np.uint16, "uint32": np.uint32, "uint64": np.uint64,
+    "complex64": np.complex64, "complex128": np.complex128,
+}  # fmt: skip
+
+
+def _spec(value_info: ValueInfo) -> TensorSpec:
+    if value_info.kind != "tensor_type" or value_info.elem_type is None:
+        return TensorSpec(value_info.name, value_info.kind, ())
+    numpy_type = NUMPY_DTYPES.get(value_info.elem_type)
+    dtype = np.dtype(numpy_type) if numpy_type is not None else None
+    return TensorSpec(value_info.name, value_info.elem_type, value_info.dims, dtype)
 
 
 def _read_labels(labels_path: str, metadata: dict[str, str]) -> tuple[str, ...] | None:
@@ -113,108 +111,22 @@ def _read_labels(labels_path: str, metadata: dict[str, str]) -> tuple[str, ...] 
     return None
 
 
-# ModelProto field 7 is the graph; GraphProto fields 1 (nodes), 5 (initializers) and 15 (sparse
-# initializers) hold the weights and constants: a signature needs none of them.
-MODEL_GRAPH_FIELD = 7
-GRAPH_HEAVY_FIELDS = {1, 5, 15}
-GRAPH_INITIALIZER_FIELD = 5
-TENSOR_NAME_FIELD = 8
-
-
-def _varint(buf: mmap.mmap | bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-
-
-def _fields(buf: mmap.mmap | bytes, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:
-    """(field number, wire type, start of the whole field, end) of each protobuf field in [start, end)."""
-    pos = start
-    while pos < end:
-        field_start = pos
-        tag, pos = _varint(buf, pos)
-        number, wire = tag >> 3, tag & 7
-        if wire == 0:
-            _, pos = _varint(buf, pos)
-        elif wire == 1:
-            pos += 8
-        elif wire == 2:
-            length, pos = _varint(buf, pos)
-            pos += length
-        elif wire == 5:
-            pos += 4
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}: not an ONNX model")
-        yield number, wire, field_start, pos
-
-
-def _load_without_weights(model_path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, set[str]]:
-    """The model with its graph's nodes and weights left out, read through a memory map: a model of
-    hundreds of MB costs the API a few KB (only the graph's name, inputs, outputs and metadata).
-    Also returns the initializers' names (pre-IR4 models list their weights as graph inputs)."""
-    initializer_names: set[str] = set()
-    with open(model_path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        kept = bytearray()
-        for number, wire, field_start, field_end in _fields(buf, 0, len(buf)):
-            if number != MODEL_GRAPH_FIELD or wire != 2:
-                kept += buf[field_start:field_end]
-                continue
-            _, body_start = _varint(buf, _varint(buf, field_start)[1])  # skip tag, then length
-            graph = bytearray()
-            for sub, _, sub_start, sub_end in _fields(buf, body_start, field_end):
-                if sub not in GRAPH_HEAVY_FIELDS:
-                    graph += buf[sub_start:sub_end]
-                elif sub == GRAPH_INITIALIZER_FIELD:
-                    initializer_names.add(_tensor_name(buf, sub_start, sub_end))
-            kept += bytes([MODEL_GRAPH_FIELD << 3 | 2]) + _encode_varint(len(graph)) + graph
-    model = onnx.ModelProto()
-    model.ParseFromString(bytes(kept))
-    return model, initializer_names
-
-
-def _tensor_name(buf: mmap.mmap | bytes, start: int, end: int) -> str:
-    """The `name` (field 8) of a TensorProto field, read without copying its data."""
-    _, body_start = _varint(buf, _varint(buf, start)[1])
-    for number, wire, field_start, field_end in _fields(buf, body_start, end):
-        if number == TENSOR_NAME_FIELD and wire == 2:
-            _, name_start = _varint(buf, _varint(buf, field_start)[1])
-            return bytes(buf[name_start:field_end]).decode()
-    return ""
-
-
-def _encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def read_signature(model_path: str | os.PathLike, labels_path: str = "") -> ModelSignature:
+def read_signature(model_path: str | os.PathLike[str], labels_path: str = "") -> ModelSignature:
     """Read the model's inputs, outputs, labels and version without loading weights for inference."""
-    model, initializers = _load_without_weights(model_path)
-    graph = model.graph
-    metadata = {prop.key: prop.value for prop in model.metadata_props}
+    header = read_header(model_path)
+    metadata = header.metadata
     signature = ModelSignature(
-        name=metadata.get("name") or graph.name or Path(model_path).stem,
-        version=metadata.get("version") or str(model.model_version or 1),
-        inputs=tuple(_spec(vi) for vi in graph.input if vi.name not in initializers),
-        outputs=tuple(_spec(vi) for vi in graph.output),
+        name=metadata.get("name") or header.graph_name or Path(model_path).stem,
+        version=metadata.get("version") or str(header.model_version or 1),
+        # pre-IR4 models list their weights as graph inputs too
+        inputs=tuple(_spec(vi) for vi in header.inputs if vi.name not in header.initializer_names),
+        outputs=tuple(_spec(vi) for vi in header.outputs),
         labels=_read_labels(labels_path, metadata),
         metadata=metadata,
     )
     for spec in signature.inputs:
         if spec.dtype is None or not spec.shape:
-            raise ValueError(f"input {spec.name!r}: only tensors with a leading batch dimension are supported")
+            raise ValueError(f"input {spec.name!r} ({spec.elem_type}): only tensors of a numpy type with a leading batch dimension are supported")
     return signature
 
 

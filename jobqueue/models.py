@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from jobqueue.settings import MODEL_NAME_PATTERN, Settings
 
 MODEL_FIELDS = {"path", "labels", "max_batch_size", "max_batch_wait_ms", "inference_providers", "inference_threads"}
@@ -61,7 +59,7 @@ def _providers(value: Any) -> tuple[str, ...]:
 
 def load_models(settings: Settings) -> dict[str, ModelConfig]:
     """Every configured model by name, the default first. Raises ModelConfigError with a clear message."""
-    defaults = {
+    defaults: dict[str, Any] = {
         "max_batch_size": settings.max_batch_size,
         "max_batch_wait_ms": settings.max_batch_wait_ms,
         "inference_providers": _providers(settings.inference_providers),
@@ -70,6 +68,8 @@ def load_models(settings: Settings) -> dict[str, ModelConfig]:
     if not settings.models_file:
         name = name_from_path(settings.model_path)
         return {name: ModelConfig(name=name, path=settings.model_path, labels_path=settings.labels_path, **defaults)}
+    import yaml  # only a stack with several models pays for it
+
     try:
         raw = yaml.safe_load(Path(settings.models_file).read_text())
     except (OSError, yaml.YAMLError) as exc:

@@ -12,10 +12,9 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
-import redis.asyncio
 
 from jobqueue.errors import (
     IdempotencyConflict,
@@ -30,6 +29,9 @@ from jobqueue.keys import ModelKeys, StoreKeys
 from jobqueue.settings import PRIORITIES, Settings
 from jobqueue.states import ClaimFlag, JobStatus, Outcome, ScriptCode
 
+if TYPE_CHECKING:
+    import redis.asyncio
+
 SCRIPT_NAMES = ("enqueue", "claim", "finish", "recover", "cancel", "retry", "heartbeat", "extend")
 RECORD_FIELDS = (
     "status", "model", "model_version", "priority", "owner", "result", "error", "attempts",
@@ -39,7 +41,7 @@ RECORD_FIELDS = (
 ANONYMOUS = "anonymous"  # the owner of every job while authentication is off
 
 
-def _lua(name: str) -> str:
+def lua_source(name: str) -> str:
     return resources.files("jobqueue").joinpath("scripts", f"{name}.lua").read_text()
 
 
@@ -272,7 +274,7 @@ class JobStore:
         self.client = client
         self.settings = settings
         self.keys = StoreKeys(settings.key_prefix)
-        self._scripts = {name: client.register_script(_lua(name)) for name in SCRIPT_NAMES}
+        self._scripts = {name: client.register_script(lua_source(name)) for name in SCRIPT_NAMES}
 
     async def _run(self, call: ScriptCall, client: Any = None) -> Any:
         return await self._scripts[call.name](keys=call.keys, args=call.args, client=client)
@@ -329,7 +331,10 @@ class JobStore:
             mk = self.keys.model(name)
             for key in mk.pending_all:
                 pipe.llen(key)
-            pipe.zcard(mk.inflight).llen(mk.dead).zcard(mk.workers).hgetall(mk.stats)
+            pipe.zcard(mk.inflight)
+            pipe.llen(mk.dead)
+            pipe.zcard(mk.workers)
+            pipe.hgetall(mk.stats)
         replies = await pipe.execute() if names else []
         out: dict[str, dict[str, int]] = {}
         width = len(PRIORITIES) + 4
@@ -358,7 +363,7 @@ class WorkerQueue:
         self.store = StoreKeys(settings.key_prefix)
         self.keys: ModelKeys = self.store.model(model)
         self.version = version
-        self._scripts = {name: client.register_script(_lua(name)) for name in SCRIPT_NAMES}
+        self._scripts = {name: client.register_script(lua_source(name)) for name in SCRIPT_NAMES}
 
     @property
     def backstop_ms(self) -> int:
@@ -384,7 +389,8 @@ class WorkerQueue:
     def wait_for_job(self, worker_id: str, timeout_s: float) -> str | None:
         """Block until an id is pending at normal priority and move it into this worker's list
         (reliable-queue BLMOVE; other priorities are found by the claim that follows every wait)."""
-        moved = self.client.blmove(self.keys.pending("normal"), self.keys.processing(worker_id), timeout_s, "RIGHT", "LEFT")
+        # redis-py's stub says int; Redis takes a float timeout (>= 6.0)
+        moved = self.client.blmove(self.keys.pending("normal"), self.keys.processing(worker_id), timeout_s, "RIGHT", "LEFT")  # type: ignore[arg-type]
         return None if moved is None else _text(moved)
 
     def finish(self, worker_id: str, outcomes: Iterable[tuple[str, Outcome, str]]) -> FinishCounts:
@@ -437,5 +443,6 @@ class WorkerQueue:
     def deregister(self, worker_id: str) -> None:
         """Clean exit: forget the worker; its processing list is empty by now."""
         pipe = self.client.pipeline(transaction=True)
-        pipe.zrem(self.keys.workers, worker_id).delete(self.keys.processing(worker_id))
+        pipe.zrem(self.keys.workers, worker_id)
+        pipe.delete(self.keys.processing(worker_id))
         pipe.execute()

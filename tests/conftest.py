@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,11 +10,10 @@ import pytest
 import redis
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "deploy" / "local"))
 
-from stack import BIN, RedisServer, free_port, spawn, start_api, start_worker, stop  # noqa: E402
+from stack import BIN, RedisServer, free_port, spawn, start_api, start_worker, stop
 
-from jobqueue.settings import Settings  # noqa: E402
+from jobqueue.settings import Settings
 
 MODEL_PATH = str(ROOT / "models" / "iris.onnx")
 

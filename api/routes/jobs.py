@@ -107,6 +107,8 @@ def submit_fields(item: Any, loc: tuple[str | int, ...]) -> dict[str, Any]:
     priority = item.get("priority", "normal")
     if not isinstance(priority, str):
         raise invalid([*loc, "priority"], "must be one of high, normal, low", "enum")
+    if "callback_url" in item and not isinstance(item["callback_url"], str):
+        raise invalid([*loc, "callback_url"], "must be a URL string", "string_type")
     return item
 
 
@@ -233,6 +235,8 @@ async def submit_bulk(state: AppState, caller: Principal, model_name: str | None
     jobs: list[tuple[int, NewJob]] = []
     for i, item in enumerate(items):
         loc = ("body", "items", i)
+        if not isinstance(item, dict):  # not a submit at all: the request itself is malformed
+            raise invalid(list(loc), 'must be an object like {"data": [[...]]}', "model_attributes_type")
         try:
             fields = submit_fields(item, loc)
             key = f"{idempotency_key}:{i}" if idempotency_key else None
@@ -245,9 +249,9 @@ async def submit_bulk(state: AppState, caller: Principal, model_name: str | None
     results = await state.store.enqueue_many([job for _, job in jobs]) if jobs else []
     for (i, _), result in zip(jobs, results, strict=True):
         if isinstance(result, JobQueueError):
-            problem = as_problem(result)
-            assert problem is not None
-            answers[i] = {"error": {"status": problem.status, "detail": problem.detail}}
+            refusal = as_problem(result)
+            assert refusal is not None
+            answers[i] = {"error": {"status": refusal.status, "detail": refusal.detail}}
         else:
             answers[i] = {"job_id": result.job_id, "status": result.status}
     return json_response({"items": answers, "model": entry.name})
@@ -278,6 +282,9 @@ async def predict_model_batch(model: ModelName, request: Request, state: State, 
 )  # fmt: skip
 async def lookup_jobs(request: Request, state: State, caller: Caller) -> Response:
     parsed = json_object(await read_body(request, state.settings.max_body_bytes), '{"ids": ["..."]}')
+    unknown = sorted(set(parsed) - {"ids"})
+    if unknown:
+        raise invalid(["body", unknown[0]], f"unknown field {unknown[0]!r}", "extra_forbidden")
     ids = parsed.get("ids")
     if not isinstance(ids, list) or not all(isinstance(i, str) and 0 < len(i) <= MAX_JOB_ID for i in ids):
         raise invalid(["body", "ids"], f"must be a list of job ids (strings of 1..{MAX_JOB_ID} characters)", "list_type")

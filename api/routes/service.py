@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-import redis
 from fastapi import APIRouter, Depends
 from fastapi.responses import PlainTextResponse, Response
 
@@ -14,10 +13,11 @@ from api.errors import json_response
 from api.schemas import ErrorBody, ServiceInfo
 from api.state import AppState, get_state
 from jobqueue import __version__
-from jobqueue.connection import UNAVAILABLE
+from jobqueue.connection import REFUSED, UNAVAILABLE
 
 router = APIRouter(tags=["service"])
 READINESS_REDIS_TIMEOUT_S = 1.0
+NOT_READY: tuple[type[BaseException], ...] = (*UNAVAILABLE, *REFUSED, TimeoutError)
 State = Annotated[AppState, Depends(get_state)]
 
 
@@ -46,7 +46,7 @@ async def readyz(state: State) -> Response:
         return json_response({"status": "unavailable", "detail": f"model {default.name}: {default.error or 'loading'}"}, 503)
     try:
         await asyncio.wait_for(state.probe.ping(), READINESS_REDIS_TIMEOUT_S)
-    except (*UNAVAILABLE, redis.ResponseError, TimeoutError) as exc:  # NOAUTH, protected mode: not ready either
+    except NOT_READY as exc:  # NOAUTH, protected mode: not ready either
         return json_response({"status": "unavailable", "detail": f"redis: {exc or 'timeout'}"}, 503)
     return json_response({"status": "ready", "models": {e.name: e.ready for e in state.models.entries.values()}})
 

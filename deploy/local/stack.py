@@ -25,6 +25,10 @@ from urllib.parse import urlparse
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # console scripts live beside the interpreter of the venv
 PR_SET_PDEATHSIG = 1
+# A finished job's record holds its input and result: values over Redis's default 64-byte limit turn
+# the hash into a hashtable (about 1.35 KB per iris job); a compact listpack up to 1 KB values halves
+# that (about 0.65 KB). The chart and compose pass the same flags.
+REDIS_TUNING = ("--hash-max-ziplist-value", "1024", "--hash-max-ziplist-entries", "128")
 
 
 def find_redis_server() -> str:
@@ -97,6 +101,7 @@ class RedisServer:
         argv = [
             find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
             "--appendonly", "yes", "--appendfsync", self.appendfsync, "--save", "", "--daemonize", "no",
+            *REDIS_TUNING,
         ]
         if self.password:
             argv += ["--requirepass", self.password]
@@ -154,6 +159,21 @@ def start_worker(env: dict[str, str], log_path: Path | None = None) -> subproces
     return spawn([str(BIN / "asyncinfer-worker")], env, log_path)
 
 
+def start_notifier(env: dict[str, str], log_path: Path | None = None) -> subprocess.Popen:
+    return spawn([str(BIN / "asyncinfer-notifier")], dict(env, WORKER_HEALTH_PORT="0"), log_path)
+
+
+def local_webhook_secret(data_dir: Path) -> Path:
+    """A signing secret made once per data directory (Standard Webhooks: whsec_ + base64 of 32 bytes)."""
+    path = data_dir / "webhook-secret"
+    if not path.exists():
+        import base64  # noqa: PLC0415
+
+        path.write_text("whsec_" + base64.b64encode(os.urandom(32)).decode())
+        path.chmod(0o600)
+    return path
+
+
 def served_models(env: dict[str, str]) -> list[str]:
     """The model names the stack serves, read the way the services read them."""
     sys.path.insert(0, str(ROOT))
@@ -196,6 +216,12 @@ def main() -> None:
                 port = health_port + len(children) if health_port else 0
                 worker_env = dict(env, MODEL_NAME=model, WORKER_HEALTH_PORT=str(port))
                 children.append((name, start_worker(worker_env, logs / f"{name}.log")))
+        if not env.get("WEBHOOK_SECRET") and not env.get("WEBHOOK_SECRET_FILE"):
+            env["WEBHOOK_SECRET_FILE"] = str(local_webhook_secret(data_dir))
+        # a local stack delivers webhooks to local receivers (http, loopback); the chart never does
+        env.setdefault("WEBHOOK_ALLOW_PRIVATE", "true")
+        env.setdefault("WEBHOOK_ALLOW_HTTP", "true")
+        children.append(("notifier", start_notifier(env, logs / "notifier.log")))
         children.append(("api", start_api(env, logs / "api.log")))
         base = f"http://127.0.0.1:{env['PORT']}"
         print(
@@ -203,6 +229,7 @@ def main() -> None:
             f"  API      {base}   (docs: {base}/docs)\n"
             f"  Redis    {redis.url}   AOF in {redis.data_dir} (appendfsync {redis.appendfsync})\n"
             f"  models   {', '.join(model_names)} ({workers} worker(s) each)\n"
+            f"  webhooks signed with the secret in {env.get('WEBHOOK_SECRET_FILE', 'WEBHOOK_SECRET')}\n"
             f"  logs     {logs}/\n"
             f"  try      curl -s -XPOST {base}/predict -d '{{\"data\": [[5.1, 3.5, 1.4, 0.2]]}}'\n"
             f"Ctrl-C stops everything.",

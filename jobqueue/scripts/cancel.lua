@@ -26,6 +26,7 @@ redis.call('EXPIRE', job, ttl)
 if idem then redis.call('EXPIRE', idem, ttl) end
 if callback then
   redis.call('HSET', job, 'notify_state', 'pending', 'notify_attempts', 0)
+  redis.call('HDEL', job, 'notify_last_status', 'notify_last_error')
   redis.call('ZADD', notify, 'NX', now, job_id)
 end
 if owner then redis.call('HINCRBY', principal_prefix .. owner, 'unfinished', -1) end

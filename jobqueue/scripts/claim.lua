@@ -115,6 +115,7 @@ for _, c in ipairs(candidates) do
       if idem then redis.call('EXPIRE', idem, job_ttl) end
       if callback then
         redis.call('HSET', job, 'notify_state', 'pending', 'notify_attempts', 0)
+        redis.call('HDEL', job, 'notify_last_status', 'notify_last_error')
         redis.call('ZADD', notify, 'NX', now, id)
       end
       if owner then unfinished_drop[owner] = (unfinished_drop[owner] or 0) + 1 end

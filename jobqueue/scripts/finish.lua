@@ -47,6 +47,7 @@ local function close(job, id, owner, callback, idem)
   if idem then redis.call('EXPIRE', idem, ttl) end
   if callback then
     redis.call('HSET', job, 'notify_state', 'pending', 'notify_attempts', 0)
+    redis.call('HDEL', job, 'notify_last_status', 'notify_last_error')
     redis.call('ZADD', notify, 'NX', now, id)
   end
   if owner then unfinished_drop[owner] = (unfinished_drop[owner] or 0) + 1 end
@@ -60,9 +61,12 @@ local function fail(job, id, err, owner, callback, idem)
   failed = failed + 1
 end
 
+local front = {}  -- per pending list: ids going back to its head, oldest first
 local function requeue(job, id, priority)
   redis.call('HDEL', job, 'worker')
-  redis.call('RPUSH', pending_lists[priority] or pending_lists.normal, id)
+  local list = pending_lists[priority] or pending_lists.normal
+  front[list] = front[list] or {}
+  table.insert(front[list], id)
   back[#back + 1] = id
   requeued = requeued + 1
 end
@@ -104,6 +108,10 @@ for i = 8, #ARGV, 3 do
   else
     ignored = ignored + 1
   end
+end
+-- RPUSH newest first, so the oldest ends at the tail: it is the next one claimed (FIFO kept)
+for list, ids in pairs(front) do
+  for i = #ids, 1, -1 do redis.call('RPUSH', list, ids[i]) end
 end
 for i = 1, #done, 1000 do
   redis.call('ZREM', inflight, unpack(done, i, math.min(i + 999, #done)))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from onnx import TensorProto
 from stack import RedisServer
 
 from tests.faults.helpers import Jobs, write_models_file
@@ -19,7 +20,6 @@ from tests.support.models import (
     loop_iterations_per_second,
     loop_model,
 )
-from onnx import TensorProto
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@ invariants every test ends with (no id lost or doubled, counters equal to what t
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -16,22 +15,13 @@ import redis
 import yaml
 
 from jobqueue.keys import ModelKeys, StoreKeys
-from jobqueue.protocol import ANONYMOUS, NewJob, _lua, enqueue_call
+from jobqueue.protocol import ANONYMOUS, NewJob, enqueue_call, lua_source
 from jobqueue.settings import Settings
+from tests.support.waiting import wait_until
 
 PREFIX = "asyncinfer"
 STORE = StoreKeys(PREFIX)
 TERMINAL = {"completed", "failed", "canceled", "expired"}
-
-
-def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str, poll_s: float = 0.05) -> float:
-    """Poll until `predicate()` is truthy; seconds it took. Fails naming `what` on timeout."""
-    started = time.monotonic()
-    while not predicate():
-        if time.monotonic() - started > timeout_s:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(poll_s)
-    return time.monotonic() - started
 
 
 def write_models_file(path: Path, models: dict[str, Path | dict[str, Any]]) -> Path:
@@ -53,7 +43,7 @@ class Jobs:
         payload = raw_payload if raw_payload is not None else orjson.dumps({"data": data}).decode()
         job = NewJob(job_id=str(uuid.uuid4()), model=model, payload=payload, priority=priority, owner=ANONYMOUS)
         call = enqueue_call(STORE, Settings(), job)
-        reply = self.client.register_script(_lua("enqueue"))(keys=call.keys, args=call.args)
+        reply = self.client.register_script(lua_source("enqueue"))(keys=call.keys, args=call.args)
         assert int(reply[0]) == 1, reply
         return job.job_id
 

@@ -109,7 +109,9 @@ def test_wrong_types_are_refused_at_the_api_and_fail_alone_at_the_worker(process
     assert jobs.stats("float")["failed"] == 4 and jobs.stats("text")["failed"] == 2
 
 
-def test_batch_reduced_output_fails_every_job_of_the_call_and_never_gives_a_value(processes, redis_server, jobs: Jobs, models_file):
+def test_batch_reduced_output_fails_every_job_of_the_call_and_never_gives_a_value(
+    processes, redis_server, jobs: Jobs, models_file
+):
     env = service_env(redis_server.url, MODELS_FILE=models_file, MAX_BATCH_SIZE=64, MAX_BATCH_WAIT_MS=50, INFERENCE_THREADS=1)
     _, api = processes.api(env)
     ids = []
@@ -127,7 +129,9 @@ def test_batch_reduced_output_fails_every_job_of_the_call_and_never_gives_a_valu
     assert_queue_consistent(jobs, "batch-mean")
 
 
-def test_declared_fixed_output_batch_is_refused_by_worker_and_unready_at_api(processes, redis_server, jobs: Jobs, model_dir, tmp_path):
+def test_declared_fixed_output_batch_is_refused_by_worker_and_unready_at_api(
+    processes, redis_server, jobs: Jobs, model_dir, tmp_path
+):
     models_file = write_models_file(
         tmp_path / "fixed.yaml", {"int64": model_dir / "int64.onnx", "fixed-one": model_dir / "fixed-one.onnx"}
     )

@@ -51,7 +51,9 @@ def assert_given_back_unrun(jobs: Jobs, ids: list[str]) -> None:
     assert_queue_consistent(jobs, "loop")
 
 
-def test_sigterm_drains_at_once_and_aborts_the_call_at_the_deadline(processes, redis_server, jobs: Jobs, model_dir, tmp_path, loop_speed):
+def test_sigterm_drains_at_once_and_aborts_the_call_at_the_deadline(
+    processes, redis_server, jobs: Jobs, model_dir, tmp_path, loop_speed
+):
     env = loop_env(redis_server.url, model_dir, tmp_path, DRAIN_TIMEOUT_SECONDS=1, JOB_TIMEOUT_SECONDS=60)
     worker, ids = hold_a_long_batch(processes, jobs, env, loop_speed)
     log = newest_worker_log(processes.tmp_path)

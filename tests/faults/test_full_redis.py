@@ -81,7 +81,9 @@ def test_full_redis_answers_503_worker_keeps_results_and_everything_accepted_com
 
 def test_any_redis_error_reply_is_503_never_500(own_redis: RedisServer, processes, own_jobs: Jobs, models_file):
     """An API whose Redis user may only PING and read job records (a broken ACL, a read-only replica)."""
-    own_jobs.client.execute_command("ACL", "SETUSER", "limited", "on", ">pw", "~*", "&*", "-@all", "+ping", "+hmget", "+auth", "+hello", "+subscribe")
+    own_jobs.client.execute_command(
+        "ACL", "SETUSER", "limited", "on", ">pw", "~*", "&*", "-@all", "+ping", "+hmget", "+auth", "+hello", "+subscribe"
+    )
     limited_url = own_redis.url.replace("redis://", "redis://limited:pw@")
     env = service_env(limited_url, MODELS_FILE=models_file)
     _, api = processes.api(env)
@@ -105,7 +107,9 @@ def test_any_redis_error_reply_is_503_never_500(own_redis: RedisServer, processe
 
 
 @pytest.mark.slow
-def test_worker_keeps_its_results_while_redis_refuses_its_writes(own_redis: RedisServer, processes, own_jobs: Jobs, model_dir, tmp_path):
+def test_worker_keeps_its_results_while_redis_refuses_its_writes(
+    own_redis: RedisServer, processes, own_jobs: Jobs, model_dir, tmp_path
+):
     """Redis refuses the worker's scripts (here its ACL loses EVALSHA) from the middle of a model call
     until after the worker TTL: the finished results are recorded once Redis accepts again, not rerun."""
     client = own_jobs.client

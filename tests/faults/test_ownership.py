@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from jobqueue.protocol import RECORD_FIELDS, WorkerQueue, _lua, now_ms, parse_record, retry_call
+from jobqueue.protocol import RECORD_FIELDS, WorkerQueue, lua_source, now_ms, parse_record, retry_call
 from jobqueue.settings import Settings
 from jobqueue.states import Outcome
 from tests.faults.helpers import STORE, Jobs, assert_queue_consistent
@@ -53,7 +53,7 @@ def retry(client: redis.Redis, job_id: str, token: str) -> list:
     """POST /job/{id}/retry, as the API runs it (retry.lua through the shared call builder)."""
     record = parse_record(job_id, RECORD_FIELDS, client.hmget(STORE.job(job_id), RECORD_FIELDS))
     call = retry_call(STORE, Settings(), record, token)
-    return client.register_script(_lua("retry"))(keys=call.keys, args=call.args)
+    return client.register_script(lua_source("retry"))(keys=call.keys, args=call.args)
 
 
 def test_job_failed_by_the_backstop_and_retried_is_queued_once_when_its_stuck_worker_dies(queue: WorkerQueue, jobs: Jobs):

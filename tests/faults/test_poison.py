@@ -24,7 +24,9 @@ def loop_env(redis_url: str, model_dir: Path, tmp_path: Path, **overrides: objec
     return service_env(redis_url, **{**settings, **overrides})
 
 
-def test_hanging_input_fails_alone_by_timeout_and_the_other_nine_complete(processes, redis_server, jobs: Jobs, model_dir, tmp_path):
+def test_hanging_input_fails_alone_by_timeout_and_the_other_nine_complete(
+    processes, redis_server, jobs: Jobs, model_dir, tmp_path
+):
     """RunOptions.terminate really interrupts ONNX Runtime's Loop (checked here end to end: the worker
     keeps serving after the hung call), the batch is isolated, each job reruns alone."""
     env = loop_env(redis_server.url, model_dir, tmp_path, JOB_TIMEOUT_SECONDS=1)
@@ -85,7 +87,9 @@ class Killer(threading.Thread):
 
 
 @pytest.mark.slow
-def test_input_that_kills_its_worker_every_time_fails_alone_as_worker_lost(processes, redis_server, jobs: Jobs, model_dir, tmp_path):
+def test_input_that_kills_its_worker_every_time_fails_alone_as_worker_lost(
+    processes, redis_server, jobs: Jobs, model_dir, tmp_path
+):
     # The victim takes ~1 s of Loop work, so the killer sees it `processing` every time it runs.
     env = loop_env(redis_server.url, model_dir, tmp_path, JOB_TIMEOUT_SECONDS=30, WORKER_TTL_SECONDS=1,
                    RECOVERY_INTERVAL_SECONDS=0.3, MAX_ATTEMPTS=3)  # fmt: skip

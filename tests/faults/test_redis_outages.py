@@ -107,7 +107,9 @@ def test_submit_burst_across_a_freeze_stores_each_accepted_job_once(own_redis, p
     assert_queue_consistent(own_jobs, "int64")
 
 
-def test_worker_holding_jobs_when_its_connection_times_out_strands_nothing(own_redis, processes, own_jobs: Jobs, model_dir, tmp_path):
+def test_worker_holding_jobs_when_its_connection_times_out_strands_nothing(
+    own_redis, processes, own_jobs: Jobs, model_dir, tmp_path
+):
     env = loop_env(own_redis.url, model_dir, tmp_path, MAX_BATCH_SIZE=4, MAX_BATCH_WAIT_MS=2, WORKER_TTL_SECONDS=2)
     start_paused(own_jobs, "loop", lambda: processes.worker(env))
     values = [20_000 + i for i in range(60)]  # ~0.15 s a batch: the worker is always holding some

@@ -10,18 +10,22 @@ import time
 
 import pytest
 import redis
+from stack import BIN
 
-from jobqueue.protocol import RECORD_FIELDS, WorkerQueue, _lua, cancel_call, parse_record
+from jobqueue.protocol import RECORD_FIELDS, WorkerQueue, cancel_call, lua_source, parse_record
 from jobqueue.settings import Settings
 from jobqueue.states import Outcome
-from stack import BIN
 from tests.conftest import service_env
 from tests.faults.helpers import STORE, Jobs, assert_queue_consistent, resume, start_paused, wait_until, worker_id_prefix
 from tests.faults.test_poison import HANG, loop_env
 
 
-def test_started_job_requeued_by_recovery_after_a_slow_restart_is_not_expired(processes, redis_server, jobs: Jobs, model_dir, tmp_path):
-    env = loop_env(redis_server.url, model_dir, tmp_path, REQUEST_TTL_SECONDS=1, WORKER_TTL_SECONDS=1, RECOVERY_INTERVAL_SECONDS=0.3)
+def test_started_job_requeued_by_recovery_after_a_slow_restart_is_not_expired(
+    processes, redis_server, jobs: Jobs, model_dir, tmp_path
+):
+    env = loop_env(
+        redis_server.url, model_dir, tmp_path, REQUEST_TTL_SECONDS=1, WORKER_TTL_SECONDS=1, RECOVERY_INTERVAL_SECONDS=0.3
+    )
     worker = start_paused(jobs, "loop", lambda: processes.worker(env))
     job = jobs.enqueue("loop", [[300_000]])  # ~2 s of work: the worker is killed in the middle
     resume(jobs, "loop")
@@ -39,7 +43,9 @@ def test_started_job_requeued_by_recovery_after_a_slow_restart_is_not_expired(pr
     assert_queue_consistent(jobs, "loop")
 
 
-def test_started_job_released_by_a_drain_after_a_slow_restart_is_not_expired(processes, redis_server, jobs: Jobs, model_dir, tmp_path):
+def test_started_job_released_by_a_drain_after_a_slow_restart_is_not_expired(
+    processes, redis_server, jobs: Jobs, model_dir, tmp_path
+):
     env = loop_env(redis_server.url, model_dir, tmp_path, REQUEST_TTL_SECONDS=1, DRAIN_TIMEOUT_SECONDS=0.5)
     worker = start_paused(jobs, "loop", lambda: processes.worker(env))
     job = jobs.enqueue("loop", [[300_000]])
@@ -92,7 +98,7 @@ def test_live_records_never_expire_and_ended_ones_get_job_ttl(redis_server, redi
 
     record = parse_record(to_cancel, RECORD_FIELDS, redis_client.hmget(STORE.job(to_cancel), RECORD_FIELDS))
     call = cancel_call(STORE, settings, record)
-    assert redis_client.register_script(_lua("cancel"))(keys=call.keys, args=call.args) == [1, "canceled"]
+    assert redis_client.register_script(lua_source("cancel"))(keys=call.keys, args=call.args) == [1, "canceled"]
     queue.claim("w", 3)  # pending (released), to_fail, to_complete
     queue.finish("w", [(processing, Outcome.COMPLETED, "{}"), (to_fail, Outcome.RETRY, "boom"),
                        (to_complete, Outcome.COMPLETED, "{}"), (pending, Outcome.FAILED, "bad input")])  # fmt: skip
@@ -100,7 +106,11 @@ def test_live_records_never_expire_and_ended_ones_get_job_ttl(redis_server, redi
         assert jobs.record(job_id)["status"] == status
         assert 0 < ttl(redis_client, job_id) <= 2, (status, ttl(redis_client, job_id))
     assert_queue_consistent(jobs, "iris")
-    wait_until(lambda: not redis_client.exists(STORE.job(processing), STORE.job(to_cancel), STORE.job(to_fail)), 5, "ended records to expire")
+    wait_until(
+        lambda: not redis_client.exists(STORE.job(processing), STORE.job(to_cancel), STORE.job(to_fail)),
+        5,
+        "ended records to expire",
+    )
 
 
 def test_expired_record_gets_job_ttl(redis_server, redis_client: redis.Redis, jobs: Jobs):
@@ -117,14 +127,25 @@ def test_expired_record_gets_job_ttl(redis_server, redis_client: redis.Redis, jo
     assert_queue_consistent(jobs, "iris")
 
 
-RECOVERY = ({"WORKER_TTL_SECONDS": "1", "RECOVERY_INTERVAL_SECONDS": "11"}, "RECOVERY_INTERVAL_SECONDS must be at most 10x WORKER_TTL_SECONDS")
-REQUEST_TTL = ({"REQUEST_TTL_SECONDS": "3000", "JOB_TTL_SECONDS": "2"}, "REQUEST_TTL_SECONDS is beyond any sensible JOB_TTL_SECONDS multiple")
+RECOVERY = (
+    {"WORKER_TTL_SECONDS": "1", "RECOVERY_INTERVAL_SECONDS": "11"},
+    "RECOVERY_INTERVAL_SECONDS must be at most 10x WORKER_TTL_SECONDS",
+)
+REQUEST_TTL = (
+    {"REQUEST_TTL_SECONDS": "3000", "JOB_TTL_SECONDS": "2"},
+    "REQUEST_TTL_SECONDS is beyond any sensible JOB_TTL_SECONDS multiple",
+)
 METRICS_PORT = ({"METRICS_PORT": "8123", "PORT": "8123"}, "METRICS_PORT must differ from PORT")
 
 
 @pytest.mark.parametrize(
     "program, overrides, message",
-    [("asyncinfer-worker", *RECOVERY), ("asyncinfer-worker", *REQUEST_TTL), ("asyncinfer-api", *RECOVERY), ("asyncinfer-api", *METRICS_PORT)],
+    [
+        ("asyncinfer-worker", *RECOVERY),
+        ("asyncinfer-worker", *REQUEST_TTL),
+        ("asyncinfer-api", *RECOVERY),
+        ("asyncinfer-api", *METRICS_PORT),
+    ],
 )
 def test_settings_that_cannot_work_together_stop_the_start(redis_server, program, overrides, message):
     env = service_env(redis_server.url, **overrides)

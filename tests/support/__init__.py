@@ -1,1 +1,1 @@
-"""Helpers shared by test suites (model builders, ...)."""
+"""Test support shared by every tier: sample inputs, waiting, ports, a sync view of the job store, test models."""

@@ -1,0 +1,189 @@
+"""The /v2 endpoints on a real stack (redis-server, the API and one worker per model, as processes),
+driven by tritonclient[http], an independent Open Inference Protocol client. Outputs are compared with
+onnxruntime run directly on the same rows, and with exact INT64 and BYTES values."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.http as triton
+import yaml
+from tritonclient.utils import InferenceServerException
+
+from tests.conftest import Processes, service_env
+from tests.oip.test_protocol import IRIS_IN
+
+SERVED_WITH_WORKER = ("iris", "ints", "text")
+SERVED_WITHOUT_WORKER = "flags"  # its jobs stay pending: the 202 paths
+ROWS = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5], [6.3, 2.9, 5.6, 1.8]], dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def stack(redis_server, oip_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One API and a worker per model (but `flags`) for the whole module; yields the API's base URL."""
+    root = tmp_path_factory.mktemp("oip-stack")
+    models_file = root / "models.yaml"
+    names = (*SERVED_WITH_WORKER, SERVED_WITHOUT_WORKER)
+    models_file.write_text(yaml.safe_dump({name: {"path": str(oip_models[name])} for name in names}, sort_keys=False))
+    env = service_env(redis_server.url, MODELS_FILE=str(models_file), OIP_WAIT_SECONDS=20, KEY_PREFIX=f"oip{time.time_ns()}")
+    processes = Processes(root)
+    try:
+        _, base_url = processes.api(env)
+        for name in SERVED_WITH_WORKER:
+            processes.worker({**env, "MODEL_NAME": name})
+        yield base_url
+    finally:
+        processes.stop_all()
+        print(processes.logs())
+
+
+@pytest.fixture
+def client(stack: str) -> Iterator[triton.InferenceServerClient]:
+    # first requests may wait for a worker still loading its model: a timeout well above that
+    client = triton.InferenceServerClient(stack.removeprefix("http://"), connection_timeout=60, network_timeout=60)
+    yield client
+    client.close()
+
+
+def infer_input(name: str, array: np.ndarray, datatype: str, binary: bool) -> triton.InferInput:
+    tensor = triton.InferInput(name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array, binary_data=binary)
+    return tensor
+
+
+def test_health_and_metadata(client):
+    assert client.is_server_live() and client.is_server_ready()
+    server = client.get_server_metadata()
+    assert server["name"] == "asyncinfer" and "binary_tensor_data" in server["extensions"]
+    meta = client.get_model_metadata("ints")
+    assert meta["name"] == "ints" and meta["platform"] == "onnx_onnxv1" and len(meta["versions"]) == 1
+    assert meta["inputs"] == [
+        {"name": "x", "datatype": "INT64", "shape": [-1, 3]},
+        {"name": "shift", "datatype": "INT64", "shape": [-1, 1]},
+    ]
+    assert meta["outputs"] == [
+        {"name": "y", "datatype": "INT64", "shape": [-1, 3]},
+        {"name": "shifted", "datatype": "INT64", "shape": [-1, 3]},
+    ]
+    version = meta["versions"][0]
+    assert client.is_model_ready("ints") and client.is_model_ready("ints", model_version=version)
+    assert client.get_model_metadata("ints", model_version=version) == meta
+    assert not client.is_model_ready("ints", model_version="not-" + version)
+    with pytest.raises(InferenceServerException) as caught:
+        client.get_model_metadata("nope")
+    assert caught.value.status() == "404" and "known models: iris, ints, text, flags" in caught.value.message()
+    with pytest.raises(InferenceServerException) as caught:
+        client.get_model_config("ints")  # a Triton extension we do not serve: a readable 404
+    assert caught.value.status() == "404" and "is not served" in caught.value.message()
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_iris_matches_onnxruntime(client, oip_models, binary):
+    session = ort.InferenceSession(str(oip_models["iris"]), providers=["CPUExecutionProvider"])
+    expected_label, expected_probabilities = session.run(["label", "probabilities"], {IRIS_IN: ROWS})
+    outputs = [triton.InferRequestedOutput(name, binary_data=binary) for name in ("label", "probabilities")]
+    result = client.infer("iris", [infer_input(IRIS_IN, ROWS, "FP32", binary)], outputs=outputs, request_id="iris-1")
+    assert result.get_response()["id"] == "iris-1" and result.get_response()["model_name"] == "iris"
+    np.testing.assert_array_equal(result.as_numpy("label"), expected_label)
+    # the worker may batch these rows with others' jobs: the same kernels, but allow float rounding
+    np.testing.assert_allclose(result.as_numpy("probabilities"), expected_probabilities, rtol=1e-6, atol=1e-7)
+    assert result.as_numpy("probabilities").dtype == np.float32
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_int64_values_come_back_exactly(client, binary):
+    x = np.array([[2**62 + 1, -(2**63), 2**63 - 1], [9_007_199_254_740_993, -1, 0]], dtype=np.int64)
+    shift = np.array([[0], [-7]], dtype=np.int64)
+    inputs = [infer_input("x", x, "INT64", binary), infer_input("shift", shift, "INT64", binary)]
+    # no outputs named: tritonclient asks for every output as binary (binary_data_output)
+    result = client.infer("ints", inputs)
+    np.testing.assert_array_equal(result.as_numpy("y"), x)
+    np.testing.assert_array_equal(result.as_numpy("shifted"), x + shift)
+    assert result.as_numpy("y").dtype == np.int64
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_bytes_round_trip(client, binary):
+    words = np.array([["héllo", "wörld"], ["", "comma, separated"]], dtype=np.object_)
+    result = client.infer(
+        "text", [infer_input("value", words, "BYTES", binary)], outputs=[triton.InferRequestedOutput("echo", binary_data=binary)]
+    )
+    echoed = result.as_numpy("echo")
+    assert [[item.decode() if isinstance(item, bytes) else item for item in row] for row in echoed.tolist()] == words.tolist()
+
+
+def test_bad_requests_are_400_naming_the_field(client):
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer("iris", [infer_input(IRIS_IN, ROWS.astype(np.float64), "FP64", True)])
+    assert (
+        caught.value.status() == "400"
+        and f"inputs[0] ('{IRIS_IN}').datatype is FP64, the model expects FP32" in caught.value.message()
+    )
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer("iris", [infer_input(IRIS_IN, ROWS[:, :3].copy(), "FP32", False)])
+    assert caught.value.status() == "400" and "does not match the model's [-1, 4] on axis 1" in caught.value.message()
+
+
+def test_respond_async_and_a_job_past_the_wait_answer_202(stack):
+    body = {"id": "a1", "inputs": [{"name": IRIS_IN, "shape": [1, 4], "datatype": "FP32", "data": ROWS[0].tolist()}]}
+    response = httpx.post(f"{stack}/v2/models/iris/infer", json=body, headers={"Prefer": "respond-async"}, timeout=30)
+    assert response.status_code == 202 and response.headers["preference-applied"] == "respond-async"
+    job_id = response.json()["job_id"]
+    assert response.json() == {"job_id": job_id, "status": "pending"} and response.headers["location"] == f"/job/{job_id}"
+    job = httpx.get(f"{stack}/job/{job_id}", params={"wait": 20}, timeout=30).json()
+    assert job["status"] == "completed" and job["model"] == "iris" and "prediction" in job["result"]
+    # no worker serves `flags`: the job is still pending when the (shortened) wait ends
+    flags = {"inputs": [{"name": "value", "shape": [1, 2], "datatype": "BOOL", "data": [True, False]}]}
+    started = time.monotonic()
+    response = httpx.post(f"{stack}/v2/models/flags/infer", json=flags, headers={"Prefer": "wait=1"}, timeout=30)
+    assert (
+        response.status_code == 202
+        and response.json()["status"] == "pending"
+        and response.headers["location"].startswith("/job/")
+    )
+    assert 0.9 <= time.monotonic() - started < 10
+
+
+def test_body_limit_is_413(stack):
+    big = {"inputs": [{"name": IRIS_IN, "shape": [100_000, 4], "datatype": "FP32", "data": [1.5] * 400_000}]}
+    response = httpx.post(f"{stack}/v2/models/iris/infer", json=big, timeout=30)
+    assert response.status_code == 413 and "MAX_BODY_BYTES" in response.json()["error"]
+
+
+def test_auth_guards_everything_but_health(redis_server, oip_models, processes, tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("alice client alice-token-0123456789\nbob client bob-token-0123456789ab\n")
+    models_file = tmp_path / "models.yaml"
+    models_file.write_text(yaml.safe_dump({"iris": {"path": str(oip_models["iris"])}}))
+    env = service_env(
+        redis_server.url, MODELS_FILE=str(models_file), AUTH_TOKENS_FILE=str(tokens), KEY_PREFIX=f"oip{time.time_ns()}"
+    )
+    _, base_url = processes.api(env)
+    assert httpx.get(f"{base_url}/v2/health/live").status_code == 200
+    assert httpx.get(f"{base_url}/v2/health/ready").status_code == 200
+    response = httpx.get(f"{base_url}/v2/models/iris")
+    assert response.status_code == 401 and response.headers["www-authenticate"].startswith("Bearer")
+    assert response.json() == {"error": "missing bearer token: send 'Authorization: Bearer <token>'"}
+
+    alice = {"Authorization": "Bearer alice-token-0123456789"}
+    client = triton.InferenceServerClient(base_url.removeprefix("http://"))
+    try:
+        assert client.get_model_metadata("iris", headers=alice)["name"] == "iris"
+        with pytest.raises(InferenceServerException) as caught:
+            client.get_model_metadata("iris", headers={"Authorization": "Bearer wrong-token-0123456789"})
+        assert caught.value.status() == "401"
+    finally:
+        client.close()
+    # no worker here: respond-async queues the job, owned by alice (bob cannot see it)
+    body = {"inputs": [{"name": IRIS_IN, "shape": [1, 4], "datatype": "FP32", "data": ROWS[0].tolist()}]}
+    response = httpx.post(f"{base_url}/v2/models/iris/infer", json=body, headers={**alice, "Prefer": "respond-async"})
+    assert response.status_code == 202
+    location = f"{base_url}{response.headers['location']}"
+    assert httpx.get(location, headers=alice).json()["status"] == "pending"
+    assert httpx.get(location, headers={"Authorization": "Bearer bob-token-0123456789ab"}).status_code == 404
