@@ -53,6 +53,7 @@ class Worker:
         self.settings = settings
         self.model = model or OnnxModel(model_config(settings))
         self.config = self.model.config
+        self.model.progress = self._progress
         self.worker_id = worker_id or new_worker_id()
         self.client = sync_client(settings)
         self.queue = WorkerQueue(self.client, settings, self.model.name, self.model.version)
@@ -212,7 +213,7 @@ class Worker:
     def _run_group(self, members: list[tuple[ClaimedJob, int]], feeds: dict[str, np.ndarray]) -> OutcomeList:
         """One model call for jobs whose rows are stacked in `feeds`; (job, row count) in order."""
         try:
-            outputs = self.model.run(feeds, self.settings.job_timeout_seconds, self._progress)
+            outputs = self.model.run(feeds, self.settings.job_timeout_seconds)
         except ModelTimeout as exc:
             if len(members) == 1:
                 log.warning("job %s: %s", members[0][0].job_id, exc)
