@@ -17,14 +17,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
-from importlib import resources
 from typing import Any
 
 import redis.asyncio
 
 from jobqueue.errors import JobNotFound, JobQueueError, WrongState
 from jobqueue.keys import StoreKeys
-from jobqueue.protocol import RECORD_FIELDS, JobRecord, parse_record
+from jobqueue.protocol import RECORD_FIELDS, JobRecord, lua_source, parse_record
 from jobqueue.settings import Settings
 from jobqueue.views import job_view
 
@@ -71,10 +70,6 @@ class Lease:
 class AttemptResult:
     code: TransitionCode
     attempts: int
-
-
-def lua_source(name: str) -> str:
-    return resources.files("jobqueue").joinpath("scripts", f"{name}.lua").read_text()
 
 
 def _text(value: Any) -> str:

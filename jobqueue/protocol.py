@@ -42,7 +42,9 @@ ANONYMOUS = "anonymous"  # the owner of every job while authentication is off
 
 
 def lua_source(name: str) -> str:
-    return resources.files("jobqueue").joinpath("scripts", f"{name}.lua").read_text()
+    """A transition script with the shared helpers (scripts/_shared.lua) in front of it."""
+    scripts = resources.files("jobqueue").joinpath("scripts")
+    return scripts.joinpath("_shared.lua").read_text() + scripts.joinpath(f"{name}.lua").read_text()
 
 
 def _text(value: Any) -> str:

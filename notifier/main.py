@@ -7,13 +7,11 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import json
 import logging
 import signal
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -21,6 +19,7 @@ import redis.asyncio
 from standardwebhooks.webhooks import Webhook
 
 from jobqueue.connection import UNAVAILABLE, async_client
+from jobqueue.health import serve_health
 from jobqueue.notifications import Lease, NotificationStore, TransitionCode
 from jobqueue.settings import Settings, get_settings
 from notifier.delivery import attempt_delivery, backoff_delay_s, make_client
@@ -180,36 +179,8 @@ class Notifier:
 
 
 def serve_probes(port: int, notifier: Notifier, host: str = "0.0.0.0") -> ThreadingHTTPServer:
-    """/healthz, /readyz (JSON, 200 or 503) and /metrics on a daemon thread, like the worker's
-    (stdlib only). To be merged with worker/health.py once it moves to jobqueue/."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
-            path = self.path.split("?")[0]
-            if path == "/metrics":
-                self._send(200, notifier.metrics_text().encode(), "text/plain; version=0.0.4")
-                return
-            key = {"/healthz": "alive", "/readyz": "ready"}.get(path)
-            if key is None:
-                self._send(404, b'{"detail": "not found"}', "application/json")
-                return
-            state = notifier.health()
-            self._send(200 if state[key] else 503, json.dumps(state).encode(), "application/json")
-
-        def _send(self, code: int, data: bytes, content_type: str) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args: Any) -> None:  # probes every few seconds would flood the log
-            pass
-
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="probes", daemon=True).start()
-    return server
+    """/healthz, /readyz (JSON, 200 or 503) and /metrics on a daemon thread, as the workers serve theirs."""
+    return serve_health(port, notifier.health, lambda: notifier.metrics_text().encode(), host)
 
 
 def signing_secret(settings: Settings) -> str:

@@ -91,7 +91,7 @@ def run() -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    from worker.health import serve_health
+    from jobqueue.health import serve_health
     from worker.loop import Worker  # heavy: ONNX Runtime
 
     worker = Worker(settings)

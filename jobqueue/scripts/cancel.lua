@@ -19,17 +19,11 @@ local status, owner, callback, idem = unpack(redis.call('HMGET', job, 'status', 
 if not status then return {-1, ''} end
 if status == 'canceled' then return {1, 'canceled'} end
 if status ~= 'pending' then return {0, status} end
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local now = now_ms()
 redis.call('HSET', job, 'status', 'canceled', 'finished_at', now)
-redis.call('EXPIRE', job, ttl)
-if idem then redis.call('EXPIRE', idem, ttl) end
-if callback then
-  redis.call('HSET', job, 'notify_state', 'pending', 'notify_attempts', 0)
-  redis.call('HDEL', job, 'notify_last_status', 'notify_last_error')
-  redis.call('ZADD', notify, 'NX', now, job_id)
-end
-if owner then redis.call('HINCRBY', principal_prefix .. owner, 'unfinished', -1) end
+local unfinished_drop = {}
+close_job(job, job_id, ttl, now, idem, callback, owner, notify, unfinished_drop)
+drop_unfinished(principal_prefix, unfinished_drop)
 redis.call('LREM', pending, 1, job_id)
 redis.call('HINCRBY', stats, 'canceled', 1)
 redis.call('PUBLISH', events, 'ended ' .. job_id)

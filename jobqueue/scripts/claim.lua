@@ -46,8 +46,7 @@ local job_ttl, principal_prefix = ARGV[10], ARGV[11]
 local priority_index = {high = 1, normal = 2, low = 3}
 local PATTERN = {1, 1, 2, 1, 1, 2, 1, 1, 3, 1, 2, 1}
 
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local now = now_ms()
 -- Heartbeat; a long silence of every worker means Redis itself was away: grant a grace period
 -- so recovery does not declare live workers dead the moment it is back.
 local last_beat = tonumber(redis.call('HGET', stats, 'beat_at') or now)
@@ -68,23 +67,16 @@ if want > 0 and not is_paused then
     quota[p] = quota[p] + 1
   end
   local left = want
-  for p = 1, 3 do
-    if quota[p] > 0 then
-      local popped = redis.call('RPOP', pending_lists[p], quota[p])
-      if popped then
-        for _, id in ipairs(popped) do candidates[#candidates + 1] = {id, p} end
-        left = left - #popped
-      end
-    end
-  end
-  for p = 1, 3 do
-    if left <= 0 then break end
-    local popped = redis.call('RPOP', pending_lists[p], left)
+  local function take(p, n)  -- the oldest n ids of list p become candidates
+    if n <= 0 then return end
+    local popped = redis.call('RPOP', pending_lists[p], n)
     if popped then
       for _, id in ipairs(popped) do candidates[#candidates + 1] = {id, p} end
       left = left - #popped
     end
   end
+  for p = 1, 3 do take(p, quota[p]) end
+  for p = 1, 3 do take(p, left) end  -- slots of empty lists go to the highest non-empty one
 end
 
 local out, started, ended, deadlines, give_back = {0}, {}, {}, {}, {}
@@ -111,14 +103,7 @@ for _, c in ipairs(candidates) do
     -- has its attempt uncounted (n == 0) but did start; it must run, however old it now is.
     if not started_at and request_ttl > 0 and now - tonumber(queued_at) > request_ttl then
       redis.call('HSET', job, 'status', 'expired', 'finished_at', now, 'error', 'not started within REQUEST_TTL_SECONDS')
-      redis.call('EXPIRE', job, job_ttl)
-      if idem then redis.call('EXPIRE', idem, job_ttl) end
-      if callback then
-        redis.call('HSET', job, 'notify_state', 'pending', 'notify_attempts', 0)
-        redis.call('HDEL', job, 'notify_last_status', 'notify_last_error')
-        redis.call('ZADD', notify, 'NX', now, id)
-      end
-      if owner then unfinished_drop[owner] = (unfinished_drop[owner] or 0) + 1 end
+      close_job(job, id, job_ttl, now, idem, callback, owner, notify, unfinished_drop)
       redis.call('HINCRBY', stats, 'expired', 1)
       ended[#ended + 1] = id
       if held then redis.call('LREM', processing, -1, id) end
@@ -156,7 +141,7 @@ for i = #give_back, 1, -1 do
     redis.call('RPUSH', pending_lists[source], id)
   end
 end
-for owner, n in pairs(unfinished_drop) do redis.call('HINCRBY', principal_prefix .. owner, 'unfinished', -n) end
+drop_unfinished(principal_prefix, unfinished_drop)
 -- one ZADD per 500 jobs rather than one per job (and within Lua's unpack limit)
 for i = 1, #deadlines, 1000 do
   redis.call('ZADD', inflight, unpack(deadlines, i, math.min(i + 999, #deadlines)))

@@ -51,8 +51,7 @@ end
 
 if max_len > 0 and redis.call('LLEN', pending) >= max_len then return {-2, '', ''} end
 
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local now = now_ms()
 local bucket_tokens, bucket_at, unfinished = unpack(redis.call('HMGET', principal, 'tokens', 'at', 'unfinished'))
 if max_unfinished > 0 and tonumber(unfinished or 0) >= max_unfinished then return {-4, '', ''} end
 if rate > 0 then

@@ -36,21 +36,13 @@ local pending_lists = {high = KEYS[6], normal = KEYS[7], low = KEYS[8]}
 local wid, job_prefix, ttl = ARGV[1], ARGV[2], ARGV[3]
 local max_attempts, events, max_dead, principal_prefix = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]), ARGV[7]
 
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local now = now_ms()
 local completed, failed, requeued, ignored = 0, 0, 0, 0
 local ended, back, done = {}, {}, {}  -- done: ids to drop from the in-flight set
 local unfinished_drop = {}
 
 local function close(job, id, owner, callback, idem)
-  redis.call('EXPIRE', job, ttl)
-  if idem then redis.call('EXPIRE', idem, ttl) end
-  if callback then
-    redis.call('HSET', job, 'notify_state', 'pending', 'notify_attempts', 0)
-    redis.call('HDEL', job, 'notify_last_status', 'notify_last_error')
-    redis.call('ZADD', notify, 'NX', now, id)
-  end
-  if owner then unfinished_drop[owner] = (unfinished_drop[owner] or 0) + 1 end
+  close_job(job, id, ttl, now, idem, callback, owner, notify, unfinished_drop)
   ended[#ended + 1] = id
 end
 
@@ -117,7 +109,7 @@ for i = 1, #done, 1000 do
   redis.call('ZREM', inflight, unpack(done, i, math.min(i + 999, #done)))
 end
 if failed > 0 then redis.call('LTRIM', dead, 0, max_dead - 1) end
-for owner, n in pairs(unfinished_drop) do redis.call('HINCRBY', principal_prefix .. owner, 'unfinished', -n) end
+drop_unfinished(principal_prefix, unfinished_drop)
 if completed > 0 then redis.call('HINCRBY', stats, 'completed', completed) end
 if failed > 0 then redis.call('HINCRBY', stats, 'failed', failed) end
 if #ended > 0 then redis.call('PUBLISH', events, 'ended ' .. table.concat(ended, ' ')) end

@@ -11,8 +11,7 @@ Returns the new deadline.
 ]]
 local workers, stats = KEYS[1], KEYS[2]
 local wid, worker_ttl = ARGV[1], tonumber(ARGV[2])
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local now = now_ms()
 local last_beat = tonumber(redis.call('HGET', stats, 'beat_at') or now)
 if now - last_beat > worker_ttl then redis.call('HSET', stats, 'grace_until', now + worker_ttl) end
 redis.call('HSET', stats, 'beat_at', now)

@@ -22,8 +22,7 @@ local jobPrefix = ARGV[1]
 local maxIds = tonumber(ARGV[2])
 local leaseMs = tonumber(ARGV[3])
 
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local now = now_ms()
 local out = {}
 if maxIds <= 0 then return out end
 local due = redis.call('ZRANGEBYSCORE', notifyKey, '-inf', now, 'LIMIT', 0, maxIds)

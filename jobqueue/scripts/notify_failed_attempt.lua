@@ -48,7 +48,6 @@ if permanent or attempts >= maxAttempts then
   redis.call('LTRIM', failedKey, 0, failedMax - 1)
   return {2, attempts}
 end
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local now = now_ms()
 redis.call('ZADD', notifyKey, 'XX', now + delayMs, id)
 return {1, attempts}

@@ -12,6 +12,5 @@ local id, token = ARGV[1], ARGV[2]
 
 local score = redis.call('ZSCORE', notifyKey, id)
 if not score or tonumber(score) ~= tonumber(token) then return 0 end
-local t = redis.call('TIME')
-redis.call('ZADD', notifyKey, 'XX', t[1] * 1000 + math.floor(t[2] / 1000), id)
+redis.call('ZADD', notifyKey, 'XX', now_ms(), id)
 return 1

@@ -21,9 +21,9 @@ if not status then return {-1, ''} end
 if not callback or callback == '' then return {-2, status} end
 if status == 'pending' or status == 'processing' then return {0, status} end
 if state == 'pending' and redis.call('ZSCORE', notifyKey, id) then return {2, 'pending'} end
-local t = redis.call('TIME')
+local now = now_ms()
 redis.call('HSET', jobKey, 'notify_state', 'pending', 'notify_attempts', 0)
 redis.call('HDEL', jobKey, 'notify_last_status', 'notify_last_error')
-redis.call('ZADD', notifyKey, t[1] * 1000 + math.floor(t[2] / 1000), id)
+redis.call('ZADD', notifyKey, now, id)
 redis.call('LREM', failedKey, 0, id)
 return {1, 'pending'}

@@ -39,8 +39,7 @@ local processing_prefix, max_dead, principal_prefix = ARGV[7], tonumber(ARGV[8])
 local worker_ttl = tonumber(ARGV[10])
 
 if not redis.call('SET', lock, wid, 'NX', 'PX', lock_ttl) then return {-10} end
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local now = now_ms()
 if now < tonumber(redis.call('HGET', stats, 'grace_until') or 0) then return {-11} end
 -- The caller beat just before calling, so a last beat older than the TTL means this call was held up
 -- by a Redis stall and runs first after it, before any worker could beat: start the grace here too.
@@ -56,14 +55,7 @@ local unfinished_drop = {}
 local function fail(job, id, err, owner, callback, idem)
   redis.call('HSET', job, 'status', 'failed', 'error', err, 'finished_at', now)
   redis.call('HDEL', job, 'worker')
-  redis.call('EXPIRE', job, ttl)
-  if idem then redis.call('EXPIRE', idem, ttl) end
-  if callback then
-    redis.call('HSET', job, 'notify_state', 'pending', 'notify_attempts', 0)
-    redis.call('HDEL', job, 'notify_last_status', 'notify_last_error')
-    redis.call('ZADD', notify, 'NX', now, id)
-  end
-  if owner then unfinished_drop[owner] = (unfinished_drop[owner] or 0) + 1 end
+  close_job(job, id, ttl, now, idem, callback, owner, notify, unfinished_drop)
   redis.call('LPUSH', dead, id)
   ended[#ended + 1] = id
 end
@@ -112,7 +104,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', inflight, '-inf', now, 'LIMIT', 
 end
 
 if failed + timed_out > 0 then redis.call('LTRIM', dead, 0, max_dead - 1) end
-for owner, n in pairs(unfinished_drop) do redis.call('HINCRBY', principal_prefix .. owner, 'unfinished', -n) end
+drop_unfinished(principal_prefix, unfinished_drop)
 if requeued > 0 then redis.call('HINCRBY', stats, 'recovered', requeued) end
 if failed + timed_out > 0 then redis.call('HINCRBY', stats, 'failed', failed + timed_out) end
 if #ended > 0 then redis.call('PUBLISH', events, 'ended ' .. table.concat(ended, ' ')) end

@@ -22,8 +22,7 @@ if not status then return {-1, ''} end
 if status == 'pending' and last_token == token then return {1, 'pending'} end
 if status ~= 'failed' and status ~= 'expired' then return {0, status} end
 if max_len > 0 and redis.call('LLEN', pending) >= max_len then return {-2, ''} end
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local now = now_ms()
 redis.call('HSET', job, 'status', 'pending', 'attempts', 0, 'queued_at', now, 'retry_token', token)
 redis.call('HDEL', job, 'error', 'result', 'started_at', 'finished_at', 'worker', 'suspect',
   'notify_state', 'notify_attempts', 'notify_last_status', 'notify_last_error')

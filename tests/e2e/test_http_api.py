@@ -6,11 +6,10 @@ import time
 import uuid
 
 import httpx
-
-from tests.e2e.conftest import auth_headers
 import pytest
 
-IRIS = {"setosa": [5.1, 3.5, 1.4, 0.2], "versicolor": [5.9, 3.0, 4.2, 1.5], "virginica": [6.7, 3.0, 5.2, 2.3]}
+from tests.e2e.conftest import auth_headers
+from tests.support.samples import IRIS
 
 
 def submit(http, data) -> str:

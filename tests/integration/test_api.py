@@ -13,10 +13,10 @@ from stack import RedisServer, wait_http
 from jobqueue.states import Outcome
 from tests.conftest import MODEL_PATH, service_env
 from tests.support.queue import SyncJobs
+from tests.support.samples import ROW
 
 PENDING = "asyncinfer:iris:pending:normal"
 
-ROW = [5.1, 3.5, 1.4, 0.2]
 
 
 def test_accepts_and_validates_with_no_worker_running(processes, redis_server, redis_client):

@@ -22,12 +22,8 @@ from stack import RedisServer
 
 from jobqueue.protocol import WorkerQueue
 from tests.conftest import service_env
+from tests.support.samples import IRIS
 
-IRIS = {  # known samples of each class from the iris data set
-    "setosa": [5.1, 3.5, 1.4, 0.2],
-    "versicolor": [5.9, 3.0, 4.2, 1.5],
-    "virginica": [6.7, 3.0, 5.2, 2.3],
-}
 ROW = IRIS["setosa"]
 SETOSA = {"prediction": 0, "class_name": "setosa"}
 TOKENS = {"alice": "alice-token-0123456789", "bob": "bob-token-0123456789ab", "root": "root-token-0123456789a"}

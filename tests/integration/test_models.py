@@ -16,8 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from jobqueue.models import ModelConfigError, file_version, load_models
 from jobqueue.settings import Settings
 from tests.conftest import MODEL_PATH, service_env
-
-ROW = [5.1, 3.5, 1.4, 0.2]
+from tests.support.samples import ROW
 
 
 def int64_doubler(path: Path) -> Path:

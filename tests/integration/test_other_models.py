@@ -13,8 +13,8 @@ from skl2onnx import to_onnx
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
-from tests.support.queue import SyncJobs
 from jobqueue.states import JobStatus
+from tests.support.queue import SyncJobs
 from worker.loop import Worker
 
 X, Y = load_iris(return_X_y=True)

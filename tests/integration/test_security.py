@@ -11,9 +11,9 @@ import httpx
 import pytest
 
 from tests.conftest import service_env
+from tests.support.samples import ROW
 from tests.support.waiting import wait_until
 
-ROW = [5.1, 3.5, 1.4, 0.2]
 ALICE, BOB, ROOT = "alice-token-0123456789", "bob-token-0123456789ab", "root-token-0123456789ab"
 
 

@@ -11,15 +11,10 @@ import pytest
 
 from jobqueue.models import ModelConfig
 from jobqueue.states import JobStatus
+from tests.support.queue import SyncJobs
+from tests.support.samples import IRIS
 from worker.loop import Worker
 from worker.model import OnnxModel
-from tests.support.queue import SyncJobs
-
-IRIS = {  # known samples of each class from the iris data set
-    "setosa": [5.1, 3.5, 1.4, 0.2],
-    "versicolor": [5.9, 3.0, 4.2, 1.5],
-    "virginica": [6.7, 3.0, 5.2, 2.3],
-}
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,7 @@ import httpx
 from tests.conftest import Processes, service_env
 from tests.notifier.conftest import Notifiers
 from tests.notifier.helpers import wait_until
-
-ROW = [5.1, 3.5, 1.4, 0.2]  # an iris setosa
+from tests.support.samples import ROW
 
 
 def without_notification(view: dict) -> dict:

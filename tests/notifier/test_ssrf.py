@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from jobqueue.settings import Settings
-from notifier.delivery import PinnedTransport
 from jobqueue.ssrf import CallbackRefused, address_refusal, resolve_vetted, validate_callback_url
+from notifier.delivery import PinnedTransport
 from tests.notifier.helpers import Receiver, make_tls_context, new_secret
 
 REFUSED = {

@@ -4,8 +4,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from tests.conftest import MODEL_PATH
 from jobqueue.models import ModelConfig
+from tests.conftest import MODEL_PATH
 from worker.model import OnnxModel
 
 
