@@ -15,8 +15,7 @@ Returns how many deadlines moved.
 local inflight = KEYS[1]
 local wid, job_prefix, backstop = ARGV[1], ARGV[2], tonumber(ARGV[3])
 
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local now = now_ms()
 local moved = 0
 for i = 4, #ARGV do
   local id = ARGV[i]
