@@ -5,6 +5,7 @@ results it holds, and once memory is raised every accepted job completes. Any ot
 
 from __future__ import annotations
 
+import signal
 import time
 from collections import Counter
 
@@ -136,3 +137,25 @@ def test_worker_keeps_its_results_while_redis_refuses_its_writes(
     assert (stats["completed"], stats["recovered"], stats["retried"], stats["failed"]) == (1, 0, 0, 0), stats
     assert worker.poll() is None
     assert_queue_consistent(own_jobs, "loop")
+
+
+def test_event_listener_refused_by_redis_keeps_trying_and_recovers(own_redis: RedisServer, processes, own_jobs: Jobs):
+    """The API's one Pub/Sub listener (it wakes long polls, SSE and WebSocket waiters) is refused
+    SUBSCRIBE (an ACL missing a permission): requests still work, and once the permission is granted
+    the listener is back without a restart; the API stops cleanly."""
+    client = own_jobs.client
+    client.execute_command("ACL", "SETUSER", "nosub", "on", ">pw", "~*", "&*", "+@all", "-subscribe")
+    env = service_env(own_redis.url.replace("redis://", "redis://nosub:pw@"))
+    api_proc, api = processes.api(env)
+    answer = httpx.post(f"{api}/predict", json={"data": [[5.1, 3.5, 1.4, 0.2]]}, timeout=10)
+    assert answer.status_code == 202, answer.text
+    assert httpx.get(f"{api}/job/{answer.json()['job_id']}?wait=1", timeout=10).status_code == 200
+    assert client.pubsub_numsub("asyncinfer:events") == [("asyncinfer:events", 0)]
+
+    client.execute_command("ACL", "SETUSER", "nosub", "+subscribe")
+    wait_until(lambda: client.pubsub_numsub("asyncinfer:events") == [("asyncinfer:events", 1)], 10, "the listener to subscribe")
+
+    api_proc.send_signal(signal.SIGTERM)
+    assert api_proc.wait(30) == 0
+    log = next(processes.tmp_path.glob("api-*.log")).read_text()
+    assert "Application shutdown failed" not in log and "Traceback" not in log, log[-2000:]
