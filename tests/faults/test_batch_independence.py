@@ -153,7 +153,8 @@ def test_declared_fixed_output_batch_is_refused_by_worker_and_unready_at_api(
         pytest.fail("the worker kept running with a model whose output is not per row")
     assert code != 0
     log = next(p for p in processes.tmp_path.glob("worker-*.log")).read_text()
-    assert "model fixed-one: output 'y' has a fixed first dimension 1, not the batch dimension" in log, log[-2000:]
+    assert "cannot start: model fixed-one: output 'y' has a fixed first dimension 1, not the batch dimension" in log, log[-2000:]
+    assert "Traceback" not in log
     record = jobs.record(waiting)
     assert (record["status"], record["attempts"]) == ("pending", "0")
     assert jobs.pending_ids("fixed-one") == [waiting]
