@@ -13,10 +13,10 @@ STAMP := $(VENV)/.installed
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[api,worker,model,dev]'
+	$(PY) -m pip install -q -e '.[api,worker,model,dev]' -e './client[progress]'
 	touch $@
 
 .PHONY: venv
@@ -33,7 +33,7 @@ run: $(MODEL) ## start Redis (AOF in .data/), the API on :8000 and a worker; Ctr
 	$(PY) deploy/local/stack.py
 
 .PHONY: test
-test: lint typecheck test-unit test-integration test-chart test-containers ## the whole suite (what CI runs)
+test: lint typecheck test-unit test-integration test-client test-chart test-ops test-containers ## the whole suite (what CI runs)
 
 .PHONY: lint
 lint: $(STAMP) ## ruff (defects, imports, modern syntax, simplifications, stale noqa) and ruff format --check
@@ -56,6 +56,10 @@ test-unit: $(MODEL) ## pure unit tests (no Redis)
 .PHONY: test-integration
 test-integration: $(MODEL) ## real redis-server, real API and worker processes, fault suite, e2e on a local stack
 	$(PYTEST) tests/integration tests/notifier tests/oip tests/e2e
+
+.PHONY: test-client
+test-client: $(MODEL) ## the Python SDK and the asyncinfer CLI against a real local stack
+	$(PYTEST) tests/client
 
 .PHONY: test-chart
 test-chart: tools $(MODEL) ## helm lint --strict, helm template over ci/ scenarios, schema validation, live probe check
@@ -81,4 +85,4 @@ docs: $(STAMP) ## regenerate the README's settings table from jobqueue/settings.
 clean: ## remove the venv, tools, built model and local data
 	rm -rf $(VENV) .tools .data $(MODEL) .pytest_cache
 
--include deploy/cluster.mk deploy/containers.mk
+-include deploy/cluster.mk deploy/containers.mk deploy/ops.mk

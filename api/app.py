@@ -13,8 +13,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api.auth import TokenFile
 from api.errors import HTTPProblem, install_error_handlers, problem_response
 from api.hotpath import HotPathMiddleware
+from api.metrics import RequestMetricsMiddleware
 from api.metrics_listener import MetricsListener
-from api.routes import jobs, models, notifications, oip, service, streams
+from api.routes import admin, jobs, models, notifications, oip, service, streams
 from api.state import AppState, JobEvents, ModelRegistry
 from jobqueue import __version__
 from jobqueue.connection import async_client, async_probe_client
@@ -106,7 +107,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(service.router)
     app.include_router(oip.router)
     app.include_router(notifications.router)
+    app.include_router(admin.router)
+    app.include_router(admin.console_router)
     install_error_handlers(app)
     app.add_middleware(HotPathMiddleware)
     app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests)
+    app.add_middleware(RequestMetricsMiddleware)  # outermost: 503s from the concurrency limit count too
     return app

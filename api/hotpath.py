@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.auth import authenticate
 from api.errors import as_problem, invalid, json_response, problem_response
+from api.metrics import ROUTE_TEMPLATE_KEY
 from api.routes import jobs
 
 JOB_PREFIX = "/job/"
@@ -52,6 +53,7 @@ class HotPathMiddleware:
         if not is_submit and (not job_id or "/" in job_id):
             return await self.app(scope, receive, send)
         state = scope["app"].state.asyncinfer
+        scope[ROUTE_TEMPLATE_KEY] = "/predict" if is_submit else "/job/{job_id}"  # for the request metrics
         request = Request(scope, receive)
         try:
             caller = authenticate(state.tokens, request.headers.get("authorization"))

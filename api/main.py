@@ -8,6 +8,7 @@ import threading
 from types import FrameType
 
 import uvicorn
+
 from api.app import create_app
 from api.state import AppState
 from jobqueue.settings import get_settings

@@ -32,7 +32,7 @@ class MetricsListener:
                 await self._server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        from api.routes.service import metrics_text
+        from api.metrics import metrics_text
 
         try:
             request_line = await asyncio.wait_for(reader.readline(), READ_TIMEOUT_S)

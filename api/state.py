@@ -220,11 +220,12 @@ class AppState:
         callback_url: str | None = None,
         idempotency_key: str | None = None,
         loc: tuple[str | int, ...] = ("body",),
+        raw: bytes | None = None,
     ) -> NewJob:
         """A job ready to store: `data` checked against the model's signature (422 naming the field)."""
         signature = model.require_signature()
         try:
-            parse_input(data, signature, self.settings.max_rows_per_job)
+            parse_input(data, signature, self.settings.max_rows_per_job, raw)
         except InputError as exc:
             raise HTTPProblem(422, [{"loc": [*loc, *exc.loc[1:]], "msg": exc.msg, "type": "value_error"}]) from None
         if priority not in ("high", "normal", "low"):

@@ -141,7 +141,7 @@ def _leaves(rows: Any) -> Iterator[Any]:
             yield item
 
 
-def _coerce(rows: Any, spec: TensorSpec, loc: tuple[str | int, ...]) -> np.ndarray:
+def _coerce(rows: Any, spec: TensorSpec, loc: tuple[str | int, ...], may_hold_booleans: bool = True) -> np.ndarray:
     """One job's rows as an array of the input's dtype, converted on their own: what other jobs send
     can never change this job's values (numpy would promote a mixed batch to float64 and round
     int64 values above 2^53)."""
@@ -163,7 +163,7 @@ def _coerce(rows: Any, spec: TensorSpec, loc: tuple[str | int, ...]) -> np.ndarr
         if kind != "b":
             raise InputError(loc, f"input {spec.name!r} takes booleans (true/false)")
         return raw
-    if kind not in "iufb" or (kind != "b" and any(type(v) is bool for v in _leaves(rows))):
+    if kind not in "iufb" or (kind != "b" and may_hold_booleans and any(type(v) is bool for v in _leaves(rows))):
         what = "booleans" if kind in "iufb" else _json_kind(kind)
         raise InputError(loc, f"input {spec.name!r} takes numbers, got {what}")
     if kind == "b":
@@ -219,16 +219,19 @@ def _check_shape(arr: np.ndarray, spec: TensorSpec, loc: tuple[str | int, ...]) 
     if len(got) != len(want):
         example = "x".join(str(d if isinstance(d, int) else "?") for d in want) or "scalar"
         raise InputError(loc, f"each row must have shape [{example}] for input {spec.name!r}, got {list(got) or 'scalar'}")
-    for axis, (g, w) in enumerate(zip(got, want)):
+    for axis, (g, w) in enumerate(zip(got, want, strict=True)):
         if isinstance(w, int) and w > 0 and g != w:
             raise InputError(loc, f"each row must have {w} values on axis {axis + 1} for input {spec.name!r}, got {g}")
 
 
-def parse_input(data: Any, signature: ModelSignature, max_rows: int) -> dict[str, np.ndarray]:
+def parse_input(data: Any, signature: ModelSignature, max_rows: int, raw: str | bytes | None = None) -> dict[str, np.ndarray]:
     """Check `data` against the model and return one array per model input.
 
     `data` is a list of rows for a single-input model, or an object mapping each input name to its rows.
     """
+    # `raw`: the JSON text `data` came from. Without a `true`/`false` token in it there is no boolean
+    # to look for, which spares a walk over every value (a third of the check's time).
+    may_hold_booleans = raw is None or (b"true" in raw or b"false" in raw if isinstance(raw, bytes) else "true" in raw or "false" in raw)
     loc: tuple[str | int, ...] = ("body", "data")
     if isinstance(data, dict):
         names = [spec.name for spec in signature.inputs]
@@ -246,7 +249,7 @@ def parse_input(data: Any, signature: ModelSignature, max_rows: int) -> dict[str
     for spec, rows, field_loc in pairs:
         if isinstance(rows, list) and len(rows) > max_rows:
             raise InputError(field_loc, f"at most {max_rows} rows per job (MAX_ROWS_PER_JOB), got {len(rows)}")
-        arr = _coerce(rows, spec, field_loc)
+        arr = _coerce(rows, spec, field_loc, may_hold_booleans)
         _check_shape(arr, spec, field_loc)
         arrays[spec.name] = arr
     counts = {len(arr) for arr in arrays.values()}

@@ -169,7 +169,7 @@ class NotificationStore:
         pipe = self.client.pipeline(transaction=False)
         for job_id in ids:
             pipe.hmget(self.keys.job(job_id), RECORD_FIELDS)
-        records = [parse_record(job_id, RECORD_FIELDS, values) for job_id, values in zip(ids, await pipe.execute() if ids else [])]
+        records = [parse_record(job_id, RECORD_FIELDS, values) for job_id, values in zip(ids, await pipe.execute() if ids else [], strict=True)]
         return [job_view(r) for r in records if r is not None and r.notify_state == NotifyState.FAILED]
 
     async def due_count(self) -> int:

@@ -113,12 +113,34 @@ class ClaimedBatch:
 
 
 @dataclass(frozen=True)
+class EndedTiming:
+    """When a job that a finish call ended was created, queued and started (Redis-clock ms)."""
+
+    priority: str
+    created_at: int
+    queued_at: int
+    started_at: int
+
+
+@dataclass(frozen=True)
 class FinishCounts:
     completed: int
     failed: int
     requeued: int
     ignored: int
     still_held: int
+    finished_at: int = 0
+    ended: tuple[EndedTiming, ...] = ()
+
+
+def parse_finish(reply: Sequence[Any]) -> FinishCounts:
+    values = list(reply)
+    ended = tuple(
+        EndedTiming(_text(values[i]), int(values[i + 1]), int(values[i + 2]), int(values[i + 3]))
+        for i in range(6, len(values) - 3, 4)
+    )
+    completed, failed, requeued, ignored, still_held, finished_at = (int(v) for v in values[:6])
+    return FinishCounts(completed, failed, requeued, ignored, still_held, finished_at, ended)
 
 
 @dataclass(frozen=True)
@@ -407,7 +429,7 @@ class WorkerQueue:
         reply = self._scripts["finish"](
             keys=[k.processing(worker_id), k.inflight, k.dead, k.stats, self.store.notify, *k.pending_all], args=args
         )
-        return FinishCounts(*map(int, reply))
+        return parse_finish(reply)
 
     def extend(self, worker_id: str, job_ids: Sequence[str]) -> int:
         """Push the backstop deadline of jobs this worker still runs forward (it is making progress:

@@ -192,7 +192,7 @@ def signing_secret(settings: Settings) -> str:
     try:
         Webhook(secret)
         size = len(base64.b64decode(secret.removeprefix("whsec_") + "=="))
-    except Exception as exc:  # noqa: BLE001 - any defect of the secret is reported the same way
+    except Exception as exc:
         raise SystemExit(f"asyncinfer-notifier: WEBHOOK_SECRET is not a valid whsec_ (base64) secret: {exc}") from None
     if size < MIN_SECRET_BYTES:
         raise SystemExit(f"asyncinfer-notifier: WEBHOOK_SECRET holds {size} bytes; Standard Webhooks needs at least {MIN_SECRET_BYTES}")

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 import redis
-
-ROOT = Path(__file__).resolve().parents[1]
-
 from stack import BIN, RedisServer, free_port, spawn, start_api, start_worker, stop
 
 from jobqueue.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
 
 MODEL_PATH = str(ROOT / "models" / "iris.onnx")
 

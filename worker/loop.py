@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from jobqueue import metrics
 from jobqueue.connection import REFUSED, UNAVAILABLE, sync_client
 from jobqueue.model_signature import InputError, parse_input
 from jobqueue.models import ModelConfig, load_models
@@ -172,6 +173,10 @@ class Worker:
 
     def _record(self) -> None:
         counts = self.queue.finish(self.worker_id, self._unrecorded)
+        for timing in counts.ended:
+            metrics.observe_ended(
+                self.model.name, timing.priority, timing.created_at, timing.queued_at, timing.started_at, counts.finished_at
+            )
         self.processed += counts.completed + counts.failed
         self._unrecorded = []
         self._adopt = self._adopt or counts.still_held > 0
@@ -196,7 +201,7 @@ class Worker:
         for job in jobs:
             try:
                 data = orjson.loads(job.payload)["data"]
-                arrays = parse_input(data, self.model.signature, self.settings.max_rows_per_job)
+                arrays = parse_input(data, self.model.signature, self.settings.max_rows_per_job, raw=job.payload)
             except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
                 outcomes.append((job.job_id, Outcome.FAILED, f"invalid input: {exc}"))
                 continue
@@ -213,7 +218,9 @@ class Worker:
     def _run_group(self, members: list[tuple[ClaimedJob, int]], feeds: dict[str, np.ndarray]) -> OutcomeList:
         """One model call for jobs whose rows are stacked in `feeds`; (job, row count) in order."""
         try:
+            call_started = time.perf_counter()
             outputs = self.model.run(feeds, self.settings.job_timeout_seconds)
+            metrics.observe_batch(self.model.name, len(members), time.perf_counter() - call_started)
         except ModelTimeout as exc:
             if len(members) == 1:
                 log.warning("job %s: %s", members[0][0].job_id, exc)

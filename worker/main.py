@@ -91,6 +91,7 @@ def run() -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    from jobqueue import metrics
     from jobqueue.health import serve_health
     from worker.loop import Worker  # heavy: ONNX Runtime
 
@@ -101,7 +102,7 @@ def run() -> None:
         sys.exit(2)
     watcher.attach(worker, settings.drain_timeout_seconds)
     if settings.worker_health_port:
-        serve_health(settings.worker_health_port, worker.health)
+        serve_health(settings.worker_health_port, worker.health, metrics.exposition)
     worker.run(burst=args.burst)
     sys.exit(0)
 

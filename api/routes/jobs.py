@@ -157,7 +157,7 @@ async def submit_job(
     fields = submit_fields(json_object(body, '{"data": [[...]]}'), ("body",))
     entry = state.models.require(model_name)
     job = state.validated_job(
-        caller.name, entry, fields["data"], fields.get("priority", "normal"), fields.get("callback_url"), idempotency_key
+        caller.name, entry, fields["data"], fields.get("priority", "normal"), fields.get("callback_url"), idempotency_key, raw=body
     )
     enqueued = await state.enqueue(job)
     headers = {"Location": f"/job/{enqueued.job_id}", "Vary": "Prefer"}
@@ -241,7 +241,7 @@ async def submit_bulk(state: AppState, caller: Principal, model_name: str | None
             fields = submit_fields(item, loc)
             key = f"{idempotency_key}:{i}" if idempotency_key else None
             jobs.append((i, state.validated_job(caller.name, entry, fields["data"], fields.get("priority", "normal"),
-                                                fields.get("callback_url"), key, loc)))  # fmt: skip
+                                                fields.get("callback_url"), key, loc, raw=body)))  # fmt: skip
         except HTTPProblem as problem:
             if problem.status != 422:
                 raise

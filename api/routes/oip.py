@@ -84,7 +84,7 @@ class OIPRoute(APIRoute):
         async def handle(request: Request) -> Response:
             try:
                 return await handler(request)
-            except Exception as exc:  # noqa: BLE001 - mapped below, or re-raised as a 500
+            except Exception as exc:
                 response = oip_error_for(exc)
                 if response is None:
                     raise

@@ -10,6 +10,7 @@ from fastapi.responses import PlainTextResponse, Response
 
 from api.auth import Principal, admin
 from api.errors import json_response
+from api.metrics import metrics_text
 from api.schemas import ErrorBody, ServiceInfo
 from api.state import AppState, get_state
 from jobqueue import __version__
@@ -49,28 +50,6 @@ async def readyz(state: State) -> Response:
     except NOT_READY as exc:  # NOAUTH, protected mode: not ready either
         return json_response({"status": "unavailable", "detail": f"redis: {exc or 'timeout'}"}, 503)
     return json_response({"status": "ready", "models": {e.name: e.ready for e in state.models.entries.values()}})
-
-
-async def metrics_text(state: AppState) -> str:
-    """Queue depths and counters per model, in the Prometheus text format."""
-    depths = await state.store.depths(state.models.names())
-    lines: list[str] = []
-    gauges = {
-        "asyncinfer_jobs_pending": "Jobs waiting to start (the lists KEDA scales on).",
-        "asyncinfer_jobs_inflight": "Jobs workers hold right now.",
-        "asyncinfer_jobs_dead_letter": "Jobs in the dead-letter list.",
-        "asyncinfer_workers": "Workers with a live or not yet reaped heartbeat.",
-    }
-    keys = {"asyncinfer_jobs_pending": "pending", "asyncinfer_jobs_inflight": "inflight",
-            "asyncinfer_jobs_dead_letter": "dead", "asyncinfer_workers": "workers"}  # fmt: skip
-    for name, help_text in gauges.items():
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
-        lines += [f'{name}{{model="{m}"}} {d[keys[name]]}' for m, d in depths.items()]
-    for counter in ("enqueued", "completed", "failed", "retried", "recovered", "expired", "canceled"):
-        name = f"asyncinfer_jobs_{counter}_total"
-        lines += [f"# HELP {name} Jobs {counter} since the queue was created.", f"# TYPE {name} counter"]
-        lines += [f'{name}{{model="{m}"}} {d.get(counter, 0)}' for m, d in depths.items()]
-    return "\n".join(lines) + "\n"
 
 
 @router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics (admin when on the main port)")

@@ -7,8 +7,8 @@ client; both re-read the record after registering for the next wake-up, so no tr
 from __future__ import annotations
 
 import asyncio
-import functools
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator

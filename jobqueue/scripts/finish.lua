@@ -28,8 +28,10 @@ ARGV[8..] triples: id, outcome, payload
                only ids still in this worker's list, so nothing is queued twice
   "isolate":   its batch crashed or hung; requeued at the front as a suspect (runs alone next),
                the attempt not counted
-Returns {completed, failed, requeued, ignored, still held}; still held > 0 means ids this worker does
-not know it holds (a reply lost to a dropped connection): it adopts them with `claim`.
+Returns {completed, failed, requeued, ignored, still held, now, then for each job this call ended:
+priority, created_at, queued_at, started_at} (the timings feed the worker's latency histograms without
+another read); still held > 0 means ids this worker does not know it holds (a reply lost to a dropped
+connection): it adopts them with `claim`.
 ]]
 local processing, inflight, dead, stats, notify = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local pending_lists = {high = KEYS[6], normal = KEYS[7], low = KEYS[8]}
@@ -40,6 +42,7 @@ local now = now_ms()
 local completed, failed, requeued, ignored = 0, 0, 0, 0
 local ended, back, done = {}, {}, {}  -- done: ids to drop from the in-flight set
 local unfinished_drop = {}
+local timings = {}  -- priority, created_at, queued_at, started_at of each job ended here
 
 local function close(job, id, owner, callback, idem)
   close_job(job, id, ttl, now, idem, callback, owner, notify, unfinished_drop)
@@ -67,8 +70,17 @@ for i = 8, #ARGV, 3 do
   local id, outcome, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local job = job_prefix .. id
   local held = redis.call('LREM', processing, -1, id) > 0
-  local status, worker, attempts, err, priority, owner, callback, idem = unpack(redis.call('HMGET', job,
-    'status', 'worker', 'attempts', 'error', 'priority', 'owner', 'callback_url', 'idem'))
+  local status, worker, attempts, err, priority, owner, callback, idem, created, queued, started =
+    unpack(redis.call('HMGET', job, 'status', 'worker', 'attempts', 'error', 'priority', 'owner', 'callback_url',
+      'idem', 'created_at', 'queued_at', 'started_at'))
+  local function timed()
+    if started then
+      timings[#timings + 1] = priority or 'normal'
+      timings[#timings + 1] = created
+      timings[#timings + 1] = queued
+      timings[#timings + 1] = started
+    end
+  end
   local live = status == 'processing' or status == 'pending'
   local ours = status == 'processing' and worker == wid
   if outcome == 'completed' and live then
@@ -77,13 +89,16 @@ for i = 8, #ARGV, 3 do
     done[#done + 1] = id
     close(job, id, owner, callback, idem)
     completed = completed + 1
+    timed()
   elseif outcome == 'failed' and live then
     done[#done + 1] = id
     fail(job, id, payload, owner, callback, idem)
+    timed()
   elseif outcome == 'retry' and ours then
     done[#done + 1] = id
     if tonumber(attempts) >= max_attempts then
       fail(job, id, 'failed after ' .. attempts .. ' attempts: ' .. payload, owner, callback, idem)
+      timed()
     else
       redis.call('HSET', job, 'status', 'pending', 'error', payload)
       redis.call('HINCRBY', stats, 'retried', 1)
@@ -114,4 +129,6 @@ if completed > 0 then redis.call('HINCRBY', stats, 'completed', completed) end
 if failed > 0 then redis.call('HINCRBY', stats, 'failed', failed) end
 if #ended > 0 then redis.call('PUBLISH', events, 'ended ' .. table.concat(ended, ' ')) end
 if #back > 0 then redis.call('PUBLISH', events, 'pending ' .. table.concat(back, ' ')) end
-return {completed, failed, requeued, ignored, redis.call('LLEN', processing)}
+local reply = {completed, failed, requeued, ignored, redis.call('LLEN', processing), now}
+for _, value in ipairs(timings) do reply[#reply + 1] = value end
+return reply

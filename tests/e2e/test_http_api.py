@@ -135,7 +135,7 @@ def test_service_endpoints(http):
     assert http.get("/docs").status_code == 200
     assert "/predict" in http.get("/openapi.json").json()["paths"]
     metrics = http.get("/metrics")  # 404 where metrics have their own port (the chart)
-    assert metrics.status_code == 404 or "asyncinfer_jobs_pending" in metrics.text
+    assert metrics.status_code == 404 or "asyncinfer_queue_pending_jobs" in metrics.text
 
 
 def test_a_burst_of_concurrent_submits_is_all_accepted(base_url):

@@ -392,8 +392,11 @@ def test_streams_recheck_after_the_event_subscription_comes_back(processes, tmp_
                 pass
 
         async def scenario() -> None:
-            async with aiohttp.ClientSession() as session, httpx.AsyncClient(base_url=url, timeout=30) as http:
-                async with session.ws_connect(url.replace("http://", "ws://") + "/ws") as ws:
+            async with (
+                aiohttp.ClientSession() as session,
+                httpx.AsyncClient(base_url=url, timeout=30) as http,
+                session.ws_connect(url.replace("http://", "ws://") + "/ws") as ws,
+            ):
                     await ws.send_json({"subscribe": [job_ids[0], "bogus-id"]})
                     assert (await ws_messages(ws, 1))[0]["type"] == "not_found"  # subscribed
                     async with http.stream("GET", f"/job/{job_ids[0]}/events") as first, http.stream(

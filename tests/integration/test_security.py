@@ -158,4 +158,4 @@ def test_docs_can_be_turned_off_and_metrics_get_their_own_port(processes, redis_
         assert http.get("/docs").status_code == 404 and http.get("/openapi.json").status_code == 404
         assert http.get("/metrics").status_code == 404  # the Ingress routes this port; metrics are elsewhere
         scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics")
-        assert scraped.status_code == 200 and 'asyncinfer_jobs_pending{model="iris"}' in scraped.text
+        assert scraped.status_code == 200 and 'asyncinfer_queue_pending_jobs{model="iris",priority="normal"}' in scraped.text

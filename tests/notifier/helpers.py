@@ -70,7 +70,7 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 receiver._handle(self, body)
 
@@ -168,7 +168,7 @@ def wait_until(check: Callable[[], T], timeout_s: float = 20.0, what: str = "con
 def make_tls_context(tmp: Path, name: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """(server context with a certificate for `name`, client context trusting only its CA), made with
     the openssl command line."""
-    import subprocess  # noqa: PLC0415 - only the TLS test needs it
+    import subprocess
 
     ca_key, ca_crt, key, csr, crt = (tmp / n for n in ("ca.key", "ca.crt", "srv.key", "srv.csr", "srv.crt"))
     ext = tmp / "ext.cnf"

@@ -84,7 +84,7 @@ def test_other_4xx_and_redirects_are_permanent_but_409_is_retried(redis_client, 
 
 
 def test_gives_up_after_max_attempts_then_admin_resend_redelivers(redis_client, notifiers: Notifiers, make_receiver):
-    from tests.notifier.test_admin_routes import admin_client  # noqa: PLC0415 - shared with the admin tests
+    from tests.notifier.test_admin_routes import admin_client
 
     receiver = make_receiver([Reply(500), Reply(502), Reply(504)])
     notifiers.start(WEBHOOK_MAX_ATTEMPTS=3)
@@ -187,7 +187,7 @@ def test_probes_and_metrics(redis_client, notifiers: Notifiers, make_receiver):
 
 @pytest.mark.parametrize("secret", ["", "not base64 !!", "whsec_c2hvcnQ="])
 def test_refuses_to_start_without_a_usable_secret(notifiers: Notifiers, secret: str):
-    from stack import BIN, spawn  # noqa: PLC0415
+    from stack import BIN, spawn
 
     env = notifiers.env(WEBHOOK_SECRET=secret)
     log_path = notifiers.tmp_path / "bad-secret.log"

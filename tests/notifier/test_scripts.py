@@ -113,7 +113,7 @@ def test_failed_attempt_reschedules_then_gives_up_at_max(run_store, redis_client
         (lease,) = run_store(lambda s: s.claim(1, LEASE_MS))
         before = now_ms()
         status = None if attempt == 1 else 500 + attempt
-        results.append(run_store(lambda s: s.failed_attempt(lease, status, f"error {attempt}", False, 0), webhook_max_attempts=3))
+        results.append(run_store(lambda s, lease=lease, status=status, attempt=attempt: s.failed_attempt(lease, status, f"error {attempt}", False, 0), webhook_max_attempts=3))
         fields = redis_client.hgetall(KEYS.job(job_id))
         assert fields["notify_last_error"] == f"error {attempt}"
         assert fields.get("notify_last_status") == (None if status is None else str(status))
@@ -141,7 +141,7 @@ def test_permanent_failure_gives_up_at_once_and_the_failed_list_is_bounded(run_s
     monkeypatch.setattr(notifications, "MAX_FAILED_NOTIFICATIONS", 3)
     ids = seed(redis_client, 5)
     for lease in run_store(lambda s: s.claim(5, LEASE_MS)):
-        result = run_store(lambda s: s.failed_attempt(lease, 410, "HTTP 410", True, 0))
+        result = run_store(lambda s, lease=lease: s.failed_attempt(lease, 410, "HTTP 410", True, 0))
         assert (result.code, result.attempts) == (TransitionCode.GIVEN_UP, 1)
     assert redis_client.llen(KEYS.notify_failed) == 3
     assert all(redis_client.hget(KEYS.job(j), "notify_state") == "failed" for j in ids)

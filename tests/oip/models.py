@@ -41,10 +41,10 @@ def build_identity_model(path: Path, elem_type: int, width: int = 2, name: str =
 def build_zipmap_model(path: Path) -> Path:
     """A scikit-learn classifier with string labels and skl2onnx's default ZipMap: `output_label` is a
     string tensor, `output_probability` a sequence of {class: probability} maps (not a tensor)."""
-    import numpy as np  # noqa: PLC0415 - only this builder needs scikit-learn
-    from skl2onnx import to_onnx  # noqa: PLC0415
-    from sklearn.datasets import load_iris  # noqa: PLC0415
-    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
+    import numpy as np
+    from skl2onnx import to_onnx
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
 
     features, target = load_iris(return_X_y=True)
     features = features.astype(np.float32)

@@ -206,3 +206,10 @@ def test_header_reader_agrees_with_onnx(tmp_path):
     with pytest.raises(ValueError, match="not an ONNX model"):
         (tmp_path / "junk.onnx").write_bytes(b"\xff\xff\xff")
         read_header(tmp_path / "junk.onnx")
+
+
+def test_booleans_are_found_whatever_the_raw_text_hint(iris):
+    """The JSON text lets the check skip its walk only when it holds no true/false token."""
+    with pytest.raises(InputError, match="booleans"):
+        parse_input([[True, 1.0, 2.0, 3.0]], iris, 10, raw=b'{"data": [[true, 1.0, 2.0, 3.0]]}')
+    assert parse_input([[1, 2, 3, 4]], iris, 10, raw='{"data": [[1, 2, 3, 4]]}')["X"].tolist() == [[1, 2, 3, 4]]

@@ -1,0 +1,319 @@
+"""The asyncio client: `AsyncClient` and the `AsyncJob` handle it returns (the same methods as `Client`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from itertools import islice
+from typing import Any
+
+import httpx
+
+from asyncinfer_client import protocol
+from asyncinfer_client.errors import APIError, ConnectionFailed
+from asyncinfer_client.protocol import Call, RetryPolicy
+from asyncinfer_client.views import JobView, Outcome
+
+log = logging.getLogger("asyncinfer_client")
+
+
+class AsyncJob:
+    """A submitted job. `await wait()` / `await result()` long-poll the service in slices until it ends."""
+
+    def __init__(
+        self, client: AsyncClient, job_id: str, model: str | None = None, view: JobView | None = None, replayed: bool = False
+    ) -> None:
+        self.client = client
+        self.id = job_id
+        self.model = model
+        self.view = view  # the last view seen; None until the job was read once
+        self.replayed = replayed  # the submit found an earlier job with the same idempotency key
+
+    async def refresh(self) -> JobView:
+        """Read the job now (no waiting)."""
+        self.view = await self.client.get(self.id)
+        return self.view
+
+    async def wait(self, timeout: float | None = None) -> JobView:
+        """Hold until the job ends and return its view; `timeout` in seconds (None = as long as it takes).
+
+        Raises JobFailed / JobCanceled / JobExpired when it ended without a result, Timeout when it did not end.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.view is None or not self.view.terminal:
+            slice_s = protocol.wait_slice_s(deadline)
+            if slice_s is None:
+                raise protocol.timed_out(self.id, timeout)
+            self.view = await self.client.get(self.id, wait=slice_s)
+        return protocol.finished_view(self.view)
+
+    async def result(self, timeout: float | None = None) -> Any:
+        """The job's result once it ends (see `wait` for the errors)."""
+        return (await self.wait(timeout)).result
+
+    async def cancel(self) -> JobView:
+        """Cancel the job while it is pending (Conflict once a worker started it)."""
+        self.view = await self.client.cancel(self.id)
+        return self.view
+
+    def __repr__(self) -> str:
+        return f"AsyncJob(id={self.id!r}, status={self.view.status if self.view else None!r})"
+
+
+class AsyncClient:
+    """asyncio client of one asyncinfer service; see `Client` for defaults, retries and idempotency."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float = protocol.DEFAULT_REQUEST_TIMEOUT_S,
+        retry: RetryPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        max_connections: int = 100,
+    ) -> None:
+        self.base_url = (base_url or protocol.default_url()).rstrip("/")
+        self._token = token if token is not None else protocol.default_token()
+        self.retry_policy = retry or RetryPolicy()
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            auth=protocol.BearerAuth(self._token) if self._token else None,
+            timeout=timeout,
+            transport=transport,
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            headers={"User-Agent": "asyncinfer-client"},
+        )
+
+    def __repr__(self) -> str:
+        return protocol.masked_repr(type(self).__name__, self.base_url, self._token)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    # -- transport ----------------------------------------------------------------------------------
+
+    async def send(self, call: Call) -> httpx.Response:
+        """Send one call, retrying per the policy; the last answer is returned whatever its status."""
+        attempt = 0
+        while True:
+            try:
+                response = await self._http.request(
+                    call.method,
+                    call.path,
+                    json=call.json,
+                    params=call.params,
+                    headers=call.headers,
+                    timeout=call.timeout_s if call.timeout_s is not None else httpx.USE_CLIENT_DEFAULT,
+                )
+            except httpx.TransportError as exc:
+                delay = self.retry_policy.delay_after_error(attempt, exc, call.resendable)
+                if delay is None:
+                    raise ConnectionFailed(f"{call.method} {call.path}: {type(exc).__name__}: {exc}") from exc
+                log.info("%s %s: %s; retry %d in %.2fs", call.method, call.path, type(exc).__name__, attempt + 1, delay)
+            else:
+                delay = self.retry_policy.delay_after_response(attempt, response)
+                if delay is None:
+                    return response
+                await response.aclose()
+                log.info("%s %s: HTTP %d; retry %d in %.2fs", call.method, call.path, response.status_code, attempt + 1, delay)
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    async def _json(self, call: Call) -> Any:
+        return protocol.checked_json(await self.send(call))
+
+    # -- jobs ----------------------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        data: Any,
+        model: str | None = None,
+        priority: str | None = None,
+        callback_url: str | None = None,
+        idempotency_key: str | None = None,
+        wait: float | None = None,
+    ) -> AsyncJob:
+        """Submit one job (`data`: one or more input rows). With `wait` (seconds, at most 30) the service holds
+        the answer until the job ends, so a fast job needs no second request."""
+        call = protocol.submit_call(data, model, priority, callback_url, idempotency_key or protocol.new_idempotency_key(), wait)
+        response = await self.send(call)
+        body = protocol.checked_json(response)
+        replayed = response.headers.get("idempotent-replayed") == "true"
+        view = JobView.from_json(body) if response.status_code == 200 else None
+        return AsyncJob(self, str(body["job_id"]), body.get("model") or model, view, replayed)
+
+    async def predict(
+        self, data: Any, model: str | None = None, timeout: float | None = 60.0, priority: str | None = None
+    ) -> Any:
+        """Submit and wait in one call; the job's result (JobFailed etc. when it has none, Timeout after `timeout`)."""
+        job = await self.submit(data, model, priority, wait=min(timeout, protocol.MAX_WAIT_S) if timeout else protocol.MAX_WAIT_S)
+        return await job.result(timeout)
+
+    async def submit_many(
+        self,
+        inputs: Sequence[Any],
+        model: str | None = None,
+        priority: str | None = None,
+        callback_url: str | None = None,
+        idempotency_key: str | None = None,
+        chunk_size: int = protocol.DEFAULT_CHUNK_SIZE,
+    ) -> list[AsyncJob | APIError]:
+        """Submit many jobs with the bulk route, `chunk_size` per request. One entry per input, in order: its
+        AsyncJob, or the APIError that refused that item (e.g. a 422 naming the field)."""
+        submitted: list[AsyncJob | APIError] = []
+        for start in range(0, len(inputs), chunk_size):
+            key = f"{idempotency_key}:{start}" if idempotency_key else protocol.new_idempotency_key()
+            call = protocol.submit_many_call(inputs[start : start + chunk_size], model, priority, callback_url, key)
+            body = await self._json(call)
+            for index, item in enumerate(body["items"]):
+                outcome = protocol.submitted_item(item, call, start + index)
+                submitted.append(
+                    outcome if isinstance(outcome, APIError) else AsyncJob(self, outcome, body.get("model") or model)
+                )
+        return submitted
+
+    async def map(
+        self,
+        inputs: Iterable[Any],
+        model: str | None = None,
+        priority: str | None = None,
+        *,
+        concurrency: int = 4,
+        ordered: bool = True,
+        chunk_size: int = protocol.DEFAULT_CHUNK_SIZE,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Outcome]:
+        """Run every input and yield one Outcome per input: in input order (`ordered=True`) or as jobs end.
+        Same behaviour as `Client.map`; chunks run as tasks instead of threads."""
+        events: asyncio.Queue[Outcome | BaseException | None] = asyncio.Queue()
+        items = enumerate(inputs)
+        buffered: dict[int, Outcome] = {}
+        next_index = 0
+        tasks: set[asyncio.Task[None]] = set()
+        running = 0
+        try:
+            while True:
+                while running < concurrency and (chunk := list(islice(items, chunk_size))):
+                    task = asyncio.create_task(self._run_chunk(chunk, model, priority, timeout, events.put_nowait))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                    running += 1
+                if running == 0:
+                    return
+                event = await events.get()
+                if event is None or isinstance(event, BaseException):  # a chunk ended (None: without an error)
+                    running -= 1
+                    if isinstance(event, BaseException):
+                        raise event
+                    continue
+                if not ordered:
+                    yield event
+                    continue
+                buffered[event.index] = event
+                while next_index in buffered:
+                    yield buffered.pop(next_index)
+                    next_index += 1
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run_chunk(
+        self,
+        chunk: list[tuple[int, Any]],
+        model: str | None,
+        priority: str | None,
+        timeout: float | None,
+        emit: Callable[[Outcome | BaseException | None], None],
+    ) -> None:
+        try:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            indexes: dict[str, int] = {}
+            pending, attempt = chunk, 0
+            while pending:
+                try:
+                    jobs = await self.submit_many([data for _, data in pending], model, priority, chunk_size=len(pending))
+                    submitted = [job if isinstance(job, APIError) else job.id for job in jobs]
+                except APIError as exc:
+                    if exc.status not in protocol.CHUNK_REJECTED_STATUSES:
+                        raise
+                    submitted = [exc] * len(pending)  # the whole request was refused: so is each of its items
+                sorted_items = protocol.sort_submission(pending, submitted, attempt < self.retry_policy.max_retries)
+                indexes.update(sorted_items.accepted)
+                for outcome in sorted_items.rejected:
+                    emit(outcome)
+                pending = sorted_items.again
+                if pending:
+                    await asyncio.sleep(self.retry_policy.backoff_s(attempt))
+                    attempt += 1
+            running = list(indexes)
+            while running:
+                slice_s = protocol.wait_slice_s(deadline, protocol.MAP_POLL_SLICE_S)
+                if slice_s is None:
+                    for outcome in protocol.timeout_outcomes(indexes, running, timeout):
+                        emit(outcome)
+                    break
+                # the chunk's jobs run roughly in order: once the last one ends, most of the others have
+                await self.get(running[-1], wait=slice_s)
+                done, running = protocol.chunk_outcomes(indexes, await self.lookup(running), running)
+                for outcome in done:
+                    emit(outcome)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # handed to the iterator, which raises it in the caller's task
+            emit(exc)
+            return
+        emit(None)  # this chunk is done
+
+    async def get(self, job_id: str, wait: float | None = None) -> JobView:
+        """The job's view; with `wait` (seconds, at most 30) held until it ends or the time passes."""
+        return JobView.from_json(await self._json(protocol.get_call(job_id, wait)))
+
+    def job(self, job_id: str) -> AsyncJob:
+        """A handle on an existing job (no request is made)."""
+        return AsyncJob(self, job_id)
+
+    async def cancel(self, job_id: str) -> JobView:
+        """Cancel a pending job (Conflict when it already started or ended)."""
+        return JobView.from_json(await self._json(Call("DELETE", protocol.job_path(job_id))))
+
+    async def retry(self, job_id: str) -> JobView:
+        """Queue a failed or expired job again (Conflict otherwise)."""
+        return JobView.from_json(await self._json(Call("POST", protocol.job_path(job_id, "/retry"), resendable=False)))
+
+    async def lookup(self, ids: Sequence[str]) -> list[JobView | None]:
+        """Many jobs in one request, in the order of `ids`; None for an unknown id."""
+        return protocol.lookup_items(await self._json(protocol.lookup_call(ids)))
+
+    # -- models ----------------------------------------------------------------------------------------
+
+    async def models(self) -> list[dict[str, Any]]:
+        """The models this service serves: `{"name", "version", "ready", "default"}` each."""
+        return list((await self._json(Call("GET", "/models")))["models"])
+
+    async def metadata(self, model: str | None = None) -> dict[str, Any]:
+        """A model's inputs, outputs, labels and an example input (the default model's when None)."""
+        return dict(await self._json(Call("GET", protocol.metadata_path(model))))
+
+    # -- operators (admin token) -----------------------------------------------------------------------
+
+    async def dead_letters(self, model: str | None = None, limit: int | None = None) -> list[JobView]:
+        """Jobs in the dead-letter lists (all models, or one)."""
+        params = {key: str(value) for key, value in (("model", model), ("limit", limit)) if value is not None}
+        body = await self._json(Call("GET", "/admin/dead-letters", params=params or None))
+        return [JobView.from_json(item) for item in body["items"]]
+
+    async def retry_dead_letters(self, model: str | None = None) -> int:
+        """Queue every dead-lettered job again (of one model, or all); how many were queued."""
+        body = {"model": model} if model else {}
+        return int((await self._json(Call("POST", "/admin/dead-letters/retry", body, resendable=False)))["retried"])

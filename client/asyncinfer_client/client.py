@@ -1,0 +1,329 @@
+"""The synchronous client: `Client` and the `Job` handle it returns."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
+from typing import Any
+
+import httpx
+
+from asyncinfer_client import protocol
+from asyncinfer_client.errors import APIError, ConnectionFailed
+from asyncinfer_client.protocol import Call, RetryPolicy
+from asyncinfer_client.views import JobView, Outcome
+
+log = logging.getLogger("asyncinfer_client")
+
+
+class Job:
+    """A submitted job. `wait()` / `result()` long-poll the service in slices until it ends."""
+
+    def __init__(
+        self, client: Client, job_id: str, model: str | None = None, view: JobView | None = None, replayed: bool = False
+    ) -> None:
+        self.client = client
+        self.id = job_id
+        self.model = model
+        self.view = view  # the last view seen; None until the job was read once
+        self.replayed = replayed  # the submit found an earlier job with the same idempotency key
+
+    def refresh(self) -> JobView:
+        """Read the job now (no waiting)."""
+        self.view = self.client.get(self.id)
+        return self.view
+
+    def wait(self, timeout: float | None = None) -> JobView:
+        """Hold until the job ends and return its view; `timeout` in seconds (None = as long as it takes).
+
+        Raises JobFailed / JobCanceled / JobExpired when it ended without a result, Timeout when it did not end.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.view is None or not self.view.terminal:
+            slice_s = protocol.wait_slice_s(deadline)
+            if slice_s is None:
+                raise protocol.timed_out(self.id, timeout)
+            self.view = self.client.get(self.id, wait=slice_s)
+        return protocol.finished_view(self.view)
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The job's result once it ends (see `wait` for the errors)."""
+        return self.wait(timeout).result
+
+    def cancel(self) -> JobView:
+        """Cancel the job while it is pending (Conflict once a worker started it)."""
+        self.view = self.client.cancel(self.id)
+        return self.view
+
+    def __repr__(self) -> str:
+        return f"Job(id={self.id!r}, status={self.view.status if self.view else None!r})"
+
+
+class Client:
+    """Synchronous client of one asyncinfer service.
+
+    `base_url` defaults to ASYNCINFER_URL (else http://127.0.0.1:8000) and `token` to ASYNCINFER_TOKEN.
+    Every request has a timeout; connection errors, 429 and 503 are retried (see RetryPolicy) and a
+    submit's idempotency key is reused on each retry, so a retried submit never makes a second job.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float = protocol.DEFAULT_REQUEST_TIMEOUT_S,
+        retry: RetryPolicy | None = None,
+        transport: httpx.BaseTransport | None = None,
+        max_connections: int = 100,
+    ) -> None:
+        self.base_url = (base_url or protocol.default_url()).rstrip("/")
+        self._token = token if token is not None else protocol.default_token()
+        self.retry_policy = retry or RetryPolicy()
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            auth=protocol.BearerAuth(self._token) if self._token else None,
+            timeout=timeout,
+            transport=transport,
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            headers={"User-Agent": "asyncinfer-client"},
+        )
+
+    def __repr__(self) -> str:
+        return protocol.masked_repr(type(self).__name__, self.base_url, self._token)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    # -- transport ----------------------------------------------------------------------------------
+
+    def send(self, call: Call) -> httpx.Response:
+        """Send one call, retrying per the policy; the last answer is returned whatever its status."""
+        attempt = 0
+        while True:
+            try:
+                response = self._http.request(
+                    call.method,
+                    call.path,
+                    json=call.json,
+                    params=call.params,
+                    headers=call.headers,
+                    timeout=call.timeout_s if call.timeout_s is not None else httpx.USE_CLIENT_DEFAULT,
+                )
+            except httpx.TransportError as exc:
+                delay = self.retry_policy.delay_after_error(attempt, exc, call.resendable)
+                if delay is None:
+                    raise ConnectionFailed(f"{call.method} {call.path}: {type(exc).__name__}: {exc}") from exc
+                log.info("%s %s: %s; retry %d in %.2fs", call.method, call.path, type(exc).__name__, attempt + 1, delay)
+            else:
+                delay = self.retry_policy.delay_after_response(attempt, response)
+                if delay is None:
+                    return response
+                response.close()
+                log.info("%s %s: HTTP %d; retry %d in %.2fs", call.method, call.path, response.status_code, attempt + 1, delay)
+            time.sleep(delay)
+            attempt += 1
+
+    def _json(self, call: Call) -> Any:
+        return protocol.checked_json(self.send(call))
+
+    # -- jobs ----------------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        data: Any,
+        model: str | None = None,
+        priority: str | None = None,
+        callback_url: str | None = None,
+        idempotency_key: str | None = None,
+        wait: float | None = None,
+    ) -> Job:
+        """Submit one job (`data`: one or more input rows). With `wait` (seconds, at most 30) the service holds
+        the answer until the job ends, so a fast job needs no second request."""
+        call = protocol.submit_call(data, model, priority, callback_url, idempotency_key or protocol.new_idempotency_key(), wait)
+        response = self.send(call)
+        body = protocol.checked_json(response)
+        replayed = response.headers.get("idempotent-replayed") == "true"
+        view = JobView.from_json(body) if response.status_code == 200 else None
+        return Job(self, str(body["job_id"]), body.get("model") or model, view, replayed)
+
+    def predict(self, data: Any, model: str | None = None, timeout: float | None = 60.0, priority: str | None = None) -> Any:
+        """Submit and wait in one call; the job's result (JobFailed etc. when it has none, Timeout after `timeout`)."""
+        job = self.submit(data, model, priority, wait=min(timeout, protocol.MAX_WAIT_S) if timeout else protocol.MAX_WAIT_S)
+        return job.result(timeout)
+
+    def submit_many(
+        self,
+        inputs: Sequence[Any],
+        model: str | None = None,
+        priority: str | None = None,
+        callback_url: str | None = None,
+        idempotency_key: str | None = None,
+        chunk_size: int = protocol.DEFAULT_CHUNK_SIZE,
+    ) -> list[Job | APIError]:
+        """Submit many jobs with the bulk route, `chunk_size` per request. One entry per input, in order: its
+        Job, or the APIError that refused that item (e.g. a 422 naming the field)."""
+        submitted: list[Job | APIError] = []
+        for start in range(0, len(inputs), chunk_size):
+            key = f"{idempotency_key}:{start}" if idempotency_key else protocol.new_idempotency_key()
+            call = protocol.submit_many_call(inputs[start : start + chunk_size], model, priority, callback_url, key)
+            body = self._json(call)
+            for index, item in enumerate(body["items"]):
+                outcome = protocol.submitted_item(item, call, start + index)
+                submitted.append(outcome if isinstance(outcome, APIError) else Job(self, outcome, body.get("model") or model))
+        return submitted
+
+    def map(
+        self,
+        inputs: Iterable[Any],
+        model: str | None = None,
+        priority: str | None = None,
+        *,
+        concurrency: int = 4,
+        ordered: bool = True,
+        chunk_size: int = protocol.DEFAULT_CHUNK_SIZE,
+        timeout: float | None = None,
+    ) -> Iterator[Outcome]:
+        """Run every input and yield one Outcome per input: in input order (`ordered=True`) or as jobs end.
+
+        Inputs go in bulk requests of `chunk_size`; at most `concurrency` chunks are in flight. A job that
+        fails yields an Outcome with its error (`outcome.unwrap()` raises it); errors that stop everything
+        (authentication, the service unreachable) are raised by the iterator. `timeout` bounds each chunk's wait.
+        """
+        events: queue.Queue[Outcome | _ChunkEnd] = queue.Queue()
+        stop = threading.Event()
+        items = enumerate(inputs)
+        buffered: dict[int, Outcome] = {}
+        next_index = 0
+        running = 0
+        pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="asyncinfer-map")
+        try:
+            while True:
+                while running < concurrency and (chunk := list(islice(items, chunk_size))):
+                    pool.submit(self._run_chunk, chunk, model, priority, timeout, events.put, stop)
+                    running += 1
+                if running == 0:
+                    return
+                event = events.get()
+                if isinstance(event, _ChunkEnd):
+                    running -= 1
+                    if event.error is not None:
+                        raise event.error
+                elif not ordered:
+                    yield event
+                else:
+                    buffered[event.index] = event
+                    while next_index in buffered:
+                        yield buffered.pop(next_index)
+                        next_index += 1
+        finally:
+            stop.set()  # chunk threads stop at their next poll; the iterator may have been closed early
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _run_chunk(
+        self,
+        chunk: list[tuple[int, Any]],
+        model: str | None,
+        priority: str | None,
+        timeout: float | None,
+        emit: Callable[[Outcome | _ChunkEnd], None],
+        stop: threading.Event,
+    ) -> None:
+        error: BaseException | None = None
+        try:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            indexes: dict[str, int] = {}
+            pending, attempt = chunk, 0
+            while pending and not stop.is_set():
+                try:
+                    jobs = self.submit_many([data for _, data in pending], model, priority, chunk_size=len(pending))
+                    submitted = [job if isinstance(job, APIError) else job.id for job in jobs]
+                except APIError as exc:
+                    if exc.status not in protocol.CHUNK_REJECTED_STATUSES:
+                        raise
+                    submitted = [exc] * len(pending)  # the whole request was refused: so is each of its items
+                sorted_items = protocol.sort_submission(pending, submitted, attempt < self.retry_policy.max_retries)
+                indexes.update(sorted_items.accepted)
+                for outcome in sorted_items.rejected:
+                    emit(outcome)
+                pending = sorted_items.again
+                if pending:
+                    time.sleep(self.retry_policy.backoff_s(attempt))
+                    attempt += 1
+            running = list(indexes)
+            while running and not stop.is_set():
+                slice_s = protocol.wait_slice_s(deadline, protocol.MAP_POLL_SLICE_S)
+                if slice_s is None:
+                    for outcome in protocol.timeout_outcomes(indexes, running, timeout):
+                        emit(outcome)
+                    break
+                # the chunk's jobs run roughly in order: once the last one ends, most of the others have
+                self.get(running[-1], wait=slice_s)
+                done, running = protocol.chunk_outcomes(indexes, self.lookup(running), running)
+                for outcome in done:
+                    emit(outcome)
+        except BaseException as exc:  # handed to the iterator, which raises it in the caller's thread
+            error = exc
+        emit(_ChunkEnd(error))
+
+    def get(self, job_id: str, wait: float | None = None) -> JobView:
+        """The job's view; with `wait` (seconds, at most 30) held until it ends or the time passes."""
+        return JobView.from_json(self._json(protocol.get_call(job_id, wait)))
+
+    def job(self, job_id: str) -> Job:
+        """A handle on an existing job (no request is made)."""
+        return Job(self, job_id)
+
+    def cancel(self, job_id: str) -> JobView:
+        """Cancel a pending job (Conflict when it already started or ended)."""
+        return JobView.from_json(self._json(Call("DELETE", protocol.job_path(job_id))))
+
+    def retry(self, job_id: str) -> JobView:
+        """Queue a failed or expired job again (Conflict otherwise)."""
+        return JobView.from_json(self._json(Call("POST", protocol.job_path(job_id, "/retry"), resendable=False)))
+
+    def lookup(self, ids: Sequence[str]) -> list[JobView | None]:
+        """Many jobs in one request, in the order of `ids`; None for an unknown id."""
+        return protocol.lookup_items(self._json(protocol.lookup_call(ids)))
+
+    # -- models ----------------------------------------------------------------------------------------
+
+    def models(self) -> list[dict[str, Any]]:
+        """The models this service serves: `{"name", "version", "ready", "default"}` each."""
+        return list(self._json(Call("GET", "/models"))["models"])
+
+    def metadata(self, model: str | None = None) -> dict[str, Any]:
+        """A model's inputs, outputs, labels and an example input (the default model's when None)."""
+        return dict(self._json(Call("GET", protocol.metadata_path(model))))
+
+    # -- operators (admin token) -----------------------------------------------------------------------
+
+    def dead_letters(self, model: str | None = None, limit: int | None = None) -> list[JobView]:
+        """Jobs in the dead-letter lists (all models, or one)."""
+        params = {key: str(value) for key, value in (("model", model), ("limit", limit)) if value is not None}
+        body = self._json(Call("GET", "/admin/dead-letters", params=params or None))
+        return [JobView.from_json(item) for item in body["items"]]
+
+    def retry_dead_letters(self, model: str | None = None) -> int:
+        """Queue every dead-lettered job again (of one model, or all); how many were queued."""
+        body = {"model": model} if model else {}
+        return int(self._json(Call("POST", "/admin/dead-letters/retry", body, resendable=False))["retried"])
+
+
+class _ChunkEnd:
+    """Sent by a `map` chunk thread when it is done; carries the error that stopped it, if any."""
+
+    def __init__(self, error: BaseException | None) -> None:
+        self.error = error

@@ -1,0 +1,310 @@
+"""`asyncinfer run`: every input line of a file becomes one job; results go to a JSONL journal as they arrive.
+
+Resumable: the journal names the inputs already done, and each input's idempotency key is derived from the
+input file's absolute path and the input's id (`run-<sha256(path)[:16]>-<id>`), so an input that was submitted
+before an interruption but not yet written is found again (the service replays its job) instead of queued twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import hashlib
+import json
+import os
+import re
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from asyncinfer_client.aio import AsyncClient
+from asyncinfer_client.errors import APIError, AsyncInferError, JobError, Timeout
+from asyncinfer_client.progress import Progress
+
+KEY_SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,100}$")  # ids that can stand in a key as they are
+# refusals about the input itself (malformed, too big, does not fit the model): journaled as `rejected`
+INPUT_REJECTED_STATUSES = frozenset({400, 413, 422})
+TICK_S = 0.25  # how often the progress display is given a chance to draw without a finished input
+
+
+class InputError(ValueError):
+    """The input file cannot be read as JSONL or CSV; the message names the line."""
+
+
+@dataclass(frozen=True)
+class InputItem:
+    """One input: its id (from the line's `id` field or the CSV `id` column, else its line number) and data."""
+
+    id: Any
+    data: Any
+
+    @property
+    def key(self) -> str:
+        """The id as the journal and the idempotency key see it."""
+        return str(self.id)
+
+
+def read_inputs(path: Path) -> list[InputItem]:
+    """Every input of a JSONL or CSV file (by extension, else by the first line's shape); ids must be unique."""
+    suffix = path.suffix.lower()
+    with path.open(newline="", encoding="utf-8") as handle:
+        if suffix == ".csv" or (suffix not in {".jsonl", ".ndjson", ".json"} and not _looks_like_json(handle)):
+            items = list(_read_csv(handle))
+        else:
+            items = list(_read_jsonl(handle))
+    seen: set[str] = set()
+    for item in items:
+        if item.key in seen:
+            raise InputError(f"{path}: id {item.id!r} appears twice; ids name results and must be unique")
+        seen.add(item.key)
+    return items
+
+
+def _looks_like_json(handle: IO[str]) -> bool:
+    for line in handle:
+        if line.strip():
+            handle.seek(0)
+            return line.lstrip()[0] in "[{"
+    handle.seek(0)
+    return True
+
+
+def _read_jsonl(handle: IO[str]) -> Iterator[InputItem]:
+    for line_number, line in enumerate(handle, start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"line {line_number}: not JSON ({exc.msg})") from None
+        if isinstance(value, dict):
+            if "data" not in value:
+                raise InputError(f"line {line_number}: an object needs a `data` field")
+            yield InputItem(value.get("id", line_number), value["data"])
+        elif isinstance(value, list):
+            # a bare row is one input row; a list of rows is already a job's data
+            yield InputItem(line_number, value if value and isinstance(value[0], list) else [value])
+        else:
+            raise InputError(f'line {line_number}: expected {{"data": ...}} or a row like [5.1, 3.5, 1.4, 0.2]')
+
+
+def _number(cell: str) -> float | str:
+    try:
+        return float(cell)
+    except ValueError:
+        return cell.strip()  # left for the service to refuse with a 422 that names the field
+
+
+def _is_numeric(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_csv(handle: IO[str]) -> Iterator[InputItem]:
+    reader = csv.reader(handle)
+    id_column: int | None = None
+    first = True
+    for row in reader:
+        if not row or not any(cell.strip() for cell in row):
+            continue
+        if first:
+            first = False
+            if not all(_is_numeric(cell) for cell in row):  # a header: names, not numbers
+                names = [cell.strip().lower() for cell in row]
+                id_column = names.index("id") if "id" in names else None
+                continue
+        line_number = reader.line_num
+        if id_column is not None:
+            item_id: Any = row[id_column].strip() if id_column < len(row) else line_number
+            features = [cell for index, cell in enumerate(row) if index != id_column]
+        else:
+            item_id, features = line_number, row
+        yield InputItem(item_id, [[_number(cell) for cell in features]])
+
+
+def run_key_prefix(input_path: Path) -> str:
+    """Idempotency keys of one input file: the same file (by absolute path) gets the same keys on every run."""
+    return "run-" + hashlib.sha256(str(input_path.resolve()).encode()).hexdigest()[:16]
+
+
+def idempotency_key(prefix: str, item: InputItem) -> str:
+    """`<prefix>-<id>`; an id that is long or has other characters is hashed (keys are at most 200 chars)."""
+    if KEY_SAFE_ID.match(item.key):
+        return f"{prefix}-{item.key}"
+    return f"{prefix}-h{hashlib.sha256(item.key.encode()).hexdigest()[:32]}"
+
+
+class Journal:
+    """The OUTPUT file: one JSON line per finished input, flushed as written, read back to resume."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.done: set[str] = set()
+        self._handle: IO[str] | None = None
+
+    def open(self) -> Journal:
+        """Read what an earlier run wrote, drop a torn last line (a crash mid-write), then append."""
+        if self.path.exists():
+            raw = self.path.read_bytes()
+            keep = raw if raw.endswith(b"\n") or not raw else raw[: raw.rfind(b"\n") + 1]
+            if len(keep) != len(raw):
+                with self.path.open("r+b") as handle:
+                    handle.truncate(len(keep))
+            for line_number, line in enumerate(keep.decode("utf-8").splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    self.done.add(str(json.loads(line)["id"]))
+                except (json.JSONDecodeError, TypeError, KeyError):
+                    raise InputError(f"{self.path} line {line_number} is no result line: is OUTPUT the right file?") from None
+        self._handle = self.path.open("a", encoding="utf-8")
+        return self
+
+    def write(self, record: dict[str, Any]) -> None:
+        assert self._handle is not None, "open() first"
+        self._handle.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self._handle.flush()  # written as it arrives: a crash loses at most the line being written
+        self.done.add(str(record["id"]))
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+@dataclass
+class RunSummary:
+    """How a run ended."""
+
+    total: int = 0
+    skipped: int = 0  # already in the output from an earlier run
+    completed: int = 0
+    failed: int = 0
+    replayed: int = 0  # submitted by an earlier run; the service handed back that job instead of a new one
+    interrupted: bool = False
+    fatal: AsyncInferError | None = None
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def remaining(self) -> int:
+        return self.total - self.skipped - self.completed - self.failed
+
+    def line(self, output: Path) -> str:
+        text = f"{self.completed} completed, {self.failed} failed, {self.skipped} already done ({self.total} inputs) -> {output}"
+        if self.replayed:
+            text += f"; {self.replayed} found already submitted"
+        if self.interrupted or self.fatal:
+            text += f"; {self.remaining} left: run the same command again to resume"
+        return text
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    model: str | None = None
+    priority: str | None = None
+    concurrency: int = 8
+    job_timeout_s: float | None = None  # None: wait for each job as long as it takes
+
+
+async def run_inputs(
+    client: AsyncClient, items: list[InputItem], input_path: Path, journal: Journal, progress: Progress, options: RunOptions
+) -> RunSummary:
+    """Submit every input not yet in the journal, at most `options.concurrency` at once, and journal each
+    result as it arrives. SIGINT/SIGTERM stop it cleanly: what was written stays, the rest resumes later."""
+    summary = RunSummary(total=len(items))
+    todo = [item for item in items if item.key not in journal.done]
+    summary.skipped = len(items) - len(todo)
+    prefix = run_key_prefix(input_path)
+    pending = iter(todo)
+    stop = asyncio.Event()
+
+    async def run_one(item: InputItem) -> None:
+        record: dict[str, Any] = {"id": item.id, "job_id": None}
+        started = time.monotonic()
+        try:
+            job = await client.submit(
+                item.data,
+                options.model,
+                options.priority,
+                idempotency_key=idempotency_key(prefix, item),
+                wait=min(options.job_timeout_s or 30, 30),
+            )
+            summary.replayed += job.replayed
+            record["job_id"] = job.id
+            timeout_s = None if options.job_timeout_s is None else max(0.0, options.job_timeout_s - (time.monotonic() - started))
+            view = await job.wait(timeout_s)  # the submit's own wait counts against --job-timeout
+            record.update(status=view.status, result=view.result)
+        except JobError as exc:
+            record.update(status=exc.view.status, error=str(exc.view.error or exc))
+        except Timeout as exc:
+            record.update(status="timeout", error=str(exc))
+        except APIError as exc:
+            if exc.status not in INPUT_REJECTED_STATUSES:
+                # not about this input (bad token, unknown model, queue full after every retry, outage): every
+                # other input would fail the same way, and nothing is journaled, so a re-run tries them again
+                raise
+            record.update(status="rejected", error=str(exc))
+        failed = record["status"] != "completed"
+        journal.write(record)
+        if failed:
+            summary.failed += 1
+            summary.failures.append(f"{item.id}: {record['error']}")
+        else:
+            summary.completed += 1
+        progress.advance(failed)
+
+    async def lane() -> None:
+        # each lane takes the next input until none is left: bounded concurrency without a task per input
+        try:
+            while not stop.is_set():
+                item = next(pending, None)
+                if item is None:
+                    return
+                await run_one(item)
+        except AsyncInferError as exc:  # unreachable service, bad token: every other input would fail too
+            if summary.fatal is None:
+                summary.fatal = exc
+            stop.set()
+            for task in lanes:
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+    async def ticker() -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            progress.tick()
+
+    loop = asyncio.get_running_loop()
+    lanes = [asyncio.create_task(lane()) for _ in range(max(1, min(options.concurrency, len(todo))))]
+    tick_task = asyncio.create_task(ticker())
+
+    def interrupt() -> None:
+        summary.interrupted = True
+        stop.set()
+        for task in lanes:
+            task.cancel()  # in-flight submits are found again on resume by their idempotency keys
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, interrupt)
+    progress.start(len(items), summary.skipped)
+    try:
+        for result in await asyncio.gather(*lanes, return_exceptions=True):
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                raise result  # a bug, not a job's or the service's failure
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        tick_task.cancel()
+        progress.close()
+    return summary
+
+
+def resolve_input(path: str) -> Path:
+    """The input path as keys see it: absolute, symlinks resolved (the same file gets the same keys)."""
+    return Path(os.path.realpath(path))

@@ -1,0 +1,274 @@
+"""Admin-side reads and actions on the queue: the overview (also the source of the queue metrics),
+dead letters, one job in detail, pause/resume and retry-all. Every key comes from `jobqueue.keys`.
+
+Reads are pipelined (two round trips for the whole overview, whatever the number of models). Job state
+changes go through the protocol's own transitions (retry-all is many `retry.lua` calls), so the admin
+side never writes a job record itself. Async only: the API is the one caller.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio
+
+from jobqueue.errors import JobQueueError, QueueFull
+from jobqueue.keys import ModelKeys, StoreKeys
+from jobqueue.protocol import (
+    RECORD_FIELDS,
+    STAT_COUNTERS,
+    JobRecord,
+    JobStore,
+    lua_source,
+    parse_record,
+    retry_call,
+    state_change,
+)
+from jobqueue.settings import PRIORITIES
+from jobqueue.states import JobStatus
+
+# A record's fields as the protocol parses them, plus what only operators see; `input` stays in Redis.
+ADMIN_FIELDS = (*RECORD_FIELDS, "queued_at", "worker")
+RETRYABLE = (JobStatus.FAILED, JobStatus.EXPIRED)
+# Dead letters retried per pipelined round trip: bounds the memory and the burst of script calls one
+# admin click sends to Redis at once.
+RETRY_SLICE = 200
+
+
+@dataclass(frozen=True)
+class WorkerView:
+    """One registered worker of a model."""
+
+    id: str
+    holding: int  # ids in its processing list
+    alive: bool  # heartbeat deadline not yet passed
+    heartbeat_deadline_ms: int
+
+
+@dataclass(frozen=True)
+class ModelOverview:
+    """One model's queue at one instant."""
+
+    name: str
+    paused: bool
+    pending: dict[str, int]  # priority -> length, every priority present
+    oldest_pending_age_s: dict[str, float]  # priority -> age of the tail job; 0 when empty or unknown
+    inflight: int
+    dead: int
+    workers: list[WorkerView]
+    stats: dict[str, int]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON shape of `GET /admin/overview`'s items."""
+        return {
+            "name": self.name,
+            "paused": self.paused,
+            "pending": self.pending,
+            "oldest_pending_age_s": self.oldest_pending_age_s,
+            "inflight": self.inflight,
+            "dead": self.dead,
+            "workers": [{"id": w.id, "holding": w.holding, "alive": w.alive} for w in self.workers],
+            "stats": self.stats,
+        }
+
+
+@dataclass(frozen=True)
+class StoreOverview:
+    """Every model's queue plus store-wide figures (Redis memory, webhook backlog), read at `now_ms`."""
+
+    now_ms: int
+    models: list[ModelOverview]
+    redis_memory_used_bytes: int = 0
+    redis_memory_max_bytes: int = 0
+    notify_pending: int = 0
+    notify_failed: int = 0
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _int(value: Any, default: int = 0) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+async def overview(client: redis.asyncio.Redis, keys: StoreKeys, models: Sequence[str]) -> StoreOverview:
+    """Read every model's queue in two pipelined round trips (server clock for ages and liveness)."""
+    pipe = client.pipeline(transaction=False)
+    pipe.time()
+    pipe.info("memory")
+    pipe.zcard(keys.notify)
+    pipe.llen(keys.notify_failed)
+    for name in models:
+        k = keys.model(name)
+        for priority in PRIORITIES:
+            pipe.llen(k.pending(priority))
+            pipe.lindex(k.pending(priority), -1)  # the tail is the oldest: enqueue pushes at the head
+        pipe.zcard(k.inflight)
+        pipe.llen(k.dead)
+        pipe.zrange(k.workers, 0, -1, withscores=True)
+        pipe.hgetall(k.stats)
+        pipe.exists(k.paused)
+    replies = iter(await pipe.execute())
+    seconds, micros = next(replies)
+    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    memory = next(replies)
+    notify_pending, notify_failed = next(replies), next(replies)
+
+    raw = []
+    for name in models:
+        lengths, tails = {}, {}
+        for priority in PRIORITIES:
+            lengths[priority] = int(next(replies))
+            tails[priority] = next(replies)
+        inflight, dead, workers, stats, paused = (next(replies) for _ in range(5))
+        raw.append((name, lengths, tails, inflight, dead, workers, stats, paused))
+
+    # Second round trip: when the oldest job of each list was queued, and what each worker holds.
+    pipe = client.pipeline(transaction=False)
+    for name, _, tails, _, _, workers, _, _ in raw:
+        for priority in PRIORITIES:
+            if tails[priority] is not None:
+                pipe.hget(keys.job(tails[priority]), "queued_at")
+        for worker_id, _ in workers:
+            pipe.llen(keys.model(name).processing(worker_id))
+    replies = iter(await pipe.execute())
+
+    result = []
+    for name, lengths, tails, inflight, dead, workers, stats, paused in raw:
+        ages = {}
+        for priority in PRIORITIES:
+            queued_at = _int(next(replies), now_ms) if tails[priority] is not None else now_ms
+            # A tail whose record expired has no queued_at: reported as 0 rather than guessed.
+            ages[priority] = max(0, now_ms - queued_at) / 1000
+        views = [WorkerView(wid, int(next(replies)), int(deadline) > now_ms, int(deadline)) for wid, deadline in workers]
+        result.append(
+            ModelOverview(
+                name=name,
+                paused=bool(paused),
+                pending=lengths,
+                oldest_pending_age_s=ages,
+                inflight=int(inflight),
+                dead=int(dead),
+                workers=views,
+                stats={name: _int(stats.get(name)) for name in STAT_COUNTERS},  # not the marks kept beside them
+            )
+        )
+    return StoreOverview(
+        now_ms=now_ms,
+        models=result,
+        redis_memory_used_bytes=_int(memory.get("used_memory")),
+        redis_memory_max_bytes=_int(memory.get("maxmemory")),
+        notify_pending=int(notify_pending),
+        notify_failed=int(notify_failed),
+    )
+
+
+@dataclass(frozen=True)
+class AdminJob:
+    """A job as an operator sees it: the record plus what clients are not shown."""
+
+    record: JobRecord
+    queued_at: int | None  # epoch ms, Redis clock
+    worker: str | None
+    input_bytes: int
+
+
+async def jobs(client: redis.asyncio.Redis, keys: StoreKeys, job_ids: Sequence[str]) -> list[AdminJob | None]:
+    """Records of `job_ids` in order, None where the record is gone; the input is left in Redis (only
+    its size is read). One pipelined round trip."""
+    pipe = client.pipeline(transaction=False)
+    for job_id in job_ids:
+        pipe.hmget(keys.job(job_id), ADMIN_FIELDS)
+        pipe.hstrlen(keys.job(job_id), "input")
+    replies = await pipe.execute() if job_ids else []
+    found: list[AdminJob | None] = []
+    for i, job_id in enumerate(job_ids):
+        values, input_bytes = replies[2 * i], replies[2 * i + 1]
+        record = parse_record(job_id, ADMIN_FIELDS, values)
+        if record is None:
+            found.append(None)
+            continue
+        extra = dict(zip(ADMIN_FIELDS[len(RECORD_FIELDS) :], values[len(RECORD_FIELDS) :], strict=True))
+        queued_at = int(extra["queued_at"]) if extra["queued_at"] else None
+        found.append(AdminJob(record, queued_at, extra["worker"], int(input_bytes)))
+    return found
+
+
+async def dead_letters(client: redis.asyncio.Redis, keys: StoreKeys, models: Sequence[str], limit: int) -> list[AdminJob]:
+    """The newest `limit` dead letters of each of `models` whose record still exists, newest first per
+    model. (A record expires JOB_TTL_SECONDS after it failed; its id lingers in the bounded list.)"""
+    pipe = client.pipeline(transaction=False)
+    for name in models:
+        pipe.lrange(keys.model(name).dead, 0, limit - 1)  # LPUSHed: the head is the newest
+    ids = [job_id for batch in await pipe.execute() for job_id in batch] if models else []
+    return [job for job in await jobs(client, keys, ids) if job is not None]
+
+
+async def pause(client: redis.asyncio.Redis, keys: ModelKeys) -> None:
+    """Stop workers claiming this model's jobs. Pending lists keep their lengths, so KEDA keeps the
+    workers it has (they idle) and nothing is lost; resume picks up where it stopped."""
+    await client.set(keys.paused, "1")
+
+
+async def resume(client: redis.asyncio.Redis, keys: ModelKeys) -> None:
+    """Let workers claim this model's jobs again."""
+    await client.delete(keys.paused)
+
+
+class DeadLetterRetrier:
+    """Retry-all: every failed or expired job in a model's dead-letter list goes through the one retry
+    transition (`retry.lua`, the script behind `POST /job/{id}/retry`, built by the protocol's
+    `retry_call`), pipelined RETRY_SLICE at a time, oldest first."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+        self._retry = store.client.register_script(lua_source("retry"))
+
+    async def retry(self, model: str) -> int:
+        """How many of `model`'s dead letters went back to pending. Ids whose record is gone or that are
+        no longer retryable are dropped from the list; stops early when the pending list is full
+        (MAX_QUEUE_LENGTH), leaving the rest as they are."""
+        store = self.store
+        dead_key = store.keys.model(model).dead
+        token = uuid.uuid4().hex  # one admin request: retry.lua recognises its own repeat
+        retried = 0
+        while True:
+            tail = await store.client.lrange(dead_key, -RETRY_SLICE, -1)  # the tail is the oldest
+            ids = list(dict.fromkeys(_text(job_id) for job_id in reversed(tail)))
+            if not ids:
+                return retried
+            records = await store.get_many(ids)
+            retryable = [r for r in records if r is not None and r.model == model and r.status in RETRYABLE]
+            pipe = store.client.pipeline(transaction=False)
+            for record in retryable:
+                call = retry_call(store.keys, store.settings, record, token)
+                await self._retry(keys=call.keys, args=call.args, client=pipe)  # queued in the pipeline
+            replies = await pipe.execute() if retryable else []
+            drop = [
+                job_id
+                for job_id, r in zip(ids, records, strict=True)
+                if r is None or r.model != model or r.status not in RETRYABLE
+            ]
+            full = False
+            for record, reply in zip(retryable, replies, strict=True):
+                try:
+                    state_change(reply, record.job_id, "retry", store.settings)
+                    retried += 1
+                except QueueFull:
+                    full = True
+                except JobQueueError:  # raced into another state meanwhile: no longer a dead letter
+                    drop.append(record.job_id)
+            if drop:
+                pipe = store.client.pipeline(transaction=False)
+                for job_id in drop:
+                    pipe.lrem(dead_key, 0, job_id)
+                await pipe.execute()
+            if full:
+                return retried

@@ -1,0 +1,210 @@
+"""Prometheus metrics of asyncinfer: every metric name, label and bucket, shared by the API, the worker
+and the notifier (prometheus-client).
+
+Who reports what (so sums across pods are right):
+
+- Queue-wide state read from Redis (pending, in flight, dead letters, oldest pending age, workers,
+  paused, the per-model stats counters, Redis memory) is reported by the API only, by
+  `QueueCollector` over one `admin.StoreOverview` read per scrape. Every API replica reports the same
+  values, so dashboards and alerts aggregate them with `max without (instance, pod)`, never `sum`.
+- Workers and notifiers report only their own observations (histograms, counters); those sum across
+  pods.
+- Several processes in one pod each serve their own port (API: PORT or METRICS_PORT, worker and
+  notifier: WORKER_HEALTH_PORT), so prometheus-client's multiprocess mode is not needed.
+
+Labels are bounded: model (a configured model name), priority (3), outcome, route (a route template),
+method, status (a class such as "2xx"). Never job ids or principals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:  # annotations only: the worker imports this module without the API's modules
+
+    from jobqueue.admin import StoreOverview
+
+# Job latencies span a 10 ms model call to a job that waited an hour in a backlog (REQUEST_TTL_SECONDS
+# defaults to 30 min): 10 ms .. 1 h, about three buckets per decade.
+JOB_SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+# Batches are 1 .. MAX_BATCH_SIZE (<= 4096) jobs: powers of two.
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+# HTTP: sub-millisecond submits up to 30 s long polls (GET /job?wait=30, Prefer: wait=30).
+HTTP_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+# Stats HASH fields that end a job, exported as asyncinfer_jobs_finished_total{outcome=...}; the sum over
+# outcomes is every job that ended.
+FINISHED_OUTCOMES = ("completed", "failed", "expired", "canceled")
+WEBHOOK_OUTCOMES = ("delivered", "retried", "failed", "lease_lost", "errors")
+# A job's timestamps, as the worker reads them after `finish`; only ended jobs are observed.
+
+# -- worker observations (summed across worker pods) -------------------------------------------------
+JOB_QUEUE_WAIT_SECONDS = Histogram(
+    "asyncinfer_job_queue_wait_seconds",
+    "Time a job waited on its pending list: queued_at to started_at (Redis clock), observed when it starts.",
+    ["model", "priority"],
+    buckets=JOB_SECONDS_BUCKETS,
+)
+JOB_RUN_SECONDS = Histogram(
+    "asyncinfer_job_run_seconds",
+    "Time from a job's start to its result (started_at to finished_at), observed by the worker that finished it.",
+    ["model"],
+    buckets=JOB_SECONDS_BUCKETS,
+)
+JOB_E2E_SECONDS = Histogram(
+    "asyncinfer_job_e2e_seconds",
+    "End-to-end time of a job: created_at to finished_at, retries included, observed when it ends.",
+    ["model", "priority"],
+    buckets=JOB_SECONDS_BUCKETS,
+)
+BATCH_SIZE = Histogram(
+    "asyncinfer_worker_batch_size",
+    "Jobs in one model call.",
+    ["model"],
+    buckets=BATCH_SIZE_BUCKETS,
+)
+MODEL_CALL_SECONDS = Histogram(
+    "asyncinfer_model_call_seconds",
+    "Duration of one batched model call (ONNX Runtime run).",
+    ["model"],
+    buckets=JOB_SECONDS_BUCKETS,
+)
+
+# -- notifier observations ----------------------------------------------------------------------------
+WEBHOOK_DELIVERIES = Counter(
+    "asyncinfer_notifier_deliveries",
+    "Webhook delivery attempts by outcome: delivered (2xx), retried (failed, tried again later), failed (the "
+    "last attempt failed: given up), lease_lost (another notifier took it over), errors (unexpected).",
+    ["outcome"],
+)
+
+# -- API requests (per API process) ------------------------------------------------------------------
+HTTP_REQUESTS = Counter(
+    "asyncinfer_http_requests",
+    "HTTP requests by method, route template and status class.",
+    ["method", "route", "status"],
+)
+HTTP_REQUEST_SECONDS = Histogram(
+    "asyncinfer_http_request_duration_seconds",
+    "HTTP request latency by method and route template (long polls included).",
+    ["method", "route"],
+    buckets=HTTP_SECONDS_BUCKETS,
+)
+
+
+def observe_batch(model: str, batch_size: int, call_seconds: float) -> None:
+    """Worker: one model call over `batch_size` jobs took `call_seconds`."""
+    BATCH_SIZE.labels(model).observe(batch_size)
+    MODEL_CALL_SECONDS.labels(model).observe(call_seconds)
+
+
+def observe_ended(
+    model: str, priority: str, created_at_ms: int, queued_at_ms: int, started_at_ms: int, finished_at_ms: int
+) -> None:
+    """Worker: a job it ran ended (completed, or failed for good); Redis-clock epoch ms from its record."""
+    JOB_QUEUE_WAIT_SECONDS.labels(model, priority).observe(max(0, started_at_ms - queued_at_ms) / 1000)
+    JOB_RUN_SECONDS.labels(model).observe(max(0, finished_at_ms - started_at_ms) / 1000)
+    JOB_E2E_SECONDS.labels(model, priority).observe(max(0, finished_at_ms - created_at_ms) / 1000)
+
+
+def observe_webhook(outcome: str) -> None:
+    """Notifier: one delivery attempt ended with `outcome` (one of WEBHOOK_OUTCOMES)."""
+    WEBHOOK_DELIVERIES.labels(outcome).inc()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def status_class(status: int) -> str:
+    """'2xx', '4xx', ...: the bounded status label."""
+    return f"{status // 100}xx"
+
+
+class QueueCollector(Collector):
+    """Queue-wide gauges and the stats counters from one `StoreOverview`, or only `asyncinfer_redis_up 0`
+    when Redis could not be read (the scrape still succeeds and the alert on missing data can fire)."""
+
+    def __init__(self, overview: StoreOverview | None) -> None:
+        self.overview = overview
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("asyncinfer_redis_up", "1 when the API could read the queue state from Redis for this scrape.")
+        up.add_metric([], 0 if self.overview is None else 1)
+        yield up
+        if self.overview is None:
+            return
+        o = self.overview
+        pending = GaugeMetricFamily(
+            "asyncinfer_queue_pending_jobs",
+            "Jobs waiting to start, per model and priority (the lists KEDA reads).",
+            labels=["model", "priority"],
+        )
+        oldest = GaugeMetricFamily(
+            "asyncinfer_queue_oldest_pending_age_seconds",
+            "Age of the oldest pending job (now - its queued_at); 0 when the list is empty.",
+            labels=["model", "priority"],
+        )
+        inflight = GaugeMetricFamily("asyncinfer_queue_inflight_jobs", "Jobs workers hold right now.", labels=["model"])
+        dead = GaugeMetricFamily("asyncinfer_queue_dead_letter_jobs", "Jobs in the model's dead-letter list.", labels=["model"])
+        paused = GaugeMetricFamily("asyncinfer_queue_paused", "1 while the model's queue is paused.", labels=["model"])
+        workers = GaugeMetricFamily("asyncinfer_workers", "Workers with a live heartbeat.", labels=["model"])
+        enqueued = CounterMetricFamily("asyncinfer_jobs_enqueued", "Jobs submitted (from the stats hash).", labels=["model"])
+        finished = CounterMetricFamily(
+            "asyncinfer_jobs_finished", "Jobs that ended, by outcome (from the stats hash).", labels=["model", "outcome"]
+        )
+        retried = CounterMetricFamily(
+            "asyncinfer_jobs_retried", "Jobs put back to pending by a retry (from the stats hash).", labels=["model"]
+        )
+        recovered = CounterMetricFamily(
+            "asyncinfer_jobs_recovered", "Jobs requeued from a dead worker (from the stats hash).", labels=["model"]
+        )
+        for m in o.models:
+            for priority, count in m.pending.items():
+                pending.add_metric([m.name, priority], count)
+                oldest.add_metric([m.name, priority], m.oldest_pending_age_s.get(priority, 0.0))
+            inflight.add_metric([m.name], m.inflight)
+            dead.add_metric([m.name], m.dead)
+            paused.add_metric([m.name], 1 if m.paused else 0)
+            workers.add_metric([m.name], sum(1 for w in m.workers if w.alive))
+            enqueued.add_metric([m.name], m.stats.get("enqueued", 0))
+            for outcome in FINISHED_OUTCOMES:
+                finished.add_metric([m.name, outcome], m.stats.get(outcome, 0))
+            retried.add_metric([m.name], m.stats.get("retried", 0))
+            recovered.add_metric([m.name], m.stats.get("recovered", 0))
+        yield from (pending, oldest, inflight, dead, paused, workers, enqueued, finished, retried, recovered)
+
+        memory_used = GaugeMetricFamily("asyncinfer_redis_memory_used_bytes", "Redis used_memory (INFO memory).")
+        memory_used.add_metric([], o.redis_memory_used_bytes)
+        memory_max = GaugeMetricFamily("asyncinfer_redis_memory_max_bytes", "Redis maxmemory; 0 = no limit set.")
+        memory_max.add_metric([], o.redis_memory_max_bytes)
+        notify_due = GaugeMetricFamily(
+            "asyncinfer_webhook_pending_notifications", "Webhook notifications waiting to be delivered."
+        )
+        notify_due.add_metric([], o.notify_pending)
+        notify_failed = GaugeMetricFamily(
+            "asyncinfer_webhook_failed_notifications", "Webhook notifications given up (kept for resend)."
+        )
+        notify_failed.add_metric([], o.notify_failed)
+        yield from (memory_used, memory_max, notify_due, notify_failed)
+
+
+def exposition() -> bytes:
+    """This process's own metrics in the Prometheus text format (a worker's or the notifier's /metrics)."""
+    return generate_latest(REGISTRY)
+
+
+def render(overview: StoreOverview | None = None, *, with_queue: bool = False) -> tuple[bytes, str]:
+    """The exposition text and its content type: this process's own metrics, plus (API only,
+    `with_queue`) the queue-wide state from `overview`."""
+    body = exposition()
+    if with_queue:
+        queue_registry = CollectorRegistry(auto_describe=False)
+        queue_registry.register(QueueCollector(overview))
+        body += generate_latest(queue_registry)
+    return body, CONTENT_TYPE_LATEST

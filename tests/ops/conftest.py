@@ -1,0 +1,99 @@
+"""Fixtures of the operations tests: a local stack with authentication (an admin and a client token),
+the API's metrics listener and a worker's health port, on the session's real redis-server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from stack import BIN, free_port, spawn, wait_http
+
+from jobqueue.protocol import WorkerQueue
+from jobqueue.settings import Settings
+from jobqueue.states import Outcome
+from tests.conftest import Processes, service_env
+from tests.notifier.helpers import new_secret
+
+ADMIN_TOKEN = "ops-admin-token-0123456789"
+CLIENT_TOKEN = "ops-client-token-0123456789"
+ROW = [5.1, 3.5, 1.4, 0.2]
+
+
+@dataclass
+class OpsStack:
+    """A running API (+ workers on demand) and how to reach it."""
+
+    processes: Processes
+    env: dict[str, str]
+    redis_url: str
+    api_url: str
+    metrics_url: str
+    worker_metrics_urls: list[str] = field(default_factory=list)
+
+    @property
+    def webhook_secret(self) -> str:
+        return self.env["WEBHOOK_SECRET"]
+
+    def http(self, token: str = CLIENT_TOKEN) -> httpx.Client:
+        return httpx.Client(base_url=self.api_url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+    def start_worker(self, port: int | None = None) -> str:
+        """A worker process with its own health/metrics port; returns its /metrics URL."""
+        port = port or free_port()
+        self.processes.worker({**self.env, "WORKER_HEALTH_PORT": str(port)})
+        url = f"http://127.0.0.1:{port}/metrics"
+        wait_http(url, timeout_s=60)
+        self.worker_metrics_urls.append(url)
+        return url
+
+    def start_notifier(self, port: int) -> None:
+        """The webhook notifier process, its health/metrics on `port`."""
+        proc = spawn([str(BIN / "asyncinfer-notifier")], {**self.env, "WORKER_HEALTH_PORT": str(port)},
+                     self.processes.tmp_path / f"notifier-{port}.log")  # fmt: skip
+        self.processes.procs.append(proc)
+        wait_http(f"http://127.0.0.1:{port}/readyz", 20, proc)
+
+    def submit(self, count: int = 1, priority: str = "normal", callback_url: str | None = None) -> list[str]:
+        body: dict[str, object] = {"data": [ROW], "priority": priority}
+        if callback_url:
+            body["callback_url"] = callback_url
+        with self.http() as http:
+            ids = []
+            for _ in range(count):
+                answer = http.post("/predict", json=body)
+                assert answer.status_code == 202, answer.text
+                ids.append(answer.json()["job_id"])
+            return ids
+
+    def fail_pending(self, error: str, count: int) -> list[str]:
+        """With no worker running: take `count` pending jobs as a worker would and fail them for good
+        (the protocol's own claim and finish), so they land in the dead-letter list."""
+        settings = Settings(redis_url=self.redis_url)
+        client = redis.Redis.from_url(self.redis_url, decode_responses=True)
+        try:
+            queue = WorkerQueue(client, settings, "iris", "test")
+            claimed = queue.claim("ops-test-worker", count).jobs
+            queue.finish("ops-test-worker", [(job.job_id, Outcome.FAILED, error) for job in claimed])
+            queue.deregister("ops-test-worker")
+            return [job.job_id for job in claimed]
+        finally:
+            client.close()
+
+
+@pytest.fixture
+def ops_stack(processes: Processes, redis_server, redis_client, tmp_path: Path) -> Iterator[OpsStack]:
+    """API with AUTH_TOKENS_FILE and METRICS_PORT on a clean Redis; no worker until asked for. Webhooks
+    may go to plain-http receivers on loopback."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"ops admin {ADMIN_TOKEN}\nalice client {CLIENT_TOKEN}\n")
+    metrics_port = free_port()
+    env = service_env(
+        redis_server.url, AUTH_TOKENS_FILE=tokens, METRICS_PORT=metrics_port,
+        WEBHOOK_SECRET=new_secret(), WEBHOOK_ALLOW_HTTP="true", WEBHOOK_ALLOW_PRIVATE="true",
+    )  # fmt: skip
+    _, url = processes.api(env)
+    yield OpsStack(processes, env, redis_server.url, url, f"http://127.0.0.1:{metrics_port}/metrics")
