@@ -54,8 +54,8 @@ test-unit: $(MODEL) ## pure unit tests (no Redis)
 	$(PYTEST) tests/unit
 
 .PHONY: test-integration
-test-integration: $(MODEL) ## real redis-server, real API and worker processes, fault suite, e2e on a local stack
-	$(PYTEST) tests/integration tests/notifier tests/oip tests/e2e
+test-integration: $(MODEL) ## real redis-server, real API, worker and notifier processes: scripts, faults, webhooks, OIP, e2e on a local stack
+	$(PYTEST) tests/integration tests/faults tests/notifier tests/oip tests/e2e
 
 .PHONY: test-client
 test-client: $(MODEL) ## the Python SDK and the asyncinfer CLI against a real local stack

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import orjson
+import redis.exceptions
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
@@ -39,6 +41,35 @@ def invalid(loc: tuple[str | int, ...] | list[str | int], msg: str, kind: str = 
     return HTTPProblem(422, [{"loc": list(loc), "msg": msg, "type": kind}])
 
 
+# Redis error codes and what they mean for a client. redis-py drops the code from the message of the
+# classes it maps (NoPermissionError: "this user has no permissions ..."), and Redis 6 wraps an error
+# inside a script as "Error running script ...: -OOM command not allowed ...": look at both.
+REFUSAL_REASONS = {
+    "OOM": "OOM: Redis is full (maxmemory)",
+    "READONLY": "READONLY: a read-only replica (a failover in progress?)",
+    "MISCONF": "MISCONF: Redis cannot persist",
+    "NOPERM": "NOPERM: the Redis user lacks a permission",
+    "NOAUTH": "NOAUTH: not authenticated",
+    "WRONGPASS": "WRONGPASS: wrong Redis password",
+    "BUSY": "BUSY: Redis is running a long script",
+    "MASTERDOWN": "MASTERDOWN: the replica lost its master",
+}
+REFUSAL_CLASSES = {
+    redis.exceptions.OutOfMemoryError: "OOM",
+    redis.exceptions.ReadOnlyError: "READONLY",
+    redis.exceptions.NoPermissionError: "NOPERM",
+}
+
+
+def refusal_reason(exc: BaseException) -> str:
+    """The error code of a Redis error reply with its meaning, e.g. "OOM: Redis is full (maxmemory)"."""
+    code = next((c for cls, c in REFUSAL_CLASSES.items() if isinstance(exc, cls)), None)
+    if code is None:
+        found = re.search(r"(?:^|[\s-])(" + "|".join(REFUSAL_REASONS) + r")\b", str(exc))
+        code = found.group(1) if found else None
+    return REFUSAL_REASONS[code] if code else "error reply: " + str(exc)[:120]
+
+
 def as_problem(exc: Exception) -> HTTPProblem | None:
     """The HTTP answer for a known failure; None for a bug (a 500)."""
     if isinstance(exc, HTTPProblem):
@@ -70,7 +101,7 @@ def as_problem(exc: Exception) -> HTTPProblem | None:
         # their first write, so nothing was stored.
         log.error("redis refused a command: %s", exc)
         return HTTPProblem(
-            503, f"job store (Redis) refused the write ({str(exc).split(' ', 1)[0]}); nothing was stored, try again later",
+            503, f"job store (Redis) refused the command ({refusal_reason(exc)}); nothing was stored, try again later",
             {"Retry-After": str(RETRY_AFTER_S * 5)},
         )
     return None

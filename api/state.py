@@ -19,7 +19,7 @@ from fastapi import Request
 
 from api.auth import TokenFile
 from api.errors import HTTPProblem, as_problem
-from jobqueue.connection import UNAVAILABLE
+from jobqueue.connection import REFUSED, UNAVAILABLE
 from jobqueue.model_signature import InputError, ModelSignature, batch_mismatch, parse_input, read_signature
 from jobqueue.models import ModelConfig, file_version
 from jobqueue.protocol import ANONYMOUS, Enqueued, JobRecord, JobStore, NewJob
@@ -177,6 +177,8 @@ class JobEvents:
                                 self.wake(job_id, kind)
             except UNAVAILABLE as exc:
                 log.debug("event listener lost redis (%s)", exc)
+            except REFUSED as exc:  # e.g. NOPERM on SUBSCRIBE: keep trying, so fixing the ACL is enough
+                log.warning("event listener refused by redis (%s); waiters re-check on their own meanwhile", exc)
             finally:
                 with contextlib.suppress(Exception):
                     if pubsub.connection is not None:

@@ -33,7 +33,7 @@ from jobqueue.states import ClaimFlag, JobStatus, Outcome, ScriptCode
 if TYPE_CHECKING:
     import redis.asyncio
 
-SCRIPT_NAMES = ("enqueue", "claim", "finish", "recover", "cancel", "retry", "heartbeat")
+SCRIPT_NAMES = ("enqueue", "claim", "finish", "recover", "cancel", "retry", "heartbeat", "extend")
 RECORD_FIELDS = (
     "status", "model", "model_version", "priority", "owner", "result", "error", "attempts",
     "created_at", "started_at", "finished_at", "callback_url",
@@ -438,6 +438,14 @@ class WorkerQueue:
         )
         return parse_finish(reply)
 
+    def extend(self, worker_id: str, job_ids: Sequence[str]) -> int:
+        """Push the backstop deadline of jobs this worker still runs forward (it is making progress:
+        a batch of several model calls); returns how many moved."""
+        if not job_ids:
+            return 0
+        reply = self._scripts["extend"](keys=[self.keys.inflight], args=[worker_id, self.store.job_prefix, self.backstop_ms, *job_ids])
+        return int(reply)
+
     def heartbeat(self, worker_id: str) -> int:
         """Push this worker's heartbeat deadline forward; returns it (ms)."""
         k = self.keys
@@ -452,6 +460,7 @@ class WorkerQueue:
             args=[
                 worker_id, int(s.recovery_interval_seconds * 1000), self.store.job_prefix, s.max_attempts,
                 s.job_ttl_seconds, self.store.events, k.processing_prefix, s.max_dead_letters, self.store.principal_prefix,
+                int(s.worker_ttl_seconds * 1000),
             ],
         )  # fmt: skip
         if int(reply[0]) in (ScriptCode.RECOVERY_LOCK_HELD, ScriptCode.RECOVERY_GRACE):

@@ -55,6 +55,7 @@ class Worker:
         self.settings = settings
         self.model = model or OnnxModel(model_config(settings))
         self.config = self.model.config
+        self.model.progress = self._progress
         self.worker_id = worker_id or new_worker_id()
         self.client = sync_client(settings)
         self.queue = WorkerQueue(self.client, settings, self.model.name, self.model.version)
@@ -66,6 +67,8 @@ class Worker:
         self._unrecorded: OutcomeList = []  # outcomes Redis has not taken yet
         self._adopt = False  # Redis may list ids under us that this process does not know it holds
         self._next_reconcile = time.monotonic() + RECONCILE_INTERVAL_S
+        self._batch_ids: list[str] = []  # the batch being run, for `_progress`
+        self._extended_at = 0.0  # when its jobs' backstop deadlines were last set (claim or extend)
         self._background = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -88,6 +91,7 @@ class Worker:
                 if time.monotonic() >= self._next_reconcile:
                     self._adopt = True
                     self._next_reconcile = time.monotonic() + RECONCILE_INTERVAL_S
+                self._extended_at = time.monotonic()  # a claim sets deadlines from no earlier than now
                 jobs, alone, paused = self._collect_batch(burst)
                 self.redis_ok = True
                 backoff = 0.1
@@ -163,6 +167,7 @@ class Worker:
         return jobs, False, False
 
     def _run_batch(self, jobs: list[ClaimedJob], alone: bool) -> None:
+        self._batch_ids = [job.job_id for job in jobs]
         if alone:
             # Suspects run one by one, each recorded before the next: a crash then blames only itself.
             for job in jobs:
@@ -249,6 +254,21 @@ class Worker:
             outcomes.append((job.job_id, Outcome.COMPLETED, result))
             start += rows
         return outcomes
+
+    def _progress(self) -> None:
+        """Before each model call: the loop is alive (liveness), and once a batch has run for
+        JOB_TIMEOUT_SECONDS its jobs' backstop deadlines move forward. A batch of many calls (input
+        shapes, fixed-batch chunks, a rerun job by job) each within the timeout is making progress;
+        recovery must not fail it. Every call ends within the timeout (the watchdog), so no job goes
+        more than 2x JOB_TIMEOUT_SECONDS without a fresh deadline, inside the backstop."""
+        self.last_tick = time.monotonic()
+        if self.last_tick - self._extended_at < self.settings.job_timeout_seconds:
+            return
+        self._extended_at = self.last_tick
+        try:
+            self.queue.extend(self.worker_id, self._batch_ids)
+        except (*UNAVAILABLE, *REFUSED) as exc:  # the backstop only fires after 2x the timeout: try at the next call
+            log.debug("could not extend the batch's deadlines: %s", exc)
 
     # -- background: heartbeat and recovery ----------------------------------------------------
 

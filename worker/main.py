@@ -95,7 +95,11 @@ def run() -> None:
     from jobqueue.health import serve_health
     from worker.loop import Worker  # heavy: ONNX Runtime
 
-    worker = Worker(settings)
+    try:
+        worker = Worker(settings)
+    except (ValueError, OSError) as exc:  # an unusable model file or MODELS_FILE: one line saying why
+        log.error("cannot start: %s", exc)
+        sys.exit(2)
     watcher.attach(worker, settings.drain_timeout_seconds)
     if settings.worker_health_port:
         serve_health(settings.worker_health_port, worker.health, metrics.exposition)

@@ -98,6 +98,9 @@ class OnnxModel:
         self._watchdog = Watchdog()
         self._current: ort.RunOptions | None = None
         self._aborted = False
+        # called before each model call (a fixed-batch model takes several per batch): the worker
+        # shows it is making progress
+        self.progress: Callable[[], None] | None = None
 
     def abort(self) -> None:
         """Abort the call in progress, if any (from another thread); later calls fail at once."""
@@ -110,6 +113,8 @@ class OnnxModel:
         """Run one batch; returns each output as a list with one entry per input row."""
         rows = len(next(iter(feeds.values())))
         if self._fixed_batch is None:
+            if self.progress:
+                self.progress()
             return [self._per_row(name, out, rows) for name, out in zip(self.output_names, self._call(feeds, timeout_s), strict=True)]
         # A model exported with a fixed batch size: run in chunks of it, padding the last chunk.
         size = self._fixed_batch
@@ -119,6 +124,8 @@ class OnnxModel:
             short = size - len(next(iter(chunk.values())))
             if short:
                 chunk = {name: np.concatenate([arr, np.repeat(arr[-1:], short, axis=0)]) for name, arr in chunk.items()}
+            if self.progress:
+                self.progress()
             outs = self._call(chunk, timeout_s)
             for name, collected, out in zip(self.output_names, per_output, outs, strict=True):
                 collected.extend(self._per_row(name, out, size)[: size - short])

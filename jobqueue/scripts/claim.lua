@@ -86,9 +86,9 @@ if is_paused then out[1] = 1 end
 for _, c in ipairs(candidates) do
   local id, source = c[1], c[2]
   local job = job_prefix .. id
-  local status, queued_at, attempts, input, worker, suspect, priority, owner, callback, idem =
+  local status, queued_at, attempts, input, worker, suspect, priority, owner, callback, idem, started_at =
     unpack(redis.call('HMGET', job, 'status', 'queued_at', 'attempts', 'input', 'worker', 'suspect',
-      'priority', 'owner', 'callback_url', 'idem'))
+      'priority', 'owner', 'callback_url', 'idem', 'started_at'))
   local held = source == 0
   if status == 'processing' and worker == wid and held then
     -- Already ours: a reply lost to a dropped connection. Adopt it again, unchanged.
@@ -99,7 +99,9 @@ for _, c in ipairs(candidates) do
     give_back[#give_back + 1] = c
   elseif status == 'pending' then
     local n = tonumber(attempts)
-    if n == 0 and request_ttl > 0 and now - tonumber(queued_at) > request_ttl then
+    -- "Not started" means never started: a job released by a drain or isolated after a hung batch
+    -- has its attempt uncounted (n == 0) but did start; it must run, however old it now is.
+    if not started_at and request_ttl > 0 and now - tonumber(queued_at) > request_ttl then
       redis.call('HSET', job, 'status', 'expired', 'finished_at', now, 'error', 'not started within REQUEST_TTL_SECONDS')
       close_job(job, id, job_ttl, now, idem, callback, owner, notify, unfinished_drop)
       redis.call('HINCRBY', stats, 'expired', 1)

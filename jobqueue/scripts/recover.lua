@@ -27,6 +27,7 @@ ARGV[6] events channel
 ARGV[7] processing list key prefix (one list per worker id)
 ARGV[8] max dead letters kept
 ARGV[9] principal key prefix
+ARGV[10] worker ttl, ms (a silence of every worker this long means Redis itself was away)
 Returns {requeued, failed, timed_out, dead_workers}, or {-10} when another worker holds the lock,
 or {-11} during the grace period.
 ]]
@@ -35,10 +36,18 @@ local pending_lists = {high = KEYS[7], normal = KEYS[8], low = KEYS[9]}
 local wid, lock_ttl, job_prefix = ARGV[1], ARGV[2], ARGV[3]
 local max_attempts, ttl, events = tonumber(ARGV[4]), ARGV[5], ARGV[6]
 local processing_prefix, max_dead, principal_prefix = ARGV[7], tonumber(ARGV[8]), ARGV[9]
+local worker_ttl = tonumber(ARGV[10])
 
 if not redis.call('SET', lock, wid, 'NX', 'PX', lock_ttl) then return {-10} end
 local now = now_ms()
 if now < tonumber(redis.call('HGET', stats, 'grace_until') or 0) then return {-11} end
+-- The caller beat just before calling, so a last beat older than the TTL means this call was held up
+-- by a Redis stall and runs first after it, before any worker could beat: start the grace here too.
+local last_beat = tonumber(redis.call('HGET', stats, 'beat_at') or now)
+if now - last_beat > worker_ttl then
+  redis.call('HSET', stats, 'grace_until', now + worker_ttl)
+  return {-11}
+end
 local requeued, failed, timed_out = 0, 0, 0
 local ended, back = {}, {}
 local unfinished_drop = {}
@@ -84,8 +93,11 @@ end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', inflight, '-inf', now, 'LIMIT', 0, 1000)) do
   local job = job_prefix .. id
   redis.call('ZREM', inflight, id)
-  local status, owner, callback, idem = unpack(redis.call('HMGET', job, 'status', 'owner', 'callback_url', 'idem'))
+  local status, owner, callback, idem, worker = unpack(redis.call('HMGET', job, 'status', 'owner', 'callback_url', 'idem', 'worker'))
   if status == 'processing' then
+    -- The stuck worker's list must not keep the id: once the job is retried (pending again), a stale
+    -- copy there would be pushed a second time by its recovery or its drain's release.
+    if worker then redis.call('LREM', processing_prefix .. worker, -1, id) end
     fail(job, id, 'exceeded its deadline (JOB_TIMEOUT_SECONDS) and its worker did not answer', owner, callback, idem)
     timed_out = timed_out + 1
   end
