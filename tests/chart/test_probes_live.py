@@ -68,7 +68,7 @@ def test_probe_paths_answer_200_in_the_running_app(chart_probes, redis_server, p
     api_paths, _, _ = chart_probes["api"]
     worker_paths, _, _ = chart_probes["worker"]
     # The chart's ports (8000/8081) may be taken on a developer machine: same paths, free ports.
-    env = service_env(redis_server.url, QUEUE_NAME="chart-probes:queue")
+    env = service_env(redis_server.url, KEY_PREFIX="chart-probes", QUEUE_NAME="chart-probes:queue")
     worker_port = free_port()
     processes.worker({**env, "WORKER_HEALTH_PORT": str(worker_port)})
     _, api_base = processes.api(env)
