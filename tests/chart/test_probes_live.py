@@ -68,12 +68,15 @@ def test_probe_paths_answer_200_in_the_running_app(chart_probes, redis_server, p
     api_paths, _, _ = chart_probes["api"]
     worker_paths, _, _ = chart_probes["worker"]
     # The chart's ports (8000/8081) may be taken on a developer machine: same paths, free ports.
-    env = service_env(redis_server.url, KEY_PREFIX="chart-probes", QUEUE_NAME="chart-probes:queue")
-    worker_port = free_port()
+    env = service_env(redis_server.url, KEY_PREFIX="chart-probes")
+    worker_port, metrics_port = free_port(), free_port()
     processes.worker({**env, "WORKER_HEALTH_PORT": str(worker_port)})
-    _, api_base = processes.api(env)
+    # As the chart runs it: /metrics on METRICS_PORT, the port the Service exposes and the Ingress does not route.
+    _, api_base = processes.api({**env, "METRICS_PORT": str(metrics_port)})
     for path in sorted(api_paths):
         assert get_status(api_base + path) == 200, f"API {path}\n{processes.logs()}"
+    assert get_status(f"http://127.0.0.1:{metrics_port}/metrics") == 200, f"API metrics\n{processes.logs()}"
+    assert get_status(f"http://127.0.0.1:{worker_port}/metrics") == 200, f"worker metrics\n{processes.logs()}"
     for path in sorted(worker_paths):
         assert get_status(f"http://127.0.0.1:{worker_port}{path}") == 200, f"worker {path}\n{processes.logs()}"
     # And a path the app does not serve is not 200: the check above can fail.
