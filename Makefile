@@ -42,7 +42,7 @@ test-unit: $(MODEL) ## lint (ruff) and pure unit tests (no Redis)
 
 .PHONY: test-integration
 test-integration: $(MODEL) ## real redis-server, real API and worker processes, fault suite, e2e on a local stack
-	$(PYTEST) tests/integration tests/e2e
+	$(PYTEST) tests/integration tests/notifier tests/e2e
 
 .PHONY: test-chart
 test-chart: tools $(MODEL) ## helm lint --strict, helm template over ci/ scenarios, schema validation, live probe check

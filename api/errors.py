@@ -9,8 +9,8 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from jobqueue.connection import UNAVAILABLE
-from jobqueue.errors import JobNotFound, QueueFull, WrongState
+from jobqueue.connection import REFUSED, UNAVAILABLE
+from jobqueue.errors import IdempotencyConflict, JobNotFound, QueueFull, RateLimited, TooManyUnfinished, WrongState
 
 log = logging.getLogger("asyncinfer.api")
 
@@ -49,10 +49,29 @@ def as_problem(exc: Exception) -> HTTPProblem | None:
         return HTTPProblem(409, str(exc), fields={"status": exc.status})
     if isinstance(exc, QueueFull):
         return HTTPProblem(429, f"{exc}; try again later", {"Retry-After": str(RETRY_AFTER_S)})
+    if isinstance(exc, RateLimited):
+        return HTTPProblem(429, str(exc), {"Retry-After": str(max(1, -(-exc.retry_after_ms // 1000)))})
+    if isinstance(exc, TooManyUnfinished):
+        return HTTPProblem(429, f"{exc}; wait for some to finish", {"Retry-After": str(RETRY_AFTER_S)})
+    if isinstance(exc, IdempotencyConflict):
+        return HTTPProblem(
+            422,
+            [{"loc": ["header", "Idempotency-Key"], "msg": str(exc), "type": "idempotency_conflict"}],
+            fields={"job_id": exc.job_id},
+        )
     if isinstance(exc, UNAVAILABLE):
         log.warning("redis unavailable: %s", exc)
         return HTTPProblem(
-            503, "job store (Redis) is unavailable; nothing was changed, try again", {"Retry-After": str(RETRY_AFTER_S)}
+            503, "job store (Redis) is unavailable; try again (a repeated submit with the same Idempotency-Key is safe)",
+            {"Retry-After": str(RETRY_AFTER_S)},
+        )
+    if isinstance(exc, REFUSED):
+        # OOM at maxmemory, READONLY after a failover, MISCONF, NOPERM: scripts are refused before
+        # their first write, so nothing was stored.
+        log.error("redis refused a command: %s", exc)
+        return HTTPProblem(
+            503, f"job store (Redis) refused the write ({str(exc).split(' ', 1)[0]}); nothing was stored, try again later",
+            {"Retry-After": str(RETRY_AFTER_S * 5)},
         )
     return None
 
@@ -68,5 +87,5 @@ def install_error_handlers(app: FastAPI) -> None:
             raise exc
         return problem_response(problem)
 
-    for error in (HTTPProblem, JobNotFound, WrongState, QueueFull, *UNAVAILABLE):
+    for error in (HTTPProblem, JobNotFound, WrongState, QueueFull, RateLimited, TooManyUnfinished, IdempotencyConflict, *UNAVAILABLE, *REFUSED):
         app.add_exception_handler(error, handle)

@@ -1,9 +1,10 @@
-"""A direct route for the two hot endpoints (submit a job, read a job).
+"""A direct route for the two hot endpoints (submit a job to the default model, read a job).
 
 Thousands of requests a second spend more time in the framework's routing, middleware and
 dependency machinery than in our handlers. This ASGI middleware calls the very same route functions
-with the parameters it parsed itself, and answers errors through the same mapping; the FastAPI routes
-stay the documented (OpenAPI) definition and serve every other method and path.
+(`jobs.submit_job`, `jobs.read_job`) with the parameters it parsed itself, and answers errors through
+the same mapping; the FastAPI routes stay the documented (OpenAPI) definition and serve every other
+method and path.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from urllib.parse import parse_qsl
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.errors import as_problem, invalid, problem_response
+from api.auth import authenticate
+from api.errors import as_problem, invalid, json_response, problem_response
 from api.routes import jobs
 
 JOB_PREFIX = "/job/"
@@ -41,23 +43,29 @@ class HotPathMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         method, path = scope["method"], scope["path"]
+        if path.startswith(JOB_PREFIX) and "/" not in path[len(JOB_PREFIX) :] and method not in ("GET", "HEAD", "DELETE"):
+            # GET and DELETE are two routes: Starlette would name only the first one in Allow
+            response = json_response({"detail": "Method Not Allowed"}, 405, {"Allow": "GET, DELETE"})
+            return await response(scope, receive, send)
         is_submit = method == "POST" and path == "/predict"
         job_id = path[len(JOB_PREFIX) :] if method == "GET" and path.startswith(JOB_PREFIX) else ""
         if not is_submit and (not job_id or "/" in job_id):
             return await self.app(scope, receive, send)
         state = scope["app"].state.asyncinfer
+        request = Request(scope, receive)
         try:
+            caller = authenticate(state.tokens, request.headers.get("authorization"))
             if is_submit:
-                request = Request(scope, receive)
                 key = request.headers.get("idempotency-key")
                 if key is not None and len(key) > jobs.MAX_IDEMPOTENCY_KEY:
                     raise invalid(["header", "Idempotency-Key"], f"String should have at most {jobs.MAX_IDEMPOTENCY_KEY} characters")
-                response = await jobs.predict(request, state, key)
+                body = await jobs.read_body(request, state.settings.max_body_bytes)
+                response = await jobs.submit_job(state, caller, None, body, key, request.headers.get("prefer"), receive)
             else:
                 if len(job_id) > jobs.MAX_JOB_ID:
                     raise invalid(["path", "job_id"], f"String should have at most {jobs.MAX_JOB_ID} characters")
-                response = await jobs.get_job(job_id, state, _wait_param(scope["query_string"]))
-        except Exception as exc:  # noqa: BLE001 - mapped below, or re-raised as a 500
+                response = await jobs.read_job(state, caller, job_id, _wait_param(scope["query_string"]), receive)
+        except Exception as exc:  # mapped below, or re-raised as a 500
             problem = as_problem(exc)
             if problem is None:
                 raise

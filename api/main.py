@@ -1,62 +1,18 @@
-"""Assembles the FastAPI app and runs it (`asyncinfer-api`): settings, lifespan, routers, handlers."""
+"""Runs the API process (`asyncinfer-api`): uvicorn with a graceful, load-balancer-friendly drain."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 import threading
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from types import FrameType
 
 import uvicorn
-from fastapi import FastAPI
-
-from api.errors import install_error_handlers
-from api.hotpath import HotPathMiddleware
-from api.routes import jobs, service
-from api.state import AppState, CompletionWaiters
-from jobqueue.connection import async_client
-from jobqueue.protocol import JobQueue
-from jobqueue.settings import Settings, get_settings
+from api.app import create_app
+from api.state import AppState
+from jobqueue.settings import get_settings
 
 log = logging.getLogger("asyncinfer.api")
-SIGNATURE_STARTUP_WAIT_S = 10.0
-
-
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or get_settings()
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = async_client(settings)
-        queue = JobQueue(client, settings)
-        waiters = CompletionWaiters(queue)
-        state = AppState(settings, queue, waiters)
-        app.state.asyncinfer = state
-        # The API reads the model signature itself so it validates while zero workers run.
-        loader = asyncio.create_task(state.load_signature(), name="load-signature")
-        await asyncio.wait({loader}, timeout=SIGNATURE_STARTUP_WAIT_S)  # normally done at once
-        waiters.start()
-        try:
-            yield
-        finally:
-            loader.cancel()
-            await waiters.stop()
-            await client.aclose()
-
-    app = FastAPI(
-        title="asyncinfer",
-        summary="Asynchronous ML inference: submit, get 202 and a job id, poll or long-poll for the result.",
-        version=service.VERSION,
-        lifespan=lifespan,
-    )
-    app.include_router(jobs.router)
-    app.include_router(service.router)
-    install_error_handlers(app)
-    app.add_middleware(HotPathMiddleware)
-    return app
 
 
 class DrainingServer(uvicorn.Server):

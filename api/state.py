@@ -1,39 +1,127 @@
-"""What the API holds for its lifetime: settings, the model signature, the queue client, waiters."""
+"""What the API holds for its lifetime: settings, model signatures, the job store, event waiters."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import time
+import uuid
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
+import orjson
+import redis.asyncio
 from fastapi import Request
 
-from api.errors import HTTPProblem
+from api.auth import TokenFile
+from api.errors import HTTPProblem, as_problem
 from jobqueue.connection import UNAVAILABLE
-from jobqueue.model_signature import ModelSignature, read_signature
-from jobqueue.protocol import JobQueue
+from jobqueue.model_signature import InputError, ModelSignature, batch_mismatch, parse_input, read_signature
+from jobqueue.models import ModelConfig, file_version
+from jobqueue.protocol import ANONYMOUS, Enqueued, JobRecord, JobStore, NewJob
 from jobqueue.settings import Settings
 
 log = logging.getLogger("asyncinfer.api")
 SIGNATURE_RETRY_S = 5
+LONG_POLL_RECHECK_S = 2.0  # re-read the record this often while waiting, in case a wake-up was missed
 
 
-class CompletionWaiters:
-    """Wakes long polls when a job ends, from one Pub/Sub subscription per API process.
+@dataclass
+class ModelEntry:
+    """One served model as the API knows it: its signature (never its weights) and version."""
 
-    Scripts publish the ids of jobs that reached a terminal state; a long poll registers a future for
-    its id. A missed message (Redis restart) only costs a re-check, which long polls also do slowly.
+    config: ModelConfig
+    signature: ModelSignature | None = None
+    version: str | None = None
+    error: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def ready(self) -> bool:
+        return self.signature is not None
+
+    def require_signature(self) -> ModelSignature:
+        """The signature, or a 503 saying why it is not there."""
+        if self.signature is None:
+            raise HTTPProblem(
+                503,
+                f"model {self.name} is not loaded from {self.config.path}: {self.error or 'loading'}",
+                {"Retry-After": str(SIGNATURE_RETRY_S)},
+            )
+        return self.signature
+
+    def load(self) -> None:
+        """Read signature and version (blocking: run it in a thread)."""
+        signature = read_signature(self.config.path, self.config.labels_path)
+        why = batch_mismatch(signature)
+        if why:
+            raise ValueError(why)
+        self.version = file_version(self.config.path)
+        self.signature = signature
+
+
+class ModelRegistry:
+    """Every configured model by name; the first is the default."""
+
+    def __init__(self, configs: dict[str, ModelConfig]) -> None:
+        self.entries = {name: ModelEntry(config) for name, config in configs.items()}
+        self.default = next(iter(self.entries))
+
+    def names(self) -> list[str]:
+        return list(self.entries)
+
+    def get(self, name: str) -> ModelEntry | None:
+        return self.entries.get(name)
+
+    def require(self, name: str | None) -> ModelEntry:
+        """The named model (the default for None), or a 404 naming the known ones."""
+        entry = self.entries.get(name or self.default)
+        if entry is None:
+            raise HTTPProblem(404, f"unknown model {name!r}; known models: {', '.join(self.entries)}")
+        return entry
+
+    async def load_all(self) -> None:
+        """Read every model's signature in a thread (a large file never blocks the event loop),
+        retrying while a file is missing or unreadable (a volume still being filled)."""
+        while True:
+            missing = [e for e in self.entries.values() if not e.ready]
+            for entry in missing:
+                try:
+                    await asyncio.to_thread(entry.load)
+                except Exception as exc:  # any reason is reported the same way
+                    if entry.error != str(exc):
+                        log.error("model %s: cannot read its signature (%s); retrying every %ss", entry.name, exc, SIGNATURE_RETRY_S)
+                    entry.error = str(exc)
+                else:
+                    log.info("serving model %s version %s", entry.name, entry.version)
+            if all(e.ready for e in self.entries.values()):
+                return
+            await asyncio.sleep(SIGNATURE_RETRY_S)
+
+
+class JobEvents:
+    """Wakes waiters when a job changes state, from one Pub/Sub subscription per API process.
+
+    Scripts publish '<kind> <id> <id> ...' (kind: processing, pending, ended); a waiter registers a
+    future for its id. A missed message (Redis restart) only costs a re-check, which waiters also do
+    slowly on their own.
     """
 
-    def __init__(self, queue: JobQueue) -> None:
-        self._queue = queue
-        self._futures: dict[str, set[asyncio.Future]] = defaultdict(set)
-        self._task: asyncio.Task | None = None
+    def __init__(self, client: redis.asyncio.Redis, channel: str) -> None:
+        self._client = client
+        self._channel = channel
+        self._futures: dict[str, set[asyncio.Future[str]]] = defaultdict(set)
+        self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._listen(), name="completion-waiters")
+        self._task = asyncio.create_task(self._listen(), name="job-events")
 
     async def stop(self) -> None:
         self.wake_all()
@@ -42,84 +130,162 @@ class CompletionWaiters:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def add(self, job_id: str) -> asyncio.Future:
-        future = asyncio.get_running_loop().create_future()
+    def add(self, job_id: str) -> asyncio.Future[str]:
+        """A future resolved with the event kind at the job's next transition."""
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._futures[job_id].add(future)
         return future
 
-    def discard(self, job_id: str, future: asyncio.Future) -> None:
+    def discard(self, job_id: str, future: asyncio.Future[str]) -> None:
         futures = self._futures.get(job_id)
         if futures is not None:
             futures.discard(future)
             if not futures:
                 del self._futures[job_id]
 
-    def wake(self, job_id: str) -> None:
+    def wake(self, job_id: str, kind: str) -> None:
         for future in self._futures.pop(job_id, ()):
             if not future.done():
-                future.set_result(None)
+                future.set_result(kind)
 
     def wake_all(self) -> None:
         for job_id in list(self._futures):
-            self.wake(job_id)
+            self.wake(job_id, "recheck")
 
     async def _listen(self) -> None:
         backoff = 0.1
         while True:
-            pubsub = self._queue.client.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self._queue.keys.events)
+                await pubsub.subscribe(self._channel)
                 backoff = 0.1
                 async for message in pubsub.listen():
                     if self._futures and message.get("type") == "message":
-                        for job_id in str(message["data"]).split():
-                            self.wake(job_id)
+                        kind, *ids = str(message["data"]).split()
+                        for job_id in ids:
+                            if job_id in self._futures:
+                                self.wake(job_id, kind)
             except UNAVAILABLE as exc:
-                log.debug("completion listener lost redis (%s)", exc)
+                log.debug("event listener lost redis (%s)", exc)
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
-            self.wake_all()  # let long polls re-check while we reconnect
+            self.wake_all()  # let waiters re-check while we reconnect
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
+
+
+def fingerprint(model: str, payload: bytes, priority: str, callback_url: str) -> str:
+    """What makes two submits "the same request" for an idempotency key."""
+    digest = hashlib.sha256()
+    for part in (model.encode(), priority.encode(), callback_url.encode(), payload):
+        digest.update(len(part).to_bytes(8, "little"))
+        digest.update(part)
+    return digest.hexdigest()[:32]
 
 
 @dataclass
 class AppState:
     settings: Settings
-    queue: JobQueue
-    waiters: CompletionWaiters
-    signature: ModelSignature | None = None  # None until MODEL_PATH could be read
-    signature_error: str = ""
+    store: JobStore
+    probe: redis.asyncio.Redis  # readiness's own connection
+    models: ModelRegistry
+    events: JobEvents
+    tokens: TokenFile | None = None
     draining: bool = False
+    callback_validator: Callable[[str, Settings], str] | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
 
-    def require_signature(self) -> ModelSignature:
-        """The model signature, or a 503 saying why it is not there (readiness is 503 meanwhile)."""
-        if self.signature is None:
-            raise HTTPProblem(
-                503,
-                f"model signature not loaded from MODEL_PATH={self.settings.model_path}: {self.signature_error}",
-                {"Retry-After": str(SIGNATURE_RETRY_S)},
-            )
-        return self.signature
-
-    async def load_signature(self) -> None:
-        """Read the model's signature, retrying while the file is missing or unreadable (a volume
-        still being mounted or filled): the API serves, unready, instead of crash-looping."""
-        while True:
+    def validated_job(
+        self,
+        owner: str,
+        model: ModelEntry,
+        data: Any,
+        priority: str = "normal",
+        callback_url: str | None = None,
+        idempotency_key: str | None = None,
+        loc: tuple[str | int, ...] = ("body",),
+    ) -> NewJob:
+        """A job ready to store: `data` checked against the model's signature (422 naming the field)."""
+        signature = model.require_signature()
+        try:
+            parse_input(data, signature, self.settings.max_rows_per_job)
+        except InputError as exc:
+            raise HTTPProblem(422, [{"loc": [*loc, *exc.loc[1:]], "msg": exc.msg, "type": "value_error"}]) from None
+        if priority not in ("high", "normal", "low"):
+            raise HTTPProblem(422, [{"loc": [*loc, "priority"], "msg": "must be one of high, normal, low", "type": "enum"}])
+        callback = ""
+        if callback_url is not None:
+            if not isinstance(callback_url, str):
+                raise HTTPProblem(422, [{"loc": [*loc, "callback_url"], "msg": "must be a URL string", "type": "string_type"}])
             try:
-                self.signature = read_signature(self.settings.model_path, self.settings.labels_path)
-            except Exception as exc:  # noqa: BLE001 - any reason is reported the same way
-                if self.signature_error != str(exc):
-                    log.error("cannot read the model signature (%s); retrying every %ss", exc, SIGNATURE_RETRY_S)
-                self.signature_error = str(exc)
-                await asyncio.sleep(SIGNATURE_RETRY_S)
-            else:
-                s = self.signature
-                log.info("serving model %s v%s on queue %s", s.name, s.version, self.settings.queue_name)
-                return
+                callback = self.callback_validator(callback_url, self.settings) if self.callback_validator else callback_url
+            except ValueError as exc:
+                raise HTTPProblem(422, [{"loc": [*loc, "callback_url"], "msg": str(exc), "type": "value_error"}]) from None
+        payload = orjson.dumps({"data": data})
+        return NewJob(
+            job_id=str(uuid.uuid4()),
+            model=model.name,
+            payload=payload.decode(),
+            priority=priority,
+            owner=owner,
+            callback_url=callback,
+            idempotency_key=idempotency_key,
+            fingerprint=fingerprint(model.name, payload, priority, callback),
+        )
+
+    async def submit(
+        self,
+        principal: str,
+        model_name: str | None,
+        data: Any,
+        priority: str = "normal",
+        callback_url: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Validate and enqueue one job; its id. Refusals raise HTTPProblem (422, 404, 429, 503)."""
+        job = self.validated_job(principal or ANONYMOUS, self.models.require(model_name), data, priority, callback_url, idempotency_key)
+        return (await self.enqueue(job)).job_id
+
+    async def enqueue(self, job: NewJob) -> Enqueued:
+        try:
+            return await self.store.enqueue(job)
+        except Exception as exc:
+            problem = as_problem(exc)
+            if problem is None:
+                raise
+            raise problem from None
+
+    async def wait_for(self, job_id: str, timeout_s: float, disconnected: asyncio.Future[Any] | None = None) -> JobRecord:
+        """The job's record once it ends, or as it is after `timeout_s` (or when the client left).
+        Woken by Pub/Sub, not by polling Redis."""
+        deadline = time.monotonic() + timeout_s
+        future = self.events.add(job_id)
+        try:
+            record = await self.store.get(job_id)  # read after subscribing: no wake-up is missed
+            while not record.status.terminal and not self.draining:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (disconnected is not None and disconnected.done()):
+                    break
+                waiting: set[asyncio.Future[Any]] = {asyncio.ensure_future(asyncio.shield(future))}
+                if disconnected is not None:
+                    waiting.add(disconnected)
+                await asyncio.wait(waiting, timeout=min(remaining, LONG_POLL_RECHECK_S), return_when=asyncio.FIRST_COMPLETED)
+                for pending in waiting:
+                    if pending is not disconnected and not pending.done():
+                        pending.cancel()
+                if disconnected is not None and disconnected.done():
+                    break
+                record = await self.store.get(job_id)
+                if future.done():
+                    self.events.discard(job_id, future)
+                    future = self.events.add(job_id)
+        finally:
+            self.events.discard(job_id, future)
+        return record
 
 
 async def get_state(request: Request) -> AppState:
     # async on purpose: FastAPI runs a sync dependency in a thread pool, a hop on every request
-    return request.app.state.asyncinfer
+    state: AppState = request.app.state.asyncinfer
+    return state

@@ -23,7 +23,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "deploy" / "local")]
 
 from stack import BIN, RedisServer, free_port, spawn, stop, wait_http  # noqa: E402
 
-from jobqueue.keys import QueueKeys  # noqa: E402
+from jobqueue.keys import StoreKeys  # noqa: E402
 
 BODY = json.dumps({"data": [[6.7, 3.0, 5.2, 2.3]]}).encode()
 
@@ -45,7 +45,7 @@ async def submit_all(base: str, jobs: int, concurrency: int) -> list[str]:
     return accepted
 
 
-def statuses(client: redis.Redis, keys: QueueKeys, ids: list[str]) -> list[tuple[str | None, int]]:
+def statuses(client: redis.Redis, keys: StoreKeys, ids: list[str]) -> list[tuple[str | None, int]]:
     pipe = client.pipeline(transaction=False)
     for job_id in ids:
         pipe.hmget(keys.job(job_id), "status", "attempts")
@@ -58,11 +58,12 @@ def main() -> None:
     parser.add_argument("--kill-every", type=float, default=3.0, help="seconds between SIGKILLs")
     args = parser.parse_args()
     settings = {"WORKER_TTL_SECONDS": "5", "RECOVERY_INTERVAL_SECONDS": "1", "MAX_ATTEMPTS": "10"}
-    keys = QueueKeys("chaos:queue")
+    keys = StoreKeys("chaos")
+    model_keys = keys.model("iris")
     with tempfile.TemporaryDirectory(prefix="asyncinfer-chaos-") as tmp:
         work = Path(tmp)
         server = RedisServer(work / "redis", appendfsync="everysec").start()
-        env = dict(os.environ, REDIS_URL=server.url, MODEL_PATH=str(ROOT / "models" / "iris.onnx"), QUEUE_NAME=keys.queue,
+        env = dict(os.environ, REDIS_URL=server.url, MODEL_PATH=str(ROOT / "models" / "iris.onnx"), KEY_PREFIX=keys.prefix,
                    PORT=str(free_port()), LOG_LEVEL="WARNING", MAX_BATCH_SIZE="32", **settings)
         client = redis.Redis.from_url(server.url, decode_responses=True)
         api = spawn([str(BIN / "asyncinfer-api")], env, work / "api.log")
@@ -80,7 +81,7 @@ def main() -> None:
                 proc.kill()
                 proc.wait()
                 killed_at = time.monotonic()
-                held = [i for key in client.keys(keys.processing(f"*-{proc.pid}-*")) for i in client.lrange(key, 0, -1)]
+                held = [i for key in client.keys(model_keys.processing(f"*-{proc.pid}-*")) for i in client.lrange(key, 0, -1)]
                 kills.append((killed_at, held))
                 workers[victim] = spawn([str(BIN / "asyncinfer-worker")], env, work / f"worker-{victim}.log")
                 victim = 1 - victim
@@ -106,9 +107,9 @@ def main() -> None:
         final = statuses(client, keys, accepted)
         for job_id, (status, _) in zip(accepted, final):
             if status != "completed":  # say where a job that did not finish is, to debug it
-                where = [key for key in client.keys(keys.prefix + "*") if client.type(key) == "list" and job_id in client.lrange(key, 0, -1)]
+                where = [key for key in client.keys(keys.prefix + ":*") if client.type(key) == "list" and job_id in client.lrange(key, 0, -1)]
                 print(f"not completed: {job_id} {client.hgetall(keys.job(job_id))} in lists {where}"
-                      f" inflight={client.zscore(keys.inflight, job_id)} workers={client.zrange(keys.workers, 0, -1, withscores=True)}")
+                      f" inflight={client.zscore(model_keys.inflight, job_id)} workers={client.zrange(model_keys.workers, 0, -1, withscores=True)}")
         for proc in (api, *workers):
             stop(proc, 30)
         measured.set()

@@ -113,8 +113,12 @@ class System:
 
     def __init__(self, name: str, redis_url: str, workdir: Path) -> None:
         self.name, self.redis_url, self.workdir = name, redis_url, workdir
-        self.queue_name = f"bench-{name}-{uuid.uuid4().hex[:6]}:queue"
-        self.env = dict(os.environ, REDIS_URL=redis_url, MODEL_PATH=MODEL, QUEUE_NAME=self.queue_name,
+        prefix = f"bench-{name}-{uuid.uuid4().hex[:6]}"
+        self.settings = Settings(key_prefix=prefix, max_queue_length=0)
+        self.keys = StoreKeys(prefix)
+        # the naive design's one list; ours: the iris model's normal-priority list
+        self.queue_name = f"{prefix}:queue" if name == "naive" else self.keys.model("iris").pending()
+        self.env = dict(os.environ, REDIS_URL=redis_url, MODEL_PATH=MODEL, QUEUE_NAME=self.queue_name, KEY_PREFIX=prefix,
                         LOG_LEVEL="WARNING", PYTHONPATH=str(ROOT), MAX_QUEUE_LENGTH="0")
 
     def argv(self, role: str) -> list[str]:
@@ -138,14 +142,19 @@ class System:
                     pipe.set(f"job:{job_id}:status", "pending").set(f"job:{job_id}:input", payload).lpush(self.queue_name, job_id)
                 pipe.execute()
             else:
-                JobQueue(client, Settings(queue_name=self.queue_name, max_queue_length=0)).enqueue_many([(i, payload) for i in chunk])
+                enqueue = client.register_script(lua_script("enqueue"))
+                pipe = client.pipeline(transaction=False)
+                for job_id in chunk:
+                    call = enqueue_call(self.keys, self.settings, NewJob(job_id=job_id, model="iris", payload=payload))
+                    enqueue(keys=call.keys, args=call.args, client=pipe)
+                pipe.execute()
         client.close()
         return ids[-1]
 
     def finished(self, client: redis.Redis, last_id: str) -> bool:
         if self.name == "naive":
             return client.get(f"job:{last_id}:status") == "completed"
-        return client.hget(f"{self.queue_name}:job:{last_id}", "status") == "completed" and not client.zcard(f"{self.queue_name}:inflight")
+        return client.hget(self.keys.job(last_id), "status") == "completed" and not client.zcard(self.keys.model("iris").inflight)
 
 
 def drain(system: System, n: int) -> float:

@@ -1,45 +1,97 @@
-"""The job protocol: one typed wrapper per Lua script, usable with a sync or an asyncio Redis client.
+"""The job protocol: one Lua script per transition, called through two typed classes.
 
-Each method returns its parsed value for a sync client, or an awaitable of it for `redis.asyncio`,
-so the API (async) and the worker (sync) share one implementation of every transition.
+`JobStore` (asyncio, the API) and `WorkerQueue` (sync, a worker) share the pure builders and parsers
+below, as redis-py itself does for its sync and async clients: a builder turns typed arguments into a
+`ScriptCall` (keys from `jobqueue.keys`, args in the script's documented order), a parser turns the
+script's reply into a typed value or a `JobQueueError`.
 """
 
 from __future__ import annotations
 
-import inspect
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, TypeVar
+from typing import Any
 
-from jobqueue.errors import JobNotFound, QueueFull, WrongState
-from jobqueue.keys import QueueKeys
-from jobqueue.settings import Settings
-from jobqueue.states import JobStatus, Outcome, ScriptCode
+import redis
+import redis.asyncio
 
-T = TypeVar("T")
+from jobqueue.errors import (
+    IdempotencyConflict,
+    JobNotFound,
+    JobQueueError,
+    QueueFull,
+    RateLimited,
+    TooManyUnfinished,
+    WrongState,
+)
+from jobqueue.keys import ModelKeys, StoreKeys
+from jobqueue.settings import PRIORITIES, Settings
+from jobqueue.states import ClaimFlag, JobStatus, Outcome, ScriptCode
+
 SCRIPT_NAMES = ("enqueue", "claim", "finish", "recover", "cancel", "retry", "heartbeat")
-RECORD_FIELDS = ("status", "result", "error", "attempts", "created_at", "started_at", "finished_at")
+RECORD_FIELDS = (
+    "status", "model", "model_version", "priority", "owner", "result", "error", "attempts",
+    "created_at", "started_at", "finished_at", "callback_url",
+    "notify_state", "notify_attempts", "notify_last_status", "notify_last_error",
+)  # fmt: skip
+ANONYMOUS = "anonymous"  # the owner of every job while authentication is off
 
 
-def _then(reply: Any, parse: Callable[[Any], T]) -> T | Any:
-    """Apply `parse` now (sync client) or once the reply arrives (async client)."""
-    if inspect.isawaitable(reply):
-
-        async def _await() -> T:
-            return parse(await reply)
-
-        return _await()
-    return parse(reply)
+def lua_source(name: str) -> str:
+    return resources.files("jobqueue").joinpath("scripts", f"{name}.lua").read_text()
 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _code(reply: Sequence[Any]) -> tuple[ScriptCode, str]:
-    return ScriptCode(int(reply[0])), _text(reply[1])
+def _opt_int(value: Any) -> int | None:
+    return int(value) if value not in (None, b"", "") else None
+
+
+def _opt_text(value: Any) -> str | None:
+    return None if value is None else _text(value)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+# -- typed values ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScriptCall:
+    """One script invocation: which script, its KEYS and its ARGV."""
+
+    name: str
+    keys: list[str]
+    args: list[Any]
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A validated submit, ready to be stored."""
+
+    job_id: str
+    model: str
+    payload: str
+    priority: str = "normal"
+    owner: str = ANONYMOUS
+    callback_url: str = ""
+    idempotency_key: str | None = None
+    fingerprint: str = ""
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    """What enqueue did: `created` False means an idempotent replay of `job_id` (now `status`)."""
+
+    job_id: str
+    created: bool
+    status: JobStatus
 
 
 @dataclass(frozen=True)
@@ -47,6 +99,13 @@ class ClaimedJob:
     job_id: str
     attempts: int
     payload: str
+
+
+@dataclass(frozen=True)
+class ClaimedBatch:
+    jobs: list[ClaimedJob]
+    paused: bool = False
+    suspect_alone: bool = False  # a suspect started alone: add nothing to this batch
 
 
 @dataclass(frozen=True)
@@ -72,197 +131,127 @@ class JobRecord:
 
     job_id: str
     status: JobStatus
-    input: str | None
+    model: str | None
+    model_version: str | None
+    priority: str
+    owner: str | None
     result: str | None
     error: str | None
     attempts: int
     created_at: int | None
     started_at: int | None
     finished_at: int | None
+    callback_url: str | None = None
+    notify_state: str | None = None
+    notify_attempts: int = 0
+    notify_last_status: int | None = None
+    notify_last_error: str | None = None
+    input: str | None = None
+
+    def visible_to(self, principal: str, admin: bool) -> bool:
+        """A client sees only its own jobs; an admin sees all."""
+        return admin or self.owner == principal
 
 
-def _opt_int(value: Any) -> int | None:
-    return int(value) if value not in (None, b"", "") else None
+# -- pure builders and parsers --------------------------------------------------------------------
 
 
-def _opt_text(value: Any) -> str | None:
-    return None if value is None else _text(value)
+def enqueue_call(store: StoreKeys, settings: Settings, job: NewJob) -> ScriptCall:
+    model = store.model(job.model)
+    idem = store.idempotency(job.owner, job.idempotency_key or "")
+    return ScriptCall(
+        "enqueue",
+        [model.pending(job.priority), store.job(job.job_id), idem, model.stats, store.principal(job.owner)],
+        [
+            job.job_id, job.payload, job.model, job.priority, job.owner, job.callback_url, job.fingerprint,
+            settings.max_queue_length, "1" if job.idempotency_key else "0",
+            settings.rate_limit_per_second, settings.rate_limit_burst, settings.max_pending_per_principal,
+            store.job_prefix,
+        ],
+    )  # fmt: skip
 
 
-def _lua(name: str) -> str:
-    return resources.files("jobqueue").joinpath("scripts", f"{name}.lua").read_text()
+def enqueue_result(reply: Sequence[Any], settings: Settings) -> Enqueued | JobQueueError:
+    """The script's answer as a value, or the refusal as an exception object (not raised: bulk
+    submits report each item's refusal in place)."""
+    code, job_id, detail = ScriptCode(int(reply[0])), _text(reply[1]), _text(reply[2])
+    if code in (ScriptCode.OK, ScriptCode.REPLAYED):
+        return Enqueued(job_id, code is ScriptCode.OK, JobStatus(detail))
+    if code is ScriptCode.QUEUE_FULL:
+        return QueueFull(f"queue holds {settings.max_queue_length} jobs (MAX_QUEUE_LENGTH)")
+    if code is ScriptCode.RATE_LIMITED:
+        return RateLimited(int(detail))
+    if code is ScriptCode.TOO_MANY_UNFINISHED:
+        return TooManyUnfinished(f"{settings.max_pending_per_principal} unfinished jobs (MAX_PENDING_PER_PRINCIPAL)")
+    if code is ScriptCode.IDEMPOTENCY_CONFLICT:
+        return IdempotencyConflict(job_id)
+    raise JobQueueError(f"enqueue answered {reply!r}")
 
 
-class JobQueue:
-    """All state changes of one queue's jobs. Scripts are registered once per client."""
+def parse_record(job_id: str, fields: Sequence[str], values: Sequence[Any]) -> JobRecord | None:
+    f = dict(zip(fields, values, strict=True))
+    if f["status"] is None:
+        return None
+    return JobRecord(
+        job_id=job_id,
+        status=JobStatus(_text(f["status"])),
+        model=_opt_text(f["model"]),
+        model_version=_opt_text(f["model_version"]),
+        priority=_opt_text(f["priority"]) or "normal",
+        owner=_opt_text(f["owner"]),
+        result=_opt_text(f["result"]),
+        error=_opt_text(f["error"]),
+        attempts=int(f["attempts"] or 0),
+        created_at=_opt_int(f["created_at"]),
+        started_at=_opt_int(f["started_at"]),
+        finished_at=_opt_int(f["finished_at"]),
+        callback_url=_opt_text(f["callback_url"]),
+        notify_state=_opt_text(f["notify_state"]),
+        notify_attempts=int(f["notify_attempts"] or 0),
+        notify_last_status=_opt_int(f["notify_last_status"]),
+        notify_last_error=_opt_text(f["notify_last_error"]),
+        input=_opt_text(f.get("input")),
+    )
 
-    def __init__(self, client: Any, settings: Settings) -> None:
-        self.client = client
-        self.settings = settings
-        self.keys = QueueKeys(settings.queue_name)
-        self._scripts = {name: client.register_script(_lua(name)) for name in SCRIPT_NAMES}
 
-    # -- API side -------------------------------------------------------------------------------
+def _record_fields(with_input: bool) -> tuple[str, ...]:
+    return (*RECORD_FIELDS, "input") if with_input else RECORD_FIELDS
 
-    def _enqueue(self, job_id: str, payload: str, idempotency_key: str | None = None, client: Any = None) -> Any:
-        """Run the enqueue script (on `client`, e.g. a pipeline, when given); the raw reply."""
-        k, s = self.keys, self.settings
-        return self._scripts["enqueue"](
-            keys=[k.pending, k.job(job_id), k.idempotency(idempotency_key or ""), k.stats],
-            args=[job_id, payload, s.job_ttl_seconds, s.max_queue_length, "1" if idempotency_key else "0"],
-            client=client,
-        )
 
-    def enqueue(self, job_id: str, payload: str, idempotency_key: str | None = None):
-        """Create the job and queue it in one round trip. Returns (job id, created?)."""
+def state_change(reply: Sequence[Any], job_id: str, operation: str, settings: Settings) -> JobStatus:
+    """cancel/retry replies: the new status, or the refusal raised."""
+    code, value = ScriptCode(int(reply[0])), _text(reply[1])
+    if code is ScriptCode.NOT_FOUND:
+        raise JobNotFound(job_id)
+    if code is ScriptCode.QUEUE_FULL:
+        raise QueueFull(f"queue holds {settings.max_queue_length} jobs (MAX_QUEUE_LENGTH)")
+    if code is ScriptCode.WRONG_STATE:
+        raise WrongState(value, operation)
+    return JobStatus(value)
 
-        def parse(reply: Sequence[Any]) -> tuple[str, bool]:
-            code, value = _code(reply)
-            if code is ScriptCode.QUEUE_FULL:
-                raise QueueFull(f"queue holds {self.settings.max_queue_length} jobs (MAX_QUEUE_LENGTH)")
-            return value, code is ScriptCode.OK
 
-        return _then(self._enqueue(job_id, payload, idempotency_key), parse)
+def cancel_call(store: StoreKeys, settings: Settings, record: JobRecord) -> ScriptCall:
+    model = store.model(record.model or "")
+    return ScriptCall(
+        "cancel",
+        [store.job(record.job_id), model.pending(record.priority), model.stats, store.notify],
+        [record.job_id, settings.job_ttl_seconds, store.events, store.principal_prefix],
+    )
 
-    def enqueue_many(self, items: Sequence[tuple[str, str]]):
-        """Enqueue (job id, payload) pairs in one pipelined round trip; each is still atomic on its own.
-        Returns the ids that were created (a full queue refuses the rest)."""
-        pipe = self.client.pipeline(transaction=False)
-        for job_id, payload in items:
-            self._enqueue(job_id, payload, client=pipe)
-        return _then(pipe.execute(), lambda replies: [_text(r[1]) for r in replies if int(r[0]) == ScriptCode.OK])
 
-    def get(self, job_id: str, with_input: bool = False):
-        """The job's record, or JobNotFound. The input is left in Redis unless asked for: a poll
-        should not carry a large input (an image, say) back every time."""
-        fields = RECORD_FIELDS + ("input",) if with_input else RECORD_FIELDS
+def retry_call(store: StoreKeys, settings: Settings, record: JobRecord, token: str) -> ScriptCall:
+    model = store.model(record.model or "")
+    return ScriptCall(
+        "retry",
+        [store.job(record.job_id), model.pending(record.priority), model.dead, model.stats],
+        [record.job_id, settings.max_queue_length, token, store.events, store.principal_prefix],
+    )
 
-        def parse(values: list) -> JobRecord:
-            f = dict(zip(fields, values))
-            if f["status"] is None:
-                raise JobNotFound(job_id)
-            return JobRecord(
-                job_id=job_id,
-                status=JobStatus(_text(f["status"])),
-                input=_opt_text(f.get("input")),
-                result=_opt_text(f["result"]),
-                error=_opt_text(f["error"]),
-                attempts=int(f["attempts"] or 0),
-                created_at=_opt_int(f["created_at"]),
-                started_at=_opt_int(f["started_at"]),
-                finished_at=_opt_int(f["finished_at"]),
-            )
 
-        return _then(self.client.hmget(self.keys.job(job_id), fields), parse)
-
-    def cancel(self, job_id: str):
-        k = self.keys
-        reply = self._scripts["cancel"](
-            keys=[k.job(job_id), k.pending], args=[job_id, self.settings.job_ttl_seconds, k.events]
-        )
-        return _then(reply, lambda r: self._check(r, job_id, "cancel"))
-
-    def retry(self, job_id: str):
-        k, s = self.keys, self.settings
-        reply = self._scripts["retry"](
-            keys=[k.job(job_id), k.pending, k.dead], args=[job_id, s.job_ttl_seconds, s.max_queue_length]
-        )
-        return _then(reply, lambda r: self._check(r, job_id, "retry"))
-
-    def _check(self, reply: Sequence[Any], job_id: str, operation: str) -> JobStatus:
-        code, value = _code(reply)
-        if code is ScriptCode.NOT_FOUND:
-            raise JobNotFound(job_id)
-        if code is ScriptCode.QUEUE_FULL:
-            raise QueueFull(f"queue holds {self.settings.max_queue_length} jobs (MAX_QUEUE_LENGTH)")
-        if code is ScriptCode.WRONG_STATE:
-            raise WrongState(value, operation)
-        return JobStatus(value)
-
-    def depths(self):
-        """Pending, in-flight and dead-letter counts, plus the stats counters, in one round trip."""
-        k = self.keys
-        pipe = self.client.pipeline(transaction=False)
-        pipe.llen(k.pending).zcard(k.inflight).llen(k.dead).zcard(k.workers).hgetall(k.stats)
-
-        def parse(r: list) -> dict[str, int]:
-            counts = {"pending": r[0], "inflight": r[1], "dead": r[2], "workers": r[3]}
-            counts.update({_text(key): int(value) for key, value in r[4].items()})
-            return counts
-
-        return _then(pipe.execute(), parse)
-
-    # -- worker side ----------------------------------------------------------------------------
-
-    def claim(self, worker_id: str, count: int, moved: Sequence[str] = ()) -> list[ClaimedJob]:
-        """Start up to `count` pending jobs plus ids already `moved` into this worker's list."""
-        k, s = self.keys, self.settings
-        reply = self._scripts["claim"](
-            keys=[k.pending, k.processing(worker_id), k.inflight, k.workers, k.stats],
-            args=[
-                worker_id,
-                count,
-                k.prefix,
-                s.request_ttl_seconds * 1000,
-                int(s.job_timeout_seconds * 1000),
-                int(s.worker_ttl_seconds * 1000),
-                k.events,
-                *moved,
-            ],
-        )
-
-        def parse(r: list) -> list[ClaimedJob]:
-            return [ClaimedJob(_text(r[i]), int(r[i + 1]), _text(r[i + 2])) for i in range(0, len(r), 3)]
-
-        return _then(reply, parse)
-
-    def wait_for_job(self, worker_id: str, timeout_s: float):
-        """Block until an id is pending and move it into this worker's list (reliable-queue BLMOVE)."""
-        k = self.keys
-        return _then(
-            self.client.blmove(k.pending, k.processing(worker_id), timeout_s, "RIGHT", "LEFT"),
-            lambda r: None if r is None else _text(r),
-        )
-
-    def finish(self, worker_id: str, outcomes: Iterable[tuple[str, Outcome, str]]):
-        """Record each held job's outcome (id, outcome, result JSON or error) and release them."""
-        k, s = self.keys, self.settings
-        args: list[Any] = [worker_id, k.prefix, s.job_ttl_seconds, s.max_attempts, k.events]
-        for job_id, outcome, payload in outcomes:
-            args += [job_id, str(outcome), payload]
-        reply = self._scripts["finish"](keys=[k.processing(worker_id), k.inflight, k.pending, k.dead, k.stats], args=args)
-        return _then(reply, lambda r: FinishCounts(*map(int, r)))
-
-    def heartbeat(self, worker_id: str):
-        k = self.keys
-        reply = self._scripts["heartbeat"](keys=[k.workers], args=[worker_id, int(self.settings.worker_ttl_seconds * 1000)])
-        return _then(reply, int)
-
-    def recover(self, worker_id: str):
-        """Requeue dead workers' jobs and fail timed-out ones; None when another worker just did it."""
-        k, s = self.keys, self.settings
-        reply = self._scripts["recover"](
-            keys=[k.workers, k.pending, k.inflight, k.dead, k.recovery_lock, k.stats],
-            args=[
-                worker_id,
-                int(s.recovery_interval_seconds * 1000),
-                k.prefix,
-                s.max_attempts,
-                s.job_ttl_seconds,
-                k.events,
-            ],
-        )
-        return _then(reply, lambda r: None if int(r[0]) < 0 else RecoverCounts(*map(int, r)))
-
-    def held(self, worker_id: str):
-        """Ids in this worker's processing list, oldest first."""
-        return _then(self.client.lrange(self.keys.processing(worker_id), 0, -1), lambda r: [_text(x) for x in reversed(r)])
-
-    def deregister(self, worker_id: str):
-        """Clean exit: forget the worker; its processing list is empty by now."""
-        pipe = self.client.pipeline(transaction=True)
-        pipe.zrem(self.keys.workers, worker_id).delete(self.keys.processing(worker_id))
-        return pipe.execute()
+def parse_claim(reply: Sequence[Any]) -> ClaimedBatch:
+    flags = int(reply[0])
+    jobs = [ClaimedJob(_text(reply[i]), int(reply[i + 1]), _text(reply[i + 2])) for i in range(1, len(reply), 3)]
+    return ClaimedBatch(jobs, bool(flags & ClaimFlag.PAUSED), bool(flags & ClaimFlag.SUSPECT_ALONE))
 
 
 def epoch_ms_to_iso(ms: int | None) -> str | None:
@@ -271,3 +260,173 @@ def epoch_ms_to_iso(ms: int | None) -> str | None:
         return None
     seconds, millis = divmod(ms, 1000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+
+
+# -- the API's store (asyncio) --------------------------------------------------------------------
+
+
+class JobStore:
+    """The API's side of the protocol: submit, read, cancel and retry jobs of any model."""
+
+    def __init__(self, client: redis.asyncio.Redis, settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+        self.keys = StoreKeys(settings.key_prefix)
+        self._scripts = {name: client.register_script(lua_source(name)) for name in SCRIPT_NAMES}
+
+    async def _run(self, call: ScriptCall, client: Any = None) -> Any:
+        return await self._scripts[call.name](keys=call.keys, args=call.args, client=client)
+
+    async def enqueue(self, job: NewJob) -> Enqueued:
+        """Create the job and queue it in one round trip; raises the refusal (QueueFull, RateLimited, ...)."""
+        result = enqueue_result(await self._run(enqueue_call(self.keys, self.settings, job)), self.settings)
+        if isinstance(result, JobQueueError):
+            raise result
+        return result
+
+    async def enqueue_many(self, jobs: Sequence[NewJob]) -> list[Enqueued | JobQueueError]:
+        """Enqueue several jobs in one pipelined round trip; each is atomic on its own and answers in place."""
+        if not jobs:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for job in jobs:
+            call = enqueue_call(self.keys, self.settings, job)
+            await self._scripts["enqueue"](keys=call.keys, args=call.args, client=pipe)  # queues it
+        replies = await pipe.execute()
+        return [enqueue_result(reply, self.settings) for reply in replies]
+
+    async def get(self, job_id: str, with_input: bool = False) -> JobRecord:
+        """The job's record, or JobNotFound. The input stays in Redis unless asked for."""
+        fields = _record_fields(with_input)
+        record = parse_record(job_id, fields, await self.client.hmget(self.keys.job(job_id), fields))
+        if record is None:
+            raise JobNotFound(job_id)
+        return record
+
+    async def get_many(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
+        """Records of several jobs in one round trip; None where there is none."""
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hmget(self.keys.job(job_id), RECORD_FIELDS)
+        values = await pipe.execute() if job_ids else []
+        return [parse_record(job_id, RECORD_FIELDS, v) for job_id, v in zip(job_ids, values, strict=True)]
+
+    async def cancel(self, record: JobRecord) -> JobStatus:
+        """End a pending job as canceled (409 WrongState otherwise); repeating it is harmless."""
+        reply = await self._run(cancel_call(self.keys, self.settings, record))
+        return state_change(reply, record.job_id, "cancel", self.settings)
+
+    async def retry(self, record: JobRecord, token: str) -> JobStatus:
+        """Requeue a failed or expired job; `token` makes a repeated request harmless."""
+        reply = await self._run(retry_call(self.keys, self.settings, record, token))
+        return state_change(reply, record.job_id, "retry", self.settings)
+
+    async def depths(self, models: Iterable[str]) -> dict[str, dict[str, int]]:
+        """Per model: pending per priority, in flight, dead letters, workers and the stats counters."""
+        names = list(models)
+        pipe = self.client.pipeline(transaction=False)
+        for name in names:
+            mk = self.keys.model(name)
+            for key in mk.pending_all:
+                pipe.llen(key)
+            pipe.zcard(mk.inflight).llen(mk.dead).zcard(mk.workers).hgetall(mk.stats)
+        replies = await pipe.execute() if names else []
+        out: dict[str, dict[str, int]] = {}
+        width = len(PRIORITIES) + 4
+        for i, name in enumerate(names):
+            r = replies[i * width : (i + 1) * width]
+            counts = {f"pending_{p}": int(n) for p, n in zip(PRIORITIES, r, strict=False)}
+            counts["pending"] = sum(int(n) for n in r[: len(PRIORITIES)])
+            counts.update(inflight=int(r[-4]), dead=int(r[-3]), workers=int(r[-2]))
+            counts.update({_text(k): int(v) for k, v in r[-1].items() if _text(k) in STAT_COUNTERS})
+            out[name] = counts
+        return out
+
+
+STAT_COUNTERS = ("enqueued", "completed", "failed", "retried", "recovered", "expired", "canceled")
+
+
+# -- a worker's queue (sync) ----------------------------------------------------------------------
+
+
+class WorkerQueue:
+    """One worker's side of the protocol for the one model it serves."""
+
+    def __init__(self, client: redis.Redis, settings: Settings, model: str, version: str) -> None:
+        self.client = client
+        self.settings = settings
+        self.store = StoreKeys(settings.key_prefix)
+        self.keys: ModelKeys = self.store.model(model)
+        self.version = version
+        self._scripts = {name: client.register_script(lua_source(name)) for name in SCRIPT_NAMES}
+
+    @property
+    def backstop_ms(self) -> int:
+        """Recovery fails a job still running this long after its start: the watchdog should have
+        aborted it at JOB_TIMEOUT_SECONDS; this only catches a worker that stopped answering."""
+        s = self.settings
+        return int((s.job_timeout_seconds * 2 + s.worker_ttl_seconds) * 1000)
+
+    def claim(self, worker_id: str, count: int, held_in_batch: int = 0, moved: Sequence[str] = ()) -> ClaimedBatch:
+        """Start up to `count` pending jobs (fair share across priorities) plus ids already `moved`
+        into this worker's list; `held_in_batch` jobs already collected keep a suspect out."""
+        k, s = self.keys, self.settings
+        reply = self._scripts["claim"](
+            keys=[*k.pending_all, k.processing(worker_id), k.inflight, k.workers, k.stats, k.paused, self.store.notify],
+            args=[
+                worker_id, count, self.store.job_prefix, s.request_ttl_seconds * 1000, self.backstop_ms,
+                int(s.worker_ttl_seconds * 1000), self.store.events, held_in_batch, self.version,
+                s.job_ttl_seconds, self.store.principal_prefix, *moved,
+            ],
+        )  # fmt: skip
+        return parse_claim(reply)
+
+    def wait_for_job(self, worker_id: str, timeout_s: float) -> str | None:
+        """Block until an id is pending at normal priority and move it into this worker's list
+        (reliable-queue BLMOVE; other priorities are found by the claim that follows every wait)."""
+        moved = self.client.blmove(self.keys.pending("normal"), self.keys.processing(worker_id), timeout_s, "RIGHT", "LEFT")
+        return None if moved is None else _text(moved)
+
+    def finish(self, worker_id: str, outcomes: Iterable[tuple[str, Outcome, str]]) -> FinishCounts:
+        """Record each held job's outcome (id, outcome, result JSON or error) and release them."""
+        k, s = self.keys, self.settings
+        args: list[Any] = [
+            worker_id, self.store.job_prefix, s.job_ttl_seconds, s.max_attempts, self.store.events,
+            s.max_dead_letters, self.store.principal_prefix,
+        ]  # fmt: skip
+        for job_id, outcome, payload in outcomes:
+            args += [job_id, str(outcome), payload]
+        reply = self._scripts["finish"](
+            keys=[k.processing(worker_id), k.inflight, k.dead, k.stats, self.store.notify, *k.pending_all], args=args
+        )
+        return FinishCounts(*map(int, reply))
+
+    def heartbeat(self, worker_id: str) -> int:
+        """Push this worker's heartbeat deadline forward; returns it (ms)."""
+        k = self.keys
+        return int(self._scripts["heartbeat"](keys=[k.workers, k.stats], args=[worker_id, int(self.settings.worker_ttl_seconds * 1000)]))
+
+    def recover(self, worker_id: str) -> RecoverCounts | None:
+        """Requeue dead workers' jobs and fail jobs past their backstop; None when another worker just
+        did it or Redis was away a moment ago (grace)."""
+        k, s = self.keys, self.settings
+        reply = self._scripts["recover"](
+            keys=[k.workers, k.inflight, k.dead, k.recovery_lock, k.stats, self.store.notify, *k.pending_all],
+            args=[
+                worker_id, int(s.recovery_interval_seconds * 1000), self.store.job_prefix, s.max_attempts,
+                s.job_ttl_seconds, self.store.events, k.processing_prefix, s.max_dead_letters, self.store.principal_prefix,
+            ],
+        )  # fmt: skip
+        if int(reply[0]) in (ScriptCode.RECOVERY_LOCK_HELD, ScriptCode.RECOVERY_GRACE):
+            return None
+        return RecoverCounts(*map(int, reply))
+
+    def held(self, worker_id: str) -> list[str]:
+        """Ids in this worker's processing list, oldest first."""
+        return [_text(x) for x in reversed(self.client.lrange(self.keys.processing(worker_id), 0, -1))]
+
+    def deregister(self, worker_id: str) -> None:
+        """Clean exit: forget the worker; its processing list is empty by now."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.zrem(self.keys.workers, worker_id).delete(self.keys.processing(worker_id))
+        pipe.execute()

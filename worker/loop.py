@@ -14,17 +14,24 @@ from typing import Any
 import numpy as np
 import orjson
 
-from jobqueue.connection import UNAVAILABLE, sync_client
+from jobqueue.connection import REFUSED, UNAVAILABLE, sync_client
 from jobqueue.model_signature import InputError, parse_input
-from jobqueue.protocol import ClaimedJob, JobQueue
+from jobqueue.models import ModelConfig, load_models
+from jobqueue.protocol import ClaimedJob, WorkerQueue
 from jobqueue.settings import Settings
 from jobqueue.states import Outcome
-from worker.model import OnnxModel
+from worker.model import ModelAborted, ModelTimeout, OnnxModel, OutputNotPerRow
 
 log = logging.getLogger("asyncinfer.worker")
 
-BLOCK_TIMEOUT_S = 1.0  # how long one blocking wait lasts before the loop looks at its stop flag
+# One blocking wait (on the normal list: BLMOVE takes one source); high and low jobs reaching an idle
+# worker are found by the claim after it, so they start within this. The stop flag is checked as often.
+BLOCK_TIMEOUT_S = 0.1
+PAUSED_POLL_S = 0.5  # how often a paused model's worker looks whether it was resumed
 MAX_BACKOFF_S = 5.0  # longest pause between attempts to reach Redis again
+RECONCILE_INTERVAL_S = 5.0  # how often the worker compares what Redis says it holds with what it knows
+
+OutcomeList = list[tuple[str, Outcome, str]]
 
 
 def new_worker_id() -> str:
@@ -32,27 +39,41 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
+def model_config(settings: Settings) -> ModelConfig:
+    """The model this process serves: MODEL_NAME, or the default model."""
+    models = load_models(settings)
+    name = settings.model_name or next(iter(models))
+    if name not in models:
+        raise SystemExit(f"MODEL_NAME {name!r} is not configured (known: {', '.join(models)})")
+    return models[name]
+
+
 class Worker:
     def __init__(self, settings: Settings, model: OnnxModel | None = None, worker_id: str | None = None) -> None:
         self.settings = settings
-        self.model = model or OnnxModel(settings.model_path, settings.labels_path, settings.inference_threads)
+        self.model = model or OnnxModel(model_config(settings))
+        self.config = self.model.config
         self.worker_id = worker_id or new_worker_id()
         self.client = sync_client(settings)
-        self.queue = JobQueue(self.client, settings)
+        self.queue = WorkerQueue(self.client, settings, self.model.name, self.model.version)
         self.stopping = threading.Event()
         self._closed = threading.Event()  # set once the loop has left: ends the heartbeat
         self.redis_ok = False
         self.last_tick = time.monotonic()
         self.processed = 0
-        self._unrecorded: list[tuple[str, Outcome, str]] = []  # outcomes Redis has not taken yet
-        self._adopt = False  # Redis lists ids under us that this process does not know it holds
+        self._unrecorded: OutcomeList = []  # outcomes Redis has not taken yet
+        self._adopt = False  # Redis may list ids under us that this process does not know it holds
+        self._next_reconcile = time.monotonic() + RECONCILE_INTERVAL_S
         self._background = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def run(self, burst: bool = False) -> None:
         """Process jobs until `stop()`; with `burst`, also stop once the queue is empty."""
-        log.info("worker %s serving %s from %s", self.worker_id, self.model.signature.name, self.settings.queue_name)
+        log.info(
+            "worker %s serving model %s (version %s, providers %s) from %s",
+            self.worker_id, self.model.name, self.model.version, ",".join(self.model.providers), self.queue.keys.base,
+        )  # fmt: skip
         self._background.start()
         backoff = 0.1
         while True:
@@ -62,17 +83,21 @@ class Worker:
                     self._record()
                 if self.stopping.is_set():
                     break
-                jobs = self._collect_batch(burst)
+                if time.monotonic() >= self._next_reconcile:
+                    self._adopt = True
+                    self._next_reconcile = time.monotonic() + RECONCILE_INTERVAL_S
+                jobs, alone, paused = self._collect_batch(burst)
                 self.redis_ok = True
                 backoff = 0.1
                 if jobs:
-                    self._unrecorded = self._process_safely(jobs)
-                    self._record()
+                    self._run_batch(jobs, alone)
                 elif burst:
                     break
-            except UNAVAILABLE as exc:
+                elif paused:
+                    self.stopping.wait(PAUSED_POLL_S)
+            except (*UNAVAILABLE, *REFUSED) as exc:
                 self.redis_ok = False
-                log.warning("redis unavailable (%s); retrying in %.1fs", exc, backoff)
+                log.warning("redis unavailable or refusing (%s); retrying in %.1fs", exc, backoff)
                 if self._unrecorded:
                     time.sleep(backoff)  # outcomes in hand: keep trying even while stopping
                 else:
@@ -96,98 +121,106 @@ class Worker:
         try:
             if not self.queue.held(self.worker_id):
                 self.queue.deregister(self.worker_id)
-        except UNAVAILABLE:
+        except (*UNAVAILABLE, *REFUSED):
             pass  # our heartbeat runs out and recovery takes over whatever is left
         self._closed.set()
         log.info("worker %s stopped after %d jobs", self.worker_id, self.processed)
 
     # -- claiming ------------------------------------------------------------------------------
 
-    def _collect_batch(self, burst: bool) -> list[ClaimedJob]:
-        size = self.settings.max_batch_size
+    def _collect_batch(self, burst: bool) -> tuple[list[ClaimedJob], bool, bool]:
+        """(jobs, a suspect that must run alone?, model paused?)"""
+        size = self.config.max_batch_size
         orphans = self.queue.held(self.worker_id) if self._adopt else []
-        jobs = self.queue.claim(self.worker_id, max(size - len(orphans), 0), moved=orphans)
+        batch = self.queue.claim(self.worker_id, max(size - len(orphans), 0), moved=orphans)
         self._adopt = False
+        jobs = list(batch.jobs)
         if not jobs:
-            if burst:
-                return []
+            if burst or batch.paused:
+                return [], False, batch.paused
             moved = self.queue.wait_for_job(self.worker_id, BLOCK_TIMEOUT_S)
-            if moved is None:
-                return []
-            jobs = self.queue.claim(self.worker_id, size - 1, moved=[moved])
+            batch = self.queue.claim(self.worker_id, size - 1 if moved else size, moved=[moved] if moved else [])
+            jobs = list(batch.jobs)
+            if not jobs:
+                return [], False, batch.paused
+        if batch.suspect_alone:
+            return jobs, True, False
         # Holding at least one job: wait a little for more so the model runs on a fuller batch.
-        deadline = time.monotonic() + self.settings.max_batch_wait_ms / 1000
+        deadline = time.monotonic() + self.config.max_batch_wait_ms / 1000
         while len(jobs) < size and not self.stopping.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             time.sleep(min(remaining, 0.001))
-            jobs += self.queue.claim(self.worker_id, size - len(jobs))
-        return jobs
+            jobs += self.queue.claim(self.worker_id, size - len(jobs), held_in_batch=len(jobs)).jobs
+        return jobs, False, False
+
+    def _run_batch(self, jobs: list[ClaimedJob], alone: bool) -> None:
+        if alone:
+            # Suspects run one by one, each recorded before the next: a crash then blames only itself.
+            for job in jobs:
+                self._unrecorded = self._process_safely([job])
+                self._record()
+            return
+        self._unrecorded = self._process_safely(jobs)
+        self._record()
 
     def _record(self) -> None:
         counts = self.queue.finish(self.worker_id, self._unrecorded)
         self.processed += counts.completed + counts.failed
         self._unrecorded = []
-        self._adopt = counts.still_held > 0
+        self._adopt = self._adopt or counts.still_held > 0
 
     # -- inference -----------------------------------------------------------------------------
 
-    def _process_safely(self, jobs: list[ClaimedJob]) -> list[tuple[str, Outcome, str]]:
+    def _process_safely(self, jobs: list[ClaimedJob]) -> OutcomeList:
         """A bug here must not crash-loop the worker with jobs in hand: they are retried instead."""
         try:
             return self.process(jobs)
-        except Exception as exc:  # noqa: BLE001
+        except ModelAborted:
+            return [(job.job_id, Outcome.RELEASE, "") for job in jobs]
+        except Exception as exc:
             log.exception("batch failed")
             return [(job.job_id, Outcome.RETRY, f"worker error: {exc!r}") for job in jobs]
 
-    def process(self, jobs: list[ClaimedJob]) -> list[tuple[str, Outcome, str]]:
-        """Run the model on a batch; returns an outcome per job. One bad job never fails the others."""
-        outcomes: list[tuple[str, Outcome, str]] = []
-        decoded: list[tuple[ClaimedJob, Any]] = []
+    def process(self, jobs: list[ClaimedJob]) -> OutcomeList:
+        """Run the model on a batch; returns an outcome per job. Each job's input is checked and
+        converted on its own, then jobs whose rows have the same shapes share one model call."""
+        outcomes: OutcomeList = []
+        groups: dict[tuple[Any, ...], list[tuple[ClaimedJob, dict[str, np.ndarray]]]] = defaultdict(list)
         for job in jobs:
             try:
-                decoded.append((job, orjson.loads(job.payload)["data"]))
+                data = orjson.loads(job.payload)["data"]
+                arrays = parse_input(data, self.model.signature, self.settings.max_rows_per_job)
             except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
                 outcomes.append((job.job_id, Outcome.FAILED, f"invalid input: {exc}"))
-        together = self._parse_together(decoded)
-        if together is not None:
-            return outcomes + self._run_group(*together)
-        # Some job does not fit: check each on its own, and batch those whose non-batch
-        # dimensions agree (dynamic-shape models).
-        groups: dict[tuple, list[tuple[ClaimedJob, dict[str, np.ndarray]]]] = defaultdict(list)
-        for job, data in decoded:
-            try:
-                arrays = parse_input(data, self.model.signature, self.settings.max_rows_per_job)
+                continue
             except InputError as exc:
                 outcomes.append((job.job_id, Outcome.FAILED, f"invalid input: {exc}"))
                 continue
-            groups[tuple((name, arr.shape[1:]) for name, arr in arrays.items())].append((job, arrays))
+            groups[tuple((name, arr.shape[1:], arr.dtype.str) for name, arr in arrays.items())].append((job, arrays))
         for group in groups.values():
             members = [(job, len(next(iter(arrays.values())))) for job, arrays in group]
-            feeds = {name: np.concatenate([arrays[name] for _, arrays in group]) for name in group[0][1]}
+            feeds = {name: _stack([arrays[name] for _, arrays in group]) for name in group[0][1]}
             outcomes += self._run_group(members, feeds)
         return outcomes
 
-    def _parse_together(self, decoded: list[tuple[ClaimedJob, Any]]) -> tuple[list[tuple[ClaimedJob, int]], dict[str, np.ndarray]] | None:
-        """The common case, checked in one numpy pass: a single-input model and rows that all fit."""
-        limit = self.settings.max_rows_per_job
-        if not decoded or len(self.model.signature.inputs) != 1:
-            return None
-        if not all(isinstance(data, list) and 0 < len(data) <= limit for _, data in decoded):
-            return None
-        rows = [row for _, data in decoded for row in data]
-        try:
-            feeds = parse_input(rows, self.model.signature, len(rows))
-        except InputError:
-            return None
-        return [(job, len(data)) for job, data in decoded], feeds
-
-    def _run_group(self, members: list[tuple[ClaimedJob, int]], feeds: dict[str, np.ndarray]) -> list[tuple[str, Outcome, str]]:
+    def _run_group(self, members: list[tuple[ClaimedJob, int]], feeds: dict[str, np.ndarray]) -> OutcomeList:
         """One model call for jobs whose rows are stacked in `feeds`; (job, row count) in order."""
         try:
-            outputs = self.model.run(feeds)
-        except Exception as exc:  # noqa: BLE001 - the model may raise anything; isolate the culprit
+            outputs = self.model.run(feeds, self.settings.job_timeout_seconds)
+        except ModelTimeout as exc:
+            if len(members) == 1:
+                log.warning("job %s: %s", members[0][0].job_id, exc)
+                return [(members[0][0].job_id, Outcome.FAILED, str(exc))]
+            # Which job hangs is unknown: each runs alone next time, with its own timeout.
+            log.warning("a batch of %d jobs hung (%s); isolating them", len(members), exc)
+            return [(job.job_id, Outcome.ISOLATE, "") for job, _ in members]
+        except OutputNotPerRow as exc:
+            return [(job.job_id, Outcome.FAILED, f"model output does not map to jobs: {exc}") for job, _ in members]
+        except ModelAborted:
+            raise
+        except Exception as exc:  # the model may raise anything; isolate the culprit
             if len(members) == 1:
                 log.warning("model failed on job %s: %s", members[0][0].job_id, exc)
                 return [(members[0][0].job_id, Outcome.RETRY, f"model error: {exc}")]
@@ -199,11 +232,8 @@ class Worker:
             return outcomes
         outcomes, start = [], 0
         for job, rows in members:
-            try:
-                result = orjson.dumps(self.model.results(outputs, start, start + rows)).decode()
-                outcomes.append((job.job_id, Outcome.COMPLETED, result))
-            except Exception as exc:  # noqa: BLE001 - e.g. outputs without a batch dimension
-                outcomes.append((job.job_id, Outcome.FAILED, f"model output does not map to this job: {exc!r}"))
+            result = orjson.dumps(self.model.results(outputs, start, start + rows), option=orjson.OPT_SERIALIZE_NUMPY).decode()
+            outcomes.append((job.job_id, Outcome.COMPLETED, result))
             start += rows
         return outcomes
 
@@ -220,9 +250,9 @@ class Worker:
                     counts = self.queue.recover(self.worker_id)
                     if counts and (counts.requeued or counts.failed or counts.timed_out):
                         log.warning("recovery: %s", counts)
-            except UNAVAILABLE as exc:
+            except (*UNAVAILABLE, *REFUSED) as exc:
                 log.debug("heartbeat failed: %s", exc)
-            except Exception:  # noqa: BLE001 - a heartbeat bug must not silently stop heartbeats
+            except Exception:  # a heartbeat bug must not silently stop heartbeats
                 log.exception("heartbeat failed")
             self._closed.wait(interval)
 
@@ -233,5 +263,10 @@ class Worker:
             "alive": time.monotonic() - self.last_tick < stale_after,
             "ready": self.redis_ok and not self.stopping.is_set(),
             "worker_id": self.worker_id,
+            "model": self.model.name,
             "processed": self.processed,
         }
+
+
+def _stack(arrays: list[np.ndarray]) -> np.ndarray:
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)

@@ -8,68 +8,94 @@ import os
 import signal
 import sys
 import threading
-from types import FrameType
-
 from typing import TYPE_CHECKING
 
-from jobqueue.connection import UNAVAILABLE
+from jobqueue.connection import REFUSED, UNAVAILABLE
 from jobqueue.settings import get_settings
-from worker.health import serve_health
 
 if TYPE_CHECKING:
     from worker.loop import Worker
 
 log = logging.getLogger("asyncinfer.worker")
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
-def _hard_exit(worker: Worker, why: str) -> None:
-    """Leave now, handing held jobs back first when Redis lets us; otherwise recovery finds them."""
-    log.warning("%s: exiting without finishing held jobs", why)
+class SignalWatcher:
+    """Handles SIGTERM/SIGINT on a thread of its own, blocked in sigwait.
+
+    Python runs signal handlers only on the main thread between bytecodes, so a handler would wait
+    for a long model call to return. The signals are blocked in every thread instead (the mask is
+    set before any other thread starts, and threads inherit it) and this thread takes them at once:
+    the first starts the drain (its deadline counts from the signal); a second one, or the deadline,
+    aborts the model call, hands held jobs back without counting an attempt, and exits.
+    """
+
+    def __init__(self) -> None:
+        self.worker: Worker | None = None
+        self.early = False  # a signal arrived before the worker existed (a quick scale-in)
+        self.drain_timeout_s = 0.0
+        self._draining = False
+        self._lock = threading.Lock()
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        threading.Thread(target=self._wait, name="signals", daemon=True).start()
+
+    def attach(self, worker: Worker, drain_timeout_s: float) -> None:
+        with self._lock:
+            self.worker = worker
+            self.drain_timeout_s = drain_timeout_s
+            if self.early:
+                self._start_drain("signal during start-up")
+
+    def _wait(self) -> None:
+        while True:
+            signum = signal.sigwait(STOP_SIGNALS)
+            name = signal.Signals(signum).name
+            with self._lock:
+                if self.worker is None:
+                    self.early = True
+                elif self._draining:
+                    hard_exit(self.worker, f"second {name}")
+                else:
+                    self._start_drain(name)
+
+    def _start_drain(self, why: str) -> None:
+        assert self.worker is not None
+        self._draining = True
+        log.info("%s: draining (up to %.0fs)", why, self.drain_timeout_s)
+        self.worker.stop()
+        timer = threading.Timer(self.drain_timeout_s, hard_exit, (self.worker, "drain timeout"))
+        timer.daemon = True
+        timer.start()
+
+
+def hard_exit(worker: Worker, why: str) -> None:
+    """Leave now: abort the model call, hand held jobs back (attempt not counted) when Redis lets
+    us, otherwise recovery finds them; exit non-zero."""
+    log.warning("%s: aborting the model call and handing held jobs back", why)
+    worker.model.abort()
     try:
         worker.release_held()
-    except UNAVAILABLE as exc:
+    except (*UNAVAILABLE, *REFUSED) as exc:
         log.warning("could not release held jobs (%s); recovery will requeue them", exc)
     finally:
         logging.shutdown()
         os._exit(1)
 
 
-def install_drain_handlers(worker: Worker, drain_timeout_s: float) -> None:
-    """First SIGTERM/SIGINT: stop claiming and finish what is held; a second one, or the timeout, exits at once."""
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        if worker.stopping.is_set():
-            _hard_exit(worker, f"second {signal.Signals(signum).name}")
-        log.info("%s: draining (up to %.0fs)", signal.Signals(signum).name, drain_timeout_s)
-        worker.stop()
-        # A thread, not the handler, enforces the deadline: the main thread may sit in a long model call.
-        timer = threading.Timer(drain_timeout_s, _hard_exit, (worker, "drain timeout"))
-        timer.daemon = True
-        timer.start()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-
-
 def run() -> None:
     parser = argparse.ArgumentParser(prog="asyncinfer-worker", description="Run an asyncinfer worker.")
     parser.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     args = parser.parse_args()
-    # Loading ONNX Runtime and the model takes a while; a SIGTERM meanwhile (a quick scale-in)
-    # is remembered and honoured as a clean exit instead of killing the process mid-import.
-    early_signals: list[int] = []
-    signal.signal(signal.SIGTERM, lambda signum, _frame: early_signals.append(signum))
-    signal.signal(signal.SIGINT, lambda signum, _frame: early_signals.append(signum))
-    from worker.loop import Worker  # noqa: PLC0415 - heavy import after the handlers are in place
-
+    watcher = SignalWatcher()  # before the slow imports, so an early SIGTERM is a clean exit
     settings = get_settings()
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    from worker.health import serve_health
+    from worker.loop import Worker  # heavy: ONNX Runtime
+
     worker = Worker(settings)
-    install_drain_handlers(worker, settings.drain_timeout_seconds)
-    if early_signals:
-        worker.stop()
+    watcher.attach(worker, settings.drain_timeout_seconds)
     if settings.worker_health_port:
         serve_health(settings.worker_health_port, worker.health)
     worker.run(burst=args.burst)

@@ -1,34 +1,77 @@
-"""The ONNX Runtime session and the turning of model outputs into per-job results."""
+"""The ONNX Runtime session: runs one batch under a watchdog and splits the outputs per job."""
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from jobqueue.model_signature import ModelSignature, read_signature
+from jobqueue.model_signature import ModelSignature, batch_mismatch, read_signature
+from jobqueue.models import ModelConfig, file_version
+
+log = logging.getLogger("asyncinfer.worker")
+
+
+class ModelTimeout(Exception):
+    """The watchdog aborted the call: it ran past JOB_TIMEOUT_SECONDS."""
+
+
+class ModelAborted(Exception):
+    """The call was aborted from outside (drain deadline, second signal)."""
+
+
+class OutputNotPerRow(Exception):
+    """An output's first dimension is not the batch: it cannot be handed out by position."""
+
+
+def available_providers(wanted: Sequence[str]) -> list[str]:
+    """The wanted execution providers this runtime has, in order; each missing one is logged once."""
+    have = set(ort.get_available_providers())
+    chosen = [p for p in wanted if p in have]
+    for missing in (p for p in wanted if p not in have):
+        log.warning("execution provider %s is not in this ONNX Runtime build; skipped", missing)
+    return chosen or ["CPUExecutionProvider"]
 
 
 class OnnxModel:
     """Runs any ONNX model whose inputs have a leading batch dimension."""
 
-    def __init__(self, model_path: str, labels_path: str = "", threads: int = 0) -> None:
-        self.signature: ModelSignature = read_signature(model_path, labels_path)
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self.signature: ModelSignature = read_signature(config.path, config.labels_path)
+        why = batch_mismatch(self.signature)
+        if why:
+            raise ValueError(f"model {config.name}: {why}; results could not be told apart per job")
+        self.version = file_version(config.path)
         options = ort.SessionOptions()
-        if threads > 0:
-            options.intra_op_num_threads = threads
+        if config.inference_threads > 0:
+            options.intra_op_num_threads = config.inference_threads
             options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+        self.providers = available_providers(config.inference_providers)
+        self.session = ort.InferenceSession(config.path, options, providers=self.providers)
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._fixed_batch = self.signature.inputs[0].fixed_batch
+        self._lock = threading.Lock()
+        self._current: ort.RunOptions | None = None
+        self._aborted = False
 
-    def run(self, feeds: dict[str, np.ndarray]) -> list[list[Any]]:
+    def abort(self) -> None:
+        """Abort the call in progress, if any (from another thread); later calls fail at once."""
+        with self._lock:
+            self._aborted = True
+            if self._current is not None:
+                self._current.terminate = True
+
+    def run(self, feeds: dict[str, np.ndarray], timeout_s: float) -> list[list[Any]]:
         """Run one batch; returns each output as a list with one entry per input row."""
         rows = len(next(iter(feeds.values())))
         if self._fixed_batch is None:
-            return [_rows(out) for out in self.session.run(self.output_names, feeds)]
+            return [self._per_row(name, out, rows) for name, out in zip(self.output_names, self._call(feeds, timeout_s), strict=True)]
         # A model exported with a fixed batch size: run in chunks of it, padding the last chunk.
         size = self._fixed_batch
         per_output: list[list[Any]] = [[] for _ in self.output_names]
@@ -37,9 +80,50 @@ class OnnxModel:
             short = size - len(next(iter(chunk.values())))
             if short:
                 chunk = {name: np.concatenate([arr, np.repeat(arr[-1:], short, axis=0)]) for name, arr in chunk.items()}
-            for collected, out in zip(per_output, self.session.run(self.output_names, chunk)):
-                collected.extend(_rows(out)[: size - short])
+            outs = self._call(chunk, timeout_s)
+            for name, collected, out in zip(self.output_names, per_output, outs, strict=True):
+                collected.extend(self._per_row(name, out, size)[: size - short])
         return per_output
+
+    def _call(self, feeds: dict[str, np.ndarray], timeout_s: float) -> list[Any]:
+        """One session.run under a watchdog thread that sets RunOptions.terminate at the deadline."""
+        run_options = ort.RunOptions()
+        fired = threading.Event()
+
+        def expire() -> None:
+            fired.set()
+            run_options.terminate = True
+
+        with self._lock:
+            if self._aborted:
+                raise ModelAborted("worker is exiting")
+            self._current = run_options
+        watchdog = threading.Timer(timeout_s, expire)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            return list(self.session.run(self.output_names, feeds, run_options))
+        except Exception:
+            if fired.is_set():
+                raise ModelTimeout(f"model call exceeded JOB_TIMEOUT_SECONDS ({timeout_s:g}s) and was aborted") from None
+            if self._aborted:
+                raise ModelAborted("worker is exiting") from None
+            raise
+        finally:
+            watchdog.cancel()
+            with self._lock:
+                self._current = None
+
+    @staticmethod
+    def _per_row(name: str, output: Any, rows: int) -> list[Any]:
+        if isinstance(output, np.ndarray) and output.ndim == 0:
+            raise OutputNotPerRow(f"output {name!r} is a scalar: it is not one value per input row")
+        values = _rows(output)
+        if len(values) != rows:
+            raise OutputNotPerRow(
+                f"output {name!r} has {len(values)} entries for {rows} input rows: its first dimension is not the batch"
+            )
+        return values
 
     def results(self, outputs: Sequence[list[Any]], start: int, stop: int) -> Any:
         """The result of one job whose rows are [start, stop): a dict per row, a list for several rows.
@@ -54,7 +138,7 @@ class OnnxModel:
             result: dict[str, Any] = {"prediction": prediction}
             if labels is not None and isinstance(prediction, int) and 0 <= prediction < len(labels):
                 result["class_name"] = labels[prediction]
-            for name, values in zip(self.output_names[1:], outputs[1:]):
+            for name, values in zip(self.output_names[1:], outputs[1:], strict=True):
                 result.setdefault(name, values[row])
             per_row.append(result)
         return per_row[0] if stop - start == 1 else per_row
@@ -65,7 +149,7 @@ def _rows(output: Any) -> list[Any]:
     if isinstance(output, np.ndarray):
         if output.dtype.kind == "O":
             return [str(v) if isinstance(v, bytes) else v for v in output.tolist()]
-        return output.tolist()
+        return list(output.tolist())
     return [_jsonable(item) for item in output]
 
 

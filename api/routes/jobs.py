@@ -1,46 +1,78 @@
-"""Jobs: submit, read (with long-poll), cancel, retry."""
+"""Jobs: submit (one or many, any model, optionally waiting), read (with long-poll), look up, cancel, retry.
+
+The route functions are thin: `submit_job` and `read_job` are plain coroutines that the hot path
+(`api/hotpath.py`) calls directly with the same arguments, so both paths share one implementation.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import time
+import re
 import uuid
 from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import Response
+from starlette.types import Receive
 
-from api.errors import HTTPProblem, invalid, json_response
-from api.schemas import PREDICT_REQUEST_SCHEMA, ErrorBody, JobAccepted, JobView
+from api.auth import Principal, principal
+from api.errors import HTTPProblem, as_problem, invalid, json_response
+from api.schemas import (
+    BULK_REQUEST_SCHEMA,
+    LOOKUP_REQUEST_SCHEMA,
+    PREDICT_REQUEST_SCHEMA,
+    BulkAnswer,
+    ErrorBody,
+    JobAccepted,
+    JobView,
+    LookupAnswer,
+)
 from api.state import AppState, get_state
-from jobqueue.model_signature import InputError, parse_input
-from jobqueue.protocol import JobRecord, epoch_ms_to_iso
+from jobqueue.errors import JobNotFound, JobQueueError
+from jobqueue.protocol import JobRecord, NewJob
+from jobqueue.views import job_view
 
 router = APIRouter(tags=["jobs"])
 
-LONG_POLL_RECHECK_S = 2.0  # re-read the record this often while waiting, in case a wake-up was missed
 MAX_WAIT_S = 30
 MAX_JOB_ID = 64
 MAX_IDEMPOTENCY_KEY = 200
-JobId = Annotated[str, Path(max_length=MAX_JOB_ID, description="id returned by POST /predict")]
+SUBMIT_FIELDS = {"data", "priority", "callback_url"}
+PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+(?:\.\d+)?)\"?", re.IGNORECASE)
+JobId = Annotated[str, Path(max_length=MAX_JOB_ID, description="id returned by a submit")]
+ModelName = Annotated[str, Path(max_length=40, description="a model name from GET /models")]
 IdempotencyKey = Annotated[
     str | None,
-    Header(alias="Idempotency-Key", max_length=MAX_IDEMPOTENCY_KEY, description="same key within the job TTL: same job"),
+    Header(
+        alias="Idempotency-Key",
+        max_length=MAX_IDEMPOTENCY_KEY,
+        description="same key (per principal) within the job TTL: same job; on a bulk submit item i uses `<key>:<i>`",
+    ),
 ]
+Prefer = Annotated[
+    str | None,
+    Header(alias="Prefer", description="`wait=N` (N <= 30): answer 200 with the finished job if it ends within N seconds"),
+]
+Caller = Annotated[Principal, Depends(principal)]
+State = Annotated[AppState, Depends(get_state)]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorBody, "description": "unknown or expired job"},
+    401: {"model": ErrorBody, "description": "missing or invalid bearer token"},
+    404: {"model": ErrorBody, "description": "unknown or expired job (or another principal's)"},
 }
 _SUBMIT_ERRORS: dict[int | str, dict[str, Any]] = {
+    200: {"model": JobView, "description": "with `Prefer: wait=N`: the job ended within N seconds"},
+    401: {"model": ErrorBody, "description": "missing or invalid bearer token"},
+    404: {"model": ErrorBody, "description": "unknown model"},
     413: {"model": ErrorBody, "description": "body larger than MAX_BODY_BYTES"},
-    422: {"model": ErrorBody, "description": "input does not fit the model; `loc` names the field"},
-    429: {"model": ErrorBody, "description": "queue at MAX_QUEUE_LENGTH; see Retry-After"},
-    503: {"model": ErrorBody, "description": "Redis unavailable; see Retry-After"},
+    422: {"model": ErrorBody, "description": "input does not fit the model (`loc` names the field), or an idempotency conflict"},
+    429: {"model": ErrorBody, "description": "queue full, rate limit or unfinished-jobs limit; see Retry-After"},
+    503: {"model": ErrorBody, "description": "Redis unavailable or refusing writes, or the model not loaded; see Retry-After"},
 }
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise HTTPProblem(413, f"request body is larger than {limit} bytes (MAX_BODY_BYTES)")
@@ -53,107 +85,234 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _validated_payload(body: bytes, state: AppState) -> bytes:
-    """The job's stored input: the request's `data`, checked against the model signature."""
+def json_object(body: bytes, example: str) -> dict[str, Any]:
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise invalid(["body"], f"malformed JSON: {exc}", "json_invalid") from None
     if not isinstance(parsed, dict):
-        raise invalid(["body"], "body must be a JSON object like {\"data\": [[...]]}", "model_attributes_type")
-    if "data" not in parsed:
-        raise invalid(["body", "data"], "field required", "missing")
-    unknown = sorted(set(parsed) - {"data"})
+        raise invalid(["body"], f"body must be a JSON object like {example}", "model_attributes_type")
+    return parsed
+
+
+def submit_fields(item: Any, loc: tuple[str | int, ...]) -> dict[str, Any]:
+    """One submit's fields, checked for shape (the data itself is checked against the model later)."""
+    if not isinstance(item, dict):
+        raise invalid(list(loc), 'must be an object like {"data": [[...]]}', "model_attributes_type")
+    if "data" not in item:
+        raise invalid([*loc, "data"], "field required", "missing")
+    unknown = sorted(set(item) - SUBMIT_FIELDS)
+    if unknown:
+        raise invalid([*loc, unknown[0]], f"unknown field {unknown[0]!r}", "extra_forbidden")
+    priority = item.get("priority", "normal")
+    if not isinstance(priority, str):
+        raise invalid([*loc, "priority"], "must be one of high, normal, low", "enum")
+    if "callback_url" in item and not isinstance(item["callback_url"], str):
+        raise invalid([*loc, "callback_url"], "must be a URL string", "string_type")
+    return item
+
+
+def prefer_wait(prefer: str | None) -> float | None:
+    """Seconds asked for by `Prefer: wait=N` (RFC 7240), capped at MAX_WAIT_S; None without it."""
+    if not prefer:
+        return None
+    match = PREFER_WAIT.search(prefer)
+    if not match:
+        return None
+    return min(float(match.group(1)), MAX_WAIT_S) or None
+
+
+def _disconnect_watch(receive: Receive | None) -> asyncio.Future[Any] | None:
+    """A future done when the client goes away: the request body is read, so the next message
+    the server has for us is http.disconnect."""
+    if receive is None:
+        return None
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    return asyncio.ensure_future(watch())
+
+
+async def wait_for_end(state: AppState, job_id: str, wait_s: float, receive: Receive | None) -> JobRecord:
+    disconnected = _disconnect_watch(receive)
+    try:
+        return await state.wait_for(job_id, wait_s, disconnected)
+    finally:
+        if disconnected is not None:
+            disconnected.cancel()
+
+
+async def submit_job(
+    state: AppState,
+    caller: Principal,
+    model_name: str | None,
+    body: bytes,
+    idempotency_key: str | None,
+    prefer: str | None,
+    receive: Receive | None = None,
+) -> Response:
+    """Validate and enqueue one job; 202 (or 200 with the finished job under `Prefer: wait`)."""
+    fields = submit_fields(json_object(body, '{"data": [[...]]}'), ("body",))
+    entry = state.models.require(model_name)
+    job = state.validated_job(
+        caller.name, entry, fields["data"], fields.get("priority", "normal"), fields.get("callback_url"), idempotency_key
+    )
+    enqueued = await state.enqueue(job)
+    headers = {"Location": f"/job/{enqueued.job_id}", "Vary": "Prefer"}
+    if not enqueued.created:
+        headers["Idempotent-Replayed"] = "true"
+    status = enqueued.status
+    wait = prefer_wait(prefer)
+    if wait:
+        headers["Preference-Applied"] = f"wait={wait:g}"
+        record = await wait_for_end(state, enqueued.job_id, wait, receive)
+        if record.status.terminal:
+            return json_response(job_view(record), 200, headers)
+        status = record.status
+    return json_response({"job_id": enqueued.job_id, "status": status, "model": entry.name}, 202, headers)
+
+
+async def owned(state: AppState, caller: Principal, job_id: str) -> JobRecord:
+    """The job's record when the caller may see it; another principal's job is "not found"."""
+    record = await state.store.get(job_id)
+    if not record.visible_to(caller.name, caller.admin):
+        raise JobNotFound(job_id)
+    return record
+
+
+async def read_job(state: AppState, caller: Principal, job_id: str, wait: float | None, receive: Receive | None = None) -> Response:
+    record = await owned(state, caller, job_id)
+    if wait and not record.status.terminal:
+        record = await wait_for_end(state, job_id, wait, receive)
+    return json_response(job_view(record))
+
+
+_SUBMIT_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": PREDICT_REQUEST_SCHEMA}}}}
+
+
+@router.post(
+    "/predict", status_code=202, response_model=JobAccepted, responses=_SUBMIT_ERRORS, openapi_extra=_SUBMIT_BODY,
+    summary="Submit one job to the default model",
+)  # fmt: skip
+async def predict(request: Request, state: State, caller: Caller, idempotency_key: IdempotencyKey = None, prefer: Prefer = None) -> Response:
+    body = await read_body(request, state.settings.max_body_bytes)
+    return await submit_job(state, caller, None, body, idempotency_key, prefer, request.receive)
+
+
+@router.post(
+    "/models/{model}/predict", status_code=202, response_model=JobAccepted, responses=_SUBMIT_ERRORS,
+    openapi_extra=_SUBMIT_BODY, summary="Submit one job to a model",
+)  # fmt: skip
+async def predict_model(
+    model: ModelName, request: Request, state: State, caller: Caller, idempotency_key: IdempotencyKey = None, prefer: Prefer = None
+) -> Response:
+    body = await read_body(request, state.settings.max_body_bytes)
+    return await submit_job(state, caller, model, body, idempotency_key, prefer, request.receive)
+
+
+@router.post("/predict/test", status_code=202, response_model=JobAccepted, responses=_SUBMIT_ERRORS, summary="Submit a built-in sample")
+async def predict_test(state: State, caller: Caller) -> Response:
+    entry = state.models.require(None)
+    body = orjson.dumps({"data": entry.require_signature().example_data()})
+    return await submit_job(state, caller, None, body, None, None)
+
+
+async def submit_bulk(state: AppState, caller: Principal, model_name: str | None, body: bytes, idempotency_key: str | None) -> Response:
+    """Each item validated on its own; the valid ones enqueued in one round trip; answers in order."""
+    parsed = json_object(body, '{"items": [{"data": [[...]]}, ...]}')
+    items = parsed.get("items")
+    if not isinstance(items, list) or not items:
+        raise invalid(["body", "items"], "must be a non-empty list of submits", "list_type")
+    if len(items) > state.settings.max_bulk_items:
+        raise invalid(["body", "items"], f"at most {state.settings.max_bulk_items} items (MAX_BULK_ITEMS), got {len(items)}", "too_long")
+    unknown = sorted(set(parsed) - {"items"})
     if unknown:
         raise invalid(["body", unknown[0]], f"unknown field {unknown[0]!r}", "extra_forbidden")
-    try:
-        parse_input(parsed["data"], state.require_signature(), state.settings.max_rows_per_job)
-    except InputError as exc:
-        raise invalid(exc.loc, exc.msg) from None
-    return orjson.dumps({"data": parsed["data"]})
+    entry = state.models.require(model_name)
+    answers: list[dict[str, Any] | None] = [None] * len(items)
+    jobs: list[tuple[int, NewJob]] = []
+    for i, item in enumerate(items):
+        loc = ("body", "items", i)
+        if not isinstance(item, dict):  # not a submit at all: the request itself is malformed
+            raise invalid(list(loc), 'must be an object like {"data": [[...]]}', "model_attributes_type")
+        try:
+            fields = submit_fields(item, loc)
+            key = f"{idempotency_key}:{i}" if idempotency_key else None
+            jobs.append((i, state.validated_job(caller.name, entry, fields["data"], fields.get("priority", "normal"),
+                                                fields.get("callback_url"), key, loc)))  # fmt: skip
+        except HTTPProblem as problem:
+            if problem.status != 422:
+                raise
+            answers[i] = {"error": {"status": 422, "detail": problem.detail}}
+    results = await state.store.enqueue_many([job for _, job in jobs]) if jobs else []
+    for (i, _), result in zip(jobs, results, strict=True):
+        if isinstance(result, JobQueueError):
+            problem = as_problem(result)
+            assert problem is not None
+            answers[i] = {"error": {"status": problem.status, "detail": problem.detail}}
+        else:
+            answers[i] = {"job_id": result.job_id, "status": result.status}
+    return json_response({"items": answers, "model": entry.name})
 
 
-async def _enqueue(state: AppState, payload: bytes, idempotency_key: str | None) -> Response:
-    job_id, created = await state.queue.enqueue(str(uuid.uuid4()), payload.decode(), idempotency_key)
-    headers = {"Location": f"/job/{job_id}"}
-    if not created:
-        headers["Idempotent-Replayed"] = "true"
-    return json_response({"job_id": job_id, "status": "pending"}, 202, headers)
+_BULK_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": BULK_REQUEST_SCHEMA}}}}
+_BULK_ERRORS = {k: v for k, v in _SUBMIT_ERRORS.items() if k != 200}
+
+
+@router.post("/predict/batch", response_model=BulkAnswer, responses=_BULK_ERRORS, openapi_extra=_BULK_BODY,
+             summary="Submit up to MAX_BULK_ITEMS jobs to the default model")  # fmt: skip
+async def predict_batch(request: Request, state: State, caller: Caller, idempotency_key: IdempotencyKey = None) -> Response:
+    body = await read_body(request, state.settings.max_body_bytes)
+    return await submit_bulk(state, caller, None, body, idempotency_key)
+
+
+@router.post("/models/{model}/predict/batch", response_model=BulkAnswer, responses=_BULK_ERRORS, openapi_extra=_BULK_BODY,
+             summary="Submit up to MAX_BULK_ITEMS jobs to a model")  # fmt: skip
+async def predict_model_batch(model: ModelName, request: Request, state: State, caller: Caller, idempotency_key: IdempotencyKey = None) -> Response:
+    body = await read_body(request, state.settings.max_body_bytes)
+    return await submit_bulk(state, caller, model, body, idempotency_key)
 
 
 @router.post(
-    "/predict",
-    status_code=202,
-    response_model=JobAccepted,
-    responses=_SUBMIT_ERRORS,
-    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": PREDICT_REQUEST_SCHEMA}}}},
-    summary="Submit one job (one or more input rows)",
-)
-async def predict(
-    request: Request, state: Annotated[AppState, Depends(get_state)], idempotency_key: IdempotencyKey = None
-) -> Response:
-    body = await _read_body(request, state.settings.max_body_bytes)
-    return await _enqueue(state, _validated_payload(body, state), idempotency_key)
-
-
-@router.post(
-    "/predict/test", status_code=202, response_model=JobAccepted, responses=_SUBMIT_ERRORS, summary="Submit a built-in sample"
-)
-async def predict_test(state: Annotated[AppState, Depends(get_state)]) -> Response:
-    return await _enqueue(state, orjson.dumps({"data": state.require_signature().example_data()}), None)
-
-
-def _view(record: JobRecord) -> dict[str, Any]:
-    return {
-        "job_id": record.job_id,
-        "status": record.status,
-        "result": orjson.loads(record.result) if record.result is not None else None,
-        "error": record.error,
-        "created_at": epoch_ms_to_iso(record.created_at),
-        "started_at": epoch_ms_to_iso(record.started_at),
-        "finished_at": epoch_ms_to_iso(record.finished_at),
-        "attempts": record.attempts,
-    }
-
-
-async def _wait_terminal(state: AppState, job_id: str, record: JobRecord, wait_s: float) -> JobRecord:
-    """Hold until the job ends or `wait_s` passes; woken by Pub/Sub, not by polling Redis."""
-    deadline = time.monotonic() + wait_s
-    future = state.waiters.add(job_id)
-    try:
-        record = await state.queue.get(job_id)  # re-read after subscribing: no wake-up is missed
-        while not record.status.terminal and not state.draining:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                await asyncio.wait_for(asyncio.shield(future), min(remaining, LONG_POLL_RECHECK_S))
-            except TimeoutError:
-                pass
-            record = await state.queue.get(job_id)
-            if future.done():
-                future = state.waiters.add(job_id)
-    finally:
-        state.waiters.discard(job_id, future)
-    return record
+    "/jobs/lookup", response_model=LookupAnswer, responses={401: _ERRORS[401], 422: {"model": ErrorBody}},
+    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": LOOKUP_REQUEST_SCHEMA}}}},
+    summary="Views of many jobs in one request, in the order asked",
+)  # fmt: skip
+async def lookup_jobs(request: Request, state: State, caller: Caller) -> Response:
+    parsed = json_object(await read_body(request, state.settings.max_body_bytes), '{"ids": ["..."]}')
+    unknown = sorted(set(parsed) - {"ids"})
+    if unknown:
+        raise invalid(["body", unknown[0]], f"unknown field {unknown[0]!r}", "extra_forbidden")
+    ids = parsed.get("ids")
+    if not isinstance(ids, list) or not all(isinstance(i, str) and 0 < len(i) <= MAX_JOB_ID for i in ids):
+        raise invalid(["body", "ids"], f"must be a list of job ids (strings of 1..{MAX_JOB_ID} characters)", "list_type")
+    if len(ids) > state.settings.max_bulk_items:
+        raise invalid(["body", "ids"], f"at most {state.settings.max_bulk_items} ids (MAX_BULK_ITEMS)", "too_long")
+    records = await state.store.get_many(ids)
+    items = [
+        job_view(r) if r is not None and r.visible_to(caller.name, caller.admin) else {"job_id": job_id, "found": False}
+        for job_id, r in zip(ids, records, strict=True)
+    ]
+    return json_response({"items": items})
 
 
 @router.get("/job/{job_id}", response_model=JobView, responses=_ERRORS, summary="Job state and result")
 async def get_job(
     job_id: JobId,
-    state: Annotated[AppState, Depends(get_state)],
+    request: Request,
+    state: State,
+    caller: Caller,
     wait: Annotated[float | None, Query(gt=0, le=MAX_WAIT_S, description="seconds to hold until the job ends")] = None,
 ) -> Response:
-    record = await state.queue.get(job_id)
-    if wait and not record.status.terminal:
-        record = await _wait_terminal(state, job_id, record, wait)
-    return json_response(_view(record))
+    return await read_job(state, caller, job_id, wait, request.receive)
 
 
 @router.delete("/job/{job_id}", response_model=JobView, responses={**_ERRORS, 409: {"model": ErrorBody}}, summary="Cancel a pending job")
-async def cancel_job(job_id: JobId, state: Annotated[AppState, Depends(get_state)]) -> Response:
-    await state.queue.cancel(job_id)
-    return json_response(_view(await state.queue.get(job_id)))
+async def cancel_job(job_id: JobId, state: State, caller: Caller) -> Response:
+    await state.store.cancel(await owned(state, caller, job_id))
+    return json_response(job_view(await state.store.get(job_id)))
 
 
 @router.post(
@@ -163,6 +322,6 @@ async def cancel_job(job_id: JobId, state: Annotated[AppState, Depends(get_state
     responses={**_ERRORS, 409: {"model": ErrorBody}, 429: {"model": ErrorBody}},
     summary="Re-queue a failed or expired job",
 )
-async def retry_job(job_id: JobId, state: Annotated[AppState, Depends(get_state)]) -> Response:
-    await state.queue.retry(job_id)
-    return json_response(_view(await state.queue.get(job_id)), 202, {"Location": f"/job/{job_id}"})
+async def retry_job(job_id: JobId, state: State, caller: Caller) -> Response:
+    await state.store.retry(await owned(state, caller, job_id), uuid.uuid4().hex)
+    return json_response(job_view(await state.store.get(job_id)), 202, {"Location": f"/job/{job_id}"})

@@ -1,35 +1,33 @@
-"""Service endpoints: index, liveness, readiness, model metadata, Prometheus metrics."""
+"""Service endpoints: index, liveness, readiness, Prometheus metrics."""
 
 from __future__ import annotations
 
 import asyncio
-from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated
 
 import redis
 from fastapi import APIRouter, Depends
 from fastapi.responses import PlainTextResponse, Response
 
+from api.auth import Principal, admin
 from api.errors import json_response
-from api.schemas import ErrorBody, ModelMetadata, ServiceInfo
+from api.schemas import ErrorBody, ServiceInfo
 from api.state import AppState, get_state
+from jobqueue import __version__
 from jobqueue.connection import UNAVAILABLE
 
 router = APIRouter(tags=["service"])
 READINESS_REDIS_TIMEOUT_S = 1.0
-
-try:
-    VERSION = version("asyncinfer")
-except PackageNotFoundError:  # running from a source tree without installing
-    VERSION = "0.0.0"
+State = Annotated[AppState, Depends(get_state)]
 
 
 @router.get("/", response_model=ServiceInfo, summary="Name, version and links")
-async def index(state: Annotated[AppState, Depends(get_state)]) -> Response:
-    links = {name: f"/{name}" for name in ("docs", "metadata", "healthz", "readyz", "metrics")}
+async def index(state: State) -> Response:
+    links = {name: f"/{name}" for name in ("docs", "models", "metadata", "healthz", "readyz", "metrics", "console")}
     links["submit"] = "/predict"
-    model = state.signature.name if state.signature else None
-    return json_response({"name": "asyncinfer", "version": VERSION, "model": model, "links": links})
+    return json_response(
+        {"name": "asyncinfer", "version": __version__, "models": state.models.names(), "default_model": state.models.default, "links": links}
+    )
 
 
 @router.get("/healthz", summary="Liveness: the process serves (never depends on Redis or workers)")
@@ -37,39 +35,46 @@ async def healthz() -> Response:
     return json_response({"status": "ok"})
 
 
-@router.get("/readyz", responses={503: {"model": ErrorBody}}, summary="Readiness: Redis answers and the model signature is known")
-async def readyz(state: Annotated[AppState, Depends(get_state)]) -> Response:
+@router.get(
+    "/readyz", responses={503: {"model": ErrorBody}}, summary="Readiness: Redis answers and the default model's signature is known"
+)
+async def readyz(state: State) -> Response:
     if state.draining:
         return json_response({"status": "draining"}, 503)
-    if state.signature is None:
-        return json_response({"status": "unavailable", "detail": f"model signature: {state.signature_error}"}, 503)
+    default = state.models.require(None)
+    if not default.ready:
+        return json_response({"status": "unavailable", "detail": f"model {default.name}: {default.error or 'loading'}"}, 503)
     try:
-        await asyncio.wait_for(state.queue.client.ping(), READINESS_REDIS_TIMEOUT_S)
+        await asyncio.wait_for(state.probe.ping(), READINESS_REDIS_TIMEOUT_S)
     except (*UNAVAILABLE, redis.ResponseError, TimeoutError) as exc:  # NOAUTH, protected mode: not ready either
         return json_response({"status": "unavailable", "detail": f"redis: {exc or 'timeout'}"}, 503)
-    return json_response({"status": "ready", "model": state.signature.name})
+    return json_response({"status": "ready", "models": {e.name: e.ready for e in state.models.entries.values()}})
 
 
-@router.get("/metadata", response_model=ModelMetadata, summary="The model's signature and labels")
-async def metadata(state: Annotated[AppState, Depends(get_state)]) -> Response:
-    signature = state.require_signature()
-    return json_response({**signature.as_dict(), "example": {"data": signature.example_data()}})
-
-
-@router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics (queue depths and counters)")
-async def metrics(state: Annotated[AppState, Depends(get_state)]) -> Response:
-    counts = await state.queue.depths()
+async def metrics_text(state: AppState) -> str:
+    """Queue depths and counters per model, in the Prometheus text format."""
+    depths = await state.store.depths(state.models.names())
+    lines: list[str] = []
     gauges = {
-        "asyncinfer_jobs_pending": ("Jobs waiting to start (the list KEDA scales on).", counts["pending"]),
-        "asyncinfer_jobs_inflight": ("Jobs workers hold right now.", counts["inflight"]),
-        "asyncinfer_jobs_dead_letter": ("Jobs in the dead-letter list.", counts["dead"]),
-        "asyncinfer_workers": ("Workers with a live or not yet reaped heartbeat.", counts["workers"]),
+        "asyncinfer_jobs_pending": "Jobs waiting to start (the lists KEDA scales on).",
+        "asyncinfer_jobs_inflight": "Jobs workers hold right now.",
+        "asyncinfer_jobs_dead_letter": "Jobs in the dead-letter list.",
+        "asyncinfer_workers": "Workers with a live or not yet reaped heartbeat.",
     }
-    lines = []
-    for name, (help_text, value) in gauges.items():
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {value}"]
-    for counter in ("enqueued", "completed", "failed", "recovered", "expired"):
+    keys = {"asyncinfer_jobs_pending": "pending", "asyncinfer_jobs_inflight": "inflight",
+            "asyncinfer_jobs_dead_letter": "dead", "asyncinfer_workers": "workers"}  # fmt: skip
+    for name, help_text in gauges.items():
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+        lines += [f'{name}{{model="{m}"}} {d[keys[name]]}' for m, d in depths.items()]
+    for counter in ("enqueued", "completed", "failed", "retried", "recovered", "expired", "canceled"):
         name = f"asyncinfer_jobs_{counter}_total"
         lines += [f"# HELP {name} Jobs {counter} since the queue was created.", f"# TYPE {name} counter"]
-        lines.append(f"{name} {counts.get(counter, 0)}")
-    return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+        lines += [f'{name}{{model="{m}"}} {d.get(counter, 0)}' for m, d in depths.items()]
+    return "\n".join(lines) + "\n"
+
+
+@router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics (admin when on the main port)")
+async def metrics(state: State, _: Annotated[Principal, Depends(admin)]) -> Response:
+    if state.settings.metrics_port:
+        return json_response({"detail": f"metrics are served on METRICS_PORT {state.settings.metrics_port}"}, 404)
+    return PlainTextResponse(await metrics_text(state), media_type="text/plain; version=0.0.4")

@@ -154,6 +154,31 @@ def start_worker(env: dict[str, str], log_path: Path | None = None) -> subproces
     return spawn([str(BIN / "asyncinfer-worker")], env, log_path)
 
 
+def start_notifier(env: dict[str, str], log_path: Path | None = None) -> subprocess.Popen:
+    return spawn([str(BIN / "asyncinfer-notifier")], dict(env, WORKER_HEALTH_PORT="0"), log_path)
+
+
+def local_webhook_secret(data_dir: Path) -> Path:
+    """A signing secret made once per data directory (Standard Webhooks: whsec_ + base64 of 32 bytes)."""
+    path = data_dir / "webhook-secret"
+    if not path.exists():
+        import base64  # noqa: PLC0415
+
+        path.write_text("whsec_" + base64.b64encode(os.urandom(32)).decode())
+        path.chmod(0o600)
+    return path
+
+
+def served_models(env: dict[str, str]) -> list[str]:
+    """The model names the stack serves, read the way the services read them."""
+    sys.path.insert(0, str(ROOT))
+    from jobqueue.models import load_models  # noqa: PLC0415 - the launcher needs the venv only here
+    from jobqueue.settings import Settings  # noqa: PLC0415
+
+    fields = {name: env[name.upper()] for name in ("models_file", "model_path", "default_model") if name.upper() in env}
+    return list(load_models(Settings(**fields)))
+
+
 def main() -> None:
     env = dict(os.environ)
     env.setdefault("PORT", "8000")
@@ -179,16 +204,27 @@ def main() -> None:
     children: list[tuple[str, subprocess.Popen]] = []
     try:
         health_port = int(env.get("WORKER_HEALTH_PORT", "0"))
-        for i in range(workers):
-            worker_env = dict(env, WORKER_HEALTH_PORT=str(health_port + i) if health_port else "0")
-            children.append((f"worker-{i + 1}", start_worker(worker_env, logs / f"worker-{i + 1}.log")))
+        model_names = served_models(env)
+        for model in model_names:
+            for i in range(workers):
+                name = f"worker-{model}-{i + 1}"
+                port = health_port + len(children) if health_port else 0
+                worker_env = dict(env, MODEL_NAME=model, WORKER_HEALTH_PORT=str(port))
+                children.append((name, start_worker(worker_env, logs / f"{name}.log")))
+        if not env.get("WEBHOOK_SECRET") and not env.get("WEBHOOK_SECRET_FILE"):
+            env["WEBHOOK_SECRET_FILE"] = str(local_webhook_secret(data_dir))
+        # a local stack delivers webhooks to local receivers (http, loopback); the chart never does
+        env.setdefault("WEBHOOK_ALLOW_PRIVATE", "true")
+        env.setdefault("WEBHOOK_ALLOW_HTTP", "true")
+        children.append(("notifier", start_notifier(env, logs / "notifier.log")))
         children.append(("api", start_api(env, logs / "api.log")))
         base = f"http://127.0.0.1:{env['PORT']}"
         print(
             f"asyncinfer is up\n"
             f"  API      {base}   (docs: {base}/docs)\n"
             f"  Redis    {redis.url}   AOF in {redis.data_dir} (appendfsync {redis.appendfsync})\n"
-            f"  workers  {workers}\n"
+            f"  models   {', '.join(model_names)} ({workers} worker(s) each)\n"
+            f"  webhooks signed with the secret in {env.get('WEBHOOK_SECRET_FILE', 'WEBHOOK_SECRET')}\n"
             f"  logs     {logs}/\n"
             f"  try      curl -s -XPOST {base}/predict -d '{{\"data\": [[5.1, 3.5, 1.4, 0.2]]}}'\n"
             f"Ctrl-C stops everything.",
@@ -201,7 +237,7 @@ def main() -> None:
                     stopping = True
             time.sleep(0.2)
     finally:
-        print("stopping: workers drain, then the API, then Redis", flush=True)
+        print("stopping: the API first (no new jobs), then each worker drains, then Redis", flush=True)
         for name, proc in reversed(children):  # api first: no new jobs while workers drain
             code = stop(proc, 40)
             print(f"  {name} exited with {code}", flush=True)

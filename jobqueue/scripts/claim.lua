@@ -1,80 +1,164 @@
 --[[
-claim: move up to N ids from the pending list into this worker's processing list and start them.
+claim: start up to N pending jobs of one model for one worker, highest priority first without
+starving the others, and hold them in the worker's processing list until `finish` acknowledges them.
 
-The ids stay in the worker's processing list until `finish` acknowledges them, so a job is never held
-only in a worker's memory. Ids already moved there by BLMOVE (the blocking wait) are passed in ARGV.
-Ids whose record is gone or no longer pending (canceled, finished by an earlier run) are dropped;
-pending ids older than the request ttl end as `expired`.
+Fair share: slots are dealt from a repeating pattern of 12 (8 high, 3 normal, 1 low) driven by a
+cursor in the stats hash; slots whose list is empty go to the highest non-empty list. Under sustained
+load on all three lists, normal gets at least 1/4 and low at least 1/12 of the jobs started.
 
-KEYS[1] pending     LIST  ids waiting to start
-KEYS[2] processing  LIST  this worker's held ids (newest at the head)
-KEYS[3] inflight    ZSET  job id -> timeout deadline, ms
-KEYS[4] workers     ZSET  worker id -> heartbeat deadline, ms
-KEYS[5] stats       HASH  counters
-ARGV[1] worker id
-ARGV[2] max ids to take from the pending list
-ARGV[3] key prefix (job records are <prefix>job:<id>; same hash tag as KEYS)
-ARGV[4] request ttl, ms (0 = never expires)
-ARGV[5] job timeout, ms
-ARGV[6] worker ttl, ms (claiming also counts as a heartbeat)
-ARGV[7] events channel
-ARGV[8..] ids already in the processing list (oldest first): moved by BLMOVE, or claimed earlier
-          by this worker whose reply was lost (those are adopted as they are)
-Returns a flat array: id, attempts, input, id, attempts, input, ...
+Suspects (jobs whose earlier run died with its worker, or hung in a batch) run alone: a suspect is
+started only as the first and only job of a batch; otherwise it goes back to the head of its list.
+That isolates a job that crashes or hangs the model from the innocent jobs it shared a batch with.
+
+Ids passed in ARGV (moved there by the blocking wait, or adopted after a lost reply) are only acted on
+when they really are in this worker's processing list.
+
+KEYS[1] pending high    LIST
+KEYS[2] pending normal  LIST
+KEYS[3] pending low     LIST
+KEYS[4] processing      LIST  this worker's held ids (newest at the head)
+KEYS[5] inflight        ZSET  job id -> backstop deadline, ms
+KEYS[6] workers         ZSET  worker id -> heartbeat deadline, ms
+KEYS[7] stats           HASH  counters, scheduling cursor, outage grace mark
+KEYS[8] paused          STRING present while the model's queue is paused
+KEYS[9] notify          ZSET  webhook outbox (an expired job with a callback)
+ARGV[1]  worker id
+ARGV[2]  max ids to take from the pending lists
+ARGV[3]  job key prefix
+ARGV[4]  request ttl, ms (0 = never expires)
+ARGV[5]  backstop deadline, ms after start (recovery fails a job still running then)
+ARGV[6]  worker ttl, ms (claiming also counts as a heartbeat)
+ARGV[7]  events channel
+ARGV[8]  jobs this worker already holds for the batch being collected (a suspect must not join them)
+ARGV[9]  model version of this worker (recorded on each job it starts)
+ARGV[10] job ttl, seconds (an expired record lives this long)
+ARGV[11] principal key prefix
+ARGV[12..] ids already in the processing list to start or adopt
+Returns {flags, id, attempts, input, id, attempts, input, ...}; flags: 1 = paused, 2 = a suspect
+started alone (the worker must not add to this batch).
 ]]
+local pending_lists = {KEYS[1], KEYS[2], KEYS[3]}
+local processing, inflight, workers, stats, paused, notify = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local wid, want, job_prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local request_ttl, backstop, worker_ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local events, already_held, version = ARGV[7], tonumber(ARGV[8]), ARGV[9]
+local job_ttl, principal_prefix = ARGV[10], ARGV[11]
+local priority_index = {high = 1, normal = 2, low = 3}
+local PATTERN = {1, 1, 2, 1, 1, 2, 1, 1, 3, 1, 2, 1}
+
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local wid, prefix = ARGV[1], ARGV[3]
-local request_ttl, timeout = tonumber(ARGV[4]), tonumber(ARGV[5])
-redis.call('ZADD', KEYS[4], now + tonumber(ARGV[6]), wid)
+-- Heartbeat; a long silence of every worker means Redis itself was away: grant a grace period
+-- so recovery does not declare live workers dead the moment it is back.
+local last_beat = tonumber(redis.call('HGET', stats, 'beat_at') or now)
+if now - last_beat > worker_ttl then redis.call('HSET', stats, 'grace_until', now + worker_ttl) end
+redis.call('HSET', stats, 'beat_at', now)
+redis.call('ZADD', workers, now + worker_ttl, wid)
 
-local ids = {}
-for i = 8, #ARGV do ids[#ids + 1] = ARGV[i] end
-local n = tonumber(ARGV[2])
-if n > 0 then
-  local popped = redis.call('RPOP', KEYS[1], n)
-  if popped then
-    redis.call('LPUSH', KEYS[2], unpack(popped))
-    for _, id in ipairs(popped) do ids[#ids + 1] = id end
-  end
+local candidates = {}  -- {id, source list index or 0 for ids already in the processing list}
+for i = 12, #ARGV do
+  if redis.call('LPOS', processing, ARGV[i]) then candidates[#candidates + 1] = {ARGV[i], 0} end
 end
-
-local out, ended, deadlines = {}, {}, {}
-for _, id in ipairs(ids) do
-  local job = prefix .. 'job:' .. id
-  local f = redis.call('HMGET', job, 'status', 'queued_at', 'attempts', 'input', 'worker')
-  local start = false
-  if f[1] == 'pending' then
-    if request_ttl > 0 and now - tonumber(f[2]) > request_ttl then
-      redis.call('HSET', job, 'status', 'expired', 'finished_at', now,
-        'error', 'not started within REQUEST_TTL_SECONDS')
-      redis.call('HINCRBY', KEYS[5], 'expired', 1)
-      ended[#ended + 1] = id
-    else
-      start = true
+local is_paused = redis.call('EXISTS', paused) == 1
+if want > 0 and not is_paused then
+  local cursor = redis.call('HINCRBY', stats, 'cursor', want) - want
+  local quota = {0, 0, 0}
+  for i = 0, want - 1 do
+    local p = PATTERN[(cursor + i) % 12 + 1]
+    quota[p] = quota[p] + 1
+  end
+  local left = want
+  for p = 1, 3 do
+    if quota[p] > 0 then
+      local popped = redis.call('RPOP', pending_lists[p], quota[p])
+      if popped then
+        for _, id in ipairs(popped) do candidates[#candidates + 1] = {id, p} end
+        left = left - #popped
+      end
     end
   end
-  if f[1] == 'processing' and f[5] == wid then
-    -- Already ours: a reply lost to a dropped connection. Adopt it again, unchanged.
-    out[#out + 1] = id
-    out[#out + 1] = tonumber(f[3])
-    out[#out + 1] = f[4]
-  elseif start then
-    local attempts = tonumber(f[3]) + 1
-    redis.call('HSET', job, 'status', 'processing', 'started_at', now, 'worker', wid, 'attempts', attempts)
-    deadlines[#deadlines + 1] = now + timeout
-    deadlines[#deadlines + 1] = id
-    out[#out + 1] = id
-    out[#out + 1] = attempts
-    out[#out + 1] = f[4]
-  else
-    -- Not ours to run (gone, canceled, already finished, expired): stop holding it.
-    redis.call('LREM', KEYS[2], -1, id)
+  for p = 1, 3 do
+    if left <= 0 then break end
+    local popped = redis.call('RPOP', pending_lists[p], left)
+    if popped then
+      for _, id in ipairs(popped) do candidates[#candidates + 1] = {id, p} end
+      left = left - #popped
+    end
   end
 end
+
+local out, started, ended, deadlines, give_back = {0}, {}, {}, {}, {}
+local unfinished_drop = {}
+local alone = false
+if is_paused then out[1] = 1 end
+for _, c in ipairs(candidates) do
+  local id, source = c[1], c[2]
+  local job = job_prefix .. id
+  local status, queued_at, attempts, input, worker, suspect, priority, owner, callback, idem =
+    unpack(redis.call('HMGET', job, 'status', 'queued_at', 'attempts', 'input', 'worker', 'suspect',
+      'priority', 'owner', 'callback_url', 'idem'))
+  local held = source == 0
+  if status == 'processing' and worker == wid and held then
+    -- Already ours: a reply lost to a dropped connection. Adopt it again, unchanged.
+    out[#out + 1] = id
+    out[#out + 1] = tonumber(attempts)
+    out[#out + 1] = input
+  elseif alone and status == 'pending' then
+    give_back[#give_back + 1] = c
+  elseif status == 'pending' then
+    local n = tonumber(attempts)
+    if n == 0 and request_ttl > 0 and now - tonumber(queued_at) > request_ttl then
+      redis.call('HSET', job, 'status', 'expired', 'finished_at', now, 'error', 'not started within REQUEST_TTL_SECONDS')
+      redis.call('EXPIRE', job, job_ttl)
+      if idem then redis.call('EXPIRE', idem, job_ttl) end
+      if callback then
+        redis.call('HSET', job, 'notify_state', 'pending', 'notify_attempts', 0)
+        redis.call('HDEL', job, 'notify_last_status', 'notify_last_error')
+        redis.call('ZADD', notify, 'NX', now, id)
+      end
+      if owner then unfinished_drop[owner] = (unfinished_drop[owner] or 0) + 1 end
+      redis.call('HINCRBY', stats, 'expired', 1)
+      ended[#ended + 1] = id
+      if held then redis.call('LREM', processing, -1, id) end
+    elseif suspect and (already_held > 0 or #out > 1) then
+      give_back[#give_back + 1] = c  -- runs alone in a later batch
+    else
+      redis.call('HSET', job, 'status', 'processing', 'started_at', now, 'worker', wid, 'attempts', n + 1,
+        'model_version', version)
+      deadlines[#deadlines + 1] = now + backstop
+      deadlines[#deadlines + 1] = id
+      started[#started + 1] = id
+      if not held then redis.call('LPUSH', processing, id) end
+      out[#out + 1] = id
+      out[#out + 1] = n + 1
+      out[#out + 1] = input
+      if suspect then
+        alone = true
+        out[1] = out[1] + 2
+      end
+    end
+  elseif held then
+    -- Not ours to run (gone, canceled, finished, another worker's): stop holding it.
+    redis.call('LREM', processing, -1, id)
+  end
+end
+
+-- Ids not started go back to the head of the list they came from, in their order.
+for i = #give_back, 1, -1 do
+  local id, source = give_back[i][1], give_back[i][2]
+  if source == 0 then
+    redis.call('LREM', processing, -1, id)
+    local priority = redis.call('HGET', job_prefix .. id, 'priority') or 'normal'
+    redis.call('RPUSH', pending_lists[priority_index[priority] or 2], id)
+  else
+    redis.call('RPUSH', pending_lists[source], id)
+  end
+end
+for owner, n in pairs(unfinished_drop) do redis.call('HINCRBY', principal_prefix .. owner, 'unfinished', -n) end
 -- one ZADD per 500 jobs rather than one per job (and within Lua's unpack limit)
 for i = 1, #deadlines, 1000 do
-  redis.call('ZADD', KEYS[3], unpack(deadlines, i, math.min(i + 999, #deadlines)))
+  redis.call('ZADD', inflight, unpack(deadlines, i, math.min(i + 999, #deadlines)))
 end
-if #ended > 0 then redis.call('PUBLISH', ARGV[7], table.concat(ended, ' ')) end
+if #started > 0 then redis.call('PUBLISH', events, 'processing ' .. table.concat(started, ' ')) end
+if #ended > 0 then redis.call('PUBLISH', events, 'ended ' .. table.concat(ended, ' ')) end
 return out

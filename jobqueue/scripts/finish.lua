@@ -3,86 +3,123 @@ finish: record the outcome of jobs a worker held, and stop holding them. First r
 
 A result is written only while the job is not terminal, so a job re-run after recovery never ends with
 two results, and a completed job never flips back (exactly-once results over at-least-once runs).
+Running the same call twice (a lost reply retried) changes nothing the second time.
 
-KEYS[1] processing  LIST  this worker's held ids
-KEYS[2] inflight    ZSET  job id -> timeout deadline
-KEYS[3] pending     LIST  ids waiting to start
-KEYS[4] dead        LIST  dead-lettered ids
-KEYS[5] stats       HASH  counters
+KEYS[1] processing     LIST  this worker's held ids
+KEYS[2] inflight       ZSET  job id -> backstop deadline
+KEYS[3] dead           LIST  dead-lettered ids (bounded)
+KEYS[4] stats          HASH  counters
+KEYS[5] notify         ZSET  webhook outbox: job id -> when due
+KEYS[6] pending high   LIST
+KEYS[7] pending normal LIST
+KEYS[8] pending low    LIST
 ARGV[1] worker id
-ARGV[2] key prefix
+ARGV[2] job key prefix
 ARGV[3] job ttl, seconds (a finished record lives this long)
 ARGV[4] max attempts
 ARGV[5] events channel
-ARGV[6..] triples: id, outcome, payload
-  outcome "completed": payload is the result JSON
-  outcome "failed":    payload is the error; permanent (e.g. the input does not fit the model)
-  outcome "retry":     payload is the error; re-queued at the front until max attempts, then failed
-  outcome "release":   not run (drain timed out); re-queued at the front, the attempt not counted;
-                      only ids still in this worker's list, so nothing is queued twice
+ARGV[6] max dead letters kept
+ARGV[7] principal key prefix
+ARGV[8..] triples: id, outcome, payload
+  "completed": payload is the result JSON
+  "failed":    payload is the error; permanent (the input does not fit the model, it hung alone)
+  "retry":     payload is the error; requeued at the front until max attempts, then failed
+  "release":   not run (drain, second signal); requeued at the front, the attempt not counted;
+               only ids still in this worker's list, so nothing is queued twice
+  "isolate":   its batch crashed or hung; requeued at the front as a suspect (runs alone next),
+               the attempt not counted
 Returns {completed, failed, requeued, ignored, still held}; still held > 0 means ids this worker does
 not know it holds (a reply lost to a dropped connection): it adopts them with `claim`.
 ]]
+local processing, inflight, dead, stats, notify = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local pending_lists = {high = KEYS[6], normal = KEYS[7], low = KEYS[8]}
+local wid, job_prefix, ttl = ARGV[1], ARGV[2], ARGV[3]
+local max_attempts, events, max_dead, principal_prefix = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]), ARGV[7]
+
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local wid, prefix, ttl = ARGV[1], ARGV[2], ARGV[3]
-local max_attempts = tonumber(ARGV[4])
 local completed, failed, requeued, ignored = 0, 0, 0, 0
-local ended, done = {}, {}  -- done: ids to drop from the in-flight set
+local ended, back, done = {}, {}, {}  -- done: ids to drop from the in-flight set
+local unfinished_drop = {}
 
-local function fail(job, id, err)
-  redis.call('HSET', job, 'status', 'failed', 'error', err, 'finished_at', now)
+local function close(job, id, owner, callback, idem)
   redis.call('EXPIRE', job, ttl)
-  redis.call('LPUSH', KEYS[4], id)
+  if idem then redis.call('EXPIRE', idem, ttl) end
+  if callback then
+    redis.call('HSET', job, 'notify_state', 'pending', 'notify_attempts', 0)
+    redis.call('HDEL', job, 'notify_last_status', 'notify_last_error')
+    redis.call('ZADD', notify, 'NX', now, id)
+  end
+  if owner then unfinished_drop[owner] = (unfinished_drop[owner] or 0) + 1 end
   ended[#ended + 1] = id
+end
+
+local function fail(job, id, err, owner, callback, idem)
+  redis.call('HSET', job, 'status', 'failed', 'error', err, 'finished_at', now)
+  redis.call('LPUSH', dead, id)
+  close(job, id, owner, callback, idem)
   failed = failed + 1
 end
 
-for i = 6, #ARGV, 3 do
+local front = {}  -- per pending list: ids going back to its head, oldest first
+local function requeue(job, id, priority)
+  redis.call('HDEL', job, 'worker')
+  local list = pending_lists[priority] or pending_lists.normal
+  front[list] = front[list] or {}
+  table.insert(front[list], id)
+  back[#back + 1] = id
+  requeued = requeued + 1
+end
+
+for i = 8, #ARGV, 3 do
   local id, outcome, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local job = prefix .. 'job:' .. id
-  local held = redis.call('LREM', KEYS[1], -1, id) > 0
-  local f = redis.call('HMGET', job, 'status', 'worker', 'attempts', 'error')
-  local status = f[1]
+  local job = job_prefix .. id
+  local held = redis.call('LREM', processing, -1, id) > 0
+  local status, worker, attempts, err, priority, owner, callback, idem = unpack(redis.call('HMGET', job,
+    'status', 'worker', 'attempts', 'error', 'priority', 'owner', 'callback_url', 'idem'))
   local live = status == 'processing' or status == 'pending'
-  local ours = status == 'processing' and f[2] == wid
+  local ours = status == 'processing' and worker == wid
   if outcome == 'completed' and live then
     redis.call('HSET', job, 'status', 'completed', 'result', payload, 'finished_at', now)
-    if f[4] then redis.call('HDEL', job, 'error') end  -- an earlier attempt's error
-    redis.call('EXPIRE', job, ttl)
+    if err then redis.call('HDEL', job, 'error') end  -- an earlier attempt's error
     done[#done + 1] = id
-    ended[#ended + 1] = id
+    close(job, id, owner, callback, idem)
     completed = completed + 1
   elseif outcome == 'failed' and live then
     done[#done + 1] = id
-    fail(job, id, payload)
+    fail(job, id, payload, owner, callback, idem)
   elseif outcome == 'retry' and ours then
     done[#done + 1] = id
-    if tonumber(f[3]) >= max_attempts then
-      fail(job, id, 'failed after ' .. f[3] .. ' attempts: ' .. payload)
+    if tonumber(attempts) >= max_attempts then
+      fail(job, id, 'failed after ' .. attempts .. ' attempts: ' .. payload, owner, callback, idem)
     else
       redis.call('HSET', job, 'status', 'pending', 'error', payload)
-      redis.call('HDEL', job, 'worker')
-      redis.call('RPUSH', KEYS[3], id)
-      requeued = requeued + 1
+      redis.call('HINCRBY', stats, 'retried', 1)
+      requeue(job, id, priority)
     end
-  elseif outcome == 'release' and held and (ours or status == 'pending') then
+  elseif (outcome == 'release' or outcome == 'isolate') and held and (ours or status == 'pending') then
     -- 'pending' here: moved by the blocking wait, never started
     if ours then
       done[#done + 1] = id
-      redis.call('HSET', job, 'status', 'pending', 'attempts', tonumber(f[3]) - 1)
-      redis.call('HDEL', job, 'worker')
+      redis.call('HSET', job, 'status', 'pending', 'attempts', tonumber(attempts) - 1)
     end
-    redis.call('RPUSH', KEYS[3], id)
-    requeued = requeued + 1
+    if outcome == 'isolate' then redis.call('HSET', job, 'suspect', 1) end
+    requeue(job, id, priority)
   else
     ignored = ignored + 1
   end
 end
-for i = 1, #done, 1000 do
-  redis.call('ZREM', KEYS[2], unpack(done, i, math.min(i + 999, #done)))
+-- RPUSH newest first, so the oldest ends at the tail: it is the next one claimed (FIFO kept)
+for list, ids in pairs(front) do
+  for i = #ids, 1, -1 do redis.call('RPUSH', list, ids[i]) end
 end
-if completed > 0 then redis.call('HINCRBY', KEYS[5], 'completed', completed) end
-if failed > 0 then redis.call('HINCRBY', KEYS[5], 'failed', failed) end
-if #ended > 0 then redis.call('PUBLISH', ARGV[5], table.concat(ended, ' ')) end
-return {completed, failed, requeued, ignored, redis.call('LLEN', KEYS[1])}
+for i = 1, #done, 1000 do
+  redis.call('ZREM', inflight, unpack(done, i, math.min(i + 999, #done)))
+end
+if failed > 0 then redis.call('LTRIM', dead, 0, max_dead - 1) end
+for owner, n in pairs(unfinished_drop) do redis.call('HINCRBY', principal_prefix .. owner, 'unfinished', -n) end
+if completed > 0 then redis.call('HINCRBY', stats, 'completed', completed) end
+if failed > 0 then redis.call('HINCRBY', stats, 'failed', failed) end
+if #ended > 0 then redis.call('PUBLISH', events, 'ended ' .. table.concat(ended, ' ')) end
+if #back > 0 then redis.call('PUBLISH', events, 'pending ' .. table.concat(back, ' ')) end
+return {completed, failed, requeued, ignored, redis.call('LLEN', processing)}

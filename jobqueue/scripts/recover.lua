@@ -1,76 +1,108 @@
 --[[
-recover: give dead workers' jobs back to the queue and fail jobs past their timeout.
+recover: give dead workers' jobs back to the queue and fail jobs past their backstop deadline.
 
-Runs at most once per interval across all workers (a lock key with a TTL), like bullmq's stalled
-checker. A worker is dead when its heartbeat deadline has passed. Its processing list is walked head
-(newest) to tail (oldest) and each id RPUSHed, so the oldest ends next in line: FIFO is kept.
+Runs at most once per interval across a model's workers (a lock key with a TTL), like bullmq's stalled
+checker. A worker is dead when its heartbeat deadline has passed, except during the grace period that
+follows a silence of every worker (Redis itself was unreachable or stalled: the workers are alive and
+need one TTL to beat again). Only jobs whose record names the dead worker are touched: a job another
+worker has since taken is left alone. A requeued job becomes a suspect: it runs alone next time, so
+an input that kills its worker cannot take the rest of its batch down with it.
+Its processing list is walked head (newest) to tail (oldest), each id RPUSHed: FIFO is kept.
 
-KEYS[1] workers  ZSET   worker id -> heartbeat deadline, ms
-KEYS[2] pending  LIST   ids waiting to start
-KEYS[3] inflight ZSET   job id -> timeout deadline, ms
-KEYS[4] dead     LIST   dead-lettered ids
-KEYS[5] lock     STRING recovery lock
-KEYS[6] stats    HASH   counters
+KEYS[1] workers        ZSET   worker id -> heartbeat deadline, ms
+KEYS[2] inflight       ZSET   job id -> backstop deadline, ms
+KEYS[3] dead           LIST   dead-lettered ids (bounded)
+KEYS[4] lock           STRING recovery lock
+KEYS[5] stats          HASH   counters, grace mark
+KEYS[6] notify         ZSET   webhook outbox
+KEYS[7] pending high   LIST
+KEYS[8] pending normal LIST
+KEYS[9] pending low    LIST
 ARGV[1] caller's worker id (lock owner)
 ARGV[2] lock ttl, ms (the recovery interval)
-ARGV[3] key prefix
+ARGV[3] job key prefix
 ARGV[4] max attempts
 ARGV[5] job ttl, seconds
 ARGV[6] events channel
-Returns {requeued, failed, timed_out, dead_workers}, or {-1} when another worker holds the lock.
+ARGV[7] processing list key prefix (one list per worker id)
+ARGV[8] max dead letters kept
+ARGV[9] principal key prefix
+Returns {requeued, failed, timed_out, dead_workers}, or {-10} when another worker holds the lock,
+or {-11} during the grace period.
 ]]
-if not redis.call('SET', KEYS[5], ARGV[1], 'NX', 'PX', ARGV[2]) then return {-1} end
+local workers, inflight, dead, lock, stats, notify = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local pending_lists = {high = KEYS[7], normal = KEYS[8], low = KEYS[9]}
+local wid, lock_ttl, job_prefix = ARGV[1], ARGV[2], ARGV[3]
+local max_attempts, ttl, events = tonumber(ARGV[4]), ARGV[5], ARGV[6]
+local processing_prefix, max_dead, principal_prefix = ARGV[7], tonumber(ARGV[8]), ARGV[9]
+
+if not redis.call('SET', lock, wid, 'NX', 'PX', lock_ttl) then return {-10} end
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local prefix, ttl = ARGV[3], ARGV[5]
-local max_attempts = tonumber(ARGV[4])
+if now < tonumber(redis.call('HGET', stats, 'grace_until') or 0) then return {-11} end
 local requeued, failed, timed_out = 0, 0, 0
-local ended = {}
+local ended, back = {}, {}
+local unfinished_drop = {}
 
-local function fail(job, id, err)
+local function fail(job, id, err, owner, callback, idem)
   redis.call('HSET', job, 'status', 'failed', 'error', err, 'finished_at', now)
+  redis.call('HDEL', job, 'worker')
   redis.call('EXPIRE', job, ttl)
-  redis.call('LPUSH', KEYS[4], id)
+  if idem then redis.call('EXPIRE', idem, ttl) end
+  if callback then
+    redis.call('HSET', job, 'notify_state', 'pending', 'notify_attempts', 0)
+    redis.call('HDEL', job, 'notify_last_status', 'notify_last_error')
+    redis.call('ZADD', notify, 'NX', now, id)
+  end
+  if owner then unfinished_drop[owner] = (unfinished_drop[owner] or 0) + 1 end
+  redis.call('LPUSH', dead, id)
   ended[#ended + 1] = id
 end
 
-local dead_workers = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 100)
-for _, wid in ipairs(dead_workers) do
-  local processing = prefix .. 'processing:' .. wid
+local dead_workers = redis.call('ZRANGEBYSCORE', workers, '-inf', now, 'LIMIT', 0, 100)
+for _, dead_wid in ipairs(dead_workers) do
+  local processing = processing_prefix .. dead_wid
   for _, id in ipairs(redis.call('LRANGE', processing, 0, -1)) do
-    local job = prefix .. 'job:' .. id
-    local f = redis.call('HMGET', job, 'status', 'attempts')
-    if f[1] == 'processing' then
-      redis.call('ZREM', KEYS[3], id)
-      if tonumber(f[2]) >= max_attempts then
-        fail(job, id, 'worker lost while processing, ' .. f[2] .. ' attempts')
+    local job = job_prefix .. id
+    local status, attempts, worker, priority, owner, callback, idem = unpack(redis.call('HMGET', job,
+      'status', 'attempts', 'worker', 'priority', 'owner', 'callback_url', 'idem'))
+    local pending = pending_lists[priority] or pending_lists.normal
+    if status == 'processing' and worker == dead_wid then
+      redis.call('ZREM', inflight, id)
+      if tonumber(attempts) >= max_attempts then
+        fail(job, id, 'worker lost while processing, ' .. attempts .. ' attempts', owner, callback, idem)
         failed = failed + 1
       else
-        redis.call('HSET', job, 'status', 'pending')
+        redis.call('HSET', job, 'status', 'pending', 'suspect', 1)
         redis.call('HDEL', job, 'worker')
-        redis.call('RPUSH', KEYS[2], id)
+        redis.call('RPUSH', pending, id)
+        back[#back + 1] = id
         requeued = requeued + 1
       end
-    elseif f[1] == 'pending' then
+    elseif status == 'pending' and not redis.call('HGET', job, 'worker') then
       -- moved by the worker's blocking wait but never started
-      redis.call('RPUSH', KEYS[2], id)
+      redis.call('RPUSH', pending, id)
       requeued = requeued + 1
     end
   end
   redis.call('DEL', processing)
-  redis.call('ZREM', KEYS[1], wid)
+  redis.call('ZREM', workers, dead_wid)
 end
 
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 1000)) do
-  local job = prefix .. 'job:' .. id
-  redis.call('ZREM', KEYS[3], id)
-  if redis.call('HGET', job, 'status') == 'processing' then
-    fail(job, id, 'exceeded JOB_TIMEOUT_SECONDS')
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', inflight, '-inf', now, 'LIMIT', 0, 1000)) do
+  local job = job_prefix .. id
+  redis.call('ZREM', inflight, id)
+  local status, owner, callback, idem = unpack(redis.call('HMGET', job, 'status', 'owner', 'callback_url', 'idem'))
+  if status == 'processing' then
+    fail(job, id, 'exceeded its deadline (JOB_TIMEOUT_SECONDS) and its worker did not answer', owner, callback, idem)
     timed_out = timed_out + 1
   end
 end
 
-if requeued > 0 then redis.call('HINCRBY', KEYS[6], 'recovered', requeued) end
-if failed + timed_out > 0 then redis.call('HINCRBY', KEYS[6], 'failed', failed + timed_out) end
-if #ended > 0 then redis.call('PUBLISH', ARGV[6], table.concat(ended, ' ')) end
+if failed + timed_out > 0 then redis.call('LTRIM', dead, 0, max_dead - 1) end
+for owner, n in pairs(unfinished_drop) do redis.call('HINCRBY', principal_prefix .. owner, 'unfinished', -n) end
+if requeued > 0 then redis.call('HINCRBY', stats, 'recovered', requeued) end
+if failed + timed_out > 0 then redis.call('HINCRBY', stats, 'failed', failed + timed_out) end
+if #ended > 0 then redis.call('PUBLISH', events, 'ended ' .. table.concat(ended, ' ')) end
+if #back > 0 then redis.call('PUBLISH', events, 'pending ' .. table.concat(back, ' ')) end
 return {requeued, failed, timed_out, #dead_workers}

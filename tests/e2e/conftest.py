@@ -1,4 +1,5 @@
-"""The e2e suite talks only HTTP to E2E_BASE_URL; without it, it starts a local stack (Redis, API, 2 workers)."""
+"""The e2e suite talks only HTTP to E2E_BASE_URL (with E2E_TOKEN as its bearer token when the
+deployment has authentication on); without it, it starts a local stack (Redis, API, 2 workers)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def base_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         return
     redis_server = request.getfixturevalue("redis_server")  # only a local stack needs one
     procs = Processes(tmp_path_factory.mktemp("e2e-stack"))
-    env = service_env(redis_server.url, QUEUE_NAME="e2e:queue")
+    env = service_env(redis_server.url, KEY_PREFIX="e2e")
     procs.worker(env)
     procs.worker(env)
     _, url = procs.api(env)
@@ -27,7 +28,12 @@ def base_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     procs.stop_all()
 
 
+def auth_headers() -> dict[str, str]:
+    token = os.environ.get("E2E_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 @pytest.fixture
 def http(base_url) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=base_url, timeout=40) as client:
+    with httpx.Client(base_url=base_url, timeout=40, headers=auth_headers()) as client:
         yield client

@@ -10,9 +10,11 @@ import httpx
 import pytest
 from stack import RedisServer, wait_http
 
-from jobqueue.protocol import JobQueue
 from jobqueue.states import Outcome
 from tests.conftest import MODEL_PATH, service_env
+from tests.support.queue import SyncJobs
+
+PENDING = "asyncinfer:iris:pending:normal"
 
 ROW = [5.1, 3.5, 1.4, 0.2]
 
@@ -25,7 +27,7 @@ def test_accepts_and_validates_with_no_worker_running(processes, redis_server, r
         assert accepted.status_code == 202
         assert http.post("/predict", json={"data": [[1, 2]]}).status_code == 422
         assert http.get(f"/job/{accepted.json()['job_id']}").json()["status"] == "pending"
-    assert redis_client.llen("asyncinfer:queue") == 1  # the rejected one enqueued nothing
+    assert redis_client.llen(PENDING) == 1  # the rejected one enqueued nothing
 
 
 def test_full_queue_answers_429_with_retry_after(processes, redis_server, redis_client):
@@ -35,7 +37,7 @@ def test_full_queue_answers_429_with_retry_after(processes, redis_server, redis_
         refused = http.post("/predict", json={"data": [ROW]})
     assert codes == [202, 202, 202, 429, 429]
     assert refused.headers["retry-after"] == "1" and "MAX_QUEUE_LENGTH" in refused.json()["detail"]
-    assert redis_client.llen("asyncinfer:queue") == 3
+    assert redis_client.llen(PENDING) == 3
 
 
 def test_cancel_pending_then_worker_skips_it(processes, redis_server, redis_client):
@@ -45,13 +47,13 @@ def test_cancel_pending_then_worker_skips_it(processes, redis_server, redis_clie
         job_id = http.post("/predict", json={"data": [ROW]}).json()["job_id"]
         canceled = http.delete(f"/job/{job_id}")
         assert canceled.status_code == 200 and canceled.json()["status"] == "canceled"
-        assert redis_client.llen("asyncinfer:queue") == 0
+        assert redis_client.llen(PENDING) == 0
         assert http.get(f"/job/{job_id}", params={"wait": 1}).json()["status"] == "canceled"
 
 
 def test_retry_requeues_a_failed_job(processes, redis_server, redis_client, settings):
     _, url = processes.api(service_env(redis_server.url))
-    queue = JobQueue(redis_client, settings)
+    queue = SyncJobs(redis_client, settings)
     with httpx.Client(base_url=url) as http:
         job_id = http.post("/predict", json={"data": [ROW]}).json()["job_id"]
         queue.claim("w", 1)
@@ -65,10 +67,15 @@ def test_retry_requeues_a_failed_job(processes, redis_server, redis_client, sett
         assert http.get(f"/job/{job_id}", params={"wait": 20}).json()["status"] == "completed"
 
 
-def test_job_record_expires_after_ttl(processes, redis_server):
-    _, url = processes.api(service_env(redis_server.url, JOB_TTL_SECONDS=1, REQUEST_TTL_SECONDS=1))
+def test_finished_records_expire_after_the_ttl_live_ones_never(processes, redis_server):
+    env = service_env(redis_server.url, JOB_TTL_SECONDS=1, REQUEST_TTL_SECONDS=0)
+    _, url = processes.api(env)
     with httpx.Client(base_url=url) as http:
         job_id = http.post("/predict", json={"data": [ROW]}).json()["job_id"]
+        time.sleep(1.5)
+        assert http.get(f"/job/{job_id}").json()["status"] == "pending"  # no TTL while it waits
+        processes.worker(env)
+        assert http.get(f"/job/{job_id}", params={"wait": 15}).json()["status"] == "completed"
         time.sleep(1.5)
         assert http.get(f"/job/{job_id}").status_code == 404
 
@@ -135,9 +142,9 @@ def test_missing_model_keeps_api_up_but_unready(processes, redis_server, tmp_pat
     with httpx.Client(base_url=url) as http:
         wait_http(f"{url}/healthz", proc=proc)
         ready = http.get("/readyz")
-        assert ready.status_code == 503 and "model signature" in ready.json()["detail"]
+        assert ready.status_code == 503 and "model later" in ready.json()["detail"]
         refused = http.post("/predict", json={"data": [ROW]})
-        assert refused.status_code == 503 and "MODEL_PATH" in refused.json()["detail"]
+        assert refused.status_code == 503 and str(model) in refused.json()["detail"]
         model.write_bytes(Path(MODEL_PATH).read_bytes())
         deadline = time.monotonic() + 15
         while http.get("/readyz").status_code != 200:

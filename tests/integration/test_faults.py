@@ -16,18 +16,18 @@ import pytest
 import redis
 from stack import RedisServer
 
-from jobqueue.keys import QueueKeys
-from jobqueue.protocol import JobQueue
+from jobqueue.keys import StoreKeys
 from jobqueue.settings import Settings
 from tests.conftest import MODEL_PATH, service_env
+from tests.support.queue import SyncJobs
 
 pytestmark = pytest.mark.slow
 PAYLOAD = orjson.dumps({"data": [[5.9, 3.0, 4.2, 1.5]]}).decode()
-KEYS = QueueKeys("asyncinfer:queue")
+KEYS = StoreKeys("asyncinfer").model("iris")
 
 
-def fill(queue: JobQueue, n: int) -> list[str]:
-    return queue.enqueue_many([(str(uuid.uuid4()), PAYLOAD) for _ in range(n)])
+def fill(queue: SyncJobs, n: int) -> list[str]:
+    return [r.job_id for r in queue.enqueue_many([queue.new_job(str(uuid.uuid4()), PAYLOAD) for _ in range(n)])]
 
 
 def wait_until(predicate, timeout_s: float, what: str, poll_s: float = 0.05) -> float:
@@ -39,16 +39,16 @@ def wait_until(predicate, timeout_s: float, what: str, poll_s: float = 0.05) -> 
     return time.monotonic() - started
 
 
-def all_completed(queue: JobQueue, ids: list[str]) -> bool:
+def all_completed(queue: SyncJobs, ids: list[str]) -> bool:
     pipe = queue.client.pipeline(transaction=False)
     for job_id in ids:
-        pipe.hget(queue.keys.job(job_id), "status")
+        pipe.hget(queue.store.job(job_id), "status")
     return all(status == "completed" for status in pipe.execute())
 
 
 def test_sigkill_worker_holding_a_batch_loses_nothing(processes, redis_server, redis_client):
     env = service_env(redis_server.url, MAX_BATCH_SIZE=64)
-    queue = JobQueue(redis_client, Settings(redis_url=redis_server.url, model_path=MODEL_PATH))
+    queue = SyncJobs(redis_client, Settings(redis_url=redis_server.url, model_path=MODEL_PATH, max_queue_length=0))
     ids = fill(queue, 20_000)  # enough that the victim is still busy after many missed freezes
     victim = processes.worker(env)
     processing = [None]
@@ -84,7 +84,7 @@ def test_sigkill_worker_holding_a_batch_loses_nothing(processes, redis_server, r
 
 def test_sigterm_under_load_drains_and_exits_zero(processes, redis_server, redis_client):
     env = service_env(redis_server.url, DRAIN_TIMEOUT_SECONDS=10)
-    queue = JobQueue(redis_client, Settings(redis_url=redis_server.url, model_path=MODEL_PATH))
+    queue = SyncJobs(redis_client, Settings(redis_url=redis_server.url, model_path=MODEL_PATH, max_queue_length=0))
     first = processes.worker(env)
     processes.worker(env)
     submitted: list[str] = []
@@ -92,7 +92,7 @@ def test_sigterm_under_load_drains_and_exits_zero(processes, redis_server, redis
 
     def load() -> None:
         client = redis.Redis.from_url(redis_server.url, decode_responses=True)
-        producer = JobQueue(client, queue.settings)
+        producer = SyncJobs(client, queue.settings)
         while not done.is_set():
             submitted.extend(fill(producer, 20))
             time.sleep(0.005)
@@ -112,7 +112,7 @@ def test_sigterm_under_load_drains_and_exits_zero(processes, redis_server, redis
     assert code == 0 and drained_in < 10
     wait_until(lambda: all_completed(queue, submitted), 60, "every submitted job to complete")
     assert {queue.get(job_id).attempts for job_id in submitted} == {1}  # no job was cut off and re-run
-    assert redis_client.zcard(KEYS.inflight) == 0 and redis_client.llen(KEYS.pending) == 0
+    assert redis_client.zcard(KEYS.inflight) == 0 and redis_client.llen(KEYS.pending()) == 0
     assert redis_client.keys(KEYS.processing("*")) == [] or all(
         redis_client.llen(key) == 0 for key in redis_client.keys(KEYS.processing("*"))
     )
@@ -120,17 +120,28 @@ def test_sigterm_under_load_drains_and_exits_zero(processes, redis_server, redis
 
 
 def test_second_sigterm_exits_at_once_and_releases_held_jobs(processes, redis_server, redis_client):
-    """A worker stuck in a model call: the second signal hands its jobs back without waiting."""
-    env = service_env(redis_server.url, DRAIN_TIMEOUT_SECONDS=60, MAX_BATCH_SIZE=8)
-    queue = JobQueue(redis_client, Settings(redis_url=redis_server.url, model_path=MODEL_PATH))
-    ids = fill(queue, 200)
+    """The second signal hands held jobs back at once, unrun and uncounted: they are pending again
+    before any other worker runs (no recovery involved), and run once with attempts 1."""
+    env = service_env(redis_server.url, DRAIN_TIMEOUT_SECONDS=60, MAX_BATCH_SIZE=8, WORKER_TTL_SECONDS=30)
+    queue = SyncJobs(redis_client, Settings(redis_url=redis_server.url, model_path=MODEL_PATH, max_queue_length=0))
+    ids = fill(queue, 20_000)
     worker = processes.worker(env)
-    wait_until(lambda: redis_client.zcard(KEYS.inflight) > 0 or all_completed(queue, ids), 30, "work to start")
-    worker.send_signal(signal.SIGTERM)
-    worker.send_signal(signal.SIGTERM)
-    assert worker.wait(10) in (0, 1)
+    wait_until(lambda: redis_client.zcard(KEYS.inflight) > 0, 30, "work to start", poll_s=0.001)
+    worker.send_signal(signal.SIGSTOP)  # hold it still with a batch in hand
+    held = redis_client.lrange(KEYS.processing(redis_client.zrange(KEYS.workers, 0, 0)[0]), 0, -1)
+    worker.send_signal(signal.SIGTERM)  # both wait while it is stopped (two kinds: signals don't queue)
+    worker.send_signal(signal.SIGINT)
+    worker.send_signal(signal.SIGCONT)
+    started = time.monotonic()
+    assert worker.wait(10) in (0, 1)  # 1: handed back; 0: the fast iris batch was done first
+    assert time.monotonic() - started < 2
+    # no recovery ran (the heartbeat TTL is 30 s): whatever it held is already back and uncounted
+    assert redis_client.zcard(KEYS.inflight) == 0
+    assert all(redis_client.llen(key) == 0 for key in redis_client.keys(KEYS.processing("*")))
+    assert held and {queue.get(i).status for i in held} <= {"pending", "completed"}
     processes.worker(env)
-    wait_until(lambda: all_completed(queue, ids), 60, "every job to complete")
+    wait_until(lambda: all_completed(queue, ids), 120, "every job to complete")
+    assert {queue.get(job_id).attempts for job_id in ids} == {1}
 
 
 def test_sigkill_redis_with_aof_always_keeps_every_accepted_job(processes, tmp_path):
@@ -165,15 +176,19 @@ def test_sigkill_redis_with_aof_always_keeps_every_accepted_job(processes, tmp_p
         server.stop()
 
 
-def test_http_api_never_answers_500_under_fuzzing(processes, redis_server):
-    """Property test of the API against its own OpenAPI schema (schemathesis)."""
+def test_http_api_conforms_to_its_schema_under_fuzzing(processes, redis_server):
+    """Property test of the API against its own OpenAPI schema (schemathesis, every check: no 500,
+    status codes and response bodies as documented)."""
     env = service_env(redis_server.url)
     processes.worker(env)
     _, url = processes.api(env)
     schemathesis = os.path.join(os.path.dirname(os.environ.get("VIRTUAL_ENV", "") or subprocess.sys.executable), "st")
     result = subprocess.run(
         [
-            schemathesis, "run", f"{url}/openapi.json", "--checks", "not_a_server_error",
+            # Every default check except positive_data_acceptance: a body that fits the documented
+            # schema may still not fit the model's signature (rows of 4 floats for iris), which is a
+            # correct 422 naming the field; OpenAPI cannot express one model's shapes per route.
+            schemathesis, "run", f"{url}/openapi.json", "--exclude-checks", "positive_data_acceptance",
             "--max-examples", "60", "--seed", "1", "--generation-deterministic",
         ],
         capture_output=True, text=True, timeout=300, env={**os.environ, "NO_COLOR": "1"},

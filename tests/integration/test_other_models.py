@@ -13,7 +13,7 @@ from skl2onnx import to_onnx
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
-from jobqueue.protocol import JobQueue
+from tests.support.queue import SyncJobs
 from jobqueue.states import JobStatus
 from worker.loop import Worker
 
@@ -24,8 +24,8 @@ ROW = X[100].tolist()
 
 def run_jobs(settings, redis_client, model_path, payloads) -> list:
     settings = settings.model_copy(update={"model_path": str(model_path)})
-    queue = JobQueue(redis_client, settings)
-    ids = [queue.enqueue(str(uuid.uuid4()), orjson.dumps({"data": data}).decode())[0] for data in payloads]
+    queue = SyncJobs(redis_client, settings, model=model_path.stem)
+    ids = [queue.enqueue(str(uuid.uuid4()), orjson.dumps({"data": data}).decode()).job_id for data in payloads]
     Worker(settings).run(burst=True)
     return [queue.get(job_id) for job_id in ids]
 

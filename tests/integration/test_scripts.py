@@ -1,76 +1,128 @@
-"""The Lua scripts against a real redis-server: every transition and its refusals."""
+"""The Lua scripts against a real redis-server: every transition, its refusals, and its repeat-safety."""
 
 from __future__ import annotations
 
 import time
-import uuid
 
-import orjson
 import pytest
 
-from jobqueue.errors import JobNotFound, QueueFull, WrongState
-from jobqueue.protocol import JobQueue
+from jobqueue.errors import IdempotencyConflict, JobNotFound, QueueFull, RateLimited, TooManyUnfinished, WrongState
 from jobqueue.states import JobStatus, Outcome
-
-PAYLOAD = orjson.dumps({"data": [[5.1, 3.5, 1.4, 0.2]]}).decode()
-
-
-def enqueue_n(queue: JobQueue, n: int) -> list[str]:
-    return [queue.enqueue(str(uuid.uuid4()), PAYLOAD)[0] for _ in range(n)]
+from tests.support.queue import PAYLOAD, SyncJobs
 
 
 @pytest.fixture
-def queue(redis_client, settings) -> JobQueue:
-    return JobQueue(redis_client, settings)
+def queue(redis_client, settings) -> SyncJobs:
+    return SyncJobs(redis_client, settings)
+
+
+def make_queue(redis_client, settings, **overrides) -> SyncJobs:
+    return SyncJobs(redis_client, settings.model_copy(update=overrides))
 
 
 def test_enqueue_writes_record_and_list_atomically(queue, redis_client):
-    job_id, created = queue.enqueue("a", PAYLOAD)
-    assert (job_id, created) == ("a", True)
-    assert redis_client.lrange(queue.keys.pending, 0, -1) == ["a"]
+    result = queue.enqueue("a")
+    assert (result.job_id, result.created, result.status) == ("a", True, JobStatus.PENDING)
+    assert redis_client.lrange(queue.keys.pending("normal"), 0, -1) == ["a"]
     record = queue.get("a", with_input=True)
     assert record.status is JobStatus.PENDING and record.attempts == 0 and record.input == PAYLOAD
+    assert record.model == "iris" and record.owner == "anonymous" and record.priority == "normal"
     assert queue.get("a").input is None  # polls leave the input in Redis
-    assert 0 < redis_client.ttl(queue.keys.job("a")) <= queue.settings.job_ttl_seconds
+    assert redis_client.ttl(queue.store.job("a")) == -1  # a live job's record never expires under it
+
+
+def test_enqueue_twice_with_the_same_id_is_one_job(queue, redis_client):
+    """A lost reply retried: the second run finds its own record and queues nothing."""
+    queue.enqueue("a")
+    again = queue.enqueue("a")
+    assert again.job_id == "a" and again.created
+    assert redis_client.lrange(queue.keys.pending("normal"), 0, -1) == ["a"]
+    assert redis_client.hget(queue.keys.stats, "enqueued") == "1"
 
 
 def test_pending_list_holds_only_waiting_ids(queue, redis_client):
-    ids = enqueue_n(queue, 5)
-    claimed = queue.claim("w1", 2)
-    assert [job.job_id for job in claimed] == ids[:2]  # FIFO
-    assert redis_client.lrange(queue.keys.pending, 0, -1) == list(reversed(ids[2:]))
+    ids = queue.enqueue_n(5)
+    assert queue.claimed_ids("w1", 2) == ids[:2]  # FIFO
+    assert redis_client.lrange(queue.keys.pending("normal"), 0, -1) == list(reversed(ids[2:]))
     assert redis_client.zcard(queue.keys.inflight) == 2
     assert queue.held("w1") == ids[:2]
 
 
-def test_idempotency_key_returns_same_job(queue, redis_client):
-    first = queue.enqueue("a", PAYLOAD, idempotency_key="k1")
-    second = queue.enqueue("b", PAYLOAD, idempotency_key="k1")
-    assert first == ("a", True) and second == ("a", False)
-    assert redis_client.llen(queue.keys.pending) == 1
+def test_idempotency_key_is_per_principal_and_checks_the_body(queue, redis_client):
+    first = queue.enqueue("a", idempotency_key="k1", owner="alice", fingerprint="f1")
+    replay = queue.enqueue("b", idempotency_key="k1", owner="alice", fingerprint="f1")
+    assert first.created and (replay.job_id, replay.created, replay.status) == ("a", False, JobStatus.PENDING)
+    with pytest.raises(IdempotencyConflict) as conflict:
+        queue.enqueue("c", idempotency_key="k1", owner="alice", fingerprint="other body")
+    assert conflict.value.job_id == "a"
+    other = queue.enqueue("d", idempotency_key="k1", owner="bob", fingerprint="f1")  # bob's own key space
+    assert other.job_id == "d" and other.created
+    assert redis_client.llen(queue.keys.pending("normal")) == 2
     with pytest.raises(JobNotFound):
         queue.get("b")
+    # a replay answers the job's real current status
+    queue.claim("w", 10)
+    assert queue.enqueue("e", idempotency_key="k1", owner="alice", fingerprint="f1").status is JobStatus.PROCESSING
 
 
 def test_queue_full_enqueues_nothing(redis_client, settings):
-    queue = JobQueue(redis_client, settings.model_copy(update={"max_queue_length": 2}))
-    enqueue_n(queue, 2)
+    queue = make_queue(redis_client, settings, max_queue_length=2)
+    queue.enqueue_n(2)
     with pytest.raises(QueueFull):
-        queue.enqueue("c", PAYLOAD)
-    assert redis_client.llen(queue.keys.pending) == 2
-    assert not redis_client.exists(queue.keys.job("c"))
+        queue.enqueue("c")
+    assert redis_client.llen(queue.keys.pending("normal")) == 2
+    assert not redis_client.exists(queue.store.job("c"))
 
 
-def test_claim_marks_processing_and_counts_attempts(queue):
-    [job_id] = enqueue_n(queue, 1)
-    [claimed] = queue.claim("w1", 10)
+def test_rate_limit_refuses_without_writing_then_refills(redis_client, settings):
+    queue = make_queue(redis_client, settings, rate_limit_per_second=20, rate_limit_burst=3)
+    queue.enqueue_n(3, owner="alice")
+    with pytest.raises(RateLimited) as refused:
+        queue.enqueue("x", owner="alice")
+    assert 0 < refused.value.retry_after_ms <= 50
+    assert not redis_client.exists(queue.store.job("x"))
+    queue.enqueue("y", owner="bob")  # buckets are per principal
+    time.sleep(0.06)
+    assert queue.enqueue("z", owner="alice").created
+
+
+def test_unfinished_limit_counts_until_jobs_end(redis_client, settings):
+    queue = make_queue(redis_client, settings, max_pending_per_principal=2)
+    a, _ = queue.enqueue_n(2, owner="alice")
+    with pytest.raises(TooManyUnfinished):
+        queue.enqueue("x", owner="alice")
+    queue.cancel(a)
+    queue.enqueue("y", owner="alice")  # a slot freed by the cancel
+    for job in queue.claim("w", 10).jobs:
+        queue.finish("w", [(job.job_id, Outcome.COMPLETED, "{}")])
+    assert redis_client.hget(queue.store.principal("alice"), "unfinished") == "0"
+
+
+def test_claim_marks_processing_counts_attempts_and_records_the_version(queue):
+    [job_id] = queue.enqueue_n(1)
+    [claimed] = queue.claim("w1", 10).jobs
     assert claimed.job_id == job_id and claimed.attempts == 1 and claimed.payload == PAYLOAD
     record = queue.get(job_id)
-    assert record.status is JobStatus.PROCESSING and record.started_at is not None
+    assert record.status is JobStatus.PROCESSING and record.started_at is not None and record.model_version == "test"
+
+
+def test_priorities_share_slots_eight_three_one(queue):
+    for priority in ("low", "normal", "high"):
+        queue.enqueue_n(24, priority=priority)
+    started = [queue.get(job_id).priority for job_id in queue.claimed_ids("w", 12)]
+    assert (started.count("high"), started.count("normal"), started.count("low")) == (8, 3, 1)
+    # one job at a time keeps the same shares over a cycle of 12 claims
+    singles = [queue.get(queue.claimed_ids("w", 1)[0]).priority for _ in range(12)]
+    assert (singles.count("high"), singles.count("normal"), singles.count("low")) == (8, 3, 1)
+
+
+def test_empty_priorities_give_their_slots_away(queue):
+    ids = queue.enqueue_n(12, priority="low")
+    assert queue.claimed_ids("w", 12) == ids
 
 
 def test_finish_first_result_wins(queue, redis_client):
-    [job_id] = enqueue_n(queue, 1)
+    [job_id] = queue.enqueue_n(1)
     queue.claim("w1", 1)
     counts = queue.finish("w1", [(job_id, Outcome.COMPLETED, '{"prediction": 1}')])
     assert counts.completed == 1
@@ -81,22 +133,44 @@ def test_finish_first_result_wins(queue, redis_client):
     record = queue.get(job_id)
     assert record.status is JobStatus.COMPLETED and record.result == '{"prediction": 1}' and record.error is None
     assert queue.held("w1") == [] and redis_client.zcard(queue.keys.inflight) == 0
+    assert 0 < redis_client.ttl(queue.store.job(job_id)) <= queue.settings.job_ttl_seconds
+    assert redis_client.hget(queue.keys.stats, "completed") == "1"
+
+
+def test_finish_twice_counts_once(queue, redis_client):
+    """A lost reply retried: the second run changes nothing, counters included."""
+    ids = queue.enqueue_n(2)
+    queue.claim("w", 2)
+    outcomes = [(ids[0], Outcome.COMPLETED, "{}"), (ids[1], Outcome.RETRY, "boom")]
+    queue.finish("w", outcomes)
+    second = queue.finish("w", outcomes)
+    assert second.ignored == 2 and second.completed == 0 and second.requeued == 0
+    assert redis_client.hget(queue.keys.stats, "completed") == "1"
+    assert redis_client.lrange(queue.keys.pending("normal"), 0, -1) == [ids[1]]
 
 
 def test_retry_outcome_requeues_at_front_then_dead_letters(queue, redis_client):
-    [poison, other] = enqueue_n(queue, 2)
+    [poison, other] = queue.enqueue_n(2)
     for attempt in range(1, queue.settings.max_attempts + 1):
-        [claimed] = queue.claim("w1", 1)
+        [claimed] = queue.claim("w1", 1).jobs
         assert claimed.job_id == poison and claimed.attempts == attempt  # requeued ahead of `other`
         queue.finish("w1", [(poison, Outcome.RETRY, "model error: boom")])
     record = queue.get(poison)
     assert record.status is JobStatus.FAILED and "after 3 attempts" in record.error
     assert redis_client.lrange(queue.keys.dead, 0, -1) == [poison]
-    assert redis_client.lrange(queue.keys.pending, 0, -1) == [other]
+    assert redis_client.lrange(queue.keys.pending("normal"), 0, -1) == [other]
+
+
+def test_dead_letters_are_bounded(redis_client, settings):
+    queue = make_queue(redis_client, settings, max_dead_letters=3)
+    ids = queue.enqueue_n(5)
+    queue.claim("w", 5)
+    queue.finish("w", [(i, Outcome.FAILED, "bad") for i in ids])
+    assert redis_client.lrange(queue.keys.dead, 0, -1) == list(reversed(ids))[:3]
 
 
 def test_release_gives_back_without_counting_attempt(queue):
-    [job_id] = enqueue_n(queue, 1)
+    [job_id] = queue.enqueue_n(1)
     queue.claim("w1", 1)
     counts = queue.finish("w1", [(job_id, Outcome.RELEASE, "")])
     assert counts.requeued == 1
@@ -104,26 +178,62 @@ def test_release_gives_back_without_counting_attempt(queue):
     assert record.status is JobStatus.PENDING and record.attempts == 0
     # releasing an id no longer held does not queue it twice
     assert queue.finish("w1", [(job_id, Outcome.RELEASE, "")]).ignored == 1
-    assert queue.client.llen(queue.keys.pending) == 1
+    assert queue.client.llen(queue.keys.pending("normal")) == 1
 
 
-def test_recover_requeues_dead_workers_jobs_in_fifo_order(queue, redis_client, settings):
-    ids = enqueue_n(queue, 4)
+def test_isolated_jobs_run_alone(queue):
+    """A batch that hung is handed back as suspects: each then starts alone, and not beside others."""
+    ids = queue.enqueue_n(3)
+    queue.claim("w", 3)
+    queue.finish("w", [(i, Outcome.ISOLATE, "") for i in ids])
+    assert [queue.get(i).attempts for i in ids] == [0, 0, 0]  # not counted
+    innocent = queue.enqueue("innocent").job_id
+    first = queue.claim("w", 10)
+    assert first.suspect_alone and [j.job_id for j in first.jobs] == [ids[0]]
+    # a suspect never joins a batch being collected: it goes back to the head of its list
+    assert queue.claimed_ids("w2", 10, held_in_batch=1) == [innocent]
+    second = queue.claim("w3", 10)
+    assert second.suspect_alone and [j.job_id for j in second.jobs] == [ids[1]]
+    third = queue.claim("w4", 10)
+    assert [j.job_id for j in third.jobs] == [ids[2]]
+    assert queue.claimed_ids("w5", 10) == []
+
+
+def test_recover_requeues_dead_workers_jobs_in_fifo_order_as_suspects(queue, redis_client):
+    ids = queue.enqueue_n(4)
     queue.claim("dead-worker", 3)
     moved = queue.wait_for_job("dead-worker", 0.1)  # moved by BLMOVE, never started
     assert moved == ids[3]
     redis_client.zadd(queue.keys.workers, {"dead-worker": 0})  # its heartbeat ran out
     counts = queue.recover("reaper")
     assert counts.requeued == 4 and counts.dead_workers == 1
-    assert [job.job_id for job in queue.claim("w2", 10)] == ids
-    assert [queue.get(i).attempts for i in ids] == [2, 2, 2, 1]
     assert not redis_client.exists(queue.keys.processing("dead-worker"))
-    # the lock lets one recovery run per interval
-    assert queue.recover("reaper") is None
+    started = [queue.claimed_ids(f"w{i}", 10)[0] for i in range(3)]  # suspects: one per claim
+    assert started == ids[:3]
+    assert queue.claimed_ids("w9", 10) == [ids[3]]  # never started: not a suspect
+    assert [queue.get(i).attempts for i in ids] == [2, 2, 2, 1]
+    assert queue.recover("reaper") is None  # the lock lets one recovery run per interval
+
+
+def test_recover_leaves_jobs_another_worker_owns(queue, redis_client):
+    [job_id] = queue.enqueue_n(1)
+    queue.claim("live", 1)
+    redis_client.lpush(queue.keys.processing("dead"), job_id)  # a stale copy in a dead worker's list
+    redis_client.zadd(queue.keys.workers, {"dead": 0})
+    counts = queue.recover("reaper")
+    assert counts.requeued == 0 and counts.dead_workers == 1
+    record = queue.get(job_id)
+    assert record.status is JobStatus.PROCESSING and redis_client.llen(queue.keys.pending("normal")) == 0
+
+
+def test_claim_ignores_ids_not_in_the_callers_list(queue):
+    [job_id] = queue.enqueue_n(1)
+    assert queue.claimed_ids("intruder", 0, moved=[job_id]) == []
+    assert queue.get(job_id).status is JobStatus.PENDING
 
 
 def test_recover_dead_letters_after_max_attempts(queue, redis_client):
-    [job_id] = enqueue_n(queue, 1)
+    [job_id] = queue.enqueue_n(1)
     for _ in range(queue.settings.max_attempts):
         queue.claim("w", 1)
         redis_client.zadd(queue.keys.workers, {"w": 0})
@@ -134,85 +244,126 @@ def test_recover_dead_letters_after_max_attempts(queue, redis_client):
     assert redis_client.lrange(queue.keys.dead, 0, -1) == [job_id]
 
 
-def test_recover_fails_jobs_past_timeout(redis_client, settings):
-    queue = JobQueue(redis_client, settings.model_copy(update={"job_timeout_seconds": 0.05}))
-    [job_id] = enqueue_n(queue, 1)
+def test_no_worker_is_declared_dead_right_after_an_outage(queue, redis_client):
+    """Every heartbeat stopped for longer than the TTL (Redis was away): one TTL of grace."""
+    [job_id] = queue.enqueue_n(1)
+    queue.claim("w", 1)
+    ttl_ms = int(queue.settings.worker_ttl_seconds * 1000)
+    now_ms = int(redis_client.time()[0]) * 1000
+    redis_client.hset(queue.keys.stats, "beat_at", now_ms - 3 * ttl_ms)  # the last beat was long ago
+    redis_client.zadd(queue.keys.workers, {"w": now_ms - 2 * ttl_ms})  # so every deadline has passed
+    queue.heartbeat("other")  # the first beat after the outage starts the grace period
+    assert queue.recover("reaper") is None
+    assert queue.get(job_id).status is JobStatus.PROCESSING
+
+
+def test_recover_fails_jobs_past_their_backstop(redis_client, settings):
+    queue = make_queue(redis_client, settings, job_timeout_seconds=0.01, worker_ttl_seconds=0.3)  # backstop 0.32 s
+    [job_id] = queue.enqueue_n(1)
     queue.claim("slow-but-alive", 1)
-    time.sleep(0.1)
+    for _ in range(2):
+        time.sleep(0.2)
+        queue.heartbeat("slow-but-alive")  # alive: only the job's deadline passes
     counts = queue.recover("reaper")
     assert counts.timed_out == 1
-    assert queue.get(job_id).error == "exceeded JOB_TIMEOUT_SECONDS"
+    assert "JOB_TIMEOUT_SECONDS" in queue.get(job_id).error
     # the slow worker's late result is ignored: the job stays failed
     assert queue.finish("slow-but-alive", [(job_id, Outcome.COMPLETED, "{}")]).ignored == 1
 
 
-def test_cancel_pending_only(queue, redis_client):
-    [a, b] = enqueue_n(queue, 2)
+def test_cancel_pending_only_and_twice_is_fine(queue, redis_client):
+    [a, b] = queue.enqueue_n(2)
     assert queue.cancel(a) is JobStatus.CANCELED
-    assert redis_client.lrange(queue.keys.pending, 0, -1) == [b]
+    assert queue.cancel(a) is JobStatus.CANCELED  # a repeated request is not a failure
+    assert redis_client.lrange(queue.keys.pending("normal"), 0, -1) == [b]
+    assert 0 < redis_client.ttl(queue.store.job(a)) <= queue.settings.job_ttl_seconds
     queue.claim("w", 1)
     with pytest.raises(WrongState):
         queue.cancel(b)
-    with pytest.raises(JobNotFound):
-        queue.cancel("nope")
 
 
 def test_canceled_job_moved_by_blocking_wait_is_skipped(queue):
-    [a] = enqueue_n(queue, 1)
+    [a] = queue.enqueue_n(1)
     moved = queue.wait_for_job("w", 0.1)
     queue.cancel(a)
-    assert queue.claim("w", 0, moved=[moved]) == []
+    assert queue.claimed_ids("w", 0, moved=[moved]) == []
     assert queue.held("w") == []
 
 
-def test_retry_failed_job(queue, redis_client):
-    [a] = enqueue_n(queue, 1)
+def test_retry_failed_job_and_repeat_safety(queue, redis_client):
+    [a] = queue.enqueue_n(1, idempotency_key="k")
     queue.claim("w", 1)
     queue.finish("w", [(a, Outcome.FAILED, "bad")])
+    assert redis_client.ttl(queue.store.idempotency("anonymous", "k")) > 0
     with pytest.raises(WrongState):
-        queue.retry(enqueue_n(queue, 1)[0])
-    assert queue.retry(a) is JobStatus.PENDING
+        queue.retry(queue.enqueue_n(1)[0])
+    assert queue.retry(a, token="t1") is JobStatus.PENDING
+    assert queue.retry(a, token="t1") is JobStatus.PENDING  # same request again: done, not 409
+    with pytest.raises(WrongState):
+        queue.retry(a, token="t2")  # another request while it is pending: 409
     record = queue.get(a)
     assert record.attempts == 0 and record.error is None
     assert redis_client.llen(queue.keys.dead) == 0
+    assert redis_client.ttl(queue.store.job(a)) == -1 and redis_client.ttl(queue.store.idempotency("anonymous", "k")) == -1
 
 
-def test_request_ttl_expires_unstarted_jobs(redis_client, settings):
-    queue = JobQueue(redis_client, settings.model_copy(update={"request_ttl_seconds": 1}))
-    [a] = enqueue_n(queue, 1)
+def test_request_ttl_expires_unstarted_jobs_only(redis_client, settings):
+    queue = make_queue(redis_client, settings, request_ttl_seconds=1)
+    [a, started] = queue.enqueue_n(2)
+    queue.claim("w", 1)  # takes `a`
+    queue.finish("w", [(a, Outcome.RETRY, "boom")])  # started once, requeued
     time.sleep(1.1)
-    assert queue.claim("w", 5) == []
-    record = queue.get(a)
+    claimed = queue.claimed_ids("w", 5)
+    assert claimed == [a]  # a job that started once never expires as "not started"
+    record = queue.get(started)
     assert record.status is JobStatus.EXPIRED and "REQUEST_TTL_SECONDS" in record.error
+    assert 0 < redis_client.ttl(queue.store.job(started)) <= queue.settings.job_ttl_seconds
 
 
-def test_job_ttl_removes_records(redis_client, settings):
-    queue = JobQueue(redis_client, settings.model_copy(update={"job_ttl_seconds": 1, "request_ttl_seconds": 1}))
-    [a] = enqueue_n(queue, 1)
+def test_pending_records_outlive_the_job_ttl(redis_client, settings):
+    queue = make_queue(redis_client, settings, job_ttl_seconds=1, request_ttl_seconds=0)
+    [a] = queue.enqueue_n(1)
     time.sleep(1.2)
-    with pytest.raises(JobNotFound):
-        queue.get(a)
-    assert queue.claim("w", 5) == []  # the orphan id is dropped, not run
-    assert queue.held("w") == []
+    assert queue.get(a).status is JobStatus.PENDING
+    assert queue.claimed_ids("w", 5) == [a]
 
 
 def test_claim_adopts_ids_whose_reply_was_lost(queue):
     """A claim or BLMOVE executed but its reply lost: the worker adopts what Redis says it holds."""
-    ids = enqueue_n(queue, 3)
+    ids = queue.enqueue_n(3)
     queue.claim("w", 2)  # pretend this reply never arrived
     moved = queue.wait_for_job("w", 0.1)  # and this one too
     assert moved == ids[2]
     counts = queue.finish("w", [])
     assert counts.still_held == 3
-    adopted = queue.claim("w", 0, moved=queue.held("w"))
+    adopted = queue.claim("w", 0, moved=queue.held("w")).jobs
     assert [job.job_id for job in adopted] == ids and [job.attempts for job in adopted] == [1, 1, 1]
     assert queue.held("w") == ids  # nothing dropped
     # another worker cannot adopt what is not its own
-    assert queue.claim("other", 0, moved=[ids[0]]) == []
+    assert queue.claimed_ids("other", 0, moved=[ids[0]]) == []
+
+
+def test_paused_model_starts_nothing(queue, redis_client):
+    [a] = queue.enqueue_n(1)
+    redis_client.set(queue.keys.paused, "1")
+    batch = queue.claim("w", 10)
+    assert batch.paused and batch.jobs == []
+    redis_client.delete(queue.keys.paused)
+    assert queue.claimed_ids("w", 10) == [a]
 
 
 def test_enqueue_many_pipelines_and_respects_queue_limit(redis_client, settings):
-    queue = JobQueue(redis_client, settings.model_copy(update={"max_queue_length": 3}))
-    created = queue.enqueue_many([(f"id{i}", PAYLOAD) for i in range(5)])
-    assert created == ["id0", "id1", "id2"]
-    assert [job.job_id for job in queue.claim("w", 10)] == created
+    queue = make_queue(redis_client, settings, max_queue_length=3)
+    results = queue.enqueue_many([queue.new_job(f"id{i}") for i in range(5)])
+    created = [r.job_id for r in results if not isinstance(r, Exception)]
+    assert created == ["id0", "id1", "id2"] and all(isinstance(r, QueueFull) for r in results[3:])
+    assert queue.claimed_ids("w", 10) == created
+
+
+def test_terminal_jobs_with_a_callback_enter_the_webhook_outbox(queue, redis_client):
+    [a, b] = queue.enqueue_n(2, callback_url="https://example.com/hook")
+    [c] = queue.enqueue_n(1)
+    queue.claim("w", 3)
+    queue.finish("w", [(a, Outcome.COMPLETED, "{}"), (b, Outcome.FAILED, "bad"), (c, Outcome.COMPLETED, "{}")])
+    assert set(redis_client.zrange(queue.store.notify, 0, -1)) == {a, b}
+    assert queue.get(a).notify_state == "pending" and queue.get(c).notify_state is None

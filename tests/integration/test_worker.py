@@ -9,10 +9,11 @@ import numpy as np
 import orjson
 import pytest
 
-from jobqueue.protocol import JobQueue
+from jobqueue.models import ModelConfig
 from jobqueue.states import JobStatus
 from worker.loop import Worker
 from worker.model import OnnxModel
+from tests.support.queue import SyncJobs
 
 IRIS = {  # known samples of each class from the iris data set
     "setosa": [5.1, 3.5, 1.4, 0.2],
@@ -25,15 +26,15 @@ IRIS = {  # known samples of each class from the iris data set
 def model() -> OnnxModel:
     from tests.conftest import MODEL_PATH
 
-    return OnnxModel(MODEL_PATH)
+    return OnnxModel(ModelConfig(name="iris", path=MODEL_PATH))
 
 
-def submit(queue: JobQueue, data) -> str:
-    return queue.enqueue(str(uuid.uuid4()), orjson.dumps({"data": data}).decode())[0]
+def submit(queue: SyncJobs, data) -> str:
+    return queue.enqueue(str(uuid.uuid4()), orjson.dumps({"data": data}).decode()).job_id
 
 
 def test_round_trip_gives_correct_iris_classes(settings, redis_client, model):
-    queue = JobQueue(redis_client, settings)
+    queue = SyncJobs(redis_client, settings)
     ids = {name: submit(queue, [row]) for name, row in IRIS.items()}
     Worker(settings, model).run(burst=True)
     for name, job_id in ids.items():
@@ -47,7 +48,7 @@ def test_round_trip_gives_correct_iris_classes(settings, redis_client, model):
 
 
 def test_multi_row_job_returns_one_result_per_row(settings, redis_client, model):
-    queue = JobQueue(redis_client, settings)
+    queue = SyncJobs(redis_client, settings)
     job_id = submit(queue, list(IRIS.values()))
     Worker(settings, model).run(burst=True)
     results = orjson.loads(queue.get(job_id).result)
@@ -55,13 +56,13 @@ def test_multi_row_job_returns_one_result_per_row(settings, redis_client, model)
 
 
 def test_batch_runs_model_once_and_isolates_bad_job(settings, redis_client, model):
-    queue = JobQueue(redis_client, settings)
+    queue = SyncJobs(redis_client, settings)
     good = [submit(queue, [IRIS["setosa"]]) for _ in range(5)]
     bad = submit(queue, [[1.0, 2.0]])  # wrong feature count, slipped past the API (e.g. model swapped)
     good += [submit(queue, [IRIS["virginica"]]) for _ in range(5)]
     calls = []
     original = model.run
-    model.run = lambda feeds: calls.append(len(next(iter(feeds.values())))) or original(feeds)
+    model.run = lambda feeds, timeout_s: calls.append(len(next(iter(feeds.values())))) or original(feeds, timeout_s)
     try:
         Worker(settings, model).run(burst=True)
     finally:
@@ -73,16 +74,16 @@ def test_batch_runs_model_once_and_isolates_bad_job(settings, redis_client, mode
 
 
 def test_model_error_fails_only_the_poison_job(settings, redis_client, model):
-    queue = JobQueue(redis_client, settings)
+    queue = SyncJobs(redis_client, settings)
     poison_row = [6.6, 6.6, 6.6, 6.6]
     ids = [submit(queue, [IRIS["setosa"]]) for _ in range(3)]
     poison = submit(queue, [poison_row])
     original = model.run
 
-    def flaky(feeds):
+    def flaky(feeds, timeout_s):
         if any(np.allclose(row, poison_row) for row in next(iter(feeds.values()))):
             raise RuntimeError("model exploded on this input")
-        return original(feeds)
+        return original(feeds, timeout_s)
 
     model.run = flaky
     try:
@@ -97,7 +98,7 @@ def test_model_error_fails_only_the_poison_job(settings, redis_client, model):
 
 
 def test_fifo_with_one_worker(settings, redis_client, model):
-    queue = JobQueue(redis_client, settings.model_copy(update={"max_batch_size": 1}))
+    queue = SyncJobs(redis_client, settings.model_copy(update={"max_batch_size": 1}))
     ids = [submit(queue, [IRIS["setosa"]]) for _ in range(20)]
     Worker(queue.settings, model).run(burst=True)
     started = [queue.get(i).started_at for i in ids]
@@ -105,7 +106,7 @@ def test_fifo_with_one_worker(settings, redis_client, model):
 
 
 def test_two_concurrent_workers_process_each_job_once(settings, redis_client, model):
-    queue = JobQueue(redis_client, settings.model_copy(update={"max_batch_size": 16}))
+    queue = SyncJobs(redis_client, settings.model_copy(update={"max_batch_size": 16}))
     ids = [submit(queue, [IRIS["versicolor"]]) for _ in range(2000)]
     workers = [Worker(queue.settings, model) for _ in range(2)]
     threads = [threading.Thread(target=w.run, kwargs={"burst": True}) for w in workers]
@@ -121,7 +122,7 @@ def test_two_concurrent_workers_process_each_job_once(settings, redis_client, mo
 
 
 def test_stop_finishes_held_batch_then_exits(settings, redis_client, model):
-    queue = JobQueue(redis_client, settings)
+    queue = SyncJobs(redis_client, settings)
     worker = Worker(settings, model)
     thread = threading.Thread(target=worker.run)
     thread.start()

@@ -110,3 +110,70 @@ def test_multi_input_model_takes_an_object(tmp_path):
         parse_input([[1, 2]], signature, 5)
     with pytest.raises(InputError, match="same number of rows"):
         parse_input({"a": [[1, 2]], "b": [[3, 4], [5, 6]]}, signature, 5)
+
+
+def _tensor(name, elem, shape):
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def test_booleans_are_not_numbers(iris):
+    with pytest.raises(InputError, match="booleans"):
+        parse_input([[True, 1.0, 2.0, 3.0]], iris, 10)
+    with pytest.raises(InputError, match="booleans"):
+        parse_input([[True, False, True, True]], iris, 10)
+
+
+def test_string_input_refuses_numbers(tmp_path):
+    path = make_model(tmp_path, [_tensor("s", TensorProto.STRING, ["n", 1])], [_tensor("o", TensorProto.STRING, ["n", 1])],
+                      [helper.make_node("Identity", ["s"], ["o"])])  # fmt: skip
+    signature = read_signature(path)
+    assert parse_input([["a"], ["b"]], signature, 10)["s"].tolist() == [["a"], ["b"]]
+    with pytest.raises(InputError, match="takes strings"):
+        parse_input([["a"], [1]], signature, 10)
+    with pytest.raises(InputError, match="takes strings"):
+        parse_input([[1]], signature, 10)
+
+
+def test_int64_values_are_exact_whatever_else_the_job_holds(tmp_path):
+    path = make_model(tmp_path, [_tensor("x", TensorProto.INT64, ["n", 1])], [_tensor("y", TensorProto.INT64, ["n", 1])],
+                      [helper.make_node("Identity", ["x"], ["y"])])  # fmt: skip
+    signature = read_signature(path)
+    big = 2**53 + 1
+    assert parse_input([[big], [1.0], [-(2**63)]], signature, 10)["x"].tolist() == [[big], [1], [-(2**63)]]
+    assert parse_input([[big], [1]], signature, 10)["x"].tolist() == [[big], [1]]
+    with pytest.raises(InputError, match="integers"):
+        parse_input([[1.5]], signature, 10)
+    with pytest.raises(InputError, match="range"):
+        parse_input([[2**63]], signature, 10)
+
+
+def test_outputs_that_are_not_per_row_are_named(tmp_path):
+    from jobqueue.model_signature import batch_mismatch
+
+    x = _tensor("x", TensorProto.FLOAT, ["n", 2])
+    reduced = make_model(tmp_path, [x], [_tensor("m", TensorProto.FLOAT, [1, 2])],
+                         [helper.make_node("ReduceMean", ["x"], ["m"], axes=[0], keepdims=1)], name="reduced.onnx")  # fmt: skip
+    assert "fixed first dimension 1" in batch_mismatch(read_signature(reduced))
+    per_row = make_model(tmp_path, [x], [_tensor("y", TensorProto.FLOAT, ["n", 2])], [helper.make_node("Neg", ["x"], ["y"])], name="ok.onnx")
+    assert batch_mismatch(read_signature(per_row)) is None
+
+
+def test_signature_is_read_without_the_weights(tmp_path):
+    """A model with 64 MB of weights costs the reader far less than the weights."""
+    import tracemalloc
+
+    from onnx import numpy_helper
+
+    weights = numpy_helper.from_array(np.ones((4, 4_000_000), dtype=np.float32), "W")
+    path = make_model(tmp_path, [_tensor("x", TensorProto.FLOAT, ["n", 4])], [_tensor("y", TensorProto.FLOAT, ["n", 4_000_000])],
+                      [helper.make_node("MatMul", ["x", "W"], ["y"])], name="big.onnx")  # fmt: skip
+    model = onnx.load(path)
+    model.graph.initializer.append(weights)
+    onnx.save(model, path)
+    assert path.stat().st_size > 60_000_000
+    tracemalloc.start()
+    signature = read_signature(path)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert [s.name for s in signature.inputs] == ["x"]  # W is a weight, not an input
+    assert peak < 5_000_000, f"reading the signature allocated {peak} bytes"

@@ -5,12 +5,13 @@ import onnx
 from onnx import TensorProto, helper
 
 from tests.conftest import MODEL_PATH
+from jobqueue.models import ModelConfig
 from worker.model import OnnxModel
 
 
 def test_iris_result_shape():
-    model = OnnxModel(MODEL_PATH)
-    outputs = model.run({"X": np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)})
+    model = OnnxModel(ModelConfig(name="iris", path=MODEL_PATH))
+    outputs = model.run({"X": np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)}, 10)
     one = model.results(outputs, 0, 1)
     assert set(one) == {"prediction", "class_name", "probabilities"}
     assert one["class_name"] == "setosa" and isinstance(one["prediction"], int)
@@ -26,7 +27,7 @@ def test_regressor_without_labels_and_fixed_batch_model(tmp_path):
     model_proto.ir_version = 8
     path = tmp_path / "reg.onnx"
     onnx.save(model_proto, path)
-    model = OnnxModel(str(path))
-    outputs = model.run({"x": np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]], dtype=np.float32)})
+    model = OnnxModel(ModelConfig(name="reg", path=str(path)))
+    outputs = model.run({"x": np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]], dtype=np.float32)}, 10)
     assert model.results(outputs, 1, 2) == {"prediction": [5.0]}
     assert [r["prediction"] for r in model.results(outputs, 0, 3)] == [[2.0], [5.0], [8.0]]

@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from jobqueue.keys import QueueKeys
+from jobqueue.keys import StoreKeys
 from jobqueue.protocol import epoch_ms_to_iso
 from jobqueue.settings import Settings
 from jobqueue.states import JobStatus
@@ -12,17 +12,17 @@ from jobqueue.states import JobStatus
 def test_defaults_match_the_documented_table():
     s = Settings()
     assert s.redis_url == "redis://127.0.0.1:6379/0"
-    assert s.queue_name == "asyncinfer:queue"
+    assert s.key_prefix == "asyncinfer"
     assert (s.host, s.port) == ("127.0.0.1", 8000)
     assert s.worker_ttl_seconds + s.recovery_interval_seconds <= 30  # recovery bound
 
 
 def test_environment_overrides(monkeypatch):
-    monkeypatch.setenv("QUEUE_NAME", "q1")
+    monkeypatch.setenv("KEY_PREFIX", "q1")
     monkeypatch.setenv("MAX_BATCH_SIZE", "7")
     monkeypatch.setenv("MAX_BATCH_WAIT_MS", "1.5")
     s = Settings()
-    assert (s.queue_name, s.max_batch_size, s.max_batch_wait_ms) == ("q1", 7, 1.5)
+    assert (s.key_prefix, s.max_batch_size, s.max_batch_wait_ms) == ("q1", 7, 1.5)
 
 
 def test_bad_values_are_refused(monkeypatch):
@@ -31,18 +31,26 @@ def test_bad_values_are_refused(monkeypatch):
         Settings()
 
 
-def test_request_ttl_cannot_outlive_the_record():
-    with pytest.raises(ValidationError, match="REQUEST_TTL_SECONDS"):
-        Settings(job_ttl_seconds=10, request_ttl_seconds=20)
+def test_settings_that_cannot_work_together_are_refused():
+    with pytest.raises(ValidationError, match="METRICS_PORT"):
+        Settings(port=8000, metrics_port=8000)
+    with pytest.raises(ValidationError, match="RECOVERY_INTERVAL_SECONDS"):
+        Settings(worker_ttl_seconds=1, recovery_interval_seconds=60)
+    with pytest.raises(ValidationError, match="model name"):
+        Settings(model_name="Not_A_Label")
 
 
-def test_every_key_shares_the_queue_prefix():
-    keys = QueueKeys("{tenant}:queue")
-    assert keys.pending == "{tenant}:queue"
-    derived = [keys.inflight, keys.workers, keys.dead, keys.events, keys.stats, keys.recovery_lock,
-               keys.job("j"), keys.processing("w"), keys.idempotency("k")]
-    assert all(key.startswith("{tenant}:queue:") for key in derived)
+def test_every_key_shares_the_prefix_and_model_keys_are_apart():
+    store = StoreKeys("{tenant}")
+    iris, other = store.model("iris"), store.model("other")
+    derived = [store.job("j"), store.idempotency("alice", "k"), store.events, store.notify, store.notify_failed,
+               store.principal("alice"), *iris.pending_all, iris.inflight, iris.workers, iris.dead, iris.stats,
+               iris.recovery_lock, iris.paused, iris.processing("w")]  # fmt: skip
+    assert all(key.startswith("{tenant}:") for key in derived)
     assert len(set(derived)) == len(derived)
+    assert iris.pending("high") == "{tenant}:iris:pending:high"
+    assert not set(iris.pending_all) & set(other.pending_all)
+    assert store.idempotency("alice", "k") != store.idempotency("bob", "k")
 
 
 def test_terminal_states():

@@ -1,0 +1,108 @@
+"""Assembles the FastAPI app: settings, lifespan (Redis, models, events, tokens), routers, middleware."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from api.auth import TokenFile
+from api.errors import HTTPProblem, install_error_handlers, problem_response
+from api.hotpath import HotPathMiddleware
+from api.metrics_listener import MetricsListener
+from api.routes import jobs, models, notifications, service
+from api.state import AppState, JobEvents, ModelRegistry
+from jobqueue import __version__
+from jobqueue.connection import async_client, async_probe_client
+from jobqueue.models import load_models
+from jobqueue.protocol import JobStore
+from jobqueue.settings import Settings, get_settings
+from jobqueue.ssrf import validate_callback_url
+
+log = logging.getLogger("asyncinfer.api")
+MODELS_STARTUP_WAIT_S = 10.0
+UNLIMITED_PATHS = ("/healthz", "/readyz")
+
+
+class ConcurrencyLimit:
+    """At most MAX_CONCURRENT_REQUESTS requests at once per process (long polls included); more get
+    503 with Retry-After at once instead of queueing unboundedly in memory."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.active = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in UNLIMITED_PATHS:
+            return await self.app(scope, receive, send)
+        if self.active >= self.limit:
+            problem = HTTPProblem(503, f"this API process is serving {self.limit} requests (MAX_CONCURRENT_REQUESTS)", {"Retry-After": "1"})
+            return await problem_response(problem)(scope, receive, send)
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configs = load_models(settings)  # a bad MODELS_FILE stops the start with its message
+    tokens = TokenFile(settings.auth_tokens_file) if settings.auth_tokens_file else None
+    if tokens is None:
+        log.warning("AUTHENTICATION IS OFF (no AUTH_TOKENS_FILE): anyone who reaches this API can submit, read and cancel any job")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = async_client(settings)
+        store = JobStore(client, settings)
+        state = AppState(
+            settings=settings,
+            store=store,
+            probe=async_probe_client(settings),
+            models=ModelRegistry(configs),
+            events=JobEvents(client, store.keys.events),
+            tokens=tokens,
+            callback_validator=validate_callback_url,
+        )
+        app.state.asyncinfer = state
+        # The API reads every model's signature itself so it validates while zero workers run.
+        loader = asyncio.create_task(state.models.load_all(), name="load-models")
+        await asyncio.wait({loader}, timeout=MODELS_STARTUP_WAIT_S)  # normally done at once
+        state.events.start()
+        listener = MetricsListener(state) if settings.metrics_port else None
+        if listener:
+            await listener.start(settings.host, settings.metrics_port)
+        try:
+            yield
+        finally:
+            loader.cancel()
+            if listener:
+                await listener.stop()
+            await state.events.stop()
+            await state.probe.aclose()
+            await client.aclose()
+
+    docs = settings.docs_enabled
+    app = FastAPI(
+        title="asyncinfer",
+        summary="Asynchronous ML inference: submit, get 202 and a job id; poll, long-poll, wait, stream or get a webhook.",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
+    app.include_router(jobs.router)
+    app.include_router(models.router)
+    app.include_router(service.router)
+    app.include_router(notifications.router)
+    install_error_handlers(app)
+    app.add_middleware(HotPathMiddleware)
+    app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests)
+    return app

@@ -1,0 +1,182 @@
+"""The Redis side of webhook delivery: the notify outbox (ZSET), leases on it, and every notification
+state change, each one Lua script (`jobqueue/scripts/notify_*.lua`) behind one typed async method.
+
+The lead's job scripts put a finished job with a `callback_url` into the outbox
+(`ZADD <prefix>:notify NX <now> <id>` + `notify_state pending`); from there this module owns it:
+
+    due in outbox --claim--> leased (score = lease deadline = fencing token)
+        leased --delivered--> notify_state delivered, out of the outbox
+        leased --failed_attempt--> due again at now + backoff, or given up:
+                                   notify_state failed, out of the outbox, on notify-failed
+        leased --release--> due now (a stopping notifier hands it back)
+        leased --(notifier dies)--> due again when the lease deadline passes, by itself
+    delivered | failed --resend--> due now, attempts reset
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+from importlib import resources
+from typing import Any
+
+import redis.asyncio
+
+from jobqueue.errors import JobNotFound, JobQueueError, WrongState
+from jobqueue.keys import StoreKeys
+from jobqueue.protocol import RECORD_FIELDS, JobRecord, parse_record
+from jobqueue.settings import Settings
+from jobqueue.views import job_view
+
+# Most ids kept on the notify-failed list; older ones drop off (their records still say `failed`).
+MAX_FAILED_NOTIFICATIONS = 10_000
+SCRIPT_NAMES = ("notify_claim", "notify_delivered", "notify_failed_attempt", "notify_release", "notify_resend")
+
+
+class NotifyState(StrEnum):
+    """`notify_state` of a job record; only the notify scripts (and the lead's finish hook) set it."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class NoCallbackUrl(WrongState):
+    """The job was submitted without a callback_url: there is no webhook to resend."""
+
+    def __init__(self, status: str) -> None:
+        JobQueueError.__init__(self, "job has no callback_url: there is no webhook to resend")
+        self.status = status
+        self.operation = "resend"
+
+
+class TransitionCode(IntEnum):
+    """First element (or whole) reply of notify_delivered / notify_failed_attempt / notify_release."""
+
+    NO_SUCH_JOB = -1
+    LEASE_LOST = 0  # the lease ran out and another notifier owns the id now, or a retried call: no change
+    DONE = 1  # delivered / rescheduled / released
+    GIVEN_UP = 2  # notify_failed_attempt only: notify_state failed
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One claimed delivery. `token` is the outbox score the claim set; transitions must present it."""
+
+    job_id: str
+    token: int
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    code: TransitionCode
+    attempts: int
+
+
+def lua_source(name: str) -> str:
+    return resources.files("jobqueue").joinpath("scripts", f"{name}.lua").read_text()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass(frozen=True)
+class DeliveryRecord:
+    """What one delivery attempt needs from a job record."""
+
+    job_id: str
+    callback_url: str | None
+    finished_at: int | None
+    view: dict[str, Any]
+
+    @classmethod
+    def of(cls, record: JobRecord) -> DeliveryRecord:
+        return cls(record.job_id, record.callback_url, record.finished_at, job_view(record))
+
+    @property
+    def message_id(self) -> str:
+        """Standard Webhooks `webhook-id`: the same on every retry and resend of one outcome (receivers
+        dedupe on it), different when a job is retried and ends again (a new outcome)."""
+        return f"msg_{self.job_id}" if self.finished_at is None else f"msg_{self.job_id}_{self.finished_at}"
+
+
+class NotificationStore:
+    """Every Redis operation of webhook delivery, on an asyncio client (notifier and API alike)."""
+
+    def __init__(self, client: redis.asyncio.Redis, settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+        self.keys = StoreKeys(settings.key_prefix)
+        self._scripts = {name: client.register_script(lua_source(name)) for name in SCRIPT_NAMES}
+
+    async def claim(self, max_ids: int, lease_ms: int) -> list[Lease]:
+        """Lease up to `max_ids` due deliveries for `lease_ms` (see notify_claim.lua)."""
+        reply = await self._scripts["notify_claim"](
+            keys=[self.keys.notify], args=[self.keys.job_prefix, max_ids, lease_ms]
+        )
+        return [Lease(_text(reply[i]), int(reply[i + 1])) for i in range(0, len(reply), 2)]
+
+    async def read(self, job_id: str) -> DeliveryRecord | None:
+        """What a delivery sends (the API's job view, jobqueue.views) and where, or None when the record is gone."""
+        record = parse_record(job_id, RECORD_FIELDS, await self.client.hmget(self.keys.job(job_id), RECORD_FIELDS))
+        return None if record is None else DeliveryRecord.of(record)
+
+    async def delivered(self, lease: Lease, http_status: int) -> TransitionCode:
+        """Record a 2xx: notify_state delivered, out of the outbox."""
+        reply = await self._scripts["notify_delivered"](
+            keys=[self.keys.notify, self.keys.job(lease.job_id)], args=[lease.job_id, lease.token, http_status]
+        )
+        return TransitionCode(int(reply))
+
+    async def failed_attempt(
+        self, lease: Lease, http_status: int | None, error: str, permanent: bool, delay_ms: int
+    ) -> AttemptResult:
+        """Record a failed attempt: due again after `delay_ms`, or given up (permanent or the last attempt)."""
+        reply = await self._scripts["notify_failed_attempt"](
+            keys=[self.keys.notify, self.keys.job(lease.job_id), self.keys.notify_failed],
+            args=[
+                lease.job_id,
+                lease.token,
+                "" if http_status is None else http_status,
+                error,
+                "1" if permanent else "0",
+                max(0, delay_ms),
+                self.settings.webhook_max_attempts,
+                MAX_FAILED_NOTIFICATIONS,
+            ],
+        )
+        return AttemptResult(TransitionCode(int(reply[0])), int(reply[1]))
+
+    async def release(self, lease: Lease) -> TransitionCode:
+        """Hand a leased id back, due now, attempt not counted (a stopping notifier)."""
+        reply = await self._scripts["notify_release"](keys=[self.keys.notify], args=[lease.job_id, lease.token])
+        return TransitionCode(int(reply))
+
+    async def resend(self, job_id: str) -> NotifyState:
+        """Deliver a finished job's webhook again from attempt 1. JobNotFound / WrongState otherwise."""
+        reply = await self._scripts["notify_resend"](
+            keys=[self.keys.notify, self.keys.job(job_id), self.keys.notify_failed], args=[job_id]
+        )
+        code, detail = int(reply[0]), _text(reply[1])
+        if code == -1:
+            raise JobNotFound(job_id)
+        if code == -2:
+            raise NoCallbackUrl(detail)
+        if code == 0:
+            raise WrongState(detail, "resending its webhook")
+        return NotifyState.PENDING
+
+    async def failed(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Views of the jobs whose webhook was given up, newest first. Ids whose record expired, or that
+        were resent meanwhile, are skipped."""
+        ids = [_text(i) for i in await self.client.lrange(self.keys.notify_failed, 0, max(0, limit - 1))]
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(self.keys.job(job_id), RECORD_FIELDS)
+        records = [parse_record(job_id, RECORD_FIELDS, values) for job_id, values in zip(ids, await pipe.execute() if ids else [])]
+        return [job_view(r) for r in records if r is not None and r.notify_state == NotifyState.FAILED]
+
+    async def due_count(self) -> int:
+        """Deliveries waiting or leased (ZCARD of the outbox), for /metrics."""
+        return int(await self.client.zcard(self.keys.notify))

@@ -1,0 +1,1 @@
+"""asyncinfer-notifier: signed, retried webhook delivery of finished jobs (imports jobqueue only)."""

@@ -1,0 +1,267 @@
+"""`asyncinfer-notifier`: deliver finished jobs' webhooks from the Redis outbox, with leases, retries and
+probes. Several replicas may run: each id is leased to one of them at a time."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import redis.asyncio
+from standardwebhooks.webhooks import Webhook
+
+from jobqueue.connection import UNAVAILABLE, async_client
+from jobqueue.notifications import Lease, NotificationStore, TransitionCode
+from jobqueue.settings import Settings, get_settings
+from notifier.delivery import attempt_delivery, backoff_delay_s, make_client
+
+log = logging.getLogger("asyncinfer.notifier")
+
+# Deliveries one process runs at once; each holds a socket for up to WEBHOOK_TIMEOUT_SECONDS.
+DELIVERY_CONCURRENCY = 32
+# How often the outbox is polled when nothing was due: the latency a webhook adds to a job's end.
+POLL_INTERVAL_S = 0.25
+# Lease slack beyond two delivery timeouts: Redis round trips and a slow event loop must not let a
+# lease run out under a delivery that is still within its timeout (that would send it twice).
+LEASE_SLACK_S = 5.0
+# The outbox size for /metrics is read this often rather than on every poll.
+OUTBOX_GAUGE_INTERVAL_S = 5.0
+# /healthz fails when the loop has not turned for this long (a wedged event loop).
+LOOP_STALL_S = 30.0
+REDIS_BACKOFF_MAX_S = 5.0
+# Standard Webhooks asks for secrets of 24 to 64 random bytes; a shorter one is guessable.
+MIN_SECRET_BYTES = 24
+
+
+def lease_ms(settings: Settings) -> int:
+    """The visibility timeout of a claimed delivery: 2 x WEBHOOK_TIMEOUT_SECONDS + LEASE_SLACK_S."""
+    return int((2 * settings.webhook_timeout_seconds + LEASE_SLACK_S) * 1000)
+
+
+class Notifier:
+    """The delivery loop: claim due ids, deliver each on its own task (bounded), record the outcome."""
+
+    def __init__(self, settings: Settings, client: redis.asyncio.Redis, http: httpx.AsyncClient, secret: str) -> None:
+        self.settings = settings
+        self.client = client
+        self.store = NotificationStore(client, settings)
+        self.http = http
+        self.secret = secret
+        self.stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+        self.inflight: dict[asyncio.Task[None], Lease] = {}
+        self.redis_ok = False
+        self.last_loop = time.monotonic()
+        self.outbox_size = 0
+        self.counts: dict[str, int] = {"delivered": 0, "retried": 0, "failed": 0, "lease_lost": 0, "errors": 0}
+
+    def stop(self) -> None:
+        """Stop claiming; in-flight deliveries finish (see `serve`)."""
+        self.stopping.set()
+        self._wake.set()
+
+    def health(self) -> dict[str, Any]:
+        """Probe state, read by the health thread (plain attribute reads)."""
+        alive = time.monotonic() - self.last_loop < LOOP_STALL_S
+        return {"alive": alive, "ready": alive and self.redis_ok and not self.stopping.is_set(), "in_flight": len(self.inflight)}
+
+    def metrics_text(self) -> str:
+        """Prometheus text exposition of the notifier's counters and gauges."""
+        lines = [
+            "# HELP asyncinfer_notifier_deliveries_total Webhook attempts by outcome.",
+            "# TYPE asyncinfer_notifier_deliveries_total counter",
+            *(f'asyncinfer_notifier_deliveries_total{{outcome="{k}"}} {v}' for k, v in self.counts.items()),
+            "# HELP asyncinfer_notifier_in_flight Webhook attempts running now.",
+            "# TYPE asyncinfer_notifier_in_flight gauge",
+            f"asyncinfer_notifier_in_flight {len(self.inflight)}",
+            "# HELP asyncinfer_notifier_outbox Deliveries waiting or leased (ZCARD of the notify set).",
+            "# TYPE asyncinfer_notifier_outbox gauge",
+            f"asyncinfer_notifier_outbox {self.outbox_size}",
+        ]
+        return "\n".join(lines) + "\n"
+
+    async def serve(self) -> None:
+        """Run until `stop()`, then wait for in-flight deliveries (each bounded by its timeout)."""
+        backoff = 0.1
+        next_gauge = 0.0
+        lease = lease_ms(self.settings)
+        while not self.stopping.is_set():
+            self.last_loop = time.monotonic()
+            free = DELIVERY_CONCURRENCY - len(self.inflight)
+            try:
+                leases = await self.store.claim(free, lease) if free > 0 else []
+                if self.last_loop >= next_gauge:
+                    self.outbox_size = await self.store.due_count()
+                    next_gauge = self.last_loop + OUTBOX_GAUGE_INTERVAL_S
+                self.redis_ok, backoff = True, 0.1
+            except UNAVAILABLE as exc:
+                self.redis_ok = False
+                log.warning("redis unavailable (%s); retrying in %.1fs", exc, backoff)
+                await self._pause(backoff)
+                backoff = min(backoff * 2, REDIS_BACKOFF_MAX_S)
+                continue
+            for claimed in leases:
+                task = asyncio.create_task(self._deliver(claimed), name=f"deliver-{claimed.job_id}")
+                self.inflight[task] = claimed
+                task.add_done_callback(self._done)
+            if len(leases) < free or free <= 0:
+                # nothing more due right now, or every slot busy: wait for the poll interval or a free slot
+                await self._pause(POLL_INTERVAL_S)
+        await self._drain()
+
+    async def _pause(self, seconds: float) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.inflight.pop(task, None)
+        self._wake.set()
+
+    async def _drain(self) -> None:
+        """Let in-flight attempts end (each is bounded by WEBHOOK_TIMEOUT_SECONDS); hand back any that
+        still run after that, due now, so another replica takes them without waiting for the lease."""
+        if self.inflight:
+            log.info("stopping: waiting for %d in-flight deliveries", len(self.inflight))
+            await asyncio.wait(list(self.inflight), timeout=self.settings.webhook_timeout_seconds + 2)
+        stuck = dict(self.inflight)
+        for task in stuck:
+            task.cancel()
+        for task, lease in stuck.items():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            with contextlib.suppress(*UNAVAILABLE):
+                await self.store.release(lease)
+
+    async def _deliver(self, lease: Lease) -> None:
+        """One attempt for one leased id, and the one script that records how it went."""
+        try:
+            record = await self.store.read(lease.job_id)
+            if record is None:  # the record expired between claim and read: drop the id
+                await self.store.failed_attempt(lease, None, "job record expired", True, 0)
+                return
+            outcome = await attempt_delivery(self.http, record, self.settings, self.secret)
+            if outcome.delivered:
+                code = await self.store.delivered(lease, outcome.http_status or 200)
+                self._count("delivered" if code is TransitionCode.DONE else "lease_lost")
+                log.info("delivered %s (HTTP %s)", lease.job_id, outcome.http_status)
+                return
+            previous = (record.view["notification"] or {}).get("attempts", 0)
+            delay_s = outcome.retry_after_s if outcome.retry_after_s is not None else backoff_delay_s(previous + 1)
+            result = await self.store.failed_attempt(lease, outcome.http_status, outcome.error, outcome.permanent, int(delay_s * 1000))
+            if result.code is TransitionCode.GIVEN_UP:
+                self._count("failed")
+                log.warning("gave up %s after %d attempts: %s", lease.job_id, result.attempts, outcome.error)
+            elif result.code is TransitionCode.DONE:
+                self._count("retried")
+                log.info("attempt %d for %s failed (%s); next in %.1fs", result.attempts, lease.job_id, outcome.error, delay_s)
+            else:
+                self._count("lease_lost")
+        except UNAVAILABLE as exc:
+            # the outcome is not recorded; the lease runs out and the id is attempted again (at-least-once)
+            self._count("errors")
+            log.warning("redis unavailable while delivering %s (%s); it will be retried", lease.job_id, exc)
+        except Exception:
+            self._count("errors")
+            log.exception("delivery of %s failed unexpectedly; it will be retried after its lease", lease.job_id)
+
+    def _count(self, outcome: str) -> None:
+        self.counts[outcome] += 1
+
+
+def serve_probes(port: int, notifier: Notifier, host: str = "0.0.0.0") -> ThreadingHTTPServer:
+    """/healthz, /readyz (JSON, 200 or 503) and /metrics on a daemon thread, like the worker's
+    (stdlib only). To be merged with worker/health.py once it moves to jobqueue/."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            path = self.path.split("?")[0]
+            if path == "/metrics":
+                self._send(200, notifier.metrics_text().encode(), "text/plain; version=0.0.4")
+                return
+            key = {"/healthz": "alive", "/readyz": "ready"}.get(path)
+            if key is None:
+                self._send(404, b'{"detail": "not found"}', "application/json")
+                return
+            state = notifier.health()
+            self._send(200 if state[key] else 503, json.dumps(state).encode(), "application/json")
+
+        def _send(self, code: int, data: bytes, content_type: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:  # probes every few seconds would flood the log
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="probes", daemon=True).start()
+    return server
+
+
+def signing_secret(settings: Settings) -> str:
+    """WEBHOOK_SECRET(_FILE), checked to be a usable Standard Webhooks secret; SystemExit otherwise:
+    unsigned webhooks would let anyone forge results, so the notifier does not start without one."""
+    secret = settings.webhook_secret_value
+    if not secret:
+        raise SystemExit("asyncinfer-notifier: WEBHOOK_SECRET_FILE (or WEBHOOK_SECRET) must hold a whsec_... secret")
+    try:
+        Webhook(secret)
+        size = len(base64.b64decode(secret.removeprefix("whsec_") + "=="))
+    except Exception as exc:  # noqa: BLE001 - any defect of the secret is reported the same way
+        raise SystemExit(f"asyncinfer-notifier: WEBHOOK_SECRET is not a valid whsec_ (base64) secret: {exc}") from None
+    if size < MIN_SECRET_BYTES:
+        raise SystemExit(f"asyncinfer-notifier: WEBHOOK_SECRET holds {size} bytes; Standard Webhooks needs at least {MIN_SECRET_BYTES}")
+    return secret
+
+
+async def main(settings: Settings) -> None:
+    """Build the clients, install SIGTERM/SIGINT handling, serve probes, run until stopped."""
+    secret = signing_secret(settings)
+    client = async_client(settings, max_connections=DELIVERY_CONCURRENCY + 4)
+    http = make_client(settings)
+    notifier = Notifier(settings, client, http, secret)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, notifier.stop)
+    probes = serve_probes(settings.worker_health_port, notifier) if settings.worker_health_port else None
+    log.info(
+        "notifier up: outbox %s, timeout %gs, max attempts %d, lease %dms",
+        notifier.store.keys.notify, settings.webhook_timeout_seconds, settings.webhook_max_attempts, lease_ms(settings),
+    )
+    try:
+        await notifier.serve()
+    finally:
+        if probes:
+            probes.shutdown()
+        await http.aclose()
+        await client.aclose()
+    log.info("notifier stopped")
+
+
+def run() -> None:
+    """Console script `asyncinfer-notifier`: configured by environment variables (jobqueue/settings.py)."""
+    argparse.ArgumentParser(prog="asyncinfer-notifier", description="Deliver asyncinfer job webhooks.").parse_args()
+    settings = get_settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    asyncio.run(main(settings))
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,1 @@
+"""Test support shared by every tier: sample inputs, waiting, ports, a sync view of the job store."""
