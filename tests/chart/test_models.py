@@ -4,6 +4,7 @@ same path as its workers; `url` sources are downloaded and refused unless their 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -12,6 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
+from jobqueue.models import load_models
+from jobqueue.settings import Settings
 from tests.chart.render import HelmError, SCENARIOS, env_of, pod_spec, rendered, template
 
 ALL = sorted(SCENARIOS)
@@ -86,8 +89,14 @@ def test_per_model_overrides_reach_the_models_file_and_the_pod() -> None:
         "max_batch_wait_ms": 20,
         "inference_providers": "CUDAExecutionProvider,CPUExecutionProvider",
         "inference_threads": 0,
-        "labels": ["negative", "neutral", "positive"],
+        "labels": "/etc/asyncinfer/models/labels-sentiment-v2.json",
     }
+    cm = r.one("ConfigMap", "models")["data"]
+    assert json.loads(cm["labels-sentiment-v2.json"]) == ["negative", "neutral", "positive"]
+    # The labels file is mounted next to the MODELS_FILE in the model's workers and in the API.
+    for workload in (r.workers()["sentiment-v2"], r.one("Deployment", "api")):
+        (volume,) = [v for v in pod_spec(workload)["volumes"] if v["name"] == "models-file"]
+        assert {"key": "labels-sentiment-v2.json", "path": "labels-sentiment-v2.json"} in volume["configMap"]["items"]
     assert models_file(r, "models.yaml")["iris"]["max_batch_size"] == 128
     spec = pod_spec(r.workers()["sentiment-v2"])
     assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
@@ -206,3 +215,23 @@ def test_default_model_must_be_one_of_the_models() -> None:
     objs = template(SCENARIOS["url-source"], sets=("config.defaultModel=resnet50",))
     (cm,) = [o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "ci-asyncinfer"]
     assert cm["data"]["DEFAULT_MODEL"] == "resnet50"
+
+
+@pytest.mark.parametrize("scenario", ALL)
+def test_the_services_own_parser_reads_the_rendered_models_files(scenario: str, tmp_path: Path) -> None:
+    """jobqueue.models.load_models over the rendered files, as the API and each worker read them."""
+    r = rendered(scenario)
+    cm = r.one("ConfigMap", "models")["data"]
+    for key, text in cm.items():
+        (tmp_path / key).write_text(text)
+    api_models = load_models(Settings(models_file=str(tmp_path / "models.yaml"), default_model=r.config["DEFAULT_MODEL"]))
+    assert list(api_models)[0] == r.config["DEFAULT_MODEL"]
+    assert set(api_models) == set(r.workers())
+    for model, worker in r.workers().items():
+        env = env_values(pod_spec(worker)["containers"][0])
+        own = load_models(Settings(models_file=str(tmp_path / os.path.basename(env["MODELS_FILE"])), default_model=env["DEFAULT_MODEL"]))
+        assert list(own) == [env["MODEL_NAME"]] == [model]
+        assert own[model].path == api_models[model].path, "a worker opens the file the API read the signature from"
+        assert own[model].max_batch_size == api_models[model].max_batch_size == int(env["MAX_BATCH_SIZE"])
+        if own[model].labels_path:
+            assert os.path.dirname(own[model].labels_path) == os.path.dirname(env["MODELS_FILE"])

@@ -76,8 +76,17 @@ def test_probe_paths_answer_200_in_the_running_app(chart_probes, redis_server, p
     for path in sorted(api_paths):
         assert get_status(api_base + path) == 200, f"API {path}\n{processes.logs()}"
     assert get_status(f"http://127.0.0.1:{metrics_port}/metrics") == 200, f"API metrics\n{processes.logs()}"
-    assert get_status(f"http://127.0.0.1:{worker_port}/metrics") == 200, f"worker metrics\n{processes.logs()}"
     for path in sorted(worker_paths):
         assert get_status(f"http://127.0.0.1:{worker_port}{path}") == 200, f"worker {path}\n{processes.logs()}"
     # And a path the app does not serve is not 200: the check above can fail.
     assert get_status(f"http://127.0.0.1:{worker_port}/nope", timeout_s=1) == 404
+
+
+def test_worker_serves_metrics_on_its_health_port(redis_server, processes) -> None:
+    """The chart's PodMonitor scrapes /metrics on the workers' `health` port (WORKER_HEALTH_PORT)."""
+    r = rendered("monitoring-on")
+    assert r.one("PodMonitor")["spec"]["podMetricsEndpoints"][0] == {"port": "health", "path": "/metrics", "interval": "15s"}
+    worker_port = free_port()
+    processes.worker({**service_env(redis_server.url, KEY_PREFIX="chart-metrics"), "WORKER_HEALTH_PORT": str(worker_port)})
+    assert get_status(f"http://127.0.0.1:{worker_port}/healthz") == 200, processes.logs()
+    assert get_status(f"http://127.0.0.1:{worker_port}/metrics") == 200, f"worker /metrics\n{processes.logs()}"

@@ -110,6 +110,13 @@ def test_recipe_follows_the_image_rules(dockerfile):
     builder = stages(dockerfile)[1]
     assert f"RUN /opt/venv/bin/pip install --require-hashes --no-deps -r requirements/{kind}.txt -r requirements/build.txt" in builder
     assert any("pip install --no-deps --no-build-isolation ." in line for line in builder)
+    # Each image keeps only the console scripts whose packages it carries.
+    packages = {"api": ["api", "notifier"], "worker": ["worker"]}[kind]
+    for package in ("api", "worker", "notifier"):
+        copied = f"COPY {package}/ {package}/" in builder
+        assert copied == (package in packages), f"{package}/ in {dockerfile.name}"
+        if not copied:
+            assert any(f"/opt/venv/bin/asyncinfer-{package}" in line and "rm -f" in line for line in builder)
     assert any(line.startswith("COPY --from=model /out/iris.onnx /app/models/iris.onnx") for line in final)
     assert "org.opencontainers.image.source" in text and "org.opencontainers.image.version" in text
 
@@ -125,7 +132,7 @@ def test_dockerignore_keeps_tests_caches_and_data_out():
     assert rules[rules.index("*")] == "*"  # deny everything, then allow what the recipes COPY
     allowed = {rule[1:].rstrip("/") for rule in rules if rule.startswith("!")}
     assert not allowed & {"tests", ".venv", ".data", ".git"}
-    assert {"pyproject.toml", "requirements/*.txt", "api", "worker", "jobqueue", "models/build_iris.py"} <= allowed
+    assert {"pyproject.toml", "requirements/*.txt", "api", "worker", "notifier", "jobqueue", "models/build_iris.py"} <= allowed
 
 
 def compose_default(value: object) -> tuple[str, str] | None:

@@ -366,7 +366,8 @@ Return the name of the default model: config.defaultModel, or the first entry of
 {{- end }}
 
 {{/*
-Return one model's MODELS_FILE entry (YAML, the keys jobqueue/settings.py documents). Call with the model.
+Return one model's MODELS_FILE entry (YAML, the keys jobqueue/models.py reads). `labels` there is a
+file: the model's label list, rendered as labels-<name>.json in the same ConfigMap. Call with the model.
 */}}
 {{- define "asyncinfer.modelsFileEntry" -}}
 {{ .name }}:
@@ -375,10 +376,24 @@ Return one model's MODELS_FILE entry (YAML, the keys jobqueue/settings.py docume
   max_batch_wait_ms: {{ .maxBatchWaitMs }}
   inference_providers: {{ .inferenceProviders | quote }}
   inference_threads: {{ .inferenceThreads }}
-  {{- with .labels }}
-  labels:
-    {{- toYaml . | nindent 4 }}
+  {{- if .labels }}
+  labels: {{ printf "/etc/asyncinfer/models/labels-%s.json" .name | quote }}
   {{- end }}
+{{- end }}
+
+{{/*
+Return the configMap volume items one model needs: its MODELS_FILE entry (`model-<name>.yaml`, for its
+workers) or none, and its labels file when it has labels. Call with (dict "model" m "own" bool).
+*/}}
+{{- define "asyncinfer.modelFileItems" -}}
+{{- if .own }}
+- key: {{ printf "model-%s.yaml" .model.name }}
+  path: {{ printf "model-%s.yaml" .model.name }}
+{{- end }}
+{{- if .model.labels }}
+- key: {{ printf "labels-%s.json" .model.name }}
+  path: {{ printf "labels-%s.json" .model.name }}
+{{- end }}
 {{- end }}
 
 {{/*
