@@ -90,3 +90,42 @@ def test_worker_serves_metrics_on_its_health_port(redis_server, processes) -> No
     processes.worker({**service_env(redis_server.url, KEY_PREFIX="chart-metrics"), "WORKER_HEALTH_PORT": str(worker_port)})
     assert get_status(f"http://127.0.0.1:{worker_port}/healthz") == 200, processes.logs()
     assert get_status(f"http://127.0.0.1:{worker_port}/metrics") == 200, f"worker /metrics\n{processes.logs()}"
+
+
+def test_notifier_probes_answer_with_the_charts_secret_file(redis_server, processes, tmp_path: Path) -> None:
+    """The notifier as the chart runs it: its health port, and the webhook secret the chart generates, as a file."""
+    import base64
+
+    from tests.conftest import BIN, spawn
+
+    r = rendered("default")
+    (container,) = pod_spec(r.one("Deployment", "notifier"))["containers"]
+    paths = {container[probe]["httpGet"]["path"] for probe in PROBES}
+    assert paths == {"/healthz", "/readyz"} and container["command"] == ["asyncinfer-notifier"]
+    (secret,) = [s for s in r.of_kind("Secret") if s["metadata"]["labels"]["app.kubernetes.io/component"] == "webhook"]
+    secret_file = tmp_path / "webhook-secret"
+    secret_file.write_bytes(base64.b64decode(secret["data"]["webhook-secret"]))
+    port = free_port()
+    env = {**service_env(redis_server.url, KEY_PREFIX="chart-notifier"), "WORKER_HEALTH_PORT": str(port), "WEBHOOK_SECRET_FILE": str(secret_file)}
+    processes.procs.append(spawn([str(BIN / "asyncinfer-notifier")], env, tmp_path / "notifier.log"))
+    for path in sorted(paths) + ["/metrics"]:
+        assert get_status(f"http://127.0.0.1:{port}{path}") == 200, f"notifier {path}\n{processes.logs()}"
+
+
+def test_the_api_parses_the_charts_tokens_files(tmp_path: Path) -> None:
+    """Both forms the chart renders — offline (locked) and live (random) — parse in the API's own reader."""
+    import base64
+    import re
+
+    from api.auth import parse_tokens
+    from tests.chart.render import CHART
+
+    (secret,) = [s for s in rendered("default").of_kind("Secret") if s["metadata"]["labels"]["app.kubernetes.io/component"] == "auth"]
+    locked = parse_tokens(base64.b64decode(secret["data"]["tokens"]).decode())
+    assert [(p.name, p.role) for _, p in locked] == [("admin", "admin"), ("helm-test", "client")]
+    # The live form, as the template builds it: `admin admin <40 alphanumerics>` then the helm-test client.
+    template_text = (CHART / "templates" / "security" / "auth-secret.yaml").read_text()
+    live_format = re.search(r'\$random := printf "(.+?)" \(randAlphaNum 40\) \$test \(randAlphaNum 40\)', template_text)
+    assert live_format, "auth-secret.yaml no longer builds the live tokens file the way this test expects"
+    live = live_format.group(1).replace("\\n", "\n") % ("a" * 40, "helm-test", "b" * 40)
+    assert [(p.name, p.role) for _, p in parse_tokens(live)] == [("admin", "admin"), ("helm-test", "client")]
