@@ -129,3 +129,30 @@ def test_the_api_parses_the_charts_tokens_files(tmp_path: Path) -> None:
     assert live_format, "auth-secret.yaml no longer builds the live tokens file the way this test expects"
     live = live_format.group(1).replace("\\n", "\n") % ("a" * 40, "helm-test", "b" * 40)
     assert [(p.name, p.role) for _, p in parse_tokens(live)] == [("admin", "admin"), ("helm-test", "client")]
+
+
+def test_the_helm_test_pod_script_completes_a_job_against_the_real_services(redis_server, processes, tmp_path: Path) -> None:
+    """`helm test`'s own script and env, run here against a real API (auth on) and worker."""
+    import subprocess
+
+    pod = rendered("default").one("Pod", "test")
+    (container,) = pod["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["PRINCIPAL"] == "helm-test" and env["MODEL"] == "iris"
+    tokens = tmp_path / "auth-tokens"
+    tokens.write_text(f"admin admin {'a' * 40}\nhelm-test client {'b' * 40}\n")
+    service = {**service_env(redis_server.url, KEY_PREFIX="chart-helm-test"), "AUTH_TOKENS_FILE": str(tokens)}
+    processes.worker({**service, "WORKER_HEALTH_PORT": "0"})
+    _, api_base = processes.api(service)
+
+    def run(tokens_file: Path) -> subprocess.CompletedProcess[str]:
+        script_env = {**env, "API_URL": api_base, "TIMEOUT_S": "60", "AUTH_TOKENS_FILE": str(tokens_file), "PATH": "/usr/bin:/bin"}
+        return subprocess.run([*container["command"], *container["args"]], env=script_env, capture_output=True, text=True, timeout=120, check=False)
+
+    result = run(tokens)
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\n{processes.logs()}"
+    assert "status completed" in result.stdout
+    wrong = tmp_path / "wrong-tokens"
+    wrong.write_text(f"helm-test client {'c' * 40}\n")
+    refused = run(wrong)
+    assert refused.returncode != 0 and "401" in refused.stderr
