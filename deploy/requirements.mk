@@ -15,5 +15,5 @@ lock: $(STAMP) ## re-resolve the images' pinned, hashed requirements (requiremen
 	$(PY) -m pip install -q 'pip-tools>=7.4'
 	$(VENV)/bin/pip-compile $(PIP_COMPILE_FLAGS) --extra api --output-file requirements/api.txt pyproject.toml requirements/api-extra.in
 	$(VENV)/bin/pip-compile $(PIP_COMPILE_FLAGS) --extra worker --output-file requirements/worker.txt pyproject.toml requirements/worker-extra.in
-	$(VENV)/bin/pip-compile $(PIP_COMPILE_FLAGS) --extra model --output-file requirements/model.txt pyproject.toml
+	$(VENV)/bin/pip-compile $(PIP_COMPILE_FLAGS) --extra model --output-file requirements/model.txt pyproject.toml requirements/model-extra.in
 	$(VENV)/bin/pip-compile $(PIP_COMPILE_FLAGS) --output-file requirements/build.txt requirements/build.in
