@@ -38,14 +38,15 @@ def ensure_helm() -> Path:
 
 
 def helm(*args: str) -> str:
+    """Run helm; its stdout, or HelmError with its stderr."""
     proc = subprocess.run([str(ensure_helm()), *args], capture_output=True, text=True, timeout=60)
     if proc.returncode != 0:
         raise HelmError(f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
     return proc.stdout
 
 
-def template(*values_files: Path, sets: tuple[str, ...] = (), set_strings: tuple[str, ...] = ()) -> list[dict[str, Any]]:
-    """`helm template` the chart (tests included) and return the parsed objects."""
+def template_text(*values_files: Path, sets: tuple[str, ...] = (), set_strings: tuple[str, ...] = ()) -> str:
+    """`helm template` the chart (tests included) and return the raw manifest stream."""
     args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE]
     for f in values_files:
         args += ["-f", str(f)]
@@ -53,7 +54,12 @@ def template(*values_files: Path, sets: tuple[str, ...] = (), set_strings: tuple
         args += ["--set", s]
     for s in set_strings:
         args += ["--set-string", s]
-    return [doc for doc in yaml.safe_load_all(helm(*args)) if doc]
+    return helm(*args)
+
+
+def template(*values_files: Path, sets: tuple[str, ...] = (), set_strings: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """`helm template` the chart (tests included) and return the parsed objects."""
+    return [doc for doc in yaml.safe_load_all(template_text(*values_files, sets=sets, set_strings=set_strings)) if doc]
 
 
 @dataclass(frozen=True)
@@ -63,21 +69,33 @@ class Rendered:
     scenario: str
     objects: tuple[dict[str, Any], ...]
 
-    def of_kind(self, kind: str) -> list[dict[str, Any]]:
-        return [o for o in self.objects if o["kind"] == kind]
+    def of_kind(self, kind: str, component: str | None = None) -> list[dict[str, Any]]:
+        return [o for o in self.objects if o["kind"] == kind and (component is None or component_of(o) == component)]
 
     def one(self, kind: str, component: str | None = None) -> dict[str, Any]:
-        found = [o for o in self.of_kind(kind) if component is None or component_of(o) == component]
+        found = self.of_kind(kind, component)
         assert len(found) == 1, f"{self.scenario}: expected one {kind} {component or ''}, found {len(found)}"
         return found[0]
 
     def maybe(self, kind: str, component: str | None = None) -> dict[str, Any] | None:
-        found = [o for o in self.of_kind(kind) if component is None or component_of(o) == component]
+        found = self.of_kind(kind, component)
         return found[0] if found else None
+
+    def named(self, kind: str, name: str) -> dict[str, Any]:
+        (found,) = [o for o in self.of_kind(kind) if o["metadata"]["name"] == name]
+        return found
 
     @property
     def config(self) -> dict[str, str]:
-        return self.one("ConfigMap")["data"]
+        return self.one("ConfigMap", "config")["data"]
+
+    def workers(self) -> dict[str, dict[str, Any]]:
+        """Worker Deployments by model name."""
+        return {d["metadata"]["labels"]["asyncinfer.io/model"]: d for d in self.of_kind("Deployment", "worker")}
+
+    def scaled_objects(self) -> dict[str, dict[str, Any]]:
+        """ScaledObjects by model name."""
+        return {s["metadata"]["labels"]["asyncinfer.io/model"]: s for s in self.of_kind("ScaledObject")}
 
 
 def component_of(obj: dict[str, Any]) -> str | None:
@@ -95,5 +113,19 @@ def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
     return obj["spec"] if obj["kind"] == "Pod" else obj["spec"]["template"]["spec"]
 
 
+def pod_labels(obj: dict[str, Any]) -> dict[str, str]:
+    """The labels a workload's pods (or a bare Pod) carry."""
+    return obj["metadata"]["labels"] if obj["kind"] == "Pod" else obj["spec"]["template"]["metadata"]["labels"]
+
+
 def workloads(r: Rendered) -> list[dict[str, Any]]:
     return [o for o in r.objects if o["kind"] in ("Deployment", "StatefulSet", "Pod")]
+
+
+def all_containers(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = pod_spec(obj)
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container.get("env", [])}

@@ -1,4 +1,4 @@
-"""Cross-object consistency of the rendered chart: one queue, one password, one set of settings."""
+"""Cross-object consistency of the rendered chart: one key layout, one password, one set of settings."""
 
 from __future__ import annotations
 
@@ -6,172 +6,197 @@ from typing import Any
 
 import pytest
 
-from tests.chart.render import SCENARIOS, pod_spec, rendered, workloads
+from jobqueue.keys import StoreKeys
+from tests.chart.render import SCENARIOS, all_containers, env_of, pod_spec, rendered, template, workloads
 
 ALL = sorted(SCENARIOS)
 WITH_KEDA = [s for s in ALL if rendered(s).maybe("ScaledObject")]
 
 
-def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {e["name"]: e for e in container.get("env", [])}
-
-
 @pytest.mark.parametrize("scenario", WITH_KEDA)
-def test_scaledobject_reads_the_list_the_api_pushes_to(scenario: str) -> None:
+def test_each_scaledobject_reads_its_models_keys_as_jobqueue_names_them(scenario: str) -> None:
     r = rendered(scenario)
-    queue = r.config["QUEUE_NAME"]
-    triggers = {t["name"]: t["metadata"] for t in r.one("ScaledObject")["spec"]["triggers"]}
-    assert triggers["pending"]["listName"] == queue
-    assert triggers["inflight"]["listName"] == f"{queue}:inflight"
-    # KEDA dials the same Redis the services use (REDIS_URL = redis://<address>/0).
-    assert r.config["REDIS_URL"] == f"redis://{triggers['pending']['address']}/{triggers['pending']['databaseIndex']}"
-    assert r.one("ScaledObject")["spec"]["scaleTargetRef"]["name"] == r.one("Deployment", "worker")["metadata"]["name"]
+    workers = r.workers()
+    assert set(r.scaled_objects()) == set(workers)
+    for model, so in r.scaled_objects().items():
+        keys = StoreKeys(r.config["KEY_PREFIX"]).model(model)
+        triggers = {t["name"]: t["metadata"] for t in so["spec"]["triggers"]}
+        assert {name: t["listName"] for name, t in triggers.items()} == {
+            "pending_high": keys.pending("high"),
+            "pending_normal": keys.pending("normal"),
+            "pending_low": keys.pending("low"),
+            "inflight": keys.inflight,
+        }
+        # The formula sums every trigger: all outstanding work of the model.
+        formula = so["spec"]["advanced"]["scalingModifiers"]["formula"]
+        assert sorted(term.strip() for term in formula.split("+")) == sorted(triggers)
+        for t in triggers.values():
+            # KEDA dials the same Redis the services use (REDIS_URL = redis://<address>/0).
+            assert r.config["REDIS_URL"] == f"redis://{t['address']}/{t['databaseIndex']}"
+        assert so["spec"]["scaleTargetRef"]["name"] == workers[model]["metadata"]["name"]
+
+
+def redis_secret_source(workload: dict[str, Any]) -> dict[str, Any]:
+    """The Secret (name, key) a workload's secrets volume maps to the redis-password file."""
+    for volume in pod_spec(workload)["volumes"]:
+        for src in volume.get("projected", {}).get("sources", []):
+            for item in src["secret"]["items"]:
+                if item["path"] == "redis-password":
+                    return {"name": src["secret"]["name"], "key": item["key"]}
+    raise AssertionError(f"{workload['metadata']['name']} mounts no Redis password")
 
 
 @pytest.mark.parametrize("scenario", WITH_KEDA)
 def test_keda_authenticates_with_the_redis_secret(scenario: str) -> None:
     r = rendered(scenario)
     auth = r.one("TriggerAuthentication")
-    assert all(t["authenticationRef"]["name"] == auth["metadata"]["name"] for t in r.one("ScaledObject")["spec"]["triggers"])
-    redis_env = env_of(pod_spec(r.one("StatefulSet"))["containers"][0])
-    ref = redis_env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
-    assert auth["spec"]["secretTargetRef"] == [{"parameter": "password", "name": ref["name"], "key": ref["key"]}]
+    for so in r.of_kind("ScaledObject"):
+        assert all(t["authenticationRef"]["name"] == auth["metadata"]["name"] for t in so["spec"]["triggers"])
+    ref = redis_secret_source(r.one("StatefulSet"))
+    assert auth["spec"]["secretTargetRef"] == [{"parameter": "password", **ref}]
+
+
+def redis_args(r: Any) -> dict[str, str]:
+    container = pod_spec(r.one("StatefulSet"))["containers"][0]
+    args = container["args"]
+    return dict(zip(args[0::2], args[1::2]))
 
 
 @pytest.mark.parametrize("scenario", ALL)
-def test_redis_runs_aof_with_the_configured_fsync_and_the_secret_password(scenario: str) -> None:
+def test_redis_runs_aof_noeviction_and_takes_its_password_from_the_file(scenario: str) -> None:
     r = rendered(scenario)
     container = pod_spec(r.one("StatefulSet"))["containers"][0]
-    args = container["args"]
-    pairs = dict(zip(args[1::2], args[2::2]))
-    assert args[0] == "redis-server"
+    pairs = redis_args(r)
     assert pairs["--appendonly"] == "yes"
-    want_fsync = "always" if scenario == "persistence-off" else "everysec"
-    assert pairs["--appendfsync"] == want_fsync
+    assert pairs["--appendfsync"] == ("always" if scenario == "persistence-off" else "everysec")
     assert pairs["--maxmemory-policy"] == "noeviction"
-    assert pairs["--requirepass"] == "$(REDIS_PASSWORD)"
-    assert "REDIS_PASSWORD" in env_of(container), "$(REDIS_PASSWORD) must be defined for the kubelet to expand it"
+    assert "--requirepass" not in container["args"], "the password never goes in argv"
+    script = container["command"][2]
+    assert container["command"][:2] == ["sh", "-c"] and 'exec redis-server - "$@"' in script
+    mount = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}["secrets"]
+    assert f'requirepass "$(cat {mount}/redis-password)"' in script
     assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"] and pairs["--dir"] == "/data"
 
 
+def test_redis_maxmemory_is_80_percent_of_the_limit_or_the_explicit_value() -> None:
+    assert redis_args(rendered("default"))["--maxmemory"] == str(512 * 1024 * 1024 * 80 // 100)
+    assert redis_args(rendered("kind"))["--maxmemory"] == str(256 * 1024 * 1024 * 80 // 100)
+    assert redis_args(rendered("production"))["--maxmemory"] == str(2 * 1024**3)
+    objs = template(sets=("redis.maxmemoryPercent=50", "redis.resources.limits.memory=1G"))
+    (sts,) = [o for o in objs if o["kind"] == "StatefulSet"]
+    args = pod_spec(sts)["containers"][0]["args"]
+    assert args[args.index("--maxmemory") + 1] == "500000000"
+
+
 @pytest.mark.parametrize("scenario", ALL)
-def test_one_secret_feeds_redis_and_both_services(scenario: str) -> None:
+def test_secrets_are_files_never_env_vars(scenario: str) -> None:
     r = rendered(scenario)
-    refs = {}
-    for kind, component in (("StatefulSet", "redis"), ("Deployment", "api"), ("Deployment", "worker")):
-        env = env_of(pod_spec(r.one(kind, component))["containers"][0])
-        refs[component] = env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
-    assert refs["redis"] == refs["api"] == refs["worker"]
-    secret = r.maybe("Secret")
-    if secret is not None:  # generated; with existingSecret the operator owns it
-        assert secret["metadata"]["name"] == refs["redis"]["name"] and refs["redis"]["key"] in secret["data"]
-    else:
-        assert SCENARIOS[scenario].read_text().count("existingSecret:") == 1
+    for w in workloads(r):
+        for c in all_containers(w):
+            env = env_of(c)
+            assert not [e for e in env.values() if "secretKeyRef" in e.get("valueFrom", {})], f"{c['name']}: secret in env"
+            assert not {"REDIS_PASSWORD", "WEBHOOK_SECRET", "REDISCLI_AUTH"} & set(env)
+            mounts = {m["name"]: m["mountPath"] for m in c.get("volumeMounts", [])}
+            volumes = {v["name"]: v for v in pod_spec(w)["volumes"]}
+            for name in ("REDIS_PASSWORD_FILE", "AUTH_TOKENS_FILE", "WEBHOOK_SECRET_FILE"):
+                if name not in env:
+                    continue
+                path = env[name]["value"]
+                (volume_name,) = [v for v, m in mounts.items() if path.startswith(m + "/")]
+                volume = volumes[volume_name]
+                sources = volume.get("projected", {}).get("sources", []) or [{"secret": volume["secret"]}]
+                items = {i["path"] for s in sources for i in s["secret"]["items"]}
+                assert path.rsplit("/", 1)[1] in items, f"{name}={path} is not a mounted Secret item"
+
+
+@pytest.mark.parametrize("scenario", ALL)
+def test_each_process_gets_exactly_the_secrets_it_needs(scenario: str) -> None:
+    r = rendered(scenario)
+    auth_on = "auth-off" not in scenario
+    wanted = {
+        "api": {"REDIS_PASSWORD_FILE", *(["AUTH_TOKENS_FILE"] if auth_on else [])},
+        "worker": {"REDIS_PASSWORD_FILE"},
+        "notifier": {"REDIS_PASSWORD_FILE", "WEBHOOK_SECRET_FILE"},
+    }
+    for component, names in wanted.items():
+        for d in r.of_kind("Deployment", component):
+            env = env_of(pod_spec(d)["containers"][0])
+            assert {n for n in env if n.endswith("_FILE") and n != "MODELS_FILE"} == names, component
 
 
 @pytest.mark.parametrize("scenario", ALL)
 def test_services_read_the_shared_configmap(scenario: str) -> None:
     r = rendered(scenario)
-    cm = r.one("ConfigMap")
+    cm = r.one("ConfigMap", "config")
     checksums = set()
-    for component in ("api", "worker"):
-        d = r.one("Deployment", component)
+    for d in r.of_kind("Deployment"):
         assert pod_spec(d)["containers"][0]["envFrom"] == [{"configMapRef": {"name": cm["metadata"]["name"]}}]
         checksums.add(d["spec"]["template"]["metadata"]["annotations"]["checksum/config"])
     assert len(checksums) == 1 and len(checksums.pop()) == 64
-    # The contract's variable names, each defined once.
-    assert {"REDIS_URL", "QUEUE_NAME", "MODEL_PATH", "DRAIN_TIMEOUT_SECONDS", "SHUTDOWN_DELAY_SECONDS", "JOB_TTL_SECONDS"} <= set(cm["data"])
-    assert "REDIS_PASSWORD" not in cm["data"]
+    assert {"REDIS_URL", "KEY_PREFIX", "MODELS_FILE", "DEFAULT_MODEL", "DRAIN_TIMEOUT_SECONDS", "JOB_TTL_SECONDS"} <= set(cm["data"])
+    assert "QUEUE_NAME" not in cm["data"], "QUEUE_NAME is gone: KEY_PREFIX replaces it"
+    assert not {k for k in cm["data"] if "PASSWORD" in k or "SECRET" in k or "TOKEN" in k}
 
 
 def test_a_config_change_changes_the_checksum() -> None:
-    from tests.chart.render import template
-
     def checksum(objs: list[dict[str, Any]]) -> str:
         (api,) = [o for o in objs if o["kind"] == "Deployment" and o["metadata"]["labels"]["app.kubernetes.io/component"] == "api"]
         return api["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
 
-    assert checksum(template()) != checksum(template(sets=("config.maxBatchSize=64",)))
+    assert checksum(template()) != checksum(template(sets=("config.maxQueueLength=64",)))
 
 
 @pytest.mark.parametrize("scenario", ALL)
 def test_worker_grace_period_outlasts_the_drain(scenario: str) -> None:
     r = rendered(scenario)
-    worker = pod_spec(r.one("Deployment", "worker"))
-    assert worker["terminationGracePeriodSeconds"] > float(r.config["DRAIN_TIMEOUT_SECONDS"])
+    for worker in r.of_kind("Deployment", "worker"):
+        assert pod_spec(worker)["terminationGracePeriodSeconds"] > float(r.config["DRAIN_TIMEOUT_SECONDS"])
     api = pod_spec(r.one("Deployment", "api"))
     assert api["terminationGracePeriodSeconds"] > float(r.config["SHUTDOWN_DELAY_SECONDS"])
     assert float(r.config["SHUTDOWN_DELAY_SECONDS"]) >= 5, "readiness must flip before the API stops"
 
 
 @pytest.mark.parametrize("scenario", ALL)
-def test_every_container_runs_hardened_as_non_root(scenario: str) -> None:
-    uids = {"api": 10001, "worker": 10001, "redis": 999, "test": 10001}
-    for w in workloads(rendered(scenario)):
-        spec = pod_spec(w)
-        uid = uids[w["metadata"]["labels"]["app.kubernetes.io/component"]]
-        pod = spec["securityContext"]
-        assert pod["runAsNonRoot"] is True and pod["runAsUser"] == uid and pod["seccompProfile"] == {"type": "RuntimeDefault"}
-        assert spec["automountServiceAccountToken"] is False
-        for c in spec["containers"]:
-            sc = c["securityContext"]
-            assert sc["runAsNonRoot"] is True and sc["runAsUser"] == uid != 0
-            assert sc["allowPrivilegeEscalation"] is False
-            assert sc["readOnlyRootFilesystem"] is True
-            assert sc["capabilities"] == {"drop": ["ALL"]}
-            assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
-            assert c["resources"]["requests"] and c["resources"]["limits"]
-            # Read-only root: whatever the process writes must be a mounted volume.
-            mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
-            if w["kind"] == "Deployment":
-                assert "/tmp" in mounts
-            if w["kind"] == "StatefulSet":
-                assert "/data" in mounts
-
-
-@pytest.mark.parametrize("scenario", ALL)
-def test_only_api_worker_and_keda_reach_redis(scenario: str) -> None:
-    r = rendered(scenario)
-    policy = r.one("NetworkPolicy")
-    redis_labels = r.one("StatefulSet")["spec"]["selector"]["matchLabels"]
-    assert policy["spec"]["podSelector"]["matchLabels"] == redis_labels
-    (rule,) = policy["spec"]["ingress"]
-    selectors = rule["from"]
-    components = {s["podSelector"]["matchLabels"].get("app.kubernetes.io/component") for s in selectors if "namespaceSelector" not in s}
-    assert components == {"api", "worker"}
-    for s in selectors:
-        if "namespaceSelector" not in s:
-            assert s["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == redis_labels["app.kubernetes.io/instance"]
-    keda = [s for s in selectors if "namespaceSelector" in s]
-    assert len(keda) == (1 if r.maybe("ScaledObject") else 0)
-    assert rule["ports"] == [{"port": "redis", "protocol": "TCP"}]
-
-
-@pytest.mark.parametrize("scenario", ALL)
 def test_pdbs_select_their_deployments(scenario: str) -> None:
     r = rendered(scenario)
-    for component in ("api", "worker"):
-        pdb = r.one("PodDisruptionBudget", component)
-        assert pdb["spec"]["selector"]["matchLabels"] == r.one("Deployment", component)["spec"]["selector"]["matchLabels"]
+    api_pdb = r.one("PodDisruptionBudget", "api")
+    assert api_pdb["spec"]["selector"]["matchLabels"] == r.one("Deployment", "api")["spec"]["selector"]["matchLabels"]
+    pdbs = {p["metadata"]["labels"]["asyncinfer.io/model"]: p for p in r.of_kind("PodDisruptionBudget", "worker")}
+    assert set(pdbs) == set(r.workers())
+    for model, worker in r.workers().items():
+        assert pdbs[model]["spec"]["selector"]["matchLabels"] == worker["spec"]["selector"]["matchLabels"]
+        assert worker["spec"]["selector"]["matchLabels"]["asyncinfer.io/model"] == model
 
 
 @pytest.mark.parametrize("scenario", [s for s in ALL if rendered(s).maybe("Ingress")])
-def test_ingress_and_helm_test_reach_the_api_service(scenario: str) -> None:
+def test_ingress_routes_http_only_and_helm_test_reaches_the_api_service(scenario: str) -> None:
     r = rendered(scenario)
     svc = r.one("Service", "api")
-    backend = r.one("Ingress")["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
-    assert backend == {"name": svc["metadata"]["name"], "port": {"name": "http"}}
-    assert svc["spec"]["ports"][0]["targetPort"] == "http"
+    ports = {p["name"]: p for p in svc["spec"]["ports"]}
+    assert ports["http"]["targetPort"] == "http" and ports["metrics"]["targetPort"] == "metrics"
+    for rule in r.one("Ingress")["spec"]["rules"]:
+        for path in rule["http"]["paths"]:
+            assert path["backend"]["service"] == {"name": svc["metadata"]["name"], "port": {"name": "http"}}
     test_pod = r.one("Pod", "test")
     assert test_pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     api_url = env_of(test_pod["spec"]["containers"][0])["API_URL"]["value"]
-    assert api_url == f"http://{svc['metadata']['name']}:{svc['spec']['ports'][0]['port']}"
+    assert api_url == f"http://{svc['metadata']['name']}:{ports['http']['port']}"
+
+
+@pytest.mark.parametrize("scenario", ALL)
+def test_api_serves_metrics_on_its_own_port(scenario: str) -> None:
+    api = pod_spec(rendered(scenario).one("Deployment", "api"))["containers"][0]
+    env = {k: v["value"] for k, v in env_of(api).items() if "value" in v}
+    ports = {p["name"]: p["containerPort"] for p in api["ports"]}
+    assert int(env["METRICS_PORT"]) == ports["metrics"] != ports["http"] == int(env["PORT"])
 
 
 def test_images_come_from_values_with_the_app_version_as_default_tag() -> None:
     r = rendered("default")
     assert pod_spec(r.one("Deployment", "api"))["containers"][0]["image"] == "asyncinfer-api:0.1.0"
     assert pod_spec(r.one("Deployment", "worker"))["containers"][0]["image"] == "asyncinfer-worker:0.1.0"
+    notifier = pod_spec(r.one("Deployment", "notifier"))["containers"][0]
+    assert notifier["image"] == "asyncinfer-api:0.1.0" and notifier["command"] == ["asyncinfer-notifier"]
     assert pod_spec(r.one("StatefulSet"))["containers"][0]["image"].startswith("redis:7.")
     kind = rendered("kind")
     assert pod_spec(kind.one("Deployment", "api"))["containers"][0]["image"] == "asyncinfer-api:dev"

@@ -1,5 +1,5 @@
-"""Every rendered object validated against its real schema: Kubernetes' own (strict, two versions)
-and KEDA's typed CRD models (unknown fields forbidden); a kind neither knows fails."""
+"""Every rendered object validated against its real schema: Kubernetes' own (strict, two versions),
+KEDA's and prometheus-operator's typed CRD models (unknown fields forbidden); a kind none knows fails."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 import kubernetes_validate.utils as kv
 import pytest
 from cloudcoil.models.keda.v1alpha1 import ScaledObject, TriggerAuthentication
+from cloudcoil.models.prometheus_operator.v1 import PodMonitor, PrometheusRule, ServiceMonitor
 from pydantic import BaseModel, ValidationError
 
 from tests.chart.render import ROOT, SCENARIOS, rendered
@@ -20,6 +21,8 @@ KIND_K8S = re.search(r"KIND_NODE_K8S_VERSION := (\d+\.\d+)\.\d+", (ROOT / "deplo
 K8S_VERSIONS = (f"{KIND_K8S}.0", "1.34.0")
 CORE_KINDS = {"ConfigMap", "Secret", "Service", "Deployment", "StatefulSet", "Ingress", "PodDisruptionBudget", "NetworkPolicy", "Pod"}
 KEDA_MODELS: dict[str, type[BaseModel]] = {"ScaledObject": ScaledObject, "TriggerAuthentication": TriggerAuthentication}
+# prometheus-operator v0.80 (the newest cloudcoil models that install on Python 3.11).
+MONITORING_MODELS: dict[str, type[BaseModel]] = {"ServiceMonitor": ServiceMonitor, "PodMonitor": PodMonitor, "PrometheusRule": PrometheusRule}
 # Metadata keys KEDA 2.16's redis scaler reads from a trigger (pkg/scalers/redis_scaler.go, the
 # `keda:"name=..."` tags with order=triggerMetadata; *FromEnv variants resolve from the container env).
 REDIS_TRIGGER_KEYS = {
@@ -44,14 +47,18 @@ def _unknown_fields(given: Any, parsed: Any, path: str = "") -> list[str]:
     return [] if given == parsed else [f"{path} (value {given!r} became {parsed!r})"]
 
 
-def validate_keda(obj: dict[str, Any]) -> None:
-    model = KEDA_MODELS[obj["kind"]]
-    gvk = model.gvk()
+def validate_typed(obj: dict[str, Any], model: type[BaseModel]) -> None:
+    """Validate against a generated CRD model; the round trip forbids fields the model does not know."""
+    gvk = model.gvk()  # type: ignore[attr-defined]
     assert (obj["apiVersion"], obj["kind"]) == (gvk.api_version, gvk.kind)
     # The generated models ignore extra fields; a lossless round trip is what forbids them.
     dumped = model.model_validate(obj).model_dump(by_alias=True, exclude_unset=True, mode="json")
     unknown = _unknown_fields(obj, dumped)
-    assert not unknown, f"{obj['kind']} has fields KEDA 2.16 does not know: {unknown}"
+    assert not unknown, f"{obj['kind']} has fields its CRD does not know: {unknown}"
+
+
+def validate_keda(obj: dict[str, Any]) -> None:
+    validate_typed(obj, KEDA_MODELS[obj["kind"]])
     if obj["kind"] == "ScaledObject":
         for trigger in obj["spec"]["triggers"]:
             assert trigger["type"] == "redis"
@@ -64,6 +71,8 @@ def validate(obj: dict[str, Any]) -> None:
     """Validate one object against the schema of its kind, or fail for a kind we have none for."""
     if obj["kind"] in KEDA_MODELS:
         validate_keda(obj)
+    elif obj["kind"] in MONITORING_MODELS:
+        validate_typed(obj, MONITORING_MODELS[obj["kind"]])
     elif obj["kind"] in CORE_KINDS:
         for version in K8S_VERSIONS:
             kv.validate(obj, version, strict=True)
@@ -90,8 +99,8 @@ def test_rendered_object_is_valid(obj: dict[str, Any]) -> None:
 
 def test_every_scenario_renders_only_known_kinds() -> None:
     kinds = {o["kind"] for _, o in UNIQUE}
-    assert kinds <= CORE_KINDS | set(KEDA_MODELS)
-    assert {"ScaledObject", "TriggerAuthentication", "Ingress", "StatefulSet"} <= kinds
+    assert kinds <= CORE_KINDS | set(KEDA_MODELS) | set(MONITORING_MODELS)
+    assert {"ScaledObject", "TriggerAuthentication", "Ingress", "StatefulSet", "NetworkPolicy"} | set(MONITORING_MODELS) <= kinds
 
 
 def test_an_unknown_kind_fails() -> None:
@@ -122,3 +131,10 @@ def test_keda_validation_rejects_unknown_or_mistyped_fields(mutate) -> None:
     mutate(so)
     with pytest.raises((AssertionError, ValidationError)):  # unknown -> round trip; mistyped -> pydantic
         validate(so)
+
+
+def test_monitoring_validation_rejects_an_unknown_field() -> None:
+    monitor = copy.deepcopy(rendered("monitoring-on").one("ServiceMonitor"))
+    monitor["spec"]["endpoints"][0]["scrapeEvery"] = "15s"
+    with pytest.raises(AssertionError, match="scrapeEvery"):
+        validate(monitor)

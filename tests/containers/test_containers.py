@@ -11,6 +11,7 @@ import time
 import httpx
 import pytest
 
+from jobqueue.keys import StoreKeys
 from tests.containers.conftest import FIGURES, ROOT, Load, Stack, wait_all_completed, wait_http
 
 # Generous safety net only: every wait below has its own, tighter deadline. The first test of a bare
@@ -103,7 +104,9 @@ def test_docker_kill_of_a_worker_under_load_loses_nothing(stack, docker):
         load.wait_for(200)
         # Wait until the victim holds jobs, so the kill lands on claimed, unacknowledged work.
         deadline = time.monotonic() + 30
-        while not (held_keys := stack.redis_cli("--scan", "--pattern", f"asyncinfer:queue:processing:{worker}-*")):
+        # The default model's per-worker processing lists, named as jobqueue/keys.py names them.
+        pattern = StoreKeys("asyncinfer").model("iris").processing(f"{worker}-*")
+        while not (held_keys := stack.redis_cli("--scan", "--pattern", pattern)):
             assert time.monotonic() < deadline, "worker-a never held a job"
             time.sleep(0.02)
         docker("kill", worker)  # SIGKILL: no drain, no acknowledgement

@@ -100,6 +100,26 @@ def test_recipe_follows_the_image_rules(dockerfile):
     assert "WORKDIR /app" in final
     # The runtime stage only copies: no pip, no apt, no compilers.
     assert not [line for line in final if re.match(r"RUN .*\b(pip|apt-get|gcc|make)\b", line)]
+    # Every pip install is either the hashed lock (no resolver, nothing unlisted) or our own code with --no-deps.
+    installs = [line for stage in stages(dockerfile) for line in stage if re.match(r"RUN .*\bpip install\b", line)]
+    assert installs
+    for line in installs:
+        for command in re.findall(r"pip install ([^&]*)", line):
+            assert "--no-deps" in command, command
+            assert "--require-hashes" in command or command.split()[-1] == ".", command
+    builder = stages(dockerfile)[1]
+    assert f"RUN /opt/venv/bin/pip install --require-hashes --no-deps -r requirements/{kind}.txt -r requirements/build.txt" in builder
+    assert any("pip install --no-deps --no-build-isolation ." in line for line in builder)
+    # pip check in the image's own interpreter: a lock resolved on another 3.11.x can miss a
+    # marker-conditional dependency (redis needs async-timeout below 3.11.3).
+    assert any("/opt/venv/bin/pip check" in line for line in builder)
+    # Each image keeps only the console scripts whose packages it carries.
+    packages = {"api": ["api", "notifier"], "worker": ["worker"]}[kind]
+    for package in ("api", "worker", "notifier"):
+        copied = f"COPY {package}/ {package}/" in builder
+        assert copied == (package in packages), f"{package}/ in {dockerfile.name}"
+        if not copied:
+            assert any(f"/opt/venv/bin/asyncinfer-{package}" in line and "rm -f" in line for line in builder)
     assert any(line.startswith("COPY --from=model /out/iris.onnx /app/models/iris.onnx") for line in final)
     assert "org.opencontainers.image.source" in text and "org.opencontainers.image.version" in text
 
@@ -115,27 +135,142 @@ def test_dockerignore_keeps_tests_caches_and_data_out():
     assert rules[rules.index("*")] == "*"  # deny everything, then allow what the recipes COPY
     allowed = {rule[1:].rstrip("/") for rule in rules if rule.startswith("!")}
     assert not allowed & {"tests", ".venv", ".data", ".git"}
-    assert {"pyproject.toml", "api", "worker", "jobqueue", "models/build_iris.py"} <= allowed
+    assert {"pyproject.toml", "requirements/*.txt", "api", "worker", "notifier", "jobqueue", "models/build_iris.py"} <= allowed
+
+
+def compose_default(value: object) -> tuple[str, str] | None:
+    """(variable, default) of a `${VAR:-default}` value, or None for a literal."""
+    match = re.fullmatch(r"\$\{(\w+):-(.*)\}", str(value))
+    return (match.group(1), match.group(2)) if match else None
 
 
 def test_compose_uses_the_settings_names_and_defaults():
     compose = yaml.safe_load(COMPOSE.read_text())
     services = compose["services"]
-    assert set(services) == {"redis", "api", "worker"}
-    defaults = Settings.model_fields
-    for name in ("api", "worker"):
+    assert set(services) == {"redis", "api", "worker", "notifier"}
+    fields = Settings.model_fields
+    # The chart deliberately differs here (a pod needs to serve unready a few seconds); so does compose.
+    deliberate = {"SHUTDOWN_DELAY_SECONDS": "5"}
+    for name in ("api", "worker", "notifier"):
         service = services[name]
         for key, value in service["environment"].items():
             field = key.lower()
-            assert field in defaults, f"{name}: {key} is not a setting"
-            match = re.fullmatch(r"\$\{(\w+):-(.*)\}", str(value))
-            if match and key not in ("MODEL_PATH", "SHUTDOWN_DELAY_SECONDS"):  # image path; chart's ~5 s
-                assert match.group(1) == key
-                assert match.group(2) == str(defaults[field].default), f"{key} default differs from Settings"
+            assert field in fields, f"{name}: {key} is not a setting"
+            parsed = compose_default(value)
+            if parsed is None or key == "MODEL_PATH":  # literals; MODEL_PATH is the image's path
+                continue
+            variable, default = parsed
+            assert variable == key, f"{name}: {key} reads ${{{variable}}}"
+            if key in deliberate:
+                assert default == deliberate[key]
+                continue
+            # The default, read the way Settings reads the environment, is the Settings default.
+            assert Settings.model_validate({field: default}).model_dump()[field] == fields[field].default, key
         assert service["depends_on"]["redis"]["condition"] == "service_healthy"
     assert services["worker"]["environment"]["WORKER_HEALTH_PORT"] == "8081"
     assert services["api"]["environment"]["HOST"] == "0.0.0.0"
     assert all(port.startswith("127.0.0.1:") for port in services["api"]["ports"])
     redis_cmd = services["redis"]["command"]
     assert redis_cmd[redis_cmd.index("--appendonly") + 1] == "yes"
+    assert redis_cmd[redis_cmd.index("--maxmemory-policy") + 1] == "noeviction"
     assert "redis-data:/data" in services["redis"]["volumes"]
+
+
+def test_compose_passes_every_setting_the_chart_passes():
+    chart_config = yaml.safe_load((ROOT / "deploy/helm/asyncinfer/values.yaml").read_text())["config"]
+    env = yaml.safe_load(COMPOSE.read_text())["services"]["api"]["environment"]
+    upper = {re.sub(r"([A-Z])", r"_\1", key).upper() for key in chart_config}
+    assert upper - set(env) == set()
+
+
+def test_compose_secrets_are_files_never_env_values():
+    compose = yaml.safe_load(COMPOSE.read_text())
+    assert set(compose["secrets"]) == {"redis-password", "auth-tokens", "webhook-secret"}
+    for name, service in compose["services"].items():
+        env = service.get("environment", {})
+        assert not {"REDIS_PASSWORD", "WEBHOOK_SECRET"} & set(env), name
+        for key, value in env.items():
+            if key.endswith("_FILE") and key != "MODELS_FILE" and compose_default(value) is None:
+                secret = str(value).removeprefix("/run/secrets/")
+                assert secret in service["secrets"], f"{name}: {key} points at an unmounted secret"
+    assert "cat /run/secrets/redis-password" in compose["services"]["redis"]["entrypoint"][2]
+    assert "--requirepass" not in compose["services"]["redis"]["command"]
+
+
+def test_compose_secrets_script_makes_readable_files_in_a_private_directory(tmp_path):
+    target = tmp_path / "secrets"
+    env = {**os.environ, "ASYNCINFER_SECRETS_DIR": str(target)}
+    subprocess.run(["bash", str(ROOT / "deploy/compose/secrets.sh")], env=env, check=True, capture_output=True, timeout=60)
+    assert (target.stat().st_mode & 0o777) == 0o700
+    files = {p.name: p for p in target.iterdir()}
+    assert set(files) == {"redis-password", "auth-tokens", "webhook-secret"}
+    assert files["webhook-secret"].read_text().startswith("whsec_")
+    assert files["auth-tokens"].read_text().split()[:2] == ["admin", "admin"]
+    before = files["redis-password"].read_text()
+    subprocess.run(["bash", str(ROOT / "deploy/compose/secrets.sh")], env=env, check=True, capture_output=True, timeout=60)
+    assert files["redis-password"].read_text() == before, "existing secrets are kept"
+
+
+LOCKS = ROOT / "requirements"
+
+
+def locked(lock: Path) -> dict[str, list[str]]:
+    """Package name (normalised) -> its --hash values, from a pip-compile --generate-hashes file."""
+    text = re.sub(r"\\\n\s*", " ", lock.read_text())
+    pins: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        match = re.match(r"^([A-Za-z0-9_.\-]+)==(\S+)(.*)$", line.strip())
+        if match:
+            pins[normalise(match.group(1))] = re.findall(r"--hash=sha256:([0-9a-f]{64})", match.group(3))
+    return pins
+
+
+def normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def requirement_names(requirements: list[str]) -> set[str]:
+    return {normalise(re.match(r"^[A-Za-z0-9_.\-]+", r.strip()).group(0)) for r in requirements}
+
+
+def extra_in(lock: str) -> set[str]:
+    path = LOCKS / f"{lock}-extra.in"
+    if not path.exists():
+        return set()
+    return requirement_names([line for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")])
+
+
+@pytest.mark.parametrize("lock", ["api", "worker", "model", "build"])
+def test_every_locked_requirement_is_pinned_with_hashes(lock):
+    pins = locked(LOCKS / f"{lock}.txt")
+    assert pins, f"requirements/{lock}.txt pins nothing"
+    assert [name for name, hashes in pins.items() if not hashes] == []
+
+
+def test_locks_carry_what_older_3_11_patch_releases_need():
+    # pip-compile resolves markers for the interpreter it runs on; the images may run 3.11.2 (bookworm).
+    for lock in ("api", "worker", "model"):
+        assert "async-timeout" in locked(LOCKS / f"{lock}.txt"), lock
+
+
+@pytest.mark.parametrize("extra", ["api", "worker", "model"])
+def test_each_lock_covers_what_pyproject_names_for_that_image(extra):
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = requirement_names(project["dependencies"] + project["optional-dependencies"][extra]) | extra_in(extra)
+    missing = wanted - set(locked(LOCKS / f"{extra}.txt"))
+    assert not missing, f"requirements/{extra}.txt lacks {sorted(missing)}: run `make lock`"
+
+
+def test_build_lock_has_the_build_backend_pyproject_requires():
+    import tomllib
+
+    build = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    assert requirement_names(build) <= set(locked(LOCKS / "build.txt"))
+
+
+def test_the_api_lock_already_has_what_the_notifier_and_metrics_need():
+    # The slices in flight add these to pyproject.toml; the image must not wait for a re-lock.
+    assert {"pyyaml", "prometheus-client", "standardwebhooks", "httpx", "websockets"} <= set(locked(LOCKS / "api.txt"))
+    assert {"pyyaml", "prometheus-client", "onnxruntime"} <= set(locked(LOCKS / "worker.txt"))

@@ -68,13 +68,6 @@ Call with (dict "ctx" $ "image" .Values.api.image).
 {{- end }}
 
 {{/*
-Return the queue name: the one value the ConfigMap (QUEUE_NAME) and the ScaledObject (listName) both use.
-*/}}
-{{- define "asyncinfer.queueName" -}}
-{{- .Values.config.queueName }}
-{{- end }}
-
-{{/*
 Return the Redis host: the headless Service's fully qualified name, so KEDA resolves it from its own namespace too.
 */}}
 {{- define "asyncinfer.redisHost" -}}
@@ -89,10 +82,31 @@ Return the Redis address as `host:port` (KEDA's redis trigger `address`).
 {{- end }}
 
 {{/*
-Return REDIS_URL without a password: the services read it from REDIS_PASSWORD (the Secret) instead.
+Return REDIS_URL without a password: the services read it from REDIS_PASSWORD_FILE (the Secret) instead.
 */}}
 {{- define "asyncinfer.redisUrl" -}}
 {{- printf "redis://%s/0" (include "asyncinfer.redisAddress" .) }}
+{{- end }}
+
+{{/*
+Return the key prefix: the one value the ConfigMap (KEY_PREFIX) and every ScaledObject's list names use.
+*/}}
+{{- define "asyncinfer.keyPrefix" -}}
+{{- .Values.config.keyPrefix }}
+{{- end }}
+
+{{/*
+Return a model's pending LIST at one priority, as jobqueue/keys.py names it. Call with (dict "ctx" $ "model" "iris" "priority" "high").
+*/}}
+{{- define "asyncinfer.pendingKey" -}}
+{{- printf "%s:%s:pending:%s" (include "asyncinfer.keyPrefix" .ctx) .model .priority }}
+{{- end }}
+
+{{/*
+Return a model's in-flight ZSET (KEDA counts it with ZCARD). Call with (dict "ctx" $ "model" "iris").
+*/}}
+{{- define "asyncinfer.inflightKey" -}}
+{{- printf "%s:%s:inflight" (include "asyncinfer.keyPrefix" .ctx) .model }}
 {{- end }}
 
 {{/*
@@ -114,14 +128,121 @@ redis-password
 {{- end }}
 
 {{/*
-Return the REDIS_PASSWORD env entry every Redis client container gets from the Secret.
+Return the name of the Secret holding the API tokens file.
 */}}
-{{- define "asyncinfer.redisPasswordEnv" -}}
-- name: REDIS_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "asyncinfer.redisSecretName" . }}
-      key: {{ include "asyncinfer.redisSecretKey" . }}
+{{- define "asyncinfer.authSecretName" -}}
+{{- default (include "asyncinfer.componentName" (dict "ctx" . "component" "auth")) .Values.auth.existingSecret }}
+{{- end }}
+
+{{/*
+Return the key of the tokens file inside that Secret.
+*/}}
+{{- define "asyncinfer.authSecretKey" -}}
+{{- if .Values.auth.existingSecret }}{{ .Values.auth.existingSecretKey }}{{ else }}tokens{{ end }}
+{{- end }}
+
+{{/*
+Return the name of the Secret holding the webhook signing secret.
+*/}}
+{{- define "asyncinfer.webhookSecretName" -}}
+{{- default (include "asyncinfer.componentName" (dict "ctx" . "component" "webhook")) .Values.webhooks.existingSecret }}
+{{- end }}
+
+{{/*
+Return the key of the webhook signing secret inside that Secret.
+*/}}
+{{- define "asyncinfer.webhookSecretKey" -}}
+{{- if .Values.webhooks.existingSecret }}{{ .Values.webhooks.existingSecretKey }}{{ else }}webhook-secret{{ end }}
+{{- end }}
+
+{{/*
+Return where secret files are mounted; the *_FILE settings point below it.
+*/}}
+{{- define "asyncinfer.secretsDir" -}}
+/etc/asyncinfer/secrets
+{{- end }}
+
+{{/*
+Return the volume (Secret projection) a container reads its secret files from: Redis password always,
+tokens file for the API, webhook secret for the notifier. Call with (dict "ctx" $ "auth" bool "webhook" bool).
+Files, never env vars: no `kubectl describe`, crash dump or child process sees them, and a rotated Secret
+reaches the file without a restart.
+*/}}
+{{- define "asyncinfer.secretsVolume" -}}
+- name: secrets
+  projected:
+    defaultMode: 0440
+    sources:
+      - secret:
+          name: {{ include "asyncinfer.redisSecretName" .ctx }}
+          items:
+            - key: {{ include "asyncinfer.redisSecretKey" .ctx }}
+              path: redis-password
+      {{- if and .auth .ctx.Values.auth.enabled }}
+      - secret:
+          name: {{ include "asyncinfer.authSecretName" .ctx }}
+          items:
+            - key: {{ include "asyncinfer.authSecretKey" .ctx }}
+              path: auth-tokens
+      {{- end }}
+      {{- if .webhook }}
+      - secret:
+          name: {{ include "asyncinfer.webhookSecretName" .ctx }}
+          items:
+            - key: {{ include "asyncinfer.webhookSecretKey" .ctx }}
+              path: webhook-secret
+      {{- end }}
+{{- end }}
+
+{{/*
+Return the *_FILE env entries matching asyncinfer.secretsVolume. Call with the same dict.
+*/}}
+{{- define "asyncinfer.secretFileEnv" -}}
+- name: REDIS_PASSWORD_FILE
+  value: {{ printf "%s/redis-password" (include "asyncinfer.secretsDir" .ctx) | quote }}
+{{- if and .auth .ctx.Values.auth.enabled }}
+- name: AUTH_TOKENS_FILE
+  value: {{ printf "%s/auth-tokens" (include "asyncinfer.secretsDir" .ctx) | quote }}
+{{- end }}
+{{- if .webhook }}
+- name: WEBHOOK_SECRET_FILE
+  value: {{ printf "%s/webhook-secret" (include "asyncinfer.secretsDir" .ctx) | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
+Return true when helm talks to a cluster (install, upgrade, server dry-run): listing Secrets in the
+release namespace then returns a list, while an offline render (`helm template`, `helm lint`) gets an
+empty map. Helm itself lists those Secrets (its release records), so no extra permission is needed.
+*/}}
+{{- define "asyncinfer.clusterReachable" -}}
+{{- if lookup "v1" "Secret" .Release.Namespace "" }}true{{ end }}
+{{- end }}
+
+{{/*
+Return a generated secret value, base64-encoded: the one already in the cluster when the Secret exists
+(kept across upgrades), a random one on a live install, or, offline, the `offline` value the caller
+passes (deterministic, so two `helm template` runs give identical output).
+Call with (dict "ctx" $ "name" secretName "key" dataKey "random" randomValue "offline" offlineValue).
+*/}}
+{{- define "asyncinfer.generatedSecretValue" -}}
+{{- $existing := lookup "v1" "Secret" .ctx.Release.Namespace .name }}
+{{- if and $existing $existing.data (hasKey $existing.data .key) }}
+{{- index $existing.data .key }}
+{{- else if include "asyncinfer.clusterReachable" .ctx }}
+{{- .random | b64enc }}
+{{- else }}
+{{- .offline | b64enc }}
+{{- end }}
+{{- end }}
+
+{{/*
+Return a deterministic, NOT secret, stand-in for a generated secret in an offline render: derived from
+the release's identity so renders are reproducible. GitOps (offline) users must set the existingSecret values.
+Call with (dict "ctx" $ "purpose" "redis-password").
+*/}}
+{{- define "asyncinfer.offlineDerived" -}}
+{{- printf "asyncinfer/%s/%s/%s" .ctx.Release.Namespace .ctx.Release.Name .purpose | sha256sum | trunc 32 }}
 {{- end }}
 
 {{/*
@@ -139,7 +260,7 @@ seccompProfile:
 {{- end }}
 
 {{/*
-Return the container-level security context shared by every container of the chart.
+Return the container-level security context shared by every container of the chart. Call with the UID.
 */}}
 {{- define "asyncinfer.containerSecurityContext" -}}
 runAsNonRoot: true
@@ -156,10 +277,191 @@ seccompProfile:
 {{- end }}
 
 {{/*
-Return the in-flight sorted set KEDA's second trigger counts (ZCARD), as the workers name it.
+Return a Kubernetes quantity ("512Mi", "1G", 1073741824) as a whole number of bytes.
 */}}
-{{- define "asyncinfer.inflightKey" -}}
-{{- printf "%s:inflight" (include "asyncinfer.queueName" .) }}
+{{- define "asyncinfer.bytes" -}}
+{{- if kindIs "string" . }}
+{{- $number := regexFind "^[0-9]+(\\.[0-9]+)?" . }}
+{{- $suffix := trimPrefix $number . }}
+{{- $factors := dict "" 1 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 }}
+{{- if or (not $number) (not (hasKey $factors $suffix)) }}
+{{- fail (printf "%q is not a memory quantity this chart understands (bytes, or k/M/G/T/Ki/Mi/Gi/Ti)" .) }}
+{{- end }}
+{{- printf "%d" (int64 (mulf (float64 $number) (index $factors $suffix))) }}
+{{- else }}
+{{- printf "%d" (int64 .) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Return Redis's maxmemory in bytes: redis.maxmemory when set (it must be below the memory limit), else
+redis.maxmemoryPercent of the container memory limit, leaving the rest for AOF rewrite buffers, client
+buffers and fragmentation, so Redis refuses writes (noeviction) before the kernel OOM-kills it.
+*/}}
+{{- define "asyncinfer.redisMaxmemory" -}}
+{{- $r := .Values.redis }}
+{{- $limit := int64 (include "asyncinfer.bytes" $r.resources.limits.memory) }}
+{{- if $r.maxmemory }}
+{{- $explicit := int64 (include "asyncinfer.bytes" $r.maxmemory) }}
+{{- if ge $explicit $limit }}
+{{- fail (printf "redis.maxmemory (%v = %d bytes) must be below redis.resources.limits.memory (%v = %d bytes), or the kernel OOM-kills Redis before it refuses writes" $r.maxmemory $explicit $r.resources.limits.memory $limit) }}
+{{- end }}
+{{- $explicit }}
+{{- else }}
+{{- div (mul $limit (int64 $r.maxmemoryPercent)) 100 }}
+{{- end }}
+{{- end }}
+
+{{/*
+Return the models as a JSON list, each entry with its defaults filled in from config/worker/keda and
+the path the services open it at: `image` = the path in the image; `pvc` and `url` = below
+/models/<name>, where the claim or the downloaded file is mounted, in the API and the workers alike.
+Fails on a duplicate name.
+*/}}
+{{- define "asyncinfer.models" -}}
+{{- $c := .Values.config }}
+{{- $w := .Values.worker }}
+{{- $k := .Values.keda }}
+{{- $seen := dict }}
+{{- $out := list }}
+{{- range $m := .Values.models }}
+{{- if hasKey $seen $m.name }}
+{{- fail (printf "models: %q appears twice; every model needs its own name (it names its Redis keys and its worker Deployment)" $m.name) }}
+{{- end }}
+{{- $_ := set $seen $m.name true }}
+{{- $dir := printf "/models/%s" $m.name }}
+{{- $path := "" }}
+{{- if eq $m.source.type "image" }}
+{{- $path = $m.source.path }}
+{{- else if eq $m.source.type "pvc" }}
+{{- $path = printf "%s/%s" $dir (trimPrefix "/" $m.source.path) }}
+{{- else }}
+{{- $path = printf "%s/model.onnx" $dir }}
+{{- end }}
+{{- $mk := $m.keda | default dict }}
+{{- $keda := dict }}
+{{- range $key := list "minReplicaCount" "maxReplicaCount" "listLength" "activationListLength" }}
+{{- $_ := set $keda $key (ternary (index $mk $key) (index $k $key) (hasKey $mk $key)) }}
+{{- end }}
+{{- $entry := dict "name" $m.name "source" $m.source "dir" $dir "path" $path "keda" $keda }}
+{{- range $key := list "maxBatchSize" "maxBatchWaitMs" "inferenceProviders" "inferenceThreads" }}
+{{- $_ := set $entry $key (ternary (index $m $key) (index $c $key) (hasKey $m $key)) }}
+{{- end }}
+{{- range $key := list "replicaCount" "resources" "nodeSelector" "tolerations" "affinity" }}
+{{- $_ := set $entry $key (ternary (index $m $key) (index $w $key) (hasKey $m $key)) }}
+{{- end }}
+{{- $_ := set $entry "podAnnotations" (merge (deepCopy ($m.podAnnotations | default dict)) ($w.podAnnotations | default dict)) }}
+{{- $_ := set $entry "labels" ($m.labels | default list) }}
+{{- $_ := set $entry "sizeLimit" $.Values.modelFetch.sizeLimit }}
+{{- $out = append $out $entry }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{/*
+Return the name of the default model: config.defaultModel, or the first entry of `models`.
+*/}}
+{{- define "asyncinfer.defaultModel" -}}
+{{- default (first .Values.models).name .Values.config.defaultModel }}
+{{- end }}
+
+{{/*
+Return one model's MODELS_FILE entry (YAML, the keys jobqueue/models.py reads). `labels` there is a
+file: the model's label list, rendered as labels-<name>.json in the same ConfigMap. Call with the model.
+*/}}
+{{- define "asyncinfer.modelsFileEntry" -}}
+{{ .name }}:
+  path: {{ .path | quote }}
+  max_batch_size: {{ .maxBatchSize }}
+  max_batch_wait_ms: {{ .maxBatchWaitMs }}
+  inference_providers: {{ .inferenceProviders | quote }}
+  inference_threads: {{ .inferenceThreads }}
+  {{- if .labels }}
+  labels: {{ printf "/etc/asyncinfer/models/labels-%s.json" .name | quote }}
+  {{- end }}
+{{- end }}
+
+{{/*
+Return the configMap volume items one model needs: its MODELS_FILE entry (`model-<name>.yaml`, for its
+workers) or none, and its labels file when it has labels. Call with (dict "model" m "own" bool).
+*/}}
+{{- define "asyncinfer.modelFileItems" -}}
+{{- if .own }}
+- key: {{ printf "model-%s.yaml" .model.name }}
+  path: {{ printf "model-%s.yaml" .model.name }}
+{{- end }}
+{{- if .model.labels }}
+- key: {{ printf "labels-%s.json" .model.name }}
+  path: {{ printf "labels-%s.json" .model.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+Return the pod volumes that put one model's file where its `path` says (none for `image` sources).
+Call with the model.
+*/}}
+{{- define "asyncinfer.modelVolume" -}}
+{{- if eq .source.type "pvc" }}
+- name: {{ printf "model-%s" .name }}
+  persistentVolumeClaim:
+    claimName: {{ .source.claimName | quote }}
+    readOnly: true
+{{- else if eq .source.type "url" }}
+- name: {{ printf "model-%s" .name }}
+  emptyDir:
+    sizeLimit: {{ .sizeLimit | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
+Return the volumeMounts of one model (read-only; none for `image` sources). Call with the model.
+*/}}
+{{- define "asyncinfer.modelMount" -}}
+{{- if ne .source.type "image" }}
+- name: {{ printf "model-%s" .name }}
+  mountPath: {{ .dir | quote }}
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/*
+Return the init container that downloads a `url` model into its emptyDir and refuses it unless its
+sha256 matches (`sha256sum -c` exits non-zero, the init container fails, the pod never starts).
+Runs on the pod's own image (it has python3 and coreutils). Call with (dict "ctx" $ "model" m "image" img "pullPolicy" p "uid" uid).
+*/}}
+{{- define "asyncinfer.modelFetchInitContainer" -}}
+{{- if eq .model.source.type "url" }}
+- name: {{ printf "fetch-model-%s" .model.name }}
+  image: {{ .image | quote }}
+  imagePullPolicy: {{ .pullPolicy }}
+  command:
+    - sh
+    - -c
+    - |
+      set -eu
+      part="$MODEL_DIR/model.onnx.part"
+      python3 -c 'import shutil, sys, urllib.request; shutil.copyfileobj(urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[3])), open(sys.argv[2], "wb"))' "$MODEL_URL" "$part" "$FETCH_TIMEOUT_S"
+      echo "$MODEL_SHA256  $part" | sha256sum -c -
+      mv "$part" "$MODEL_DIR/model.onnx"
+  env:
+    - name: MODEL_URL
+      value: {{ .model.source.url | quote }}
+    - name: MODEL_SHA256
+      value: {{ .model.source.sha256 | quote }}
+    - name: MODEL_DIR
+      value: {{ .model.dir | quote }}
+    - name: FETCH_TIMEOUT_S
+      value: {{ .ctx.Values.modelFetch.timeoutSeconds | quote }}
+  resources:
+    {{- toYaml .ctx.Values.modelFetch.resources | nindent 4 }}
+  securityContext:
+    {{- include "asyncinfer.containerSecurityContext" .uid | nindent 4 }}
+  volumeMounts:
+    - name: {{ printf "model-%s" .model.name }}
+      mountPath: {{ .model.dir | quote }}
+    - name: tmp
+      mountPath: /tmp
+{{- end }}
 {{- end }}
 
 {{/*
@@ -176,10 +478,43 @@ Return nothing, or fail with one clear message when values contradict each other
 {{- if gt (int $c.requestTtlSeconds) (int $c.jobTtlSeconds) }}
 {{- fail (printf "config.requestTtlSeconds (%d) must not exceed config.jobTtlSeconds (%d): a pending job's record must outlive its start deadline" (int $c.requestTtlSeconds) (int $c.jobTtlSeconds)) }}
 {{- end }}
-{{- if and .Values.keda.enabled (gt (int .Values.keda.minReplicaCount) (int .Values.keda.maxReplicaCount)) }}
-{{- fail (printf "keda.minReplicaCount (%d) must not exceed keda.maxReplicaCount (%d)" (int .Values.keda.minReplicaCount) (int .Values.keda.maxReplicaCount)) }}
+{{- if gt (float64 $c.recoveryIntervalSeconds) (mulf (float64 $c.workerTtlSeconds) 10.0) }}
+{{- fail (printf "config.recoveryIntervalSeconds (%v) must be at most 10x config.workerTtlSeconds (%v)" $c.recoveryIntervalSeconds $c.workerTtlSeconds) }}
+{{- end }}
+{{- if eq (int .Values.api.metricsPort) (int .Values.api.containerPort) }}
+{{- fail (printf "api.metricsPort (%d) must differ from api.containerPort: /metrics gets its own listener, kept out of the Ingress" (int .Values.api.metricsPort)) }}
+{{- end }}
+{{- if and .Values.monitoring.serviceMonitor.enabled (eq (int .Values.api.metricsPort) 0) }}
+{{- fail "monitoring.serviceMonitor.enabled needs api.metricsPort > 0: the ServiceMonitor scrapes the API's metrics port" }}
 {{- end }}
 {{- if and .Values.redis.auth.existingSecret .Values.redis.auth.password }}
 {{- fail "redis.auth.password and redis.auth.existingSecret are mutually exclusive: the password comes from the existing Secret" }}
 {{- end }}
+{{- $names := list }}
+{{- range $m := include "asyncinfer.models" . | fromJsonArray }}
+{{- $names = append $names $m.name }}
+{{- if and $.Values.keda.enabled (gt (int $m.keda.minReplicaCount) (int $m.keda.maxReplicaCount)) }}
+{{- fail (printf "model %s: keda minReplicaCount (%d) must not exceed maxReplicaCount (%d)" $m.name (int $m.keda.minReplicaCount) (int $m.keda.maxReplicaCount)) }}
+{{- end }}
+{{- end }}
+{{- if and $c.defaultModel (not (has $c.defaultModel $names)) }}
+{{- fail (printf "config.defaultModel %q is not one of the models (%s)" $c.defaultModel (join ", " $names)) }}
+{{- end }}
+{{- $_ := include "asyncinfer.redisMaxmemory" . }}
+{{- end }}
+
+{{/*
+Return the name of one model's worker objects (Deployment, ScaledObject, PDB): `<fullname>-worker-<model>`.
+Call with (dict "ctx" $ "model" name).
+*/}}
+{{- define "asyncinfer.workerName" -}}
+{{- printf "%s-worker-%s" (include "asyncinfer.fullname" .ctx) .model }}
+{{- end }}
+
+{{/*
+Return the selector labels of one model's worker pods. Call with (dict "ctx" $ "model" name).
+*/}}
+{{- define "asyncinfer.workerSelectorLabels" -}}
+{{ include "asyncinfer.selectorLabels" (dict "ctx" .ctx "component" "worker") }}
+asyncinfer.io/model: {{ .model }}
 {{- end }}
