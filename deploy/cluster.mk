@@ -72,7 +72,7 @@ deploy: kind-load ## helm upgrade --install the chart on kind with the local ima
 # The chart turns auth on: the e2e suite gets the generated admin token (from the tokens Secret file).
 e2e-cluster: deploy ## helm test, then the e2e suite (incl. KEDA scaling) against the kind ingress
 	$(HELM) --kube-context $(KUBE_CONTEXT) test $(RELEASE) --namespace $(NAMESPACE) --logs --timeout 5m
-	E2E_AUTH_TOKEN="$$($(KUBECTL) --context $(KUBE_CONTEXT) -n $(NAMESPACE) get secret $(RELEASE)-asyncinfer-auth \
+	E2E_TOKEN="$$($(KUBECTL) --context $(KUBE_CONTEXT) -n $(NAMESPACE) get secret $(RELEASE)-asyncinfer-auth \
 		-o jsonpath='{.data.tokens}' | base64 -d | awk '$$1 == "admin" {print $$3}')" \
 	E2E_CLUSTER=1 E2E_BASE_URL=$(E2E_BASE_URL) E2E_NAMESPACE=$(NAMESPACE) E2E_RELEASE=$(RELEASE) \
 		E2E_KUBECTL=$(KUBECTL) E2E_KUBE_CONTEXT=$(KUBE_CONTEXT) \

@@ -40,7 +40,8 @@ def kubectl_json(*args: str) -> dict:
 
 def worker_name() -> str:
     # Same rule as asyncinfer.fullname: the release name alone when it already contains the chart name.
-    return f"{RELEASE}-worker" if "asyncinfer" in RELEASE else f"{RELEASE}-asyncinfer-worker"
+    base = RELEASE if "asyncinfer" in RELEASE else f"{RELEASE}-asyncinfer"
+    return f"{base}-worker-{os.environ.get('E2E_MODEL', 'iris')}"  # one worker Deployment per model
 
 
 def worker_replicas() -> int:
