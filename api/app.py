@@ -44,7 +44,9 @@ class ConcurrencyLimit:
         if scope["type"] != "http" or scope["path"] in UNLIMITED_PATHS or scope["path"].endswith("/events"):
             return await self.app(scope, receive, send)
         if self.active >= self.limit:
-            problem = HTTPProblem(503, f"this API process is serving {self.limit} requests (MAX_CONCURRENT_REQUESTS)", {"Retry-After": "1"})
+            problem = HTTPProblem(
+                503, f"this API process is serving {self.limit} requests (MAX_CONCURRENT_REQUESTS)", {"Retry-After": "1"}
+            )
             return await problem_response(problem)(scope, receive, send)
         self.active += 1
         try:
@@ -58,7 +60,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configs = load_models(settings)  # a bad MODELS_FILE stops the start with its message
     tokens = TokenFile(settings.auth_tokens_file) if settings.auth_tokens_file else None
     if tokens is None:
-        log.warning("AUTHENTICATION IS OFF (no AUTH_TOKENS_FILE): anyone who reaches this API can submit, read and cancel any job")
+        log.warning(
+            "AUTHENTICATION IS OFF (no AUTH_TOKENS_FILE): anyone who reaches this API can submit, read and cancel any job"
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

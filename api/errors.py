@@ -93,7 +93,8 @@ def as_problem(exc: Exception) -> HTTPProblem | None:
     if isinstance(exc, UNAVAILABLE):
         log.warning("redis unavailable: %s", exc)
         return HTTPProblem(
-            503, "job store (Redis) is unavailable; try again (a repeated submit with the same Idempotency-Key is safe)",
+            503,
+            "job store (Redis) is unavailable; try again (a repeated submit with the same Idempotency-Key is safe)",
             {"Retry-After": str(RETRY_AFTER_S)},
         )
     if isinstance(exc, REFUSED):
@@ -101,7 +102,8 @@ def as_problem(exc: Exception) -> HTTPProblem | None:
         # their first write, so nothing was stored.
         log.error("redis refused a command: %s", exc)
         return HTTPProblem(
-            503, f"job store (Redis) refused the command ({refusal_reason(exc)}); nothing was stored, try again later",
+            503,
+            f"job store (Redis) refused the command ({refusal_reason(exc)}); nothing was stored, try again later",
             {"Retry-After": str(RETRY_AFTER_S * 5)},
         )
     return None
@@ -118,5 +120,15 @@ def install_error_handlers(app: FastAPI) -> None:
             raise exc
         return problem_response(problem)
 
-    for error in (HTTPProblem, JobNotFound, WrongState, QueueFull, RateLimited, TooManyUnfinished, IdempotencyConflict, *UNAVAILABLE, *REFUSED):
+    for error in (
+        HTTPProblem,
+        JobNotFound,
+        WrongState,
+        QueueFull,
+        RateLimited,
+        TooManyUnfinished,
+        IdempotencyConflict,
+        *UNAVAILABLE,
+        *REFUSED,
+    ):
         app.add_exception_handler(error, handle)

@@ -60,7 +60,9 @@ class HotPathMiddleware:
             if is_submit:
                 key = request.headers.get("idempotency-key")
                 if key is not None and len(key) > jobs.MAX_IDEMPOTENCY_KEY:
-                    raise invalid(["header", "Idempotency-Key"], f"String should have at most {jobs.MAX_IDEMPOTENCY_KEY} characters")
+                    raise invalid(
+                        ["header", "Idempotency-Key"], f"String should have at most {jobs.MAX_IDEMPOTENCY_KEY} characters"
+                    )
                 body = await jobs.read_body(request, state.settings.max_body_bytes)
                 response = await jobs.submit_job(state, caller, None, body, key, request.headers.get("prefer"), receive)
             else:

@@ -425,8 +425,10 @@ def job_data(request: InferRequest, signature: ModelSignature) -> tuple[Any, int
                 raise OIPError(f"outputs[{index}].name: unknown output {requested.name!r}; the model's outputs are {known}")
             position = known.index(requested.name)
             if result_key(position, signature.outputs[position], signature) is None:
-                raise OIPError(f"outputs[{index}].name: output {requested.name!r} cannot be returned: its name is"
-                               f" shadowed by the worker's result key {requested.name!r}")
+                raise OIPError(
+                    f"outputs[{index}].name: output {requested.name!r} cannot be returned: its name is"
+                    f" shadowed by the worker's result key {requested.name!r}"
+                )
     if len(signature.inputs) == 1:
         return rows[signature.inputs[0].name], batch
     return {spec.name: rows[spec.name] for spec in signature.inputs}, batch
@@ -538,8 +540,10 @@ def select_outputs(tensors: list[OutputTensor], request: InferRequest) -> list[O
     selected = []
     for index, requested in enumerate(request.outputs):
         if requested.name not in by_name:
-            raise OIPError(f"outputs[{index}].name: output {requested.name!r} cannot be returned (its name is shadowed by"
-                           " the worker's result keys 'prediction'/'class_name')")
+            raise OIPError(
+                f"outputs[{index}].name: output {requested.name!r} cannot be returned (its name is shadowed by"
+                " the worker's result keys 'prediction'/'class_name')"
+            )
         selected.append(by_name[requested.name])
     return selected
 

@@ -97,7 +97,9 @@ class ModelRegistry:
                     await asyncio.to_thread(entry.load)
                 except Exception as exc:  # any reason is reported the same way
                     if entry.error != str(exc):
-                        log.error("model %s: cannot read its signature (%s); retrying every %ss", entry.name, exc, SIGNATURE_RETRY_S)
+                        log.error(
+                            "model %s: cannot read its signature (%s); retrying every %ss", entry.name, exc, SIGNATURE_RETRY_S
+                        )
                     entry.error = str(exc)
                 else:
                     log.info("serving model %s version %s", entry.name, entry.version)
@@ -261,7 +263,9 @@ class AppState:
         idempotency_key: str | None = None,
     ) -> str:
         """Validate and enqueue one job; its id. Refusals raise HTTPProblem (422, 404, 429, 503)."""
-        job = self.validated_job(principal or ANONYMOUS, self.models.require(model_name), data, priority, callback_url, idempotency_key)
+        job = self.validated_job(
+            principal or ANONYMOUS, self.models.require(model_name), data, priority, callback_url, idempotency_key
+        )
         return (await self.enqueue(job)).job_id
 
     async def enqueue(self, job: NewJob) -> Enqueued:

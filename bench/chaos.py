@@ -63,8 +63,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="asyncinfer-chaos-") as tmp:
         work = Path(tmp)
         server = RedisServer(work / "redis", appendfsync="everysec").start()
-        env = dict(os.environ, REDIS_URL=server.url, MODEL_PATH=str(ROOT / "models" / "iris.onnx"), KEY_PREFIX=keys.prefix,
-                   PORT=str(free_port()), LOG_LEVEL="WARNING", MAX_BATCH_SIZE="32", **settings)
+        env = dict(
+            os.environ,
+            REDIS_URL=server.url,
+            MODEL_PATH=str(ROOT / "models" / "iris.onnx"),
+            KEY_PREFIX=keys.prefix,
+            PORT=str(free_port()),
+            LOG_LEVEL="WARNING",
+            MAX_BATCH_SIZE="32",
+            **settings,
+        )
         client = redis.Redis.from_url(server.url, decode_responses=True)
         api = spawn([str(BIN / "asyncinfer-api")], env, work / "api.log")
         workers = [spawn([str(BIN / "asyncinfer-worker")], env, work / f"worker-{i}.log") for i in range(2)]
@@ -107,9 +115,15 @@ def main() -> None:
         final = statuses(client, keys, accepted)
         for job_id, (status, _) in zip(accepted, final, strict=True):
             if status != "completed":  # say where a job that did not finish is, to debug it
-                where = [key for key in client.keys(keys.prefix + ":*") if client.type(key) == "list" and job_id in client.lrange(key, 0, -1)]
-                print(f"not completed: {job_id} {client.hgetall(keys.job(job_id))} in lists {where}"
-                      f" inflight={client.zscore(model_keys.inflight, job_id)} workers={client.zrange(model_keys.workers, 0, -1, withscores=True)}")
+                where = [
+                    key
+                    for key in client.keys(keys.prefix + ":*")
+                    if client.type(key) == "list" and job_id in client.lrange(key, 0, -1)
+                ]
+                print(
+                    f"not completed: {job_id} {client.hgetall(keys.job(job_id))} in lists {where}"
+                    f" inflight={client.zscore(model_keys.inflight, job_id)} workers={client.zrange(model_keys.workers, 0, -1, withscores=True)}"
+                )
         for proc in (api, *workers):
             stop(proc, 30)
         measured.set()
@@ -123,15 +137,17 @@ def main() -> None:
     duplicated = sum(max(a - 1, 0) for _, a in final)
     recoveries = [recovered_at[n] - k for n, (k, held) in enumerate(kills) if n in recovered_at and held]
     held_total = sum(len(held) for _, held in kills)
-    report = "\n".join([
-        f"asyncinfer chaos bench: {args.jobs} jobs via the API, 2 workers, one SIGKILLed and restarted every {args.kill_every:g}s",
-        f"settings: {' '.join(f'{k}={v}' for k, v in settings.items())} (recovery bound = TTL + interval = 6s)",
-        "",
-        "| submitted | completed | lost | worker kills | jobs held at kills | duplicated runs | max recovery s | wall s |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
-        f"| {len(accepted)} | {completed} | {len(accepted) - completed} | {len(kills)} | {held_total} | {duplicated} "
-        f"| {max(recoveries, default=0):.1f} | {elapsed:.1f} |",
-    ])
+    report = "\n".join(
+        [
+            f"asyncinfer chaos bench: {args.jobs} jobs via the API, 2 workers, one SIGKILLed and restarted every {args.kill_every:g}s",
+            f"settings: {' '.join(f'{k}={v}' for k, v in settings.items())} (recovery bound = TTL + interval = 6s)",
+            "",
+            "| submitted | completed | lost | worker kills | jobs held at kills | duplicated runs | max recovery s | wall s |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+            f"| {len(accepted)} | {completed} | {len(accepted) - completed} | {len(kills)} | {held_total} | {duplicated} "
+            f"| {max(recoveries, default=0):.1f} | {elapsed:.1f} |",
+        ]
+    )
     print(report)
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)

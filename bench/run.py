@@ -120,8 +120,16 @@ class System:
         self.keys = StoreKeys(prefix)
         # the naive design's one list; ours: the iris model's normal-priority list
         self.queue_name = f"{prefix}:queue" if name == "naive" else self.keys.model("iris").pending()
-        self.env = dict(os.environ, REDIS_URL=redis_url, MODEL_PATH=MODEL, QUEUE_NAME=self.queue_name, KEY_PREFIX=prefix,
-                        LOG_LEVEL="WARNING", PYTHONPATH=str(ROOT), MAX_QUEUE_LENGTH="0")
+        self.env = dict(
+            os.environ,
+            REDIS_URL=redis_url,
+            MODEL_PATH=MODEL,
+            QUEUE_NAME=self.queue_name,
+            KEY_PREFIX=prefix,
+            LOG_LEVEL="WARNING",
+            PYTHONPATH=str(ROOT),
+            MAX_QUEUE_LENGTH="0",
+        )
 
     def argv(self, role: str) -> list[str]:
         if self.name == "naive":
@@ -217,10 +225,15 @@ def main() -> None:
         "| system | submit req/s | submit p50 ms | submit p99 ms | completed jobs/s | drain jobs/s | API RSS MB | worker RSS MB |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for label, r, d in (("naive seed design", naive, naive_drain), ("asyncinfer", ours, ours_drain),
-                        ("asyncinfer, long-poll clients", ours_long_poll, None)):
+    for label, r, d in (
+        ("naive seed design", naive, naive_drain),
+        ("asyncinfer", ours, ours_drain),
+        ("asyncinfer, long-poll clients", ours_long_poll, None),
+    ):
         drain_cell = f"{d:,.0f}" if d else "-"
-        lines.append(f"| {label} | {r.submit_rps:,.0f} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.completed_jps:,.0f} | {drain_cell} | {r.api_rss_mb:.0f} | {r.worker_rss_mb:.0f} |")
+        lines.append(
+            f"| {label} | {r.submit_rps:,.0f} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.completed_jps:,.0f} | {drain_cell} | {r.api_rss_mb:.0f} | {r.worker_rss_mb:.0f} |"
+        )
     lines += [
         "",
         f"ratio asyncinfer / naive: end to end {ours.completed_jps / naive.completed_jps:.2f}x (long-poll clients "

@@ -1,6 +1,6 @@
 """`make docs`: put generated text between `<!-- NAME:begin -->` and `<!-- NAME:end -->` markers.
 
-    python docs/splice.py README.md settings "$(python -m jobqueue.settings)"
+python docs/splice.py README.md settings "$(python -m jobqueue.settings)"
 """
 
 from __future__ import annotations

@@ -26,7 +26,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:  # annotations only: the worker imports this module without the API's modules
-
     from jobqueue.admin import StoreOverview
 
 # Job latencies span a 10 ms model call to a job that waited an hour in a backlog (REQUEST_TTL_SECONDS

@@ -126,7 +126,9 @@ def read_signature(model_path: str | os.PathLike[str], labels_path: str = "") ->
     )
     for spec in signature.inputs:
         if spec.dtype is None or not spec.shape:
-            raise ValueError(f"input {spec.name!r} ({spec.elem_type}): only tensors of a numpy type with a leading batch dimension are supported")
+            raise ValueError(
+                f"input {spec.name!r} ({spec.elem_type}): only tensors of a numpy type with a leading batch dimension are supported"
+            )
     return signature
 
 
@@ -231,13 +233,17 @@ def parse_input(data: Any, signature: ModelSignature, max_rows: int, raw: str | 
     """
     # `raw`: the JSON text `data` came from. Without a `true`/`false` token in it there is no boolean
     # to look for, which spares a walk over every value (a third of the check's time).
-    may_hold_booleans = raw is None or (b"true" in raw or b"false" in raw if isinstance(raw, bytes) else "true" in raw or "false" in raw)
+    may_hold_booleans = raw is None or (
+        b"true" in raw or b"false" in raw if isinstance(raw, bytes) else "true" in raw or "false" in raw
+    )
     loc: tuple[str | int, ...] = ("body", "data")
     if isinstance(data, dict):
         names = [spec.name for spec in signature.inputs]
         missing, unknown = set(names) - set(data), set(data) - set(names)
         if missing or unknown:
-            raise InputError(loc, f"expected exactly the model inputs {names}; missing {sorted(missing)}, unknown {sorted(unknown)}")
+            raise InputError(
+                loc, f"expected exactly the model inputs {names}; missing {sorted(missing)}, unknown {sorted(unknown)}"
+            )
         pairs = [(spec, data[spec.name], loc + (spec.name,)) for spec in signature.inputs]
     elif len(signature.inputs) == 1:
         pairs = [(signature.inputs[0], data, loc)]

@@ -84,7 +84,9 @@ def load_models(settings: Settings) -> dict[str, ModelConfig]:
             raise ModelConfigError(f"MODELS_FILE: model {name!r} needs a `path`")
         unknown = set(spec) - MODEL_FIELDS
         if unknown:
-            raise ModelConfigError(f"MODELS_FILE: model {name!r} has unknown fields {sorted(unknown)}; known: {sorted(MODEL_FIELDS)}")
+            raise ModelConfigError(
+                f"MODELS_FILE: model {name!r} has unknown fields {sorted(unknown)}; known: {sorted(MODEL_FIELDS)}"
+            )
         path = Path(spec["path"])
         if not path.is_absolute():
             path = Path(settings.models_file).parent / path if not path.exists() else path
@@ -98,7 +100,9 @@ def load_models(settings: Settings) -> dict[str, ModelConfig]:
         except (TypeError, ValueError) as exc:
             raise ModelConfigError(f"MODELS_FILE: model {name!r}: {exc}") from None
         if not 1 <= batch <= 4096 or wait < 0 or threads < 0:
-            raise ModelConfigError(f"MODELS_FILE: model {name!r}: max_batch_size 1..4096, max_batch_wait_ms >= 0, inference_threads >= 0")
+            raise ModelConfigError(
+                f"MODELS_FILE: model {name!r}: max_batch_size 1..4096, max_batch_wait_ms >= 0, inference_threads >= 0"
+            )
         models[name] = ModelConfig(
             name=name,
             path=str(path),

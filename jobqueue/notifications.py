@@ -107,9 +107,7 @@ class NotificationStore:
 
     async def claim(self, max_ids: int, lease_ms: int) -> list[Lease]:
         """Lease up to `max_ids` due deliveries for `lease_ms` (see notify_claim.lua)."""
-        reply = await self._scripts["notify_claim"](
-            keys=[self.keys.notify], args=[self.keys.job_prefix, max_ids, lease_ms]
-        )
+        reply = await self._scripts["notify_claim"](keys=[self.keys.notify], args=[self.keys.job_prefix, max_ids, lease_ms])
         return [Lease(_text(reply[i]), int(reply[i + 1])) for i in range(0, len(reply), 2)]
 
     async def read(self, job_id: str) -> DeliveryRecord | None:
@@ -169,7 +167,10 @@ class NotificationStore:
         pipe = self.client.pipeline(transaction=False)
         for job_id in ids:
             pipe.hmget(self.keys.job(job_id), RECORD_FIELDS)
-        records = [parse_record(job_id, RECORD_FIELDS, values) for job_id, values in zip(ids, await pipe.execute() if ids else [], strict=True)]
+        records = [
+            parse_record(job_id, RECORD_FIELDS, values)
+            for job_id, values in zip(ids, await pipe.execute() if ids else [], strict=True)
+        ]
         return [job_view(r) for r in records if r is not None and r.notify_state == NotifyState.FAILED]
 
     async def due_count(self) -> int:

@@ -443,13 +443,17 @@ class WorkerQueue:
         a batch of several model calls); returns how many moved."""
         if not job_ids:
             return 0
-        reply = self._scripts["extend"](keys=[self.keys.inflight], args=[worker_id, self.store.job_prefix, self.backstop_ms, *job_ids])
+        reply = self._scripts["extend"](
+            keys=[self.keys.inflight], args=[worker_id, self.store.job_prefix, self.backstop_ms, *job_ids]
+        )
         return int(reply)
 
     def heartbeat(self, worker_id: str) -> int:
         """Push this worker's heartbeat deadline forward; returns it (ms)."""
         k = self.keys
-        return int(self._scripts["heartbeat"](keys=[k.workers, k.stats], args=[worker_id, int(self.settings.worker_ttl_seconds * 1000)]))
+        return int(
+            self._scripts["heartbeat"](keys=[k.workers, k.stats], args=[worker_id, int(self.settings.worker_ttl_seconds * 1000)])
+        )
 
     def recover(self, worker_id: str) -> RecoverCounts | None:
         """Requeue dead workers' jobs and fail jobs past their backstop; None when another worker just

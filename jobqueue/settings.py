@@ -34,7 +34,9 @@ class Settings(BaseModel):
     # -- Redis ---------------------------------------------------------------------------------
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis to store jobs in (redis:// or rediss://).")
     redis_password: str = Field("", description="Redis password; prefer REDIS_PASSWORD_FILE.")
-    redis_password_file: str = Field("", description="File holding the Redis password (a mounted Secret); wins over REDIS_PASSWORD.")
+    redis_password_file: str = Field(
+        "", description="File holding the Redis password (a mounted Secret); wins over REDIS_PASSWORD."
+    )
     key_prefix: str = Field(
         "asyncinfer",
         min_length=1,
@@ -44,29 +46,47 @@ class Settings(BaseModel):
     )
 
     # -- models ----------------------------------------------------------------------------------
-    model_path: str = Field("models/iris.onnx", description="The ONNX file of a one-model setup (ignored when MODELS_FILE is set).")
+    model_path: str = Field(
+        "models/iris.onnx", description="The ONNX file of a one-model setup (ignored when MODELS_FILE is set)."
+    )
     labels_path: str = Field("", description="Optional class names for MODEL_PATH (JSON list or one per line).")
-    models_file: str = Field("", description="YAML file mapping model name to {path, labels, max_batch_size, ...}; several models.")
+    models_file: str = Field(
+        "", description="YAML file mapping model name to {path, labels, max_batch_size, ...}; several models."
+    )
     default_model: str = Field("", description="Model served by /predict and /metadata; default: the first in MODELS_FILE.")
     model_name: str = Field("", description="Worker: the model this process serves; default: the default model.")
     inference_threads: int = Field(0, ge=0, le=256, description="ONNX Runtime intra-op threads; 0 = its own default.")
     inference_providers: str = Field(
-        "CPUExecutionProvider", description="ONNX Runtime execution providers in order, comma-separated; missing ones are skipped."
+        "CPUExecutionProvider",
+        description="ONNX Runtime execution providers in order, comma-separated; missing ones are skipped.",
     )
 
     # -- jobs ------------------------------------------------------------------------------------
     job_ttl_seconds: int = Field(3600, ge=1, description="How long a finished job's record (and result) is kept.")
     request_ttl_seconds: int = Field(1800, ge=0, description="A job not started within this ends expired; 0 = never.")
     max_batch_size: int = Field(128, ge=1, le=4096, description="Most jobs one model call takes.")
-    max_batch_wait_ms: float = Field(5, ge=0, le=10_000, description="Longest a worker waits to fill a batch once it holds jobs; it stops at the first look that finds none.")
+    max_batch_wait_ms: float = Field(
+        5,
+        ge=0,
+        le=10_000,
+        description="Longest a worker waits to fill a batch once it holds jobs; it stops at the first look that finds none.",
+    )
     max_attempts: int = Field(3, ge=1, le=100, description="Runs of one job before it fails for good.")
-    job_timeout_seconds: float = Field(60, gt=0, le=86_400, description="Longest model call for one job; longer is aborted and fails.")
+    job_timeout_seconds: float = Field(
+        60, gt=0, le=86_400, description="Longest model call for one job; longer is aborted and fails."
+    )
     worker_ttl_seconds: float = Field(10, gt=0, le=3600, description="A worker silent this long is dead; its jobs are requeued.")
     recovery_interval_seconds: float = Field(5, gt=0, le=3600, description="How often some worker looks for dead workers' jobs.")
-    drain_timeout_seconds: float = Field(25, ge=0, le=3600, description="On SIGTERM, time to finish held jobs before handing them back.")
-    shutdown_delay_seconds: float = Field(0, ge=0, le=300, description="API: serve unready this long after SIGTERM before closing.")
+    drain_timeout_seconds: float = Field(
+        25, ge=0, le=3600, description="On SIGTERM, time to finish held jobs before handing them back."
+    )
+    shutdown_delay_seconds: float = Field(
+        0, ge=0, le=300, description="API: serve unready this long after SIGTERM before closing."
+    )
 
-    max_queue_length: int = Field(100_000, ge=0, description="Most pending jobs per model; more is refused with 429; 0 = unbounded.")
+    max_queue_length: int = Field(
+        100_000, ge=0, description="Most pending jobs per model; more is refused with 429; 0 = unbounded."
+    )
     max_body_bytes: int = Field(1_048_576, ge=64, description="Largest request body.")
     max_rows_per_job: int = Field(256, ge=1, description="Most input rows in one job.")
     max_bulk_items: int = Field(1000, ge=1, le=100_000, description="Most items in one bulk submit or lookup.")
@@ -90,12 +110,16 @@ class Settings(BaseModel):
     webhook_max_attempts: int = Field(8, ge=1, le=30, description="Deliveries tried before a webhook is given up.")
 
     # -- Open Inference Protocol -----------------------------------------------------------------
-    oip_wait_seconds: float = Field(30, ge=0, le=300, description="How long /v2/models/{name}/infer waits for the job before a 202.")
+    oip_wait_seconds: float = Field(
+        30, ge=0, le=300, description="How long /v2/models/{name}/infer waits for the job before a 202."
+    )
 
     # -- processes -------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="API listen address.")
     port: int = Field(8000, ge=0, le=65535, description="API listen port.")
-    metrics_port: int = Field(0, ge=0, le=65535, description="API: separate /metrics listener (not routed by the Ingress); 0 = on PORT.")
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="API: separate /metrics listener (not routed by the Ingress); 0 = on PORT."
+    )
     worker_health_port: int = Field(0, ge=0, le=65535, description="Worker/notifier probes and /metrics; 0 = none.")
     log_level: str = Field("INFO", pattern=r"^(?i:debug|info|warning|error|critical)$", description="Log level.")
 
@@ -146,7 +170,14 @@ def markdown_table() -> str:
     for name, field in Settings.model_fields.items():
         bounds = []
         for item in field.metadata:
-            for attr, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"), ("min_length", "length >="), ("max_length", "length <=")):
+            for attr, sign in (
+                ("ge", ">="),
+                ("gt", ">"),
+                ("le", "<="),
+                ("lt", "<"),
+                ("min_length", "length >="),
+                ("max_length", "length <="),
+            ):
                 value = getattr(item, attr, None)
                 if value is not None:
                     bounds.append(f"{sign} {value:g}" if isinstance(value, float) else f"{sign} {value}")

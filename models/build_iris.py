@@ -38,9 +38,7 @@ def build(out: Path) -> None:
     onx.model_version = MODEL_VERSION
     # rename the input so the signature reads naturally and make its batch dimension dynamic
     onx.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
-    helper.set_model_props(
-        onx, {"name": "iris", "version": str(MODEL_VERSION), "labels": json.dumps(list(iris.target_names))}
-    )
+    helper.set_model_props(onx, {"name": "iris", "version": str(MODEL_VERSION), "labels": json.dumps(list(iris.target_names))})
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_bytes(onx.SerializeToString())

@@ -110,7 +110,9 @@ class PinnedTransport(httpx.AsyncBaseTransport):
     the first name only).
     """
 
-    def __init__(self, allow_private: bool, resolver: Resolver = system_resolver, inner: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self, allow_private: bool, resolver: Resolver = system_resolver, inner: httpx.AsyncBaseTransport | None = None
+    ) -> None:
         self.allow_private = allow_private
         self.resolver = resolver
         # trust_env=False: an HTTP(S)_PROXY variable would route around the pinning
@@ -120,7 +122,9 @@ class PinnedTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         host = request.url.host
-        addresses = await resolve_vetted(host, request.url.port or (443 if request.url.scheme == "https" else 80), self.allow_private, self.resolver)
+        addresses = await resolve_vetted(
+            host, request.url.port or (443 if request.url.scheme == "https" else 80), self.allow_private, self.resolver
+        )
         if request.url.scheme == "https":
             request.extensions = {**request.extensions, "sni_hostname": host}
         last_error: httpx.ConnectError | None = None
@@ -171,7 +175,9 @@ async def attempt_delivery(client: httpx.AsyncClient, record: DeliveryRecord, se
     except CallbackRefused as exc:
         return AttemptOutcome(False, True, None, str(exc))
     except TimeoutError:
-        return AttemptOutcome(False, False, None, f"timed out after {settings.webhook_timeout_seconds:g}s (WEBHOOK_TIMEOUT_SECONDS)")
+        return AttemptOutcome(
+            False, False, None, f"timed out after {settings.webhook_timeout_seconds:g}s (WEBHOOK_TIMEOUT_SECONDS)"
+        )
     except httpx.TimeoutException as exc:
         return AttemptOutcome(False, False, None, f"timed out: {type(exc).__name__}")
     except (httpx.HTTPError, OSError) as exc:

@@ -157,7 +157,9 @@ class Notifier:
                 return
             previous = (record.view["notification"] or {}).get("attempts", 0)
             delay_s = outcome.retry_after_s if outcome.retry_after_s is not None else backoff_delay_s(previous + 1)
-            result = await self.store.failed_attempt(lease, outcome.http_status, outcome.error, outcome.permanent, int(delay_s * 1000))
+            result = await self.store.failed_attempt(
+                lease, outcome.http_status, outcome.error, outcome.permanent, int(delay_s * 1000)
+            )
             if result.code is TransitionCode.GIVEN_UP:
                 self._count("failed")
                 log.warning("gave up %s after %d attempts: %s", lease.job_id, result.attempts, outcome.error)
@@ -195,7 +197,9 @@ def signing_secret(settings: Settings) -> str:
     except Exception as exc:
         raise SystemExit(f"asyncinfer-notifier: WEBHOOK_SECRET is not a valid whsec_ (base64) secret: {exc}") from None
     if size < MIN_SECRET_BYTES:
-        raise SystemExit(f"asyncinfer-notifier: WEBHOOK_SECRET holds {size} bytes; Standard Webhooks needs at least {MIN_SECRET_BYTES}")
+        raise SystemExit(
+            f"asyncinfer-notifier: WEBHOOK_SECRET holds {size} bytes; Standard Webhooks needs at least {MIN_SECRET_BYTES}"
+        )
     return secret
 
 
@@ -211,7 +215,10 @@ async def main(settings: Settings) -> None:
     probes = serve_probes(settings.worker_health_port, notifier) if settings.worker_health_port else None
     log.info(
         "notifier up: outbox %s, timeout %gs, max attempts %d, lease %dms",
-        notifier.store.keys.notify, settings.webhook_timeout_seconds, settings.webhook_max_attempts, lease_ms(settings),
+        notifier.store.keys.notify,
+        settings.webhook_timeout_seconds,
+        settings.webhook_max_attempts,
+        lease_ms(settings),
     )
     try:
         await notifier.serve()

@@ -115,7 +115,9 @@ class OnnxModel:
         if self._fixed_batch is None:
             if self.progress:
                 self.progress()
-            return [self._per_row(name, out, rows) for name, out in zip(self.output_names, self._call(feeds, timeout_s), strict=True)]
+            return [
+                self._per_row(name, out, rows) for name, out in zip(self.output_names, self._call(feeds, timeout_s), strict=True)
+            ]
         # A model exported with a fixed batch size: run in chunks of it, padding the last chunk.
         size = self._fixed_batch
         per_output: list[list[Any]] = [[] for _ in self.output_names]

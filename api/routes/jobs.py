@@ -157,7 +157,13 @@ async def submit_job(
     fields = submit_fields(json_object(body, '{"data": [[...]]}'), ("body",))
     entry = state.models.require(model_name)
     job = state.validated_job(
-        caller.name, entry, fields["data"], fields.get("priority", "normal"), fields.get("callback_url"), idempotency_key, raw=body
+        caller.name,
+        entry,
+        fields["data"],
+        fields.get("priority", "normal"),
+        fields.get("callback_url"),
+        idempotency_key,
+        raw=body,
     )
     enqueued = await state.enqueue(job)
     headers = {"Location": f"/job/{enqueued.job_id}", "Vary": "Prefer"}
@@ -182,7 +188,9 @@ async def owned(state: AppState, caller: Principal, job_id: str) -> JobRecord:
     return record
 
 
-async def read_job(state: AppState, caller: Principal, job_id: str, wait: float | None, receive: Receive | None = None) -> Response:
+async def read_job(
+    state: AppState, caller: Principal, job_id: str, wait: float | None, receive: Receive | None = None
+) -> Response:
     record = await owned(state, caller, job_id)
     if wait and not record.status.terminal:
         record = await wait_for_end(state, job_id, wait, receive)
@@ -196,7 +204,9 @@ _SUBMIT_BODY = {"requestBody": {"required": True, "content": {"application/json"
     "/predict", status_code=202, response_model=JobAccepted, responses=_SUBMIT_ERRORS, openapi_extra=_SUBMIT_BODY,
     summary="Submit one job to the default model",
 )  # fmt: skip
-async def predict(request: Request, state: State, caller: Caller, idempotency_key: IdempotencyKey = None, prefer: Prefer = None) -> Response:
+async def predict(
+    request: Request, state: State, caller: Caller, idempotency_key: IdempotencyKey = None, prefer: Prefer = None
+) -> Response:
     body = await read_body(request, state.settings.max_body_bytes)
     return await submit_job(state, caller, None, body, idempotency_key, prefer, request.receive)
 
@@ -206,27 +216,38 @@ async def predict(request: Request, state: State, caller: Caller, idempotency_ke
     openapi_extra=_SUBMIT_BODY, summary="Submit one job to a model",
 )  # fmt: skip
 async def predict_model(
-    model: ModelName, request: Request, state: State, caller: Caller, idempotency_key: IdempotencyKey = None, prefer: Prefer = None
+    model: ModelName,
+    request: Request,
+    state: State,
+    caller: Caller,
+    idempotency_key: IdempotencyKey = None,
+    prefer: Prefer = None,
 ) -> Response:
     body = await read_body(request, state.settings.max_body_bytes)
     return await submit_job(state, caller, model, body, idempotency_key, prefer, request.receive)
 
 
-@router.post("/predict/test", status_code=202, response_model=JobAccepted, responses=_SUBMIT_ERRORS, summary="Submit a built-in sample")
+@router.post(
+    "/predict/test", status_code=202, response_model=JobAccepted, responses=_SUBMIT_ERRORS, summary="Submit a built-in sample"
+)
 async def predict_test(state: State, caller: Caller) -> Response:
     entry = state.models.require(None)
     body = orjson.dumps({"data": entry.require_signature().example_data()})
     return await submit_job(state, caller, None, body, None, None)
 
 
-async def submit_bulk(state: AppState, caller: Principal, model_name: str | None, body: bytes, idempotency_key: str | None) -> Response:
+async def submit_bulk(
+    state: AppState, caller: Principal, model_name: str | None, body: bytes, idempotency_key: str | None
+) -> Response:
     """Each item validated on its own; the valid ones enqueued in one round trip; answers in order."""
     parsed = json_object(body, '{"items": [{"data": [[...]]}, ...]}')
     items = parsed.get("items")
     if not isinstance(items, list) or not items:
         raise invalid(["body", "items"], "must be a non-empty list of submits", "list_type")
     if len(items) > state.settings.max_bulk_items:
-        raise invalid(["body", "items"], f"at most {state.settings.max_bulk_items} items (MAX_BULK_ITEMS), got {len(items)}", "too_long")
+        raise invalid(
+            ["body", "items"], f"at most {state.settings.max_bulk_items} items (MAX_BULK_ITEMS), got {len(items)}", "too_long"
+        )
     unknown = sorted(set(parsed) - {"items"})
     if unknown:
         raise invalid(["body", unknown[0]], f"unknown field {unknown[0]!r}", "extra_forbidden")
@@ -270,7 +291,9 @@ async def predict_batch(request: Request, state: State, caller: Caller, idempote
 
 @router.post("/models/{model}/predict/batch", response_model=BulkAnswer, responses=_BULK_ERRORS, openapi_extra=_BULK_BODY,
              summary="Submit up to MAX_BULK_ITEMS jobs to a model")  # fmt: skip
-async def predict_model_batch(model: ModelName, request: Request, state: State, caller: Caller, idempotency_key: IdempotencyKey = None) -> Response:
+async def predict_model_batch(
+    model: ModelName, request: Request, state: State, caller: Caller, idempotency_key: IdempotencyKey = None
+) -> Response:
     body = await read_body(request, state.settings.max_body_bytes)
     return await submit_bulk(state, caller, model, body, idempotency_key)
 
@@ -309,7 +332,9 @@ async def get_job(
     return await read_job(state, caller, job_id, wait, request.receive)
 
 
-@router.delete("/job/{job_id}", response_model=JobView, responses={**_ERRORS, 409: {"model": ErrorBody}}, summary="Cancel a pending job")
+@router.delete(
+    "/job/{job_id}", response_model=JobView, responses={**_ERRORS, 409: {"model": ErrorBody}}, summary="Cancel a pending job"
+)
 async def cancel_job(job_id: JobId, state: State, caller: Caller) -> Response:
     await state.store.cancel(await owned(state, caller, job_id))
     return json_response(job_view(await state.store.get(job_id)))

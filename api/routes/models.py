@@ -19,13 +19,23 @@ Caller = Annotated[Principal, Depends(principal)]
 
 def _metadata(entry: ModelEntry) -> Response:
     signature = entry.require_signature()
-    return json_response({**signature.as_dict(), "name": entry.name, "version": entry.version, "example": {"data": signature.example_data()}})
+    return json_response(
+        {**signature.as_dict(), "name": entry.name, "version": entry.version, "example": {"data": signature.example_data()}}
+    )
 
 
-@router.get("/models", response_model=ModelList, responses={401: {"model": ErrorBody}}, summary="Served models, versions, readiness")
+@router.get(
+    "/models", response_model=ModelList, responses={401: {"model": ErrorBody}}, summary="Served models, versions, readiness"
+)
 async def list_models(state: State, _: Caller) -> Response:
     models = [
-        {"name": e.name, "version": e.version, "ready": e.ready, "default": e.name == state.models.default, "error": e.error or None}
+        {
+            "name": e.name,
+            "version": e.version,
+            "ready": e.ready,
+            "default": e.name == state.models.default,
+            "error": e.error or None,
+        }
         for e in state.models.entries.values()
     ]
     return json_response({"models": models})

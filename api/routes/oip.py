@@ -248,9 +248,7 @@ async def model_ready(request: Request, model_name: str) -> Response:
     return await _model_ready(request, model_name, None)
 
 
-@router.get(
-    "/models/{model_name}/versions/{model_version}/ready", responses=_MODEL_RESPONSES, summary="Model version readiness"
-)
+@router.get("/models/{model_name}/versions/{model_version}/ready", responses=_MODEL_RESPONSES, summary="Model version readiness")
 async def model_version_ready(request: Request, model_name: str, model_version: str) -> Response:
     return await _model_ready(request, model_name, model_version)
 
@@ -267,9 +265,7 @@ async def model_metadata(request: Request, model_name: str) -> Response:
     return await _model_metadata(request, model_name, None)
 
 
-@router.get(
-    "/models/{model_name}/versions/{model_version}", responses=_METADATA_RESPONSES, summary="Model version metadata"
-)
+@router.get("/models/{model_name}/versions/{model_version}", responses=_METADATA_RESPONSES, summary="Model version metadata")
 async def model_version_metadata(request: Request, model_name: str, model_version: str) -> Response:
     return await _model_metadata(request, model_name, model_version)
 

@@ -27,7 +27,13 @@ async def index(state: State) -> Response:
     links = {name: f"/{name}" for name in ("docs", "models", "metadata", "healthz", "readyz", "metrics", "console")}
     links["submit"] = "/predict"
     return json_response(
-        {"name": "asyncinfer", "version": __version__, "models": state.models.names(), "default_model": state.models.default, "links": links}
+        {
+            "name": "asyncinfer",
+            "version": __version__,
+            "models": state.models.names(),
+            "default_model": state.models.default,
+            "links": links,
+        }
     )
 
 
@@ -37,7 +43,9 @@ async def healthz() -> Response:
 
 
 @router.get(
-    "/readyz", responses={503: {"model": ErrorBody}}, summary="Readiness: Redis answers and the default model's signature is known"
+    "/readyz",
+    responses={503: {"model": ErrorBody}},
+    summary="Readiness: Redis answers and the default model's signature is known",
 )
 async def readyz(state: State) -> Response:
     if state.draining:

@@ -150,7 +150,10 @@ async def job_stream(state: AppState, record: JobRecord, last_event_id: str | No
     "/job/{job_id}/events",
     response_class=StreamingResponse,
     responses={
-        200: {"content": {"text/event-stream": {}}, "description": "`status` events, then one `end` event with the final job view"},
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "`status` events, then one `end` event with the final job view",
+        },
         204: {"description": "Last-Event-ID is the id of the job's `end` event: the client has it already"},
         401: {"model": ErrorBody, "description": "missing or invalid bearer token"},
         404: {"model": ErrorBody, "description": "unknown or expired job (or another principal's)"},
@@ -161,7 +164,9 @@ async def job_events(
     job_id: JobId,
     state: State,
     caller: Caller,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=100, description="resume after this event")] = None,
+    last_event_id: Annotated[
+        str | None, Header(alias="Last-Event-ID", max_length=100, description="resume after this event")
+    ] = None,
 ) -> Response:
     """Stream one job's states: `event: status` (data: the job view) now and on each transition,
     `event: end` (data: the final view) when it ends, then the stream closes."""
@@ -325,7 +330,9 @@ async def serve_subscriptions(websocket: WebSocket, state: AppState, caller: Pri
                 try:
                     ids = subscribe_ids(parse_message(message))
                     if len(subs.futures) + len(set(ids) - set(subs.futures)) > MAX_WS_JOBS:
-                        raise ValueError(f"at most {MAX_WS_JOBS} jobs watched per connection; nothing subscribed from this message")
+                        raise ValueError(
+                            f"at most {MAX_WS_JOBS} jobs watched per connection; nothing subscribed from this message"
+                        )
                     to_read += subs.add(ids)
                 except ValueError as exc:
                     replies.append({"type": "error", "detail": str(exc)})
@@ -347,4 +354,3 @@ async def serve_subscriptions(websocket: WebSocket, state: AppState, caller: Pri
         receiving.cancel()
         waking.cancel()
         subs.close()
-

@@ -62,8 +62,13 @@ def spawn(argv: list[str], env: dict[str, str], log_path: Path | None = None) ->
     out = open(log_path, "ab") if log_path else None  # noqa: SIM115 - closed below, the child keeps its copy
     try:
         return subprocess.Popen(
-            argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT if out else None,
-            start_new_session=True, preexec_fn=_die_with_parent,
+            argv,
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
     finally:
         if out:
@@ -99,8 +104,21 @@ class RedisServer:
     def start(self, log_path: Path | None = None) -> RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         argv = [
-            find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
-            "--appendonly", "yes", "--appendfsync", self.appendfsync, "--save", "", "--daemonize", "no",
+            find_redis_server(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.data_dir),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            self.appendfsync,
+            "--save",
+            "",
+            "--daemonize",
+            "no",
             *REDIS_TUNING,
         ]
         if self.password:

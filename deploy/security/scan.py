@@ -55,7 +55,10 @@ def render(out: Path) -> list[Path]:
         target = out / f"{name}.yaml"
         manifest = subprocess.run(
             [str(HELM), "template", "scan", str(CHART), "--namespace", "asyncinfer", "-f", str(values)],
-            capture_output=True, text=True, check=True, timeout=120,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
         ).stdout
         target.write_text(manifest)
         files.append(target)
@@ -94,9 +97,25 @@ def trivy(targets: list[Path], cache: Path) -> list[str]:
     found = []
     for target in targets:
         proc = subprocess.run(
-            [str(tool("trivy")), "config", "--skip-check-update", "--quiet", "--cache-dir", str(cache / "trivy"),
-             "--ignorefile", str(ignore), "--format", "json", "--file-patterns", r"dockerfile:Dockerfile.*", str(target)],
-            capture_output=True, text=True, timeout=600, check=False,
+            [
+                str(tool("trivy")),
+                "config",
+                "--skip-check-update",
+                "--quiet",
+                "--cache-dir",
+                str(cache / "trivy"),
+                "--ignorefile",
+                str(ignore),
+                "--format",
+                "json",
+                "--file-patterns",
+                r"dockerfile:Dockerfile.*",
+                str(target),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
         )
         if proc.returncode != 0:
             raise RuntimeError(f"trivy failed to run ({proc.returncode}):\n{proc.stderr[-3000:]}")

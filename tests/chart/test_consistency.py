@@ -59,7 +59,7 @@ def test_keda_authenticates_with_the_redis_secret(scenario: str) -> None:
 def redis_args(r: Any) -> dict[str, str]:
     container = pod_spec(r.one("StatefulSet"))["containers"][0]
     args = container["args"]
-    return dict(zip(args[0::2], args[1::2]))
+    return dict(zip(args[0::2], args[1::2], strict=True))
 
 
 @pytest.mark.parametrize("scenario", ALL)
@@ -133,14 +133,18 @@ def test_services_read_the_shared_configmap(scenario: str) -> None:
         assert pod_spec(d)["containers"][0]["envFrom"] == [{"configMapRef": {"name": cm["metadata"]["name"]}}]
         checksums.add(d["spec"]["template"]["metadata"]["annotations"]["checksum/config"])
     assert len(checksums) == 1 and len(checksums.pop()) == 64
-    assert {"REDIS_URL", "KEY_PREFIX", "MODELS_FILE", "DEFAULT_MODEL", "DRAIN_TIMEOUT_SECONDS", "JOB_TTL_SECONDS"} <= set(cm["data"])
+    assert {"REDIS_URL", "KEY_PREFIX", "MODELS_FILE", "DEFAULT_MODEL", "DRAIN_TIMEOUT_SECONDS", "JOB_TTL_SECONDS"} <= set(
+        cm["data"]
+    )
     assert "QUEUE_NAME" not in cm["data"], "QUEUE_NAME is gone: KEY_PREFIX replaces it"
     assert not {k for k in cm["data"] if "PASSWORD" in k or "SECRET" in k or "TOKEN" in k}
 
 
 def test_a_config_change_changes_the_checksum() -> None:
     def checksum(objs: list[dict[str, Any]]) -> str:
-        (api,) = [o for o in objs if o["kind"] == "Deployment" and o["metadata"]["labels"]["app.kubernetes.io/component"] == "api"]
+        (api,) = [
+            o for o in objs if o["kind"] == "Deployment" and o["metadata"]["labels"]["app.kubernetes.io/component"] == "api"
+        ]
         return api["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
 
     assert checksum(template()) != checksum(template(sets=("config.maxQueueLength=64",)))

@@ -19,17 +19,46 @@ from tests.chart.render import ROOT, SCENARIOS, rendered
 # The kind node's minor (deploy/kind/versions.mk) and the newest kubectl we ship (v1.34).
 KIND_K8S = re.search(r"KIND_NODE_K8S_VERSION := (\d+\.\d+)\.\d+", (ROOT / "deploy/kind/versions.mk").read_text())[1]
 K8S_VERSIONS = (f"{KIND_K8S}.0", "1.34.0")
-CORE_KINDS = {"ConfigMap", "Secret", "Service", "Deployment", "StatefulSet", "Ingress", "PodDisruptionBudget", "NetworkPolicy", "Pod"}
+CORE_KINDS = {
+    "ConfigMap",
+    "Secret",
+    "Service",
+    "Deployment",
+    "StatefulSet",
+    "Ingress",
+    "PodDisruptionBudget",
+    "NetworkPolicy",
+    "Pod",
+}
 KEDA_MODELS: dict[str, type[BaseModel]] = {"ScaledObject": ScaledObject, "TriggerAuthentication": TriggerAuthentication}
 # prometheus-operator v0.80 (the newest cloudcoil models that install on Python 3.11).
-MONITORING_MODELS: dict[str, type[BaseModel]] = {"ServiceMonitor": ServiceMonitor, "PodMonitor": PodMonitor, "PrometheusRule": PrometheusRule}
+MONITORING_MODELS: dict[str, type[BaseModel]] = {
+    "ServiceMonitor": ServiceMonitor,
+    "PodMonitor": PodMonitor,
+    "PrometheusRule": PrometheusRule,
+}
 # Metadata keys KEDA 2.16's redis scaler reads from a trigger (pkg/scalers/redis_scaler.go, the
 # `keda:"name=..."` tags with order=triggerMetadata; *FromEnv variants resolve from the container env).
 REDIS_TRIGGER_KEYS = {
-    "address", "addresses", "addressFromEnv", "host", "hostFromEnv", "port", "portFromEnv",
-    "username", "usernameFromEnv", "passwordFromEnv", "sentinelUsername", "sentinelPassword",
-    "sentinelMaster", "listName", "listLength", "activationListLength", "databaseIndex",
-    "enableTLS", "unsafeSsl",
+    "address",
+    "addresses",
+    "addressFromEnv",
+    "host",
+    "hostFromEnv",
+    "port",
+    "portFromEnv",
+    "username",
+    "usernameFromEnv",
+    "passwordFromEnv",
+    "sentinelUsername",
+    "sentinelPassword",
+    "sentinelMaster",
+    "listName",
+    "listLength",
+    "activationListLength",
+    "databaseIndex",
+    "enableTLS",
+    "unsafeSsl",
 }
 
 
@@ -43,7 +72,7 @@ def _unknown_fields(given: Any, parsed: Any, path: str = "") -> list[str]:
         missing = [f"{path}.{k}" for k in given if k not in parsed]
         return missing + [p for k in given if k in parsed for p in _unknown_fields(given[k], parsed[k], f"{path}.{k}")]
     if isinstance(given, list) and isinstance(parsed, list):
-        return [p for i, (g, q) in enumerate(zip(given, parsed)) for p in _unknown_fields(g, q, f"{path}[{i}]")]
+        return [p for i, (g, q) in enumerate(zip(given, parsed, strict=False)) for p in _unknown_fields(g, q, f"{path}[{i}]")]
     return [] if given == parsed else [f"{path} (value {given!r} became {parsed!r})"]
 
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tests.chart.render import SCENARIOS, helm, pod_spec, rendered, CHART
+from tests.chart.render import CHART, SCENARIOS, helm, pod_spec, rendered
 
 
 def test_helm_is_the_pinned_helm_3() -> None:
@@ -22,8 +22,16 @@ def test_lint_strict(scenario: str) -> None:
 
 def test_ci_scenarios_cover_the_issue_matrix() -> None:
     assert {
-        "default", "keda-off", "ingress-off", "existing-secret", "persistence-off", "min-replicas-0",
-        "two-models", "url-source", "monitoring-on", "auth-existing-secret",
+        "default",
+        "keda-off",
+        "ingress-off",
+        "existing-secret",
+        "persistence-off",
+        "min-replicas-0",
+        "two-models",
+        "url-source",
+        "monitoring-on",
+        "auth-existing-secret",
     } <= set(SCENARIOS)
 
 
@@ -32,10 +40,28 @@ def test_defaults_render_every_component() -> None:
     kinds = sorted(o["kind"] for o in r.objects)
     assert kinds == sorted(
         [
-            "ConfigMap", "ConfigMap", "Deployment", "Deployment", "Deployment", "Ingress",
-            "NetworkPolicy", "NetworkPolicy", "NetworkPolicy", "NetworkPolicy", "NetworkPolicy", "Pod",
-            "PodDisruptionBudget", "PodDisruptionBudget", "ScaledObject", "Secret", "Secret", "Secret",
-            "Service", "Service", "StatefulSet", "TriggerAuthentication",
+            "ConfigMap",
+            "ConfigMap",
+            "Deployment",
+            "Deployment",
+            "Deployment",
+            "Ingress",
+            "NetworkPolicy",
+            "NetworkPolicy",
+            "NetworkPolicy",
+            "NetworkPolicy",
+            "NetworkPolicy",
+            "Pod",
+            "PodDisruptionBudget",
+            "PodDisruptionBudget",
+            "ScaledObject",
+            "Secret",
+            "Secret",
+            "Secret",
+            "Service",
+            "Service",
+            "StatefulSet",
+            "TriggerAuthentication",
         ]
     )
     assert set(r.workers()) == {"iris"}, "with no values, one model: iris from the image"
@@ -73,7 +99,9 @@ def test_existing_redis_secret_is_used_and_not_rendered() -> None:
         if src["secret"]["items"][0]["path"] == "redis-password"
     ]
     assert len(sources) == 4  # API, worker, notifier, Redis
-    assert all(s == {"name": "asyncinfer-redis-credentials", "items": [{"key": "password", "path": "redis-password"}]} for s in sources)
+    assert all(
+        s == {"name": "asyncinfer-redis-credentials", "items": [{"key": "password", "path": "redis-password"}]} for s in sources
+    )
     assert r.one("TriggerAuthentication")["spec"]["secretTargetRef"] == [
         {"parameter": "password", "name": "asyncinfer-redis-credentials", "key": "password"}
     ]

@@ -15,7 +15,7 @@ import yaml
 
 from jobqueue.models import load_models
 from jobqueue.settings import Settings
-from tests.chart.render import HelmError, SCENARIOS, env_of, pod_spec, rendered, template
+from tests.chart.render import SCENARIOS, HelmError, env_of, pod_spec, rendered, template
 
 ALL = sorted(SCENARIOS)
 
@@ -36,7 +36,10 @@ def mounted_paths(workload: dict[str, Any]) -> dict[str, str]:
 def test_two_models_get_two_workers_two_scaledobjects_and_two_pdbs() -> None:
     r = rendered("two-models")
     assert set(r.workers()) == set(r.scaled_objects()) == {"iris", "sentiment-v2"}
-    assert {p["metadata"]["labels"]["asyncinfer.io/model"] for p in r.of_kind("PodDisruptionBudget", "worker")} == {"iris", "sentiment-v2"}
+    assert {p["metadata"]["labels"]["asyncinfer.io/model"] for p in r.of_kind("PodDisruptionBudget", "worker")} == {
+        "iris",
+        "sentiment-v2",
+    }
     names = {d["metadata"]["name"] for d in r.workers().values()}
     assert names == {"ci-asyncinfer-worker-iris", "ci-asyncinfer-worker-sentiment-v2"}
     so = r.scaled_objects()
@@ -49,7 +52,9 @@ def test_two_models_get_two_workers_two_scaledobjects_and_two_pdbs() -> None:
 def test_each_worker_serves_one_model_from_its_own_models_file(scenario: str) -> None:
     r = rendered(scenario)
     everything = models_file(r, "models.yaml")
-    assert list(everything) == [m["name"] for m in yaml.safe_load(SCENARIOS[scenario].read_text()).get("models", [{"name": "iris"}])]
+    assert list(everything) == [
+        m["name"] for m in yaml.safe_load(SCENARIOS[scenario].read_text()).get("models", [{"name": "iris"}])
+    ]
     for model, worker in r.workers().items():
         container = pod_spec(worker)["containers"][0]
         env = env_values(container)
@@ -145,7 +150,7 @@ def test_url_source_gets_an_init_container_with_the_checksum_check_in_api_and_wo
     found = fetch_containers(r)
     assert set(found) == {"api", "worker"}
     assert found["api"]["command"] == found["worker"]["command"]
-    for component, container in found.items():
+    for container in found.values():
         env = env_values(container)
         assert env["MODEL_URL"] == "https://models.example.com/resnet50/v1/model.onnx"
         assert env["MODEL_SHA256"] == "4f53cda18c2baa0c0354bb5f9a3ecbe5ed12ab4d8e11ba873c2f11161202b945"
@@ -189,7 +194,10 @@ def test_the_fetch_script_keeps_a_matching_file_and_refuses_a_mismatch(tmp_path:
         (("models[0].name=-iris",), "/models/0/name"),
         (("models[0].name=" + "a" * 41,), "/models/0/name"),
         (("models[0].source.type=url", "models[0].source.url=https://x.example/m.onnx"), "sha256"),
-        (("models[0].source.type=url", "models[0].source.url=http://x.example/m.onnx", "models[0].source.sha256=" + "a" * 64), "/models/0/source"),
+        (
+            ("models[0].source.type=url", "models[0].source.url=http://x.example/m.onnx", "models[0].source.sha256=" + "a" * 64),
+            "/models/0/source",
+        ),
         (("models[0].source.type=pvc", "models[0].source.path=m.onnx"), "claimName"),
         (("models[0].source.type=ftp",), "/models/0/source/type"),
         (("models[0].maxBatchSize=0",), "/models/0/maxBatchSize"),
@@ -229,7 +237,9 @@ def test_the_services_own_parser_reads_the_rendered_models_files(scenario: str, 
     assert set(api_models) == set(r.workers())
     for model, worker in r.workers().items():
         env = env_values(pod_spec(worker)["containers"][0])
-        own = load_models(Settings(models_file=str(tmp_path / os.path.basename(env["MODELS_FILE"])), default_model=env["DEFAULT_MODEL"]))
+        own = load_models(
+            Settings(models_file=str(tmp_path / os.path.basename(env["MODELS_FILE"])), default_model=env["DEFAULT_MODEL"])
+        )
         assert list(own) == [env["MODEL_NAME"]] == [model]
         assert own[model].path == api_models[model].path, "a worker opens the file the API read the signature from"
         assert own[model].max_batch_size == api_models[model].max_batch_size == int(env["MAX_BATCH_SIZE"])

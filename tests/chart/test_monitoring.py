@@ -38,7 +38,8 @@ def test_podmonitor_scrapes_every_worker_and_the_notifier_on_their_health_port()
     selector = r.one("PodMonitor")["spec"]["selector"]
     (expression,) = selector["matchExpressions"]
     scraped = [
-        d for d in r.of_kind("Deployment")
+        d
+        for d in r.of_kind("Deployment")
         if selector["matchLabels"].items() <= pod_labels(d).items() and pod_labels(d)[expression["key"]] in expression["values"]
     ]
     assert {pod_labels(d)["app.kubernetes.io/component"] for d in scraped} == {"worker", "notifier"}

@@ -106,7 +106,11 @@ def test_notifier_probes_answer_with_the_charts_secret_file(redis_server, proces
     secret_file = tmp_path / "webhook-secret"
     secret_file.write_bytes(base64.b64decode(secret["data"]["webhook-secret"]))
     port = free_port()
-    env = {**service_env(redis_server.url, KEY_PREFIX="chart-notifier"), "WORKER_HEALTH_PORT": str(port), "WEBHOOK_SECRET_FILE": str(secret_file)}
+    env = {
+        **service_env(redis_server.url, KEY_PREFIX="chart-notifier"),
+        "WORKER_HEALTH_PORT": str(port),
+        "WEBHOOK_SECRET_FILE": str(secret_file),
+    }
     processes.procs.append(spawn([str(BIN / "asyncinfer-notifier")], env, tmp_path / "notifier.log"))
     for path in sorted(paths) + ["/metrics"]:
         assert get_status(f"http://127.0.0.1:{port}{path}") == 200, f"notifier {path}\n{processes.logs()}"
@@ -120,7 +124,9 @@ def test_the_api_parses_the_charts_tokens_files(tmp_path: Path) -> None:
     from api.auth import parse_tokens
     from tests.chart.render import CHART
 
-    (secret,) = [s for s in rendered("default").of_kind("Secret") if s["metadata"]["labels"]["app.kubernetes.io/component"] == "auth"]
+    (secret,) = [
+        s for s in rendered("default").of_kind("Secret") if s["metadata"]["labels"]["app.kubernetes.io/component"] == "auth"
+    ]
     locked = parse_tokens(base64.b64decode(secret["data"]["tokens"]).decode())
     assert [(p.name, p.role) for _, p in locked] == [("admin", "admin"), ("helm-test", "client")]
     # The live form, as the template builds it: `admin admin <40 alphanumerics>` then the helm-test client.
@@ -146,8 +152,16 @@ def test_the_helm_test_pod_script_completes_a_job_against_the_real_services(redi
     _, api_base = processes.api(service)
 
     def run(tokens_file: Path) -> subprocess.CompletedProcess[str]:
-        script_env = {**env, "API_URL": api_base, "TIMEOUT_S": "60", "AUTH_TOKENS_FILE": str(tokens_file), "PATH": "/usr/bin:/bin"}
-        return subprocess.run([*container["command"], *container["args"]], env=script_env, capture_output=True, text=True, timeout=120, check=False)
+        script_env = {
+            **env,
+            "API_URL": api_base,
+            "TIMEOUT_S": "60",
+            "AUTH_TOKENS_FILE": str(tokens_file),
+            "PATH": "/usr/bin:/bin",
+        }
+        return subprocess.run(
+            [*container["command"], *container["args"]], env=script_env, capture_output=True, text=True, timeout=120, check=False
+        )
 
     result = run(tokens)
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\n{processes.logs()}"

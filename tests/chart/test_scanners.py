@@ -34,14 +34,20 @@ spec:
         privileged: true
         runAsUser: 0
 """
-BAD_DOCKERFILE = "FROM debian:latest\nRUN apt-get update && apt-get install -y curl\nADD http://example.com/x /x\nCMD curl localhost\n"
+BAD_DOCKERFILE = (
+    "FROM debian:latest\nRUN apt-get update && apt-get install -y curl\nADD http://example.com/x /x\nCMD curl localhost\n"
+)
 
 
 @cache
 def scanner() -> ModuleType:
     """deploy/security/scan.py, with the scanners installed by the project's own script."""
-    subprocess.run(["bash", str(ROOT / "deploy" / "security" / "install-scanners.sh")], check=True, timeout=900,
-                   env={**os.environ, "PYTHON": sys.executable})
+    subprocess.run(
+        ["bash", str(ROOT / "deploy" / "security" / "install-scanners.sh")],
+        check=True,
+        timeout=900,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
     spec = importlib.util.spec_from_file_location("asyncinfer_scan", ROOT / "deploy" / "security" / "scan.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)

@@ -10,7 +10,18 @@ import pytest
 import yaml
 
 from tests.chart.render import (
-    CHART, NAMESPACE, SCENARIOS, Rendered, helm, all_containers, pod_labels, pod_spec, rendered, template, template_text, workloads,
+    CHART,
+    NAMESPACE,
+    SCENARIOS,
+    Rendered,
+    all_containers,
+    helm,
+    pod_labels,
+    pod_spec,
+    rendered,
+    template,
+    template_text,
+    workloads,
 )
 
 ALL = sorted(SCENARIOS)

@@ -142,7 +142,11 @@ def test_the_rendered_environment_parses_into_the_configured_settings(scenario: 
 
 def test_readme_values_table_is_generated_and_fresh() -> None:
     result = subprocess.run(
-        [sys.executable, str(ROOT / "deploy" / "helm" / "gen_readme.py"), "--check"], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, str(ROOT / "deploy" / "helm" / "gen_readme.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
 
@@ -151,10 +155,14 @@ def test_readme_check_fails_when_a_param_changes(tmp_path) -> None:
     chart = tmp_path / "chart"
     chart.mkdir()
     (chart / "README.md").write_text((CHART / "README.md").read_text())
-    values = (CHART / "values.yaml").read_text().replace("## @param config.keyPrefix Prefix", "## @param config.keyPrefix The prefix")
+    values = (
+        (CHART / "values.yaml").read_text().replace("## @param config.keyPrefix Prefix", "## @param config.keyPrefix The prefix")
+    )
     (chart / "values.yaml").write_text(values)
     gen = str(ROOT / "deploy" / "helm" / "gen_readme.py")
-    stale = subprocess.run([sys.executable, gen, "--check", "--chart", str(chart)], capture_output=True, text=True, timeout=60, check=False)
+    stale = subprocess.run(
+        [sys.executable, gen, "--check", "--chart", str(chart)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert stale.returncode == 1 and "stale" in stale.stderr
     subprocess.run([sys.executable, gen, "--chart", str(chart)], check=True, timeout=60)
     assert "| `config.keyPrefix` | The prefix of every Redis key" in (chart / "README.md").read_text()

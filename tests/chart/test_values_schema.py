@@ -54,7 +54,10 @@ def test_schema_rejects_mistyped_values(key: str, value: str, want: str) -> None
         (("worker.terminationGracePeriodSeconds=25",), "must be greater than config.drainTimeoutSeconds"),
         (("api.terminationGracePeriodSeconds=5",), "must be greater than config.shutdownDelaySeconds"),
         (("config.requestTtlSeconds=7200",), "must not exceed config.jobTtlSeconds"),
-        (("keda.minReplicaCount=5", "keda.maxReplicaCount=2"), "model iris: keda minReplicaCount \\(5\\) must not exceed maxReplicaCount \\(2\\)"),
+        (
+            ("keda.minReplicaCount=5", "keda.maxReplicaCount=2"),
+            "model iris: keda minReplicaCount \\(5\\) must not exceed maxReplicaCount \\(2\\)",
+        ),
         (("config.recoveryIntervalSeconds=200",), "must be at most 10x config.workerTtlSeconds"),
         (("api.metricsPort=8000",), "api.metricsPort \\(8000\\) must differ"),
         (("redis.maxmemory=512Mi",), "redis.maxmemory .* must be below redis.resources.limits.memory"),
@@ -77,7 +80,12 @@ def test_schema_is_strict_everywhere() -> None:
         open_objects = []
         # A discriminated union (oneOf) is closed when every branch closes itself.
         closed_by_branches = bool(node.get("oneOf")) and all(b.get("additionalProperties") is False for b in node["oneOf"])
-        if node.get("type") == "object" and "properties" in node and node.get("additionalProperties") is not False and not closed_by_branches:
+        if (
+            node.get("type") == "object"
+            and "properties" in node
+            and node.get("additionalProperties") is not False
+            and not closed_by_branches
+        ):
             open_objects.append(path)
         for i, branch in enumerate(node.get("oneOf", [])):
             open_objects += walk(branch, f"{path}.oneOf[{i}]")

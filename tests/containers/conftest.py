@@ -57,9 +57,7 @@ class Docker:
         self.env = {**os.environ, "DOCKER_HOST": host, "DOCKER_BUILDKIT": "1"}
 
     def __call__(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [self.cli, *args], env=self.env, capture_output=True, text=True, timeout=timeout, check=False
-        )
+        result = subprocess.run([self.cli, *args], env=self.env, capture_output=True, text=True, timeout=timeout, check=False)
         if check and result.returncode != 0:
             raise AssertionError(f"docker {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
         return result
@@ -189,12 +187,25 @@ class Stack:
         self.volumes.append(volume)
         self._run(
             self.redis,
-            "--user", "redis",
+            "--user",
+            "redis",
             # /var/lib/redis belongs to the redis user in the base, so the new volume does too.
-            "--volume", f"{volume}:/var/lib/redis",
+            "--volume",
+            f"{volume}:/var/lib/redis",
             self.images.base,
-            "redis-server", "--bind", "0.0.0.0", "--protected-mode", "no", "--port", "6379",
-            "--dir", "/var/lib/redis", "--appendonly", "yes", "--appendfsync", appendfsync,
+            "redis-server",
+            "--bind",
+            "0.0.0.0",
+            "--protected-mode",
+            "no",
+            "--port",
+            "6379",
+            "--dir",
+            "/var/lib/redis",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            appendfsync,
         )
         self.wait_redis()
 

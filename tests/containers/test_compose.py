@@ -38,8 +38,12 @@ def compose(docker, images, request: pytest.FixtureRequest, tmp_path):
     project = f"aic{uuid.uuid4().hex[:6]}"
     # The secret files compose mounts, made by the project's own script into a private directory.
     secrets_dir = tmp_path / "secrets"
-    subprocess.run(["bash", str(ROOT / "deploy" / "compose" / "secrets.sh")], check=True, timeout=60,
-                   env={**docker.env, "ASYNCINFER_SECRETS_DIR": str(secrets_dir)})
+    subprocess.run(
+        ["bash", str(ROOT / "deploy" / "compose" / "secrets.sh")],
+        check=True,
+        timeout=60,
+        env={**docker.env, "ASYNCINFER_SECRETS_DIR": str(secrets_dir)},
+    )
     env = {
         "ASYNCINFER_SECRETS_DIR": str(secrets_dir),
         **docker.env,
@@ -77,8 +81,14 @@ def test_compose_up_runs_redis_api_and_two_workers(compose, docker):
     url = f"http://127.0.0.1:{compose.env['API_PORT']}"
     wait_http(url + "/readyz", timeout_s=90)
     FIGURES.append(f"compose up (redis healthy -> api ready): {time.monotonic() - started:.1f}s")
-    workers = docker("ps", "--quiet", "--filter", f"label=com.docker.compose.project={compose.project}",
-                     "--filter", "label=com.docker.compose.service=worker").stdout.split()
+    workers = docker(
+        "ps",
+        "--quiet",
+        "--filter",
+        f"label=com.docker.compose.project={compose.project}",
+        "--filter",
+        "label=com.docker.compose.service=worker",
+    ).stdout.split()
     assert len(workers) == 2
     with httpx.Client(base_url=url, timeout=10) as client:
         ids = [client.post("/predict", json={"data": [IRIS_ROW]}).json()["job_id"] for _ in range(20)]

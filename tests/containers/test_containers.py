@@ -46,8 +46,15 @@ def test_images_are_small_non_root_and_labelled(docker, images):
         assert labels["org.opencontainers.image.version"]
         assert "MODEL_PATH=/app/models/iris.onnx" in config["Env"]
         # No compiler and no pip cache in the runtime image.
-        probe = docker("run", "--rm", "--entrypoint", "sh", tag, "-c",
-                       "command -v gcc cc g++ || true; ls -A /root/.cache /app/.cache 2>/dev/null || true")
+        probe = docker(
+            "run",
+            "--rm",
+            "--entrypoint",
+            "sh",
+            tag,
+            "-c",
+            "command -v gcc cc g++ || true; ls -A /root/.cache /app/.cache 2>/dev/null || true",
+        )
         assert probe.stdout.strip() == "", probe.stdout
     worker_mb = docker.inspect(images.worker)["Size"] / 1e6
     assert worker_mb < WORKER_IMAGE_LIMIT_MB, f"worker image {worker_mb:.0f} MB"
@@ -60,7 +67,12 @@ def test_e2e_suite_passes_against_the_containers(stack):
     # The suite the local stack and the cluster run, pointed at the API container's published port.
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "tests/e2e", "-q", "-p", "no:cacheprovider"],
-        cwd=ROOT, env={**os.environ, "E2E_BASE_URL": url}, capture_output=True, text=True, timeout=600, check=False,
+        cwd=ROOT,
+        env={**os.environ, "E2E_BASE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else result.stderr[-2000:]
     FIGURES.append(f"tests/e2e against the containers: {summary}")
@@ -115,8 +127,10 @@ def test_docker_kill_of_a_worker_under_load_loses_nothing(stack, docker):
         load.wait_for(len(load.accepted) + 100)
     assert docker.inspect(worker)["State"]["ExitCode"] == 137
     jobs = {job["job_id"]: job for job in wait_all_completed(url, load.accepted)}
-    FIGURES.append(f"docker kill of a worker under load: {len(held)} held job(s) recovered, "
-                   f"all {len(jobs)} completed {time.monotonic() - killed_at:.1f}s after the kill")
+    FIGURES.append(
+        f"docker kill of a worker under load: {len(held)} held job(s) recovered, "
+        f"all {len(jobs)} completed {time.monotonic() - killed_at:.1f}s after the kill"
+    )
     # What the dead worker held was run again by the other one: a second attempt, no loss.
     assert held and set(held) <= set(jobs)
     assert all(jobs[job_id]["attempts"] >= 2 for job_id in held)
@@ -133,8 +147,10 @@ def test_redis_sigkill_and_restart_keeps_every_acknowledged_job(stack, docker):
         stack.wait_redis()
         wait_http(url + "/readyz", timeout_s=30)
         load.wait_for(len(load.accepted) + 100)  # the API and workers recovered without restarts
-    FIGURES.append(f"redis kill -9 + start under load: {acknowledged_before_kill} acknowledged before the kill, "
-                   f"{len(load.accepted)} in all, {load.refused} refused during the outage")
+    FIGURES.append(
+        f"redis kill -9 + start under load: {acknowledged_before_kill} acknowledged before the kill, "
+        f"{len(load.accepted)} in all, {load.refused} refused during the outage"
+    )
     jobs = wait_all_completed(url, load.accepted)
     assert len(jobs) == len(load.accepted)
     for name in (f"{stack.prefix}-api", f"{stack.prefix}-worker-a", f"{stack.prefix}-worker-b"):

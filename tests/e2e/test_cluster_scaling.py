@@ -34,7 +34,9 @@ SCALE_DOWN_TIMEOUT_S = 300
 
 def kubectl_json(*args: str) -> dict:
     context = ["--context", KUBE_CONTEXT] if KUBE_CONTEXT else []
-    out = subprocess.run([KUBECTL, *context, "-n", NAMESPACE, *args, "-o", "json"], check=True, capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [KUBECTL, *context, "-n", NAMESPACE, *args, "-o", "json"], check=True, capture_output=True, text=True, timeout=30
+    )
     return json.loads(out.stdout)
 
 
@@ -65,6 +67,7 @@ def flood(base_url: str, n: int) -> list[str]:
     """Submit n jobs concurrently through the ingress; return their ids."""
     body = {"data": [[5.1, 3.5, 1.4, 0.2]]}
     with httpx.Client(base_url=base_url, timeout=30) as client:
+
         def submit(_: int) -> str:
             resp = client.post("/predict", json=body)
             assert resp.status_code == 202, resp.text

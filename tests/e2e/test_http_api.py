@@ -143,7 +143,9 @@ def test_a_burst_of_concurrent_submits_is_all_accepted(base_url):
     import asyncio
 
     async def burst() -> list[int]:
-        async with httpx.AsyncClient(base_url=base_url, timeout=60, limits=httpx.Limits(max_connections=400), headers=auth_headers()) as client:
+        async with httpx.AsyncClient(
+            base_url=base_url, timeout=60, limits=httpx.Limits(max_connections=400), headers=auth_headers()
+        ) as client:
             responses = await asyncio.gather(*(client.post("/predict", json={"data": [IRIS["setosa"]]}) for _ in range(400)))
         return [r.status_code for r in responses]
 

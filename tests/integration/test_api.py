@@ -18,7 +18,6 @@ from tests.support.samples import ROW
 PENDING = "asyncinfer:iris:pending:normal"
 
 
-
 def test_accepts_and_validates_with_no_worker_running(processes, redis_server, redis_client):
     _, url = processes.api(service_env(redis_server.url))
     with httpx.Client(base_url=url) as http:

@@ -397,32 +397,33 @@ def test_streams_recheck_after_the_event_subscription_comes_back(processes, tmp_
                 httpx.AsyncClient(base_url=url, timeout=30) as http,
                 session.ws_connect(url.replace("http://", "ws://") + "/ws") as ws,
             ):
-                    await ws.send_json({"subscribe": [job_ids[0], "bogus-id"]})
-                    assert (await ws_messages(ws, 1))[0]["type"] == "not_found"  # subscribed
-                    async with http.stream("GET", f"/job/{job_ids[0]}/events") as first, http.stream(
-                        "GET", f"/job/{job_ids[1]}/events"
-                    ) as second:
-                        lines = [first.aiter_lines(), second.aiter_lines()]
-                        for reader in lines:
-                            await next_event(reader, "status")
-                        await asyncio.sleep(0.5)  # the SSE generators are waiting
+                await ws.send_json({"subscribe": [job_ids[0], "bogus-id"]})
+                assert (await ws_messages(ws, 1))[0]["type"] == "not_found"  # subscribed
+                async with (
+                    http.stream("GET", f"/job/{job_ids[0]}/events") as first,
+                    http.stream("GET", f"/job/{job_ids[1]}/events") as second,
+                ):
+                    lines = [first.aiter_lines(), second.aiter_lines()]
+                    for reader in lines:
+                        await next_event(reader, "status")
+                    await asyncio.sleep(0.5)  # the SSE generators are waiting
 
-                        complete_silently(client, job_ids[0])
-                        started = time.monotonic()
-                        assert client.client_kill_filter(_type="pubsub") == 1  # the API's event listener
-                        await asyncio.wait_for(next_event(lines[0], "end"), 5)
-                        job = await ws_messages(ws, 1, timeout_s=5)
-                        assert job[0]["job"]["job_id"] == job_ids[0] and job[0]["job"]["status"] == "completed"
-                        assert time.monotonic() - started < 5
+                    complete_silently(client, job_ids[0])
+                    started = time.monotonic()
+                    assert client.client_kill_filter(_type="pubsub") == 1  # the API's event listener
+                    await asyncio.wait_for(next_event(lines[0], "end"), 5)
+                    job = await ws_messages(ws, 1, timeout_s=5)
+                    assert job[0]["job"]["job_id"] == job_ids[0] and job[0]["job"]["status"] == "completed"
+                    assert time.monotonic() - started < 5
 
-                        complete_silently(client, job_ids[1])  # while the listener still hears, unannounced
-                        await asyncio.sleep(0.2)
-                        await asyncio.to_thread(server.stop)
-                        await asyncio.sleep(2)
-                        await asyncio.to_thread(server.start)
-                        started = time.monotonic()
-                        await asyncio.wait_for(next_event(lines[1], "end"), 8)
-                        assert time.monotonic() - started < 8  # the next keep-alive is ~13 s away
+                    complete_silently(client, job_ids[1])  # while the listener still hears, unannounced
+                    await asyncio.sleep(0.2)
+                    await asyncio.to_thread(server.stop)
+                    await asyncio.sleep(2)
+                    await asyncio.to_thread(server.start)
+                    started = time.monotonic()
+                    await asyncio.wait_for(next_event(lines[1], "end"), 8)
+                    assert time.monotonic() - started < 8  # the next keep-alive is ~13 s away
 
         asyncio.run(scenario())
     finally:
@@ -464,7 +465,9 @@ def test_bulk_submit_mixes_accepted_and_refused_items_in_order(processes, redis_
 
         too_many = http.post("/predict/batch", json={"items": items + [items[0]]})
         assert too_many.status_code == 422
-        assert too_many.json()["detail"][0]["loc"] == ["body", "items"] and "MAX_BULK_ITEMS" in too_many.json()["detail"][0]["msg"]
+        assert (
+            too_many.json()["detail"][0]["loc"] == ["body", "items"] and "MAX_BULK_ITEMS" in too_many.json()["detail"][0]["msg"]
+        )
         assert redis_client.hget("asyncinfer:iris:stats", "enqueued") == "3"  # the refusal enqueued nothing
 
         processes.worker(env)

@@ -180,10 +180,21 @@ def test_http_api_conforms_to_its_schema_under_fuzzing(processes, redis_server):
             # Every default check except positive_data_acceptance: a body that fits the documented
             # schema may still not fit the model's signature (rows of 4 floats for iris), which is a
             # correct 422 naming the field; OpenAPI cannot express one model's shapes per route.
-            schemathesis, "run", f"{url}/openapi.json", "--exclude-checks", "positive_data_acceptance",
-            "--max-examples", "60", "--seed", "1", "--generation-deterministic",
+            schemathesis,
+            "run",
+            f"{url}/openapi.json",
+            "--exclude-checks",
+            "positive_data_acceptance",
+            "--max-examples",
+            "60",
+            "--seed",
+            "1",
+            "--generation-deterministic",
         ],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "NO_COLOR": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NO_COLOR": "1"},
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "passed" in result.stdout.lower()

@@ -47,7 +47,9 @@ def big_model(path: Path, megabytes: int) -> Path:
 def models_file(tmp_path: Path) -> Path:
     path = tmp_path / "models.yaml"
     doubler = int64_doubler(tmp_path / "doubler.onnx")
-    path.write_text(yaml.safe_dump({"iris": {"path": MODEL_PATH}, "doubler": {"path": str(doubler), "max_batch_size": 8}}, sort_keys=False))
+    path.write_text(
+        yaml.safe_dump({"iris": {"path": MODEL_PATH}, "doubler": {"path": str(doubler), "max_batch_size": 8}}, sort_keys=False)
+    )
     return path
 
 

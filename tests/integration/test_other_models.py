@@ -64,7 +64,9 @@ def test_int64_and_multi_input_model(tmp_path, settings, redis_client):
     model.ir_version = 8
     path = tmp_path / "add.onnx"
     onnx.save(model, path)
-    records = run_jobs(settings, redis_client, path, [{"a": [[1, 2]], "b": [[10, 20]]}, {"a": [[1, 2], [3, 4]], "b": [[1, 1], [1, 1]]}, [[1, 2]]])
+    records = run_jobs(
+        settings, redis_client, path, [{"a": [[1, 2]], "b": [[10, 20]]}, {"a": [[1, 2], [3, 4]], "b": [[1, 1], [1, 1]]}, [[1, 2]]]
+    )
     assert [r.status for r in records] == [JobStatus.COMPLETED, JobStatus.COMPLETED, JobStatus.FAILED]
     assert orjson.loads(records[0].result) == {"prediction": [11, 22]}
     assert [r["prediction"] for r in orjson.loads(records[1].result)] == [[2, 3], [4, 5]]

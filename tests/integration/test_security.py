@@ -61,7 +61,9 @@ def test_each_client_sees_only_its_own_jobs_and_admin_sees_all(secured, redis_cl
         assert alice.get(location).json()["status"] == "pending"
         unknown = bob.get(f"/job/{'0' * 36}")
         for response in (bob.get(location), bob.delete(location), bob.post(f"{location}/retry")):
-            assert response.status_code == 404 and response.json() == {"detail": unknown.json()["detail"].replace("0" * 36, job_id)}
+            assert response.status_code == 404 and response.json() == {
+                "detail": unknown.json()["detail"].replace("0" * 36, job_id)
+            }
         assert bob.post("/jobs/lookup", json={"ids": [job_id]}).json()["items"] == [{"job_id": job_id, "found": False}]
         assert root.get(location).status_code == 200
         assert root.post("/jobs/lookup", json={"ids": [job_id]}).json()["items"][0]["status"] == "pending"

@@ -83,7 +83,9 @@ def test_resend_resets_and_requeues_delivered_or_failed(redis_client):
     given_up(redis_client, failed_id)
     seed_finished_job(redis_client, delivered_id, "https://hooks.example.com/x")
     redis_client.zrem(KEYS.notify, delivered_id)
-    redis_client.hset(KEYS.job(delivered_id), mapping={"notify_state": "delivered", "notify_attempts": 2, "notify_last_status": 200})
+    redis_client.hset(
+        KEYS.job(delivered_id), mapping={"notify_state": "delivered", "notify_attempts": 2, "notify_last_status": 200}
+    )
     with admin_client(redis_client) as http:
         for job_id in (failed_id, delivered_id):
             response = http.post(f"/admin/notifications/{job_id}/resend")

@@ -15,7 +15,9 @@ def without_notification(view: dict) -> dict:
     return {k: v for k, v in view.items() if k != "notification"}
 
 
-def test_completed_and_canceled_jobs_reach_the_callback(redis_server, redis_client, processes: Processes, notifiers: Notifiers, make_receiver):
+def test_completed_and_canceled_jobs_reach_the_callback(
+    redis_server, redis_client, processes: Processes, notifiers: Notifiers, make_receiver
+):
     receiver = make_receiver()
     # the API's callback_url check (jobqueue.ssrf) must let the loopback http receiver through too
     env = service_env(redis_server.url, WEBHOOK_ALLOW_HTTP="true", WEBHOOK_ALLOW_PRIVATE="true")
@@ -38,7 +40,9 @@ def test_completed_and_canceled_jobs_reach_the_callback(redis_server, redis_clie
         assert all(r.verified for r in receiver.requests) and len(receiver.requests) == 2
 
         final = wait_until(
-            lambda: (v := api.get(f"/job/{completed}").json())["notification"]["state"] == "delivered" and v, 10, "delivered state"
+            lambda: (v := api.get(f"/job/{completed}").json())["notification"]["state"] == "delivered" and v,
+            10,
+            "delivered state",
         )
         assert final["notification"] == {"state": "delivered", "attempts": 1, "last_status": 200, "last_error": None}
         assert without_notification(final) == without_notification(views[completed]), "the webhook body is the API's job view"

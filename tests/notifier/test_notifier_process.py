@@ -173,9 +173,11 @@ def test_probes_and_metrics(redis_client, notifiers: Notifiers, make_receiver):
     with urllib.request.urlopen(base + "/healthz") as response:
         assert response.status == 200
     text = wait_until(
-        lambda: (t := urllib.request.urlopen(base + "/metrics").read().decode())
-        and 'asyncinfer_notifier_deliveries_total{outcome="delivered"} 1' in t
-        and t,
+        lambda: (
+            (t := urllib.request.urlopen(base + "/metrics").read().decode())
+            and 'asyncinfer_notifier_deliveries_total{outcome="delivered"} 1' in t
+            and t
+        ),
         5,
         "metrics",
     )

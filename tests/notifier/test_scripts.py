@@ -113,7 +113,14 @@ def test_failed_attempt_reschedules_then_gives_up_at_max(run_store, redis_client
         (lease,) = run_store(lambda s: s.claim(1, LEASE_MS))
         before = now_ms()
         status = None if attempt == 1 else 500 + attempt
-        results.append(run_store(lambda s, lease=lease, status=status, attempt=attempt: s.failed_attempt(lease, status, f"error {attempt}", False, 0), webhook_max_attempts=3))
+        results.append(
+            run_store(
+                lambda s, lease=lease, status=status, attempt=attempt: s.failed_attempt(
+                    lease, status, f"error {attempt}", False, 0
+                ),
+                webhook_max_attempts=3,
+            )
+        )
         fields = redis_client.hgetall(KEYS.job(job_id))
         assert fields["notify_last_error"] == f"error {attempt}"
         assert fields.get("notify_last_status") == (None if status is None else str(status))

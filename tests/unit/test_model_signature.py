@@ -99,7 +99,10 @@ def test_image_like_rank4_model(tmp_path):
 def test_multi_input_model_takes_an_object(tmp_path):
     path = make_model(
         tmp_path,
-        [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["n", 2]), helper.make_tensor_value_info("b", TensorProto.FLOAT, ["n", 2])],
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["n", 2]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, ["n", 2]),
+        ],
         [helper.make_tensor_value_info("sum", TensorProto.FLOAT, ["n", 2])],
         [helper.make_node("Add", ["a", "b"], ["sum"])],
     )
@@ -154,7 +157,9 @@ def test_outputs_that_are_not_per_row_are_named(tmp_path):
     reduced = make_model(tmp_path, [x], [_tensor("m", TensorProto.FLOAT, [1, 2])],
                          [helper.make_node("ReduceMean", ["x"], ["m"], axes=[0], keepdims=1)], name="reduced.onnx")  # fmt: skip
     assert "fixed first dimension 1" in batch_mismatch(read_signature(reduced))
-    per_row = make_model(tmp_path, [x], [_tensor("y", TensorProto.FLOAT, ["n", 2])], [helper.make_node("Neg", ["x"], ["y"])], name="ok.onnx")
+    per_row = make_model(
+        tmp_path, [x], [_tensor("y", TensorProto.FLOAT, ["n", 2])], [helper.make_node("Neg", ["x"], ["y"])], name="ok.onnx"
+    )
     assert batch_mismatch(read_signature(per_row)) is None
 
 
@@ -201,7 +206,9 @@ def test_header_reader_agrees_with_onnx(tmp_path):
             assert mine.name == theirs.name and mine.kind == theirs.type.WhichOneof("value")
             if mine.kind == "tensor_type":
                 assert mine.elem_type == TensorProto.DataType.Name(theirs.type.tensor_type.elem_type).lower()
-                dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in theirs.type.tensor_type.shape.dim]
+                dims = [
+                    d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in theirs.type.tensor_type.shape.dim
+                ]
                 assert list(mine.dims) == dims
     with pytest.raises(ValueError, match="not an ONNX model"):
         (tmp_path / "junk.onnx").write_bytes(b"\xff\xff\xff")

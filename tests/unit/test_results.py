@@ -39,4 +39,6 @@ def test_missing_execution_providers_are_skipped_with_one_line(caplog):
     with caplog.at_level("WARNING"):
         chosen = available_providers(["CUDAExecutionProvider", "CPUExecutionProvider"])
     assert chosen == ["CPUExecutionProvider"]
-    assert [r.getMessage() for r in caplog.records] == ["execution provider CUDAExecutionProvider is not in this ONNX Runtime build; skipped"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "execution provider CUDAExecutionProvider is not in this ONNX Runtime build; skipped"
+    ]
