@@ -105,7 +105,7 @@ def main() -> None:
             time.sleep(0.1)
         elapsed = time.monotonic() - started
         final = statuses(client, keys, accepted)
-        for job_id, (status, _) in zip(accepted, final):
+        for job_id, (status, _) in zip(accepted, final, strict=True):
             if status != "completed":  # say where a job that did not finish is, to debug it
                 where = [key for key in client.keys(keys.prefix + ":*") if client.type(key) == "list" and job_id in client.lrange(key, 0, -1)]
                 print(f"not completed: {job_id} {client.hgetall(keys.job(job_id))} in lists {where}"
