@@ -168,6 +168,17 @@ async def end_to_end(base: str, jobs: int, mode: str) -> Load:
     return load
 
 
+def pooled(loads: list[Load]) -> Load:
+    """Rounds of one load as one: median throughputs, latency samples pooled (for p50/p99)."""
+    return Load(
+        jobs=sum(x.jobs for x in loads),
+        submit_rps=statistics.median(x.submit_rps for x in loads),
+        submit_ms=[v for x in loads for v in x.submit_ms],
+        completed_jps=statistics.median(x.completed_jps for x in loads),
+        wake_ms=[v for x in loads for v in x.wake_ms],
+    )
+
+
 async def idle_wake_up(base: str, redis_url: str, channel: str, jobs: int) -> tuple[list[float], list[float]]:
     """One client at a time: submit, then long-poll. Returns (HTTP long-poll wake-up ms, raw Pub/Sub
     'ended' arrival ms), each relative to the job's finished_at."""
@@ -318,12 +329,13 @@ class System:
             LOG_LEVEL="WARNING", PYTHONPATH=str(ROOT), MAX_QUEUE_LENGTH="0",
         )  # fmt: skip
 
-    def api_argv(self, server: str | None = None, hotpath: bool = True) -> list[str]:
+    def api_argv(self, server: str | None = None, hotpath: bool = True, rearm: bool = False) -> list[str]:
         if self.name == "naive":
             return [sys.executable, "-m", "bench.naive.app"]
         if server is None:
             return [str(BIN / "asyncinfer-api")]
-        return [sys.executable, "-m", "bench.serve", "--server", server, *([] if hotpath else ["--no-hotpath"])]
+        flags = ([] if hotpath else ["--no-hotpath"]) + (["--rearm"] if rearm else [])
+        return [sys.executable, "-m", "bench.serve", "--server", server, *flags]
 
     def worker_argv(self) -> list[str]:
         if self.name == "naive":
@@ -537,7 +549,8 @@ def import_time(system: System) -> list[tuple[int, int, str]]:
         match = re.match(r"import time:\s+(\d+) \|\s+(\d+) \| (\s*)(\S+)", line)
         if match:
             rows.append((int(match[1]), int(match[2]), len(match[3]), match[4]))
-    top = [(s, c, name) for s, c, depth, name in rows if depth <= 1]
+    # package roots (numpy, onnx, pydantic_settings, ...) wherever they are first imported, and our modules
+    top = [(s, c, name) for s, c, _, name in rows if "." not in name or name.startswith(("worker.", "jobqueue."))]
     return sorted(top, key=lambda r: -r[1])
 
 
@@ -546,6 +559,7 @@ def import_time(system: System) -> list[tuple[int, int, str]]:
 
 @dataclass
 class Sizes:
+    rounds: int
     jobs: int
     wait_jobs: int
     drain_jobs: int
@@ -555,8 +569,8 @@ class Sizes:
     starts: int
 
 
-FULL = Sizes(jobs=6000, wait_jobs=6000, drain_jobs=50_000, single_jobs=6000, idle_jobs=200, ab_jobs=4000, starts=5)
-QUICK = Sizes(jobs=2000, wait_jobs=2000, drain_jobs=20_000, single_jobs=2000, idle_jobs=60, ab_jobs=1500, starts=3)
+FULL = Sizes(rounds=3, jobs=4000, wait_jobs=4000, drain_jobs=50_000, single_jobs=6000, idle_jobs=200, ab_jobs=4000, starts=5)
+QUICK = Sizes(rounds=1, jobs=2000, wait_jobs=2000, drain_jobs=20_000, single_jobs=2000, idle_jobs=60, ab_jobs=1500, starts=3)
 
 
 def fmt(value: float, digits: int = 0) -> str:
@@ -587,36 +601,32 @@ def main() -> None:
         server = RedisServer(workdir / "redis", appendfsync="everysec").start()
         client = redis.Redis.from_url(server.url, decode_responses=True)
         try:
-            # -- naive: e2e poll, drain, cold start --------------------------------------------
+            # -- e2e, interleaved: both stacks up at once, naive and ours alternate round by round, so
+            # a burst from another tenant of this shared machine hits both rather than one of them
             naive = System("naive", server.url, workdir)
-            port = free_port()
-            api = naive.start_api(port)
-            worker, _ = naive.start_worker()
-            with running(api, worker):
-                time.sleep(1.0)  # the naive worker loads its model before its first BRPOP
-                out["naive_e2e"] = asyncio.run(end_to_end(f"http://127.0.0.1:{port}", sizes.jobs, "poll"))
-                out["naive_api_rss"], out["naive_worker_rss"] = tree_rss_mb(api.pid), tree_rss_mb(worker.pid)
-            step("naive e2e")
-            out["naive_drain"] = drain_naive(System("naive", server.url, workdir, "-drain"), client, sizes.drain_jobs)
-            step("naive drain")
-            out["naive_cold"] = cold_start_naive(naive, client, sizes.starts)
-            step("naive cold start")
-
-            # -- ours: one API process and one worker for every HTTP figure ---------------------
+            naive_port = free_port()
+            naive_api = naive.start_api(naive_port)
+            naive_worker, _ = naive.start_worker()
             ours = System("ours", server.url, workdir)
             port = free_port()
             base = f"http://127.0.0.1:{port}"
             api = ours.start_api(port)
             worker, watcher = ours.start_worker()
+            rounds: dict[str, list[Load]] = {"naive": [], "poll": [], "wait": [], "long": []}
             with running(api):
-                with running(worker):
+                with running(worker, naive_api, naive_worker):
                     watcher.wait_ready()
-                    out["e2e"] = asyncio.run(end_to_end(base, sizes.jobs, "poll"))
-                    step("ours e2e poll")
-                    out["e2e_wait"] = asyncio.run(end_to_end(base, sizes.wait_jobs, "wait"))
-                    step("ours e2e Prefer: wait")
-                    out["e2e_long"] = asyncio.run(end_to_end(base, sizes.jobs, "long"))
-                    step("ours e2e long poll")
+                    time.sleep(0.5)  # the naive worker loads its model before its first BRPOP
+                    for n in range(sizes.rounds):
+                        rounds["naive"].append(asyncio.run(end_to_end(f"http://127.0.0.1:{naive_port}", sizes.jobs, "poll")))
+                        rounds["poll"].append(asyncio.run(end_to_end(base, sizes.jobs, "poll")))
+                        rounds["wait"].append(asyncio.run(end_to_end(base, sizes.wait_jobs, "wait")))
+                        rounds["long"].append(asyncio.run(end_to_end(base, sizes.jobs, "long")))
+                        step(f"e2e round {n + 1}: naive, ours poll, ours Prefer: wait, ours long poll")
+                    out["rounds"] = rounds
+                    out["naive_e2e"], out["e2e"] = pooled(rounds["naive"]), pooled(rounds["poll"])
+                    out["e2e_wait"], out["e2e_long"] = pooled(rounds["wait"]), pooled(rounds["long"])
+                    out["naive_api_rss"], out["naive_worker_rss"] = tree_rss_mb(naive_api.pid), tree_rss_mb(naive_worker.pid)
                     out["idle_http"], out["idle_pubsub"] = asyncio.run(idle_wake_up(base, server.url, ours.keys.events, sizes.idle_jobs))
                     step("ours idle wake-up")
                     if profiles:
@@ -628,6 +638,8 @@ def main() -> None:
                             asyncio.run(end_to_end(base, sizes.wait_jobs, "wait"))
                         step("profiles e2e")
                     out["worker_rss_e2e"] = tree_rss_mb(worker.pid)
+                out["naive_drain"] = drain_naive(System("naive", server.url, workdir, "-drain"), client, sizes.drain_jobs)
+                step("naive drain")
                 # no worker: the single-job and bulk paths of the API alone
                 out["single_submit"], out["single_get"], single_ids = asyncio.run(single_path(base, sizes.single_jobs))
                 step("ours single-job path")
@@ -655,32 +667,37 @@ def main() -> None:
                 out["api_rss"] = tree_rss_mb(api.pid)
                 del single_ids
 
-            out["cold"] = cold_start_ours(ours, sizes.starts)
-            step("ours cold start")
+            out["naive_cold"], out["cold"] = [], []
+            for _ in range(sizes.starts):  # alternating, for the same reason as the e2e rounds
+                out["naive_cold"] += cold_start_naive(naive, client, 1)
+                out["cold"] += cold_start_ours(ours, 1)
+            step("cold starts")
             out["importtime"] = import_time(ours)
             step("importtime")
 
             # -- A/B: ASGI server and hot path, same app, same load ----------------------------
-            ab: dict[str, tuple[Load, Load, float]] = {}
+            ab: dict[str, tuple[Load, Load, Load, float]] = {}
             if not args.no_ab:
-                variants = [("uvicorn", True), ("uvicorn", False)]
+                variants = [("uvicorn", True, False), ("uvicorn", False, False)]
                 if have_granian:
-                    variants += [("granian", True), ("granian", False)]
+                    variants += [("granian", True, False), ("granian", False, False)]
                 else:
                     notes.append("granian not installed in .venv (`.venv/bin/pip install granian`): A/B ran uvicorn only")
                 ab_system = System("ours", server.url, workdir, "-ab")
                 worker, watcher = ab_system.start_worker("ab-worker")
                 with running(worker):
                     watcher.wait_ready()
-                    for server_name, hotpath in variants:
-                        label = f"{server_name}, hot path {'on' if hotpath else 'off'}"
+                    variants.append(("uvicorn", True, True))  # the proposed AppState.wait_for (bench/serve.py)
+                    for server_name, hotpath, rearm in variants:
+                        label = f"{server_name}, hot path {'on' if hotpath else 'off'}" + (", proposed wait_for" if rearm else "")
                         port = free_port()
-                        api = ab_system.start_api(port, f"ab-{server_name}-{hotpath}", server=server_name, hotpath=hotpath)
+                        api = ab_system.start_api(port, f"ab-{len(ab)}", server=server_name, hotpath=hotpath, rearm=rearm)
                         with running(api):
                             base = f"http://127.0.0.1:{port}"
                             poll = asyncio.run(end_to_end(base, sizes.ab_jobs, "poll"))
                             wait = asyncio.run(end_to_end(base, sizes.ab_jobs, "wait"))
-                            ab[label] = (poll, wait, tree_rss_mb(api.pid))
+                            long = asyncio.run(end_to_end(base, sizes.ab_jobs, "long"))
+                            ab[label] = (poll, wait, long, tree_rss_mb(api.pid))
                         step(f"A/B {label}")
             out["ab"] = ab
         finally:
@@ -717,6 +734,7 @@ def render(out: dict[str, Any], sizes: Sizes, args: argparse.Namespace, started_
     r2 = wait.completed_jps / naive.completed_jps
     row("2 one round trip, `Prefer: wait=10`: completed jobs/s", ">= 5x naive e2e", fmt(naive.completed_jps), fmt(wait.completed_jps), f"{r2:.2f}x", r2 >= 5)
     row("2 `Prefer: wait` round trip p50 / p99 ms", "", "-", f"{pct(wait.submit_ms, .5):.1f} / {pct(wait.submit_ms, .99):.1f}")
+    row("2 `Prefer: wait` round trips > 1.9 s (a lost wake-up waits for the 2 s recheck)", "0", "-", stalls(wait))
     row("  e2e with long-poll clients: completed jobs/s", "", "-", fmt(long.completed_jps), f"{long.completed_jps / naive.completed_jps:.2f}x")
     r3 = d.jps / nd.jps
     row(f"3 drain of {d.jobs:,} jobs by 1 worker: jobs/s", ">= 20,000", fmt(nd.jps), fmt(d.jps), f"{r3:.1f}x", d.jps >= 20_000)
@@ -740,20 +758,35 @@ def render(out: dict[str, Any], sizes: Sizes, args: argparse.Namespace, started_
     row(f"7 long-poll wake-up, 1 client p50 / p99 ms ({len(out['idle_http'])} waits)", "p99 <= 5", "-", f"{iw50:.1f} / {iw99:.1f}", "", iw99 <= 5)
     pw = out["idle_pubsub"]
     row("7 raw Pub/Sub `ended` arrival, 1 client p50 / p99 ms", "", "-", f"{pct(pw, .5):.1f} / {pct(pw, .99):.1f}")
-    for label, (poll, w, rss) in out["ab"].items():
-        row(f"A/B {label}: e2e poll / `Prefer: wait` jobs/s, submit p99 ms, RSS MB", "", "-",
-            f"{fmt(poll.completed_jps)} / {fmt(w.completed_jps)}, p99 {pct(poll.submit_ms, .99):.1f}, {rss:.0f} MB")  # fmt: skip
+    ab_lines = [
+        "",
+        f"A/B, same app and load ({sizes.ab_jobs:,} jobs per load, 1 worker, bench/serve.py): e2e poll jobs/s and submit p99;",
+        "`Prefer: wait` jobs/s, round-trip p99 and round trips stuck on the 2 s recheck; long-poll wake-up p99; API RSS.",
+        "",
+        "| variant | poll jobs/s | poll submit p99 ms | wait jobs/s | wait p99 ms | waits > 1.9 s | long-poll wake-up p99 ms | RSS MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, (poll, w, lp, rss) in out["ab"].items():
+        ab_lines.append(
+            f"| {label} | {fmt(poll.completed_jps)} | {pct(poll.submit_ms, .99):.1f} | {fmt(w.completed_jps)} | {pct(w.submit_ms, .99):.1f} "
+            f"| {stalls(w)} | {pct(lp.wake_ms, .99):.1f} | {rss:.0f} |"
+        )
 
     lines = [
         f"# asyncinfer bench ({'--quick' if args.quick else 'full'}) — {started_at:%Y-%m-%d %H:%M} UTC",
         "",
         f"machine: {os.cpu_count()} cores (shared; load generator on the same cores); one redis-server "
         f"{redis_version()} with AOF everysec for both systems; 1 worker; {CLIENTS} clients; iris model.",
-        f"e2e: {naive.jobs:,} jobs; `Prefer: wait`: {wait.jobs:,}; drain / bulk: {d.jobs:,}; A/B: {sizes.ab_jobs:,} jobs per load.",
+        f"e2e: {sizes.rounds} interleaved rounds (naive, ours poll, ours `Prefer: wait`, ours long poll) of {sizes.jobs:,} jobs each; "
+        f"jobs/s are the medians of the rounds, latencies pooled over them; drain / bulk: {d.jobs:,} jobs.",
+        "e2e ratio per round (ours poll / naive; ours `Prefer: wait` / naive): "
+        + ", ".join(f"{o.completed_jps / n_.completed_jps:.2f}x; {w_.completed_jps / n_.completed_jps:.2f}x"
+                    for n_, o, w_ in zip(out["rounds"]["naive"], out["rounds"]["poll"], out["rounds"]["wait"], strict=True)),
         "",
         "| figure | target | naive seed | asyncinfer | ratio | met |",
         "|---|---|---:|---:|---:|---|",
         *(f"| {' | '.join(r)} |" for r in rows),
+        *ab_lines,
         "",
         "Redis commands per job during the drain (calls/job, usec/job; commands inside scripts are counted by",
         "Redis too, and are part of EVALSHA's usec):",
@@ -768,13 +801,19 @@ def render(out: dict[str, Any], sizes: Sizes, args: argparse.Namespace, started_
         oc_, ou = d.commands.get(name, (0, 0))
         nc_, nu = nd.commands.get(name, (0, 0))
         lines.append(f"| {name} | {oc_ / d.jobs:.3f} | {ou / d.jobs:.2f} | {nc_ / nd.jobs:.3f} | {nu / nd.jobs:.2f} |")
-    lines += ["", "Worker start-up imports (`python -X importtime`, top-level, by cumulative ms):", "",
+    lines += ["", "Worker start-up imports (`python -X importtime` of `asyncinfer-worker` up to its ready line; package roots",
+              "where first imported, and our modules; by cumulative ms, nested entries are included in their parents):", "",
               "| module | cumulative ms | self ms |", "|---|---:|---:|"]  # fmt: skip
-    for self_us, cum_us, name in out["importtime"][:12]:
+    for self_us, cum_us, name in out["importtime"][:16]:
         lines.append(f"| {name} | {cum_us / 1000:.1f} | {self_us / 1000:.1f} |")
     lines += ["", f"cold starts, s: naive {' '.join(f'{t:.2f}' for t in out['naive_cold'])}; asyncinfer {' '.join(f'{t:.2f}' for t in out['cold'])}"]
     lines += [f"note: {n}" for n in notes]
     return "\n".join(lines)
+
+
+def stalls(load: Load) -> str:
+    stuck = sum(1 for ms in load.submit_ms if ms > 1900)
+    return f"{stuck} of {len(load.submit_ms)}"
 
 
 def redis_version() -> str:
