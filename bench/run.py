@@ -80,6 +80,33 @@ def iso_ms(text: str) -> float:
     return dt.datetime.fromisoformat(text).timestamp() * 1000
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of a process and its children."""
+    proc = psutil.Process(pid)
+    return sum(sum(p.cpu_times()[:2]) for p in [proc, *proc.children(recursive=True)])
+
+
+@contextmanager
+def cpu_meter(**pids: int) -> Iterator[dict[str, float]]:
+    """CPU seconds each named process used while the block ran (filled in on exit)."""
+    before = {name: cpu_s(pid) for name, pid in pids.items()}
+    used: dict[str, float] = {}
+    try:
+        yield used
+    finally:
+        used.update({name: cpu_s(pid) - before[name] for name, pid in pids.items()})
+
+
+def metered_e2e(base: str, jobs: int, mode: str, api: int, worker: int, redis_pid: int) -> Load:
+    """end_to_end with the CPU each process spent on it: API per request, worker and Redis per job."""
+    with cpu_meter(api=api, worker=worker, redis=redis_pid) as used:
+        load = asyncio.run(end_to_end(base, jobs, mode))
+    load.api_cpu_us = used["api"] / load.requests * 1e6
+    load.worker_cpu_us = used["worker"] / load.jobs * 1e6
+    load.redis_cpu_us = used["redis"] / load.jobs * 1e6
+    return load
+
+
 def tree_rss_mb(pid: int) -> float:
     """RSS of a process and its children (granian serves from a child process)."""
     proc = psutil.Process(pid)
@@ -98,6 +125,10 @@ class Load:
     submit_ms: list[float] = field(default_factory=list)
     completed_jps: float = 0.0
     wake_ms: list[float] = field(default_factory=list)  # long poll: response arrival - finished_at
+    requests: int = 0  # HTTP requests sent (submits + polls)
+    api_cpu_us: float = 0.0  # API process CPU per HTTP request
+    redis_cpu_us: float = 0.0  # redis-server CPU per job
+    worker_cpu_us: float = 0.0  # worker CPU per job
 
 
 async def end_to_end(base: str, jobs: int, mode: str) -> Load:
@@ -123,6 +154,7 @@ async def end_to_end(base: str, jobs: int, mode: str) -> Load:
             headers = {"Prefer": "wait=10"} if mode == "wait" else {}
             for _ in range(count):
                 sent = time.perf_counter()
+                load.requests += 1
                 async with http.post(f"{base}/predict", data=BODY, headers=headers) as response:
                     body = await response.json()
                     expected = 200 if mode == "wait" else 202
@@ -141,6 +173,7 @@ async def end_to_end(base: str, jobs: int, mode: str) -> Load:
             while True:
                 job_id = await todo.get()
                 sent_ms = time.time() * 1000
+                load.requests += 1
                 async with http.get(f"{base}/job/{job_id}{suffix}") as response:
                     view = await response.json()
                 arrived_ms = time.time() * 1000
@@ -171,6 +204,10 @@ async def end_to_end(base: str, jobs: int, mode: str) -> Load:
 def pooled(loads: list[Load]) -> Load:
     """Rounds of one load as one: median throughputs, latency samples pooled (for p50/p99)."""
     return Load(
+        requests=sum(x.requests for x in loads),
+        api_cpu_us=statistics.median(x.api_cpu_us for x in loads),
+        worker_cpu_us=statistics.median(x.worker_cpu_us for x in loads),
+        redis_cpu_us=statistics.median(x.redis_cpu_us for x in loads),
         jobs=sum(x.jobs for x in loads),
         submit_rps=statistics.median(x.submit_rps for x in loads),
         submit_ms=[v for x in loads for v in x.submit_ms],
@@ -456,9 +493,11 @@ class Drain:
     bytes_per_job: float
     commands: dict[str, tuple[int, int]]
     worker_rss_mb: float = 0.0
+    worker_cpu_us: float = 0.0  # per job
+    redis_cpu_us: float = 0.0  # per job
 
 
-def drain_ours(system: System, client: redis.Redis, ids: list[str], used_before: int, profile: Path | None) -> Drain:
+def drain_ours(system: System, client: redis.Redis, ids: list[str], used_before: int, profile: Path | None, redis_pid: int) -> Drain:
     """Drain pre-filled jobs with one worker; jobs/s counted from its start-up log line to the last finished_at."""
     stats_key = system.keys.model("iris").stats
     done_before = int(client.hget(stats_key, "completed") or 0)
@@ -466,7 +505,7 @@ def drain_ours(system: System, client: redis.Redis, ids: list[str], used_before:
     worker, watcher = system.start_worker("drain-worker")
     with running(worker):
         ready = watcher.wait_ready()
-        with profiled(worker.pid, profile):
+        with profiled(worker.pid, profile), cpu_meter(worker=worker.pid, redis=redis_pid) as used:
             while int(client.hget(stats_key, "completed") or 0) - done_before < len(ids):
                 if worker.poll() is not None:
                     raise RuntimeError("worker exited during the drain")
@@ -480,10 +519,12 @@ def drain_ours(system: System, client: redis.Redis, ids: list[str], used_before:
             pipe.hget(system.keys.job(job_id), "finished_at")
         last = max(last, *(int(v) for v in pipe.execute()))
     used_after = int(client.info("memory")["used_memory"])
-    return Drain(len(ids), len(ids) / ((last - ready * 1000) / 1000), usec / len(ids), (used_after - used_before) / len(ids), commands, rss)
+    n = len(ids)
+    return Drain(n, n / ((last - ready * 1000) / 1000), usec / n, (used_after - used_before) / n, commands, rss,
+                 used["worker"] / n * 1e6, used["redis"] / n * 1e6)  # fmt: skip
 
 
-def drain_naive(system: System, client: redis.Redis, n: int) -> Drain:
+def drain_naive(system: System, client: redis.Redis, n: int, redis_pid: int) -> Drain:
     """The naive worker has no start-up line: timed from its first BRPOP taking a job (kinder to it)."""
     used_before = int(client.info("memory")["used_memory"])
     ids = prefill_naive(client, system.queue_name, n)
@@ -494,18 +535,19 @@ def drain_naive(system: System, client: redis.Redis, n: int) -> Drain:
         while client.llen(system.queue_name) >= n:
             time.sleep(0.001)
         started = time.perf_counter()
-        while client.llen(system.queue_name) > 0:
-            time.sleep(0.02)
-        while client.get(f"job:{ids[0]}:status") != "completed":  # LPUSH + BRPOP: the first id is the last out
-            polls += 1
-            time.sleep(0.002)
+        with cpu_meter(worker=worker.pid, redis=redis_pid) as used:
+            while client.llen(system.queue_name) > 0:
+                time.sleep(0.02)
+            while client.get(f"job:{ids[0]}:status") != "completed":  # LPUSH + BRPOP: the first id is the last out
+                polls += 1
+                time.sleep(0.002)
         elapsed = time.perf_counter() - started
         usec, commands = command_usec(client, NAIVE_WORKER_COMMANDS)
         rss = tree_rss_mb(worker.pid)
     calls, get_usec = commands.get("get", (1, 0))
     usec -= get_usec * (polls + 1) / max(calls, 1)  # our own completion polls
     used_after = int(client.info("memory")["used_memory"])
-    return Drain(n, n / elapsed, usec / n, (used_after - used_before) / n, commands, rss)
+    return Drain(n, n / elapsed, usec / n, (used_after - used_before) / n, commands, rss, used["worker"] / n * 1e6, used["redis"] / n * 1e6)
 
 
 # -- start-up -------------------------------------------------------------------------------------
@@ -618,10 +660,12 @@ def main() -> None:
                     watcher.wait_ready()
                     time.sleep(0.5)  # the naive worker loads its model before its first BRPOP
                     for n in range(sizes.rounds):
-                        rounds["naive"].append(asyncio.run(end_to_end(f"http://127.0.0.1:{naive_port}", sizes.jobs, "poll")))
-                        rounds["poll"].append(asyncio.run(end_to_end(base, sizes.jobs, "poll")))
-                        rounds["wait"].append(asyncio.run(end_to_end(base, sizes.wait_jobs, "wait")))
-                        rounds["long"].append(asyncio.run(end_to_end(base, sizes.jobs, "long")))
+                        rpid = server.proc.pid
+                        naive_base = f"http://127.0.0.1:{naive_port}"
+                        rounds["naive"].append(metered_e2e(naive_base, sizes.jobs, "poll", naive_api.pid, naive_worker.pid, rpid))
+                        rounds["poll"].append(metered_e2e(base, sizes.jobs, "poll", api.pid, worker.pid, rpid))
+                        rounds["wait"].append(metered_e2e(base, sizes.wait_jobs, "wait", api.pid, worker.pid, rpid))
+                        rounds["long"].append(metered_e2e(base, sizes.jobs, "long", api.pid, worker.pid, rpid))
                         step(f"e2e round {n + 1}: naive, ours poll, ours Prefer: wait, ours long poll")
                     out["rounds"] = rounds
                     out["naive_e2e"], out["e2e"] = pooled(rounds["naive"]), pooled(rounds["poll"])
@@ -638,18 +682,24 @@ def main() -> None:
                             asyncio.run(end_to_end(base, sizes.wait_jobs, "wait"))
                         step("profiles e2e")
                     out["worker_rss_e2e"] = tree_rss_mb(worker.pid)
-                out["naive_drain"] = drain_naive(System("naive", server.url, workdir, "-drain"), client, sizes.drain_jobs)
+                out["naive_drain"] = drain_naive(System("naive", server.url, workdir, "-drain"), client, sizes.drain_jobs, server.proc.pid)
                 step("naive drain")
                 # no worker: the single-job and bulk paths of the API alone
                 out["single_submit"], out["single_get"], single_ids = asyncio.run(single_path(base, sizes.single_jobs))
                 step("ours single-job path")
                 client.delete(*ours.keys.model("iris").pending_all)  # those jobs stay pending, out of the drain's way
                 used_before = int(client.info("memory")["used_memory"])
-                out["bulk_submit"], bulk_ids = asyncio.run(bulk(base, sizes.drain_jobs // BULK_ITEMS))
+                client.config_resetstat()
+                with cpu_meter(api=api.pid, redis=server.proc.pid) as used:
+                    out["bulk_submit"], bulk_ids = asyncio.run(bulk(base, sizes.drain_jobs // BULK_ITEMS))
+                out["bulk_api_cpu_us"], out["bulk_redis_cpu_us"] = (used[k] / len(bulk_ids) * 1e6 for k in ("api", "redis"))
+                out["bulk_redis_usec"] = command_usec(client, ("evalsha", "eval"))[0] / len(bulk_ids)
                 step("ours bulk submit")
-                out["drain"] = drain_ours(ours, client, bulk_ids, used_before, None)
+                out["drain"] = drain_ours(ours, client, bulk_ids, used_before, None, server.proc.pid)
                 step("ours drain")
-                out["lookup"] = asyncio.run(lookup(base, bulk_ids))
+                with cpu_meter(api=api.pid, redis=server.proc.pid) as used:
+                    out["lookup"] = asyncio.run(lookup(base, bulk_ids))
+                out["lookup_api_cpu_us"], out["lookup_redis_cpu_us"] = (used[k] / len(bulk_ids) * 1e6 for k in ("api", "redis"))
                 step("ours bulk lookup")
                 if profiles:
                     with profiled(api.pid, profiles / "api-bulk.txt"):
@@ -662,7 +712,7 @@ def main() -> None:
                     api2 = profile_system.start_api(port2, "profile-api")
                     with running(api2):
                         _, prof_ids = asyncio.run(bulk(f"http://127.0.0.1:{port2}", sizes.drain_jobs // BULK_ITEMS))
-                    drain_ours(profile_system, client, prof_ids, 0, profiles / "worker-drain.txt")
+                    drain_ours(profile_system, client, prof_ids, 0, profiles / "worker-drain.txt", server.proc.pid)
                     step("profiles bulk, lookup, drain")
                 out["api_rss"] = tree_rss_mb(api.pid)
                 del single_ids
@@ -740,6 +790,7 @@ def render(out: dict[str, Any], sizes: Sizes, args: argparse.Namespace, started_
     row(f"3 drain of {d.jobs:,} jobs by 1 worker: jobs/s", ">= 20,000", fmt(nd.jps), fmt(d.jps), f"{r3:.1f}x", d.jps >= 20_000)
     row("3 drain: Redis usec per job (INFO commandstats)", "", f"{nd.usec_per_job:.1f}", f"{d.usec_per_job:.1f}", f"{d.usec_per_job / nd.usec_per_job:.2f}x")
     row("4 bulk submit, 100 items per request: jobs/s", ">= 20,000", "-", fmt(out["bulk_submit"]), "", out["bulk_submit"] >= 20_000)
+    row("4 bulk submit: Redis usec per job (enqueue script, INFO commandstats)", "", "-", f"{out['bulk_redis_usec']:.1f}")
     row("4 bulk lookup, 100 ids per request: jobs/s", "~ bulk submit", "-", fmt(out["lookup"]), "", out["lookup"] >= 20_000)
     row("4 single-job path, no worker: POST /predict req/s", "", "-", fmt(out["single_submit"]))
     row("4 single-job path, no worker: GET /job/{id} req/s", "", "-", fmt(out["single_get"]))
@@ -758,6 +809,22 @@ def render(out: dict[str, Any], sizes: Sizes, args: argparse.Namespace, started_
     row(f"7 long-poll wake-up, 1 client p50 / p99 ms ({len(out['idle_http'])} waits)", "p99 <= 5", "-", f"{iw50:.1f} / {iw99:.1f}", "", iw99 <= 5)
     pw = out["idle_pubsub"]
     row("7 raw Pub/Sub `ended` arrival, 1 client p50 / p99 ms", "", "-", f"{pct(pw, .5):.1f} / {pct(pw, .99):.1f}")
+    cpu_lines = [
+        "",
+        "Where the CPU goes (process CPU time, user + system, divided by the work done; less noisy than rates on a shared box):",
+        "",
+        "| load | HTTP requests per job | API CPU us per request | API CPU us per job | worker CPU us per job | Redis CPU us per job |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for label, x in (("naive e2e poll", naive), ("asyncinfer e2e poll", e2e), ("asyncinfer `Prefer: wait`", wait), ("asyncinfer long poll", long)):
+        per_job = x.requests / x.jobs
+        cpu_lines.append(f"| {label} | {per_job:.2f} | {x.api_cpu_us:.0f} | {x.api_cpu_us * per_job:.0f} | {x.worker_cpu_us:.0f} | {x.redis_cpu_us:.0f} |")
+    cpu_lines += [
+        f"| asyncinfer bulk submit (100 items) | 0.01 | - | {out['bulk_api_cpu_us']:.0f} | - | {out['bulk_redis_cpu_us']:.0f} |",
+        f"| asyncinfer bulk lookup (100 ids) | 0.01 | - | {out['lookup_api_cpu_us']:.0f} | - | {out['lookup_redis_cpu_us']:.0f} |",
+        f"| naive drain | - | - | - | {nd.worker_cpu_us:.0f} | {nd.redis_cpu_us:.0f} |",
+        f"| asyncinfer drain | - | - | - | {d.worker_cpu_us:.0f} | {d.redis_cpu_us:.0f} |",
+    ]
     ab_lines = [
         "",
         f"A/B, same app and load ({sizes.ab_jobs:,} jobs per load, 1 worker, bench/serve.py): e2e poll jobs/s and submit p99;",
@@ -786,6 +853,7 @@ def render(out: dict[str, Any], sizes: Sizes, args: argparse.Namespace, started_
         "| figure | target | naive seed | asyncinfer | ratio | met |",
         "|---|---|---:|---:|---:|---|",
         *(f"| {' | '.join(r)} |" for r in rows),
+        *cpu_lines,
         *ab_lines,
         "",
         "Redis commands per job during the drain (calls/job, usec/job; commands inside scripts are counted by",
