@@ -420,7 +420,7 @@ def running(*procs: subprocess.Popen) -> Iterator[None]:
 
 
 @contextmanager
-def profiled(pid: int, out: Path | None, rate: int = 100) -> Iterator[None]:
+def profiled(pid: int, out: Path | None, rate: int = 250) -> Iterator[None]:
     """py-spy record of `pid` while the block runs (raw collapsed stacks), when `out` is given."""
     if out is None:
         yield
