@@ -356,8 +356,9 @@ def spawn_piped(argv: list[str], env: dict[str, str]) -> subprocess.Popen:
 class System:
     """One system under test: its env, key prefix and how to start its API and worker."""
 
-    def __init__(self, name: str, redis_url: str, workdir: Path, tag: str = "") -> None:
+    def __init__(self, name: str, redis_url: str, workdir: Path, tag: str = "", pipelined: bool = False) -> None:
         self.name, self.redis_url, self.workdir = name, redis_url, workdir
+        self.pipelined = pipelined  # bench/pipelined_worker.py, the prototype of the overlapped loop
         self.prefix = f"bench-{name}{tag}-{uuid.uuid4().hex[:6]}"
         self.keys = StoreKeys(self.prefix)
         self.queue_name = f"{self.prefix}:queue" if name == "naive" else self.keys.model("iris").pending()
@@ -377,6 +378,8 @@ class System:
     def worker_argv(self) -> list[str]:
         if self.name == "naive":
             return [sys.executable, "-m", "bench.naive.worker"]
+        if self.pipelined:
+            return [sys.executable, "-m", "bench.pipelined_worker"]
         return [str(BIN / "asyncinfer-worker")]
 
     def start_api(self, port: int, label: str = "api", **kwargs: Any) -> subprocess.Popen:
@@ -473,6 +476,34 @@ def command_usec(client: redis.Redis, commands: tuple[str, ...]) -> tuple[float,
     return sum(stats[c][1] for c in commands if c in stats), stats
 
 
+def settle_aof(client: redis.Redis) -> None:
+    """Run an AOF rewrite now and wait for it, so that no automatic rewrite (a fork writing the whole
+    dataset, on these same two cores) lands inside the drain being measured. Both systems get this."""
+    if int(client.info("persistence")["aof_rewrite_in_progress"]) == 0:
+        client.bgrewriteaof()
+    time.sleep(0.05)
+    while int(client.info("persistence")["aof_rewrite_in_progress"]):
+        time.sleep(0.05)
+
+
+def prefill_ours(system: System, client: redis.Redis, n: int) -> list[str]:
+    """Jobs as the API's enqueue script writes them, pipelined (for the worker A/B, where the HTTP side
+    does not matter)."""
+    from jobqueue.protocol import NewJob, enqueue_call, lua_source
+    from jobqueue.settings import Settings
+
+    settings = Settings(key_prefix=system.prefix, max_queue_length=0)
+    enqueue = client.register_script(lua_source("enqueue"))
+    ids = [str(uuid.uuid4()) for _ in range(n)]
+    for start in range(0, n, 1000):
+        pipe = client.pipeline(transaction=False)
+        for job_id in ids[start : start + 1000]:
+            call = enqueue_call(system.keys, settings, NewJob(job_id=job_id, model="iris", payload=BODY.decode()))
+            enqueue(keys=call.keys, args=call.args, client=pipe)
+        pipe.execute()
+    return ids
+
+
 def prefill_naive(client: redis.Redis, queue: str, n: int) -> list[str]:
     """The naive API's three writes per job, pipelined (its own API is far slower than its worker)."""
     ids = [str(uuid.uuid4()) for _ in range(n)]
@@ -501,6 +532,7 @@ def drain_ours(system: System, client: redis.Redis, ids: list[str], used_before:
     """Drain pre-filled jobs with one worker; jobs/s counted from its start-up log line to the last finished_at."""
     stats_key = system.keys.model("iris").stats
     done_before = int(client.hget(stats_key, "completed") or 0)
+    settle_aof(client)
     client.config_resetstat()
     worker, watcher = system.start_worker("drain-worker")
     with running(worker):
@@ -528,6 +560,7 @@ def drain_naive(system: System, client: redis.Redis, n: int, redis_pid: int) -> 
     """The naive worker has no start-up line: timed from its first BRPOP taking a job (kinder to it)."""
     used_before = int(client.info("memory")["used_memory"])
     ids = prefill_naive(client, system.queue_name, n)
+    settle_aof(client)
     client.config_resetstat()
     worker, _ = system.start_worker("drain-worker")
     polls = 0
@@ -689,6 +722,7 @@ def main() -> None:
                 step("ours single-job path")
                 client.delete(*ours.keys.model("iris").pending_all)  # those jobs stay pending, out of the drain's way
                 used_before = int(client.info("memory")["used_memory"])
+                settle_aof(client)
                 client.config_resetstat()
                 with cpu_meter(api=api.pid, redis=server.proc.pid) as used:
                     out["bulk_submit"], bulk_ids = asyncio.run(bulk(base, sizes.drain_jobs // BULK_ITEMS))
@@ -724,6 +758,16 @@ def main() -> None:
             step("cold starts")
             out["importtime"] = import_time(ours)
             step("importtime")
+
+            # -- worker A/B: the shipped loop vs the overlapped prototype, alternating ------------
+            drain_ab: dict[str, list[Drain]] = {"shipped worker": [], "pipelined prototype": []}
+            for n in range(sizes.rounds):
+                for label in drain_ab:
+                    variant = System("ours", server.url, workdir, f"-dab{n}{label[:4]}", pipelined=label != "shipped worker")
+                    ids = prefill_ours(variant, client, sizes.drain_jobs // 2)
+                    drain_ab[label].append(drain_ours(variant, client, ids, 0, None, server.proc.pid))
+                step(f"worker A/B round {n + 1}")
+            out["drain_ab"] = drain_ab
 
             # -- A/B: ASGI server and hot path, same app, same load ----------------------------
             ab: dict[str, tuple[Load, Load, Load, float]] = {}
@@ -825,6 +869,19 @@ def render(out: dict[str, Any], sizes: Sizes, args: argparse.Namespace, started_
         f"| naive drain | - | - | - | {nd.worker_cpu_us:.0f} | {nd.redis_cpu_us:.0f} |",
         f"| asyncinfer drain | - | - | - | {d.worker_cpu_us:.0f} | {d.redis_cpu_us:.0f} |",
     ]
+    drain_lines = [
+        "",
+        f"Worker A/B: drain of {sizes.drain_jobs // 2:,} jobs (pre-filled by the enqueue script), {sizes.rounds} alternating rounds; "
+        "bench/pipelined_worker.py is a prototype of change 2 (Redis calls one batch ahead on an I/O thread):",
+        "",
+        "| worker | drain jobs/s per round | worker CPU us/job | Redis CPU us/job | commandstats usec/job |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for label, drains in out["drain_ab"].items():
+        drain_lines.append(
+            f"| {label} | {', '.join(fmt(x.jps) for x in drains)} | {statistics.median(x.worker_cpu_us for x in drains):.0f} "
+            f"| {statistics.median(x.redis_cpu_us for x in drains):.0f} | {statistics.median(x.usec_per_job for x in drains):.1f} |"
+        )
     ab_lines = [
         "",
         f"A/B, same app and load ({sizes.ab_jobs:,} jobs per load, 1 worker, bench/serve.py): e2e poll jobs/s and submit p99;",
@@ -854,6 +911,7 @@ def render(out: dict[str, Any], sizes: Sizes, args: argparse.Namespace, started_
         "|---|---|---:|---:|---:|---|",
         *(f"| {' | '.join(r)} |" for r in rows),
         *cpu_lines,
+        *drain_lines,
         *ab_lines,
         "",
         "Redis commands per job during the drain (calls/job, usec/job; commands inside scripts are counted by",
