@@ -81,8 +81,11 @@ def iso_ms(text: str) -> float:
 
 
 def cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) of a process and its children."""
+    """CPU seconds (user + system) of a process and its children; for this process (the load generator)
+    only its own, not the servers it started."""
     proc = psutil.Process(pid)
+    if pid == os.getpid():
+        return sum(proc.cpu_times()[:2])
     return sum(sum(p.cpu_times()[:2]) for p in [proc, *proc.children(recursive=True)])
 
 
@@ -99,8 +102,9 @@ def cpu_meter(**pids: int) -> Iterator[dict[str, float]]:
 
 def metered_e2e(base: str, jobs: int, mode: str, api: int, worker: int, redis_pid: int) -> Load:
     """end_to_end with the CPU each process spent on it: API per request, worker and Redis per job."""
-    with cpu_meter(api=api, worker=worker, redis=redis_pid) as used:
+    with cpu_meter(api=api, worker=worker, redis=redis_pid, client=os.getpid()) as used:
         load = asyncio.run(end_to_end(base, jobs, mode))
+    load.client_cpu_us = used["client"] / load.jobs * 1e6
     load.api_cpu_us = used["api"] / load.requests * 1e6
     load.worker_cpu_us = used["worker"] / load.jobs * 1e6
     load.redis_cpu_us = used["redis"] / load.jobs * 1e6
@@ -129,6 +133,7 @@ class Load:
     api_cpu_us: float = 0.0  # API process CPU per HTTP request
     redis_cpu_us: float = 0.0  # redis-server CPU per job
     worker_cpu_us: float = 0.0  # worker CPU per job
+    client_cpu_us: float = 0.0  # the load generator's (this process's) CPU per job
 
 
 async def end_to_end(base: str, jobs: int, mode: str) -> Load:
@@ -208,6 +213,7 @@ def pooled(loads: list[Load]) -> Load:
         api_cpu_us=statistics.median(x.api_cpu_us for x in loads),
         worker_cpu_us=statistics.median(x.worker_cpu_us for x in loads),
         redis_cpu_us=statistics.median(x.redis_cpu_us for x in loads),
+        client_cpu_us=statistics.median(x.client_cpu_us for x in loads),
         jobs=sum(x.jobs for x in loads),
         submit_rps=statistics.median(x.submit_rps for x in loads),
         submit_ms=[v for x in loads for v in x.submit_ms],
@@ -857,17 +863,23 @@ def render(out: dict[str, Any], sizes: Sizes, args: argparse.Namespace, started_
         "",
         "Where the CPU goes (process CPU time, user + system, divided by the work done; less noisy than rates on a shared box):",
         "",
-        "| load | HTTP requests per job | API CPU us per request | API CPU us per job | worker CPU us per job | Redis CPU us per job |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| load | HTTP requests per job | API CPU us per request | API CPU us per job | worker CPU us per job | Redis CPU us per job "
+        "| load generator CPU us per job | all four, us per job |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label, x in (("naive e2e poll", naive), ("asyncinfer e2e poll", e2e), ("asyncinfer `Prefer: wait`", wait), ("asyncinfer long poll", long)):
         per_job = x.requests / x.jobs
-        cpu_lines.append(f"| {label} | {per_job:.2f} | {x.api_cpu_us:.0f} | {x.api_cpu_us * per_job:.0f} | {x.worker_cpu_us:.0f} | {x.redis_cpu_us:.0f} |")
+        api_job = x.api_cpu_us * per_job
+        total = api_job + x.worker_cpu_us + x.redis_cpu_us + x.client_cpu_us
+        cpu_lines.append(
+            f"| {label} | {per_job:.2f} | {x.api_cpu_us:.0f} | {api_job:.0f} | {x.worker_cpu_us:.0f} | {x.redis_cpu_us:.0f} "
+            f"| {x.client_cpu_us:.0f} | {total:.0f} |"
+        )
     cpu_lines += [
-        f"| asyncinfer bulk submit (100 items) | 0.01 | - | {out['bulk_api_cpu_us']:.0f} | - | {out['bulk_redis_cpu_us']:.0f} |",
-        f"| asyncinfer bulk lookup (100 ids) | 0.01 | - | {out['lookup_api_cpu_us']:.0f} | - | {out['lookup_redis_cpu_us']:.0f} |",
-        f"| naive drain | - | - | - | {nd.worker_cpu_us:.0f} | {nd.redis_cpu_us:.0f} |",
-        f"| asyncinfer drain | - | - | - | {d.worker_cpu_us:.0f} | {d.redis_cpu_us:.0f} |",
+        f"| asyncinfer bulk submit (100 items) | 0.01 | - | {out['bulk_api_cpu_us']:.0f} | - | {out['bulk_redis_cpu_us']:.0f} | - | - |",
+        f"| asyncinfer bulk lookup (100 ids) | 0.01 | - | {out['lookup_api_cpu_us']:.0f} | - | {out['lookup_redis_cpu_us']:.0f} | - | - |",
+        f"| naive drain | - | - | - | {nd.worker_cpu_us:.0f} | {nd.redis_cpu_us:.0f} | - | - |",
+        f"| asyncinfer drain | - | - | - | {d.worker_cpu_us:.0f} | {d.redis_cpu_us:.0f} | - | - |",
     ]
     drain_lines = [
         "",
