@@ -70,8 +70,9 @@ e2e: $(MODEL) ## the HTTP-only e2e suite against E2E_BASE_URL (default: a local 
 	$(PYTEST) tests/e2e
 
 .PHONY: bench
-bench: $(MODEL) ## throughput benchmark against the naive seed-design baseline; prints a table
-	$(PY) bench/run.py
+bench: $(MODEL) ## every performance target against the naive seed design in the same run; one table (QUICK=1: short)
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) bench/run.py $(if $(QUICK),--quick)
 
 .PHONY: bench-chaos
 bench-chaos: $(MODEL) ## 10,000 jobs, 2 workers, a worker SIGKILLed every few seconds; prints lost/duplicated

@@ -12,6 +12,7 @@ from fastapi.responses import Response
 
 from api.auth import admin as admin_principal
 from api.errors import HTTPProblem, json_response
+from api.schemas import ErrorBody
 from api.state import AppState, get_state
 from jobqueue import admin
 from jobqueue.errors import JobNotFound
@@ -31,7 +32,14 @@ CONSOLE_FILES = {"index.html": "text/html; charset=utf-8", "console.css": "text/
 
 
 State = Annotated[AppState, Depends(get_state)]
-router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(admin_principal)])
+# Every admin route can refuse the caller, and those taking a model or job name can not find it.
+_ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "a body that is not JSON"},
+    401: {"model": ErrorBody, "description": "missing or invalid bearer token"},
+    403: {"model": ErrorBody, "description": "not an admin token"},
+    404: {"model": ErrorBody, "description": "unknown model or job"},
+}
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(admin_principal)], responses=_ADMIN_ERRORS)
 console_router = APIRouter(tags=["admin"], include_in_schema=False)
 
 

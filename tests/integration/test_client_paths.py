@@ -212,7 +212,12 @@ def test_sse_reports_pending_again_after_recovery(processes, redis_server, redis
             assert [job.job_id for job in doomed.claim("doomed-worker", 1).jobs] == [job_id]
             first_start = redis_client.hget(f"asyncinfer:job:{job_id}", "started_at")
             seen.append(next(events))
-            time.sleep(settings.worker_ttl_seconds + 0.3)  # its heartbeat deadline passes
+            # its heartbeat deadline passes while the rescuer keeps beating (a silence of every
+            # worker would look like a Redis outage, and recovery would wait out a grace period)
+            deadline = time.monotonic() + settings.worker_ttl_seconds + 0.3
+            while time.monotonic() < deadline:
+                doomed.heartbeat("rescuer")
+                time.sleep(settings.heartbeat_interval_seconds / 2)
             assert doomed.recover("rescuer").requeued == 1
             seen.append(next(events))
             processes.worker(env)
