@@ -33,7 +33,7 @@ from jobqueue.states import ClaimFlag, JobStatus, Outcome, ScriptCode
 if TYPE_CHECKING:
     import redis.asyncio
 
-SCRIPT_NAMES = ("enqueue", "claim", "finish", "recover", "cancel", "retry", "heartbeat", "extend")
+SCRIPT_NAMES = ("enqueue", "enqueue_many", "claim", "finish", "recover", "cancel", "retry", "heartbeat", "extend")
 RECORD_FIELDS = (
     "status", "model", "model_version", "priority", "owner", "result", "error", "attempts",
     "created_at", "started_at", "finished_at", "callback_url",
@@ -198,6 +198,21 @@ def enqueue_call(store: StoreKeys, settings: Settings, job: NewJob) -> ScriptCal
     )  # fmt: skip
 
 
+def enqueue_many_call(store: StoreKeys, settings: Settings, jobs: Sequence[NewJob]) -> ScriptCall:
+    """One call for the jobs of one bulk request: all for one model and one owner."""
+    first = jobs[0]
+    model = store.model(first.model)
+    keys = [model.stats, store.principal(first.owner)]
+    args: list[Any] = [
+        first.model, first.owner, settings.max_queue_length, settings.rate_limit_per_second,
+        settings.rate_limit_burst, settings.max_pending_per_principal, store.job_prefix,
+    ]  # fmt: skip
+    for job in jobs:
+        keys += [model.pending(job.priority), store.job(job.job_id), store.idempotency(job.owner, job.idempotency_key or "")]
+        args += [job.job_id, job.payload, job.priority, job.callback_url, job.fingerprint, "1" if job.idempotency_key else "0"]
+    return ScriptCall("enqueue_many", keys, args)
+
+
 def enqueue_result(reply: Sequence[Any], settings: Settings) -> Enqueued | JobQueueError:
     """The script's answer as a value, or the refusal as an exception object (not raised: bulk
     submits report each item's refusal in place)."""
@@ -321,6 +336,9 @@ class JobStore:
         """Enqueue several jobs in one pipelined round trip; each is atomic on its own and answers in place."""
         if not jobs:
             return []
+        if len({(job.model, job.owner) for job in jobs}) == 1:  # a bulk request: one script call
+            reply = await self._run(enqueue_many_call(self.keys, self.settings, jobs))
+            return [enqueue_result(reply[i : i + 3], self.settings) for i in range(0, len(reply), 3)]
         pipe = self.client.pipeline(transaction=False)
         for job in jobs:
             call = enqueue_call(self.keys, self.settings, job)

@@ -27,3 +27,50 @@ local function drop_unfinished(principal_prefix, unfinished_drop)
   for owner, n in pairs(unfinished_drop) do redis.call('HINCRBY', principal_prefix .. owner, 'unfinished', -n) end
 end
 
+
+-- Create one job and queue it, or say why not (see enqueue.lua for the codes). `q` carries the
+-- request's shared settings: model, owner, max_len, rate, burst, max_unfinished, job_prefix, stats,
+-- principal. Writes nothing when it refuses.
+local function enqueue_one(q, pending, job, idem, job_id, input, priority, callback, fingerprint, use_idem)
+  -- The same job id again: our own earlier run whose reply was lost.
+  local status = redis.call('HGET', job, 'status')
+  if status then return {1, job_id, status} end
+
+  if use_idem then
+    local existing = redis.call('GET', idem)
+    if existing then
+      local existing_status, existing_print = unpack(redis.call('HMGET', q.job_prefix .. existing, 'status', 'fingerprint'))
+      if existing_status then
+        if existing_print ~= fingerprint then return {-5, existing, 'conflict'} end
+        return {2, existing, existing_status}
+      end
+      -- the key outlived its job's record: a new job takes it over
+    end
+  end
+
+  if q.max_len > 0 and redis.call('LLEN', pending) >= q.max_len then return {-2, '', ''} end
+
+  local now = now_ms()
+  local bucket_tokens, bucket_at, unfinished = unpack(redis.call('HMGET', q.principal, 'tokens', 'at', 'unfinished'))
+  if q.max_unfinished > 0 and tonumber(unfinished or 0) >= q.max_unfinished then return {-4, '', ''} end
+  if q.rate > 0 then
+    local tokens = tonumber(bucket_tokens or q.burst)
+    local elapsed = now - tonumber(bucket_at or now)
+    tokens = math.min(q.burst, tokens + elapsed * q.rate / 1000)
+    if tokens < 1 then return {-3, '', tostring(math.ceil((1 - tokens) * 1000 / q.rate))} end
+    redis.call('HSET', q.principal, 'tokens', tostring(tokens - 1), 'at', now)
+  end
+
+  redis.call('HSET', job, 'status', 'pending', 'input', input, 'model', q.model, 'priority', priority,
+    'owner', q.owner, 'created_at', now, 'queued_at', now, 'attempts', 0)
+  if callback ~= '' then redis.call('HSET', job, 'callback_url', callback) end
+  -- No TTL while the job lives: a record expires only once it is finished.
+  if use_idem then
+    redis.call('SET', idem, job_id)
+    redis.call('HSET', job, 'idem', idem, 'fingerprint', fingerprint)
+  end
+  redis.call('HINCRBY', q.principal, 'unfinished', 1)
+  redis.call('LPUSH', pending, job_id)
+  redis.call('HINCRBY', q.stats, 'enqueued', 1)
+  return {1, job_id, 'pending'}
+end

@@ -367,3 +367,27 @@ def test_terminal_jobs_with_a_callback_enter_the_webhook_outbox(queue, redis_cli
     queue.finish("w", [(a, Outcome.COMPLETED, "{}"), (b, Outcome.FAILED, "bad"), (c, Outcome.COMPLETED, "{}")])
     assert set(redis_client.zrange(queue.store.notify, 0, -1)) == {a, b}
     assert queue.get(a).notify_state == "pending" and queue.get(c).notify_state is None
+
+
+def test_a_bulk_request_is_one_call_with_each_job_answered_on_its_own(redis_client, settings):
+    queue = make_queue(redis_client, settings, max_queue_length=3, rate_limit_per_second=0)
+    queue.enqueue("earlier", idempotency_key="k0", owner="alice", fingerprint="f0")
+    jobs = [
+        queue.new_job("a", owner="alice"),
+        queue.new_job("b", owner="alice", priority="high", callback_url="https://example.com/h"),
+        queue.new_job("c", owner="alice", idempotency_key="k0", fingerprint="f0"),  # a replay of "earlier"
+        queue.new_job("d", owner="alice", idempotency_key="k0", fingerprint="other"),  # a conflict
+        queue.new_job("e", owner="alice"),
+        queue.new_job("f", owner="alice"),  # the normal list is full by now (earlier, a, e)
+    ]
+    results = queue.enqueue_bulk(jobs)
+    assert [(r.job_id, r.created) for r in results[:3]] == [("a", True), ("b", True), ("earlier", False)]
+    assert isinstance(results[3], IdempotencyConflict) and results[3].job_id == "earlier"
+    assert results[4].job_id == "e" and isinstance(results[5], QueueFull)
+    assert redis_client.lrange(queue.keys.pending("normal"), 0, -1) == ["e", "a", "earlier"]
+    assert redis_client.lrange(queue.keys.pending("high"), 0, -1) == ["b"]
+    assert queue.get("b").callback_url == "https://example.com/h" and queue.get("a").owner == "alice"
+    assert not redis_client.exists(queue.store.job("c")) and not redis_client.exists(queue.store.job("f"))
+    assert redis_client.hget(queue.store.principal("alice"), "unfinished") == "4"
+    assert queue.enqueue_bulk(jobs[:2])[0].created  # repeated (a lost reply): the same jobs, no more
+    assert redis_client.llen(queue.keys.pending("normal")) == 3

@@ -22,6 +22,7 @@ from jobqueue.protocol import (
     _record_fields,
     cancel_call,
     enqueue_call,
+    enqueue_many_call,
     enqueue_result,
     lua_source,
     parse_record,
@@ -41,7 +42,7 @@ class SyncJobs(WorkerQueue):
 
     def __init__(self, client: redis.Redis, settings: Settings, model: str = MODEL, version: str = "test") -> None:
         super().__init__(client, settings, model, version)
-        self.api_scripts = {name: client.register_script(lua_source(name)) for name in ("enqueue", "cancel", "retry")}
+        self.api_scripts = {name: client.register_script(lua_source(name)) for name in ("enqueue", "enqueue_many", "cancel", "retry")}
 
     def new_job(self, job_id: str | None = None, payload: str = PAYLOAD, **fields: Any) -> NewJob:
         return NewJob(job_id=job_id or str(uuid.uuid4()), model=self.keys.name, payload=payload, **fields)
@@ -62,6 +63,12 @@ class SyncJobs(WorkerQueue):
             call = enqueue_call(self.store, self.settings, job)
             self.api_scripts["enqueue"](keys=call.keys, args=call.args, client=pipe)
         return [enqueue_result(reply, self.settings) for reply in pipe.execute()]
+
+    def enqueue_bulk(self, jobs: Sequence[NewJob]) -> list[Enqueued | JobQueueError]:
+        """One bulk request's jobs in one script call, as the API sends them."""
+        call = enqueue_many_call(self.store, self.settings, jobs)
+        reply = self.api_scripts["enqueue_many"](keys=call.keys, args=call.args)
+        return [enqueue_result(reply[i : i + 3], self.settings) for i in range(0, len(reply), 3)]
 
     def get(self, job_id: str, with_input: bool = False) -> JobRecord:
         fields = _record_fields(with_input)
