@@ -80,6 +80,7 @@ if want > 0 and not is_paused then
 end
 
 local out, started, ended, deadlines, give_back = {0}, {}, {}, {}, {}
+local taken = {}  -- started ids not yet in the processing list: pushed there in one go below
 local unfinished_drop = {}
 local alone = false
 if is_paused then out[1] = 1 end
@@ -115,7 +116,7 @@ for _, c in ipairs(candidates) do
       deadlines[#deadlines + 1] = now + backstop
       deadlines[#deadlines + 1] = id
       started[#started + 1] = id
-      if not held then redis.call('LPUSH', processing, id) end
+      if not held then taken[#taken + 1] = id end
       out[#out + 1] = id
       out[#out + 1] = n + 1
       out[#out + 1] = input
@@ -142,6 +143,9 @@ for i = #give_back, 1, -1 do
   end
 end
 drop_unfinished(principal_prefix, unfinished_drop)
+for i = 1, #taken, 1000 do
+  redis.call('LPUSH', processing, unpack(taken, i, math.min(i + 999, #taken)))
+end
 -- one ZADD per 500 jobs rather than one per job (and within Lua's unpack limit)
 for i = 1, #deadlines, 1000 do
   redis.call('ZADD', inflight, unpack(deadlines, i, math.min(i + 999, #deadlines)))
