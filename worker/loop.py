@@ -151,19 +151,15 @@ class Worker:
                 return [], False, batch.paused
         if batch.suspect_alone:
             return jobs, True, False
-        # Holding jobs: wait a little for more so the model runs on a fuller batch, but only while more
-        # keep arriving (up to MAX_BATCH_WAIT_MS): once a look finds nothing new, waiting longer would
-        # only add latency to the jobs in hand (and claims to Redis).
+        # Holding jobs: wait up to MAX_BATCH_WAIT_MS for more, so the model runs on a fuller batch (a
+        # GPU model wants that wait; a latency-bound service sets it to 0 and runs what it has).
         deadline = time.monotonic() + self.config.max_batch_wait_ms / 1000
         while len(jobs) < size and not self.stopping.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             time.sleep(min(remaining, BATCH_LOOK_S))
-            more = self.queue.claim(self.worker_id, size - len(jobs), held_in_batch=len(jobs)).jobs
-            if not more:
-                break
-            jobs += more
+            jobs += self.queue.claim(self.worker_id, size - len(jobs), held_in_batch=len(jobs)).jobs
         return jobs, False, False
 
     def _run_batch(self, jobs: list[ClaimedJob], alone: bool) -> None:
