@@ -69,7 +69,7 @@ class Settings(BaseModel):
         5,
         ge=0,
         le=10_000,
-        description="Longest a worker waits to fill a batch once it holds jobs; it stops at the first look that finds none.",
+        description="How long a worker waits to fill a batch once it holds a job (0 = run what it has at once).",
     )
     max_attempts: int = Field(3, ge=1, le=100, description="Runs of one job before it fails for good.")
     job_timeout_seconds: float = Field(
