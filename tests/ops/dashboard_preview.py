@@ -229,7 +229,7 @@ def segments(points: list[tuple[float, float]], step_s: float) -> list[list[tupl
 
 
 def time_ticks(start: float, end: float, width: float) -> list[float]:
-    wanted = max(2, int(width // 120))
+    wanted = max(2, int(width // 85))
     interval = next((s for s in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600) if (end - start) / s <= wanted), 7200)
     return [t for t in range(int(math.ceil(start / interval) * interval), int(end) + 1, interval)]
 
@@ -245,7 +245,7 @@ def svg_chart(panel: PanelData, width: float, height: float, start: float, end: 
     values = [v for _, top in bands for _, v in top] + ([0.0] if is_stacked else [])
     low = defaults["min"] if "min" in defaults else min(values, default=0.0)
     high = max(values, default=1.0)
-    high = high + (high - low) * 0.05 if high > low else low + (abs(low) or 1)  # headroom: a line never sits on the frame
+    high = high if high > low else low + (abs(low) or 1)  # a flat zero line still gets an axis
     divisor, _ = unit_scale(unit, high)  # round ticks in the unit shown (MiB, ms, %), not in raw bytes or seconds
     ticks = [tick * divisor for tick in nice_ticks(low / divisor, high / divisor)]
     labels = tick_labels(ticks, unit)
@@ -297,18 +297,23 @@ def legend_table(panel: PanelData, width: float, rows: int) -> str:
     headers = {"lastNotNull": "Last *", "last": "Last", "max": "Max", "min": "Min", "mean": "Mean"}
     columns = [c for c in calcs if c in headers]
     drawn = panel.drawn_series
-    shown = drawn if len(drawn) <= rows else drawn[: rows - 1]
+    colored = list(enumerate(drawn))  # colors follow query order, as on the chart
+    if len(drawn) > rows:
+        # Cut to the series with the highest peaks (the ones the eye finds on the chart), in query order.
+        biggest = sorted(colored, key=lambda item: -max(v for _, v in item[1].points))[: rows - 1]
+        colored = sorted(biggest, key=lambda item: item[0])
     head = "".join(f"<th>{headers[c]}</th>" for c in columns)
     body = []
-    for index, one in enumerate(shown):
+    for index, one in colored:
         values = [v for _, v in one.points]
         calc = {"lastNotNull": values[-1], "last": values[-1], "max": max(values), "min": min(values),
                 "mean": sum(values) / len(values)}  # fmt: skip
         cells = "".join(f"<td>{html.escape(format_value(calc[c], unit))}</td>" for c in columns)
         swatch = f'<i style="background:{PALETTE[index % len(PALETTE)]}"></i>'
         body.append(f'<tr><td class="name">{swatch}{html.escape(one.label) or "&nbsp;"}</td>{cells}</tr>')
-    if len(shown) < len(drawn):
-        body.append(f'<tr><td class="more" colspan="{len(columns) + 1}">+{len(drawn) - len(shown)} more series</td></tr>')
+    if len(colored) < len(drawn):
+        more = len(drawn) - len(colored)
+        body.append(f'<tr><td class="more" colspan="{len(columns) + 1}">+{more} more series (lower peaks)</td></tr>')
     return f'<table class="legend" style="width:{width:.0f}px"><tr><th></th>{head}</tr>{"".join(body)}</table>'
 
 
@@ -331,10 +336,12 @@ def stat_body(panel: PanelData, width: float, height: float) -> str:
         line = " L ".join(f"{a:.1f} {b:.1f}" for a, b in zip(xs, ys, strict=True))
         spark = f"M 0 {height:.1f} L {line} L {tile_w:.1f} {height:.1f} Z"
         name = f'<div class="stat-name">{html.escape(one.label)}</div>' if len(drawn) > 1 else ""
+        text = format_value(last, unit)
+        font_px = min(36, int(tile_w * 0.85 / (len(text) * 0.68)))  # bold DejaVu: ~0.68 em a character; fit the tile
         tiles.append(
             f'<div class="stat" data-points="{len(one.points)}" style="background:{color};width:{tile_w:.0f}px">'
             f'<svg class="spark" width="{tile_w:.0f}" height="{height:.0f}"><path d="{spark}"/></svg>'
-            f'{name}<div class="stat-value">{html.escape(format_value(last, unit))}</div></div>'
+            f'{name}<div class="stat-value" style="font-size:{font_px}px">{html.escape(text)}</div></div>'
         )
     return f'<div class="stats" style="height:{height:.0f}px">{"".join(tiles)}</div>'
 
@@ -393,7 +400,7 @@ body {{ margin: 0; background: #111217; color: #ccccdc; font: 14px "DejaVu Sans"
   justify-content: center; overflow: hidden; }}
 .spark {{ position: absolute; left: 0; top: 0; }}
 .spark path {{ fill: rgba(255, 255, 255, 0.18); stroke: rgba(255, 255, 255, 0.45); stroke-width: 1.5; }}
-.stat-value {{ position: relative; font-size: 36px; font-weight: bold; color: #fff; text-shadow: 0 1px 2px rgba(0,0,0,0.3); }}
+.stat-value {{ position: relative; font-weight: bold; color: #fff; text-shadow: 0 1px 2px rgba(0,0,0,0.3); }}
 .stat-name {{ position: relative; font-size: 13px; color: #fff; }}
 .nodata {{ color: #f2495c; padding: 24px 0; text-align: center; }}
 """
