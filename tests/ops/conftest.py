@@ -1,5 +1,6 @@
 """Fixtures of the operations tests: a local stack with authentication (an admin and a client token),
-the API's metrics listener and a worker's health port, on the session's real redis-server."""
+the API's metrics listener and a worker's health port, on the session's real redis-server; a real
+Prometheus scraping it; a webhook receiver; headless Chromium."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from jobqueue.protocol import WorkerQueue
 from jobqueue.settings import Settings
 from jobqueue.states import Outcome
 from tests.conftest import Processes, service_env
-from tests.notifier.helpers import new_secret
+from tests.notifier.helpers import Receiver, Reply, new_secret
+from tests.ops.helpers import ALERTS, CHROMIUM, CHROMIUM_ARGS, KSM_TEXT, StaticExporter, running_prometheus, target
 
 ADMIN_TOKEN = "ops-admin-token-0123456789"
 CLIENT_TOKEN = "ops-client-token-0123456789"
@@ -97,3 +99,60 @@ def ops_stack(processes: Processes, redis_server, redis_client, tmp_path: Path) 
     )  # fmt: skip
     _, url = processes.api(env)
     yield OpsStack(processes, env, redis_server.url, url, f"http://127.0.0.1:{metrics_port}/metrics")
+
+
+@pytest.fixture
+def worker_ports() -> list[int]:
+    """Ports for two workers the test starts when it wants them; Prometheus scrapes them from the start."""
+    return [free_port(), free_port()]
+
+
+@pytest.fixture
+def notifier_port() -> int:
+    """The notifier's health/metrics port (the test starts the notifier when it wants it)."""
+    return free_port()
+
+
+@pytest.fixture
+def prometheus(ops_stack: OpsStack, worker_ports: list[int], notifier_port: int, tmp_path: Path) -> Iterator[str]:
+    """A real Prometheus scraping the API, two worker ports, the notifier's and the kube-state-metrics
+    stand-in every second, with the alerts loaded; yields its base URL."""
+    ksm = StaticExporter(KSM_TEXT)
+    scrape_targets = {
+        "asyncinfer-api": [target(ops_stack.metrics_url)],
+        "asyncinfer-worker": [f"127.0.0.1:{port}" for port in worker_ports],
+        "asyncinfer-notifier": [f"127.0.0.1:{notifier_port}"],
+        "kube-state-metrics": [ksm.target],
+    }
+    try:
+        with running_prometheus(scrape_targets, tmp_path, "1s", [ALERTS]) as url:
+            yield url
+    finally:
+        ksm.close()
+
+
+@pytest.fixture
+def maxmemory(redis_client) -> Iterator[int]:
+    """A maxmemory on the session's Redis (so the memory-limit series exist), reset afterwards."""
+    limit = 256 * 1024 * 1024
+    redis_client.config_set("maxmemory", limit)
+    yield limit
+    redis_client.config_set("maxmemory", 0)
+
+
+@pytest.fixture
+def receiver(ops_stack: OpsStack) -> Iterator[Receiver]:
+    """A webhook receiver that answers each webhook's first attempt with 503, then 200."""
+    receiver = Receiver(ops_stack.webhook_secret, [Reply(503)])
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """Debian's chromium, headless, through Playwright (one per test module)."""
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

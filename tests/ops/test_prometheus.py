@@ -7,158 +7,22 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
-import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-import yaml
-from stack import free_port, stop
 
-from tests.notifier.helpers import Receiver, Reply
 from tests.ops.conftest import ADMIN_TOKEN
-from tests.ops.helpers import ALERTS, alert_expressions, dashboard_queries
+from tests.ops.helpers import alert_expressions, dashboard_queries, query, wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus missing: run deploy/ops-tools.sh")
 
-SCRAPE_INTERVAL = "1s"
-RANGE = "1m"  # what $__rate_interval becomes here: many 1 s scrapes
-# What kube-state-metrics reports for KEDA's HPA of the iris workers (no cluster here): a stand-in
-# endpoint with the real metric names and labels, so the replica panels and alert are checked too.
-KSM_TEXT = """\
-# TYPE kube_horizontalpodautoscaler_status_current_replicas gauge
-kube_horizontalpodautoscaler_status_current_replicas{namespace="ml",horizontalpodautoscaler="keda-hpa-prod-asyncinfer-worker-iris"} 2
-# TYPE kube_horizontalpodautoscaler_status_desired_replicas gauge
-kube_horizontalpodautoscaler_status_desired_replicas{namespace="ml",horizontalpodautoscaler="keda-hpa-prod-asyncinfer-worker-iris"} 3
-# TYPE kube_horizontalpodautoscaler_spec_max_replicas gauge
-kube_horizontalpodautoscaler_spec_max_replicas{namespace="ml",horizontalpodautoscaler="keda-hpa-prod-asyncinfer-worker-iris"} 10
-"""
-
-
-class StaticExporter:
-    """Serves fixed Prometheus text on /metrics (the kube-state-metrics stand-in)."""
-
-    def __init__(self, text: str) -> None:
-        body = text.encode()
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.server.server_address[1]}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def target(url: str) -> str:
-    return url.split("//")[1].split("/")[0]
-
-
-@pytest.fixture
-def worker_ports() -> list[int]:
-    """Ports for two workers the test starts when it wants them; Prometheus scrapes them from the start."""
-    return [free_port(), free_port()]
-
-
-@pytest.fixture
-def notifier_port() -> int:
-    return free_port()
-
-
-@pytest.fixture
-def prometheus(ops_stack, worker_ports: list[int], notifier_port: int, tmp_path: Path) -> Iterator[str]:
-    """Prometheus scraping the API, two worker ports, the notifier's and the kube-state-metrics
-    stand-in, with the alerts loaded; yields its base URL."""
-    ksm = StaticExporter(KSM_TEXT)
-    port = free_port()
-    config = {
-        "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
-        "rule_files": [str(ALERTS)],
-        "scrape_configs": [
-            {"job_name": "asyncinfer-api", "static_configs": [{"targets": [target(ops_stack.metrics_url)]}]},
-            {"job_name": "asyncinfer-worker", "static_configs": [{"targets": [f"127.0.0.1:{p}" for p in worker_ports]}]},
-            {"job_name": "asyncinfer-notifier", "static_configs": [{"targets": [f"127.0.0.1:{notifier_port}"]}]},
-            {"job_name": "kube-state-metrics", "static_configs": [{"targets": [ksm.target]}]},
-        ],
-    }
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "prometheus.log").read_text()
-            time.sleep(0.2)
-        yield url
-    finally:
-        stop(proc, 10)
-        log.close()
-        ksm.close()
-
-
-def query(prometheus: str, expr: str) -> list[dict]:
-    answer = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=10).json()
-    assert answer["status"] == "success", f"{expr}: {answer.get('error')}"
-    return answer["data"]["result"]
-
-
-def wait_for(prometheus: str, expr: str, timeout_s: float = 30) -> list[dict]:
-    deadline = time.monotonic() + timeout_s
-    while not (result := query(prometheus, expr)):
-        assert time.monotonic() < deadline, f"no data for {expr}"
-        time.sleep(0.5)
-    return result
+RANGE = "1m"  # what $__rate_interval becomes here: many 1 s scrapes (the prometheus fixture scrapes every second)
 
 
 def metric_names(exprs: list[str]) -> set[str]:
     """Metric names in PromQL text (ours and kube-state-metrics'), histogram suffixes kept."""
     return {name for expr in exprs for name in re.findall(r"\b((?:asyncinfer|kube)_[a-z0-9_]+)", expr)}
-
-
-@pytest.fixture
-def maxmemory(redis_client) -> Iterator[int]:
-    """A maxmemory on the session's Redis (so the memory-limit series exist), reset afterwards."""
-    limit = 256 * 1024 * 1024
-    redis_client.config_set("maxmemory", limit)
-    yield limit
-    redis_client.config_set("maxmemory", 0)
-
-
-@pytest.fixture
-def receiver(ops_stack) -> Iterator[Receiver]:
-    """A webhook receiver that answers each webhook's first attempt with 503, then 200."""
-    receiver = Receiver(ops_stack.webhook_secret, [Reply(503)])
-    yield receiver
-    receiver.stop()
 
 
 def test_every_dashboard_and_alert_metric_has_data_under_load(
