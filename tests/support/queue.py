@@ -42,7 +42,9 @@ class SyncJobs(WorkerQueue):
 
     def __init__(self, client: redis.Redis, settings: Settings, model: str = MODEL, version: str = "test") -> None:
         super().__init__(client, settings, model, version)
-        self.api_scripts = {name: client.register_script(lua_source(name)) for name in ("enqueue", "enqueue_many", "cancel", "retry")}
+        self.api_scripts = {
+            name: client.register_script(lua_source(name)) for name in ("enqueue", "enqueue_many", "cancel", "retry")
+        }
 
     def new_job(self, job_id: str | None = None, payload: str = PAYLOAD, **fields: Any) -> NewJob:
         return NewJob(job_id=job_id or str(uuid.uuid4()), model=self.keys.name, payload=payload, **fields)
