@@ -75,8 +75,8 @@ bench: $(MODEL) ## every performance target against the naive seed design in the
 	$(PY) bench/run.py $(if $(QUICK),--quick)
 
 .PHONY: bench-chaos
-bench-chaos: $(MODEL) ## 10,000 jobs, 2 workers, a worker SIGKILLed every few seconds; prints lost/duplicated
-	$(PY) bench/chaos.py
+bench-chaos: $(MODEL) ## 40,000 jobs, 2 workers, a worker SIGKILLed every 1.5 s; prints lost/duplicated
+	$(PY) bench/chaos.py --jobs 40000 --kill-every 1.5
 
 .PHONY: docs
 docs: $(STAMP) ## regenerate the README's settings table from jobqueue/settings.py
