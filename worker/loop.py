@@ -75,6 +75,11 @@ class Worker:
 
     def run(self, burst: bool = False) -> None:
         """Process jobs until `stop()`; with `burst`, also stop once the queue is empty."""
+        try:
+            self.client.ping()  # the start-up line below means "model loaded and Redis connected"
+            self.redis_ok = True
+        except (*UNAVAILABLE, *REFUSED) as exc:
+            log.warning("redis not reachable yet (%s); the loop keeps trying", exc)
         log.info(
             "worker %s serving model %s (version %s, providers %s) from %s",
             self.worker_id, self.model.name, self.model.version, ",".join(self.model.providers), self.queue.keys.base,
