@@ -373,12 +373,12 @@ class System:
             LOG_LEVEL="WARNING", PYTHONPATH=str(ROOT), MAX_QUEUE_LENGTH="0",
         )  # fmt: skip
 
-    def api_argv(self, server: str | None = None, hotpath: bool = True, rearm: bool = False) -> list[str]:
+    def api_argv(self, server: str | None = None, hotpath: bool = True) -> list[str]:
         if self.name == "naive":
             return [sys.executable, "-m", "bench.naive.app"]
         if server is None:
             return [str(BIN / "asyncinfer-api")]
-        flags = ([] if hotpath else ["--no-hotpath"]) + (["--rearm"] if rearm else [])
+        flags = [] if hotpath else ["--no-hotpath"]
         return [sys.executable, "-m", "bench.serve", "--server", server, *flags]
 
     def worker_argv(self) -> list[str]:
@@ -786,20 +786,19 @@ def main() -> None:
             # -- A/B: ASGI server and hot path, same app, same load ----------------------------
             ab: dict[str, tuple[Load, Load, Load, float]] = {}
             if not args.no_ab:
-                variants = [("uvicorn", True, False), ("uvicorn", False, False)]
+                variants = [("uvicorn", True), ("uvicorn", False)]
                 if have_granian:
-                    variants += [("granian", True, False), ("granian", False, False)]
+                    variants += [("granian", True), ("granian", False)]
                 else:
                     notes.append("granian not installed in .venv (`.venv/bin/pip install granian`): A/B ran uvicorn only")
                 ab_system = System("ours", server.url, workdir, "-ab")
                 worker, watcher = ab_system.start_worker("ab-worker")
                 with running(worker):
                     watcher.wait_ready()
-                    variants.append(("uvicorn", True, True))  # the proposed AppState.wait_for (bench/serve.py)
-                    for server_name, hotpath, rearm in variants:
-                        label = f"{server_name}, hot path {'on' if hotpath else 'off'}" + (", proposed wait_for" if rearm else "")
+                    for server_name, hotpath in variants:
+                        label = f"{server_name}, hot path {'on' if hotpath else 'off'}"
                         port = free_port()
-                        api = ab_system.start_api(port, f"ab-{len(ab)}", server=server_name, hotpath=hotpath, rearm=rearm)
+                        api = ab_system.start_api(port, f"ab-{len(ab)}", server=server_name, hotpath=hotpath)
                         with running(api):
                             base = f"http://127.0.0.1:{port}"
                             poll = asyncio.run(end_to_end(base, sizes.ab_jobs, "poll"))
