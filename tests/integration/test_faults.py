@@ -118,9 +118,16 @@ def test_second_sigterm_exits_at_once_and_releases_held_jobs(processes, redis_se
     queue = SyncJobs(redis_client, Settings(redis_url=redis_server.url, model_path=MODEL_PATH, max_queue_length=0))
     ids = fill(queue, 20_000)
     worker = processes.worker(env)
-    wait_until(lambda: redis_client.zcard(KEYS.inflight) > 0, 30, "work to start", poll_s=0.001)
-    worker.send_signal(signal.SIGSTOP)  # hold it still with a batch in hand
-    held = redis_client.lrange(KEYS.processing(redis_client.zrange(KEYS.workers, 0, 0)[0]), 0, -1)
+    held: list[str] = []
+    for _ in range(200):  # freeze it with a batch in hand (the freeze may land between two batches)
+        wait_until(lambda: redis_client.zcard(KEYS.inflight) > 0, 30, "work to start", poll_s=0.001)
+        worker.send_signal(signal.SIGSTOP)
+        wait_until(lambda: psutil.Process(worker.pid).status() == psutil.STATUS_STOPPED, 5, "the freeze")
+        time.sleep(0.05)  # a command already on the wire still lands: read what is held after it
+        held = redis_client.lrange(KEYS.processing(redis_client.zrange(KEYS.workers, 0, 0)[0]), 0, -1)
+        if held:
+            break
+        worker.send_signal(signal.SIGCONT)
     worker.send_signal(signal.SIGTERM)  # both wait while it is stopped (two kinds: signals don't queue)
     worker.send_signal(signal.SIGINT)
     worker.send_signal(signal.SIGCONT)
