@@ -20,8 +20,8 @@ from fastapi import Request
 from api.auth import TokenFile
 from api.errors import HTTPProblem, as_problem
 from jobqueue.connection import REFUSED, UNAVAILABLE
-from jobqueue.model_signature import InputError, ModelSignature, batch_mismatch, parse_input, read_signature
-from jobqueue.models import ModelConfig, file_version
+from jobqueue.model_signature import InputError, ModelSignature, parse_input
+from jobqueue.models import ModelConfig, read_model
 from jobqueue.protocol import ANONYMOUS, Enqueued, JobRecord, JobStore, NewJob
 from jobqueue.settings import Settings
 
@@ -59,12 +59,7 @@ class ModelEntry:
 
     def load(self) -> None:
         """Read signature and version (blocking: run it in a thread)."""
-        signature = read_signature(self.config.path, self.config.labels_path)
-        why = batch_mismatch(signature)
-        if why:
-            raise ValueError(why)
-        self.version = file_version(self.config.path)
-        self.signature = signature
+        self.signature, self.version = read_model(self.config)
 
 
 class ModelRegistry:

@@ -133,14 +133,17 @@ def read_signature(model_path: str | os.PathLike[str], labels_path: str = "") ->
 
 
 def _leaves(rows: Any) -> Iterator[Any]:
-    """Every scalar in nested lists (depth-first), for type checks numpy would paper over."""
-    stack = [rows]
+    """Every scalar in nested lists, in order, for type checks numpy would paper over (iterative:
+    a deeply nested body must not hit the recursion limit)."""
+    stack = [iter([rows])]
     while stack:
-        item = stack.pop()
-        if isinstance(item, list):
-            stack.extend(item)
-        else:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
             yield item
+        else:
+            stack.pop()
 
 
 def _coerce(rows: Any, spec: TensorSpec, loc: tuple[str | int, ...], may_hold_booleans: bool = True) -> np.ndarray:
@@ -178,7 +181,7 @@ def _coerce(rows: Any, spec: TensorSpec, loc: tuple[str | int, ...], may_hold_bo
                 raise InputError(loc + _first_bad(raw, integral), f"input {spec.name!r} takes integers ({spec.elem_type})")
             # exact: from the JSON values themselves, not from their float64 rounding
             try:
-                return np.array([int(v) for v in _leaves_in_order(rows)], dtype=spec.dtype).reshape(raw.shape)
+                return np.array([int(v) for v in _leaves(rows)], dtype=spec.dtype).reshape(raw.shape)
             except OverflowError:
                 raise InputError(loc, f"value out of range for {spec.elem_type}") from None
         info = np.iinfo(spec.dtype)
@@ -191,20 +194,6 @@ def _coerce(rows: Any, spec: TensorSpec, loc: tuple[str | int, ...], may_hold_bo
     if not finite.all():
         raise InputError(loc + _first_bad(arr, finite), f"values must be finite numbers (in {spec.elem_type} range)")
     return arr
-
-
-def _leaves_in_order(rows: Any) -> list[Any]:
-    out: list[Any] = []
-
-    def walk(item: Any) -> None:
-        if isinstance(item, list):
-            for sub in item:
-                walk(sub)
-        else:
-            out.append(item)
-
-    walk(rows)
-    return out
 
 
 def _json_kind(kind: str) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jobqueue.model_signature import ModelSignature, batch_mismatch, read_signature
 from jobqueue.settings import MODEL_NAME_PATTERN, Settings
 
 MODEL_FIELDS = {"path", "labels", "max_batch_size", "max_batch_wait_ms", "inference_providers", "inference_threads"}
@@ -55,6 +56,16 @@ def _providers(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         value = value.split(",")
     return tuple(p.strip() for p in value if p and p.strip())
+
+
+def read_model(config: ModelConfig) -> tuple[ModelSignature, str]:
+    """A model's signature (never its weights) and version; ValueError when its declared outputs
+    cannot be told apart per job. The API and the workers accept or refuse a model alike."""
+    signature = read_signature(config.path, config.labels_path)
+    why = batch_mismatch(signature)
+    if why:
+        raise ValueError(f"model {config.name}: {why}; results could not be told apart per job")
+    return signature, file_version(config.path)
 
 
 def load_models(settings: Settings) -> dict[str, ModelConfig]:
@@ -116,7 +127,3 @@ def load_models(settings: Settings) -> dict[str, ModelConfig]:
     if default not in models:
         raise ModelConfigError(f"DEFAULT_MODEL {default!r} is not in MODELS_FILE (known: {', '.join(models)})")
     return {default: models[default], **{n: m for n, m in models.items() if n != default}}
-
-
-def default_model_name(models: dict[str, ModelConfig]) -> str:
-    return next(iter(models))

@@ -27,7 +27,7 @@ from jobqueue.errors import (
     WrongState,
 )
 from jobqueue.keys import ModelKeys, StoreKeys
-from jobqueue.settings import PRIORITIES, Settings
+from jobqueue.settings import Settings
 from jobqueue.states import ClaimFlag, JobStatus, Outcome, ScriptCode
 
 if TYPE_CHECKING:
@@ -371,30 +371,6 @@ class JobStore:
         """Requeue a failed or expired job; `token` makes a repeated request harmless."""
         reply = await self._run(retry_call(self.keys, self.settings, record, token))
         return state_change(reply, record.job_id, "retry", self.settings)
-
-    async def depths(self, models: Iterable[str]) -> dict[str, dict[str, int]]:
-        """Per model: pending per priority, in flight, dead letters, workers and the stats counters."""
-        names = list(models)
-        pipe = self.client.pipeline(transaction=False)
-        for name in names:
-            mk = self.keys.model(name)
-            for key in mk.pending_all:
-                pipe.llen(key)
-            pipe.zcard(mk.inflight)
-            pipe.llen(mk.dead)
-            pipe.zcard(mk.workers)
-            pipe.hgetall(mk.stats)
-        replies = await pipe.execute() if names else []
-        out: dict[str, dict[str, int]] = {}
-        width = len(PRIORITIES) + 4
-        for i, name in enumerate(names):
-            r = replies[i * width : (i + 1) * width]
-            counts = {f"pending_{p}": int(n) for p, n in zip(PRIORITIES, r, strict=False)}
-            counts["pending"] = sum(int(n) for n in r[: len(PRIORITIES)])
-            counts.update(inflight=int(r[-4]), dead=int(r[-3]), workers=int(r[-2]))
-            counts.update({_text(k): int(v) for k, v in r[-1].items() if _text(k) in STAT_COUNTERS})
-            out[name] = counts
-        return out
 
 
 STAT_COUNTERS = ("enqueued", "completed", "failed", "retried", "recovered", "expired", "canceled")

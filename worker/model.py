@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from jobqueue.model_signature import ModelSignature, batch_mismatch, read_signature
-from jobqueue.models import ModelConfig, file_version
+from jobqueue.model_signature import ModelSignature
+from jobqueue.models import ModelConfig, read_model
 
 log = logging.getLogger("asyncinfer.worker")
 
@@ -81,11 +81,8 @@ class OnnxModel:
     def __init__(self, config: ModelConfig) -> None:
         self.config = config
         self.name = config.name
-        self.signature: ModelSignature = read_signature(config.path, config.labels_path)
-        why = batch_mismatch(self.signature)
-        if why:
-            raise ValueError(f"model {config.name}: {why}; results could not be told apart per job")
-        self.version = file_version(config.path)
+        self.signature: ModelSignature
+        self.signature, self.version = read_model(config)
         options = ort.SessionOptions()
         if config.inference_threads > 0:
             options.intra_op_num_threads = config.inference_threads

@@ -9,6 +9,23 @@ local function now_ms()
   return t[1] * 1000 + math.floor(t[2] / 1000)
 end
 
+-- Every worker silent for longer than the worker ttl means Redis itself was away (stalled or
+-- unreachable): start a grace period of one ttl, so recovery does not declare live workers dead the
+-- moment it is back. True when it started one.
+local function grace_after_silence(stats, worker_ttl, now)
+  local last_beat = tonumber(redis.call('HGET', stats, 'beat_at') or now)
+  if now - last_beat <= worker_ttl then return false end
+  redis.call('HSET', stats, 'grace_until', now + worker_ttl)
+  return true
+end
+
+-- A worker beats: its deadline moves on, and so does the model's last beat (see above).
+local function beat(workers, stats, wid, worker_ttl, now)
+  grace_after_silence(stats, worker_ttl, now)
+  redis.call('HSET', stats, 'beat_at', now)
+  redis.call('ZADD', workers, now + worker_ttl, wid)
+end
+
 -- A job reached a terminal state: its record and idempotency key expire after the job ttl, its webhook
 -- enters the outbox when it has a callback, and its owner's unfinished count is to drop by one.
 local function close_job(job, id, ttl, now, idem, callback, owner, notify, unfinished_drop)

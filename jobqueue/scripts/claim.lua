@@ -47,12 +47,7 @@ local priority_index = {high = 1, normal = 2, low = 3}
 local PATTERN = {1, 1, 2, 1, 1, 2, 1, 1, 3, 1, 2, 1}
 
 local now = now_ms()
--- Heartbeat; a long silence of every worker means Redis itself was away: grant a grace period
--- so recovery does not declare live workers dead the moment it is back.
-local last_beat = tonumber(redis.call('HGET', stats, 'beat_at') or now)
-if now - last_beat > worker_ttl then redis.call('HSET', stats, 'grace_until', now + worker_ttl) end
-redis.call('HSET', stats, 'beat_at', now)
-redis.call('ZADD', workers, now + worker_ttl, wid)
+beat(workers, stats, wid, worker_ttl, now)  -- claiming is a heartbeat too
 
 local candidates = {}  -- {id, source list index or 0 for ids already in the processing list}
 for i = 12, #ARGV do

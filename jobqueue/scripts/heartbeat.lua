@@ -12,8 +12,5 @@ Returns the new deadline.
 local workers, stats = KEYS[1], KEYS[2]
 local wid, worker_ttl = ARGV[1], tonumber(ARGV[2])
 local now = now_ms()
-local last_beat = tonumber(redis.call('HGET', stats, 'beat_at') or now)
-if now - last_beat > worker_ttl then redis.call('HSET', stats, 'grace_until', now + worker_ttl) end
-redis.call('HSET', stats, 'beat_at', now)
-redis.call('ZADD', workers, now + worker_ttl, wid)
+beat(workers, stats, wid, worker_ttl, now)
 return now + worker_ttl

@@ -43,11 +43,7 @@ local now = now_ms()
 if now < tonumber(redis.call('HGET', stats, 'grace_until') or 0) then return {-11} end
 -- The caller beat just before calling, so a last beat older than the TTL means this call was held up
 -- by a Redis stall and runs first after it, before any worker could beat: start the grace here too.
-local last_beat = tonumber(redis.call('HGET', stats, 'beat_at') or now)
-if now - last_beat > worker_ttl then
-  redis.call('HSET', stats, 'grace_until', now + worker_ttl)
-  return {-11}
-end
+if grace_after_silence(stats, worker_ttl, now) then return {-11} end
 local requeued, failed, timed_out = 0, 0, 0
 local ended, back = {}, {}
 local unfinished_drop = {}
