@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 import numpy as np
@@ -146,3 +147,27 @@ def test_stop_finishes_held_batch_then_exits(settings, redis_client, model):
     assert queue.held(worker.worker_id) == []
     assert redis_client.zscore(queue.keys.workers, worker.worker_id) is None  # deregistered
     assert {queue.get(i).status for i in ids} <= {JobStatus.COMPLETED, JobStatus.PENDING}  # nothing lost or failed
+
+
+def test_worker_reconciles_jobs_redis_says_it_holds(settings, redis_client, model):
+    """A claim that ran but whose reply never reached the worker (and raised nothing): the worker finds
+    the job in its processing list at its regular reconcile and runs it; no recovery is involved."""
+    from worker.loop import RECONCILE_INTERVAL_S
+
+    queue = SyncJobs(redis_client, settings)
+    job_id = submit(queue, [IRIS["virginica"]])
+    worker = Worker(settings, model)
+    assert [job.job_id for job in queue.claim(worker.worker_id, 1).jobs] == [job_id]  # "lost" reply
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + RECONCILE_INTERVAL_S + 3
+        while queue.get(job_id).status is not JobStatus.COMPLETED:
+            assert time.monotonic() < deadline, "the held job was never adopted"
+            time.sleep(0.05)
+    finally:
+        worker.stop()
+        thread.join(10)
+    record = queue.get(job_id)
+    assert record.attempts == 1 and orjson.loads(record.result)["class_name"] == "virginica"
+    assert redis_client.hget(queue.keys.stats, "recovered") is None  # adopted, not recovered

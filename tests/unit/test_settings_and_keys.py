@@ -61,3 +61,15 @@ def test_iso_timestamps():
     assert epoch_ms_to_iso(0) == "1970-01-01T00:00:00.000Z"
     assert epoch_ms_to_iso(1_700_000_000_123) == "2023-11-14T22:13:20.123Z"
     assert epoch_ms_to_iso(None) is None
+
+
+def test_scripts_take_every_key_from_keys_py():
+    """No Lua script spells a key layout itself: keys and key prefixes arrive in KEYS/ARGV from
+    jobqueue/keys.py, so one module decides the layout."""
+    from pathlib import Path
+
+    scripts = Path(__file__).resolve().parents[2] / "jobqueue" / "scripts"
+    for script in scripts.glob("*.lua"):
+        text = script.read_text()
+        for spelled in ("'job:'", "':job:'", "'processing:'", "'pending:'", "'idem:'", "'principal:'", "asyncinfer:"):
+            assert spelled not in text, f"{script.name} spells {spelled}"
