@@ -1,17 +1,18 @@
 """A direct route for the two hot endpoints (submit a job to the default model, read a job).
 
 Thousands of requests a second spend more time in the framework's routing, middleware and
-dependency machinery than in our handlers. This ASGI middleware calls the very same route functions
-(`jobs.submit_job`, `jobs.read_job`) with the parameters it parsed itself, and answers errors through
-the same mapping; the FastAPI routes stay the documented (OpenAPI) definition and serve every other
-method and path.
+dependency machinery than in our handlers. This ASGI layer, in front of FastAPI (api/app.py
+`outer_layers`), calls the very same route functions (`jobs.submit_job`, `jobs.read_job`) with the
+parameters it parsed itself, and answers errors through the same mapping; the FastAPI routes stay the
+documented (OpenAPI) definition and serve every other method and path.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from urllib.parse import parse_qsl
 
-from starlette.requests import Request
+from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.auth import authenticate
@@ -36,9 +37,33 @@ def _wait_param(query_string: bytes) -> float | None:
     return None
 
 
+# the request headers the two routes read, as servers give them (lower-case bytes)
+WANTED_HEADERS = {b"authorization", b"idempotency-key", b"prefer", b"content-length"}
+
+
+def _headers(scope: Scope) -> dict[bytes, str]:
+    """The first value of each wanted header (as Starlette's `Headers.get` gives it)."""
+    found: dict[bytes, str] = {}
+    for name, value in scope["headers"]:
+        if name in WANTED_HEADERS and name not in found:
+            found[name] = value.decode("latin-1")
+    return found
+
+
+async def _body_chunks(receive: Receive) -> AsyncIterator[bytes]:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        yield message.get("body", b"")
+        if not message.get("more_body", False):
+            return
+
+
 class HotPathMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, owner: FastAPI) -> None:
         self.app = app
+        self.owner = owner  # whose state (`app.state.asyncinfer`) the routes use
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -52,19 +77,20 @@ class HotPathMiddleware:
         job_id = path[len(JOB_PREFIX) :] if method == "GET" and path.startswith(JOB_PREFIX) else ""
         if not is_submit and (not job_id or "/" in job_id):
             return await self.app(scope, receive, send)
-        state = scope["app"].state.asyncinfer
+        state = self.owner.state.asyncinfer
         scope[ROUTE_TEMPLATE_KEY] = "/predict" if is_submit else "/job/{job_id}"  # for the request metrics
-        request = Request(scope, receive)
+        headers = _headers(scope)
         try:
-            caller = authenticate(state.tokens, request.headers.get("authorization"))
+            caller = authenticate(state.tokens, headers.get(b"authorization"))
             if is_submit:
-                key = request.headers.get("idempotency-key")
+                key = headers.get(b"idempotency-key")
                 if key is not None and len(key) > jobs.MAX_IDEMPOTENCY_KEY:
                     raise invalid(
                         ["header", "Idempotency-Key"], f"String should have at most {jobs.MAX_IDEMPOTENCY_KEY} characters"
                     )
-                body = await jobs.read_body(request, state.settings.max_body_bytes)
-                response = await jobs.submit_job(state, caller, None, body, key, request.headers.get("prefer"), receive)
+                limit = state.settings.max_body_bytes
+                body = await jobs.collect_body(headers.get(b"content-length"), _body_chunks(receive), limit)
+                response = await jobs.submit_job(state, caller, None, body, key, headers.get(b"prefer"), receive)
             else:
                 if len(job_id) > jobs.MAX_JOB_ID:
                     raise invalid(["path", "job_id"], f"String should have at most {jobs.MAX_JOB_ID} characters")

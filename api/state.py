@@ -114,7 +114,10 @@ class JobEvents:
     def __init__(self, client: redis.asyncio.Redis, channel: str) -> None:
         self._client = client
         self._channel = channel
+        # waiters for any transition (streams), and waiters for the end only (wait and long poll):
+        # "processing" is no news to the latter, so it costs them no wake-up and no re-read
         self._futures: dict[str, set[asyncio.Future[str]]] = defaultdict(set)
+        self._end_futures: dict[str, set[asyncio.Future[str]]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -127,26 +130,30 @@ class JobEvents:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def add(self, job_id: str) -> asyncio.Future[str]:
-        """A future resolved with the event kind at the job's next transition."""
+    def add(self, job_id: str, ends_only: bool = False) -> asyncio.Future[str]:
+        """A future resolved with the event kind at the job's next transition (its end, with `ends_only`)."""
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._futures[job_id].add(future)
+        (self._end_futures if ends_only else self._futures)[job_id].add(future)
         return future
 
     def discard(self, job_id: str, future: asyncio.Future[str]) -> None:
-        futures = self._futures.get(job_id)
-        if futures is not None:
-            futures.discard(future)
-            if not futures:
-                del self._futures[job_id]
+        for waiting in (self._futures, self._end_futures):
+            futures = waiting.get(job_id)
+            if futures is not None and future in futures:
+                futures.discard(future)
+                if not futures:
+                    del waiting[job_id]
 
     def wake(self, job_id: str, kind: str) -> None:
-        for future in self._futures.pop(job_id, ()):
+        woken = list(self._futures.pop(job_id, ()))
+        if kind in ("ended", "recheck"):
+            woken += self._end_futures.pop(job_id, ())
+        for future in woken:
             if not future.done():
                 future.set_result(kind)
 
     def wake_all(self) -> None:
-        for job_id in list(self._futures):
+        for job_id in {*self._futures, *self._end_futures}:
             self.wake(job_id, "recheck")
 
     def _on_reconnect(self, _connection: Any) -> None:
@@ -167,10 +174,10 @@ class JobEvents:
                 if pubsub.connection is not None:  # set by subscribe
                     pubsub.connection.register_connect_callback(self._on_reconnect)
                 async for message in pubsub.listen():
-                    if self._futures and message.get("type") == "message":
+                    if (self._futures or self._end_futures) and message.get("type") == "message":
                         kind, *ids = str(message["data"]).split()
                         for job_id in ids:
-                            if job_id in self._futures:
+                            if job_id in self._futures or job_id in self._end_futures:
                                 self.wake(job_id, kind)
             except UNAVAILABLE as exc:
                 log.debug("event listener lost redis (%s)", exc)
@@ -272,33 +279,37 @@ class AppState:
                 raise
             raise problem from None
 
-    async def wait_for(self, job_id: str, timeout_s: float, disconnected: asyncio.Future[Any] | None = None) -> JobRecord:
+    async def wait_for(
+        self,
+        job_id: str,
+        timeout_s: float,
+        disconnected: asyncio.Future[Any] | None = None,
+        listening: asyncio.Future[str] | None = None,
+    ) -> JobRecord:
         """The job's record once it ends, or as it is after `timeout_s` (or when the client left).
-        Woken by Pub/Sub, not by polling Redis."""
+        Woken by Pub/Sub, not by polling Redis. `listening`: a future from `events.add(job_id,
+        ends_only=True)` taken before the caller saw the job unfinished (created it, or read it),
+        so the first read is skipped: any end since then has woken it."""
         deadline = time.monotonic() + timeout_s
-        future = self.events.add(job_id)
+        future = listening if listening is not None else self.events.add(job_id, ends_only=True)
         try:
-            record = await self.store.get(job_id)  # read after subscribing: no wake-up is missed
-            while not record.status.terminal and not self.draining:
+            # read after listening: no end is missed
+            record = None if listening is not None else await self.store.get(job_id)
+            while record is None or not (record.status.terminal or self.draining):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or (disconnected is not None and disconnected.done()):
                     break
-                waiting: set[asyncio.Future[Any]] = {asyncio.ensure_future(asyncio.shield(future))}
-                if disconnected is not None:
-                    waiting.add(disconnected)
+                waiting = (future,) if disconnected is None else (future, disconnected)
                 await asyncio.wait(waiting, timeout=min(remaining, LONG_POLL_RECHECK_S), return_when=asyncio.FIRST_COMPLETED)
-                for pending in waiting:
-                    if pending is not disconnected and not pending.done():
-                        pending.cancel()
                 if disconnected is not None and disconnected.done():
                     break
-                if future.done():  # woken (e.g. by "processing"): listen again BEFORE reading, or
-                    self.events.discard(job_id, future)  # an "ended" landing during the read is lost
-                    future = self.events.add(job_id)
+                if future.done():  # woken (a recheck): listen again BEFORE reading, or an end
+                    self.events.discard(job_id, future)  # landing during the read is lost
+                    future = self.events.add(job_id, ends_only=True)
                 record = await self.store.get(job_id)
+            return record if record is not None else await self.store.get(job_id)
         finally:
             self.events.discard(job_id, future)
-        return record
 
 
 async def get_state(request: Request) -> AppState:

@@ -15,20 +15,18 @@ import sys
 
 from fastapi import FastAPI
 
-HOTPATH_ENV = "BENCH_HOTPATH"  # "0" drops the HotPathMiddleware (granian imports the factory by name)
+HOTPATH_ENV = "BENCH_HOTPATH"  # "0" drops the hot path (granian imports the factory by name)
 
 
 def build_app() -> FastAPI:
-    """create_app() as shipped, minus the HotPathMiddleware when BENCH_HOTPATH=0.
+    """create_app() as shipped, minus the hot path when BENCH_HOTPATH=0 (the same outer layers without it)."""
+    from api.app import create_app, outer_layers
+    from jobqueue.settings import get_settings
 
-    Starlette builds the middleware stack on the first request, so removing the entry from
-    `user_middleware` before serving gives exactly the app without the bypass."""
-    from api.app import create_app
-    from api.hotpath import HotPathMiddleware
-
-    app = create_app()
+    settings = get_settings()
+    app = create_app(settings)
     if os.environ.get(HOTPATH_ENV, "1") == "0":
-        app.user_middleware = [m for m in app.user_middleware if m.cls is not HotPathMiddleware]
+        app.front = outer_layers(app, settings.max_concurrent_requests, hotpath=False)
     return app
 
 

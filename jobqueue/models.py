@@ -31,7 +31,7 @@ class ModelConfig:
     path: str
     labels_path: str = ""
     max_batch_size: int = 128
-    max_batch_wait_ms: float = 5
+    max_batch_wait_ms: float = 0
     inference_providers: tuple[str, ...] = ("CPUExecutionProvider",)
     inference_threads: int = 0
     extra: dict[str, Any] = field(default_factory=dict)

@@ -8,7 +8,9 @@ script's reply into a typed value or a `JobQueueError`.
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import hashlib
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
+from jobqueue.connection import SOCKET_TIMEOUT_S
 from jobqueue.errors import (
     IdempotencyConflict,
     JobNotFound,
@@ -27,6 +30,7 @@ from jobqueue.errors import (
     WrongState,
 )
 from jobqueue.keys import ModelKeys, StoreKeys
+from jobqueue.multiplex import MultiplexedRedis
 from jobqueue.settings import Settings
 from jobqueue.states import ClaimFlag, JobStatus, Outcome, ScriptCode
 
@@ -314,16 +318,25 @@ def _iso_second(seconds: int) -> str:
 
 
 class JobStore:
-    """The API's side of the protocol: submit, read, cancel and retry jobs of any model."""
+    """The API's side of the protocol: submit, read, cancel and retry jobs of any model.
+
+    Its commands go over one shared, self-pipelining connection (jobqueue/multiplex.py), made with
+    `client`'s connection settings; `client` itself stays for everything else (admin, Pub/Sub).
+    """
 
     def __init__(self, client: redis.asyncio.Redis, settings: Settings) -> None:
         self.client = client
         self.settings = settings
         self.keys = StoreKeys(settings.key_prefix)
-        self._scripts = {name: client.register_script(lua_source(name)) for name in SCRIPT_NAMES}
+        self.redis = MultiplexedRedis(client.connection_pool.make_connection, SOCKET_TIMEOUT_S)
+        self._scripts = {name: (hashlib.sha1(lua_source(name).encode()).hexdigest(), lua_source(name)) for name in SCRIPT_NAMES}
 
-    async def _run(self, call: ScriptCall, client: Any = None) -> Any:
-        return await self._scripts[call.name](keys=call.keys, args=call.args, client=client)
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+
+    async def _run(self, call: ScriptCall) -> Any:
+        sha, source = self._scripts[call.name]
+        return await self.redis.script(sha, source, call.keys, call.args)
 
     async def enqueue(self, job: NewJob) -> Enqueued:
         """Create the job and queue it in one round trip; raises the refusal (QueueFull, RateLimited, ...)."""
@@ -333,33 +346,27 @@ class JobStore:
         return result
 
     async def enqueue_many(self, jobs: Sequence[NewJob]) -> list[Enqueued | JobQueueError]:
-        """Enqueue several jobs in one pipelined round trip; each is atomic on its own and answers in place."""
+        """Enqueue several jobs in one round trip; each is atomic on its own and answers in place."""
         if not jobs:
             return []
         if len({(job.model, job.owner) for job in jobs}) == 1:  # a bulk request: one script call
             reply = await self._run(enqueue_many_call(self.keys, self.settings, jobs))
             return [enqueue_result(reply[i : i + 3], self.settings) for i in range(0, len(reply), 3)]
-        pipe = self.client.pipeline(transaction=False)
-        for job in jobs:
-            call = enqueue_call(self.keys, self.settings, job)
-            await self._scripts["enqueue"](keys=call.keys, args=call.args, client=pipe)  # queues it
-        replies = await pipe.execute()
+        # sent together, so they leave in one write (the shared connection pipelines them)
+        replies = await asyncio.gather(*(self._run(enqueue_call(self.keys, self.settings, job)) for job in jobs))
         return [enqueue_result(reply, self.settings) for reply in replies]
 
     async def get(self, job_id: str, with_input: bool = False) -> JobRecord:
         """The job's record, or JobNotFound. The input stays in Redis unless asked for."""
         fields = _record_fields(with_input)
-        record = parse_record(job_id, fields, await self.client.hmget(self.keys.job(job_id), fields))
+        record = parse_record(job_id, fields, await self.redis.execute("HMGET", self.keys.job(job_id), *fields))
         if record is None:
             raise JobNotFound(job_id)
         return record
 
     async def get_many(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
         """Records of several jobs in one round trip; None where there is none."""
-        pipe = self.client.pipeline(transaction=False)
-        for job_id in job_ids:
-            pipe.hmget(self.keys.job(job_id), RECORD_FIELDS)
-        values = await pipe.execute() if job_ids else []
+        values = await asyncio.gather(*(self.redis.execute("HMGET", self.keys.job(i), *RECORD_FIELDS) for i in job_ids))
         return [parse_record(job_id, RECORD_FIELDS, v) for job_id, v in zip(job_ids, values, strict=True)]
 
     async def cancel(self, record: JobRecord) -> JobStatus:

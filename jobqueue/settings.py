@@ -66,10 +66,13 @@ class Settings(BaseModel):
     request_ttl_seconds: int = Field(1800, ge=0, description="A job not started within this ends expired; 0 = never.")
     max_batch_size: int = Field(128, ge=1, le=4096, description="Most jobs one model call takes.")
     max_batch_wait_ms: float = Field(
-        5,
+        0,
         ge=0,
         le=10_000,
-        description="How long a worker waits to fill a batch once it holds a job (0 = run what it has at once).",
+        description=(
+            "How long a worker waits to fill a batch once it holds a job; 0 runs what it has at once "
+            "(under load, jobs queue while the model runs, so batches fill anyway). A GPU model may want a few ms."
+        ),
     )
     max_attempts: int = Field(3, ge=1, le=100, description="Runs of one job before it fails for good.")
     job_timeout_seconds: float = Field(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import orjson
@@ -73,11 +74,15 @@ _SUBMIT_ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
+    return await collect_body(request.headers.get("content-length"), request.stream(), limit)
+
+
+async def collect_body(declared: str | None, stream: AsyncIterator[bytes], limit: int) -> bytes:
+    """The request body, or 413 as soon as it (or its declared Content-Length) exceeds `limit`."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise HTTPProblem(413, f"request body is larger than {limit} bytes (MAX_BODY_BYTES)")
     chunks, size = [], 0
-    async for chunk in request.stream():
+    async for chunk in stream:
         size += len(chunk)
         if size > limit:
             raise HTTPProblem(413, f"request body is larger than {limit} bytes (MAX_BODY_BYTES)")
@@ -135,10 +140,12 @@ def _disconnect_watch(receive: Receive | None) -> asyncio.Future[Any] | None:
     return asyncio.ensure_future(watch())
 
 
-async def wait_for_end(state: AppState, job_id: str, wait_s: float, receive: Receive | None) -> JobRecord:
+async def wait_for_end(
+    state: AppState, job_id: str, wait_s: float, receive: Receive | None, listening: asyncio.Future[str] | None = None
+) -> JobRecord:
     disconnected = _disconnect_watch(receive)
     try:
-        return await state.wait_for(job_id, wait_s, disconnected)
+        return await state.wait_for(job_id, wait_s, disconnected, listening)
     finally:
         if disconnected is not None:
             disconnected.cancel()
@@ -165,15 +172,25 @@ async def submit_job(
         idempotency_key,
         raw=body,
     )
-    enqueued = await state.enqueue(job)
+    wait = prefer_wait(prefer)
+    # listening before the job exists: its end cannot slip by, and a new job needs no first read
+    listening = state.events.add(job.job_id, ends_only=True) if wait else None
+    try:
+        enqueued = await state.enqueue(job)
+    except BaseException:
+        if listening is not None:
+            state.events.discard(job.job_id, listening)
+        raise
     headers = {"Location": f"/job/{enqueued.job_id}", "Vary": "Prefer"}
     if not enqueued.created:
         headers["Idempotent-Replayed"] = "true"
     status = enqueued.status
-    wait = prefer_wait(prefer)
     if wait:
+        if listening is not None and not enqueued.created:
+            state.events.discard(job.job_id, listening)  # an existing job (idempotent replay): read it first
+            listening = None
         headers["Preference-Applied"] = f"wait={wait:g}"
-        record = await wait_for_end(state, enqueued.job_id, wait, receive)
+        record = await wait_for_end(state, enqueued.job_id, wait, receive, listening)
         if record.status.terminal:
             return json_response(job_view(record), 200, headers)
         status = record.status
@@ -191,9 +208,19 @@ async def owned(state: AppState, caller: Principal, job_id: str) -> JobRecord:
 async def read_job(
     state: AppState, caller: Principal, job_id: str, wait: float | None, receive: Receive | None = None
 ) -> Response:
-    record = await owned(state, caller, job_id)
-    if wait and not record.status.terminal:
-        record = await wait_for_end(state, job_id, wait, receive)
+    if not wait:
+        return json_response(job_view(await owned(state, caller, job_id)))
+    # listening before the read: an end after it wakes us, so a running job is not read twice
+    listening = state.events.add(job_id, ends_only=True)
+    try:
+        record = await owned(state, caller, job_id)
+    except BaseException:
+        state.events.discard(job_id, listening)
+        raise
+    if record.status.terminal:
+        state.events.discard(job_id, listening)
+    else:
+        record = await wait_for_end(state, job_id, wait, receive, listening)
     return json_response(job_view(record))
 
 

@@ -99,7 +99,7 @@ class FakeState:
         self.jobs[job_id] = FakeRecord("completed", orjson.dumps(entry.model.results(outputs, 0, rows)).decode())
         return job_id
 
-    async def wait_for(self, job_id: str, timeout_s: float, disconnected: Any = None) -> FakeRecord:
+    async def wait_for(self, job_id: str, timeout_s: float, disconnected: Any = None, listening: Any = None) -> FakeRecord:
         return self.jobs[job_id]
 
 

@@ -1,0 +1,189 @@
+"""One Redis connection that every request of an API process shares, replies matched in order.
+
+Redis answers the commands of one connection in the order it received them. So instead of checking a
+connection out of a pool, arming a timeout and waiting on a read for each command (a third of the
+API's CPU under load, by py-spy), a caller writes its command and waits on a future; one reader task
+parses replies as they arrive (hiredis) and resolves the futures first-in, first-out. Commands sent
+at the same moment by concurrent requests leave in one write and come back in one read: the API
+pipelines itself, and Redis pays fewer system calls per job too.
+
+What stays as with redis-py's pool: the connection handshake (AUTH, SELECT, TLS, unix sockets) is
+redis-py's own; errors are redis-py's classes (`ConnectionError`, `TimeoutError`, the `ResponseError`
+family), so callers map them the same way; and a command that fails because the connection did is
+retried on a new one, which is safe because every command the API sends is (jobqueue/connection.py).
+
+Timeouts: a command unanswered after `timeout_s` closes the connection and fails every command on it
+(their replies can no longer be matched). One timer checks the oldest command instead of one per call.
+Blocking commands (BLMOVE, SUBSCRIBE) never go here: they would hold up everyone behind them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import hiredis
+import redis.exceptions
+from redis._parsers.base import BaseParser
+
+if TYPE_CHECKING:
+    import redis.asyncio.connection
+
+RETRIES = 2
+BACKOFF_S = (0.05, 0.25)
+READ_CHUNK = 256 * 1024
+WRITE_BUFFER_HIGH = 4 * 2**20  # bytes queued in the transport before writers wait for it to drain
+
+
+class _Connection:
+    """A connected socket, its pending futures in send order, and the task reading its replies."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn  # the redis-py connection that did the handshake; we read and write its streams
+        self.reader: asyncio.StreamReader = conn._reader
+        self.writer: asyncio.StreamWriter = conn._writer
+        self.pending: collections.deque[tuple[float, asyncio.Future[Any]]] = collections.deque()
+        self.outbox: list[bytes] = []  # commands packed since the last write: one write per loop turn
+        self.parser = hiredis.Reader(encoding="utf-8")
+        self.broken: BaseException | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    def fail(self, error: BaseException) -> None:
+        """Mark broken, close the socket and fail every command still waiting for its reply."""
+        if self.broken is None:
+            self.broken = error
+            self.writer.close()
+            asyncio.ensure_future(self.conn.disconnect(nowait=True))  # redis-py's side of the socket
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        while self.pending:
+            _, future = self.pending.popleft()
+            if not future.done():
+                future.set_exception(error)
+
+
+class MultiplexedRedis:
+    """`await execute("HMGET", key, *fields)` over one shared, self-pipelining connection.
+
+    Connections come from `make_connection`, normally a redis-py pool's (its URL, password, TLS and
+    socket options; the pool itself stays the caller's); `timeout_s` bounds every reply.
+    """
+
+    def __init__(self, make_connection: Callable[[], redis.asyncio.connection.AbstractConnection], timeout_s: float) -> None:
+        self._make_connection = make_connection
+        self._timeout_s = timeout_s
+        self._current: _Connection | None = None
+        self._connecting: asyncio.Task[_Connection] | None = None
+
+    async def execute(self, *args: Any) -> Any:
+        for attempt in range(RETRIES + 1):
+            try:
+                return await self._execute_once(args)
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+                if attempt == RETRIES:
+                    raise
+                await asyncio.sleep(BACKOFF_S[attempt])
+        raise AssertionError("unreachable")
+
+    async def script(self, sha: str, source: str, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA, falling back to EVAL (which caches the script) after a SCRIPT FLUSH or a new server."""
+        try:
+            return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            return await self.execute("EVAL", source, len(keys), *keys, *args)
+
+    async def aclose(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+            self._connecting = None
+        current, self._current = self._current, None
+        if current is not None:
+            current.fail(redis.exceptions.ConnectionError("client closed"))
+            if current.task is not None:
+                current.task.cancel()
+            await current.conn.disconnect(nowait=True)
+
+    async def _execute_once(self, args: tuple[Any, ...]) -> Any:
+        current = self._current
+        if current is None or current.broken is not None:
+            current = await self._connect()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if not current.outbox:
+            loop.call_soon(self._flush, current)
+        current.outbox.append(hiredis.pack_command(args))
+        current.pending.append((time.monotonic(), future))
+        if current.timer is None:
+            current.timer = loop.call_later(self._timeout_s, self._check_timeout, current)
+        if current.writer.transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
+            await current.writer.drain()
+        return await future
+
+    @staticmethod
+    def _flush(current: _Connection) -> None:
+        """Write every command queued during this turn of the event loop in one system call."""
+        outbox, current.outbox = current.outbox, []
+        if current.broken is None:
+            current.writer.write(b"".join(outbox))
+
+    async def _connect(self) -> _Connection:
+        # Concurrent callers share one connection attempt; a failed attempt fails them all, each retrying.
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._open())
+        connecting = self._connecting
+        try:
+            return await asyncio.shield(connecting)
+        finally:
+            if self._connecting is connecting and connecting.done():
+                self._connecting = None
+
+    async def _open(self) -> _Connection:
+        conn = self._make_connection()
+        try:
+            await conn.connect()  # type: ignore[no-untyped-call]
+        except TimeoutError:
+            raise redis.exceptions.TimeoutError("timeout connecting to Redis") from None
+        current = _Connection(conn)
+        current.task = asyncio.ensure_future(self._read_replies(current))
+        self._current = current
+        return current
+
+    async def _read_replies(self, current: _Connection) -> None:
+        try:
+            while current.broken is None:
+                data = await current.reader.read(READ_CHUNK)
+                if not data:
+                    raise redis.exceptions.ConnectionError("Redis closed the connection")
+                current.parser.feed(data)
+                while (reply := current.parser.gets()) is not False:
+                    if not current.pending:
+                        raise redis.exceptions.ConnectionError("a reply nobody asked for (protocol out of step)")
+                    _, future = current.pending.popleft()
+                    if future.done():  # its caller went away (a cancelled request): the reply is dropped
+                        continue
+                    if isinstance(reply, hiredis.ReplyError):
+                        future.set_exception(BaseParser.parse_error(str(reply)))  # type: ignore[no-untyped-call]
+                    else:
+                        future.set_result(reply)
+        except asyncio.CancelledError:
+            current.fail(redis.exceptions.ConnectionError("client closed"))
+            raise
+        except Exception as exc:  # a lost connection, or a reply we cannot parse: either way it is unusable
+            error = exc if isinstance(exc, redis.exceptions.ConnectionError) else redis.exceptions.ConnectionError(repr(exc))
+            current.fail(error)
+
+    def _check_timeout(self, current: _Connection) -> None:
+        current.timer = None
+        if current.broken is not None or not current.pending:
+            return
+        sent_at, _ = current.pending[0]
+        overdue_in = sent_at + self._timeout_s - time.monotonic()
+        if overdue_in <= 0:
+            current.fail(redis.exceptions.TimeoutError(f"no reply from Redis within {self._timeout_s:g}s"))
+            return
+        current.timer = asyncio.get_running_loop().call_later(overdue_in, self._check_timeout, current)
