@@ -718,6 +718,21 @@ def main() -> None:
                         idle_wake_up(base, server.url, ours.keys.events, sizes.idle_jobs)
                     )
                     step("ours idle wake-up")
+                    # the floor: uvicorn answering the same requests without any work (bench/serve.py)
+                    floor_port = free_port()
+                    floor = spawn([sys.executable, "-m", "bench.serve", "--floor"], {**ours.env, "PORT": str(floor_port)},
+                                  workdir / "floor.log")  # fmt: skip
+                    _wait_listening(floor_port, floor)
+                    with running(floor):
+                        floor_base = f"http://127.0.0.1:{floor_port}"
+                        for mode in ("poll", "wait"):
+                            out[f"floor_{mode}"] = pooled(
+                                [
+                                    metered_e2e(floor_base, sizes.jobs, mode, floor.pid, worker.pid, server.proc.pid)
+                                    for _ in range(sizes.rounds)
+                                ]  # fmt: skip
+                            )
+                    step("uvicorn floor")
                     if profiles:
                         with profiled(api.pid, profiles / "api-e2e-poll.txt"):
                             asyncio.run(end_to_end(base, sizes.jobs, "poll"))
@@ -948,11 +963,34 @@ def render(out: dict[str, Any], sizes: Sizes, args: argparse.Namespace, started_
             f"| {label} | {per_job:.2f} | {x.api_cpu_us:.0f} | {api_job:.0f} | {x.worker_cpu_us:.0f} | {x.redis_cpu_us:.0f} "
             f"| {x.client_cpu_us:.0f} | {total:.0f} |"
         )
+    for label, x in (
+        ("uvicorn floor (no work), poll pattern", out["floor_poll"]),
+        ("uvicorn floor, `Prefer: wait`", out["floor_wait"]),
+    ):
+        per_job = x.requests / x.jobs
+        cpu_lines.append(
+            f"| {label} | {per_job:.2f} | {x.api_cpu_us:.0f} | {x.api_cpu_us * per_job:.0f} | - | - | {x.client_cpu_us:.0f} | - |"
+        )
     cpu_lines += [
         f"| asyncinfer bulk submit (100 items) | 0.01 | - | {out['bulk_api_cpu_us']:.0f} | - | {out['bulk_redis_cpu_us']:.0f} | - | - |",
         f"| asyncinfer bulk lookup (100 ids) | 0.01 | - | {out['lookup_api_cpu_us']:.0f} | - | {out['lookup_redis_cpu_us']:.0f} | - | - |",
         f"| naive drain | - | - | - | {nd.worker_cpu_us:.0f} | {nd.redis_cpu_us:.0f} | - | - |",
         f"| asyncinfer drain | - | - | - | {d.worker_cpu_us:.0f} | {d.redis_cpu_us:.0f} | - | - |",
+    ]
+    naive_total = naive.api_cpu_us * naive.requests / naive.jobs + naive.worker_cpu_us + naive.redis_cpu_us + naive.client_cpu_us
+
+    def ceiling(x: Load, floor: Load) -> float:
+        """The e2e ratio if our API cost only uvicorn's floor per request, all else as measured."""
+        return naive_total / (floor.api_cpu_us * x.requests / x.jobs + x.worker_cpu_us + x.redis_cpu_us + x.client_cpu_us)
+
+    fp, fw = out["floor_poll"], out["floor_wait"]
+    cpu_lines += [
+        "",
+        f"The bound: on these two cores the e2e ratio follows CPU per job. uvicorn alone, answering the same requests "
+        f"with no work, costs {fp.api_cpu_us:.0f} us per request (poll) and {fw.api_cpu_us:.0f} (`Prefer: wait`); our API "
+        f"costs {e2e.api_cpu_us:.0f} and {wait.api_cpu_us:.0f}. With an API at that floor and everything else as measured "
+        f"(the load generator included), the ratio could reach at most {ceiling(e2e, fp):.2f}x (poll) and "
+        f"{ceiling(wait, fw):.2f}x (`Prefer: wait`) on this machine.",
     ]
     drain_lines = [
         "",
