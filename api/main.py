@@ -2,18 +2,73 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import threading
+from collections.abc import Iterable
 from types import FrameType
+from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from api.app import create_app
 from api.state import AppState
 from jobqueue.settings import get_settings
 
 log = logging.getLogger("asyncinfer.api")
+
+
+class CoalescingTransport:
+    """A transport whose writes within one event-loop turn leave in one system call.
+
+    uvicorn writes a response's status line and headers, then its body, as two writes: two system
+    calls and two TCP segments for every small JSON answer. Holding writes until the end of the
+    turn sends them as one (and a client reads one segment). Every other call (close, write_eof,
+    set_protocol for a WebSocket upgrade, ...) goes to the real transport after the held bytes, so the
+    order of what reaches the socket never changes.
+    """
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._held: list[bytes] = []
+        self._loop = asyncio.get_running_loop()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._held:
+            self._loop.call_soon(self._flush)
+        self._held.append(bytes(data))
+
+    def writelines(self, chunks: Iterable[bytes | bytearray | memoryview]) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+    def _flush(self) -> None:
+        held, self._held = self._held, []
+        if held and not self._transport.is_closing():
+            self._transport.write(b"".join(held))
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(map(len, self._held))
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._transport, name)
+        if not callable(attribute):
+            return attribute
+
+        def after_held(*args: Any, **kwargs: Any) -> Any:
+            self._flush()
+            return attribute(*args, **kwargs)
+
+        return after_held
+
+
+class CoalescingHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol over a `CoalescingTransport`."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(CoalescingTransport(transport))  # type: ignore[arg-type]
 
 
 class DrainingServer(uvicorn.Server):
@@ -56,6 +111,7 @@ def run() -> None:
         access_log=False,  # one line per job at thousands of jobs/s would cost more than the job
         timeout_graceful_shutdown=35,  # longer than the longest long poll
         proxy_headers=True,
+        http=CoalescingHttpToolsProtocol,
     )
     DrainingServer(config, settings.shutdown_delay_seconds).run()
 

@@ -68,8 +68,8 @@ class RequestMetricsMiddleware:
         finally:
             method = scope["method"]
             route = route_template(scope)
-            metrics.HTTP_REQUESTS.labels(method, route, metrics.status_class(status)).inc()
-            metrics.HTTP_REQUEST_SECONDS.labels(method, route).observe(time.perf_counter() - started)
+            metrics.child(metrics.HTTP_REQUESTS, method, route, metrics.status_class(status)).inc()
+            metrics.child(metrics.HTTP_REQUEST_SECONDS, method, route).observe(time.perf_counter() - started)
 
 
 def route_template(scope: Scope) -> str:

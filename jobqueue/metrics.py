@@ -18,6 +18,7 @@ method, status (a class such as "2xx"). Never job ids or principals.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -96,24 +97,31 @@ HTTP_REQUEST_SECONDS = Histogram(
 )
 
 
+@functools.lru_cache(maxsize=4096)
+def child(metric: Any, *labels: str) -> Any:
+    """`metric.labels(*labels)`, remembered: the lookup (label checks, a lock, a dict) costs more than
+    the observation, and the hot paths make one per request or per job. Labels are bounded (above)."""
+    return metric.labels(*labels)
+
+
 def observe_batch(model: str, batch_size: int, call_seconds: float) -> None:
     """Worker: one model call over `batch_size` jobs took `call_seconds`."""
-    BATCH_SIZE.labels(model).observe(batch_size)
-    MODEL_CALL_SECONDS.labels(model).observe(call_seconds)
+    child(BATCH_SIZE, model).observe(batch_size)
+    child(MODEL_CALL_SECONDS, model).observe(call_seconds)
 
 
 def observe_ended(
     model: str, priority: str, created_at_ms: int, queued_at_ms: int, started_at_ms: int, finished_at_ms: int
 ) -> None:
     """Worker: a job it ran ended (completed, or failed for good); Redis-clock epoch ms from its record."""
-    JOB_QUEUE_WAIT_SECONDS.labels(model, priority).observe(max(0, started_at_ms - queued_at_ms) / 1000)
-    JOB_RUN_SECONDS.labels(model).observe(max(0, finished_at_ms - started_at_ms) / 1000)
-    JOB_E2E_SECONDS.labels(model, priority).observe(max(0, finished_at_ms - created_at_ms) / 1000)
+    child(JOB_QUEUE_WAIT_SECONDS, model, priority).observe(max(0, started_at_ms - queued_at_ms) / 1000)
+    child(JOB_RUN_SECONDS, model).observe(max(0, finished_at_ms - started_at_ms) / 1000)
+    child(JOB_E2E_SECONDS, model, priority).observe(max(0, finished_at_ms - created_at_ms) / 1000)
 
 
 def observe_webhook(outcome: str) -> None:
     """Notifier: one delivery attempt ended with `outcome` (one of WEBHOOK_OUTCOMES)."""
-    WEBHOOK_DELIVERIES.labels(outcome).inc()
+    child(WEBHOOK_DELIVERIES, outcome).inc()
 
 
 def _text(value: Any) -> str:

@@ -83,6 +83,11 @@ for i = 8, #ARGV, 3 do
   end
   local live = status == 'processing' or status == 'pending'
   local ours = status == 'processing' and worker == wid
+  -- A result for a job handed back uncounted (a second signal released it while its batch still
+  -- ran to the end): the run that made the result is its attempt.
+  if (outcome == 'completed' or outcome == 'failed') and status == 'pending' and tonumber(attempts or 0) < 1 then
+    redis.call('HSET', job, 'attempts', 1)
+  end
   if outcome == 'completed' and live then
     redis.call('HSET', job, 'status', 'completed', 'result', payload, 'finished_at', now)
     if err then redis.call('HDEL', job, 'error') end  -- an earlier attempt's error

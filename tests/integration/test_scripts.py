@@ -181,6 +181,19 @@ def test_release_gives_back_without_counting_attempt(queue):
     assert queue.client.llen(queue.keys.pending("normal")) == 1
 
 
+def test_a_result_after_a_release_counts_its_run_and_the_job_runs_no_more(queue):
+    """A second signal releases what the worker holds while its batch runs to the end: the batch's
+    results still land (first result wins), counted as one attempt, and the requeued id is skipped."""
+    [job_id] = queue.enqueue_n(1)
+    queue.claim("w1", 1)
+    assert queue.finish("w1", [(job_id, Outcome.RELEASE, "")]).requeued == 1  # from the signal thread
+    assert queue.finish("w1", [(job_id, Outcome.COMPLETED, "[1]")]).completed == 1  # the batch's own finish
+    record = queue.get(job_id)
+    assert record.status is JobStatus.COMPLETED and record.attempts == 1
+    assert queue.claim("w2", 10).jobs == []  # the requeued id is dropped, not run again
+    assert queue.get(job_id).attempts == 1
+
+
 def test_isolated_jobs_run_alone(queue):
     """A batch that hung is handed back as suspects: each then starts alone, and not beside others."""
     ids = queue.enqueue_n(3)
