@@ -47,7 +47,9 @@ class _Connection:
         self.writer: asyncio.StreamWriter = conn._writer
         self.pending: collections.deque[tuple[float, asyncio.Future[Any]]] = collections.deque()
         self.outbox: list[bytes] = []  # commands packed since the last write: one write per loop turn
-        self.parser = hiredis.Reader(encoding="utf-8")
+        # Bytes that are not UTF-8 (a value some other client wrote) become U+FFFD: raising here
+        # would fail every command on the connection, not just the one that read them.
+        self.parser = hiredis.Reader(encoding="utf-8", errors="replace")
         self.broken: BaseException | None = None
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -112,11 +114,14 @@ class MultiplexedRedis:
         current = self._current
         if current is None or current.broken is not None:
             current = await self._connect()
+            if current.broken is not None:  # lost while we were waiting for it: the caller retries
+                raise redis.exceptions.ConnectionError(f"Redis connection lost: {current.broken}")
+        packed = hiredis.pack_command(args)  # raises on an argument Redis cannot take, before anything is queued
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         if not current.outbox:
             loop.call_soon(self._flush, current)
-        current.outbox.append(hiredis.pack_command(args))
+        current.outbox.append(packed)
         current.pending.append((time.monotonic(), future))
         if current.timer is None:
             current.timer = loop.call_later(self._timeout_s, self._check_timeout, current)
@@ -179,7 +184,10 @@ class MultiplexedRedis:
 
     def _check_timeout(self, current: _Connection) -> None:
         current.timer = None
-        if current.broken is not None or not current.pending:
+        if current.broken is not None:
+            current.fail(current.broken)  # anything still waiting on it fails now
+            return
+        if not current.pending:
             return
         sent_at, _ = current.pending[0]
         overdue_in = sent_at + self._timeout_s - time.monotonic()

@@ -90,6 +90,18 @@ def test_error_replies_are_redis_py_exceptions_and_spare_the_others(redis_server
     assert (value, missing) == ("abc", [None, None])
 
 
+def test_a_value_that_is_not_utf8_spares_the_other_commands(redis_server: RedisServer, redis_client: redis.Redis) -> None:
+    raw = redis.Redis.from_url(redis_server.url)
+    raw.set("binary", b"\xff\xfeA")
+    raw.close()
+    redis_client.set("text", "fine")
+
+    async def body(shared: MultiplexedRedis) -> list[object]:
+        return await asyncio.gather(shared.execute("GET", "binary"), shared.execute("GET", "text"))
+
+    assert run(redis_server.url, body) == ["\ufffd\ufffdA", "fine"]
+
+
 def test_script_loads_itself_after_a_flush(redis_server: RedisServer, redis_client: redis.Redis) -> None:
     source = "return {KEYS[1], ARGV[1]}"
     sha = hashlib.sha1(source.encode()).hexdigest()
