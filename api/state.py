@@ -293,8 +293,8 @@ class AppState:
         deadline = time.monotonic() + timeout_s
         future = listening if listening is not None else self.events.add(job_id, ends_only=True)
         try:
-            # read after listening: no end is missed
-            record = None if listening is not None else await self.store.get(job_id)
+            # read after listening: no end is missed (and at once while draining: it answers now)
+            record = None if listening is not None and not self.draining else await self.store.get(job_id)
             while record is None or not (record.status.terminal or self.draining):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or (disconnected is not None and disconnected.done()):

@@ -23,6 +23,7 @@ from stack import RedisServer
 from jobqueue.protocol import WorkerQueue
 from tests.conftest import service_env
 from tests.support.samples import IRIS
+from tests.support.waiting import wait_until
 
 ROW = IRIS["setosa"]
 SETOSA = {"prediction": 0, "class_name": "setosa"}
@@ -342,6 +343,23 @@ def test_streams_end_when_the_api_drains(processes, redis_server, redis_client):
 
     asyncio.run(scenario())
     assert httpx.get(f"{url}/job/{job_id}").json()["status"] == "pending"
+
+
+def test_waits_answer_at_once_while_the_api_drains(processes, redis_server, redis_client):
+    """A draining API holds no one: `Prefer: wait` and a long poll answer with the job as it is now
+    (no worker runs, so it stays pending), not after a wait or a recheck."""
+    api, url = processes.api(service_env(redis_server.url, SHUTDOWN_DELAY_SECONDS=10))
+    with httpx.Client(base_url=url, timeout=20) as http:
+        job_id = http.post("/predict", json={"data": [ROW]}).json()["job_id"]
+        api.send_signal(signal.SIGTERM)
+        wait_until(lambda: http.get("/readyz").status_code == 503, 5, "the drain to start")
+        started = time.monotonic()
+        waited = http.post("/predict", json={"data": [ROW]}, headers={"Prefer": "wait=10"})
+        polled = http.get(f"/job/{job_id}", params={"wait": 10})
+        elapsed = time.monotonic() - started
+    assert (waited.status_code, waited.json()["status"]) == (202, "pending")
+    assert (polled.status_code, polled.json()["status"]) == (200, "pending")
+    assert elapsed < 1.0, elapsed  # the recheck interval is 2 s: neither waited for it
 
 
 def test_streams_have_their_own_cap_and_do_not_lock_requests_out(processes, redis_server, redis_client):
