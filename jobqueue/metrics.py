@@ -19,15 +19,18 @@ method, status (a class such as "2xx"). Never job ids or principals.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:  # annotations only: the worker imports this module without the API's modules
     from jobqueue.admin import StoreOverview
+    from jobqueue.protocol import EndedTiming
 
 # Job latencies span a 10 ms model call to a job that waited an hour in a backlog (REQUEST_TTL_SECONDS
 # defaults to 30 min): 10 ms .. 1 h, about three buckets per decade.
@@ -43,24 +46,73 @@ FINISHED_OUTCOMES = ("completed", "failed", "expired", "canceled")
 WEBHOOK_OUTCOMES = ("delivered", "retried", "failed", "lease_lost", "errors")
 # A job's timestamps, as the worker reads them after `finish`; only ended jobs are observed.
 
+
+class BatchedHistogram(Collector):
+    """A histogram observed a batch of values at a time: the worker's per-job latencies.
+
+    prometheus-client's `Histogram.observe` scans the buckets in Python and takes two locked
+    increments per value; three per job were a quarter of a worker's CPU in a drain (py-spy). Here a
+    batch costs one numpy bucketing and one lock. Exposed as a standard histogram (`_bucket`,
+    `_count`, `_sum`), so queries and dashboards do not change.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        buckets: Sequence[float],
+        registry: CollectorRegistry = REGISTRY,
+    ) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, list(labelnames)
+        self.bounds = tuple(float(b) for b in buckets)
+        self._lock = threading.Lock()
+        self._series: dict[tuple[str, ...], tuple[Any, list[float]]] = {}  # labels -> (per-bucket counts, [sum])
+        registry.register(self)
+
+    def observe_many(self, labels: tuple[str, ...], values: Any) -> None:
+        """Observe every value of a 1-D numpy array under `labels` (in `labelnames` order)."""
+        import numpy as np  # the notifier imports this module and never observes: no numpy there
+
+        if len(values) == 0:
+            return
+        per_bucket = np.bincount(np.searchsorted(self.bounds, values, side="left"), minlength=len(self.bounds) + 1)
+        with self._lock:
+            counts, total = self._series.setdefault(labels, (np.zeros(len(self.bounds) + 1, dtype=np.int64), [0.0]))
+            counts += per_bucket
+            total[0] += float(values.sum())
+
+    def describe(self) -> Iterator[Metric]:
+        yield HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        with self._lock:
+            snapshot = [(labels, counts.cumsum(), total[0]) for labels, (counts, total) in self._series.items()]
+        for labels, cumulative, total in snapshot:
+            buckets = [(floatToGoString(b), int(c)) for b, c in zip(self.bounds, cumulative, strict=False)]  # type: ignore[no-untyped-call]
+            family.add_metric(list(labels), [*buckets, ("+Inf", int(cumulative[-1]))], total)
+        yield family
+
+
 # -- worker observations (summed across worker pods) -------------------------------------------------
-JOB_QUEUE_WAIT_SECONDS = Histogram(
+JOB_QUEUE_WAIT_SECONDS = BatchedHistogram(
     "asyncinfer_job_queue_wait_seconds",
-    "Time a job waited on its pending list: queued_at to started_at (Redis clock), observed when it starts.",
+    "Time a job waited on its pending list: queued_at to started_at (Redis clock), observed when it ends.",
     ["model", "priority"],
-    buckets=JOB_SECONDS_BUCKETS,
+    JOB_SECONDS_BUCKETS,
 )
-JOB_RUN_SECONDS = Histogram(
+JOB_RUN_SECONDS = BatchedHistogram(
     "asyncinfer_job_run_seconds",
     "Time from a job's start to its result (started_at to finished_at), observed by the worker that finished it.",
     ["model"],
-    buckets=JOB_SECONDS_BUCKETS,
+    JOB_SECONDS_BUCKETS,
 )
-JOB_E2E_SECONDS = Histogram(
+JOB_E2E_SECONDS = BatchedHistogram(
     "asyncinfer_job_e2e_seconds",
     "End-to-end time of a job: created_at to finished_at, retries included, observed when it ends.",
     ["model", "priority"],
-    buckets=JOB_SECONDS_BUCKETS,
+    JOB_SECONDS_BUCKETS,
 )
 BATCH_SIZE = Histogram(
     "asyncinfer_worker_batch_size",
@@ -110,13 +162,21 @@ def observe_batch(model: str, batch_size: int, call_seconds: float) -> None:
     child(MODEL_CALL_SECONDS, model).observe(call_seconds)
 
 
-def observe_ended(
-    model: str, priority: str, created_at_ms: int, queued_at_ms: int, started_at_ms: int, finished_at_ms: int
-) -> None:
-    """Worker: a job it ran ended (completed, or failed for good); Redis-clock epoch ms from its record."""
-    child(JOB_QUEUE_WAIT_SECONDS, model, priority).observe(max(0, started_at_ms - queued_at_ms) / 1000)
-    child(JOB_RUN_SECONDS, model).observe(max(0, finished_at_ms - started_at_ms) / 1000)
-    child(JOB_E2E_SECONDS, model, priority).observe(max(0, finished_at_ms - created_at_ms) / 1000)
+def observe_ended(model: str, ended: Sequence[EndedTiming], finished_at_ms: int) -> None:
+    """Worker: jobs it ran ended (completed, or failed for good) at `finished_at_ms`; their priority and
+    created, queued and started times (Redis-clock epoch ms) come from their records."""
+    import numpy as np
+
+    if not ended:
+        return
+    times = np.array([(t.created_at, t.queued_at, t.started_at) for t in ended], dtype=np.int64)
+    created, queued, started = times[:, 0], times[:, 1], times[:, 2]
+    JOB_RUN_SECONDS.observe_many((model,), np.maximum(0, finished_at_ms - started) / 1000)
+    priorities = np.array([t.priority for t in ended])
+    for priority in np.unique(priorities):
+        mine = priorities == priority
+        JOB_QUEUE_WAIT_SECONDS.observe_many((model, str(priority)), np.maximum(0, started[mine] - queued[mine]) / 1000)
+        JOB_E2E_SECONDS.observe_many((model, str(priority)), np.maximum(0, finished_at_ms - created[mine]) / 1000)
 
 
 def observe_webhook(outcome: str) -> None:

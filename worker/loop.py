@@ -180,10 +180,7 @@ class Worker:
 
     def _record(self) -> None:
         counts = self.queue.finish(self.worker_id, self._unrecorded)
-        for timing in counts.ended:
-            metrics.observe_ended(
-                self.model.name, timing.priority, timing.created_at, timing.queued_at, timing.started_at, counts.finished_at
-            )
+        metrics.observe_ended(self.model.name, counts.ended, counts.finished_at)
         self.processed += counts.completed + counts.failed
         self._unrecorded = []
         self._adopt = self._adopt or counts.still_held > 0
