@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+import redis
 
 from jobqueue.errors import IdempotencyConflict, JobNotFound, QueueFull, RateLimited, TooManyUnfinished, WrongState
 from jobqueue.states import JobStatus, Outcome
@@ -192,6 +193,20 @@ def test_a_result_after_a_release_counts_its_run_and_the_job_runs_no_more(queue)
     assert record.status is JobStatus.COMPLETED and record.attempts == 1
     assert queue.claim("w2", 10).jobs == []  # the requeued id is dropped, not run again
     assert queue.get(job_id).attempts == 1
+
+
+def test_a_worker_reloads_its_scripts_after_a_flush_and_errors_keep_their_class(queue, redis_client):
+    """A new or flushed Redis has none of the worker's scripts: its calls fall back to EVAL once. An
+    error reply stays redis-py's ResponseError, and the connection stays usable after it."""
+    [job_id] = queue.enqueue_n(1)
+    redis_client.script_flush()
+    assert [j.job_id for j in queue.claim("w1", 1).jobs] == [job_id]
+    assert queue.finish("w1", [(job_id, Outcome.COMPLETED, "[1]")]).completed == 1
+    redis_client.set(queue.keys.workers, "not a sorted set")  # the heartbeat's ZADD now fails
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        queue.heartbeat("w1")
+    redis_client.delete(queue.keys.workers)
+    assert queue.heartbeat("w1") > 0
 
 
 def test_isolated_jobs_run_alone(queue):
