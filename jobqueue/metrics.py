@@ -172,11 +172,12 @@ def observe_ended(model: str, ended: Sequence[EndedTiming], finished_at_ms: int)
     times = np.array([(t.created_at, t.queued_at, t.started_at) for t in ended], dtype=np.int64)
     created, queued, started = times[:, 0], times[:, 1], times[:, 2]
     JOB_RUN_SECONDS.observe_many((model,), np.maximum(0, finished_at_ms - started) / 1000)
-    priorities = np.array([t.priority for t in ended])
-    for priority in np.unique(priorities):
-        mine = priorities == priority
-        JOB_QUEUE_WAIT_SECONDS.observe_many((model, str(priority)), np.maximum(0, started[mine] - queued[mine]) / 1000)
-        JOB_E2E_SECONDS.observe_many((model, str(priority)), np.maximum(0, finished_at_ms - created[mine]) / 1000)
+    priorities = [t.priority for t in ended]
+    kinds = set(priorities)
+    for priority in kinds:
+        mine = slice(None) if len(kinds) == 1 else np.array(priorities) == priority  # the usual batch has one
+        JOB_QUEUE_WAIT_SECONDS.observe_many((model, priority), np.maximum(0, started[mine] - queued[mine]) / 1000)
+        JOB_E2E_SECONDS.observe_many((model, priority), np.maximum(0, finished_at_ms - created[mine]) / 1000)
 
 
 def observe_webhook(outcome: str) -> None:
