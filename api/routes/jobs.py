@@ -177,24 +177,21 @@ async def submit_job(
     listening = state.events.add(job.job_id, ends_only=True) if wait else None
     try:
         enqueued = await state.enqueue(job)
-    except BaseException:
+        headers = {"Location": f"/job/{enqueued.job_id}", "Vary": "Prefer"}
+        if not enqueued.created:
+            headers["Idempotent-Replayed"] = "true"
+        status = enqueued.status
+        if wait:
+            headers["Preference-Applied"] = f"wait={wait:g}"
+            # an existing job (an idempotent replay) is read first: we did not see it unfinished
+            record = await wait_for_end(state, enqueued.job_id, wait, receive, listening if enqueued.created else None)
+            if record.status.terminal:
+                return json_response(job_view(record), 200, headers)
+            status = record.status
+        return json_response({"job_id": enqueued.job_id, "status": status, "model": entry.name}, 202, headers)
+    finally:
         if listening is not None:
             state.events.discard(job.job_id, listening)
-        raise
-    headers = {"Location": f"/job/{enqueued.job_id}", "Vary": "Prefer"}
-    if not enqueued.created:
-        headers["Idempotent-Replayed"] = "true"
-    status = enqueued.status
-    if wait:
-        if listening is not None and not enqueued.created:
-            state.events.discard(job.job_id, listening)  # an existing job (idempotent replay): read it first
-            listening = None
-        headers["Preference-Applied"] = f"wait={wait:g}"
-        record = await wait_for_end(state, enqueued.job_id, wait, receive, listening)
-        if record.status.terminal:
-            return json_response(job_view(record), 200, headers)
-        status = record.status
-    return json_response({"job_id": enqueued.job_id, "status": status, "model": entry.name}, 202, headers)
 
 
 async def owned(state: AppState, caller: Principal, job_id: str) -> JobRecord:
@@ -214,14 +211,11 @@ async def read_job(
     listening = state.events.add(job_id, ends_only=True)
     try:
         record = await owned(state, caller, job_id)
-    except BaseException:
+        if not record.status.terminal:
+            record = await wait_for_end(state, job_id, wait, receive, listening)
+        return json_response(job_view(record))
+    finally:
         state.events.discard(job_id, listening)
-        raise
-    if record.status.terminal:
-        state.events.discard(job_id, listening)
-    else:
-        record = await wait_for_end(state, job_id, wait, receive, listening)
-    return json_response(job_view(record))
 
 
 _SUBMIT_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": PREDICT_REQUEST_SCHEMA}}}}
