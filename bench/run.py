@@ -656,6 +656,8 @@ class Sizes:
 
 FULL = Sizes(rounds=3, jobs=4000, wait_jobs=4000, drain_jobs=50_000, single_jobs=6000, idle_jobs=200, ab_jobs=4000, starts=5)
 QUICK = Sizes(rounds=1, jobs=2000, wait_jobs=2000, drain_jobs=20_000, single_jobs=2000, idle_jobs=60, ab_jobs=1500, starts=3)
+# every step with a handful of jobs: the table is printed, its figures mean nothing (tests/integration/test_bench.py)
+SMOKE = Sizes(rounds=1, jobs=128, wait_jobs=128, drain_jobs=1000, single_jobs=128, idle_jobs=20, ab_jobs=64, starts=1)
 
 
 def fmt(value: float, digits: int = 0) -> str:
@@ -667,8 +669,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller counts (about a minute)")
     parser.add_argument("--profile", action="store_true", help="also record py-spy profiles (separate runs)")
     parser.add_argument("--no-ab", action="store_true", help="skip the uvicorn/granian and hot-path A/B")
+    parser.add_argument("--smoke", action="store_true", help="tiny counts, to check that every step runs; writes no results")
     args = parser.parse_args()
-    sizes = QUICK if args.quick else FULL
+    sizes = SMOKE if args.smoke else QUICK if args.quick else FULL
     have_granian = shutil.which("granian", path=str(BIN)) is not None
     out: dict[str, Any] = {}
     notes: list[str] = []
@@ -828,8 +831,9 @@ def main() -> None:
 
     report = render(out, sizes, args, started_at, notes)
     print(report)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "latest.md").write_text(report + "\n")
+    if not args.smoke:
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "latest.md").write_text(report + "\n")
     if profiles:
         for raw in sorted(profiles.glob("*.txt")):
             if raw.name.endswith(".summary.txt"):
@@ -1020,7 +1024,7 @@ def render(out: dict[str, Any], sizes: Sizes, args: argparse.Namespace, started_
         )
 
     lines = [
-        f"# asyncinfer bench ({'--quick' if args.quick else 'full'}) — {started_at:%Y-%m-%d %H:%M} UTC",
+        f"# asyncinfer bench ({'--smoke' if args.smoke else '--quick' if args.quick else 'full'}) — {started_at:%Y-%m-%d %H:%M} UTC",
         "",
         f"machine: {os.cpu_count()} cores (shared; load generator on the same cores); one redis-server "
         f"{redis_version()} with AOF everysec for both systems; 1 worker; {CLIENTS} clients; iris model.",

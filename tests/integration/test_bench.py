@@ -1,0 +1,51 @@
+"""`make bench` runs every step and prints every figure of the performance issue, beside the naive
+design, with the uvicorn floor and the bound it gives. Run with a handful of jobs (`--smoke`): this
+checks that the table is there and filled, never how fast anything is."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+FIGURES = [
+    "1 end to end, submit + poll: completed jobs/s",
+    "2 one round trip, `Prefer: wait=10`: completed jobs/s",
+    "3 drain of 1,000 jobs by 1 worker: jobs/s",
+    "3 drain: Redis usec per job (INFO commandstats)",
+    "4 bulk submit, 100 items per request: jobs/s",
+    "4 bulk lookup, 100 ids per request: jobs/s",
+    "5 cold start, exec -> ready (median of 1) s",
+    "6 API RSS MB after the runs",
+    "6 worker RSS MB after the runs",
+    "6 Redis bytes per completed job (records kept)",
+    "7 submit p99 ms (e2e poll load)",
+]
+# rows that count only the polls already waiting when their job ended: a handful of jobs may give none
+SAMPLED = ["7 long-poll wake-up under e2e load p50 / p99 ms", "7 long-poll wake-up, 1 client p50 / p99 ms"]
+CPU_ROWS = ["naive e2e poll", "asyncinfer e2e poll", "asyncinfer `Prefer: wait`", "uvicorn floor (no work), poll pattern"]
+
+
+def test_bench_prints_every_figure_with_the_naive_design_and_the_bound() -> None:
+    latest = ROOT / "bench" / "results" / "latest.md"
+    before = latest.stat().st_mtime if latest.exists() else None
+    run = subprocess.run(
+        [sys.executable, "bench/run.py", "--smoke"], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in run.stdout.splitlines() if line.startswith("| ")}
+    for figure in FIGURES:
+        row = next((line for name, line in rows.items() if name.startswith(figure)), None)
+        assert row is not None, f"no row {figure!r} in:\n{run.stdout}"
+        assert re.search(r"\| [\d,.]+ [|/]", row), f"row without a measured figure: {row}"
+    for figure in SAMPLED:
+        assert any(name.startswith(figure) for name in rows), f"no row {figure!r}"
+    naive_e2e = rows["1 end to end, submit + poll: completed jobs/s"].split(" | ")
+    assert re.fullmatch(r"[\d,]+", naive_e2e[2]) and naive_e2e[4].endswith("x"), naive_e2e  # naive beside ours, a ratio
+    for label in CPU_ROWS:
+        assert any(name == label for name in rows), f"no CPU row {label!r}"
+    assert re.search(r"could reach at most [\d.]+x \(poll\) and [\d.]+x \(`Prefer: wait`\)", run.stdout)
+    assert "| uvicorn, hot path on |" in run.stdout and "| uvicorn, hot path off |" in run.stdout
+    assert (latest.stat().st_mtime if latest.exists() else None) == before  # a smoke run writes no results
