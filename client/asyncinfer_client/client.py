@@ -86,12 +86,7 @@ class Client:
         self._token = token if token is not None else protocol.default_token()
         self.retry_policy = retry or RetryPolicy()
         self._http = httpx.Client(
-            base_url=self.base_url,
-            auth=protocol.BearerAuth(self._token) if self._token else None,
-            timeout=timeout,
-            transport=transport,
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            headers={"User-Agent": "asyncinfer-client"},
+            transport=transport, **protocol.http_options(self.base_url, self._token, timeout, max_connections)
         )
 
     def __repr__(self) -> str:

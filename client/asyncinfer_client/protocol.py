@@ -296,6 +296,17 @@ def sort_submission(pending: Sequence[tuple[int, Any]], submitted: Sequence[str 
     return result
 
 
+def http_options(base_url: str, token: str | None, timeout: float, max_connections: int) -> dict[str, Any]:
+    """The httpx client settings both clients use (the transport aside)."""
+    return {
+        "base_url": base_url,
+        "auth": BearerAuth(token) if token else None,
+        "timeout": timeout,
+        "limits": httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        "headers": {"User-Agent": "asyncinfer-client"},
+    }
+
+
 def masked_repr(cls_name: str, base_url: str, token: str | None) -> str:
     """A client's repr: the URL, and only whether a token is set."""
     return f"{cls_name}(base_url={base_url!r}, token={'***' if token else None})"
