@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 MODEL := models/iris.onnx
 STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
+PIP_INSTALL := $(PY) -m pip install -q --disable-pip-version-check
 
 .DEFAULT_GOAL := help
 
@@ -13,23 +15,32 @@ STAMP := $(VENV)/.installed
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml client/pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[api,worker,model,dev]' -e './client[progress]'
+# Two installs into one venv, both from hashed locks (requirements/*.txt, `make lock`): what running needs
+# (the service, the example model's build, the `asyncinfer` client), then the test toolchain on top.
+# Same pins in both, so the second only adds. The project itself is installed editable without build
+# isolation: its build backend comes from the lock too, and nothing floats.
+$(RUN_STAMP): requirements/run.txt pyproject.toml client/pyproject.toml
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PIP_INSTALL) --require-hashes --no-deps -r requirements/run.txt
+	$(PIP_INSTALL) --no-deps --no-build-isolation -e . -e ./client
+	touch $@
+
+$(STAMP): requirements/dev.txt $(RUN_STAMP)
+	$(PIP_INSTALL) --require-hashes --no-deps -r requirements/dev.txt
+	$(PY) -m pip check
 	touch $@
 
 .PHONY: venv
-venv: $(STAMP) ## create .venv and install the project with every extra
+venv: $(STAMP) ## create .venv with the service and the test toolchain, from the locks
 
-$(MODEL): models/build_iris.py $(STAMP)
+$(MODEL): models/build_iris.py $(RUN_STAMP)
 	$(PY) models/build_iris.py --out $@
 
 .PHONY: model
 model: $(MODEL) ## build the example iris model (reproducible)
 
 .PHONY: run
-run: $(MODEL) ## start Redis (AOF in .data/), the API on :8000 and a worker; Ctrl-C stops all
+run: $(MODEL) ## start Redis (AOF in .data/), the API on :8000 and a worker; Ctrl-C stops all (installs only what running needs)
 	$(PY) deploy/local/stack.py
 
 .PHONY: test
@@ -50,32 +61,32 @@ typecheck: $(STAMP) ## mypy --strict on api/ jobqueue/ worker/ notifier/ (and th
 	$(PY) -m mypy
 
 .PHONY: test-unit
-test-unit: $(MODEL) ## pure unit tests (no Redis)
+test-unit: $(STAMP) $(MODEL) ## pure unit tests (no Redis)
 	$(PYTEST) tests/unit
 
 .PHONY: test-integration
-test-integration: $(MODEL) ## real redis-server, real API, worker and notifier processes: scripts, faults, webhooks, OIP, e2e on a local stack
+test-integration: $(STAMP) $(MODEL) ## real redis-server, real API, worker and notifier processes: scripts, faults, webhooks, OIP, e2e on a local stack
 	$(PYTEST) tests/integration tests/faults tests/notifier tests/oip tests/e2e
 
 .PHONY: test-client
-test-client: $(MODEL) ## the Python SDK and the asyncinfer CLI against a real local stack
+test-client: $(STAMP) $(MODEL) ## the Python SDK and the asyncinfer CLI against a real local stack
 	$(PYTEST) tests/client
 
 .PHONY: test-chart
-test-chart: tools $(MODEL) ## helm lint --strict, helm template over ci/ scenarios, schema validation, live probe check
+test-chart: tools $(STAMP) $(MODEL) ## helm lint --strict, helm template over ci/ scenarios, schema validation, live probe check
 	$(PYTEST) tests/chart --ignore=tests/chart/test_scanners.py
 
 .PHONY: e2e
-e2e: $(MODEL) ## the HTTP-only e2e suite against E2E_BASE_URL (default: a local stack it starts)
+e2e: $(STAMP) $(MODEL) ## the HTTP-only e2e suite against E2E_BASE_URL (default: a local stack it starts)
 	$(PYTEST) tests/e2e
 
 .PHONY: bench
-bench: $(MODEL) ## every performance target against the naive seed design in the same run; one table (QUICK=1: short)
-	$(PY) -m pip install -q -e '.[bench]'
+bench: $(STAMP) $(MODEL) ## every performance target against the naive seed design in the same run; one table (QUICK=1: short)
+	$(PIP_INSTALL) --require-hashes --no-deps -r requirements/bench.txt
 	$(PY) bench/run.py $(if $(QUICK),--quick)
 
 .PHONY: bench-chaos
-bench-chaos: $(MODEL) ## 40,000 jobs, 2 workers, a worker SIGKILLed every 1.5 s; prints lost/duplicated
+bench-chaos: $(STAMP) $(MODEL) ## 40,000 jobs, 2 workers, a worker SIGKILLed every 1.5 s; prints lost/duplicated
 	$(PY) bench/chaos.py --jobs 40000 --kill-every 1.5
 
 .PHONY: docs

@@ -6,7 +6,7 @@ ops-tools: ## install Prometheus (server + promtool) and Chromium from Debian wh
 	bash deploy/ops-tools.sh
 
 .PHONY: test-ops
-test-ops: ops-tools $(MODEL) ## alerts (promtool), admin reads, a real Prometheus scraping a local stack, the console in Chromium
+test-ops: ops-tools $(STAMP) $(MODEL) ## alerts (promtool), admin reads, a real Prometheus scraping a local stack, the console in Chromium
 	$(PYTEST) tests/ops
 
 .PHONY: prometheus-local
