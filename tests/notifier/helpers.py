@@ -1,4 +1,4 @@
-"""Test helpers for webhook delivery: a signature-checking webhook receiver, job seeding, polling."""
+"""Test helpers for webhook delivery: a signature-checking webhook receiver, job seeding."""
 
 from __future__ import annotations
 
@@ -8,18 +8,16 @@ import secrets
 import ssl
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import redis
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from jobqueue.keys import StoreKeys
 
-T = TypeVar("T")
 PREFIX = "asyncinfer"
 KEYS = StoreKeys(PREFIX)
 
@@ -151,18 +149,6 @@ def seed_finished_job(
     pipe.hset(KEYS.job(job_id), mapping=record).expire(KEYS.job(job_id), 3600)
     pipe.zadd(KEYS.notify, {job_id: now_ms}, nx=True)
     pipe.execute()
-
-
-def wait_until(check: Callable[[], T], timeout_s: float = 20.0, what: str = "condition") -> T:
-    """Poll `check` until it returns something truthy; that value, or AssertionError after the timeout."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def make_tls_context(tmp: Path, name: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:

@@ -7,8 +7,8 @@ import httpx
 
 from tests.conftest import Processes, service_env
 from tests.notifier.conftest import Notifiers
-from tests.notifier.helpers import wait_until
 from tests.support.samples import ROW
+from tests.support.waiting import wait_until
 
 
 def without_notification(view: dict) -> dict:
@@ -39,11 +39,8 @@ def test_completed_and_canceled_jobs_reach_the_callback(
         assert views[completed]["result"] is not None
         assert all(r.verified for r in receiver.requests) and len(receiver.requests) == 2
 
-        final = wait_until(
-            lambda: (v := api.get(f"/job/{completed}").json())["notification"]["state"] == "delivered" and v,
-            10,
-            "delivered state",
-        )
+        wait_until(lambda: api.get(f"/job/{completed}").json()["notification"]["state"] == "delivered", 10, "delivered state")
+        final = api.get(f"/job/{completed}").json()
         assert final["notification"] == {"state": "delivered", "attempts": 1, "last_status": 200, "last_error": None}
         assert without_notification(final) == without_notification(views[completed]), "the webhook body is the API's job view"
         assert api.get(f"/job/{silent}?wait=10").json()["notification"] is None
