@@ -20,6 +20,9 @@ from jobqueue.keys import StoreKeys
 
 PREFIX = "asyncinfer"
 KEYS = StoreKeys(PREFIX)
+# A held reply answers after this even if its test never released it (a failing test must not leave
+# a receiver thread waiting for ever); beyond any test's own waits.
+RELEASE_WAIT_LIMIT_S = 120.0
 
 
 def new_secret() -> str:
@@ -29,11 +32,13 @@ def new_secret() -> str:
 
 @dataclass(frozen=True)
 class Reply:
-    """How the receiver answers one request: after `hold_s`, `status` with `headers`."""
+    """How the receiver answers one request: after `hold_s` (and once `release` is set, when given),
+    `status` with `headers`."""
 
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     hold_s: float = 0.0
+    release: threading.Event | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,8 @@ class Receiver:
             self.requests.append(Request(webhook_id, headers, body, verified, reply.status, time.monotonic()))
         if reply.hold_s:
             time.sleep(reply.hold_s)
+        if reply.release is not None:
+            reply.release.wait(RELEASE_WAIT_LIMIT_S)
         if verified and 200 <= reply.status < 300 and webhook_id:
             with self._lock:
                 self.accepted.setdefault(webhook_id, view)
@@ -140,6 +147,7 @@ def seed_finished_job(
         "callback_url": callback_url,
         "notify_state": "pending",
         "notify_attempts": 0,
+        "notify_end": 1,
     }
     if status == "completed":
         record["result"] = json.dumps([{"label": "setosa", "probabilities": {"setosa": 0.97}}])
