@@ -43,7 +43,7 @@ HTTP_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 # Stats HASH fields that end a job, exported as asyncinfer_jobs_finished_total{outcome=...}; the sum over
 # outcomes is every job that ended.
 FINISHED_OUTCOMES = ("completed", "failed", "expired", "canceled")
-WEBHOOK_OUTCOMES = ("delivered", "retried", "failed", "lease_lost", "errors")
+WEBHOOK_OUTCOMES = ("delivered", "retried", "failed", "lease_lost", "superseded", "errors")
 # A job's timestamps, as the worker reads them after `finish`; only ended jobs are observed.
 
 
@@ -131,7 +131,8 @@ MODEL_CALL_SECONDS = Histogram(
 WEBHOOK_DELIVERIES = Counter(
     "asyncinfer_notifier_deliveries",
     "Webhook delivery attempts by outcome: delivered (2xx), retried (failed, tried again later), failed (the "
-    "last attempt failed: given up), lease_lost (another notifier took it over), errors (unexpected).",
+    "last attempt failed: given up), lease_lost (another notifier took it over), superseded (the job was retried "
+    "while it ran: recorded nowhere), errors (unexpected).",
     ["outcome"],
 )
 

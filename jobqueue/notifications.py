@@ -2,14 +2,17 @@
 state change, each one Lua script (`jobqueue/scripts/notify_*.lua`) behind one typed async method.
 
 The lead's job scripts put a finished job with a `callback_url` into the outbox
-(`ZADD <prefix>:notify NX <now> <id>` + `notify_state pending`); from there this module owns it:
+(`ZADD <prefix>:notify <now> <id>` + `notify_state pending` + `notify_end` one higher: the end's
+number); from there this module owns it:
 
-    due in outbox --claim--> leased (score = lease deadline = fencing token)
+    due in outbox --claim--> leased (score = lease deadline = fencing token; the lease names the end)
         leased --delivered--> notify_state delivered, out of the outbox
         leased --failed_attempt--> due again at now + backoff, or given up:
                                    notify_state failed, out of the outbox, on notify-failed
         leased --release--> due now (a stopping notifier hands it back)
         leased --(notifier dies)--> due again when the lease deadline passes, by itself
+        leased --(job retried, runs or ends again)--> superseded: the attempt's outcome is recorded
+                                   nowhere; the new end, once it happens, is due at once on its own
     delivered | failed --resend--> due now, attempts reset
 """
 
@@ -56,14 +59,18 @@ class TransitionCode(IntEnum):
     LEASE_LOST = 0  # the lease ran out and another notifier owns the id now, or a retried call: no change
     DONE = 1  # delivered / rescheduled / released
     GIVEN_UP = 2  # notify_failed_attempt only: notify_state failed
+    SUPERSEDED = 3  # the job was retried since the claim (runs or ended again): no change
 
 
 @dataclass(frozen=True)
 class Lease:
-    """One claimed delivery. `token` is the outbox score the claim set; transitions must present it."""
+    """One claimed delivery. `token` is the outbox score the claim set; transitions must present it.
+    `end` is which end of the job it delivers (1, then 2 after a retry ends again ...; 0 for a record
+    that ended before ends were numbered)."""
 
     job_id: str
     token: int
+    end: int = 0
 
 
 @dataclass(frozen=True)
@@ -78,16 +85,22 @@ def _text(value: Any) -> str:
 
 @dataclass(frozen=True)
 class DeliveryRecord:
-    """What one delivery attempt needs from a job record."""
+    """What one delivery attempt needs from a job record; `end` as in `Lease`."""
 
     job_id: str
     callback_url: str | None
     finished_at: int | None
     view: dict[str, Any]
+    end: int = 0
 
     @classmethod
-    def of(cls, record: JobRecord) -> DeliveryRecord:
-        return cls(record.job_id, record.callback_url, record.finished_at, job_view(record))
+    def of(cls, record: JobRecord, end: int = 0) -> DeliveryRecord:
+        return cls(record.job_id, record.callback_url, record.finished_at, job_view(record), end)
+
+    def describes(self, lease: Lease) -> bool:
+        """True when this record is still the end `lease` was claimed for: not retried since (a retried
+        job runs without finished_at until it ends again, as end + 1)."""
+        return self.finished_at is not None and self.end == lease.end
 
     @property
     def message_id(self) -> str:
@@ -108,24 +121,26 @@ class NotificationStore:
     async def claim(self, max_ids: int, lease_ms: int) -> list[Lease]:
         """Lease up to `max_ids` due deliveries for `lease_ms` (see notify_claim.lua)."""
         reply = await self._scripts["notify_claim"](keys=[self.keys.notify], args=[self.keys.job_prefix, max_ids, lease_ms])
-        return [Lease(_text(reply[i]), int(reply[i + 1])) for i in range(0, len(reply), 2)]
+        return [Lease(_text(reply[i]), int(reply[i + 1]), int(reply[i + 2])) for i in range(0, len(reply), 3)]
 
     async def read(self, job_id: str) -> DeliveryRecord | None:
         """What a delivery sends (the API's job view, jobqueue.views) and where, or None when the record is gone."""
-        record = parse_record(job_id, RECORD_FIELDS, await self.client.hmget(self.keys.job(job_id), RECORD_FIELDS))
-        return None if record is None else DeliveryRecord.of(record)
+        *values, end = await self.client.hmget(self.keys.job(job_id), [*RECORD_FIELDS, "notify_end"])
+        record = parse_record(job_id, RECORD_FIELDS, values)
+        return None if record is None else DeliveryRecord.of(record, int(end or 0))
 
     async def delivered(self, lease: Lease, http_status: int) -> TransitionCode:
-        """Record a 2xx: notify_state delivered, out of the outbox."""
+        """Record a 2xx: notify_state delivered, out of the outbox (SUPERSEDED: the job was retried since)."""
         reply = await self._scripts["notify_delivered"](
-            keys=[self.keys.notify, self.keys.job(lease.job_id)], args=[lease.job_id, lease.token, http_status]
+            keys=[self.keys.notify, self.keys.job(lease.job_id)], args=[lease.job_id, lease.token, http_status, lease.end]
         )
         return TransitionCode(int(reply))
 
     async def failed_attempt(
         self, lease: Lease, http_status: int | None, error: str, permanent: bool, delay_ms: int
     ) -> AttemptResult:
-        """Record a failed attempt: due again after `delay_ms`, or given up (permanent or the last attempt)."""
+        """Record a failed attempt: due again after `delay_ms`, or given up (permanent or the last attempt);
+        SUPERSEDED when the job was retried since the claim."""
         reply = await self._scripts["notify_failed_attempt"](
             keys=[self.keys.notify, self.keys.job(lease.job_id), self.keys.notify_failed],
             args=[
@@ -137,6 +152,7 @@ class NotificationStore:
                 max(0, delay_ms),
                 self.settings.webhook_max_attempts,
                 MAX_FAILED_NOTIFICATIONS,
+                lease.end,
             ],
         )
         return AttemptResult(TransitionCode(int(reply[0])), int(reply[1]))

@@ -40,6 +40,8 @@ LOOP_STALL_S = 30.0
 REDIS_BACKOFF_MAX_S = 5.0
 # Standard Webhooks asks for secrets of 24 to 64 random bytes; a shorter one is guessable.
 MIN_SECRET_BYTES = 24
+# How a 2xx counts, by what notify_delivered made of it; any other code: the lease was lost.
+DELIVERED_COUNTS = {TransitionCode.DONE: "delivered", TransitionCode.SUPERSEDED: "superseded"}
 
 
 def lease_ms(settings: Settings) -> int:
@@ -62,7 +64,7 @@ class Notifier:
         self.redis_ok = False
         self.last_loop = time.monotonic()
         self.outbox_size = 0
-        self.counts: dict[str, int] = {"delivered": 0, "retried": 0, "failed": 0, "lease_lost": 0, "errors": 0}
+        self.counts: dict[str, int] = {"delivered": 0, "retried": 0, "failed": 0, "lease_lost": 0, "superseded": 0, "errors": 0}
 
     def stop(self) -> None:
         """Stop claiming; in-flight deliveries finish (see `serve`)."""
@@ -149,11 +151,18 @@ class Notifier:
             if record is None:  # the record expired between claim and read: drop the id
                 await self.store.failed_attempt(lease, None, "job record expired", True, 0)
                 return
+            if not record.describes(lease):
+                # retried between claim and read: this end's view is gone, and a running job's view must
+                # not go out; handed back, the id is dropped while the job runs, its next end re-adds it
+                await self.store.release(lease)
+                self._count("superseded")
+                log.info("skipped %s end %d: the job was retried since", lease.job_id, lease.end)
+                return
             outcome = await attempt_delivery(self.http, record, self.settings, self.secret)
             if outcome.delivered:
                 code = await self.store.delivered(lease, outcome.http_status or 200)
-                self._count("delivered" if code is TransitionCode.DONE else "lease_lost")
-                log.info("delivered %s (HTTP %s)", lease.job_id, outcome.http_status)
+                self._count(DELIVERED_COUNTS.get(code, "lease_lost"))
+                log.info("delivered %s end %d (HTTP %s)", lease.job_id, lease.end, outcome.http_status)
                 return
             previous = (record.view["notification"] or {}).get("attempts", 0)
             delay_s = outcome.retry_after_s if outcome.retry_after_s is not None else backoff_delay_s(previous + 1)
@@ -166,6 +175,8 @@ class Notifier:
             elif result.code is TransitionCode.DONE:
                 self._count("retried")
                 log.info("attempt %d for %s failed (%s); next in %.1fs", result.attempts, lease.job_id, outcome.error, delay_s)
+            elif result.code is TransitionCode.SUPERSEDED:
+                self._count("superseded")
             else:
                 self._count("lease_lost")
         except UNAVAILABLE as exc:

@@ -28,15 +28,28 @@ end
 
 -- A job reached a terminal state: its record and idempotency key expire after the job ttl, its webhook
 -- enters the outbox when it has a callback, and its owner's unfinished count is to drop by one.
+-- Each end of a job (a retried job ends again) is its own delivery, numbered by notify_end: a lease
+-- carries the number it was claimed for, so an attempt still running for an earlier end can never
+-- record its outcome against this one. The id is due now even when an earlier end's attempt still
+-- holds it under a lease (that lease is void from here on) or waits for a backoff.
 local function close_job(job, id, ttl, now, idem, callback, owner, notify, unfinished_drop)
   redis.call('EXPIRE', job, ttl)
   if idem then redis.call('EXPIRE', idem, ttl) end
   if callback then
+    redis.call('HINCRBY', job, 'notify_end', 1)
     redis.call('HSET', job, 'notify_state', 'pending', 'notify_attempts', 0)
     redis.call('HDEL', job, 'notify_last_status', 'notify_last_error')
-    redis.call('ZADD', notify, 'NX', now, id)
+    redis.call('ZADD', notify, now, id)
   end
   if owner then unfinished_drop[owner] = (unfinished_drop[owner] or 0) + 1 end
+end
+
+-- True when a notify lease of end `lease_end` no longer matches the job's record: the job runs again
+-- (retried) or has ended again since the claim. Such a lease's outcome is recorded nowhere.
+local function notify_superseded(status, notify_end, lease_end)
+  if not status then return false end
+  if status == 'pending' or status == 'processing' then return true end
+  return tonumber(notify_end or 0) ~= tonumber(lease_end)
 end
 
 -- Lower each owner's unfinished count by what `close_job` collected, one write per owner.

@@ -1,4 +1,4 @@
-"""Test helpers for webhook delivery: a signature-checking webhook receiver, job seeding, polling."""
+"""Test helpers for webhook delivery: a signature-checking webhook receiver, job seeding."""
 
 from __future__ import annotations
 
@@ -8,20 +8,21 @@ import secrets
 import ssl
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import redis
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from jobqueue.keys import StoreKeys
 
-T = TypeVar("T")
 PREFIX = "asyncinfer"
 KEYS = StoreKeys(PREFIX)
+# A held reply answers after this even if its test never released it (a failing test must not leave
+# a receiver thread waiting for ever); beyond any test's own waits.
+RELEASE_WAIT_LIMIT_S = 120.0
 
 
 def new_secret() -> str:
@@ -31,11 +32,13 @@ def new_secret() -> str:
 
 @dataclass(frozen=True)
 class Reply:
-    """How the receiver answers one request: after `hold_s`, `status` with `headers`."""
+    """How the receiver answers one request: after `hold_s` (and once `release` is set, when given),
+    `status` with `headers`."""
 
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     hold_s: float = 0.0
+    release: threading.Event | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,8 @@ class Receiver:
             self.requests.append(Request(webhook_id, headers, body, verified, reply.status, time.monotonic()))
         if reply.hold_s:
             time.sleep(reply.hold_s)
+        if reply.release is not None:
+            reply.release.wait(RELEASE_WAIT_LIMIT_S)
         if verified and 200 <= reply.status < 300 and webhook_id:
             with self._lock:
                 self.accepted.setdefault(webhook_id, view)
@@ -142,6 +147,7 @@ def seed_finished_job(
         "callback_url": callback_url,
         "notify_state": "pending",
         "notify_attempts": 0,
+        "notify_end": 1,
     }
     if status == "completed":
         record["result"] = json.dumps([{"label": "setosa", "probabilities": {"setosa": 0.97}}])
@@ -151,18 +157,6 @@ def seed_finished_job(
     pipe.hset(KEYS.job(job_id), mapping=record).expire(KEYS.job(job_id), 3600)
     pipe.zadd(KEYS.notify, {job_id: now_ms}, nx=True)
     pipe.execute()
-
-
-def wait_until(check: Callable[[], T], timeout_s: float = 20.0, what: str = "condition") -> T:
-    """Poll `check` until it returns something truthy; that value, or AssertionError after the timeout."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def make_tls_context(tmp: Path, name: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:

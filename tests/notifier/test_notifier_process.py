@@ -13,15 +13,18 @@ import pytest
 import redis
 
 from tests.notifier.conftest import Notifiers
-from tests.notifier.helpers import KEYS, Reply, seed_finished_job, wait_until
+from tests.notifier.helpers import KEYS, Reply, seed_finished_job
+from tests.support.waiting import wait_until
 
 
 def record(client: redis.Redis, job_id: str) -> dict[str, str]:
     return client.hgetall(KEYS.job(job_id))
 
 
-def notify_state_is(client: redis.Redis, job_id: str, state: str):
-    return lambda: (r := record(client, job_id)).get("notify_state") == state and r
+def wait_for_notify_state(client: redis.Redis, job_id: str, state: str, timeout_s: float, what: str) -> dict[str, str]:
+    """Wait until the job's notify_state is `state`; its record then."""
+    wait_until(lambda: record(client, job_id).get("notify_state") == state, timeout_s, what)
+    return record(client, job_id)
 
 
 def test_retries_503_then_429_with_retry_after_then_delivers_once(redis_client, notifiers: Notifiers, make_receiver):
@@ -30,7 +33,7 @@ def test_retries_503_then_429_with_retry_after_then_delivers_once(redis_client, 
     job_id = str(uuid.uuid4())
     seed_finished_job(redis_client, job_id, receiver.url)
 
-    done = wait_until(notify_state_is(redis_client, job_id, "delivered"), 20, "delivery")
+    done = wait_for_notify_state(redis_client, job_id, "delivered", 20, "delivery")
     assert done["notify_attempts"] == "3" and done["notify_last_status"] == "200"
     assert "notify_last_error" not in done
     assert redis_client.zscore(KEYS.notify, job_id) is None  # out of the outbox
@@ -57,7 +60,7 @@ def test_410_gone_gives_up_at_once(redis_client, notifiers: Notifiers, make_rece
     job_id = str(uuid.uuid4())
     seed_finished_job(redis_client, job_id, receiver.url, status="failed")
 
-    done = wait_until(notify_state_is(redis_client, job_id, "failed"), 15, "give-up")
+    done = wait_for_notify_state(redis_client, job_id, "failed", 15, "give-up")
     assert done["notify_attempts"] == "1" and done["notify_last_status"] == "410"
     assert "HTTP 410" in done["notify_last_error"]
     assert redis_client.lrange(KEYS.notify_failed, 0, -1) == [job_id]
@@ -76,9 +79,9 @@ def test_other_4xx_and_redirects_are_permanent_but_409_is_retried(redis_client, 
     seed_finished_job(redis_client, bad, receiver.url)
     seed_finished_job(redis_client, conflict, retried.url)
     seed_finished_job(redis_client, redirected, redirecting.url)
-    assert wait_until(notify_state_is(redis_client, bad, "failed"), 15)["notify_attempts"] == "1"
-    assert wait_until(notify_state_is(redis_client, conflict, "delivered"), 15)["notify_attempts"] == "2"
-    done = wait_until(notify_state_is(redis_client, redirected, "failed"), 15)
+    assert wait_for_notify_state(redis_client, bad, "failed", 15, "the 400 give-up")["notify_attempts"] == "1"
+    assert wait_for_notify_state(redis_client, conflict, "delivered", 15, "the 409 retry")["notify_attempts"] == "2"
+    done = wait_for_notify_state(redis_client, redirected, "failed", 15, "the 307 give-up")
     assert "redirects are not followed" in done["notify_last_error"] and done["notify_last_status"] == "307"
     assert elsewhere.requests == [], "the redirect was not followed"
 
@@ -91,7 +94,7 @@ def test_gives_up_after_max_attempts_then_admin_resend_redelivers(redis_client, 
     job_id = str(uuid.uuid4())
     seed_finished_job(redis_client, job_id, receiver.url)
 
-    done = wait_until(notify_state_is(redis_client, job_id, "failed"), 20, "give-up")
+    done = wait_for_notify_state(redis_client, job_id, "failed", 20, "give-up")
     assert done["notify_attempts"] == "3" and done["notify_last_status"] == "504"
     assert redis_client.lrange(KEYS.notify_failed, 0, -1) == [job_id]
     assert len(receiver.requests) == 3
@@ -102,7 +105,7 @@ def test_gives_up_after_max_attempts_then_admin_resend_redelivers(redis_client, 
         assert listed[0]["notification"] == {"state": "failed", "attempts": 3, "last_status": 504, "last_error": "HTTP 504: ok"}
         assert http.post(f"/admin/notifications/{job_id}/resend").status_code == 202
 
-        done = wait_until(notify_state_is(redis_client, job_id, "delivered"), 15, "re-delivery")
+        done = wait_for_notify_state(redis_client, job_id, "delivered", 15, "re-delivery")
         assert done["notify_attempts"] == "1" and done["notify_last_status"] == "200"
         assert http.get("/admin/notifications/failed").json()["items"] == []
     assert len(receiver.requests) == 4 and len(receiver.accepted) == 1
@@ -115,7 +118,7 @@ def test_loopback_callback_is_refused_without_allow_private(redis_client, notifi
     job_id = str(uuid.uuid4())
     seed_finished_job(redis_client, job_id, receiver.url)
 
-    done = wait_until(notify_state_is(redis_client, job_id, "failed"), 15, "refusal")
+    done = wait_for_notify_state(redis_client, job_id, "failed", 15, "refusal")
     assert "127.0.0.1" in done["notify_last_error"] and "loopback" in done["notify_last_error"]
     assert "WEBHOOK_ALLOW_PRIVATE" in done["notify_last_error"]
     assert done["notify_attempts"] == "1" and "notify_last_status" not in done
@@ -134,7 +137,7 @@ def test_sigkill_mid_delivery_loses_nothing(redis_client, notifiers: Notifiers, 
     first.wait()
 
     notifiers.start(WEBHOOK_TIMEOUT_SECONDS=1)
-    done = wait_until(notify_state_is(redis_client, job_id, "delivered"), 20, "delivery after lease expiry")
+    done = wait_for_notify_state(redis_client, job_id, "delivered", 20, "delivery after lease expiry")
     assert done["notify_last_status"] == "200"
     assert len(receiver.requests) == 2, "at-least-once: the killed attempt and one more"
     assert receiver.requests[1].at - receiver.requests[0].at >= 5, "the id came back only when the lease ran out"
@@ -172,15 +175,13 @@ def test_probes_and_metrics(redis_client, notifiers: Notifiers, make_receiver):
     base = f"http://127.0.0.1:{proc.health_port}"
     with urllib.request.urlopen(base + "/healthz") as response:
         assert response.status == 200
-    text = wait_until(
-        lambda: (
-            (t := urllib.request.urlopen(base + "/metrics").read().decode())
-            and 'asyncinfer_notifier_deliveries_total{outcome="delivered"} 1' in t
-            and t
-        ),
-        5,
-        "metrics",
-    )
+
+    def metrics() -> str:
+        with urllib.request.urlopen(base + "/metrics") as response:
+            return response.read().decode()
+
+    wait_until(lambda: 'asyncinfer_notifier_deliveries_total{outcome="delivered"} 1' in metrics(), 5, "metrics")
+    text = metrics()
     assert "asyncinfer_notifier_outbox" in text
     if shutil.which("promtool"):  # Debian's prometheus package; the exposition must lint clean
         check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)

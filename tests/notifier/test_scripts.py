@@ -16,7 +16,9 @@ import jobqueue.notifications as notifications
 from jobqueue.errors import JobNotFound
 from jobqueue.notifications import NotificationStore, TransitionCode
 from jobqueue.settings import Settings
+from jobqueue.states import Outcome
 from tests.notifier.helpers import KEYS, seed_finished_job
+from tests.support.queue import SyncJobs
 
 T = TypeVar("T")
 LEASE_MS = 60_000
@@ -188,3 +190,42 @@ def test_read_builds_the_delivery_record(run_store, redis_client: redis.Redis):
     assert record.message_id == f"msg_{job_id}_{record.finished_at}"
     assert record.view["job_id"] == job_id and record.view["notification"]["state"] == "pending"
     assert run_store(lambda s: s.read("nope")) is None
+
+
+def test_an_attempt_for_an_end_the_job_left_behind_records_nothing(run_store, redis_client: redis.Redis, settings):
+    # The real job scripts end the job twice (retry.lua in between); end 1's lease outlives both.
+    queue = SyncJobs(redis_client, settings)
+    job_id = queue.enqueue(callback_url="https://hooks.example.com/x").job_id
+    queue.claim("w", 1)
+    queue.finish("w", [(job_id, Outcome.FAILED, "boom")])
+    (first,) = run_store(lambda s: s.claim(1, LEASE_MS))
+    assert first.end == 1
+
+    queue.retry(job_id)
+    assert not run_store(lambda s: s.read(job_id)).describes(first), "a running job's view is not end 1's"
+    assert run_store(lambda s: s.delivered(first, 200)) is TransitionCode.SUPERSEDED
+    assert "notify_state" not in redis_client.hgetall(KEYS.job(job_id)), "a running job was not marked delivered"
+
+    queue.claim("w", 1)
+    queue.finish("w", [(job_id, Outcome.COMPLETED, "[1]")])
+    assert redis_client.zscore(KEYS.notify, job_id) <= now_ms(), "end 2 is due at once, whatever end 1 still holds"
+    assert run_store(lambda s: s.delivered(first, 200)) is TransitionCode.SUPERSEDED
+    assert run_store(lambda s: s.failed_attempt(first, 410, "HTTP 410", True, 0)).code is TransitionCode.SUPERSEDED
+    fields = redis_client.hgetall(KEYS.job(job_id))
+    assert (fields["notify_state"], fields["notify_attempts"], fields["notify_end"]) == ("pending", "0", "2")
+    assert redis_client.llen(KEYS.notify_failed) == 0, "end 1's give-up was not recorded against end 2"
+
+    (second,) = run_store(lambda s: s.claim(1, LEASE_MS))
+    assert second.end == 2 and second.token > first.token
+    record = run_store(lambda s: s.read(job_id))
+    assert record.describes(second) and not record.describes(first)
+    assert run_store(lambda s: s.delivered(second, 200)) is TransitionCode.DONE
+    assert redis_client.hget(KEYS.job(job_id), "notify_state") == "delivered"
+
+
+def test_a_record_that_ended_before_ends_were_numbered_is_delivered(run_store, redis_client: redis.Redis):
+    (job_id,) = seed(redis_client)
+    redis_client.hdel(KEYS.job(job_id), "notify_end")  # written by a release without notify_end
+    (lease,) = run_store(lambda s: s.claim(1, LEASE_MS))
+    assert lease.end == 0 and run_store(lambda s: s.read(job_id)).describes(lease)
+    assert run_store(lambda s: s.delivered(lease, 200)) is TransitionCode.DONE
