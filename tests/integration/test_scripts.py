@@ -380,6 +380,17 @@ def test_paused_model_starts_nothing(queue, redis_client):
     assert queue.claimed_ids("w", 10) == [a]
 
 
+def test_a_paused_claim_gives_back_what_the_blocking_wait_moved_in_order(queue, redis_client):
+    [a, b] = queue.enqueue_n(2)
+    moved = queue.wait_for_job("w", 0.1)  # the oldest, taken by a wait that began before the pause
+    redis_client.set(queue.keys.paused, "1")
+    batch = queue.claim("w", 10, moved=[moved])
+    assert batch.paused and batch.jobs == [] and queue.held("w") == []
+    assert redis_client.lrange(queue.keys.pending(), 0, -1) == [b, a] and queue.get(a).status is JobStatus.PENDING
+    redis_client.delete(queue.keys.paused)
+    assert queue.claimed_ids("w", 10) == [a, b]
+
+
 def test_enqueue_many_pipelines_and_respects_queue_limit(redis_client, settings):
     queue = make_queue(redis_client, settings, max_queue_length=3)
     results = queue.enqueue_many([queue.new_job(f"id{i}") for i in range(5)])
