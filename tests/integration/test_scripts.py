@@ -8,6 +8,7 @@ import pytest
 import redis
 
 from jobqueue.errors import IdempotencyConflict, JobNotFound, QueueFull, RateLimited, TooManyUnfinished, WrongState
+from jobqueue.protocol import Enqueued
 from jobqueue.states import JobStatus, Outcome
 from tests.support.queue import PAYLOAD, SyncJobs
 
@@ -333,6 +334,20 @@ def test_retry_failed_job_and_repeat_safety(queue, redis_client):
     assert record.attempts == 0 and record.error is None
     assert redis_client.llen(queue.keys.dead) == 0
     assert redis_client.ttl(queue.store.job(a)) == -1 and redis_client.ttl(queue.store.idempotency("anonymous", "k")) == -1
+
+
+def test_a_retry_token_answers_as_its_first_run_whatever_the_job_did_since(queue, redis_client):
+    [a] = queue.enqueue_n(1)
+    queue.claim("w", 1)
+    queue.finish("w", [(a, Outcome.FAILED, "bad")])
+    assert queue.retry_answer(a, "t1") == Enqueued(a, True, JobStatus.PENDING)
+    queue.claim("w", 1)
+    queue.finish("w", [(a, Outcome.FAILED, "bad again")])
+    assert queue.retry_answer(a, "t1") == Enqueued(a, False, JobStatus.FAILED)  # replayed, not applied again
+    assert queue.get(a).status is JobStatus.FAILED and redis_client.llen(queue.keys.pending()) == 0
+    assert queue.retry_answer(a, "t2") == Enqueued(a, True, JobStatus.PENDING)
+    assert queue.retry_answer(a, "t1").created is False and queue.retry_answer(a, "t2").created is False
+    assert redis_client.hget(queue.keys.stats, "retried") == "2"
 
 
 def test_request_ttl_expires_unstarted_jobs_only(redis_client, settings):
