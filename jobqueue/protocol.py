@@ -465,7 +465,8 @@ class WorkerQueue:
 
     def wait_for_job(self, worker_id: str, timeout_s: float) -> str | None:
         """Block until an id is pending at normal priority and move it into this worker's list
-        (reliable-queue BLMOVE; other priorities are found by the claim that follows every wait)."""
+        (reliable-queue BLMOVE; other priorities are found by the claim that follows every wait, which
+        also puts the id back unstarted if the model was paused meanwhile)."""
         # redis-py's stub says int; Redis takes a float timeout (>= 6.0)
         moved = self.client.blmove(self.keys.pending("normal"), self.keys.processing(worker_id), timeout_s, "RIGHT", "LEFT")  # type: ignore[arg-type]
         return None if moved is None else _text(moved)

@@ -382,6 +382,6 @@ async def retry_job(job_id: JobId, state: State, caller: Caller, idempotency_key
     token = f"key:{caller.name}:{idempotency_key}" if idempotency_key else uuid.uuid4().hex
     retried = await state.store.retry(await owned(state, caller, job_id), token)
     headers = {"Location": f"/job/{job_id}"}
-    if not retried.created:
+    if idempotency_key and not retried.created:  # our own resend is no replay to the caller
         headers["Idempotent-Replayed"] = "true"
     return json_response(job_view(await state.store.get(job_id)), 202, headers)

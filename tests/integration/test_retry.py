@@ -114,7 +114,7 @@ def test_a_lost_retry_reply_resent_after_the_job_moved_on_answers_202(processes,
             proxy.release()
             sender.join(30)
         assert answers and answers[0].status_code == 202, answers and answers[0].text
-        assert answers[0].json()["status"] == "completed"
+        assert answers[0].json()["status"] == "completed" and "idempotent-replayed" not in answers[0].headers
         assert queue.client.hget(queue.keys.stats, "retried") == "1"
     finally:
         proxy.close()
