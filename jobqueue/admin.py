@@ -225,7 +225,8 @@ async def resume(client: redis.asyncio.Redis, keys: ModelKeys) -> None:
 class DeadLetterRetrier:
     """Retry-all: every failed or expired job in a model's dead-letter list goes through the one retry
     transition (`retry.lua`, the script behind `POST /job/{id}/retry`, built by the protocol's
-    `retry_call`), pipelined RETRY_SLICE at a time, oldest first."""
+    `retry_call`), pipelined RETRY_SLICE at a time, oldest first. An operator's action: the owners'
+    rate and unfinished-jobs limits do not hold it back (a refused job would stay a dead letter)."""
 
     def __init__(self, store: JobStore) -> None:
         self.store = store
@@ -248,7 +249,7 @@ class DeadLetterRetrier:
             retryable = [r for r in records if r is not None and r.model == model and r.status in RETRYABLE]
             pipe = store.client.pipeline(transaction=False)
             for record in retryable:
-                call = retry_call(store.keys, store.settings, record, token)
+                call = retry_call(store.keys, store.settings, record, token, limited=False)
                 await self._retry(keys=call.keys, args=call.args, client=pipe)  # queued in the pipeline
             replies = await pipe.execute() if retryable else []
             drop = [

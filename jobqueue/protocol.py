@@ -266,15 +266,26 @@ def _record_fields(with_input: bool) -> tuple[str, ...]:
 
 
 def state_change(reply: Sequence[Any], job_id: str, operation: str, settings: Settings) -> JobStatus:
-    """cancel/retry replies: the new status, or the refusal raised."""
+    """cancel/retry replies: the new status (or, for a replayed retry, the job's status now), or the
+    refusal raised."""
     code, value = ScriptCode(int(reply[0])), _text(reply[1])
     if code is ScriptCode.NOT_FOUND:
         raise JobNotFound(job_id)
     if code is ScriptCode.QUEUE_FULL:
         raise QueueFull(f"queue holds {settings.max_queue_length} jobs (MAX_QUEUE_LENGTH)")
+    if code is ScriptCode.RATE_LIMITED:
+        raise RateLimited(int(value))
+    if code is ScriptCode.TOO_MANY_UNFINISHED:
+        raise TooManyUnfinished(f"{settings.max_pending_per_principal} unfinished jobs (MAX_PENDING_PER_PRINCIPAL)")
     if code is ScriptCode.WRONG_STATE:
         raise WrongState(value, operation)
     return JobStatus(value)
+
+
+def retry_result(reply: Sequence[Any], job_id: str, settings: Settings) -> Enqueued:
+    """retry's reply: `created` False when this token's retry had already run (a replay)."""
+    status = state_change(reply, job_id, "retry", settings)
+    return Enqueued(job_id, ScriptCode(int(reply[0])) is ScriptCode.OK, status)
 
 
 def cancel_call(store: StoreKeys, settings: Settings, record: JobRecord) -> ScriptCall:
@@ -286,13 +297,17 @@ def cancel_call(store: StoreKeys, settings: Settings, record: JobRecord) -> Scri
     )
 
 
-def retry_call(store: StoreKeys, settings: Settings, record: JobRecord, token: str) -> ScriptCall:
+def retry_call(store: StoreKeys, settings: Settings, record: JobRecord, token: str, limited: bool = True) -> ScriptCall:
+    """A retry counts like a submit of the job's owner (its limits and bucket); `limited` False is for an
+    operator's retry-all, which must not leave dead letters behind because their owners are busy."""
     model = store.model(record.model or "")
+    rate, max_unfinished = (settings.rate_limit_per_second, settings.max_pending_per_principal) if limited else (0, 0)
     return ScriptCall(
         "retry",
-        [store.job(record.job_id), model.pending(record.priority), model.dead, model.stats],
-        [record.job_id, settings.max_queue_length, token, store.events, store.principal_prefix],
-    )
+        [store.job(record.job_id), model.pending(record.priority), model.dead, model.stats,
+         store.principal(record.owner or ANONYMOUS)],
+        [record.job_id, settings.max_queue_length, token, store.events, rate, settings.rate_limit_burst, max_unfinished],
+    )  # fmt: skip
 
 
 def parse_claim(reply: Sequence[Any]) -> ClaimedBatch:
@@ -381,10 +396,11 @@ class JobStore:
         reply = await self._run(cancel_call(self.keys, self.settings, record))
         return state_change(reply, record.job_id, "cancel", self.settings)
 
-    async def retry(self, record: JobRecord, token: str) -> JobStatus:
-        """Requeue a failed or expired job; `token` makes a repeated request harmless."""
+    async def retry(self, record: JobRecord, token: str) -> Enqueued:
+        """Requeue a failed or expired job (refusals raised as for a submit); the same `token` again
+        answers as its first run did, whatever the job did since (`created` False)."""
         reply = await self._run(retry_call(self.keys, self.settings, record, token))
-        return state_change(reply, record.job_id, "retry", self.settings)
+        return retry_result(reply, record.job_id, self.settings)
 
 
 STAT_COUNTERS = ("enqueued", "completed", "failed", "retried", "recovered", "expired", "canceled")
@@ -449,7 +465,8 @@ class WorkerQueue:
 
     def wait_for_job(self, worker_id: str, timeout_s: float) -> str | None:
         """Block until an id is pending at normal priority and move it into this worker's list
-        (reliable-queue BLMOVE; other priorities are found by the claim that follows every wait)."""
+        (reliable-queue BLMOVE; other priorities are found by the claim that follows every wait, which
+        also puts the id back unstarted if the model was paused meanwhile)."""
         # redis-py's stub says int; Redis takes a float timeout (>= 6.0)
         moved = self.client.blmove(self.keys.pending("normal"), self.keys.processing(worker_id), timeout_s, "RIGHT", "LEFT")  # type: ignore[arg-type]
         return None if moved is None else _text(moved)

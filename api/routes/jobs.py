@@ -51,6 +51,14 @@ IdempotencyKey = Annotated[
         description="same key (per principal) within the job TTL: same job; on a bulk submit item i uses `<key>:<i>`",
     ),
 ]
+RetryKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=MAX_IDEMPOTENCY_KEY,
+        description="same key (per principal and job) again: the same answer as the retry it made, never a second retry",
+    ),
+]
 Prefer = Annotated[
     str | None,
     Header(alias="Prefer", description="`wait=N` (N <= 30): answer 200 with the finished job if it ends within N seconds"),
@@ -365,9 +373,15 @@ async def cancel_job(job_id: JobId, state: State, caller: Caller) -> Response:
     "/job/{job_id}/retry",
     status_code=202,
     response_model=JobView,
-    responses={**_ERRORS, 409: {"model": ErrorBody}, 429: {"model": ErrorBody}},
-    summary="Re-queue a failed or expired job",
+    responses={**_ERRORS, 409: {"model": ErrorBody}, 429: _SUBMIT_ERRORS[429]},
+    summary="Re-queue a failed or expired job (counts like a submit)",
 )
-async def retry_job(job_id: JobId, state: State, caller: Caller) -> Response:
-    await state.store.retry(await owned(state, caller, job_id), uuid.uuid4().hex)
-    return json_response(job_view(await state.store.get(job_id)), 202, {"Location": f"/job/{job_id}"})
+async def retry_job(job_id: JobId, state: State, caller: Caller, idempotency_key: RetryKey = None) -> Response:
+    # The token retry.lua stores with the retry it made: the request sent again (by our Redis client
+    # after a lost reply, or by the caller with the same Idempotency-Key) answers 202 again, never twice.
+    token = f"key:{caller.name}:{idempotency_key}" if idempotency_key else uuid.uuid4().hex
+    retried = await state.store.retry(await owned(state, caller, job_id), token)
+    headers = {"Location": f"/job/{job_id}"}
+    if idempotency_key and not retried.created:  # our own resend is no replay to the caller
+        headers["Idempotent-Replayed"] = "true"
+    return json_response(job_view(await state.store.get(job_id)), 202, headers)

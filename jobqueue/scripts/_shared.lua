@@ -57,6 +57,22 @@ local function drop_unfinished(principal_prefix, unfinished_drop)
   for owner, n in pairs(unfinished_drop) do redis.call('HINCRBY', principal_prefix .. owner, 'unfinished', -n) end
 end
 
+-- One more unfinished job for a principal (a submit or a retry), within its limits: nil when admitted
+-- (a token taken from its bucket), else the refusal {code, detail}: -4 too many unfinished jobs, -3 rate
+-- limited (detail: retry after, ms). `q` carries principal, rate, burst, max_unfinished. Writes nothing
+-- when it refuses.
+local function admit(q, now)
+  local bucket_tokens, bucket_at, unfinished = unpack(redis.call('HMGET', q.principal, 'tokens', 'at', 'unfinished'))
+  if q.max_unfinished > 0 and tonumber(unfinished or 0) >= q.max_unfinished then return {-4, ''} end
+  if q.rate > 0 then
+    local tokens = tonumber(bucket_tokens or q.burst)
+    local elapsed = now - tonumber(bucket_at or now)
+    tokens = math.min(q.burst, tokens + elapsed * q.rate / 1000)
+    if tokens < 1 then return {-3, tostring(math.ceil((1 - tokens) * 1000 / q.rate))} end
+    redis.call('HSET', q.principal, 'tokens', tostring(tokens - 1), 'at', now)
+  end
+  return nil
+end
 
 -- Create one job and queue it, or say why not (see enqueue.lua for the codes). `q` carries the
 -- request's shared settings: model, owner, max_len, rate, burst, max_unfinished, job_prefix, stats,
@@ -81,15 +97,8 @@ local function enqueue_one(q, pending, job, idem, job_id, input, priority, callb
   if q.max_len > 0 and redis.call('LLEN', pending) >= q.max_len then return {-2, '', ''} end
 
   local now = now_ms()
-  local bucket_tokens, bucket_at, unfinished = unpack(redis.call('HMGET', q.principal, 'tokens', 'at', 'unfinished'))
-  if q.max_unfinished > 0 and tonumber(unfinished or 0) >= q.max_unfinished then return {-4, '', ''} end
-  if q.rate > 0 then
-    local tokens = tonumber(bucket_tokens or q.burst)
-    local elapsed = now - tonumber(bucket_at or now)
-    tokens = math.min(q.burst, tokens + elapsed * q.rate / 1000)
-    if tokens < 1 then return {-3, '', tostring(math.ceil((1 - tokens) * 1000 / q.rate))} end
-    redis.call('HSET', q.principal, 'tokens', tostring(tokens - 1), 'at', now)
-  end
+  local refused = admit(q, now)
+  if refused then return {refused[1], '', refused[2]} end
 
   redis.call('HSET', job, 'status', 'pending', 'input', input, 'model', q.model, 'priority', priority,
     'owner', q.owner, 'created_at', now, 'queued_at', now, 'attempts', 0)

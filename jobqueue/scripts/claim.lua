@@ -13,6 +13,9 @@ That isolates a job that crashes or hangs the model from the innocent jobs it sh
 Ids passed in ARGV (moved there by the blocking wait, or adopted after a lost reply) are only acted on
 when they really are in this worker's processing list.
 
+Paused: nothing starts. Pending ids the worker holds (its blocking wait may have moved one just after
+the pause, while it was already blocked) go back to the head of their list, in their order.
+
 KEYS[1] pending high    LIST
 KEYS[2] pending normal  LIST
 KEYS[3] pending low     LIST
@@ -91,7 +94,7 @@ for _, c in ipairs(candidates) do
     out[#out + 1] = id
     out[#out + 1] = tonumber(attempts)
     out[#out + 1] = input
-  elseif alone and status == 'pending' then
+  elseif (alone or is_paused) and status == 'pending' then
     give_back[#give_back + 1] = c
   elseif status == 'pending' then
     local n = tonumber(attempts)

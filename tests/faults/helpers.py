@@ -15,7 +15,7 @@ import redis
 import yaml
 
 from jobqueue.keys import ModelKeys, StoreKeys
-from jobqueue.protocol import ANONYMOUS, NewJob, enqueue_call, lua_source
+from jobqueue.protocol import ANONYMOUS, NewJob, ScriptCall, enqueue_call, lua_source
 from jobqueue.settings import Settings
 from tests.support.waiting import wait_until
 
@@ -40,12 +40,30 @@ class Jobs:
     def enqueue(self, model: str, data: Any, priority: str = "normal", raw_payload: str | None = None) -> str:
         """Enqueue through enqueue.lua exactly as the API does, minus the API's validation: a payload
         the API would refuse can be written this way (the worker must then fail it on its own)."""
-        payload = raw_payload if raw_payload is not None else orjson.dumps({"data": data}).decode()
-        job = NewJob(job_id=str(uuid.uuid4()), model=model, payload=payload, priority=priority, owner=ANONYMOUS)
-        call = enqueue_call(STORE, Settings(), job)
+        job_id, call = self._enqueue_call(model, data, priority, raw_payload)
         reply = self.client.register_script(lua_source("enqueue"))(keys=call.keys, args=call.args)
         assert int(reply[0]) == 1, reply
-        return job.job_id
+        return job_id
+
+    def pause_and_enqueue(self, model: str, inputs: Sequence[Any]) -> list[str]:
+        """Pause `model` and enqueue one job per input in one transaction: a worker blocked in its wait
+        sees the pause and the new ids together, as when a pause lands while it is blocked."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.set(STORE.model(model).paused, "1")
+        job_ids = []
+        for data in inputs:
+            job_id, call = self._enqueue_call(model, data)
+            self.client.register_script(lua_source("enqueue"))(keys=call.keys, args=call.args, client=pipe)
+            job_ids.append(job_id)
+        replies = pipe.execute()
+        assert all(int(reply[0]) == 1 for reply in replies[1:]), replies
+        return job_ids
+
+    @staticmethod
+    def _enqueue_call(model: str, data: Any, priority: str = "normal", raw_payload: str | None = None) -> tuple[str, ScriptCall]:
+        payload = raw_payload if raw_payload is not None else orjson.dumps({"data": data}).decode()
+        job = NewJob(job_id=str(uuid.uuid4()), model=model, payload=payload, priority=priority, owner=ANONYMOUS)
+        return job.job_id, enqueue_call(STORE, Settings(), job)
 
     def record(self, job_id: str) -> dict[str, str]:
         return self.client.hgetall(STORE.job(job_id))

@@ -8,6 +8,7 @@ import pytest
 import redis
 
 from jobqueue.errors import IdempotencyConflict, JobNotFound, QueueFull, RateLimited, TooManyUnfinished, WrongState
+from jobqueue.protocol import Enqueued
 from jobqueue.states import JobStatus, Outcome
 from tests.support.queue import PAYLOAD, SyncJobs
 
@@ -335,6 +336,20 @@ def test_retry_failed_job_and_repeat_safety(queue, redis_client):
     assert redis_client.ttl(queue.store.job(a)) == -1 and redis_client.ttl(queue.store.idempotency("anonymous", "k")) == -1
 
 
+def test_a_retry_token_answers_as_its_first_run_whatever_the_job_did_since(queue, redis_client):
+    [a] = queue.enqueue_n(1)
+    queue.claim("w", 1)
+    queue.finish("w", [(a, Outcome.FAILED, "bad")])
+    assert queue.retry_answer(a, "t1") == Enqueued(a, True, JobStatus.PENDING)
+    queue.claim("w", 1)
+    queue.finish("w", [(a, Outcome.FAILED, "bad again")])
+    assert queue.retry_answer(a, "t1") == Enqueued(a, False, JobStatus.FAILED)  # replayed, not applied again
+    assert queue.get(a).status is JobStatus.FAILED and redis_client.llen(queue.keys.pending()) == 0
+    assert queue.retry_answer(a, "t2") == Enqueued(a, True, JobStatus.PENDING)
+    assert queue.retry_answer(a, "t1").created is False and queue.retry_answer(a, "t2").created is False
+    assert redis_client.hget(queue.keys.stats, "retried") == "2"
+
+
 def test_request_ttl_expires_unstarted_jobs_only(redis_client, settings):
     queue = make_queue(redis_client, settings, request_ttl_seconds=1)
     [a, started] = queue.enqueue_n(2)
@@ -378,6 +393,17 @@ def test_paused_model_starts_nothing(queue, redis_client):
     assert batch.paused and batch.jobs == []
     redis_client.delete(queue.keys.paused)
     assert queue.claimed_ids("w", 10) == [a]
+
+
+def test_a_paused_claim_gives_back_what_the_blocking_wait_moved_in_order(queue, redis_client):
+    [a, b] = queue.enqueue_n(2)
+    moved = queue.wait_for_job("w", 0.1)  # the oldest, taken by a wait that began before the pause
+    redis_client.set(queue.keys.paused, "1")
+    batch = queue.claim("w", 10, moved=[moved])
+    assert batch.paused and batch.jobs == [] and queue.held("w") == []
+    assert redis_client.lrange(queue.keys.pending(), 0, -1) == [b, a] and queue.get(a).status is JobStatus.PENDING
+    redis_client.delete(queue.keys.paused)
+    assert queue.claimed_ids("w", 10) == [a, b]
 
 
 def test_enqueue_many_pipelines_and_respects_queue_limit(redis_client, settings):

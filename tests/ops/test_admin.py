@@ -184,6 +184,18 @@ def test_retry_all_stops_at_max_queue_length_and_keeps_the_rest(redis_server, re
     assert sorted(r.hget(KEYS.job(d), "status") for d in r.lrange(k.dead, 0, -1)) == ["failed"] * 3
 
 
+def test_retry_all_is_not_held_back_by_the_owners_limits(redis_server, redis_client):
+    """One job retried by its owner counts like a submit; an operator's retry-all must not leave dead
+    letters behind because their owner is at its limits."""
+    r = redis_client
+    for i in range(3):
+        seed_job(r, f"d{i}", "iris", "failed", error="boom")
+    r.hset(KEYS.principal("alice"), mapping={"unfinished": 1, "tokens": 0, "at": now_ms()})  # at both limits
+    limited = Settings(max_queue_length=0, max_pending_per_principal=1, rate_limit_per_second=0.1, rate_limit_burst=1)
+    assert run(redis_server.url, lambda c: admin.DeadLetterRetrier(JobStore(c, limited)).retry("iris")) == 3
+    assert r.llen(KEYS.model("iris").dead) == 0 and r.hget(KEYS.principal("alice"), "unfinished") == "4"
+
+
 def test_retry_all_works_in_slices(redis_server, redis_client):
     count = 1200  # several slices
     r = redis_client

@@ -27,6 +27,7 @@ from jobqueue.protocol import (
     lua_source,
     parse_record,
     retry_call,
+    retry_result,
     state_change,
 )
 from jobqueue.settings import Settings
@@ -84,8 +85,11 @@ class SyncJobs(WorkerQueue):
         return state_change(self.api_scripts["cancel"](keys=call.keys, args=call.args), job_id, "cancel", self.settings)
 
     def retry(self, job_id: str, token: str = "t") -> JobStatus:
+        return self.retry_answer(job_id, token).status
+
+    def retry_answer(self, job_id: str, token: str = "t") -> Enqueued:
         call = retry_call(self.store, self.settings, self.get(job_id), token)
-        return state_change(self.api_scripts["retry"](keys=call.keys, args=call.args), job_id, "retry", self.settings)
+        return retry_result(self.api_scripts["retry"](keys=call.keys, args=call.args), job_id, self.settings)
 
     def claimed_ids(self, worker_id: str, count: int, **kwargs: Any) -> list[str]:
         return [job.job_id for job in self.claim(worker_id, count, **kwargs).jobs]
