@@ -115,7 +115,7 @@ class ClaimedJob:
 class ClaimedBatch:
     jobs: list[ClaimedJob]
     paused: bool = False
-    suspect_alone: bool = False  # a suspect started alone: add nothing to this batch
+    suspects: bool = False  # one suspect group (half of a batch that died or hung): add nothing to it
 
 
 @dataclass(frozen=True)
@@ -313,7 +313,7 @@ def retry_call(store: StoreKeys, settings: Settings, record: JobRecord, token: s
 def parse_claim(reply: Sequence[Any]) -> ClaimedBatch:
     flags = int(reply[0])
     jobs = [ClaimedJob(_text(reply[i]), int(reply[i + 1]), _text(reply[i + 2])) for i in range(1, len(reply), 3)]
-    return ClaimedBatch(jobs, bool(flags & ClaimFlag.PAUSED), bool(flags & ClaimFlag.SUSPECT_ALONE))
+    return ClaimedBatch(jobs, bool(flags & ClaimFlag.PAUSED), bool(flags & ClaimFlag.SUSPECTS))
 
 
 def epoch_ms_to_iso(ms: int | None) -> str | None:

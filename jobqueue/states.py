@@ -43,7 +43,7 @@ class ClaimFlag(IntEnum):
     """Bits of the first element of claim's reply."""
 
     PAUSED = 1
-    SUSPECT_ALONE = 2
+    SUSPECTS = 2  # a suspect group started: the batch takes nothing else
 
 
 class Outcome(StrEnum):

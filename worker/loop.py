@@ -97,11 +97,11 @@ class Worker:
                     self._adopt = True
                     self._next_reconcile = time.monotonic() + RECONCILE_INTERVAL_S
                 self._extended_at = time.monotonic()  # a claim sets deadlines from no earlier than now
-                jobs, alone, paused = self._collect_batch(burst)
+                jobs, _suspects, paused = self._collect_batch(burst)
                 self.redis_ok = True
                 backoff = 0.1
                 if jobs:
-                    self._run_batch(jobs, alone)
+                    self._run_batch(jobs)
                 elif burst:
                     break
                 elif paused:
@@ -140,7 +140,7 @@ class Worker:
     # -- claiming ------------------------------------------------------------------------------
 
     def _collect_batch(self, burst: bool) -> tuple[list[ClaimedJob], bool, bool]:
-        """(jobs, a suspect that must run alone?, model paused?)"""
+        """(jobs, a suspect group that must run as claimed?, model paused?)"""
         size = self.config.max_batch_size
         orphans = self.queue.held(self.worker_id) if self._adopt else []
         batch = self.queue.claim(self.worker_id, max(size - len(orphans), 0), moved=orphans)
@@ -154,7 +154,7 @@ class Worker:
             jobs = list(batch.jobs)
             if not jobs:
                 return [], False, batch.paused
-        if batch.suspect_alone:
+        if batch.suspects:
             return jobs, True, False
         # Holding jobs: wait up to MAX_BATCH_WAIT_MS for more, so the model runs on a fuller batch (a
         # GPU model wants that wait; a latency-bound service sets it to 0 and runs what it has).
@@ -167,14 +167,10 @@ class Worker:
             jobs += self.queue.claim(self.worker_id, size - len(jobs), held_in_batch=len(jobs)).jobs
         return jobs, False, False
 
-    def _run_batch(self, jobs: list[ClaimedJob], alone: bool) -> None:
+    def _run_batch(self, jobs: list[ClaimedJob]) -> None:
+        # A suspect group (half of a batch that died) runs as one batch too: if it dies again, recovery
+        # halves it again (bisection), so a culprit costs O(log n) model calls, not one per job.
         self._batch_ids = [job.job_id for job in jobs]
-        if alone:
-            # Suspects run one by one, each recorded before the next: a crash then blames only itself.
-            for job in jobs:
-                self._unrecorded = self._process_safely([job])
-                self._record()
-            return
         self._unrecorded = self._process_safely(jobs)
         self._record()
 
@@ -229,9 +225,13 @@ class Worker:
             if len(members) == 1:
                 log.warning("job %s: %s", members[0][0].job_id, exc)
                 return [(members[0][0].job_id, Outcome.FAILED, str(exc))]
-            # Which job hangs is unknown: each runs alone next time, with its own timeout.
-            log.warning("a batch of %d jobs hung (%s); isolating them", len(members), exc)
-            return [(job.job_id, Outcome.ISOLATE, "") for job, _ in members]
+            # Which job hangs is unknown: each half runs as a suspect group next time, with its own
+            # timeout; only the half that hangs again is halved again (bisection).
+            log.warning("a batch of %d jobs hung (%s); isolating its halves", len(members), exc)
+            return [
+                (job.job_id, Outcome.ISOLATE, group)
+                for (job, _), group in zip(members, suspect_groups(len(members)), strict=True)
+            ]
         except OutputNotPerRow as exc:
             return [(job.job_id, Outcome.FAILED, f"model output does not map to jobs: {exc}") for job, _ in members]
         except ModelAborted:
@@ -240,12 +240,13 @@ class Worker:
             if len(members) == 1:
                 log.warning("model failed on job %s: %s", members[0][0].job_id, exc)
                 return [(members[0][0].job_id, Outcome.RETRY, f"model error: {exc}")]
-            outcomes, start = [], 0
-            for job, rows in members:
-                single = {name: arr[start : start + rows] for name, arr in feeds.items()}
-                outcomes += self._run_group([(job, rows)], single)
-                start += rows
-            return outcomes
+            # Bisect: rerun each half; only a half that raises again is split again, so one culprit
+            # among n jobs costs O(log n) calls and the innocent halves complete in one call each.
+            half = len(members) // 2
+            split = sum(rows for _, rows in members[:half])
+            first = {name: arr[:split] for name, arr in feeds.items()}
+            second = {name: arr[split:] for name, arr in feeds.items()}
+            return self._run_group(members[:half], first) + self._run_group(members[half:], second)
         outcomes, start = [], 0
         for job, rows in members:
             result = orjson.dumps(self.model.results(outputs, start, start + rows), option=orjson.OPT_SERIALIZE_NUMPY).decode()
@@ -297,6 +298,13 @@ class Worker:
             "model": self.model.name,
             "processed": self.processed,
         }
+
+
+def suspect_groups(n: int) -> list[str]:
+    """The suspect group of each of n jobs whose batch hung: its half, or "1" (alone) for a half of one."""
+    half = (n + 1) // 2
+    token = uuid.uuid4().hex[:12]
+    return [("1" if size == 1 else f"{token}/{part}") for part, size in (("a", half), ("b", n - half)) for _ in range(size)]
 
 
 def _stack(arrays: list[np.ndarray]) -> np.ndarray:

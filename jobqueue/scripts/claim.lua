@@ -6,9 +6,11 @@ Fair share: slots are dealt from a repeating pattern of 12 (8 high, 3 normal, 1 
 cursor in the stats hash; slots whose list is empty go to the highest non-empty list. Under sustained
 load on all three lists, normal gets at least 1/4 and low at least 1/12 of the jobs started.
 
-Suspects (jobs whose earlier run died with its worker, or hung in a batch) run alone: a suspect is
-started only as the first and only job of a batch; otherwise it goes back to the head of its list.
-That isolates a job that crashes or hangs the model from the innocent jobs it shared a batch with.
+Suspects (jobs whose earlier batch died with its worker, or hung) carry a suspect group: the half of
+that batch they were put in (`recover`, `finish`'s isolate). A suspect starts only as the first job of
+a batch, and then only members of its group join it (group "1": it runs alone); anything else goes back
+to the head of its list. Halving the batch that died each time isolates a job that crashes or hangs
+the model in O(log n) model calls, while the innocent halves complete in one call each.
 
 Ids passed in ARGV (moved there by the blocking wait, or adopted after a lost reply) are only acted on
 when they really are in this worker's processing list.
@@ -38,7 +40,7 @@ ARGV[10] job ttl, seconds (an expired record lives this long)
 ARGV[11] principal key prefix
 ARGV[12..] ids already in the processing list to start or adopt
 Returns {flags, id, attempts, input, id, attempts, input, ...}; flags: 1 = paused, 2 = a suspect
-started alone (the worker must not add to this batch).
+group started (the worker must not add to this batch).
 ]]
 local pending_lists = {KEYS[1], KEYS[2], KEYS[3]}
 local processing, inflight, workers, stats, paused, notify = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
@@ -80,7 +82,7 @@ end
 local out, started, ended, deadlines, give_back = {0}, {}, {}, {}, {}
 local taken = {}  -- started ids not yet in the processing list: pushed there in one go below
 local unfinished_drop = {}
-local alone = false
+local group = nil  -- the suspect group this batch runs: only its members join ("1": nobody)
 if is_paused then out[1] = 1 end
 for _, c in ipairs(candidates) do
   local id, source = c[1], c[2]
@@ -94,7 +96,7 @@ for _, c in ipairs(candidates) do
     out[#out + 1] = id
     out[#out + 1] = tonumber(attempts)
     out[#out + 1] = input
-  elseif (alone or is_paused) and status == 'pending' then
+  elseif status == 'pending' and (is_paused or (group and (group == '1' or suspect ~= group))) then
     give_back[#give_back + 1] = c
   elseif status == 'pending' then
     local n = tonumber(attempts)
@@ -106,8 +108,8 @@ for _, c in ipairs(candidates) do
       redis.call('HINCRBY', stats, 'expired', 1)
       ended[#ended + 1] = id
       if held then redis.call('LREM', processing, -1, id) end
-    elseif suspect and (already_held > 0 or #out > 1) then
-      give_back[#give_back + 1] = c  -- runs alone in a later batch
+    elseif suspect and suspect ~= group and (already_held > 0 or #out > 1) then
+      give_back[#give_back + 1] = c  -- starts its own batch later
     else
       redis.call('HSET', job, 'status', 'processing', 'started_at', now, 'worker', wid, 'attempts', n + 1,
         'model_version', version)
@@ -118,8 +120,8 @@ for _, c in ipairs(candidates) do
       out[#out + 1] = id
       out[#out + 1] = n + 1
       out[#out + 1] = input
-      if suspect then
-        alone = true
+      if suspect and not group then
+        group = suspect
         out[1] = out[1] + 2
       end
     end

@@ -26,8 +26,8 @@ ARGV[8..] triples: id, outcome, payload
   "retry":     payload is the error; requeued at the front until max attempts, then failed
   "release":   not run (drain, second signal); requeued at the front, the attempt not counted;
                only ids still in this worker's list, so nothing is queued twice
-  "isolate":   its batch crashed or hung; requeued at the front as a suspect (runs alone next),
-               the attempt not counted
+  "isolate":   its batch crashed or hung; requeued at the front as a suspect, the attempt not counted;
+               payload is its suspect group (the half of the batch it runs with next; "" or "1": alone)
 Returns {completed, failed, requeued, ignored, still held, now, then for each job this call ended:
 priority, created_at, queued_at, started_at} (the timings feed the worker's latency histograms without
 another read); still held > 0 means ids this worker does not know it holds (a reply lost to a dropped
@@ -115,7 +115,7 @@ for i = 8, #ARGV, 3 do
       done[#done + 1] = id
       redis.call('HSET', job, 'status', 'pending', 'attempts', tonumber(attempts) - 1)
     end
-    if outcome == 'isolate' then redis.call('HSET', job, 'suspect', 1) end
+    if outcome == 'isolate' then redis.call('HSET', job, 'suspect', payload ~= '' and payload or '1') end
     requeue(job, id, priority)
   else
     ignored = ignored + 1

@@ -5,8 +5,12 @@ Runs at most once per interval across a model's workers (a lock key with a TTL),
 checker. A worker is dead when its heartbeat deadline has passed, except during the grace period that
 follows a silence of every worker (Redis itself was unreachable or stalled: the workers are alive and
 need one TTL to beat again). Only jobs whose record names the dead worker are touched: a job another
-worker has since taken is left alone. A requeued job becomes a suspect: it runs alone next time, so
-an input that kills its worker cannot take the rest of its batch down with it.
+worker has since taken is left alone. Requeued jobs become suspects, bisected like AWS Lambda's
+BisectBatchOnFunctionError: which held job killed the worker is unknown, so the held batch is split
+in two halves, each a suspect group that runs as a batch of its own (`claim`). The half that dies
+again is split again; the other completes. A culprit among n jobs is found in O(log n) runs, and an
+input that kills its worker cannot take the rest of its batch down with it. Only a job that died
+alone has the attempt counted (MAX_ATTEMPTS); a death in a batch is not blamed on each member.
 Its processing list is walked head (newest) to tail (oldest), each id RPUSHed: FIFO is kept.
 
 KEYS[1] workers        ZSET   worker id -> heartbeat deadline, ms
@@ -57,8 +61,17 @@ local function fail(job, id, err, owner, callback, idem)
 end
 
 local dead_workers = redis.call('ZRANGEBYSCORE', workers, '-inf', now, 'LIMIT', 0, 100)
+-- The suspect group of the i-th of n held jobs: its half of the batch, or "1" (alone) for a half of one.
+local function half_group(dead_wid, i, n)
+  local half = math.ceil(n / 2)
+  local size = i <= half and half or n - half
+  if size == 1 then return '1' end
+  return dead_wid .. '/' .. now .. (i <= half and '/a' or '/b')
+end
+
 for _, dead_wid in ipairs(dead_workers) do
   local processing = processing_prefix .. dead_wid
+  local held = {}  -- the jobs it was running, newest first
   for _, id in ipairs(redis.call('LRANGE', processing, 0, -1)) do
     local job = job_prefix .. id
     local status, attempts, worker, priority, owner, callback, idem = unpack(redis.call('HMGET', job,
@@ -66,19 +79,25 @@ for _, dead_wid in ipairs(dead_workers) do
     local pending = pending_lists[priority] or pending_lists.normal
     if status == 'processing' and worker == dead_wid then
       redis.call('ZREM', inflight, id)
-      if tonumber(attempts) >= max_attempts then
-        fail(job, id, 'worker lost while processing, ' .. attempts .. ' attempts', owner, callback, idem)
-        failed = failed + 1
-      else
-        redis.call('HSET', job, 'status', 'pending', 'suspect', 1)
-        redis.call('HDEL', job, 'worker')
-        redis.call('RPUSH', pending, id)
-        back[#back + 1] = id
-        requeued = requeued + 1
-      end
+      held[#held + 1] = {id = id, job = job, attempts = tonumber(attempts), pending = pending, owner = owner,
+        callback = callback, idem = idem}
     elseif status == 'pending' and not redis.call('HGET', job, 'worker') then
       -- moved by the worker's blocking wait but never started
       redis.call('RPUSH', pending, id)
+      requeued = requeued + 1
+    end
+  end
+  local n = #held
+  for i, h in ipairs(held) do
+    if n == 1 and h.attempts >= max_attempts then
+      fail(h.job, h.id, 'worker lost while processing, ' .. h.attempts .. ' attempts', h.owner, h.callback, h.idem)
+      failed = failed + 1
+    else
+      redis.call('HSET', h.job, 'status', 'pending', 'suspect', half_group(dead_wid, i, n))
+      if n > 1 then redis.call('HSET', h.job, 'attempts', h.attempts - 1) end
+      redis.call('HDEL', h.job, 'worker')
+      redis.call('RPUSH', h.pending, h.id)
+      back[#back + 1] = h.id
       requeued = requeued + 1
     end
   end

@@ -218,17 +218,17 @@ def test_isolated_jobs_run_alone(queue):
     assert [queue.get(i).attempts for i in ids] == [0, 0, 0]  # not counted
     innocent = queue.enqueue("innocent").job_id
     first = queue.claim("w", 10)
-    assert first.suspect_alone and [j.job_id for j in first.jobs] == [ids[0]]
+    assert first.suspects and [j.job_id for j in first.jobs] == [ids[0]]
     # a suspect never joins a batch being collected: it goes back to the head of its list
     assert queue.claimed_ids("w2", 10, held_in_batch=1) == [innocent]
     second = queue.claim("w3", 10)
-    assert second.suspect_alone and [j.job_id for j in second.jobs] == [ids[1]]
+    assert second.suspects and [j.job_id for j in second.jobs] == [ids[1]]
     third = queue.claim("w4", 10)
     assert [j.job_id for j in third.jobs] == [ids[2]]
     assert queue.claimed_ids("w5", 10) == []
 
 
-def test_recover_requeues_dead_workers_jobs_in_fifo_order_as_suspects(queue, redis_client):
+def test_recover_requeues_dead_workers_jobs_in_fifo_order_as_suspect_halves(queue, redis_client):
     ids = queue.enqueue_n(4)
     queue.claim("dead-worker", 3)
     moved = queue.wait_for_job("dead-worker", 0.1)  # moved by BLMOVE, never started
@@ -237,11 +237,56 @@ def test_recover_requeues_dead_workers_jobs_in_fifo_order_as_suspects(queue, red
     counts = queue.recover("reaper")
     assert counts.requeued == 4 and counts.dead_workers == 1
     assert not redis_client.exists(queue.keys.processing("dead-worker"))
-    started = [queue.claimed_ids(f"w{i}", 10)[0] for i in range(3)]  # suspects: one per claim
-    assert started == ids[:3]
-    assert queue.claimed_ids("w9", 10) == [ids[3]]  # never started: not a suspect
-    assert [queue.get(i).attempts for i in ids] == [2, 2, 2, 1]
-    assert queue.recover("reaper") is None  # the lock lets one recovery run per interval
+    # The batch of three that died is halved, oldest first: [ids[0]] alone, then [ids[1], ids[2]] as one
+    # suspect group; the never-started one is no suspect and starts a batch of its own after them.
+    assert [queue.get(i).attempts for i in ids] == [0, 0, 0, 0]  # a death in a batch is blamed on nobody
+    batches = [queue.claim(f"w{i}", 10) for i in range(3)]
+    assert [[j.job_id for j in b.jobs] for b in batches] == [[ids[0]], [ids[1], ids[2]], [ids[3]]]
+    assert [b.suspects for b in batches] == [True, True, False]
+
+
+def kill(queue, redis_client, worker_id: str) -> None:
+    """The worker's heartbeat runs out and recovery requeues what it held."""
+    redis_client.zadd(queue.keys.workers, {worker_id: 0})
+    redis_client.delete(queue.keys.recovery_lock)
+    queue.recover("reaper")
+
+
+def test_a_batch_that_keeps_dying_is_bisected_down_to_its_culprit(queue, redis_client):
+    """Each death halves the batch that died; only the half holding the culprit dies again. 16 jobs take
+    1 + 2 x log2(16) runs to corner it (not 1 + 16), no innocent has an attempt counted, and the culprit,
+    once alone, dies MAX_ATTEMPTS times before it fails."""
+    ids = queue.enqueue_n(16)
+    culprit = ids[5]
+    runs = 0
+    while batch := queue.claim(worker := f"w{runs}", 16):
+        if not batch.jobs:
+            break
+        runs += 1
+        held = [job.job_id for job in batch.jobs]
+        assert batch.suspects == (runs > 1), (runs, held)
+        if culprit in held:
+            kill(queue, redis_client, worker)
+        else:
+            queue.finish(worker, [(job_id, Outcome.COMPLETED, "[1]") for job_id in held])
+    max_attempts = queue.settings.max_attempts
+    assert runs == 1 + 2 * 4 + (max_attempts - 1)
+    record = queue.get(culprit)
+    assert (record.status, record.attempts) == (JobStatus.FAILED, max_attempts)
+    assert record.error == f"worker lost while processing, {max_attempts} attempts"
+    innocents = [queue.get(i) for i in ids if i != culprit]
+    assert {(r.status, r.attempts) for r in innocents} == {(JobStatus.COMPLETED, 1)}
+
+
+def test_a_suspect_group_takes_only_its_members_and_a_batch_takes_no_suspect(queue, redis_client):
+    ids = queue.enqueue_n(4)
+    queue.claim("dead", 4)
+    kill(queue, redis_client, "dead")  # halves: [ids[0], ids[1]] and [ids[2], ids[3]]
+    fresh = queue.enqueue("fresh").job_id
+    assert queue.claimed_ids("w1", 10) == ids[:2]
+    # a batch being collected takes no suspect, even of a group
+    assert queue.claimed_ids("w2", 10, held_in_batch=1) == [fresh]
+    assert queue.claimed_ids("w3", 10) == ids[2:]
 
 
 def test_recover_leaves_jobs_another_worker_owns(queue, redis_client):

@@ -93,6 +93,42 @@ def test_model_error_fails_only_the_poison_job(settings, redis_client, model):
     assert redis_client.lrange(queue.keys.dead, 0, -1) == [poison]
 
 
+def test_a_model_error_in_a_batch_is_bisected_not_rerun_job_by_job(settings, redis_client, model):
+    """One raising input among 64: each failing call is split in halves and only the half that raises
+    again is split again, so the first attempt costs 1 + 2 x log2(64) calls, not 1 + 64."""
+    queue = SyncJobs(redis_client, settings.model_copy(update={"max_batch_size": 64, "max_batch_wait_ms": 0}))
+    poison_row = [6.6, 6.6, 6.6, 6.6]
+    rows = [[4.0 + i / 100, 3.0, 1.4, 0.2] for i in range(63)]
+    rows.insert(40, poison_row)
+    ids = [submit(queue, [row]) for row in rows]
+    calls: list[int] = []
+    original = model.run
+
+    def flaky(feeds, timeout_s):
+        batch = next(iter(feeds.values()))
+        calls.append(len(batch))
+        if any(np.allclose(row, poison_row) for row in batch):
+            raise RuntimeError("model exploded on this input")
+        return original(feeds, timeout_s)
+
+    model.run = flaky
+    try:
+        Worker(queue.settings, model).run(burst=True)
+    finally:
+        model.run = original
+    first_attempt = calls[: 1 + 2 * 6]
+    assert first_attempt[0] == 64 and sorted(first_attempt[1:3]) == [32, 32], calls
+    # then the poison alone on each later attempt (a retry is a batch of one here: the rest completed)
+    assert len(calls) == 1 + 2 * 6 + (settings.max_attempts - 1), calls
+    poison = ids[40]
+    assert queue.get(poison).status is JobStatus.FAILED
+    for job_id in ids:
+        if job_id != poison:
+            record = queue.get(job_id)
+            assert (record.status, record.attempts) == (JobStatus.COMPLETED, 1), record
+            assert orjson.loads(record.result)["class_name"] == "setosa"
+
+
 def test_fifo_with_one_worker(settings, redis_client, model):
     queue = SyncJobs(redis_client, settings.model_copy(update={"max_batch_size": 1}))
     ids = [submit(queue, [IRIS["setosa"]]) for _ in range(20)]
