@@ -26,7 +26,7 @@ JSON_TYPES = frozenset({"application/json"})
 OIP_PREFIX = "/v2/"
 OIP_TYPES = JSON_TYPES | {"application/octet-stream"}  # docs/oip.md: JSON, or JSON header + binary tensors
 WS_POLICY_VIOLATION = 1008
-GUARDED_HEADERS = (b"origin", b"sec-fetch-site", b"content-type", b"host", b"x-forwarded-host")
+GUARDED_HEADERS = frozenset({b"origin", b"sec-fetch-site", b"content-type", b"host", b"x-forwarded-host"})
 
 
 def media_type(content_type: str) -> str:

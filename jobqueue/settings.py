@@ -42,8 +42,8 @@ class Settings(BaseModel):
         ge=0.1,
         le=300,
         description=(
-            "API: longest wait for Redis per call (connect, handshake, command and retries together); "
-            "past it the request answers 503."
+            "API and notifier: longest wait for Redis per call (connect, handshake, command and retries "
+            "together); past it the API answers 503."
         ),
     )
     key_prefix: str = Field(
