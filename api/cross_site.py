@@ -26,7 +26,7 @@ JSON_TYPES = frozenset({"application/json"})
 OIP_PREFIX = "/v2/"
 OIP_TYPES = JSON_TYPES | {"application/octet-stream"}  # docs/oip.md: JSON, or JSON header + binary tensors
 WS_POLICY_VIOLATION = 1008
-GUARDED_HEADERS = frozenset({b"origin", b"sec-fetch-site", b"content-type", b"host", b"x-forwarded-host"})
+JSON_EXACT = b"application/json"  # what nearly every request sends: accepted without parsing
 
 
 def media_type(content_type: str) -> str:
@@ -40,25 +40,37 @@ def origin_host(origin: str) -> str | None:
     return rest.rstrip("/").lower() if sep and scheme and rest else None
 
 
+def own_hosts(scope: Scope) -> set[str]:
+    """The names this server is reached by: `Host`, and `X-Forwarded-Host` behind a proxy."""
+    hosts = set()
+    for name, value in scope["headers"]:
+        if name in (b"host", b"x-forwarded-host"):
+            hosts.add(value.decode("latin-1").split(",")[0].strip().lower())
+    return hosts - {""}
+
+
 def refusal(scope: Scope) -> tuple[int, str] | None:
     """(status, reason) when the request must not reach the app, else None."""
-    found: dict[bytes, str] = {}
-    for name, value in scope["headers"]:
-        if name in GUARDED_HEADERS and name not in found:
-            found[name] = value.decode("latin-1")
-    if found.get(b"sec-fetch-site", "").strip().lower() == "cross-site":
+    origin = fetch_site = content_type = None
+    for name, value in scope["headers"]:  # one pass comparing names only: this runs on every submit
+        if name == b"content-type":
+            content_type = value
+        elif name == b"origin":
+            origin = value
+        elif name == b"sec-fetch-site":
+            fetch_site = value
+    if fetch_site is not None and fetch_site.strip().lower() == b"cross-site":
         return 403, "cross-site request refused (Sec-Fetch-Site: cross-site)"
-    origin = found.get(b"origin")
     if origin is not None:
-        own = {found.get(b"host", "").strip().lower(), found.get(b"x-forwarded-host", "").split(",")[0].strip().lower()}
-        if origin_host(origin.strip()) not in own - {""}:
-            return 403, f"request from a foreign Origin ({origin[:100]}) refused: only this server's own pages may change state"
-    content_type = found.get(b"content-type")
-    if scope["type"] == "http" and content_type is not None:
+        text = origin.decode("latin-1").strip()
+        if origin_host(text) not in own_hosts(scope):
+            return 403, f"request from a foreign Origin ({text[:100]}) refused: only this server's own pages may change state"
+    if content_type is not None and content_type != JSON_EXACT and scope["type"] == "http":
         accepted = OIP_TYPES if scope["path"].startswith(OIP_PREFIX) else JSON_TYPES
-        if media_type(content_type) not in accepted:
+        declared = content_type.decode("latin-1")
+        if media_type(declared) not in accepted:
             names = " or ".join(sorted(accepted))
-            return 415, f"Content-Type {content_type[:100]!r} is not supported: send the body as {names}"
+            return 415, f"Content-Type {declared[:100]!r} is not supported: send the body as {names}"
     return None
 
 

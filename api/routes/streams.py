@@ -110,7 +110,7 @@ class PrincipalBudgets:
     def open_socket(self, name: str) -> None:
         if self.sockets[name] >= self.max_sockets:
             raise ClosingSocket(
-                WS_POLICY_VIOLATION, f"{name} holds {self.max_sockets} WebSockets on this process (WS_MAX_SOCKETS_PER_PRINCIPAL)"
+                WS_POLICY_VIOLATION, f"this principal holds {self.max_sockets} WebSockets here (WS_MAX_SOCKETS_PER_PRINCIPAL)"
             )
         self.sockets[name] += 1
 
@@ -121,7 +121,7 @@ class PrincipalBudgets:
         if self.watched[name] + count > self.max_watched:
             raise ClosingSocket(
                 WS_POLICY_VIOLATION,
-                f"{name} would watch more than {self.max_watched} jobs on this process (WS_MAX_WATCHED_PER_PRINCIPAL)",
+                f"this principal would watch more than {self.max_watched} jobs here (WS_MAX_WATCHED_PER_PRINCIPAL)",
             )
         self.watched[name] += count
 
@@ -318,7 +318,7 @@ def parse_message(message: dict[str, Any], max_bytes: int) -> Any:
     `max_bytes` is never parsed (ClosingSocket): the server (uvicorn's `ws_max_size`) refuses it
     first, this holds under any other server."""
     raw = message.get("text") if message.get("text") is not None else message.get("bytes")
-    if raw is not None and len(raw) > max_bytes:  # characters of a text: at most its bytes
+    if raw is not None and len(raw) > max_bytes:  # a text's characters: never more than its bytes
         raise ClosingSocket(WS_MESSAGE_TOO_BIG, f"message larger than {max_bytes} bytes (WS_MAX_MESSAGE_BYTES)")
     try:
         return orjson.loads(raw or b"")
@@ -363,7 +363,9 @@ async def ws_caller(websocket: WebSocket, state: AppState) -> Principal | None:
 async def job_socket(websocket: WebSocket) -> None:
     """Send `{"subscribe": [ids]}` (any number of messages); each job's view arrives once, when it
     ends (at once if it already has) as `{"type": "job", "job": view}`; unknown ids and other
-    principals' jobs as `{"type": "not_found", "job_id"}`; a bad message gets `{"type": "error"}`."""
+    principals' jobs as `{"type": "not_found", "job_id"}`; a bad message gets `{"type": "error"}`.
+    A message over WS_MAX_MESSAGE_BYTES closes the socket with 1009; going over the principal's budget
+    of sockets or watched ids closes the socket that went over with 1008."""
     state: AppState = websocket.app.state.asyncinfer
     caller = await ws_caller(websocket, state)
     if caller is None:
