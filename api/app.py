@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.auth import TokenFile
+from api.cross_site import CrossSiteGuard
 from api.errors import HTTPProblem, install_error_handlers, problem_response
 from api.hotpath import HotPathMiddleware
 from api.metrics import RequestMetricsMiddleware
@@ -72,9 +73,10 @@ class AsyncInferAPI(FastAPI):
 
 
 def outer_layers(app: AsyncInferAPI, limit: int, hotpath: bool = True) -> ASGIApp:
-    """Metrics outermost (503s from the concurrency limit count too), then the limit, then the hot path."""
+    """Metrics outermost (503s from the concurrency limit count too), then the cross-site guard (before
+    anything is routed, the hot path included), then the limit, then the hot path."""
     inner: ASGIApp = HotPathMiddleware(app.serve_framework, app) if hotpath else app.serve_framework
-    return RequestMetricsMiddleware(ConcurrencyLimit(inner, limit))
+    return RequestMetricsMiddleware(CrossSiteGuard(ConcurrencyLimit(inner, limit)))
 
 
 def create_app(settings: Settings | None = None) -> AsyncInferAPI:

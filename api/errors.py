@@ -94,7 +94,8 @@ def as_problem(exc: Exception) -> HTTPProblem | None:
         log.warning("redis unavailable: %s", exc)
         return HTTPProblem(
             503,
-            "job store (Redis) is unavailable; try again (a repeated submit with the same Idempotency-Key is safe)",
+            "job store (Redis) is unavailable or did not answer within REDIS_DEADLINE_SECONDS; try again (a submit"
+            " sent to a stalled Redis may still be stored when it resumes: repeat it with the same Idempotency-Key)",
             {"Retry-After": str(RETRY_AFTER_S)},
         )
     if isinstance(exc, REFUSED):

@@ -112,6 +112,7 @@ def run() -> None:
         timeout_graceful_shutdown=35,  # longer than the longest long poll
         proxy_headers=True,
         http=CoalescingHttpToolsProtocol,
+        ws_max_size=settings.ws_max_message_bytes,  # larger messages close with 1009 before they are read whole
     )
     DrainingServer(config, settings.shutdown_delay_seconds).run()
 

@@ -45,10 +45,13 @@ def sync_client(settings: Settings) -> redis.Redis:
 
 
 def async_client(settings: Settings, max_connections: int = 64) -> redis.asyncio.Redis:
-    """The API's client. Every command it sends is safe to repeat (reads; enqueue keyed by a job id
+    """The API's client; each call, its retries included, ends within REDIS_DEADLINE_SECONDS
+    (jobqueue/deadline.py). Every command it sends is safe to repeat (reads; enqueue keyed by a job id
     fixed before the first try; cancel and retry answer "done" when run twice), so a stale pooled
     connection after a Redis restart is retried on a fresh one instead of failing a request."""
     import redis.asyncio  # here, not at the top: a worker never pays for asyncio
+
+    from jobqueue.deadline import DeadlineRedis
 
     retry = redis.asyncio.retry.Retry(ExponentialBackoff(cap=0.5, base=0.05), 2)
     # A blocking pool: a burst of more concurrent requests than connections waits for a free one
@@ -61,7 +64,10 @@ def async_client(settings: Settings, max_connections: int = 64) -> redis.asyncio
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         **_options(settings),
     )
-    return redis.asyncio.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
+    client = DeadlineRedis(connection_pool=pool)
+    client.auto_close_connection_pool = True  # as `from_pool`: the client owns the pool, aclose() closes it
+    client.deadline_s = settings.redis_deadline_seconds  # retries and reconnects included
+    return client
 
 
 def async_probe_client(settings: Settings) -> redis.asyncio.Redis:

@@ -12,9 +12,12 @@ redis-py's own; errors are redis-py's classes (`ConnectionError`, `TimeoutError`
 family), so callers map them the same way; and a command that fails because the connection did is
 retried on a new one, which is safe because every command the API sends is (jobqueue/connection.py).
 
-Timeouts: a command unanswered after `timeout_s` closes the connection and fails every command on it
-(their replies can no longer be matched). One timer checks the oldest command instead of one per call.
-Blocking commands (BLMOVE, SUBSCRIBE) never go here: they would hold up everyone behind them.
+Timeouts: `deadline_s` bounds each `execute`, connect, handshake and retries included
+(jobqueue/deadline.py). On a live connection (the usual case) no timer is armed per call: a command
+unanswered after `deadline_s` closes the connection and fails every command on it (their replies can
+no longer be matched), and one timer checks the oldest command. Only a call that has to connect or
+retry arms a timer of its own, for what is left of its deadline. Blocking commands (BLMOVE, SUBSCRIBE)
+never go here: they would hold up everyone behind them.
 """
 
 from __future__ import annotations
@@ -29,10 +32,13 @@ import hiredis
 import redis.exceptions
 from redis._parsers.base import BaseParser
 
+from jobqueue.deadline import redis_deadline
+
 if TYPE_CHECKING:
     import redis.asyncio.connection
 
 RETRIES = 2
+RETRYABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 BACKOFF_S = (0.05, 0.25)
 READ_CHUNK = 256 * 1024
 WRITE_BUFFER_HIGH = 4 * 2**20  # bytes queued in the transport before writers wait for it to drain
@@ -73,23 +79,32 @@ class MultiplexedRedis:
     """`await execute("HMGET", key, *fields)` over one shared, self-pipelining connection.
 
     Connections come from `make_connection`, normally a redis-py pool's (its URL, password, TLS and
-    socket options; the pool itself stays the caller's); `timeout_s` bounds every reply.
+    socket options; the pool itself stays the caller's); `deadline_s` bounds every call.
     """
 
-    def __init__(self, make_connection: Callable[[], redis.asyncio.connection.AbstractConnection], timeout_s: float) -> None:
+    def __init__(self, make_connection: Callable[[], redis.asyncio.connection.AbstractConnection], deadline_s: float) -> None:
         self._make_connection = make_connection
-        self._timeout_s = timeout_s
+        self._deadline_s = deadline_s
         self._current: _Connection | None = None
         self._connecting: asyncio.Task[_Connection] | None = None
 
     async def execute(self, *args: Any) -> Any:
-        for attempt in range(RETRIES + 1):
-            try:
+        started = time.monotonic()
+        current = self._current
+        if current is not None and current.broken is None:
+            try:  # the reply timer bounds this attempt by the deadline: no timer of its own
                 return await self._execute_once(args)
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
-                if attempt == RETRIES:
-                    raise
-                await asyncio.sleep(BACKOFF_S[attempt])
+            except RETRYABLE:
+                pass
+        # connect and retry within what is left of the deadline (nothing left: a TimeoutError at once)
+        async with redis_deadline(self._deadline_s, started + self._deadline_s - time.monotonic()):
+            for attempt in range(RETRIES + 1):
+                try:
+                    return await self._execute_once(args)
+                except RETRYABLE:
+                    if attempt == RETRIES:
+                        raise
+                    await asyncio.sleep(BACKOFF_S[attempt])
         raise AssertionError("unreachable")
 
     async def script(self, sha: str, source: str, keys: list[str], args: list[Any]) -> Any:
@@ -124,7 +139,7 @@ class MultiplexedRedis:
         current.outbox.append(packed)
         current.pending.append((time.monotonic(), future))
         if current.timer is None:
-            current.timer = loop.call_later(self._timeout_s, self._check_timeout, current)
+            current.timer = loop.call_later(self._deadline_s, self._check_timeout, current)
         if current.writer.transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
             await current.writer.drain()
         return await future
@@ -150,9 +165,14 @@ class MultiplexedRedis:
     async def _open(self) -> _Connection:
         conn = self._make_connection()
         try:
-            await conn.connect()  # type: ignore[no-untyped-call]
+            # redis-py retries the connect and each handshake read on its own: one deadline for it all
+            async with redis_deadline(self._deadline_s):
+                await conn.connect()  # type: ignore[no-untyped-call]
         except TimeoutError:
             raise redis.exceptions.TimeoutError("timeout connecting to Redis") from None
+        except BaseException:
+            await conn.disconnect(nowait=True)  # a half-done handshake leaves a socket open
+            raise
         current = _Connection(conn)
         current.task = asyncio.ensure_future(self._read_replies(current))
         self._current = current
@@ -190,8 +210,8 @@ class MultiplexedRedis:
         if not current.pending:
             return
         sent_at, _ = current.pending[0]
-        overdue_in = sent_at + self._timeout_s - time.monotonic()
+        overdue_in = sent_at + self._deadline_s - time.monotonic()
         if overdue_in <= 0:
-            current.fail(redis.exceptions.TimeoutError(f"no reply from Redis within {self._timeout_s:g}s"))
+            current.fail(redis.exceptions.TimeoutError(f"no reply from Redis within {self._deadline_s:g}s"))
             return
         current.timer = asyncio.get_running_loop().call_later(overdue_in, self._check_timeout, current)

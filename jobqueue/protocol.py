@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 import hiredis
 import redis
 
-from jobqueue.connection import SOCKET_TIMEOUT_S
 from jobqueue.errors import (
     IdempotencyConflict,
     JobNotFound,
@@ -350,7 +349,7 @@ class JobStore:
         self.client = client
         self.settings = settings
         self.keys = StoreKeys(settings.key_prefix)
-        self.redis = MultiplexedRedis(client.connection_pool.make_connection, SOCKET_TIMEOUT_S)
+        self.redis = MultiplexedRedis(client.connection_pool.make_connection, settings.redis_deadline_seconds)
         self._scripts = scripts_by_name()
 
     async def aclose(self) -> None:

@@ -37,6 +37,15 @@ class Settings(BaseModel):
     redis_password_file: str = Field(
         "", description="File holding the Redis password (a mounted Secret); wins over REDIS_PASSWORD."
     )
+    redis_deadline_seconds: float = Field(
+        5,
+        ge=0.1,
+        le=300,
+        description=(
+            "API and notifier: longest wait for Redis per call (connect, handshake, command and retries "
+            "together); past it the API answers 503."
+        ),
+    )
     key_prefix: str = Field(
         "asyncinfer",
         min_length=1,
@@ -102,6 +111,15 @@ class Settings(BaseModel):
     rate_limit_burst: int = Field(200, ge=1, description="Token bucket size for RATE_LIMIT_PER_SECOND.")
     max_pending_per_principal: int = Field(0, ge=0, description="Unfinished jobs one principal may have; 0 = unlimited.")
     max_concurrent_requests: int = Field(512, ge=1, description="Requests one API process serves at once; more get 503.")
+    ws_max_message_bytes: int = Field(
+        131_072, ge=1024, le=16_777_216, description="Largest WebSocket message (a list of job ids); larger closes with 1009."
+    )
+    ws_max_sockets_per_principal: int = Field(
+        64, ge=1, description="WebSockets one principal may hold open on one API process; more close with 1008."
+    )
+    ws_max_watched_per_principal: int = Field(
+        10_000, ge=1, description="Job ids one principal may watch across all its WebSockets on one API process (1008 past it)."
+    )
 
     # -- webhooks --------------------------------------------------------------------------------
     webhook_secret: str = Field("", description="Standard Webhooks signing secret (whsec_...); prefer WEBHOOK_SECRET_FILE.")

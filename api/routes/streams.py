@@ -11,6 +11,7 @@ import contextlib
 import functools
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -38,12 +39,13 @@ RECONNECT_MS = 3000  # `retry:` hint: how long an EventSource waits before recon
 # Each stream ticks this often to notice a draining API (it then ends, and the client reconnects to
 # another replica); Redis is re-read on wake-ups and at keep-alive time, not on every tick.
 TICK_S = LONG_POLL_RECHECK_S
-MAX_WS_JOBS = 10_000  # jobs one WebSocket may watch at once: bounds the futures one client can hold
 WS_RECHECK_S = 30.0  # re-read every watched job this often, in case a wake-up was lost with Redis
 WS_RETRY_S = 1.0  # after Redis was unavailable, try the unread jobs again this soon
 WS_UNAUTHORIZED = 4401  # application close code mirroring HTTP 401
 WS_SERVICE_RESTART = 1012  # the API is draining: reconnect (to another replica) and subscribe again
 WS_TRY_AGAIN_LATER = 1013  # this process holds its most open streams
+WS_POLICY_VIOLATION = 1008  # over the principal's budget of sockets or watched ids
+WS_MESSAGE_TOO_BIG = 1009  # a message over WS_MAX_MESSAGE_BYTES
 # Open streams (SSE and WebSockets together) per process, per MAX_CONCURRENT_REQUESTS slot: a stream is
 # an idle socket and a waiter, far cheaper than a request in flight, and it is not counted against
 # MAX_CONCURRENT_REQUESTS (a few hundred watching browsers must not lock submits out); 512 -> 4096.
@@ -84,6 +86,63 @@ def open_streams(state: AppState) -> OpenStreams:
     if streams is None:
         streams = state.extras["open_streams"] = OpenStreams(state.settings.max_concurrent_requests * STREAMS_PER_REQUEST_SLOT)
     return streams
+
+
+class ClosingSocket(Exception):
+    """What ends a WebSocket: its close code and a reason (at most 123 bytes on the wire)."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason[:120]
+
+
+class PrincipalBudgets:
+    """Per principal on this process: WebSockets open and job ids watched across all of them (each id
+    holds a future and a wake-up). One client cannot take the memory the others need."""
+
+    def __init__(self, max_sockets: int, max_watched: int) -> None:
+        self.max_sockets = max_sockets
+        self.max_watched = max_watched
+        self.sockets: Counter[str] = Counter()
+        self.watched: Counter[str] = Counter()
+
+    def open_socket(self, name: str) -> None:
+        if self.sockets[name] >= self.max_sockets:
+            raise ClosingSocket(
+                WS_POLICY_VIOLATION, f"this principal holds {self.max_sockets} WebSockets here (WS_MAX_SOCKETS_PER_PRINCIPAL)"
+            )
+        self.sockets[name] += 1
+
+    def close_socket(self, name: str) -> None:
+        self._give_back(self.sockets, name, 1)
+
+    def watch(self, name: str, count: int) -> None:
+        if self.watched[name] + count > self.max_watched:
+            raise ClosingSocket(
+                WS_POLICY_VIOLATION,
+                f"this principal would watch more than {self.max_watched} jobs here (WS_MAX_WATCHED_PER_PRINCIPAL)",
+            )
+        self.watched[name] += count
+
+    def unwatch(self, name: str, count: int) -> None:
+        self._give_back(self.watched, name, count)
+
+    @staticmethod
+    def _give_back(counter: Counter[str], name: str, count: int) -> None:
+        counter[name] -= count
+        if counter[name] <= 0:
+            del counter[name]  # no entry left behind per principal ever seen
+
+
+def principal_budgets(state: AppState) -> PrincipalBudgets:
+    budgets = state.extras.get("principal_budgets")
+    if budgets is None:
+        settings = state.settings
+        budgets = state.extras["principal_budgets"] = PrincipalBudgets(
+            settings.ws_max_sockets_per_principal, settings.ws_max_watched_per_principal
+        )
+    return budgets
 
 
 def event_id(record: JobRecord) -> str:
@@ -186,6 +245,7 @@ class Subscriptions:
     def __init__(self, state: AppState, caller: Principal) -> None:
         self.state = state
         self.caller = caller
+        self.budgets = principal_budgets(state)
         self.futures: dict[str, asyncio.Future[str]] = {}
         self.woken: set[str] = set()  # watched ids to re-read: woken, or unread because Redis was away
         self.wakeup = asyncio.Event()
@@ -209,6 +269,7 @@ class Subscriptions:
         future = self.futures.pop(job_id, None)
         if future is not None:
             self.state.events.discard(job_id, future)
+            self.budgets.unwatch(self.caller.name, 1)
         self.woken.discard(job_id)
 
     def close(self) -> None:
@@ -216,8 +277,10 @@ class Subscriptions:
             self._forget(job_id)
 
     def add(self, job_ids: list[str]) -> list[str]:
-        """Start watching the ids not watched yet; those ids, to be read."""
+        """Start watching the ids not watched yet; those ids, to be read. Over the principal's budget:
+        ClosingSocket, nothing added."""
         fresh = [job_id for job_id in dict.fromkeys(job_ids) if job_id not in self.futures]
+        self.budgets.watch(self.caller.name, len(fresh))
         for job_id in fresh:
             self._watch(job_id)  # before the read: a transition in between still wakes us
         return fresh
@@ -250,9 +313,13 @@ class Subscriptions:
         return messages
 
 
-def parse_message(message: dict[str, Any]) -> Any:
-    """A text or binary WebSocket frame as JSON; ValueError saying what is wrong."""
+def parse_message(message: dict[str, Any], max_bytes: int) -> Any:
+    """A text or binary WebSocket frame as JSON; ValueError saying what is wrong. A message over
+    `max_bytes` is never parsed (ClosingSocket): the server (uvicorn's `ws_max_size`) refuses it
+    first, this holds under any other server."""
     raw = message.get("text") if message.get("text") is not None else message.get("bytes")
+    if raw is not None and len(raw) > max_bytes:  # a text's characters: never more than its bytes
+        raise ClosingSocket(WS_MESSAGE_TOO_BIG, f"message larger than {max_bytes} bytes (WS_MAX_MESSAGE_BYTES)")
     try:
         return orjson.loads(raw or b"")
     except orjson.JSONDecodeError as exc:
@@ -296,7 +363,9 @@ async def ws_caller(websocket: WebSocket, state: AppState) -> Principal | None:
 async def job_socket(websocket: WebSocket) -> None:
     """Send `{"subscribe": [ids]}` (any number of messages); each job's view arrives once, when it
     ends (at once if it already has) as `{"type": "job", "job": view}`; unknown ids and other
-    principals' jobs as `{"type": "not_found", "job_id"}`; a bad message gets `{"type": "error"}`."""
+    principals' jobs as `{"type": "not_found", "job_id"}`; a bad message gets `{"type": "error"}`.
+    A message over WS_MAX_MESSAGE_BYTES closes the socket with 1009; going over the principal's budget
+    of sockets or watched ids closes the socket that went over with 1008."""
     state: AppState = websocket.app.state.asyncinfer
     caller = await ws_caller(websocket, state)
     if caller is None:
@@ -306,8 +375,17 @@ async def job_socket(websocket: WebSocket) -> None:
     if streams.full:
         await websocket.close(WS_TRY_AGAIN_LATER, "this API process holds its most open streams; try again later")
         return
-    with streams.held():
-        await serve_subscriptions(websocket, state, caller)
+    budgets = principal_budgets(state)
+    try:
+        budgets.open_socket(caller.name)
+    except ClosingSocket as closing:
+        await websocket.close(closing.code, closing.reason)
+        return
+    try:
+        with streams.held():
+            await serve_subscriptions(websocket, state, caller)
+    finally:
+        budgets.close_socket(caller.name)
 
 
 async def serve_subscriptions(websocket: WebSocket, state: AppState, caller: Principal) -> None:
@@ -328,14 +406,12 @@ async def serve_subscriptions(websocket: WebSocket, state: AppState, caller: Pri
                     return
                 receiving = asyncio.ensure_future(websocket.receive())
                 try:
-                    ids = subscribe_ids(parse_message(message))
-                    if len(subs.futures) + len(set(ids) - set(subs.futures)) > MAX_WS_JOBS:
-                        raise ValueError(
-                            f"at most {MAX_WS_JOBS} jobs watched per connection; nothing subscribed from this message"
-                        )
-                    to_read += subs.add(ids)
+                    to_read += subs.add(subscribe_ids(parse_message(message, state.settings.ws_max_message_bytes)))
                 except ValueError as exc:
                     replies.append({"type": "error", "detail": str(exc)})
+                except ClosingSocket as closing:  # this socket only: the principal's others keep theirs
+                    await websocket.close(closing.code, closing.reason)
+                    return
             if waking.done() or subs.woken:
                 to_read += subs.take_woken()
                 waking = asyncio.ensure_future(subs.wakeup.wait())

@@ -249,7 +249,7 @@ def main() -> None:
             f"  models   {', '.join(model_names)} ({workers} worker(s) each)\n"
             f"  webhooks signed with the secret in {env.get('WEBHOOK_SECRET_FILE', 'WEBHOOK_SECRET')}\n"
             f"  logs     {logs}/\n"
-            f"  try      curl -s -XPOST {base}/predict -d '{{\"data\": [[5.1, 3.5, 1.4, 0.2]]}}'\n"
+            f"  try      curl -s -XPOST {base}/predict -H 'Content-Type: application/json' -d '{{\"data\": [[5.1, 3.5, 1.4, 0.2]]}}'\n"
             f"Ctrl-C stops everything.",
             flush=True,
         )

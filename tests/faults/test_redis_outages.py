@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -15,14 +16,17 @@ import orjson
 import pytest
 import redis
 
-from jobqueue.protocol import WorkerQueue, now_ms
+from jobqueue.protocol import ANONYMOUS, WorkerQueue, now_ms
 from jobqueue.settings import Settings
 from tests.conftest import service_env
 from tests.faults.helpers import STORE, Jobs, assert_queue_consistent, resume, start_paused, wait_until
 from tests.faults.test_poison import loop_env
+from tests.support.samples import ROW
 
 pytestmark = pytest.mark.slow
 FREEZE_PAST_SOCKET_TIMEOUT_S = 6  # jobqueue.connection.SOCKET_TIMEOUT_S is 5: replies in flight are lost
+API_DEADLINE_S = 5  # REDIS_DEADLINE_SECONDS of the burst's API: the freeze outlasts it, so replies are lost
+STALL_DEADLINE_S = 2  # REDIS_DEADLINE_SECONDS of the stall test: short, so the test is too
 
 
 def freeze(server, seconds: float) -> None:
@@ -53,7 +57,8 @@ def test_recover_running_first_after_a_stall_declares_nobody_dead(redis_server, 
 
 
 def test_submit_burst_across_a_freeze_stores_each_accepted_job_once(own_redis, processes, own_jobs: Jobs, models_file):
-    env = service_env(own_redis.url, MODELS_FILE=models_file, MODEL_NAME="int64", MAX_BATCH_SIZE=32, INFERENCE_THREADS=1)
+    env = service_env(own_redis.url, MODELS_FILE=models_file, MODEL_NAME="int64", MAX_BATCH_SIZE=32, INFERENCE_THREADS=1,
+                      REDIS_DEADLINE_SECONDS=API_DEADLINE_S)  # fmt: skip
     _, api = processes.api(env)
     values = list(range(1, 161))
     answers: dict[int, httpx.Response | Exception] = {}
@@ -79,7 +84,7 @@ def test_submit_burst_across_a_freeze_stores_each_accepted_job_once(own_redis, p
     print(f"answers {dict(codes)}, slowest {max(latencies):.1f}s")
     assert set(codes) <= {202, 503}, codes
     assert codes[202] > 0
-    assert max(latencies) > FREEZE_PAST_SOCKET_TIMEOUT_S - 1, "no submit waited across the freeze"
+    assert max(latencies) > API_DEADLINE_S - 1, "no submit waited for the frozen Redis"
     for answer in answers.values():
         if answer.status_code == 503:
             assert answer.headers.get("Retry-After") and "Redis" in answer.json()["detail"]
@@ -158,3 +163,50 @@ def test_outage_longer_than_worker_ttl_requeues_nothing(own_redis, processes, ow
     assert own_jobs.client.hget(STORE.model("loop").stats, "grace_until"), "the outage was not noticed"
     assert own_jobs.client.llen(STORE.model("loop").dead) == 0
     assert_queue_consistent(own_jobs, "loop")
+
+
+def _timed(call: Callable[[int], httpx.Response], arg: int) -> tuple[httpx.Response, float]:
+    started = time.monotonic()
+    response = call(arg)
+    return response, time.monotonic() - started
+
+
+def test_a_stalled_redis_gets_503_within_the_deadline_and_a_keyed_retry_stores_once(own_redis, processes, own_jobs: Jobs):
+    """REDIS_DEADLINE_SECONDS bounds every request to a stalled Redis (SIGSTOP: sockets stay open,
+    nothing answers), whether it must connect first or its connection is open; once Redis resumes,
+    repeating a refused submit with its Idempotency-Key leaves exactly one job for the key."""
+    _, api = processes.api(service_env(own_redis.url, REDIS_DEADLINE_SECONDS=STALL_DEADLINE_S))
+    bound_s = 3 * STALL_DEADLINE_S  # a correctness bound (redis-py's nested retries took ~100 s), not a speed target
+    submit_body = orjson.dumps({"data": [ROW]})
+    json_type = {"Content-Type": "application/json"}
+    with httpx.Client(base_url=api, timeout=60) as http:
+        calls: dict[str, Callable[[int], httpx.Response]] = {
+            "submit": lambda i: http.post("/predict", content=submit_body, headers={**json_type, "Idempotency-Key": f"k{i}"}),
+            "read": lambda _: http.get(f"/job/{'0' * 36}"),
+            "pause (redis-py's client)": lambda _: http.post("/admin/models/iris/pause"),
+        }
+        refused: list[str] = []
+        # round 0: no request has connected the API's shared connection yet; round 1: it is open
+        for round_ in (0, 1):
+            own_redis.proc.send_signal(signal.SIGSTOP)
+            try:
+                for what, call in calls.items():
+                    response, took = _timed(call, round_)
+                    assert response.status_code == 503, (round_, what, response.text)
+                    assert "Redis" in response.json()["detail"] and response.headers["Retry-After"]
+                    assert took < bound_s, f"round {round_}: {what} answered after {took:.1f}s"
+            finally:
+                own_redis.proc.send_signal(signal.SIGCONT)
+            refused.append(f"k{round_}")
+            wait_until(lambda: http.get("/readyz").status_code == 200, 30, "the API to see Redis again")
+            assert http.post("/admin/models/iris/resume").status_code == 200
+            assert http.post("/predict", content=submit_body, headers=json_type).status_code == 202
+
+        # A command already written when the deadline hit may have run when Redis resumed (the README
+        # says so): the keyed retry answers with that job, or stores it now; never twice.
+        for key in refused:
+            again = http.post("/predict", content=submit_body, headers={**json_type, "Idempotency-Key": key})
+            assert again.status_code == 202, again.text
+    owners = Counter(own_jobs.client.get(STORE.idempotency(ANONYMOUS, key)) for key in refused)
+    assert len(owners) == len(refused) and None not in owners, owners
+    assert len(own_jobs.job_ids()) == len(refused) + 2
