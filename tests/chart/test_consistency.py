@@ -86,7 +86,7 @@ def test_redis_runs_aof_noeviction_and_takes_its_password_from_the_file(scenario
     script = container["command"][2]
     assert container["command"][:2] == ["sh", "-c"] and 'exec redis-server - "$@"' in script
     mount = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}["secrets"]
-    assert f'requirepass "$(cat {mount}/redis-password)"' in script
+    assert f"od -An -v -tx1 {mount}/redis-password" in script and "requirepass $redis_password_quoted" in script
     assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"] and pairs["--dir"] == "/data"
 
 

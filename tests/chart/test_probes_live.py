@@ -170,3 +170,25 @@ def test_the_helm_test_pod_script_completes_a_job_against_the_real_services(redi
     wrong.write_text(f"helm-test client {'c' * 40}\n")
     refused = run(wrong)
     assert refused.returncode != 0 and "401" in refused.stderr
+
+
+def test_a_worker_whose_model_is_still_loading_is_alive_but_not_ready(redis_server, processes, tmp_path: Path) -> None:
+    """A model that loads slower than the startup probe allows (a large file, a slow volume) must not be
+    a crash loop: liveness answers before the load, readiness only after it. The model file here is a
+    FIFO nobody writes to, so the load blocks for as long as the test looks."""
+    import os
+
+    from tests.conftest import BIN, spawn
+
+    fifo = tmp_path / "slow-model.onnx"
+    os.mkfifo(fifo)
+    port = free_port()
+    env = {
+        **service_env(redis_server.url, KEY_PREFIX="chart-slow-load"),
+        "MODEL_PATH": str(fifo),
+        "WORKER_HEALTH_PORT": str(port),
+    }
+    processes.procs.append(spawn([str(BIN / "asyncinfer-worker")], env, tmp_path / "worker-slow.log"))
+    assert get_status(f"http://127.0.0.1:{port}/healthz") == 200, processes.logs()
+    assert get_status(f"http://127.0.0.1:{port}/readyz", timeout_s=0) == 503, processes.logs()
+    assert processes.procs[-1].poll() is None, "the worker exited instead of waiting for its model"

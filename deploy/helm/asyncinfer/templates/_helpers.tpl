@@ -53,10 +53,27 @@ app.kubernetes.io/part-of: asyncinfer
 {{- end }}
 
 {{/*
-Return the name of one component's objects: `<fullname>-<component>`.
+Return `<prefix><suffix>` in at most `max` characters: as is when it fits, else the prefix cut short and
+followed by 5 hex characters of its hash (two long releases keep distinct names), the suffix kept whole.
+Call with (dict "prefix" p "suffix" s "max" n).
+*/}}
+{{- define "asyncinfer.fitName" -}}
+{{- $whole := printf "%s%s" .prefix .suffix }}
+{{- if le (len $whole) (int .max) }}
+{{- $whole }}
+{{- else }}
+{{- $keep := max 1 (sub (sub (int .max) (len .suffix)) 6) }}
+{{- printf "%s-%s%s" (trunc (int $keep) .prefix | trimSuffix "-") (sha256sum .prefix | trunc 5) .suffix }}
+{{- end }}
+{{- end }}
+
+{{/*
+Return the name of one component's objects: `<fullname>-<component>`, at most 63 characters (a DNS label,
+and label values such as KEDA's `scaledobject.keda.sh/name`); Redis's at most 52: its StatefulSet's
+`controller-revision-hash` label is the name plus 11 characters.
 */}}
 {{- define "asyncinfer.componentName" -}}
-{{- printf "%s-%s" (include "asyncinfer.fullname" .ctx) .component }}
+{{- include "asyncinfer.fitName" (dict "prefix" (include "asyncinfer.fullname" .ctx) "suffix" (printf "-%s" .component) "max" (ternary 52 63 (eq .component "redis"))) }}
 {{- end }}
 
 {{/*
@@ -347,7 +364,7 @@ Fails on a duplicate name.
 {{- range $key := list "maxBatchSize" "maxBatchWaitMs" "inferenceProviders" "inferenceThreads" }}
 {{- $_ := set $entry $key (ternary (index $m $key) (index $c $key) (hasKey $m $key)) }}
 {{- end }}
-{{- range $key := list "replicaCount" "resources" "nodeSelector" "tolerations" "affinity" }}
+{{- range $key := list "replicaCount" "resources" "nodeSelector" "tolerations" "affinity" "startupSeconds" }}
 {{- $_ := set $entry $key (ternary (index $m $key) (index $w $key) (hasKey $m $key)) }}
 {{- end }}
 {{- $_ := set $entry "podAnnotations" (merge (deepCopy ($m.podAnnotations | default dict)) ($w.podAnnotations | default dict)) }}
@@ -487,12 +504,29 @@ Return nothing, or fail with one clear message when values contradict each other
 {{- if and .Values.monitoring.serviceMonitor.enabled (eq (int .Values.api.metricsPort) 0) }}
 {{- fail "monitoring.serviceMonitor.enabled needs api.metricsPort > 0: the ServiceMonitor scrapes the API's metrics port" }}
 {{- end }}
+{{- with .Values.redis.auth.existingSecret }}
+{{- with lookup "v1" "Secret" $.Release.Namespace . }}
+{{- $stored := index (.data | default dict) $.Values.redis.auth.existingSecretPasswordKey | default "" | b64dec }}
+{{- if ne $stored (trim $stored) }}
+{{- fail (printf "redis.auth.existingSecret %s: the password has leading or trailing whitespace (a newline from `echo`?); KEDA would send it as it is while Redis and the services strip it. Store it without: kubectl create secret generic ... --from-literal" .metadata.name) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- if and .Values.redis.auth.existingSecret .Values.redis.auth.password }}
 {{- fail "redis.auth.password and redis.auth.existingSecret are mutually exclusive: the password comes from the existing Secret" }}
 {{- end }}
 {{- $names := list }}
 {{- range $m := include "asyncinfer.models" . | fromJsonArray }}
 {{- $names = append $names $m.name }}
+{{- if eq $m.source.type "pvc" }}
+{{- $modes := list $m.source.accessMode }}
+{{- with lookup "v1" "PersistentVolumeClaim" $.Release.Namespace $m.source.claimName }}
+{{- $modes = .spec.accessModes | default $modes }}
+{{- end }}
+{{- if not (or (has "ReadOnlyMany" $modes) (has "ReadWriteMany" $modes)) }}
+{{- fail (printf "model %s: claim %q is %s, but the API pods and every worker of the model mount it, on any node (a ReadWriteOnce volume attaches to one node: the others hang on Multi-Attach). Use a ReadOnlyMany or ReadWriteMany claim (NFS, EFS, Filestore, Azure Files, or a ROX clone of the volume), or a `url` source" $m.name $m.source.claimName (join "," $modes)) }}
+{{- end }}
+{{- end }}
 {{- if and $.Values.keda.enabled (gt (int $m.keda.minReplicaCount) (int $m.keda.maxReplicaCount)) }}
 {{- fail (printf "model %s: keda minReplicaCount (%d) must not exceed maxReplicaCount (%d)" $m.name (int $m.keda.minReplicaCount) (int $m.keda.maxReplicaCount)) }}
 {{- end }}
@@ -504,11 +538,12 @@ Return nothing, or fail with one clear message when values contradict each other
 {{- end }}
 
 {{/*
-Return the name of one model's worker objects (Deployment, ScaledObject, PDB): `<fullname>-worker-<model>`.
+Return the name of one model's worker objects (Deployment, ScaledObject, PDB): `<fullname>-worker-<model>`,
+at most 63 characters (KEDA puts the ScaledObject's name in a label of its HPA).
 Call with (dict "ctx" $ "model" name).
 */}}
 {{- define "asyncinfer.workerName" -}}
-{{- printf "%s-worker-%s" (include "asyncinfer.fullname" .ctx) .model }}
+{{- include "asyncinfer.fitName" (dict "prefix" (include "asyncinfer.fullname" .ctx) "suffix" (printf "-worker-%s" .model) "max" 63) }}
 {{- end }}
 
 {{/*
@@ -517,4 +552,17 @@ Return the selector labels of one model's worker pods. Call with (dict "ctx" $ "
 {{- define "asyncinfer.workerSelectorLabels" -}}
 {{ include "asyncinfer.selectorLabels" (dict "ctx" .ctx "component" "worker") }}
 asyncinfer.io/model: {{ .model }}
+{{- end }}
+
+{{/*
+Return shell lines that set $redis_password_quoted: the Redis password file's bytes without surrounding
+ASCII whitespace (what the services' Settings.secret() reads; the chart's own Secrets hold no such
+whitespace, so KEDA, which takes the Secret's bytes as they are, reads the same password), written as a
+Redis config/redis-cli string of \xHH escapes: a quote, a backslash or a space reaches Redis unchanged.
+*/}}
+{{- define "asyncinfer.redisPasswordShell" -}}
+hex=$(od -An -v -tx1 {{ include "asyncinfer.secretsDir" . }}/redis-password | tr -d ' \n')
+while :; do case "$hex" in 09*|0a*|0b*|0c*|0d*|1c*|1d*|1e*|1f*|20*) hex=${hex#??} ;; *) break ;; esac; done
+while :; do case "$hex" in *09|*0a|*0b|*0c|*0d|*1c|*1d|*1e|*1f|*20) hex=${hex%??} ;; *) break ;; esac; done
+redis_password_quoted="\"$(printf '%s' "$hex" | sed 's/../\\x&/g')\""
 {{- end }}
