@@ -192,3 +192,21 @@ def test_a_worker_whose_model_is_still_loading_is_alive_but_not_ready(redis_serv
     assert get_status(f"http://127.0.0.1:{port}/healthz") == 200, processes.logs()
     assert get_status(f"http://127.0.0.1:{port}/readyz", timeout_s=0) == 503, processes.logs()
     assert processes.procs[-1].poll() is None, "the worker exited instead of waiting for its model"
+
+
+def test_the_api_keeps_an_idle_connection_open_past_uvicorns_default(redis_server, processes) -> None:
+    """ingress-nginx pools upstream connections 60 s: an API that closes an idle one first (uvicorn's
+    default: 5 s) races the proxy's next request on it, and the POST gets a 502. Idle 6 s, then reuse."""
+    import select
+    import socket
+
+    _, api_base = processes.api(service_env(redis_server.url, KEY_PREFIX="chart-keepalive"))
+    port = int(api_base.rsplit(":", 1)[1])
+    request = b"GET /healthz HTTP/1.1\r\nHost: api\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        readable, _, _ = select.select([sock], [], [], 6.0)  # an idle client, past uvicorn's 5 s default
+        assert not readable, "the API closed an idle keep-alive connection"
+        sock.sendall(request)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")

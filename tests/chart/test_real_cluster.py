@@ -11,13 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.chart.render import (
-    HelmError,
-    Rendered,
-    pod_spec,
-    rendered,
-    template,
-)
+from tests.chart.render import SCENARIOS, HelmError, Rendered, env_of, pod_labels, pod_spec, rendered, template, workloads
 
 
 def render(*sets: str, set_strings: tuple[str, ...] = (), release: str = "ci", values: tuple[Path, ...] = ()) -> Rendered:
@@ -253,3 +247,142 @@ def test_the_helm_test_pod_pulls_and_schedules_like_the_api() -> None:
     for field in ("imagePullSecrets", "nodeSelector", "tolerations"):
         assert test_pod[field] == api[field], field
     assert test_pod["imagePullSecrets"] == [{"name": "regcred"}]
+
+
+# -- 11. a chart upgrade restarts nothing by itself ---------------------------------------------------
+
+CHANGES_WITH_EACH_CHART_VERSION = ("helm.sh/chart", "app.kubernetes.io/version")
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_pod_templates_carry_no_label_that_changes_with_the_chart_version(scenario: str) -> None:
+    for workload in workloads(rendered(scenario)):
+        if workload["kind"] == "Pod":
+            continue  # the helm test pod is created anew by each `helm test`
+        labels = pod_labels(workload)
+        assert not set(CHANGES_WITH_EACH_CHART_VERSION) & set(labels), workload["metadata"]["name"]
+        assert set(CHANGES_WITH_EACH_CHART_VERSION) <= set(workload["metadata"]["labels"]), "the objects keep them"
+
+
+# -- 12. keep-alive above the proxy's (the app side: test_probes_live.py) ---------------------------
+
+INGRESS_NGINX_UPSTREAM_KEEPALIVE_S = 60  # ingress-nginx `upstream-keepalive-timeout` default
+
+
+def test_the_api_keeps_idle_connections_longer_than_ingress_nginx_pools_them() -> None:
+    for scenario in ("default", "kind", "production"):
+        assert float(rendered(scenario).config["KEEP_ALIVE_TIMEOUT_SECONDS"]) > INGRESS_NGINX_UPSTREAM_KEEPALIVE_S
+
+
+# -- 13. a new Redis password rolls Redis and its clients -------------------------------------------
+
+
+def password_checksums(r: Rendered) -> dict[str, str]:
+    return {
+        w["metadata"]["name"]: w["spec"]["template"]["metadata"]["annotations"]["checksum/redis-password"]
+        for w in workloads(r)
+        if w["kind"] != "Pod"
+    }
+
+
+def test_a_redis_password_change_changes_every_pod_template_that_reads_it() -> None:
+    first, second = password_checksums(render("redis.auth.password=one")), password_checksums(render("redis.auth.password=two"))
+    assert set(first) == set(second) and len(first) == 4  # API, worker, notifier, Redis
+    assert all(first[name] != second[name] for name in first)
+    assert len(set(first.values())) == 1 and first == password_checksums(render("redis.auth.password=one"))
+    moved = password_checksums(render("redis.auth.existingSecret=a"))
+    assert moved != password_checksums(render("redis.auth.existingSecret=b"))
+
+
+# -- 14. a crash-looping Redis is replaced by a fixed upgrade -----------------------------------------
+
+
+def test_redis_pods_are_managed_in_parallel() -> None:
+    assert rendered("default").one("StatefulSet")["spec"]["podManagementPolicy"] == "Parallel"
+
+
+# -- 15. ONNX Runtime threads from the CPU limit --------------------------------------------------------
+
+
+def worker_threads(r: Rendered, model: str = "iris") -> str:
+    return env_of(pod_spec(r.workers()[model])["containers"][0])["INFERENCE_THREADS"]["value"]
+
+
+@pytest.mark.parametrize(("limit", "threads"), [("1", "1"), ("500m", "1"), ("1500m", "2"), ("4", "4")])
+def test_unset_inference_threads_follow_the_cpu_limit(limit: str, threads: str) -> None:
+    r = render(set_strings=(f"worker.resources.limits.cpu={limit}",))
+    assert worker_threads(r) == threads
+    assert f"inference_threads: {threads}" in r.one("ConfigMap", "models")["data"]["model-iris.yaml"]
+
+
+def test_explicit_inference_threads_win_over_the_cpu_limit() -> None:
+    assert worker_threads(render("config.inferenceThreads=3")) == "3"
+
+
+# -- 16. Redis memory -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scenario", ["default", "kind", "production"])
+def test_redis_requests_the_memory_it_may_use_and_leaves_room_for_the_rewrite_fork(scenario: str) -> None:
+    from tests.chart.test_consistency import redis_args
+
+    r = rendered(scenario)
+    resources = pod_spec(r.one("StatefulSet"))["containers"][0]["resources"]
+    assert resources["requests"]["memory"] == resources["limits"]["memory"]
+    if scenario != "production":  # production sets an explicit maxmemory
+        limit = {"512Mi": 512 * 2**20, "256Mi": 256 * 2**20}[resources["limits"]["memory"]]
+        assert int(redis_args(r)["--maxmemory"]) <= limit // 2
+
+
+# -- 17. scale to zero with an activation threshold ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [
+        ("keda.minReplicaCount=0", "keda.activationListLength=5"),
+        (
+            "models[0].name=iris",
+            "models[0].source.type=image",
+            "models[0].source.path=/m.onnx",
+            "models[0].keda.minReplicaCount=0",
+            "models[0].keda.activationListLength=1",
+        ),
+    ],
+)
+def test_scale_to_zero_with_an_activation_threshold_is_refused(sets: tuple[str, ...]) -> None:
+    with pytest.raises(HelmError, match="strands up to"):
+        template(sets=sets)
+    render("keda.minReplicaCount=1", "keda.activationListLength=5")  # with a worker always there it is fine
+
+
+# -- 18. ingress timeouts and body size from the API's own limits ----------------------------------------
+
+
+def test_the_ingress_waits_as_long_as_the_api_and_takes_its_largest_body() -> None:
+    from api.routes.jobs import MAX_WAIT_S
+
+    annotations = render("config.oipWaitSeconds=300", "config.maxBodyBytes=10485760").one("Ingress")["metadata"]["annotations"]
+    assert int(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"]) > 300
+    assert int(annotations["nginx.ingress.kubernetes.io/proxy-send-timeout"]) > 300
+    assert annotations["nginx.ingress.kubernetes.io/proxy-body-size"] == "10485760"
+    short = render("config.oipWaitSeconds=1").one("Ingress")["metadata"]["annotations"]
+    assert int(short["nginx.ingress.kubernetes.io/proxy-read-timeout"]) > MAX_WAIT_S, "a long poll still fits"
+    own = render("api.ingress.annotations.nginx\\.ingress\\.kubernetes\\.io/proxy-body-size=5m").one("Ingress")
+    assert own["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"] == "5m", "the user's value wins"
+
+
+# -- 19. drain and grace period from the job timeout -----------------------------------------------------
+
+
+def test_a_scale_in_lets_the_longest_batch_finish() -> None:
+    for scenario in sorted(SCENARIOS):
+        r = rendered(scenario)
+        drain, job = float(r.config["DRAIN_TIMEOUT_SECONDS"]), float(r.config["JOB_TIMEOUT_SECONDS"])
+        assert drain >= job, scenario
+        for worker in r.workers().values():
+            assert pod_spec(worker)["terminationGracePeriodSeconds"] > drain, scenario
+    with pytest.raises(HelmError, match="drainTimeoutSeconds .* must be at least config.jobTimeoutSeconds"):
+        template(sets=("config.drainTimeoutSeconds=25", "config.jobTimeoutSeconds=60"))
+    grace = pod_spec(render("config.jobTimeoutSeconds=300", "config.drainTimeoutSeconds=310").workers()["iris"])
+    assert grace["terminationGracePeriodSeconds"] == 325

@@ -68,6 +68,19 @@ Call with (dict "prefix" p "suffix" s "max" n).
 {{- end }}
 
 {{/*
+Return the labels of one component's pod template: the selector labels and what never changes with a
+chart upgrade. Not `helm.sh/chart` or the version: in a pod template they would restart every pod
+(Redis included) on each chart upgrade. Call with (dict "ctx" $ "component" "api").
+*/}}
+{{- define "asyncinfer.podLabels" -}}
+{{ include "asyncinfer.selectorLabels" . }}
+app.kubernetes.io/part-of: asyncinfer
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
 Return the name of one component's objects: `<fullname>-<component>`, at most 63 characters (a DNS label,
 and label values such as KEDA's `scaledobject.keda.sh/name`); Redis's at most 52: its StatefulSet's
 `controller-revision-hash` label is the name plus 11 characters.
@@ -141,6 +154,31 @@ Return the key of the Redis password inside that Secret.
 {{- .Values.redis.auth.existingSecretPasswordKey }}
 {{- else -}}
 redis-password
+{{- end }}
+{{- end }}
+
+{{/*
+Return the generated Secret's Redis password, base64-encoded: redis.auth.password without surrounding
+whitespace (the services strip it, KEDA would not), else the one kept in the cluster, else a new one.
+*/}}
+{{- define "asyncinfer.redisPasswordB64" -}}
+{{- if .Values.redis.auth.password }}
+{{- .Values.redis.auth.password | trim | b64enc }}
+{{- else }}
+{{- include "asyncinfer.generatedSecretValue" (dict "ctx" . "name" (include "asyncinfer.redisSecretName" .) "key" "redis-password" "random" (randAlphaNum 32) "offline" (include "asyncinfer.offlineDerived" (dict "ctx" . "purpose" "redis-password"))) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Return a checksum of the Redis password for pod annotations: Redis and every client read it only at
+start, so a new password must roll them all. An existing Secret is read when helm reaches the cluster.
+*/}}
+{{- define "asyncinfer.redisPasswordChecksum" -}}
+{{- if .Values.redis.auth.existingSecret }}
+{{- $secret := lookup "v1" "Secret" .Release.Namespace .Values.redis.auth.existingSecret | default dict }}
+{{- printf "%s/%s/%s" .Values.redis.auth.existingSecret .Values.redis.auth.existingSecretPasswordKey (index ($secret.data | default dict) .Values.redis.auth.existingSecretPasswordKey | default "") | sha256sum }}
+{{- else }}
+{{- include "asyncinfer.redisPasswordB64" . | sha256sum }}
 {{- end }}
 {{- end }}
 
@@ -311,6 +349,20 @@ Return a Kubernetes quantity ("512Mi", "1G", 1073741824) as a whole number of by
 {{- end }}
 
 {{/*
+Return a CPU quantity ("500m", "2", 1.5) as whole cores, rounded up, at least 1.
+*/}}
+{{- define "asyncinfer.cpuCores" -}}
+{{- $cpu := toString . }}
+{{- $cores := 0.0 }}
+{{- if hasSuffix "m" $cpu }}
+{{- $cores = divf (float64 (trimSuffix "m" $cpu)) 1000.0 }}
+{{- else }}
+{{- $cores = float64 $cpu }}
+{{- end }}
+{{- max 1 (int64 (ceil $cores)) }}
+{{- end }}
+
+{{/*
 Return Redis's maxmemory in bytes: redis.maxmemory when set (it must be below the memory limit), else
 redis.maxmemoryPercent of the container memory limit, leaving the rest for AOF rewrite buffers, client
 buffers and fragmentation, so Redis refuses writes (noeviction) before the kernel OOM-kills it.
@@ -366,6 +418,11 @@ Fails on a duplicate name.
 {{- end }}
 {{- range $key := list "replicaCount" "resources" "nodeSelector" "tolerations" "affinity" "startupSeconds" }}
 {{- $_ := set $entry $key (ternary (index $m $key) (index $w $key) (hasKey $m $key)) }}
+{{- end }}
+{{- if and (eq (int $entry.inferenceThreads) 0) (($entry.resources).limits).cpu }}
+{{- /* ONNX Runtime's own default is one thread per core of the node, not of the CPU limit: a 2-CPU
+       pod on a 64-core node would run 64 threads and be throttled. One per CPU of the limit instead. */}}
+{{- $_ := set $entry "inferenceThreads" (include "asyncinfer.cpuCores" $entry.resources.limits.cpu | int) }}
 {{- end }}
 {{- $_ := set $entry "podAnnotations" (merge (deepCopy ($m.podAnnotations | default dict)) ($w.podAnnotations | default dict)) }}
 {{- $_ := set $entry "labels" ($m.labels | default list) }}
@@ -486,7 +543,10 @@ Return nothing, or fail with one clear message when values contradict each other
 */}}
 {{- define "asyncinfer.validateValues" -}}
 {{- $c := .Values.config }}
-{{- if le (float64 .Values.worker.terminationGracePeriodSeconds) (float64 $c.drainTimeoutSeconds) }}
+{{- if lt (float64 $c.drainTimeoutSeconds) (float64 $c.jobTimeoutSeconds) }}
+{{- fail (printf "config.drainTimeoutSeconds (%v) must be at least config.jobTimeoutSeconds (%v): a routine scale-in would abort a batch still within its time and run it again elsewhere" $c.drainTimeoutSeconds $c.jobTimeoutSeconds) }}
+{{- end }}
+{{- if and .Values.worker.terminationGracePeriodSeconds (le (float64 .Values.worker.terminationGracePeriodSeconds) (float64 $c.drainTimeoutSeconds)) }}
 {{- fail (printf "worker.terminationGracePeriodSeconds (%v) must be greater than config.drainTimeoutSeconds (%v), or Kubernetes kills workers mid-drain" .Values.worker.terminationGracePeriodSeconds $c.drainTimeoutSeconds) }}
 {{- end }}
 {{- if le (float64 .Values.api.terminationGracePeriodSeconds) (float64 $c.shutdownDelaySeconds) }}
@@ -527,6 +587,9 @@ Return nothing, or fail with one clear message when values contradict each other
 {{- fail (printf "model %s: claim %q is %s, but the API pods and every worker of the model mount it, on any node (a ReadWriteOnce volume attaches to one node: the others hang on Multi-Attach). Use a ReadOnlyMany or ReadWriteMany claim (NFS, EFS, Filestore, Azure Files, or a ROX clone of the volume), or a `url` source" $m.name $m.source.claimName (join "," $modes)) }}
 {{- end }}
 {{- end }}
+{{- if and $.Values.keda.enabled (eq (int $m.keda.minReplicaCount) 0) (gt (int $m.keda.activationListLength) 0) }}
+{{- fail (printf "model %s: keda minReplicaCount 0 with activationListLength %d strands up to %d jobs with no worker until they expire; use activationListLength 0 (scale up on the first job) or minReplicaCount >= 1" $m.name (int $m.keda.activationListLength) (int $m.keda.activationListLength)) }}
+{{- end }}
 {{- if and $.Values.keda.enabled (gt (int $m.keda.minReplicaCount) (int $m.keda.maxReplicaCount)) }}
 {{- fail (printf "model %s: keda minReplicaCount (%d) must not exceed maxReplicaCount (%d)" $m.name (int $m.keda.minReplicaCount) (int $m.keda.maxReplicaCount)) }}
 {{- end }}
@@ -544,6 +607,26 @@ Call with (dict "ctx" $ "model" name).
 */}}
 {{- define "asyncinfer.workerName" -}}
 {{- include "asyncinfer.fitName" (dict "prefix" (include "asyncinfer.fullname" .ctx) "suffix" (printf "-worker-%s" .model) "max" 63) }}
+{{- end }}
+
+{{/*
+Return the workers' termination grace period: worker.terminationGracePeriodSeconds, or (0) the drain
+time plus 15 s for handing held jobs back and exiting.
+*/}}
+{{- define "asyncinfer.workerGracePeriod" -}}
+{{- if .Values.worker.terminationGracePeriodSeconds }}
+{{- .Values.worker.terminationGracePeriodSeconds }}
+{{- else }}
+{{- add (int (ceil .Values.config.drainTimeoutSeconds)) 15 }}
+{{- end }}
+{{- end }}
+
+{{/*
+Return the longest an API request may legitimately take, in seconds: the Open Inference Protocol wait
+(config.oipWaitSeconds) or a long poll (`?wait=`, at most MAX_WAIT_S = 30 in api/routes/jobs.py).
+*/}}
+{{- define "asyncinfer.longestRequestSeconds" -}}
+{{- max 30 (int (ceil .Values.config.oipWaitSeconds)) }}
 {{- end }}
 
 {{/*
