@@ -86,9 +86,9 @@ class Settings(BaseModel):
         le=3600,
         description="On SIGTERM, time to finish held jobs before handing them back; above JOB_TIMEOUT_SECONDS, so a scale-in lets a batch finish.",
     )
-    keep_alive_timeout_seconds: float = Field(
+    keep_alive_timeout_seconds: int = Field(
         75,
-        gt=0,
+        ge=1,
         le=3600,
         description=(
             "API: how long an idle client connection stays open; above the proxy's pool timeout "
