@@ -216,7 +216,7 @@ def test_images_come_from_values_with_the_app_version_as_default_tag() -> None:
     assert pod_spec(r.one("Deployment", "worker"))["containers"][0]["image"] == "asyncinfer-worker:0.1.0"
     notifier = pod_spec(r.one("Deployment", "notifier"))["containers"][0]
     assert notifier["image"] == "asyncinfer-api:0.1.0" and notifier["command"] == ["asyncinfer-notifier"]
-    assert pod_spec(r.one("StatefulSet"))["containers"][0]["image"].startswith("redis:7.")
+    assert pod_spec(r.one("StatefulSet"))["containers"][0]["image"].startswith("docker.io/redis:7.")
     kind = rendered("kind")
     assert pod_spec(kind.one("Deployment", "api"))["containers"][0]["image"] == "asyncinfer-api:dev"
     assert pod_spec(kind.one("Deployment", "worker"))["containers"][0]["image"] == "asyncinfer-worker:dev"

@@ -11,7 +11,18 @@ from typing import Any
 
 import pytest
 
-from tests.chart.render import SCENARIOS, HelmError, Rendered, env_of, pod_labels, pod_spec, rendered, template, workloads
+from tests.chart.render import (
+    SCENARIOS,
+    HelmError,
+    Rendered,
+    all_containers,
+    env_of,
+    pod_labels,
+    pod_spec,
+    rendered,
+    template,
+    workloads,
+)
 
 
 def render(*sets: str, set_strings: tuple[str, ...] = (), release: str = "ci", values: tuple[Path, ...] = ()) -> Rendered:
@@ -386,3 +397,42 @@ def test_a_scale_in_lets_the_longest_batch_finish() -> None:
         template(sets=("config.drainTimeoutSeconds=25", "config.jobTimeoutSeconds=60"))
     grace = pod_spec(render("config.jobTimeoutSeconds=300", "config.drainTimeoutSeconds=310").workers()["iris"])
     assert grace["terminationGracePeriodSeconds"] == 325
+
+
+# -- #21.10: images a real cluster can pull ----------------------------------------------------------------
+
+REGISTRY = "registry.example.com/team"
+
+
+def images_of(r: Rendered) -> set[str]:
+    return {c["image"] for w in workloads(r) for c in all_containers(w)}
+
+
+def test_make_push_pushes_exactly_the_images_the_chart_pulls_from_the_registry() -> None:
+    import re
+
+    from tests.chart.render import ROOT
+
+    dry_run = subprocess.run(
+        ["make", "-n", "push", f"REGISTRY={REGISTRY}"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    pushed = set(re.findall(r"^\S*docker push (\S+)$", dry_run, flags=re.M))
+    tagged = set(re.findall(r"^\S*docker tag \S+ (\S+)$", dry_run, flags=re.M))
+    assert len(pushed) == 2 and pushed == tagged
+    pulled = images_of(render(f"global.imageRegistry={REGISTRY}"))
+    assert pushed == {image for image in pulled if "/asyncinfer-" in image}
+    assert all(image.startswith(f"{REGISTRY}/") or image.startswith("docker.io/redis:") for image in pulled)
+    refused = subprocess.run(["make", "-n", "push"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode != 0 and "set REGISTRY" in refused.stderr
+
+
+def test_an_images_own_registry_wins_and_none_keeps_local_names() -> None:
+    r = render(
+        f"global.imageRegistry={REGISTRY}", "worker.image.registry=gpu.example.com", "redis.image.registry=mirror.example.com"
+    )
+    images = images_of(r)
+    assert any(i.startswith("gpu.example.com/asyncinfer-worker:") for i in images)
+    assert any(i.startswith(f"{REGISTRY}/asyncinfer-api:") for i in images)
+    assert any(i.startswith("mirror.example.com/redis:") for i in images)
+    kind = images_of(rendered("kind"))  # kind loads local images: unqualified names
+    assert "asyncinfer-api:dev" in kind and "asyncinfer-worker:dev" in kind

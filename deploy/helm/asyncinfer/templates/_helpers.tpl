@@ -90,11 +90,14 @@ and label values such as KEDA's `scaledobject.keda.sh/name`); Redis's at most 52
 {{- end }}
 
 {{/*
-Return the image reference of a component; the tag defaults to the chart appVersion.
-Call with (dict "ctx" $ "image" .Values.api.image).
+Return the image reference of a component: `<registry>/<repository>:<tag>`, the registry being the
+image's own `registry` or else global.imageRegistry (none: the runtime's default, Docker Hub), the tag
+defaulting to the chart appVersion. Call with (dict "ctx" $ "image" .Values.api.image).
 */}}
 {{- define "asyncinfer.image" -}}
-{{- printf "%s:%s" .image.repository (default .ctx.Chart.AppVersion .image.tag) }}
+{{- $registry := .image.registry | default (.ctx.Values.global).imageRegistry | default "" | trimSuffix "/" }}
+{{- $reference := printf "%s:%s" .image.repository (default .ctx.Chart.AppVersion .image.tag) }}
+{{- if $registry }}{{ printf "%s/%s" $registry $reference }}{{ else }}{{ $reference }}{{ end }}
 {{- end }}
 
 {{/*
