@@ -110,6 +110,7 @@ def run() -> None:
         log_level=settings.log_level.lower(),
         access_log=False,  # one line per job at thousands of jobs/s would cost more than the job
         timeout_graceful_shutdown=35,  # longer than the longest long poll
+        timeout_keep_alive=settings.keep_alive_timeout_seconds,  # longer than the proxy in front keeps its pool
         proxy_headers=True,
         http=CoalescingHttpToolsProtocol,
         ws_max_size=settings.ws_max_message_bytes,  # larger messages close with 1009 before they are read whole

@@ -2,6 +2,7 @@
 #
 #   make images                                     build both images on the official python:3.11-slim
 #   make images BASE_IMAGE=<mirror or local base>   same Dockerfiles, another base
+#   make push REGISTRY=ghcr.io/acme                 build, tag and push both images for a real cluster
 #   make test-containers                            engine -> local base -> images -> tests -> engine stop
 
 # Debian's CLI when present: it has BuildKit built in, while a newer CLI without buildx has none.
@@ -21,6 +22,22 @@ also_latest = $(if $(filter asyncinfer-%:$(IMAGE_VERSION),$(1)),-t $(firstword $
 images: ## build the API and worker images (BASE_IMAGE=... to swap the python:3.11-slim base)
 	DOCKER_BUILDKIT=1 $(DOCKER) build $(IMAGE_BUILD_ARGS) -f Dockerfile.worker -t $(WORKER_IMAGE) $(call also_latest,$(WORKER_IMAGE)) .
 	DOCKER_BUILDKIT=1 $(DOCKER) build $(IMAGE_BUILD_ARGS) -f Dockerfile.api -t $(API_IMAGE) $(call also_latest,$(API_IMAGE)) .
+
+# A real cluster pulls from a registry: push both images under REGISTRY with the tag the chart defaults
+# to (its appVersion), then install with `--set global.imageRegistry=$(REGISTRY)`.
+REGISTRY ?=
+ifneq ($(filter push,$(MAKECMDGOALS)),)
+ifeq ($(strip $(REGISTRY)),)
+$(error make push: set REGISTRY, e.g. make push REGISTRY=ghcr.io/acme)
+endif
+endif
+
+.PHONY: push
+push: images ## tag and push both images to REGISTRY (make push REGISTRY=ghcr.io/acme); the chart's global.imageRegistry
+	$(DOCKER) tag $(API_IMAGE) $(REGISTRY)/$(API_IMAGE)
+	$(DOCKER) tag $(WORKER_IMAGE) $(REGISTRY)/$(WORKER_IMAGE)
+	$(DOCKER) push $(REGISTRY)/$(API_IMAGE)
+	$(DOCKER) push $(REGISTRY)/$(WORKER_IMAGE)
 
 # engine.sh exits 77 when no engine can run (not root, no Docker): pytest then reports the skip
 # itself, in one line. The trap stops only a dockerd that engine.sh started.

@@ -90,7 +90,20 @@ class Settings(BaseModel):
     worker_ttl_seconds: float = Field(10, gt=0, le=3600, description="A worker silent this long is dead; its jobs are requeued.")
     recovery_interval_seconds: float = Field(5, gt=0, le=3600, description="How often some worker looks for dead workers' jobs.")
     drain_timeout_seconds: float = Field(
-        25, ge=0, le=3600, description="On SIGTERM, time to finish held jobs before handing them back."
+        70,
+        ge=0,
+        le=3600,
+        description="On SIGTERM, time to finish held jobs before handing them back; above JOB_TIMEOUT_SECONDS, so a scale-in lets a batch finish.",
+    )
+    keep_alive_timeout_seconds: int = Field(
+        75,
+        ge=1,
+        le=3600,
+        description=(
+            "API: how long an idle client connection stays open; above the proxy's pool timeout "
+            "(ingress-nginx 60 s, AWS ALB 60 s; GCP load balancers need 620), or a reused connection is "
+            "closed under a request (a 502)."
+        ),
     )
     shutdown_delay_seconds: float = Field(
         0, ge=0, le=300, description="API: serve unready this long after SIGTERM before closing."

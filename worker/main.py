@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from jobqueue.connection import REFUSED, UNAVAILABLE
 from jobqueue.settings import get_settings
@@ -82,6 +82,20 @@ def hard_exit(worker: Worker, why: str) -> None:
         os._exit(1)
 
 
+class StartupProbes:
+    """Probe answers from the first second: alive while the model loads (a slow load from a large file,
+    a slow volume or a GPU provider is not a hang, so the kubelet must not restart it), ready only once
+    the worker exists; then the worker's own health."""
+
+    def __init__(self) -> None:
+        self.worker: Worker | None = None
+
+    def __call__(self) -> dict[str, Any]:
+        if self.worker is None:
+            return {"alive": True, "ready": False, "loading": True}
+        return self.worker.health()
+
+
 def run() -> None:
     parser = argparse.ArgumentParser(prog="asyncinfer-worker", description="Run an asyncinfer worker.")
     parser.add_argument("--burst", action="store_true", help="exit once the queue is empty")
@@ -93,6 +107,10 @@ def run() -> None:
     )
     from jobqueue import metrics
     from jobqueue.health import serve_health
+
+    probes = StartupProbes()
+    if settings.worker_health_port:  # before the heavy import and the model load
+        serve_health(settings.worker_health_port, probes, metrics.exposition)
     from worker.loop import Worker  # heavy: ONNX Runtime
 
     try:
@@ -100,9 +118,8 @@ def run() -> None:
     except (ValueError, OSError) as exc:  # an unusable model file or MODELS_FILE: one line saying why
         log.error("cannot start: %s", exc)
         sys.exit(2)
+    probes.worker = worker
     watcher.attach(worker, settings.drain_timeout_seconds)
-    if settings.worker_health_port:
-        serve_health(settings.worker_health_port, worker.health, metrics.exposition)
     worker.run(burst=args.burst)
     sys.exit(0)
 

@@ -45,9 +45,11 @@ def helm(*args: str) -> str:
     return proc.stdout
 
 
-def template_text(*values_files: Path, sets: tuple[str, ...] = (), set_strings: tuple[str, ...] = ()) -> str:
+def template_text(
+    *values_files: Path, sets: tuple[str, ...] = (), set_strings: tuple[str, ...] = (), release: str = RELEASE
+) -> str:
     """`helm template` the chart (tests included) and return the raw manifest stream."""
-    args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE]
+    args = ["template", release, str(CHART), "--namespace", NAMESPACE]
     for f in values_files:
         args += ["-f", str(f)]
     for s in sets:
@@ -57,9 +59,12 @@ def template_text(*values_files: Path, sets: tuple[str, ...] = (), set_strings: 
     return helm(*args)
 
 
-def template(*values_files: Path, sets: tuple[str, ...] = (), set_strings: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+def template(
+    *values_files: Path, sets: tuple[str, ...] = (), set_strings: tuple[str, ...] = (), release: str = RELEASE
+) -> list[dict[str, Any]]:
     """`helm template` the chart (tests included) and return the parsed objects."""
-    return [doc for doc in yaml.safe_load_all(template_text(*values_files, sets=sets, set_strings=set_strings)) if doc]
+    text = template_text(*values_files, sets=sets, set_strings=set_strings, release=release)
+    return [doc for doc in yaml.safe_load_all(text) if doc]
 
 
 @dataclass(frozen=True)

@@ -140,4 +140,4 @@ def test_min_replicas_zero_with_a_per_model_override() -> None:
     assert so["minReplicaCount"] == 0, "keda.minReplicaCount=0 reaches the model that does not override it"
     assert so["maxReplicaCount"] == 3, "the model's own keda.maxReplicaCount wins over keda.maxReplicaCount"
     assert so["advanced"]["scalingModifiers"]["target"] == "256"
-    assert so["advanced"]["scalingModifiers"]["activationTarget"] == "5"
+    assert so["advanced"]["scalingModifiers"]["activationTarget"] == "0", "activation above 0 would strand jobs at zero workers"

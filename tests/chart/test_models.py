@@ -93,7 +93,7 @@ def test_per_model_overrides_reach_the_models_file_and_the_pod() -> None:
         "max_batch_size": 32,
         "max_batch_wait_ms": 20,
         "inference_providers": "CUDAExecutionProvider,CPUExecutionProvider",
-        "inference_threads": 0,
+        "inference_threads": 2,  # unset (0): one per CPU of its limit, not ONNX Runtime's one per node core
         "labels": "/etc/asyncinfer/models/labels-sentiment-v2.json",
     }
     cm = r.one("ConfigMap", "models")["data"]

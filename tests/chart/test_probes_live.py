@@ -170,3 +170,43 @@ def test_the_helm_test_pod_script_completes_a_job_against_the_real_services(redi
     wrong.write_text(f"helm-test client {'c' * 40}\n")
     refused = run(wrong)
     assert refused.returncode != 0 and "401" in refused.stderr
+
+
+def test_a_worker_whose_model_is_still_loading_is_alive_but_not_ready(redis_server, processes, tmp_path: Path) -> None:
+    """A model that loads slower than the startup probe allows (a large file, a slow volume) must not be
+    a crash loop: liveness answers before the load, readiness only after it. The model file here is a
+    FIFO nobody writes to, so the load blocks for as long as the test looks."""
+    import os
+
+    from tests.conftest import BIN, spawn
+
+    fifo = tmp_path / "slow-model.onnx"
+    os.mkfifo(fifo)
+    port = free_port()
+    env = {
+        **service_env(redis_server.url, KEY_PREFIX="chart-slow-load"),
+        "MODEL_PATH": str(fifo),
+        "WORKER_HEALTH_PORT": str(port),
+    }
+    processes.procs.append(spawn([str(BIN / "asyncinfer-worker")], env, tmp_path / "worker-slow.log"))
+    assert get_status(f"http://127.0.0.1:{port}/healthz") == 200, processes.logs()
+    assert get_status(f"http://127.0.0.1:{port}/readyz", timeout_s=0) == 503, processes.logs()
+    assert processes.procs[-1].poll() is None, "the worker exited instead of waiting for its model"
+
+
+def test_the_api_keeps_an_idle_connection_open_past_uvicorns_default(redis_server, processes) -> None:
+    """ingress-nginx pools upstream connections 60 s: an API that closes an idle one first (uvicorn's
+    default: 5 s) races the proxy's next request on it, and the POST gets a 502. Idle 6 s, then reuse."""
+    import select
+    import socket
+
+    _, api_base = processes.api(service_env(redis_server.url, KEY_PREFIX="chart-keepalive"))
+    port = int(api_base.rsplit(":", 1)[1])
+    request = b"GET /healthz HTTP/1.1\r\nHost: api\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        readable, _, _ = select.select([sock], [], [], 6.0)  # an idle client, past uvicorn's 5 s default
+        assert not readable, "the API closed an idle keep-alive connection"
+        sock.sendall(request)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")

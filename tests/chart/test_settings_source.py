@@ -4,6 +4,7 @@ with `jobqueue.settings.Settings` (names, defaults, bounds), and the README tabl
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -80,6 +81,13 @@ def bounds(field_name: str) -> dict[str, Any]:
     return out | EXTRA_SCHEMA_CONSTRAINTS.get(field_name, {})
 
 
+def cpu_cores(quantity: str | int | float) -> int:
+    """A CPU limit as whole cores, rounded up: the thread count the chart derives from it."""
+    text = str(quantity)
+    cores = float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+    return max(1, math.ceil(cores))
+
+
 def test_every_setting_is_passed_or_deliberately_not() -> None:
     passed = {snake(k) for k in VALUES["config"]}
     assert passed.isdisjoint(SET_BY_THE_CHART), "a setting is both in config and set by the chart"
@@ -135,6 +143,8 @@ def test_the_rendered_environment_parses_into_the_configured_settings(scenario: 
             elif model and key in PER_MODEL:
                 # A worker gets its model's own value (the override, else the config default).
                 want = next(m for m in models if m["name"] == model).get(key, want)
+                if key == "inferenceThreads" and want == 0:  # derived from the CPU limit (issue #22.15)
+                    want = cpu_cores(container["resources"]["limits"]["cpu"])
             got = getattr(settings, snake(key))
             assert got == want or (key == "logLevel" and got.upper() == want.upper()), f"{deployment['metadata']['name']}: {key}"
         assert settings.redis_password_file and settings.models_file and settings.key_prefix == config["keyPrefix"]

@@ -75,6 +75,7 @@ def test_schema_is_strict_everywhere() -> None:
     """Every object in the schema closes itself (additionalProperties false) unless it is a free-form map."""
     schema = json.loads((CHART / "values.schema.json").read_text())
     free_form = {"affinity", "tolerations", "resources"}  # Kubernetes types passed through verbatim (resources: allOf)
+    free_form.add("global")  # a parent chart's globals reach a subchart's values too
 
     def walk(node: dict, path: str) -> list[str]:
         open_objects = []

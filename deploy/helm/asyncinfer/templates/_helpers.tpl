@@ -53,18 +53,51 @@ app.kubernetes.io/part-of: asyncinfer
 {{- end }}
 
 {{/*
-Return the name of one component's objects: `<fullname>-<component>`.
+Return `<prefix><suffix>` in at most `max` characters: as is when it fits, else the prefix cut short and
+followed by 5 hex characters of its hash (two long releases keep distinct names), the suffix kept whole.
+Call with (dict "prefix" p "suffix" s "max" n).
 */}}
-{{- define "asyncinfer.componentName" -}}
-{{- printf "%s-%s" (include "asyncinfer.fullname" .ctx) .component }}
+{{- define "asyncinfer.fitName" -}}
+{{- $whole := printf "%s%s" .prefix .suffix }}
+{{- if le (len $whole) (int .max) }}
+{{- $whole }}
+{{- else }}
+{{- $keep := max 1 (sub (sub (int .max) (len .suffix)) 6) }}
+{{- printf "%s-%s%s" (trunc (int $keep) .prefix | trimSuffix "-") (sha256sum .prefix | trunc 5) .suffix }}
+{{- end }}
 {{- end }}
 
 {{/*
-Return the image reference of a component; the tag defaults to the chart appVersion.
-Call with (dict "ctx" $ "image" .Values.api.image).
+Return the labels of one component's pod template: the selector labels and what never changes with a
+chart upgrade. Not `helm.sh/chart` or the version: in a pod template they would restart every pod
+(Redis included) on each chart upgrade. Call with (dict "ctx" $ "component" "api").
+*/}}
+{{- define "asyncinfer.podLabels" -}}
+{{ include "asyncinfer.selectorLabels" . }}
+app.kubernetes.io/part-of: asyncinfer
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Return the name of one component's objects: `<fullname>-<component>`, at most 63 characters (a DNS label,
+and label values such as KEDA's `scaledobject.keda.sh/name`); Redis's at most 52: its StatefulSet's
+`controller-revision-hash` label is the name plus 11 characters.
+*/}}
+{{- define "asyncinfer.componentName" -}}
+{{- include "asyncinfer.fitName" (dict "prefix" (include "asyncinfer.fullname" .ctx) "suffix" (printf "-%s" .component) "max" (ternary 52 63 (eq .component "redis"))) }}
+{{- end }}
+
+{{/*
+Return the image reference of a component: `<registry>/<repository>:<tag>`, the registry being the
+image's own `registry` or else global.imageRegistry (none: the runtime's default, Docker Hub), the tag
+defaulting to the chart appVersion. Call with (dict "ctx" $ "image" .Values.api.image).
 */}}
 {{- define "asyncinfer.image" -}}
-{{- printf "%s:%s" .image.repository (default .ctx.Chart.AppVersion .image.tag) }}
+{{- $registry := .image.registry | default (.ctx.Values.global).imageRegistry | default "" | trimSuffix "/" }}
+{{- $reference := printf "%s:%s" .image.repository (default .ctx.Chart.AppVersion .image.tag) }}
+{{- if $registry }}{{ printf "%s/%s" $registry $reference }}{{ else }}{{ $reference }}{{ end }}
 {{- end }}
 
 {{/*
@@ -124,6 +157,31 @@ Return the key of the Redis password inside that Secret.
 {{- .Values.redis.auth.existingSecretPasswordKey }}
 {{- else -}}
 redis-password
+{{- end }}
+{{- end }}
+
+{{/*
+Return the generated Secret's Redis password, base64-encoded: redis.auth.password without surrounding
+whitespace (the services strip it, KEDA would not), else the one kept in the cluster, else a new one.
+*/}}
+{{- define "asyncinfer.redisPasswordB64" -}}
+{{- if .Values.redis.auth.password }}
+{{- .Values.redis.auth.password | trim | b64enc }}
+{{- else }}
+{{- include "asyncinfer.generatedSecretValue" (dict "ctx" . "name" (include "asyncinfer.redisSecretName" .) "key" "redis-password" "random" (randAlphaNum 32) "offline" (include "asyncinfer.offlineDerived" (dict "ctx" . "purpose" "redis-password"))) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Return a checksum of the Redis password for pod annotations: Redis and every client read it only at
+start, so a new password must roll them all. An existing Secret is read when helm reaches the cluster.
+*/}}
+{{- define "asyncinfer.redisPasswordChecksum" -}}
+{{- if .Values.redis.auth.existingSecret }}
+{{- $secret := lookup "v1" "Secret" .Release.Namespace .Values.redis.auth.existingSecret | default dict }}
+{{- printf "%s/%s/%s" .Values.redis.auth.existingSecret .Values.redis.auth.existingSecretPasswordKey (index ($secret.data | default dict) .Values.redis.auth.existingSecretPasswordKey | default "") | sha256sum }}
+{{- else }}
+{{- include "asyncinfer.redisPasswordB64" . | sha256sum }}
 {{- end }}
 {{- end }}
 
@@ -294,6 +352,20 @@ Return a Kubernetes quantity ("512Mi", "1G", 1073741824) as a whole number of by
 {{- end }}
 
 {{/*
+Return a CPU quantity ("500m", "2", 1.5) as whole cores, rounded up, at least 1.
+*/}}
+{{- define "asyncinfer.cpuCores" -}}
+{{- $cpu := toString . }}
+{{- $cores := 0.0 }}
+{{- if hasSuffix "m" $cpu }}
+{{- $cores = divf (float64 (trimSuffix "m" $cpu)) 1000.0 }}
+{{- else }}
+{{- $cores = float64 $cpu }}
+{{- end }}
+{{- max 1 (int64 (ceil $cores)) }}
+{{- end }}
+
+{{/*
 Return Redis's maxmemory in bytes: redis.maxmemory when set (it must be below the memory limit), else
 redis.maxmemoryPercent of the container memory limit, leaving the rest for AOF rewrite buffers, client
 buffers and fragmentation, so Redis refuses writes (noeviction) before the kernel OOM-kills it.
@@ -347,8 +419,13 @@ Fails on a duplicate name.
 {{- range $key := list "maxBatchSize" "maxBatchWaitMs" "inferenceProviders" "inferenceThreads" }}
 {{- $_ := set $entry $key (ternary (index $m $key) (index $c $key) (hasKey $m $key)) }}
 {{- end }}
-{{- range $key := list "replicaCount" "resources" "nodeSelector" "tolerations" "affinity" }}
+{{- range $key := list "replicaCount" "resources" "nodeSelector" "tolerations" "affinity" "startupSeconds" }}
 {{- $_ := set $entry $key (ternary (index $m $key) (index $w $key) (hasKey $m $key)) }}
+{{- end }}
+{{- if and (eq (int $entry.inferenceThreads) 0) (($entry.resources).limits).cpu }}
+{{- /* ONNX Runtime's own default is one thread per core of the node, not of the CPU limit: a 2-CPU
+       pod on a 64-core node would run 64 threads and be throttled. One per CPU of the limit instead. */}}
+{{- $_ := set $entry "inferenceThreads" (include "asyncinfer.cpuCores" $entry.resources.limits.cpu | int) }}
 {{- end }}
 {{- $_ := set $entry "podAnnotations" (merge (deepCopy ($m.podAnnotations | default dict)) ($w.podAnnotations | default dict)) }}
 {{- $_ := set $entry "labels" ($m.labels | default list) }}
@@ -469,7 +546,10 @@ Return nothing, or fail with one clear message when values contradict each other
 */}}
 {{- define "asyncinfer.validateValues" -}}
 {{- $c := .Values.config }}
-{{- if le (float64 .Values.worker.terminationGracePeriodSeconds) (float64 $c.drainTimeoutSeconds) }}
+{{- if lt (float64 $c.drainTimeoutSeconds) (float64 $c.jobTimeoutSeconds) }}
+{{- fail (printf "config.drainTimeoutSeconds (%v) must be at least config.jobTimeoutSeconds (%v): a routine scale-in would abort a batch still within its time and run it again elsewhere" $c.drainTimeoutSeconds $c.jobTimeoutSeconds) }}
+{{- end }}
+{{- if and .Values.worker.terminationGracePeriodSeconds (le (float64 .Values.worker.terminationGracePeriodSeconds) (float64 $c.drainTimeoutSeconds)) }}
 {{- fail (printf "worker.terminationGracePeriodSeconds (%v) must be greater than config.drainTimeoutSeconds (%v), or Kubernetes kills workers mid-drain" .Values.worker.terminationGracePeriodSeconds $c.drainTimeoutSeconds) }}
 {{- end }}
 {{- if le (float64 .Values.api.terminationGracePeriodSeconds) (float64 $c.shutdownDelaySeconds) }}
@@ -487,12 +567,32 @@ Return nothing, or fail with one clear message when values contradict each other
 {{- if and .Values.monitoring.serviceMonitor.enabled (eq (int .Values.api.metricsPort) 0) }}
 {{- fail "monitoring.serviceMonitor.enabled needs api.metricsPort > 0: the ServiceMonitor scrapes the API's metrics port" }}
 {{- end }}
+{{- with .Values.redis.auth.existingSecret }}
+{{- with lookup "v1" "Secret" $.Release.Namespace . }}
+{{- $stored := index (.data | default dict) $.Values.redis.auth.existingSecretPasswordKey | default "" | b64dec }}
+{{- if ne $stored (trim $stored) }}
+{{- fail (printf "redis.auth.existingSecret %s: the password has leading or trailing whitespace (a newline from `echo`?); KEDA would send it as it is while Redis and the services strip it. Store it without: kubectl create secret generic ... --from-literal" .metadata.name) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- if and .Values.redis.auth.existingSecret .Values.redis.auth.password }}
 {{- fail "redis.auth.password and redis.auth.existingSecret are mutually exclusive: the password comes from the existing Secret" }}
 {{- end }}
 {{- $names := list }}
 {{- range $m := include "asyncinfer.models" . | fromJsonArray }}
 {{- $names = append $names $m.name }}
+{{- if eq $m.source.type "pvc" }}
+{{- $modes := list $m.source.accessMode }}
+{{- with lookup "v1" "PersistentVolumeClaim" $.Release.Namespace $m.source.claimName }}
+{{- $modes = .spec.accessModes | default $modes }}
+{{- end }}
+{{- if not (or (has "ReadOnlyMany" $modes) (has "ReadWriteMany" $modes)) }}
+{{- fail (printf "model %s: claim %q is %s, but the API pods and every worker of the model mount it, on any node (a ReadWriteOnce volume attaches to one node: the others hang on Multi-Attach). Use a ReadOnlyMany or ReadWriteMany claim (NFS, EFS, Filestore, Azure Files, or a ROX clone of the volume), or a `url` source" $m.name $m.source.claimName (join "," $modes)) }}
+{{- end }}
+{{- end }}
+{{- if and $.Values.keda.enabled (eq (int $m.keda.minReplicaCount) 0) (gt (int $m.keda.activationListLength) 0) }}
+{{- fail (printf "model %s: keda minReplicaCount 0 with activationListLength %d strands up to %d jobs with no worker until they expire; use activationListLength 0 (scale up on the first job) or minReplicaCount >= 1" $m.name (int $m.keda.activationListLength) (int $m.keda.activationListLength)) }}
+{{- end }}
 {{- if and $.Values.keda.enabled (gt (int $m.keda.minReplicaCount) (int $m.keda.maxReplicaCount)) }}
 {{- fail (printf "model %s: keda minReplicaCount (%d) must not exceed maxReplicaCount (%d)" $m.name (int $m.keda.minReplicaCount) (int $m.keda.maxReplicaCount)) }}
 {{- end }}
@@ -504,11 +604,32 @@ Return nothing, or fail with one clear message when values contradict each other
 {{- end }}
 
 {{/*
-Return the name of one model's worker objects (Deployment, ScaledObject, PDB): `<fullname>-worker-<model>`.
+Return the name of one model's worker objects (Deployment, ScaledObject, PDB): `<fullname>-worker-<model>`,
+at most 63 characters (KEDA puts the ScaledObject's name in a label of its HPA).
 Call with (dict "ctx" $ "model" name).
 */}}
 {{- define "asyncinfer.workerName" -}}
-{{- printf "%s-worker-%s" (include "asyncinfer.fullname" .ctx) .model }}
+{{- include "asyncinfer.fitName" (dict "prefix" (include "asyncinfer.fullname" .ctx) "suffix" (printf "-worker-%s" .model) "max" 63) }}
+{{- end }}
+
+{{/*
+Return the workers' termination grace period: worker.terminationGracePeriodSeconds, or (0) the drain
+time plus 15 s for handing held jobs back and exiting.
+*/}}
+{{- define "asyncinfer.workerGracePeriod" -}}
+{{- if .Values.worker.terminationGracePeriodSeconds }}
+{{- .Values.worker.terminationGracePeriodSeconds }}
+{{- else }}
+{{- add (int (ceil .Values.config.drainTimeoutSeconds)) 15 }}
+{{- end }}
+{{- end }}
+
+{{/*
+Return the longest an API request may legitimately take, in seconds: the Open Inference Protocol wait
+(config.oipWaitSeconds) or a long poll (`?wait=`, at most MAX_WAIT_S = 30 in api/routes/jobs.py).
+*/}}
+{{- define "asyncinfer.longestRequestSeconds" -}}
+{{- max 30 (int (ceil .Values.config.oipWaitSeconds)) }}
 {{- end }}
 
 {{/*
@@ -517,4 +638,17 @@ Return the selector labels of one model's worker pods. Call with (dict "ctx" $ "
 {{- define "asyncinfer.workerSelectorLabels" -}}
 {{ include "asyncinfer.selectorLabels" (dict "ctx" .ctx "component" "worker") }}
 asyncinfer.io/model: {{ .model }}
+{{- end }}
+
+{{/*
+Return shell lines that set $redis_password_quoted: the Redis password file's bytes without surrounding
+ASCII whitespace (what the services' Settings.secret() reads; the chart's own Secrets hold no such
+whitespace, so KEDA, which takes the Secret's bytes as they are, reads the same password), written as a
+Redis config/redis-cli string of \xHH escapes: a quote, a backslash or a space reaches Redis unchanged.
+*/}}
+{{- define "asyncinfer.redisPasswordShell" -}}
+hex=$(od -An -v -tx1 {{ include "asyncinfer.secretsDir" . }}/redis-password | tr -d ' \n')
+while :; do case "$hex" in 09*|0a*|0b*|0c*|0d*|1c*|1d*|1e*|1f*|20*) hex=${hex#??} ;; *) break ;; esac; done
+while :; do case "$hex" in *09|*0a|*0b|*0c|*0d|*1c|*1d|*1e|*1f|*20) hex=${hex%??} ;; *) break ;; esac; done
+redis_password_quoted="\"$(printf '%s' "$hex" | sed 's/../\\x&/g')\""
 {{- end }}
