@@ -71,17 +71,23 @@ class OpsStack:
                 ids.append(answer.json()["job_id"])
             return ids
 
-    def fail_pending(self, error: str, count: int) -> list[str]:
+    def fail_pending(self, error: str, count: int, attempts: int = 1) -> list[str]:
         """With no worker running: take `count` pending jobs as a worker would and fail them for good
-        (the protocol's own claim and finish), so they land in the dead-letter list."""
-        settings = Settings(redis_url=self.redis_url)
+        (the protocol's own claim and finish), so they land in the dead-letter list. With `attempts`
+        > 1 each runs that many times, its model raising every time, as a flaky model's job ends:
+        "failed after N attempts: <error>"."""
+        settings = Settings(redis_url=self.redis_url, max_attempts=attempts)
+        outcome = Outcome.RETRY if attempts > 1 else Outcome.FAILED
         client = redis.Redis.from_url(self.redis_url, decode_responses=True)
         try:
             queue = WorkerQueue(client, settings, "iris", "test")
-            claimed = queue.claim("ops-test-worker", count).jobs
-            queue.finish("ops-test-worker", [(job.job_id, Outcome.FAILED, error) for job in claimed])
+            first: list[str] = []
+            for _ in range(attempts):  # a retried job goes back to the front: the next claim takes it again
+                claimed = queue.claim("ops-test-worker", count).jobs
+                queue.finish("ops-test-worker", [(job.job_id, outcome, error) for job in claimed])
+                first = first or [job.job_id for job in claimed]
             queue.deregister("ops-test-worker")
-            return [job.job_id for job in claimed]
+            return first
         finally:
             client.close()
 
