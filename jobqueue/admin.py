@@ -32,7 +32,7 @@ from jobqueue.settings import PRIORITIES
 from jobqueue.states import JobStatus
 
 # A record's fields as the protocol parses them, plus what only operators see; `input` stays in Redis.
-ADMIN_FIELDS = (*RECORD_FIELDS, "queued_at", "worker")
+ADMIN_FIELDS = (*RECORD_FIELDS, "queued_at", "requeued_at", "worker")
 RETRYABLE = (JobStatus.FAILED, JobStatus.EXPIRED)
 # Dead letters retried per pipelined round trip: bounds the memory and the burst of script calls one
 # admin click sends to Redis at once.
@@ -220,6 +220,7 @@ class AdminJob:
     queued_at: int | None  # epoch ms, Redis clock
     worker: str | None
     input_bytes: int
+    requeued_at: int | None = None  # when a worker or recovery last put it back (its latest wait starts there)
 
 
 async def jobs(client: redis.asyncio.Redis, keys: StoreKeys, job_ids: Sequence[str]) -> list[AdminJob | None]:
@@ -239,7 +240,8 @@ async def jobs(client: redis.asyncio.Redis, keys: StoreKeys, job_ids: Sequence[s
             continue
         extra = dict(zip(ADMIN_FIELDS[len(RECORD_FIELDS) :], values[len(RECORD_FIELDS) :], strict=True))
         queued_at = int(extra["queued_at"]) if extra["queued_at"] else None
-        found.append(AdminJob(record, queued_at, extra["worker"], int(input_bytes)))
+        requeued_at = int(extra["requeued_at"]) if extra["requeued_at"] else None
+        found.append(AdminJob(record, queued_at, extra["worker"], int(input_bytes), requeued_at))
     return found
 
 

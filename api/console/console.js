@@ -330,6 +330,13 @@ function renderFailures(items) {
     : [el("tr", {}, el("td", { class: "empty", colspan: 6, text: "no failures: nothing in the dead-letter lists" }))]));
 }
 
+// When the job's latest attempt began to wait: a worker's retry or a recovery puts it back without
+// touching queued_at (the first queue time), an admin retry sets queued_at anew.
+function latestQueued(job) {
+  if (!job.requeued_at) return job.queued_at;
+  return !job.queued_at || new Date(job.requeued_at) > new Date(job.queued_at) ? job.requeued_at : job.queued_at;
+}
+
 function renderJob(job) {
   const box = $("job");
   const actions = [];
@@ -348,7 +355,7 @@ function renderJob(job) {
     ["Queued", formatTime(job.queued_at)],
     ["Started", formatTime(job.started_at)],
     ["Finished", formatTime(job.finished_at)],
-    ["Waited", between(job.queued_at, job.started_at)],
+    ["Waited", job.status === "pending" ? "–" : between(latestQueued(job), job.started_at)],
     ["Ran", between(job.started_at, job.finished_at)],
     ["Worker", job.worker || "–"],
     ["Owner", job.owner || "–"],

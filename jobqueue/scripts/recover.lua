@@ -70,7 +70,7 @@ for _, dead_wid in ipairs(dead_workers) do
         fail(job, id, 'worker lost while processing, ' .. attempts .. ' attempts', owner, callback, idem)
         failed = failed + 1
       else
-        redis.call('HSET', job, 'status', 'pending', 'suspect', 1)
+        redis.call('HSET', job, 'status', 'pending', 'suspect', 1, 'requeued_at', now)
         redis.call('HDEL', job, 'worker')
         redis.call('RPUSH', pending, id)
         back[#back + 1] = id

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from jobqueue.states import Outcome
 from tests.conftest import service_env
 from tests.ops.conftest import ADMIN_TOKEN, CLIENT_TOKEN, OpsStack
 
@@ -139,6 +140,21 @@ def test_cancel_a_pending_job_and_pause_resume_the_queue(ops_stack: OpsStack, pa
     iris.get_by_role("button", name="Resume").click()
     expect(iris.get_by_role("button", name="Pause")).to_be_visible()
     assert not redis_client.exists("asyncinfer:iris:paused")
+
+
+def test_a_job_retried_by_its_worker_shows_the_wait_of_its_latest_attempt(ops_stack: OpsStack, page, redis_client):
+    ops_stack.submit(1)
+    (job_id,) = ops_stack.run_pending(1, [(Outcome.RETRY, "model error: flaky"), (Outcome.COMPLETED, '{"prediction": 0}')])
+    record = f"asyncinfer:job:{job_id}"
+    assert redis_client.hget(record, "attempts") == "2"
+    # as if it had waited ten minutes before its first attempt: none of that is its latest attempt's wait
+    redis_client.hincrby(record, "queued_at", -600_000)
+    sign_in(page, ops_stack, ADMIN_TOKEN)
+    page.fill("#lookup-id", job_id)
+    page.click("#lookup-form button[type=submit]")
+    job = page.locator("#job")
+    expect(job).to_have_attribute("data-status", "completed")
+    expect(fact(job, "Waited")).to_have_text(re.compile(r"^\d+(\.\d)? (ms|s)$"))  # from its requeue, not "10 m ..."
 
 
 def test_a_client_token_is_refused(ops_stack: OpsStack, page):
