@@ -17,6 +17,12 @@ from jobqueue.errors import IdempotencyConflict, JobNotFound, QueueFull, RateLim
 log = logging.getLogger("asyncinfer.api")
 
 RETRY_AFTER_S = 1
+# What each operation refused with a 409 needs, so the answer says which states would have worked.
+NEEDED_STATES = {
+    "retry": "a failed or dead-lettered job",
+    "cancel": "a pending job",
+    "resending its webhook": "a finished job (completed, failed, canceled or expired)",
+}
 
 
 class HTTPProblem(Exception):
@@ -77,7 +83,9 @@ def as_problem(exc: Exception) -> HTTPProblem | None:
     if isinstance(exc, JobNotFound):
         return HTTPProblem(404, f"job {exc.args[0]} not found (unknown id, or its record expired)")
     if isinstance(exc, WrongState):
-        return HTTPProblem(409, str(exc), fields={"status": exc.status})
+        needs = NEEDED_STATES.get(exc.operation)
+        detail = f"{exc.operation} needs {needs}; this job is {exc.status}" if needs else str(exc)
+        return HTTPProblem(409, detail, fields={"status": exc.status})
     if isinstance(exc, QueueFull):
         return HTTPProblem(429, f"{exc}; try again later", {"Retry-After": str(RETRY_AFTER_S)})
     if isinstance(exc, RateLimited):

@@ -1,7 +1,8 @@
 """Admin-side reads and actions on the queue: the overview (also the source of the queue metrics),
 dead letters, one job in detail, pause/resume and retry-all. Every key comes from `jobqueue.keys`.
 
-Reads are pipelined (two round trips for the whole overview, whatever the number of models). Job state
+Reads are pipelined (three round trips for the whole overview, whatever the number of models; its
+counts from one MULTI, so they agree with each other). Job state
 changes go through the protocol's own transitions (retry-all is many `retry.lua` calls), so the admin
 side never writes a job record itself. Async only: the API is the one caller.
 """
@@ -31,11 +32,14 @@ from jobqueue.settings import PRIORITIES
 from jobqueue.states import JobStatus
 
 # A record's fields as the protocol parses them, plus what only operators see; `input` stays in Redis.
-ADMIN_FIELDS = (*RECORD_FIELDS, "queued_at", "worker")
+ADMIN_FIELDS = (*RECORD_FIELDS, "queued_at", "requeued_at", "worker")
 RETRYABLE = (JobStatus.FAILED, JobStatus.EXPIRED)
 # Dead letters retried per pipelined round trip: bounds the memory and the burst of script calls one
 # admin click sends to Redis at once.
 RETRY_SLICE = 200
+# MULTI reads of the overview before it settles for one whose worker set moved meanwhile (a worker
+# registering or leaving in the microseconds between two reads, three times running): its holding reads 0.
+SNAPSHOT_TRIES = 3
 
 
 @dataclass(frozen=True)
@@ -99,55 +103,45 @@ def _int(value: Any, default: int = 0) -> int:
 
 
 async def overview(client: redis.asyncio.Redis, keys: StoreKeys, models: Sequence[str]) -> StoreOverview:
-    """Read every model's queue in two pipelined round trips (server clock for ages and liveness)."""
-    pipe = client.pipeline(transaction=False)
-    pipe.time()
-    pipe.info("memory")
-    pipe.zcard(keys.notify)
-    pipe.llen(keys.notify_failed)
-    for name in models:
-        k = keys.model(name)
-        for priority in PRIORITIES:
-            pipe.llen(k.pending(priority))
-            pipe.lindex(k.pending(priority), -1)  # the tail is the oldest: enqueue pushes at the head
-        pipe.zcard(k.inflight)
-        pipe.llen(k.dead)
-        pipe.zrange(k.workers, 0, -1, withscores=True)
-        pipe.hgetall(k.stats)
-        pipe.exists(k.paused)
-    replies = iter(await pipe.execute())
-    seconds, micros = next(replies)
-    now_ms = int(seconds) * 1000 + int(micros) // 1000
-    memory = next(replies)
-    notify_pending, notify_failed = next(replies), next(replies)
+    """Every model's queue as of one instant (server clock for ages and liveness).
 
-    raw = []
-    for name in models:
-        lengths, tails = {}, {}
-        for priority in PRIORITIES:
-            lengths[priority] = int(next(replies))
-            tails[priority] = next(replies)
-        inflight, dead, workers, stats, paused = (next(replies) for _ in range(5))
-        raw.append((name, lengths, tails, inflight, dead, workers, stats, paused))
-
-    # Second round trip: when the oldest job of each list was queued, and what each worker holds.
+    The counts come from one MULTI, so they agree with each other: a job is pending, in flight or
+    held by a worker, never none or two of these at once (read at different moments, a worker could
+    show "holding 7" beside a model with 0 in flight). A worker's processing list is a key named after
+    it, so the worker ids are read first; the MULTI reads the workers again and is repeated in the rare
+    case the set changed in between. The ages of the oldest pending jobs come last, from the tails the
+    MULTI saw (a queue time never changes once set, so reading it later changes nothing)."""
     pipe = client.pipeline(transaction=False)
-    for name, _, tails, _, _, workers, _, _ in raw:
+    for name in models:
+        pipe.zrange(keys.model(name).workers, 0, -1)
+    known = [sorted(_text(w) for w in ids) for ids in await pipe.execute()] if models else []
+    for _ in range(SNAPSHOT_TRIES):
+        snapshot = await _snapshot(client, keys, models, known)
+        seen = [sorted(_text(wid) for wid, _ in model[5]) for model in snapshot.raw]
+        if seen == known:
+            break
+        known = seen  # a worker came or went between the two reads: read again with the new ids
+
+    pipe = client.pipeline(transaction=False)
+    for _, _, tails, *_ in snapshot.raw:
         for priority in PRIORITIES:
             if tails[priority] is not None:
                 pipe.hget(keys.job(tails[priority]), "queued_at")
-        for worker_id, _ in workers:
-            pipe.llen(keys.model(name).processing(worker_id))
     replies = iter(await pipe.execute())
 
+    now_ms = snapshot.now_ms
     result = []
-    for name, lengths, tails, inflight, dead, workers, stats, paused in raw:
+    for (name, lengths, tails, inflight, dead, workers, stats, paused), holding in zip(
+        snapshot.raw, snapshot.holding, strict=True
+    ):
         ages = {}
         for priority in PRIORITIES:
             queued_at = _int(next(replies), now_ms) if tails[priority] is not None else now_ms
             # A tail whose record expired has no queued_at: reported as 0 rather than guessed.
             ages[priority] = max(0, now_ms - queued_at) / 1000
-        views = [WorkerView(wid, int(next(replies)), int(deadline) > now_ms, int(deadline)) for wid, deadline in workers]
+        views = [
+            WorkerView(_text(wid), holding.get(_text(wid), 0), int(deadline) > now_ms, int(deadline)) for wid, deadline in workers
+        ]
         result.append(
             ModelOverview(
                 name=name,
@@ -163,11 +157,59 @@ async def overview(client: redis.asyncio.Redis, keys: StoreKeys, models: Sequenc
     return StoreOverview(
         now_ms=now_ms,
         models=result,
-        redis_memory_used_bytes=_int(memory.get("used_memory")),
-        redis_memory_max_bytes=_int(memory.get("maxmemory")),
-        notify_pending=int(notify_pending),
-        notify_failed=int(notify_failed),
+        redis_memory_used_bytes=_int(snapshot.memory.get("used_memory")),
+        redis_memory_max_bytes=_int(snapshot.memory.get("maxmemory")),
+        notify_pending=snapshot.notify_pending,
+        notify_failed=snapshot.notify_failed,
     )
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """The replies of one MULTI, per model: (name, lengths, tails, inflight, dead, workers, stats,
+    paused) and what each worker read in it holds."""
+
+    now_ms: int
+    memory: dict[str, Any]
+    notify_pending: int
+    notify_failed: int
+    raw: list[tuple[Any, ...]]
+    holding: list[dict[str, int]]
+
+
+async def _snapshot(
+    client: redis.asyncio.Redis, keys: StoreKeys, models: Sequence[str], workers: Sequence[Sequence[str]]
+) -> _Snapshot:
+    pipe = client.pipeline(transaction=True)
+    pipe.time()
+    pipe.info("memory")
+    pipe.zcard(keys.notify)
+    pipe.llen(keys.notify_failed)
+    for name, worker_ids in zip(models, workers, strict=True):
+        k = keys.model(name)
+        for priority in PRIORITIES:
+            pipe.llen(k.pending(priority))
+            pipe.lindex(k.pending(priority), -1)  # the tail is the oldest: enqueue pushes at the head
+        pipe.zcard(k.inflight)
+        pipe.llen(k.dead)
+        pipe.zrange(k.workers, 0, -1, withscores=True)
+        pipe.hgetall(k.stats)
+        pipe.exists(k.paused)
+        for worker_id in worker_ids:
+            pipe.llen(k.processing(worker_id))
+    replies = iter(await pipe.execute())
+    seconds, micros = next(replies)
+    memory, notify_pending, notify_failed = next(replies), int(next(replies)), int(next(replies))
+    raw, holding = [], []
+    for name, worker_ids in zip(models, workers, strict=True):
+        lengths, tails = {}, {}
+        for priority in PRIORITIES:
+            lengths[priority] = int(next(replies))
+            tails[priority] = next(replies)
+        raw.append((name, lengths, tails, *(next(replies) for _ in range(5))))
+        holding.append({worker_id: int(next(replies)) for worker_id in worker_ids})
+    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    return _Snapshot(now_ms, memory, notify_pending, notify_failed, raw, holding)
 
 
 @dataclass(frozen=True)
@@ -178,6 +220,7 @@ class AdminJob:
     queued_at: int | None  # epoch ms, Redis clock
     worker: str | None
     input_bytes: int
+    requeued_at: int | None = None  # when a worker or recovery last put it back (its latest wait starts there)
 
 
 async def jobs(client: redis.asyncio.Redis, keys: StoreKeys, job_ids: Sequence[str]) -> list[AdminJob | None]:
@@ -197,7 +240,8 @@ async def jobs(client: redis.asyncio.Redis, keys: StoreKeys, job_ids: Sequence[s
             continue
         extra = dict(zip(ADMIN_FIELDS[len(RECORD_FIELDS) :], values[len(RECORD_FIELDS) :], strict=True))
         queued_at = int(extra["queued_at"]) if extra["queued_at"] else None
-        found.append(AdminJob(record, queued_at, extra["worker"], int(input_bytes)))
+        requeued_at = int(extra["requeued_at"]) if extra["requeued_at"] else None
+        found.append(AdminJob(record, queued_at, extra["worker"], int(input_bytes), requeued_at))
     return found
 
 

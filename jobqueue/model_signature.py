@@ -155,30 +155,34 @@ def _coerce(rows: Any, spec: TensorSpec, loc: tuple[str | int, ...], may_hold_bo
     try:
         raw = np.array(rows)
     except ValueError:
-        raise InputError(loc, "rows are ragged: every row must have the same shape") from None
+        raise _located(rows, spec, loc) or InputError(loc, "rows are ragged: every row must have the same shape") from None
     kind = raw.dtype.kind
     if spec.elem_type == "string":
         # numpy turns numbers into strings silently; a string input takes JSON strings only
         if kind != "U" or not all(type(v) is str for v in _leaves(rows)):
-            raise InputError(loc, f"input {spec.name!r} takes strings")
+            raise _located(rows, spec, loc) or InputError(loc, f"input {spec.name!r} takes strings")
         return raw.astype(object)
     if kind == "O":
-        raise InputError(loc, "rows are ragged or mix types: every row must have the same shape")
+        raise _located(rows, spec, loc) or InputError(loc, "rows are ragged or mix types: every row must have the same shape")
     if spec.elem_type == "bool":
         if kind != "b":
-            raise InputError(loc, f"input {spec.name!r} takes booleans (true/false)")
+            raise _located(rows, spec, loc) or InputError(loc, f"input {spec.name!r} takes booleans (true/false)")
         return raw
     if kind not in "iufb" or (kind != "b" and may_hold_booleans and any(type(v) is bool for v in _leaves(rows))):
         what = "booleans" if kind in "iufb" else _json_kind(kind)
-        raise InputError(loc, f"input {spec.name!r} takes numbers, got {what}")
+        raise _located(rows, spec, loc) or InputError(loc, f"input {spec.name!r} takes numbers, got {what}")
     if kind == "b":
-        raise InputError(loc, f"input {spec.name!r} takes numbers, got booleans")
+        raise _located(rows, spec, loc) or InputError(loc, f"input {spec.name!r} takes numbers, got booleans")
     assert spec.dtype is not None
     if spec.dtype.kind in "iu":
         if kind == "f":
             integral = np.isfinite(raw) & (raw == np.round(raw))
             if not integral.all():
-                raise InputError(loc + _first_bad(raw, integral), f"input {spec.name!r} takes integers ({spec.elem_type})")
+                index = _first_bad(raw, integral)
+                value = _describe(raw[index].item())
+                raise InputError(
+                    loc + index, f"{value} at {_path(loc + index)}; input {spec.name!r} takes integers ({spec.elem_type})"
+                )
             # exact: from the JSON values themselves, not from their float64 rounding
             try:
                 return np.array([int(v) for v in _leaves(rows)], dtype=spec.dtype).reshape(raw.shape)
@@ -192,8 +196,83 @@ def _coerce(rows: Any, spec: TensorSpec, loc: tuple[str | int, ...], may_hold_bo
         arr = raw.astype(spec.dtype)
     finite = np.isfinite(arr)
     if not finite.all():
-        raise InputError(loc + _first_bad(arr, finite), f"values must be finite numbers (in {spec.elem_type} range)")
+        at = loc + _first_bad(arr, finite)
+        raise InputError(at, f"the value at {_path(at)} is not a finite number in {spec.elem_type} range: values must be finite")
     return arr
+
+
+def _path(loc: tuple[str | int, ...]) -> str:
+    """`("body", "data", "x", 17, 3)` as a reader writes it: `data.x[17][3]`."""
+    text = ""
+    for part in loc[1:]:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return "string " + json.dumps(value[:40] + ("..." if len(value) > 40 else ""))
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return repr(value)
+
+
+def _expected(spec: TensorSpec) -> tuple[str, type | tuple[type, ...]]:
+    """What one value of the input is, in words, and the JSON (Python) types that are one."""
+    if spec.elem_type == "string":
+        return f"a string (input {spec.name!r} takes strings)", str
+    if spec.elem_type == "bool":
+        return f"true or false (input {spec.name!r} takes booleans)", bool
+    return f"a number (input {spec.name!r} takes numbers)", (int, float)
+
+
+def _located(rows: list[Any], spec: TensorSpec, loc: tuple[str | int, ...]) -> InputError | None:
+    """The first value or row that makes `rows` unfit, by its place (`data[17][3]`), or None if none
+    is found. Runs only once a job is already refused, so its walk costs nothing on valid input; it
+    goes no deeper than the model's rank, whatever the nesting of the body."""
+    expected, types = _expected(spec)
+    rank = len(spec.shape) - 1
+    # Each axis's length: fixed by the model, else set by the first row that reaches it.
+    lengths: list[int | None] = [d if isinstance(d, int) and d > 0 else None for d in spec.shape[1:]]
+
+    def check(value: Any, axis: int, at: tuple[str | int, ...]) -> InputError | None:
+        if axis == rank:
+            if isinstance(value, types) and (spec.elem_type == "bool" or type(value) is not bool):
+                return None
+            unlike = "; booleans are not numbers" if type(value) is bool and spec.elem_type != "bool" else ""
+            return InputError(at, f"{_describe(value)} at {_path(at)}; expected {expected}{unlike}")
+        if not isinstance(value, list):
+            if axis == 0 and isinstance(value, types) and type(value) is not bool:
+                return InputError(
+                    at,
+                    f"{_describe(value)} at {_path(at)} where a row was expected; {_path(loc)} is a list of rows: to send one row, wrap it in a list ([[...]])",
+                )
+            return InputError(at, f"{_describe(value)} at {_path(at)}; expected a list of {lengths[axis] or 'several'} values")
+        want = lengths[axis]
+        if want is None:
+            lengths[axis] = len(value)
+        elif len(value) != want:
+            return InputError(
+                at,
+                f"{_path(at)} has {len(value)} values where {want} were expected: rows are ragged, every row must have the same shape",
+            )
+        for i, item in enumerate(value):
+            found = check(item, axis + 1, (*at, i))
+            if found is not None:
+                return found
+        return None
+
+    for index, row in enumerate(rows):
+        found = check(row, 0, (*loc, index))
+        if found is not None:
+            return found
+    return None
 
 
 def _json_kind(kind: str) -> str:
@@ -209,7 +288,10 @@ def _check_shape(arr: np.ndarray, spec: TensorSpec, loc: tuple[str | int, ...]) 
     got = arr.shape[1:]
     if len(got) != len(want):
         example = "x".join(str(d if isinstance(d, int) else "?") for d in want) or "scalar"
-        raise InputError(loc, f"each row must have shape [{example}] for input {spec.name!r}, got {list(got) or 'scalar'}")
+        msg = f"each row must have shape [{example}] for input {spec.name!r}, got {list(got) or 'scalar'}"
+        if len(got) + 1 == len(want):  # the classic: one row sent bare, as `[5.1, 3.5, ...]`
+            msg += f"; {_path(loc)} is a list of rows: to send one row, wrap it in a list ([[...]])"
+        raise InputError(loc, msg)
     for axis, (g, w) in enumerate(zip(got, want, strict=True)):
         if isinstance(w, int) and w > 0 and g != w:
             raise InputError(loc, f"each row must have {w} values on axis {axis + 1} for input {spec.name!r}, got {g}")

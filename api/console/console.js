@@ -41,9 +41,9 @@ function badge(text, kind) {
   return el("span", { class: `badge ${kind || text}`, text });
 }
 
-function num(value, hotAt) {
+function num(value, label, hotAt) {
   const cls = value === 0 ? "num zero" : hotAt !== undefined && value >= hotAt ? "num hot" : "num";
-  return el("td", { class: cls, text: formatCount(value) });
+  return el("td", { class: cls, "data-label": label, text: formatCount(value) });
 }
 
 function formatCount(n) {
@@ -82,7 +82,9 @@ function formatTime(iso) {
 
 function between(fromIso, toIso) {
   if (!fromIso || !toIso) return "–";
-  return formatAge((new Date(toIso) - new Date(fromIso)) / 1000);
+  // Both known: a figure, 0 ms included (a retried job a waiting worker takes in the same millisecond).
+  const seconds = Math.max(0, (new Date(toIso) - new Date(fromIso)) / 1000);
+  return seconds ? formatAge(seconds) : "0 ms";
 }
 
 function toast(message, bad = false) {
@@ -155,7 +157,8 @@ async function signIn(token, quiet = false) {
   if (token) sessionStorage.setItem(TOKEN_KEY, token);
   $("login").hidden = true;
   $("app").hidden = false;
-  $("signout").hidden = false;
+  // In without a token: authentication is off, there is nothing to sign out of.
+  $("signout").hidden = !token;
   startRefresh();
 }
 
@@ -262,7 +265,8 @@ function modelState(m) {
   const alive = m.workers.filter((w) => w.alive).length;
   if (m.paused) return badge("paused", "paused");
   if (pending > 0 && alive === 0) return badge("no workers", "bad");
-  if (pending + m.inflight > 0) return badge("running", "running");
+  const held = m.workers.reduce((sum, w) => sum + w.holding, 0);
+  if (pending + m.inflight + held > 0) return badge("running", "running");
   return badge("idle", "idle");
 }
 
@@ -271,7 +275,7 @@ function renderQueues(overview, deadItems) {
     const rate = state.rates.get(m.name) || { completed: 0, failed: 0 };
     const oldest = Math.max(m.oldest_pending_age_s.high, m.oldest_pending_age_s.normal, m.oldest_pending_age_s.low);
     const alive = m.workers.filter((w) => w.alive).length;
-    const oldestCell = el("td", { class: `num ${oldest >= 300 ? "hot" : oldest >= 30 ? "warm" : oldest ? "" : "zero"}`, text: formatAge(oldest) });
+    const oldestCell = el("td", { class: `num ${oldest >= 300 ? "hot" : oldest >= 30 ? "warm" : oldest ? "" : "zero"}`, "data-label": "Oldest", text: formatAge(oldest) });
     const retryable = deadItems.filter((j) => j.model === m.name).length || m.dead;
     const pauseButton = m.paused
       ? el("button", { class: "btn btn-small", type: "button", text: "Resume", onclick: () => setPaused(m.name, false) })
@@ -281,15 +285,15 @@ function renderQueues(overview, deadItems) {
       onclick: () => retryAllFailed(m.name, retryable),
     });
     return el("tr", { "data-model": m.name },
-      el("td", {}, el("strong", { text: m.name })),
-      el("td", {}, modelState(m)),
-      num(m.pending.high), num(m.pending.normal), num(m.pending.low),
+      el("td", { class: "title" }, el("strong", { text: m.name })),
+      el("td", { "data-label": "State" }, modelState(m)),
+      num(m.pending.high, "High"), num(m.pending.normal, "Normal"), num(m.pending.low, "Low"),
       oldestCell,
-      num(m.inflight),
-      num(m.dead, 1),
-      el("td", { class: alive === 0 && m.workers.length === 0 ? "num zero" : "num", text: `${alive}/${m.workers.length}` }),
-      el("td", { class: "num", text: formatRate(rate.completed) }),
-      el("td", { class: rate.failed > 0 ? "num hot" : "num zero", text: formatRate(rate.failed) }),
+      num(m.inflight, "In flight"),
+      num(m.dead, "Dead", 1),
+      el("td", { class: alive === 0 && m.workers.length === 0 ? "num zero" : "num", "data-label": "Workers", text: `${alive}/${m.workers.length}` }),
+      el("td", { class: "num", "data-label": "Done/s", text: formatRate(rate.completed) }),
+      el("td", { class: rate.failed > 0 ? "num hot" : "num zero", "data-label": "Failed/s", text: formatRate(rate.failed) }),
       el("td", { class: "actions" }, pauseButton, retryAll));
   });
   const body = $("queues").tBodies[0];
@@ -302,10 +306,10 @@ function renderWorkers(overview) {
   for (const m of overview.models) {
     for (const w of m.workers) {
       rows.push(el("tr", {},
-        el("td", { text: m.name }),
-        el("td", { class: "mono", text: w.id }),
-        num(w.holding),
-        el("td", {}, badge(w.alive ? "alive" : "stale", w.alive ? "alive" : "stale"))));
+        el("td", { "data-label": "Model", text: m.name }),
+        el("td", { class: "mono", "data-label": "Worker", text: w.id }),
+        num(w.holding, "Holding"),
+        el("td", { "data-label": "Heartbeat" }, badge(w.alive ? "alive" : "stale", w.alive ? "alive" : "stale"))));
     }
   }
   $("workers").tBodies[0].replaceChildren(...(rows.length ? rows
@@ -315,15 +319,22 @@ function renderWorkers(overview) {
 function renderFailures(items) {
   const sorted = [...items].sort((a, b) => (b.finished_at || "").localeCompare(a.finished_at || ""));
   const rows = sorted.slice(0, FAILURES_SHOWN).map((job) => el("tr", { "data-job": job.job_id },
-    el("td", { class: "nowrap", text: formatTime(job.finished_at) }),
-    el("td", { text: job.model || "–" }),
-    el("td", {}, el("button", { class: "link", type: "button", text: job.job_id, onclick: () => lookUp(job.job_id) })),
-    el("td", { class: "num", text: String(job.attempts) }),
+    el("td", { class: "nowrap", "data-label": "Failed", text: formatTime(job.finished_at) }),
+    el("td", { "data-label": "Model", text: job.model || "–" }),
+    el("td", { "data-label": "Job" }, el("button", { class: "link", type: "button", text: job.job_id, onclick: () => lookUp(job.job_id) })),
+    el("td", { class: "num", "data-label": "Attempts", text: String(job.attempts) }),
     el("td", { class: "error-cell", text: job.error || job.status }),
     el("td", { class: "actions" },
       el("button", { class: "btn btn-small", type: "button", text: "Retry", onclick: () => retryJob(job.job_id) }))));
   $("failures").tBodies[0].replaceChildren(...(rows.length ? rows
     : [el("tr", {}, el("td", { class: "empty", colspan: 6, text: "no failures: nothing in the dead-letter lists" }))]));
+}
+
+// When the job's latest attempt began to wait: a worker's retry or a recovery puts it back without
+// touching queued_at (the first queue time), an admin retry sets queued_at anew.
+function latestQueued(job) {
+  if (!job.requeued_at) return job.queued_at;
+  return !job.queued_at || new Date(job.requeued_at) > new Date(job.queued_at) ? job.requeued_at : job.queued_at;
 }
 
 function renderJob(job) {
@@ -344,7 +355,7 @@ function renderJob(job) {
     ["Queued", formatTime(job.queued_at)],
     ["Started", formatTime(job.started_at)],
     ["Finished", formatTime(job.finished_at)],
-    ["Waited", between(job.queued_at, job.started_at)],
+    ["Waited", job.status === "pending" ? "–" : between(latestQueued(job), job.started_at)],
     ["Ran", between(job.started_at, job.finished_at)],
     ["Worker", job.worker || "–"],
     ["Owner", job.owner || "–"],

@@ -53,6 +53,7 @@ def admin_view(job: admin.AdminJob) -> dict[str, Any]:
     return {
         **job_view(job.record),
         "queued_at": epoch_ms_to_iso(job.queued_at),
+        "requeued_at": epoch_ms_to_iso(job.requeued_at),
         "input_bytes": job.input_bytes,
         "worker": job.worker,
         "owner": job.record.owner,

@@ -78,7 +78,14 @@ class JobFailed(JobError):
 
     def __init__(self, view: JobView) -> None:
         self.error = view.error or "failed"
-        super().__init__(view, f"job {view.job_id} failed after {view.attempts} attempt(s): {self.error}")
+        # the service's own text may already say it ("failed after 3 attempts: ..."): say it once
+        said = self.error.startswith("failed after ")
+        super().__init__(
+            view,
+            f"job {view.job_id} {self.error}"
+            if said
+            else f"job {view.job_id} failed after {view.attempts} attempt(s): {self.error}",
+        )
 
 
 class JobCanceled(JobError):

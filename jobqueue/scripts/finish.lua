@@ -59,6 +59,7 @@ end
 local front = {}  -- per pending list: ids going back to its head, oldest first
 local function requeue(job, id, priority)
   redis.call('HDEL', job, 'worker')
+  redis.call('HSET', job, 'requeued_at', now)  -- its next attempt's wait starts here (queued_at stays the first)
   local list = pending_lists[priority] or pending_lists.normal
   front[list] = front[list] or {}
   table.insert(front[list], id)

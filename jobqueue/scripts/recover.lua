@@ -93,7 +93,7 @@ for _, dead_wid in ipairs(dead_workers) do
       fail(h.job, h.id, 'worker lost while processing, ' .. h.attempts .. ' attempts', h.owner, h.callback, h.idem)
       failed = failed + 1
     else
-      redis.call('HSET', h.job, 'status', 'pending', 'suspect', half_group(dead_wid, i, n))
+      redis.call('HSET', h.job, 'status', 'pending', 'suspect', half_group(dead_wid, i, n), 'requeued_at', now)
       if n > 1 then redis.call('HSET', h.job, 'attempts', h.attempts - 1) end
       redis.call('HDEL', h.job, 'worker')
       redis.call('RPUSH', h.pending, h.id)

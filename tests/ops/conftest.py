@@ -71,17 +71,28 @@ class OpsStack:
                 ids.append(answer.json()["job_id"])
             return ids
 
-    def fail_pending(self, error: str, count: int) -> list[str]:
-        """With no worker running: take `count` pending jobs as a worker would and fail them for good
-        (the protocol's own claim and finish), so they land in the dead-letter list."""
-        settings = Settings(redis_url=self.redis_url)
+    def fail_pending(self, error: str, count: int, attempts: int = 1) -> list[str]:
+        """With no worker running: take `count` pending jobs as a worker would and fail them for good,
+        so they land in the dead-letter list. With `attempts` > 1 each runs that many times, its model
+        raising every time, as a flaky model's job ends: "failed after N attempts: <error>"."""
+        outcome = Outcome.RETRY if attempts > 1 else Outcome.FAILED
+        return self.run_pending(count, [(outcome, error)] * attempts, max_attempts=attempts)
+
+    def run_pending(self, count: int, attempts: list[tuple[Outcome, str]], max_attempts: int = 3) -> list[str]:
+        """With no worker running: take `count` pending jobs as a worker would (the protocol's own claim
+        and finish), once per attempt, ending each with that attempt's (outcome, result or error). A
+        retried job goes back to the front of its list, so the next claim takes it again."""
+        settings = Settings(redis_url=self.redis_url, max_attempts=max_attempts)
         client = redis.Redis.from_url(self.redis_url, decode_responses=True)
         try:
             queue = WorkerQueue(client, settings, "iris", "test")
-            claimed = queue.claim("ops-test-worker", count).jobs
-            queue.finish("ops-test-worker", [(job.job_id, Outcome.FAILED, error) for job in claimed])
+            first: list[str] = []
+            for outcome, payload in attempts:
+                claimed = queue.claim("ops-test-worker", count).jobs
+                queue.finish("ops-test-worker", [(job.job_id, outcome, payload) for job in claimed])
+                first = first or [job.job_id for job in claimed]
             queue.deregister("ops-test-worker")
-            return [job.job_id for job in claimed]
+            return first
         finally:
             client.close()
 

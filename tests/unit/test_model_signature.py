@@ -48,9 +48,13 @@ def test_valid_rows_become_float32(iris):
         ([[1, 2, 3, float("inf")]], ("body", "data", 0, 3), "finite"),
         ([[1, 2, 3, 4]] * 11, ("body", "data"), "at most 10"),
         ("abc", ("body", "data"), "non-empty list"),
-        ([[None, 1, 2, 3]], ("body", "data"), "ragged or mix"),
+        ([[None, 1, 2, 3]], ("body", "data", 0, 0), "null at data[0][0]; expected a number"),
         ({"X": [[1, 2, 3, 4]], "Y": [[1]]}, ("body", "data"), "unknown ['Y']"),
-        ([[1, 2, 3, 4], [1, 2, 3, 4, 5]], ("body", "data"), "ragged"),
+        ([[1, 2, 3, 4], [1, 2, 3, 4, 5]], ("body", "data", 1), "data[1] has 5 values where 4 were expected: rows are ragged"),
+        ([[1, 2, 3, 4], [1, 2, 3, "4"]], ("body", "data", 1, 3), 'string "4" at data[1][3]'),
+        ([[1, 2, 3, 4], [1, 2, 3, [4]]], ("body", "data", 1, 3), "a list at data[1][3]"),
+        ([[1, 2, 3, 4], 5], ("body", "data", 1), "wrap it in a list"),
+        ([1, 2, 3, 4], ("body", "data"), "wrap it in a list"),
     ],
 )
 def test_rejections_name_the_field(iris, data, loc, words):
