@@ -4,6 +4,8 @@ onnxruntime run directly on the same rows, and with exact INT64 and BYTES values
 
 from __future__ import annotations
 
+import http.client
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -128,6 +130,56 @@ def test_bad_requests_are_400_naming_the_field(client):
     with pytest.raises(InferenceServerException) as caught:
         client.infer("iris", [infer_input(IRIS_IN, ROWS[:, :3].copy(), "FP32", False)])
     assert caught.value.status() == "400" and "does not match the model's [-1, 4] on axis 1" in caught.value.message()
+
+
+# Shapes no tensor can have (or numpy cannot lay out) although some hold no element at all.
+ABSURD_SHAPES = [
+    [1, 0, 2**63 - 1],  # no element, but numpy refuses the dimension
+    [0, 2**62, 2**62],  # the non-zero dimensions' product overflows int64
+    [1, 0, 2**64 - 1],  # past the protocol's int64 dimensions
+    [0] * 70,  # more dimensions than numpy has
+    [1, -4],
+    [2**40, 2**40],  # far more elements than the body holds
+]
+
+
+def post_on(connection: http.client.HTTPConnection, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
+    """One request on an open connection, which must still be open after the answer: (status, body)."""
+    socket = connection.sock
+    connection.request("POST", path, body=body, headers={"Content-Type": "application/json", **headers})
+    response = connection.getresponse()
+    text = response.read().decode()
+    assert connection.sock is socket and not response.will_close, "the API closed the keep-alive connection"
+    return response.status, text
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_absurd_shapes_are_400_naming_the_field_on_a_connection_that_stays_open(stack, binary):
+    connection = http.client.HTTPConnection(stack.removeprefix("http://"), timeout=60)
+    connection.connect()
+    try:
+        for shape in ABSURD_SHAPES:
+            tensor = {"name": IRIS_IN, "shape": shape, "datatype": "FP32"}
+            tensor |= {"parameters": {"binary_data_size": 0}} if binary else {"data": []}
+            body = json.dumps({"inputs": [tensor]}).encode()
+            headers = {"Inference-Header-Content-Length": str(len(body))} if binary else {}
+            status, text = post_on(connection, "/v2/models/iris/infer", body, headers)
+            assert status == 400 and f"inputs[0] ('{IRIS_IN}').shape" in json.loads(text)["error"], (shape, text)
+        good = {"inputs": [{"name": IRIS_IN, "shape": [1, 4], "datatype": "FP32", "data": ROWS[0].tolist()}]}
+        status, text = post_on(connection, "/v2/models/iris/infer", json.dumps(good).encode(), {})
+        assert status == 200 and json.loads(text)["model_name"] == "iris", text
+    finally:
+        connection.close()
+
+
+def test_an_absurd_shape_from_tritonclient_is_a_400_and_the_client_goes_on(client):
+    tensor = infer_input(IRIS_IN, np.zeros((1, 0), np.float32), "FP32", True)
+    tensor.set_shape([1, 0, 2**63 - 1])  # tritonclient checks the shape against the data only when it is set
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer("iris", [tensor])
+    assert caught.value.status() == "400" and f"inputs[0] ('{IRIS_IN}').shape" in caught.value.message()
+    result = client.infer("iris", [infer_input(IRIS_IN, ROWS[:1], "FP32", True)])
+    assert result.as_numpy("label").shape == (1,)
 
 
 def test_respond_async_and_a_job_past_the_wait_answer_202(stack):
