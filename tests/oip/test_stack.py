@@ -182,6 +182,32 @@ def test_an_absurd_shape_from_tritonclient_is_a_400_and_the_client_goes_on(clien
     assert result.as_numpy("label").shape == (1,)
 
 
+def test_an_idempotent_replay_answers_the_jobs_real_state(stack):
+    url = f"{stack}/v2/models/iris/infer"
+    key = {"Idempotency-Key": f"oip-replay-{time.time_ns()}"}
+    body = {"id": "r1", "inputs": [{"name": IRIS_IN, "shape": [1, 4], "datatype": "FP32", "data": ROWS[0].tolist()}]}
+    first = httpx.post(url, json=body, headers=key, timeout=30)
+    assert first.status_code == 200 and "idempotent-replayed" not in first.headers
+    # the job completed: a replay answers its result, whether it would wait or not
+    for prefer in ({}, {"Prefer": "respond-async"}, {"Prefer": "wait=0"}):
+        replay = httpx.post(url, json=body, headers={**key, **prefer}, timeout=30)
+        assert replay.status_code == 200 and replay.headers["idempotent-replayed"] == "true", (prefer, replay.text)
+        assert replay.json() == first.json()
+    # no worker serves `flags`: a replay of its job says pending, and once canceled, the job's error
+    flags_url = f"{stack}/v2/models/flags/infer"
+    flags_key = {"Idempotency-Key": f"oip-replay-flags-{time.time_ns()}", "Prefer": "respond-async"}
+    flags = {"inputs": [{"name": "value", "shape": [1, 2], "datatype": "BOOL", "data": [True, False]}]}
+    pending = httpx.post(flags_url, json=flags, headers=flags_key, timeout=30)
+    assert pending.status_code == 202 and "idempotent-replayed" not in pending.headers
+    replay = httpx.post(flags_url, json=flags, headers=flags_key, timeout=30)
+    assert replay.status_code == 202 and replay.headers["idempotent-replayed"] == "true"
+    assert replay.json() == pending.json() and replay.headers["location"] == pending.headers["location"]
+    assert httpx.delete(f"{stack}{pending.headers['location']}", timeout=30).json()["status"] == "canceled"
+    replay = httpx.post(flags_url, json=flags, headers=flags_key, timeout=30)
+    assert replay.status_code == 409 and replay.headers["idempotent-replayed"] == "true"
+    assert "canceled" in replay.json()["error"] and pending.json()["job_id"] in replay.json()["error"]
+
+
 def test_respond_async_and_a_job_past_the_wait_answer_202(stack):
     body = {"id": "a1", "inputs": [{"name": IRIS_IN, "shape": [1, 4], "datatype": "FP32", "data": ROWS[0].tolist()}]}
     response = httpx.post(f"{stack}/v2/models/iris/infer", json=body, headers={"Prefer": "respond-async"}, timeout=30)
