@@ -75,6 +75,10 @@ def test_unknown_model_or_version_is_404_naming_what_exists(fake_client):
         response.status_code == 404
         and response.json()["error"] == "model 'iris' has no version '7'; it serves version '0123abcd'"
     )
+    response = fake_client.post("/v2/models/iris/versions/7/infer", json=iris_json())
+    assert response.status_code == 404 and "has no version '7'" in response.json()["error"]
+    response = fake_client.post("/v2/models/iris/versions/0123abcd/infer", json=iris_json())
+    assert response.status_code == 200 and response.json()["model_version"] == "0123abcd"
 
 
 def test_json_infer_matches_onnxruntime(fake_client, fake_state):
