@@ -20,6 +20,7 @@ from tritonclient.utils import InferenceServerException
 
 from tests.conftest import Processes, service_env
 from tests.oip.test_protocol import IRIS_IN
+from tests.support.models import loop_model
 
 SERVED_WITH_WORKER = ("iris", "ints", "text")
 SERVED_WITHOUT_WORKER = "flags"  # its jobs stay pending: the 202 paths
@@ -206,6 +207,25 @@ def test_an_idempotent_replay_answers_the_jobs_real_state(stack):
     replay = httpx.post(flags_url, json=flags, headers=flags_key, timeout=30)
     assert replay.status_code == 409 and replay.headers["idempotent-replayed"] == "true"
     assert "canceled" in replay.json()["error"] and pending.json()["job_id"] in replay.json()["error"]
+
+
+def test_a_replay_of_a_failed_job_answers_its_error(processes, redis_server, tmp_path):
+    """A job that really fails in a worker: a Loop model's input hangs it past JOB_TIMEOUT_SECONDS."""
+    models_file = tmp_path / "models.yaml"
+    models_file.write_text(yaml.safe_dump({"loop": {"path": str(loop_model(tmp_path / "loop.onnx"))}}))
+    env = service_env(
+        redis_server.url, MODELS_FILE=models_file, JOB_TIMEOUT_SECONDS=1, INFERENCE_THREADS=1, KEY_PREFIX=f"oip{time.time_ns()}"
+    )
+    _, base_url = processes.api(env)
+    processes.worker(env)
+    url, key = f"{base_url}/v2/models/loop/infer", {"Idempotency-Key": "hangs"}
+    body = {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "INT64", "data": [10**12]}]}  # hours of loop
+    first = httpx.post(url, json=body, headers=key, timeout=60)
+    assert first.status_code == 500 and "JOB_TIMEOUT_SECONDS" in first.json()["error"], first.text
+    for prefer in ({}, {"Prefer": "respond-async"}):
+        replay = httpx.post(url, json=body, headers={**key, **prefer}, timeout=60)
+        assert replay.status_code == 500 and replay.headers["idempotent-replayed"] == "true"
+        assert replay.json() == first.json()
 
 
 def test_respond_async_and_a_job_past_the_wait_answer_202(stack):
