@@ -15,6 +15,7 @@ datatype: they are returned as BYTES with one element per row, the row's value a
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,7 @@ from jobqueue.model_signature import ModelSignature, TensorSpec
 HEADER_LENGTH = "Inference-Header-Content-Length"
 PLATFORM = "onnx_onnxv1"  # Triton's name for ONNX models, so Triton-aware tools recognise ours
 BYTES_PREFIX = 4  # a BYTES element's length prefix: uint32, little-endian
+MAX_DIMENSIONS = 32  # numpy's limit before 2.0, and far beyond any model's inputs
 
 # ONNX tensor element type (TensorProto name, lower-case, as ModelSignature spells it) -> OIP datatype.
 ONNX_TO_OIP: dict[str, str] = {
@@ -271,6 +273,7 @@ def _parse_input(raw: Any, index: int, tail: bytes, offset: int) -> tuple[InputT
         dtype = numpy_dtype(datatype)
     except OIPError as exc:
         raise OIPError(f"{where}.datatype: {exc}") from None
+    _check_layout(shape, dtype, where)
     count = math.prod(shape)
 
     binary_size = _parameters(raw, where).get("binary_data_size")
@@ -291,6 +294,15 @@ def _parse_input(raw: Any, index: int, tail: bytes, offset: int) -> tuple[InputT
         raise OIPError(f"{where}.data is missing (or send the tensor as binary with parameters.binary_data_size)")
     array = _decode_json(raw["data"], datatype, dtype, count, where)
     return InputTensor(name, datatype, array.reshape(shape)), 0
+
+
+def _check_layout(shape: list[int], dtype: np.dtype, where: str) -> None:
+    """Refuse a shape numpy cannot lay out, before it tries: it checks every dimension, even in a
+    tensor with no element (`[1, 0, 2**63 - 1]`), and its ValueError would be a 500."""
+    if len(shape) > MAX_DIMENSIONS:
+        raise OIPError(f"{where}.shape has {len(shape)} dimensions; at most {MAX_DIMENSIONS} are supported")
+    if math.prod(dim for dim in shape if dim) * dtype.itemsize > sys.maxsize:
+        raise OIPError(f"{where}.shape {shape} describes a tensor larger than this server can address")
 
 
 def _decode_binary(chunk: bytes, datatype: str, dtype: np.dtype, count: int, where: str) -> np.ndarray:

@@ -22,7 +22,7 @@ from api.errors import HTTPProblem, as_problem
 from jobqueue.connection import REFUSED, UNAVAILABLE
 from jobqueue.model_signature import InputError, ModelSignature, parse_input
 from jobqueue.models import ModelConfig, read_model
-from jobqueue.protocol import ANONYMOUS, Enqueued, JobRecord, JobStore, NewJob
+from jobqueue.protocol import Enqueued, JobRecord, JobStore, NewJob
 from jobqueue.settings import Settings
 
 log = logging.getLogger("asyncinfer.api")
@@ -257,21 +257,6 @@ class AppState:
             # only an idempotency key's replay compares fingerprints: no key, no hashing
             fingerprint=fingerprint(model.name, payload, priority, callback) if idempotency_key else "",
         )
-
-    async def submit(
-        self,
-        principal: str,
-        model_name: str | None,
-        data: Any,
-        priority: str = "normal",
-        callback_url: str | None = None,
-        idempotency_key: str | None = None,
-    ) -> str:
-        """Validate and enqueue one job; its id. Refusals raise HTTPProblem (422, 404, 429, 503)."""
-        job = self.validated_job(
-            principal or ANONYMOUS, self.models.require(model_name), data, priority, callback_url, idempotency_key
-        )
-        return (await self.enqueue(job)).job_id
 
     async def enqueue(self, job: NewJob) -> Enqueued:
         try:

@@ -12,11 +12,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ConfigDict, ValidationError, create_model
+
 from jobqueue.model_signature import ModelSignature, batch_mismatch, read_signature
 from jobqueue.settings import MODEL_NAME_PATTERN, Settings
 
-MODEL_FIELDS = {"path", "labels", "max_batch_size", "max_batch_wait_ms", "inference_providers", "inference_threads"}
+# A MODELS_FILE entry's overrides -> the Settings field each one overrides: its type and bounds are
+# that field's own, so a value the environment variable would refuse is refused here too.
+OVERRIDES = {
+    "labels": "labels_path",
+    "max_batch_size": "max_batch_size",
+    "max_batch_wait_ms": "max_batch_wait_ms",
+    "inference_providers": "inference_providers",
+    "inference_threads": "inference_threads",
+}
+MODEL_FIELDS = {"path", *OVERRIDES}
 VERSION_HEX_DIGITS = 12
+
+ModelOverrides = create_model(
+    "ModelOverrides",
+    __config__=ConfigDict(extra="forbid"),
+    **{key: (Settings.model_fields[name].annotation, Settings.model_fields[name]) for key, name in OVERRIDES.items()},  # type: ignore[call-overload]
+)
 
 
 class ModelConfigError(ValueError):
@@ -56,6 +73,20 @@ def _providers(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         value = value.split(",")
     return tuple(p.strip() for p in value if p and p.strip())
+
+
+def _overrides(name: str, given: dict[str, Any]) -> dict[str, Any]:
+    """A model's overrides checked against the Settings fields they override; ModelConfigError naming
+    the model and the field (a NaN wait or a fractional batch size would stop its worker mid-job)."""
+    if isinstance(given.get("inference_providers"), list):  # a YAML list, or the variable's comma-separated text
+        given["inference_providers"] = ",".join(str(provider) for provider in given["inference_providers"])
+    try:
+        checked = ModelOverrides.model_validate(given)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(part) for part in error["loc"])
+        raise ModelConfigError(f"MODELS_FILE: model {name!r}: {field}: {error['msg']} (got {error['input']!r})") from None
+    return {key: getattr(checked, key) for key in checked.model_fields_set}
 
 
 def read_model(config: ModelConfig) -> tuple[ModelSignature, str]:
@@ -101,27 +132,15 @@ def load_models(settings: Settings) -> dict[str, ModelConfig]:
         path = Path(spec["path"])
         if not path.is_absolute():
             path = Path(settings.models_file).parent / path if not path.exists() else path
-        overrides = {key: spec[key] for key in defaults if key in spec}
-        if "inference_providers" in overrides:
-            overrides["inference_providers"] = _providers(overrides["inference_providers"])
-        try:
-            batch = int(overrides.get("max_batch_size", defaults["max_batch_size"]))
-            wait = float(overrides.get("max_batch_wait_ms", defaults["max_batch_wait_ms"]))
-            threads = int(overrides.get("inference_threads", defaults["inference_threads"]))
-        except (TypeError, ValueError) as exc:
-            raise ModelConfigError(f"MODELS_FILE: model {name!r}: {exc}") from None
-        if not 1 <= batch <= 4096 or wait < 0 or threads < 0:
-            raise ModelConfigError(
-                f"MODELS_FILE: model {name!r}: max_batch_size 1..4096, max_batch_wait_ms >= 0, inference_threads >= 0"
-            )
+        overrides = _overrides(name, {key: value for key, value in spec.items() if key != "path"})
         models[name] = ModelConfig(
             name=name,
             path=str(path),
-            labels_path=str(spec.get("labels") or ""),
-            max_batch_size=batch,
-            max_batch_wait_ms=wait,
-            inference_providers=overrides.get("inference_providers", defaults["inference_providers"]),
-            inference_threads=threads,
+            labels_path=overrides.get("labels", ""),
+            max_batch_size=overrides.get("max_batch_size", defaults["max_batch_size"]),
+            max_batch_wait_ms=overrides.get("max_batch_wait_ms", defaults["max_batch_wait_ms"]),
+            inference_providers=_providers(overrides.get("inference_providers", defaults["inference_providers"])),
+            inference_threads=overrides.get("inference_threads", defaults["inference_threads"]),
         )
     default = settings.default_model or next(iter(models))
     if default not in models:

@@ -10,6 +10,7 @@ import asyncio
 import re
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import orjson
@@ -32,6 +33,7 @@ from api.schemas import (
 from api.state import AppState, get_state
 from jobqueue.errors import JobNotFound, JobQueueError
 from jobqueue.protocol import JobRecord, NewJob
+from jobqueue.states import JobStatus
 from jobqueue.views import job_view
 
 router = APIRouter(tags=["jobs"])
@@ -159,6 +161,43 @@ async def wait_for_end(
             disconnected.cancel()
 
 
+@dataclass(frozen=True)
+class Submitted:
+    """What a submit came to: the job (new, or the one an idempotent replay found), its state and,
+    once it has ended, its record."""
+
+    job_id: str
+    created: bool
+    status: JobStatus
+    ended: JobRecord | None
+
+    @property
+    def replay_headers(self) -> dict[str, str]:
+        """`Idempotent-Replayed: true` when the answer is about a job an earlier request made."""
+        return {} if self.created else {"Idempotent-Replayed": "true"}
+
+
+async def submit_and_wait(state: AppState, job: NewJob, wait_s: float | None, receive: Receive | None = None) -> Submitted:
+    """Enqueue a validated job and wait up to `wait_s` for its end (every submit route: /predict, OIP).
+    An idempotent replay's job may have ended long ago: it is read, waited on or not, so a replay
+    answers the job's real state, not `pending`."""
+    # listening before the job exists: its end cannot slip by, and a new job needs no first read
+    listening = state.events.add(job.job_id, ends_only=True) if wait_s else None
+    try:
+        enqueued = await state.enqueue(job)
+        if wait_s:
+            # an existing job (an idempotent replay) is read first: we did not see it unfinished
+            record = await wait_for_end(state, enqueued.job_id, wait_s, receive, listening if enqueued.created else None)
+        elif not enqueued.created and enqueued.status.terminal:
+            record = await state.store.get(enqueued.job_id)
+        else:
+            return Submitted(enqueued.job_id, enqueued.created, enqueued.status, None)
+        return Submitted(enqueued.job_id, enqueued.created, record.status, record if record.status.terminal else None)
+    finally:
+        if listening is not None:
+            state.events.discard(job.job_id, listening)
+
+
 async def submit_job(
     state: AppState,
     caller: Principal,
@@ -181,25 +220,13 @@ async def submit_job(
         raw=body,
     )
     wait = prefer_wait(prefer)
-    # listening before the job exists: its end cannot slip by, and a new job needs no first read
-    listening = state.events.add(job.job_id, ends_only=True) if wait else None
-    try:
-        enqueued = await state.enqueue(job)
-        headers = {"Location": f"/job/{enqueued.job_id}", "Vary": "Prefer"}
-        if not enqueued.created:
-            headers["Idempotent-Replayed"] = "true"
-        status = enqueued.status
-        if wait:
-            headers["Preference-Applied"] = f"wait={wait:g}"
-            # an existing job (an idempotent replay) is read first: we did not see it unfinished
-            record = await wait_for_end(state, enqueued.job_id, wait, receive, listening if enqueued.created else None)
-            if record.status.terminal:
-                return json_response(job_view(record), 200, headers)
-            status = record.status
-        return json_response({"job_id": enqueued.job_id, "status": status, "model": entry.name}, 202, headers)
-    finally:
-        if listening is not None:
-            state.events.discard(job.job_id, listening)
+    submitted = await submit_and_wait(state, job, wait, receive)
+    headers = {"Location": f"/job/{submitted.job_id}", "Vary": "Prefer", **submitted.replay_headers}
+    if wait:
+        headers["Preference-Applied"] = f"wait={wait:g}"
+        if submitted.ended is not None:
+            return json_response(job_view(submitted.ended), 200, headers)
+    return json_response({"job_id": submitted.job_id, "status": submitted.status, "model": entry.name}, 202, headers)
 
 
 async def owned(state: AppState, caller: Principal, job_id: str) -> JobRecord:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -26,7 +26,7 @@ from api import oip
 from api.auth import Principal
 from api.auth import principal as authenticate
 from api.errors import HTTPProblem, as_problem, json_response
-from api.routes.jobs import wait_for_end
+from api.routes.jobs import submit_and_wait
 from api.routes.service import NOT_READY, READINESS_REDIS_TIMEOUT_S
 from jobqueue import __version__
 from jobqueue.settings import PRIORITIES
@@ -236,38 +236,49 @@ async def server_ready(request: Request) -> Response:
     return json_response({"ready": ready}, 200 if ready else 503)
 
 
-async def _model_ready(request: Request, name: str, version: str | None) -> Response:
+MODEL_PATH = "/models/{model_name}"
+MODEL_VERSION_PATH = "/models/{model_name}/versions/{model_version}"
+ModelHandler = Callable[[Request, str, str | None], Awaitable[Response]]
+
+
+def model_endpoint(
+    suffix: str, method: str, handler: ModelHandler, on_model: tuple[str, str], on_version: tuple[str, str], **route: Any
+) -> None:
+    """Serve `handler` on a model's path and on its version's path: one implementation (`version` is None
+    on the first). `on_model`/`on_version`: each route's (operation name, summary)."""
+
+    async def model_route(request: Request, model_name: str) -> Response:
+        return await handler(request, model_name, None)
+
+    async def version_route(request: Request, model_name: str, model_version: str) -> Response:
+        return await handler(request, model_name, model_version)
+
+    for path, endpoint, (name, summary) in ((MODEL_PATH, model_route, on_model), (MODEL_VERSION_PATH, version_route, on_version)):
+        router.add_api_route(path + suffix, endpoint, methods=[method], name=name, summary=summary, **route)
+
+
+async def model_ready(request: Request, name: str, version: str | None) -> Response:
     await authenticate(request)
     entry = _model(request, name, version)
     ready = _is_ready(entry)
     return json_response({"name": entry.name, "ready": ready}, 200 if ready else 503)
 
 
-@router.get("/models/{model_name}/ready", responses=_MODEL_RESPONSES, summary="Model readiness")
-async def model_ready(request: Request, model_name: str) -> Response:
-    return await _model_ready(request, model_name, None)
-
-
-@router.get("/models/{model_name}/versions/{model_version}/ready", responses=_MODEL_RESPONSES, summary="Model version readiness")
-async def model_version_ready(request: Request, model_name: str, model_version: str) -> Response:
-    return await _model_ready(request, model_name, model_version)
-
-
-async def _model_metadata(request: Request, name: str, version: str | None) -> Response:
+async def model_metadata(request: Request, name: str, version: str | None) -> Response:
     await authenticate(request)
     entry = _model(request, name, version)
     signature = _require_ready(entry)
     return json_response(oip.model_metadata(entry.name, entry.version, signature))
 
 
-@router.get("/models/{model_name}", responses=_METADATA_RESPONSES, summary="Model metadata: versions, platform, tensors")
-async def model_metadata(request: Request, model_name: str) -> Response:
-    return await _model_metadata(request, model_name, None)
-
-
-@router.get("/models/{model_name}/versions/{model_version}", responses=_METADATA_RESPONSES, summary="Model version metadata")
-async def model_version_metadata(request: Request, model_name: str, model_version: str) -> Response:
-    return await _model_metadata(request, model_name, model_version)
+model_endpoint(
+    "/ready", "GET", model_ready, ("model_ready", "Model readiness"), ("model_version_ready", "Model version readiness"),
+    responses=_MODEL_RESPONSES,
+)  # fmt: skip
+model_endpoint(
+    "", "GET", model_metadata, ("model_metadata", "Model metadata: versions, platform, tensors"),
+    ("model_version_metadata", "Model version metadata"), responses=_METADATA_RESPONSES,
+)  # fmt: skip
 
 
 # -- inference ---------------------------------------------------------------------------------------
@@ -332,7 +343,10 @@ def _accepted(job_id: str, status: str, applied: dict[str, str]) -> Response:
     return json_response({"job_id": job_id, "status": status}, 202, {"Location": f"/job/{job_id}", **applied})
 
 
-async def _infer(request: Request, name: str, version: str | None) -> Response:
+async def infer(request: Request, name: str, version: str | None) -> Response:
+    """Inference through the queue: the request becomes a job, answered when it ends within the wait.
+    An idempotent replay answers its job's real state (a completed job's outputs, an ended job's
+    error, 202 while it runs), as /predict does."""
     caller: Principal = await authenticate(request)
     state = _state(request)
     entry = _model(request, name, version)
@@ -345,50 +359,40 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     header_length = oip.parse_header_length(request.headers.get(oip.HEADER_LENGTH), len(body))
     infer_request = oip.parse_infer_request(body, header_length)
     data, rows = oip.job_data(infer_request, signature)
-    job_id = await state.submit(
-        caller.name, entry.name, data, priority=_priority(infer_request.parameters), idempotency_key=idempotency_key
-    )
+    job = state.validated_job(caller.name, entry, data, _priority(infer_request.parameters), idempotency_key=idempotency_key)
 
     preferences = _preferences(request)
-    if "respond-async" in preferences:
-        return _accepted(job_id, "pending", {"Preference-Applied": "respond-async"})
-    wait_s, wait_applied = _preferred_wait(preferences, state.settings.oip_wait_seconds)
-    applied = {"Preference-Applied": f"wait={wait_s:g}"} if wait_applied else {}
-    if wait_s <= 0:
-        return _accepted(job_id, "pending", applied)
-    record = await wait_for_end(state, job_id, wait_s, request.receive)  # stops early if the client leaves
+    respond_async = "respond-async" in preferences
+    wait_s, wait_applied = (0.0, False) if respond_async else _preferred_wait(preferences, state.settings.oip_wait_seconds)
+    submitted = await submit_and_wait(state, job, wait_s, request.receive)  # stops early if the client leaves
+    headers = {**submitted.replay_headers, **({"Preference-Applied": f"wait={wait_s:g}"} if wait_applied else {})}
+    record = submitted.ended
+    if record is None:  # still pending or processing after the wait, or not waited for
+        if respond_async:
+            headers["Preference-Applied"] = "respond-async"
+        return _accepted(submitted.job_id, submitted.status, headers)
     status = str(record.status)
-    if status != "completed":
-        if status in TERMINAL_ERRORS:
-            code, what = TERMINAL_ERRORS[status]
-            message = f"{what}: {record.error}" if record.error else what
-            return error_response(code, f"{message} (job {job_id})", {"Retry-After": str(RETRY_AFTER_S)} if code == 503 else None)
-        return _accepted(job_id, status, applied)  # still pending or processing after the wait
+    if status in TERMINAL_ERRORS:
+        code, what = TERMINAL_ERRORS[status]
+        message = f"{what}: {record.error}" if record.error else what
+        if code == 503:
+            headers["Retry-After"] = str(RETRY_AFTER_S)
+        return error_response(code, f"{message} (job {record.job_id})", headers)
 
     try:
         tensors = oip.oip_outputs(orjson.loads(record.result or "null"), signature, rows)
     except (ValueError, TypeError) as exc:  # a result from another model version, say
-        return error_response(500, f"the job's result cannot be read as this model's outputs: {exc} (job {job_id})")
+        return error_response(500, f"the job's result cannot be read as this model's outputs: {exc} (job {record.job_id})")
     content, json_length = oip.build_response(entry.name, entry.version, infer_request, tensors)
     if json_length is None:
-        return Response(content, media_type="application/json", headers=applied)
-    return Response(content, media_type="application/octet-stream", headers={oip.HEADER_LENGTH: str(json_length), **applied})
+        return Response(content, media_type="application/json", headers=headers)
+    return Response(content, media_type="application/octet-stream", headers={oip.HEADER_LENGTH: str(json_length), **headers})
 
 
-@router.post(
-    "/models/{model_name}/infer", responses=_INFER_RESPONSES, openapi_extra=_INFER_BODY,
-    summary="Inference (through the queue; 202 past OIP_WAIT_SECONDS)",
+model_endpoint(
+    "/infer", "POST", infer, ("infer", "Inference (through the queue; 202 past OIP_WAIT_SECONDS)"),
+    ("infer_version", "Inference on a model version"), responses=_INFER_RESPONSES, openapi_extra=_INFER_BODY,
 )  # fmt: skip
-async def infer(request: Request, model_name: str) -> Response:
-    return await _infer(request, model_name, None)
-
-
-@router.post(
-    "/models/{model_name}/versions/{model_version}/infer", responses=_INFER_RESPONSES, openapi_extra=_INFER_BODY,
-    summary="Inference on a model version",
-)  # fmt: skip
-async def infer_version(request: Request, model_name: str, model_version: str) -> Response:
-    return await _infer(request, model_name, model_version)
 
 
 @router.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)

@@ -72,6 +72,53 @@ def test_models_file_is_read_with_overrides_and_checked(tmp_path, models_file):
         load_models(Settings(models_file=str(models_file), default_model="nope"))
 
 
+# Per-model overrides Settings itself refuses (its bounds and types); each once broke a worker mid-job.
+BAD_OVERRIDES = [
+    ("max_batch_wait_ms: .nan", "max_batch_wait_ms"),
+    ("max_batch_wait_ms: .inf", "max_batch_wait_ms"),
+    ("max_batch_wait_ms: 1e12", "max_batch_wait_ms"),
+    ("max_batch_size: 1.9", "max_batch_size"),
+    ("labels: [a, b]", "labels"),
+    ("inference_threads: {a: 1}", "inference_threads"),
+]
+
+
+@pytest.mark.parametrize("override, field", BAD_OVERRIDES)
+def test_a_bad_per_model_override_stops_the_api_and_the_worker_naming_model_and_field(
+    processes, redis_server, tmp_path, override, field
+):
+    models = tmp_path / "models.yaml"
+    models.write_text(f"iris: {{path: {MODEL_PATH}}}\nranker: {{path: {MODEL_PATH}, {override}}}\n")
+    env = service_env(redis_server.url, MODELS_FILE=models)
+    api = processes.spawn_api_unready(env)
+    worker = processes.worker(dict(env, MODEL_NAME="iris"))  # another model's bad entry stops it too
+    assert api.wait(60) != 0 and worker.wait(60) != 0
+    for log in tmp_path.glob("*.log"):
+        assert f"MODELS_FILE: model 'ranker': {field}:" in log.read_text(), (log.name, processes.logs())
+
+
+def test_every_per_model_override_within_the_settings_bounds_is_served(processes, redis_server, tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("setosa\nversicolor\nvirginica\n")
+    overrides = {
+        "labels": str(labels),
+        "max_batch_size": 4096,
+        "max_batch_wait_ms": 2.5,
+        "inference_providers": ["CPUExecutionProvider"],
+        "inference_threads": 1,
+    }
+    models = tmp_path / "models.yaml"
+    models.write_text(yaml.safe_dump({"iris": {"path": MODEL_PATH, **overrides}}))
+    assert load_models(Settings(models_file=str(models)))["iris"].max_batch_wait_ms == 2.5
+    env = service_env(redis_server.url, MODELS_FILE=models)
+    _, url = processes.api(env)
+    processes.worker(env)
+    with httpx.Client(base_url=url, timeout=30) as http:
+        job_id = http.post("/predict", json={"data": [ROW]}).json()["job_id"]
+        done = http.get(f"/job/{job_id}", params={"wait": 20}).json()
+    assert done["status"] == "completed" and done["result"]["class_name"] in ("setosa", "versicolor", "virginica")
+
+
 def test_two_models_route_queue_and_version_separately(processes, redis_server, redis_client, models_file):
     env = service_env(redis_server.url, MODELS_FILE=models_file)
     _, url = processes.api(env)

@@ -1,12 +1,11 @@
-"""A test-only stand-in for the lead's AppState interface (models registry, submit, wait_for), so the
-routes can be unit-tested before the core lands. Jobs run at once through the worker's own OnnxModel,
-so the stored result has exactly the worker's format. The real stack is tested in test_stack.py."""
+"""A test-only stand-in for AppState (models registry, validated_job, enqueue, wait_for), so the routes
+can be unit-tested without Redis; validation is AppState's own. Jobs run at once through the worker's
+own OnnxModel, so the stored result has exactly the worker's format. The real stack: test_stack.py."""
 
 from __future__ import annotations
 
 import asyncio
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
@@ -14,9 +13,12 @@ import orjson
 import redis
 from fastapi import FastAPI
 
-from api.errors import HTTPProblem, invalid
-from jobqueue.model_signature import InputError, ModelSignature, parse_input
+from api.errors import HTTPProblem
+from api.state import AppState
+from jobqueue.model_signature import ModelSignature, parse_input
+from jobqueue.protocol import Enqueued, NewJob
 from jobqueue.settings import Settings
+from jobqueue.states import JobStatus
 from worker.model import OnnxModel
 
 
@@ -27,6 +29,10 @@ class FakeModelEntry:
     signature: ModelSignature | None
     ready: bool
     model: OnnxModel | None = None
+
+    def require_signature(self) -> ModelSignature:
+        assert self.signature is not None
+        return self.signature
 
 
 class FakeModels:
@@ -42,9 +48,10 @@ class FakeModels:
 
 @dataclass
 class FakeRecord:
-    status: str
+    status: JobStatus
     result: str | None = None
     error: str | None = None
+    job_id: str = ""
 
 
 class FakeRedis:
@@ -58,46 +65,50 @@ class FakeRedis:
         return True
 
 
+class FakeEvents:
+    """End notifications: the fake's jobs have ended (or never will) by the time anyone listens."""
+
+    def add(self, job_id: str, ends_only: bool = False) -> asyncio.Future[str]:
+        return asyncio.get_running_loop().create_future()
+
+    def discard(self, job_id: str, future: asyncio.Future[str]) -> None:
+        future.cancel()
+
+
 @dataclass
 class FakeState:
     settings: Settings
     models: FakeModels
     tokens: Any = None  # api.auth reads it: None = authentication off
     draining: bool = False
+    callback_validator: Any = None
     probe: FakeRedis = field(default_factory=lambda: FakeRedis())
+    events: FakeEvents = field(default_factory=lambda: FakeEvents())
     jobs: dict[str, FakeRecord] = field(default_factory=dict)
     submitted: list[dict[str, Any]] = field(default_factory=list)
     run_jobs: bool = True  # False: jobs stay pending (a worker-less queue)
-    refuse: HTTPProblem | None = None  # raised by submit (a full queue, Redis down)
+    refuse: HTTPProblem | None = None  # raised by enqueue (a full queue, Redis down)
     outcome: FakeRecord | None = None  # how every job ends instead of running (a failure, say)
 
-    async def submit(
-        self,
-        principal: Any,
-        model_name: str,
-        data: Any,
-        priority: str = "normal",
-        callback_url: str | None = None,
-        idempotency_key: str | None = None,
-    ) -> str:
+    validated_job = AppState.validated_job  # the very check every submit gets (a 422 naming the field)
+
+    async def enqueue(self, job: NewJob) -> Enqueued:
         if self.refuse is not None:
             raise self.refuse
-        entry = self.models.get(model_name)
-        assert entry is not None and entry.signature is not None and entry.model is not None
-        try:  # the same check /predict applies
-            arrays = parse_input(data, entry.signature, self.settings.max_rows_per_job)
-        except InputError as exc:
-            raise invalid(exc.loc, exc.msg) from None
-        job_id = str(uuid.uuid4())
+        entry = self.models.get(job.model)
+        assert entry is not None and entry.model is not None
         # the stored input is JSON, as in Redis: what the worker sees went through a JSON round trip
-        self.submitted.append({"model": model_name, "data": orjson.loads(orjson.dumps(data)), "priority": priority})
+        data = orjson.loads(job.payload)["data"]
+        self.submitted.append({"model": job.model, "data": data, "priority": job.priority})
         if not self.run_jobs or self.outcome is not None:
-            self.jobs[job_id] = self.outcome or FakeRecord("pending")
-            return job_id
-        outputs = entry.model.run(arrays, timeout_s=10)
-        rows = len(next(iter(arrays.values())))
-        self.jobs[job_id] = FakeRecord("completed", orjson.dumps(entry.model.results(outputs, 0, rows)).decode())
-        return job_id
+            self.jobs[job.job_id] = replace(self.outcome or FakeRecord(JobStatus.PENDING), job_id=job.job_id)
+        else:
+            arrays = parse_input(data, entry.require_signature(), self.settings.max_rows_per_job)
+            outputs = entry.model.run(arrays, timeout_s=10)
+            rows = len(next(iter(arrays.values())))
+            result = orjson.dumps(entry.model.results(outputs, 0, rows)).decode()
+            self.jobs[job.job_id] = FakeRecord(JobStatus.COMPLETED, result, job_id=job.job_id)
+        return Enqueued(job.job_id, True, JobStatus.PENDING)
 
     async def wait_for(self, job_id: str, timeout_s: float, disconnected: Any = None, listening: Any = None) -> FakeRecord:
         return self.jobs[job_id]

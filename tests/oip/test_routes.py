@@ -13,6 +13,7 @@ import tritonclient.http as triton
 
 from api.errors import HTTPProblem
 from jobqueue import __version__
+from jobqueue.states import JobStatus
 from tests.conftest import MODEL_PATH
 from tests.oip.fakes import FakeRecord
 from tests.oip.test_protocol import IRIS_IN, triton_body
@@ -74,6 +75,10 @@ def test_unknown_model_or_version_is_404_naming_what_exists(fake_client):
         response.status_code == 404
         and response.json()["error"] == "model 'iris' has no version '7'; it serves version '0123abcd'"
     )
+    response = fake_client.post("/v2/models/iris/versions/7/infer", json=iris_json())
+    assert response.status_code == 404 and "has no version '7'" in response.json()["error"]
+    response = fake_client.post("/v2/models/iris/versions/0123abcd/infer", json=iris_json())
+    assert response.status_code == 200 and response.json()["model_version"] == "0123abcd"
 
 
 def test_json_infer_matches_onnxruntime(fake_client, fake_state):
@@ -199,7 +204,7 @@ def test_body_limit_is_413_also_after_gzip(fake_client, fake_state):
 
 
 def test_failed_job_is_an_oip_error(fake_client, fake_state):
-    fake_state.outcome = FakeRecord("failed", error="model raised: boom")
+    fake_state.outcome = FakeRecord(JobStatus.FAILED, error="model raised: boom")
     response = fake_client.post("/v2/models/iris/infer", json=iris_json())
     assert response.status_code == 500 and response.json()["error"].startswith("inference failed: model raised: boom (job ")
 

@@ -4,6 +4,8 @@ onnxruntime run directly on the same rows, and with exact INT64 and BYTES values
 
 from __future__ import annotations
 
+import http.client
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +20,7 @@ from tritonclient.utils import InferenceServerException
 
 from tests.conftest import Processes, service_env
 from tests.oip.test_protocol import IRIS_IN
+from tests.support.models import loop_model
 
 SERVED_WITH_WORKER = ("iris", "ints", "text")
 SERVED_WITHOUT_WORKER = "flags"  # its jobs stay pending: the 202 paths
@@ -128,6 +131,101 @@ def test_bad_requests_are_400_naming_the_field(client):
     with pytest.raises(InferenceServerException) as caught:
         client.infer("iris", [infer_input(IRIS_IN, ROWS[:, :3].copy(), "FP32", False)])
     assert caught.value.status() == "400" and "does not match the model's [-1, 4] on axis 1" in caught.value.message()
+
+
+# Shapes no tensor can have (or numpy cannot lay out) although some hold no element at all.
+ABSURD_SHAPES = [
+    [1, 0, 2**63 - 1],  # no element, but numpy refuses the dimension
+    [0, 2**62, 2**62],  # the non-zero dimensions' product overflows int64
+    [1, 0, 2**64 - 1],  # past the protocol's int64 dimensions
+    [0] * 70,  # more dimensions than numpy has
+    [1, -4],
+    [2**40, 2**40],  # far more elements than the body holds
+]
+
+
+def post_on(connection: http.client.HTTPConnection, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
+    """One request on an open connection, which must still be open after the answer: (status, body)."""
+    socket = connection.sock
+    connection.request("POST", path, body=body, headers={"Content-Type": "application/json", **headers})
+    response = connection.getresponse()
+    text = response.read().decode()
+    assert connection.sock is socket and not response.will_close, "the API closed the keep-alive connection"
+    return response.status, text
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_absurd_shapes_are_400_naming_the_field_on_a_connection_that_stays_open(stack, binary):
+    connection = http.client.HTTPConnection(stack.removeprefix("http://"), timeout=60)
+    connection.connect()
+    try:
+        for shape in ABSURD_SHAPES:
+            tensor = {"name": IRIS_IN, "shape": shape, "datatype": "FP32"}
+            tensor |= {"parameters": {"binary_data_size": 0}} if binary else {"data": []}
+            body = json.dumps({"inputs": [tensor]}).encode()
+            headers = {"Inference-Header-Content-Length": str(len(body))} if binary else {}
+            status, text = post_on(connection, "/v2/models/iris/infer", body, headers)
+            assert status == 400 and f"inputs[0] ('{IRIS_IN}').shape" in json.loads(text)["error"], (shape, text)
+        good = {"inputs": [{"name": IRIS_IN, "shape": [1, 4], "datatype": "FP32", "data": ROWS[0].tolist()}]}
+        status, text = post_on(connection, "/v2/models/iris/infer", json.dumps(good).encode(), {})
+        assert status == 200 and json.loads(text)["model_name"] == "iris", text
+    finally:
+        connection.close()
+
+
+def test_an_absurd_shape_from_tritonclient_is_a_400_and_the_client_goes_on(client):
+    tensor = infer_input(IRIS_IN, np.zeros((1, 0), np.float32), "FP32", True)
+    tensor.set_shape([1, 0, 2**63 - 1])  # tritonclient checks the shape against the data only when it is set
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer("iris", [tensor])
+    assert caught.value.status() == "400" and f"inputs[0] ('{IRIS_IN}').shape" in caught.value.message()
+    result = client.infer("iris", [infer_input(IRIS_IN, ROWS[:1], "FP32", True)])
+    assert result.as_numpy("label").shape == (1,)
+
+
+def test_an_idempotent_replay_answers_the_jobs_real_state(stack):
+    url = f"{stack}/v2/models/iris/infer"
+    key = {"Idempotency-Key": f"oip-replay-{time.time_ns()}"}
+    body = {"id": "r1", "inputs": [{"name": IRIS_IN, "shape": [1, 4], "datatype": "FP32", "data": ROWS[0].tolist()}]}
+    first = httpx.post(url, json=body, headers=key, timeout=30)
+    assert first.status_code == 200 and "idempotent-replayed" not in first.headers
+    # the job completed: a replay answers its result, whether it would wait or not
+    for prefer in ({}, {"Prefer": "respond-async"}, {"Prefer": "wait=0"}):
+        replay = httpx.post(url, json=body, headers={**key, **prefer}, timeout=30)
+        assert replay.status_code == 200 and replay.headers["idempotent-replayed"] == "true", (prefer, replay.text)
+        assert replay.json() == first.json()
+    # no worker serves `flags`: a replay of its job says pending, and once canceled, the job's error
+    flags_url = f"{stack}/v2/models/flags/infer"
+    flags_key = {"Idempotency-Key": f"oip-replay-flags-{time.time_ns()}", "Prefer": "respond-async"}
+    flags = {"inputs": [{"name": "value", "shape": [1, 2], "datatype": "BOOL", "data": [True, False]}]}
+    pending = httpx.post(flags_url, json=flags, headers=flags_key, timeout=30)
+    assert pending.status_code == 202 and "idempotent-replayed" not in pending.headers
+    replay = httpx.post(flags_url, json=flags, headers=flags_key, timeout=30)
+    assert replay.status_code == 202 and replay.headers["idempotent-replayed"] == "true"
+    assert replay.json() == pending.json() and replay.headers["location"] == pending.headers["location"]
+    assert httpx.delete(f"{stack}{pending.headers['location']}", timeout=30).json()["status"] == "canceled"
+    replay = httpx.post(flags_url, json=flags, headers=flags_key, timeout=30)
+    assert replay.status_code == 409 and replay.headers["idempotent-replayed"] == "true"
+    assert "canceled" in replay.json()["error"] and pending.json()["job_id"] in replay.json()["error"]
+
+
+def test_a_replay_of_a_failed_job_answers_its_error(processes, redis_server, tmp_path):
+    """A job that really fails in a worker: a Loop model's input hangs it past JOB_TIMEOUT_SECONDS."""
+    models_file = tmp_path / "models.yaml"
+    models_file.write_text(yaml.safe_dump({"loop": {"path": str(loop_model(tmp_path / "loop.onnx"))}}))
+    env = service_env(
+        redis_server.url, MODELS_FILE=models_file, JOB_TIMEOUT_SECONDS=1, INFERENCE_THREADS=1, KEY_PREFIX=f"oip{time.time_ns()}"
+    )
+    _, base_url = processes.api(env)
+    processes.worker(env)
+    url, key = f"{base_url}/v2/models/loop/infer", {"Idempotency-Key": "hangs"}
+    body = {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "INT64", "data": [10**12]}]}  # hours of loop
+    first = httpx.post(url, json=body, headers=key, timeout=60)
+    assert first.status_code == 500 and "JOB_TIMEOUT_SECONDS" in first.json()["error"], first.text
+    for prefer in ({}, {"Prefer": "respond-async"}):
+        replay = httpx.post(url, json=body, headers={**key, **prefer}, timeout=60)
+        assert replay.status_code == 500 and replay.headers["idempotent-replayed"] == "true"
+        assert replay.json() == first.json()
 
 
 def test_respond_async_and_a_job_past_the_wait_answer_202(stack):
