@@ -63,9 +63,21 @@ class SignalWatcher:
         self._draining = True
         log.info("%s: draining (up to %.0fs)", why, self.drain_timeout_s)
         self.worker.stop()
-        timer = threading.Timer(self.drain_timeout_s, hard_exit, (self.worker, "drain timeout"))
+        timer = threading.Timer(self.drain_timeout_s, self._drain_deadline)
         timer.daemon = True
         timer.start()
+
+    def _drain_deadline(self) -> None:
+        with self._lock:
+            assert self.worker is not None
+            hard_exit(self.worker, "drain timeout")
+
+    def leave(self) -> None:
+        """The worker loop returned: exit 0, unless a hard exit has begun. It holds the lock until it
+        ends the process with 1, so a loop that returns once the abort released its batch cannot
+        race it to a clean exit."""
+        with self._lock:
+            sys.exit(0)
 
 
 def hard_exit(worker: Worker, why: str) -> None:
@@ -121,7 +133,7 @@ def run() -> None:
     probes.worker = worker
     watcher.attach(worker, settings.drain_timeout_seconds)
     worker.run(burst=args.burst)
-    sys.exit(0)
+    watcher.leave()
 
 
 if __name__ == "__main__":
