@@ -29,6 +29,10 @@ CORE_KINDS = {
     "PodDisruptionBudget",
     "NetworkPolicy",
     "Pod",
+    # the workers' identity for their pod-deletion-cost (scaleIn.idleFirst)
+    "ServiceAccount",
+    "Role",
+    "RoleBinding",
 }
 KEDA_MODELS: dict[str, type[BaseModel]] = {"ScaledObject": ScaledObject, "TriggerAuthentication": TriggerAuthentication}
 # prometheus-operator v0.80 (the newest cloudcoil models that install on Python 3.11).
