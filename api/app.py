@@ -27,6 +27,7 @@ from jobqueue.ssrf import validate_callback_url
 
 log = logging.getLogger("asyncinfer.api")
 MODELS_STARTUP_WAIT_S = 10.0
+STARTUP_STOP_CHECK_S = 0.1  # how soon a SIGTERM during start-up is noticed
 UNLIMITED_PATHS = ("/healthz", "/readyz")
 
 
@@ -77,6 +78,17 @@ def outer_layers(app: AsyncInferAPI, limit: int, hotpath: bool = True) -> ASGIAp
     return RequestMetricsMiddleware(ConcurrencyLimit(inner, limit))
 
 
+async def wait_unless_stopping(task: asyncio.Task[None], state: AppState, timeout_s: float) -> None:
+    """Wait for a start-up task up to `timeout_s`, but not past a SIGTERM (api/main.py sets `draining`):
+    a process told to stop while it starts exits at once instead of finishing its start-up first."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not task.done() and not state.draining:
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            return
+        await asyncio.wait({task}, timeout=min(remaining, STARTUP_STOP_CHECK_S))
+
+
 def create_app(settings: Settings | None = None) -> AsyncInferAPI:
     settings = settings or get_settings()
     configs = load_models(settings)  # a bad MODELS_FILE stops the start with its message
@@ -102,7 +114,7 @@ def create_app(settings: Settings | None = None) -> AsyncInferAPI:
         app.state.asyncinfer = state
         # The API reads every model's signature itself so it validates while zero workers run.
         loader = asyncio.create_task(state.models.load_all(), name="load-models")
-        await asyncio.wait({loader}, timeout=MODELS_STARTUP_WAIT_S)  # normally done at once
+        await wait_unless_stopping(loader, state, MODELS_STARTUP_WAIT_S)  # normally done at once
         state.events.start()
         # Start-up objects (FastAPI, pydantic, numpy, onnx signatures) move out of the collector's
         # reach: a full collection under load then scans only what requests allocate (a tail-latency cut).

@@ -84,7 +84,8 @@ class DrainingServer(uvicorn.Server):
         app_state: AppState | None = getattr(getattr(self.config.app, "state", None), "asyncinfer", None)
         if app_state is not None:
             app_state.draining = True  # long polls notice within LONG_POLL_RECHECK_S and answer
-        if self._delayed or self.shutdown_delay_s <= 0:
+        # Still starting: no load balancer sends traffic yet, so there is nothing to drain.
+        if self._delayed or self.shutdown_delay_s <= 0 or not self.started:
             self._stop()
             return
         self._delayed = True
