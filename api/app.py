@@ -64,6 +64,7 @@ class AsyncInferAPI(FastAPI):
     environment lookup). Everything the hot path does not answer goes through FastAPI unchanged."""
 
     front: ASGIApp
+    stopping = False  # set by the process's SIGTERM handler (api/main.py), start-up included
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.front(scope, receive, send)
@@ -78,11 +79,11 @@ def outer_layers(app: AsyncInferAPI, limit: int, hotpath: bool = True) -> ASGIAp
     return RequestMetricsMiddleware(ConcurrencyLimit(inner, limit))
 
 
-async def wait_unless_stopping(task: asyncio.Task[None], state: AppState, timeout_s: float) -> None:
-    """Wait for a start-up task up to `timeout_s`, but not past a SIGTERM (api/main.py sets `draining`):
-    a process told to stop while it starts exits at once instead of finishing its start-up first."""
+async def wait_unless_stopping(task: asyncio.Task[None], app: AsyncInferAPI, timeout_s: float) -> None:
+    """Wait for a start-up task up to `timeout_s`, but not past a SIGTERM (`app.stopping`): a process
+    told to stop while it starts exits at once instead of finishing its start-up first."""
     deadline = asyncio.get_running_loop().time() + timeout_s
-    while not task.done() and not state.draining:
+    while not task.done() and not app.stopping:
         remaining = deadline - asyncio.get_running_loop().time()
         if remaining <= 0:
             return
@@ -100,6 +101,7 @@ def create_app(settings: Settings | None = None) -> AsyncInferAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        assert isinstance(app, AsyncInferAPI)  # (for the type checker) create_app builds no other
         client = async_client(settings)
         store = JobStore(client, settings)
         state = AppState(
@@ -114,7 +116,7 @@ def create_app(settings: Settings | None = None) -> AsyncInferAPI:
         app.state.asyncinfer = state
         # The API reads every model's signature itself so it validates while zero workers run.
         loader = asyncio.create_task(state.models.load_all(), name="load-models")
-        await wait_unless_stopping(loader, state, MODELS_STARTUP_WAIT_S)  # normally done at once
+        await wait_unless_stopping(loader, app, MODELS_STARTUP_WAIT_S)  # normally done at once
         state.events.start()
         # Start-up objects (FastAPI, pydantic, numpy, onnx signatures) move out of the collector's
         # reach: a full collection under load then scans only what requests allocate (a tail-latency cut).
