@@ -142,10 +142,12 @@ def create_app(settings: Settings | None = None) -> AsyncInferAPI:
         summary="Asynchronous ML inference: submit, get 202 and a job id; poll, long-poll, wait, stream or get a webhook.",
         version=__version__,
         lifespan=lifespan,
-        docs_url="/docs" if docs else None,
-        redoc_url="/redoc" if docs else None,
+        docs_url=None,  # served by service.docs_router from packaged files, not from a CDN
+        redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
     )
+    if docs:
+        app.include_router(service.docs_router)
     app.include_router(jobs.router)
     app.include_router(streams.router)
     app.include_router(models.router)

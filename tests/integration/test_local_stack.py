@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -252,3 +253,22 @@ def test_ctrl_c_on_a_piped_stack_stops_in_order_and_the_held_job_finishes(local_
         for line in lines[lines.index("stopping: the API first (no new jobs), then each worker drains, then Redis") :]
     ]
     assert stopped[1:] == ["api exited with 0", "notifier exited with 0", "worker-loop-1 exited with 0", "redis stopped"]
+
+
+# -- 5. /docs offline ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("page", "kinds"), [("/docs", {"text/javascript", "text/css"}), ("/redoc", {"text/javascript"})])
+def test_the_docs_pages_load_only_files_the_api_serves_itself(page, kinds, processes, redis_server):
+    _, base = processes.api(service_env(redis_server.url))
+    html = httpx.get(base + page, timeout=30).text
+    assert "://" not in html, "a docs page names another origin (a CDN): it is blank offline"
+    urls = re.findall(r"""(?:src|href|spec-url)=["']([^"']+)["']""", html) + re.findall(r"url: '([^']+)'", html)
+    assert urls and all(url.startswith("/") and not url.startswith("//") for url in urls), urls
+    served = {}
+    for url in urls:
+        response = httpx.get(base + url, timeout=30)
+        assert response.status_code == 200, url
+        served[url] = response.headers["content-type"].split(";")[0]
+        assert len(response.content) > 1000, url  # the real Swagger UI / ReDoc files, the spec, the icon
+    assert kinds <= set(served.values()), served
