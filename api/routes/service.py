@@ -85,29 +85,30 @@ def _docs_asset(name: str) -> bytes:
     return resources.files("fastapi_offline").joinpath("static", name).read_bytes()
 
 
-def _docs_url(request: Request, path: str) -> str:
-    return f"{request.scope.get('root_path', '')}{path}"  # behind a proxy that mounts the API under a prefix
+def _docs_urls(request: Request) -> tuple[str, str]:
+    """The spec's URL and the assets' folder, under the prefix a proxy may mount the API at (root_path)."""
+    root = request.scope.get("root_path", "")
+    return f"{root}/openapi.json", f"{root}/docs/assets"
 
 
 @docs_router.get("/docs")
 async def swagger_ui(request: Request) -> HTMLResponse:
+    spec, assets = _docs_urls(request)
     return get_swagger_ui_html(
-        openapi_url=_docs_url(request, "/openapi.json"),
+        openapi_url=spec,
         title="asyncinfer - Swagger UI",
-        swagger_js_url=_docs_url(request, "/docs/assets/swagger-ui-bundle.js"),
-        swagger_css_url=_docs_url(request, "/docs/assets/swagger-ui.css"),
-        swagger_favicon_url=_docs_url(request, "/docs/assets/favicon.png"),
+        swagger_js_url=f"{assets}/swagger-ui-bundle.js",
+        swagger_css_url=f"{assets}/swagger-ui.css",
+        swagger_favicon_url=f"{assets}/favicon.png",
     )
 
 
 @docs_router.get("/redoc")
 async def redoc(request: Request) -> HTMLResponse:
+    spec, assets = _docs_urls(request)
+    js, icon = f"{assets}/redoc.standalone.js", f"{assets}/favicon.png"
     return get_redoc_html(
-        openapi_url=_docs_url(request, "/openapi.json"),
-        title="asyncinfer - ReDoc",
-        redoc_js_url=_docs_url(request, "/docs/assets/redoc.standalone.js"),
-        redoc_favicon_url=_docs_url(request, "/docs/assets/favicon.png"),
-        with_google_fonts=False,
+        openapi_url=spec, title="asyncinfer - ReDoc", redoc_js_url=js, redoc_favicon_url=icon, with_google_fonts=False
     )
 
 

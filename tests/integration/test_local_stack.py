@@ -10,7 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,7 +18,7 @@ import httpx
 import psutil
 import pytest
 import redis
-from stack import BIN, ROOT, RedisServer, free_port, spawn, stop
+from stack import BIN, ROOT, RedisServer, free_port, spawn
 
 from api.state import JobEvents
 from jobqueue.connection import async_client
@@ -34,6 +34,7 @@ STACK = [sys.executable, str(ROOT / "deploy" / "local" / "stack.py")]
 # (api/app.py MODELS_STARTUP_WAIT_S), which is what the old code made a SIGTERM during start-up wait for.
 EXIT_BOUND_S = 8.0
 STACK_UP_S = 90.0  # Redis, a worker, the notifier and the API start on a loaded 2-core machine
+IRIS_JOB = {"data": [[5.1, 3.5, 1.4, 0.2]]}
 JOB_SECONDS = 4.0  # long enough to be held by the worker when Ctrl-C comes
 
 
@@ -87,13 +88,26 @@ class LocalStack:
         return self.proc.wait(120)
 
     def close(self) -> None:
-        stop(self.proc, 60, signal.SIGINT)
+        if self.proc.poll() is None:
+            try:
+                self.interrupt()
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
 
 
 @pytest.fixture
-def local_stack(tmp_path: Path) -> Iterator[list[LocalStack]]:
+def start_stack(tmp_path: Path) -> Iterator[Callable[..., LocalStack]]:
+    """Starts a local stack and waits for its banner; stops every one it started afterwards."""
     started: list[LocalStack] = []
-    yield started
+
+    def start(env: dict[str, str], piped: bool = False) -> LocalStack:
+        run = LocalStack(tmp_path, env, piped)
+        started.append(run)
+        run.wait_up()
+        return run
+
+    yield start
     for run in started:
         run.close()
 
@@ -133,7 +147,9 @@ def test_the_api_exits_promptly_on_sigterm_at_any_moment(moment, processes, redi
         log = tmp_path / "api.log"
         api = spawn([str(BIN / "asyncinfer-api")], env, log)
         processes.procs.append(api)
-        started = "Waiting for application startup" if moment == "starting" else "Application startup complete"
+        started = {"starting": "Waiting for application startup", "ready": "Uvicorn running on"}.get(
+            moment, "Application startup complete"
+        )
         wait_until(lambda: started in log.read_text() or api.poll() is not None, 60, started)
         if moment == "ready":
             wait_until(lambda: httpx.get(f"http://127.0.0.1:{env['PORT']}/readyz").status_code == 200, 30, "ready")
@@ -182,52 +198,44 @@ def test_the_job_events_listener_stops_whenever_it_is_stopped(redis_server):
 # -- 2. another Redis on the Redis port --------------------------------------------------------------
 
 
-def test_a_foreign_redis_on_the_redis_port_is_never_written(local_stack, tmp_path):
-    foreign = RedisServer(tmp_path / "foreign").start(tmp_path / "foreign.log")
-    foreign_client = redis.Redis.from_url(foreign.url)
-    try:
-        run = LocalStack(tmp_path, stack_env(tmp_path, REDIS_PORT=foreign.port))
-        local_stack.append(run)
-        run.wait_up()
-        job = httpx.post(f"{run.base}/predict", json={"data": [[5.1, 3.5, 1.4, 0.2]]}, timeout=30).json()
-        done = httpx.get(f"{run.base}/job/{job['job_id']}", params={"wait": 20}, timeout=30).json()
-        assert done["status"] == "completed"
-        assert foreign_client.dbsize() == 0  # nothing was written into the Redis the stack did not start
-        text = run.text()
-        assert f"port {foreign.port} is in use" in text
-        assert f"Redis    redis://127.0.0.1:{foreign.port}/" not in text
-    finally:
-        foreign_client.close()
-        foreign.stop()
+@pytest.fixture
+def foreign_redis(tmp_path: Path) -> Iterator[tuple[RedisServer, redis.Redis]]:
+    """A redis-server the stack did not start (as Debian's own on 6379) and a client of it."""
+    server = RedisServer(tmp_path / "foreign").start(tmp_path / "foreign.log")
+    client = redis.Redis.from_url(server.url)
+    yield server, client
+    client.close()
+    server.stop()
 
 
-def test_a_redis_named_by_redis_url_is_used_and_said_to_be_foreign(local_stack, tmp_path):
-    foreign = RedisServer(tmp_path / "theirs").start(tmp_path / "theirs.log")
-    foreign_client = redis.Redis.from_url(foreign.url)
-    try:
-        run = LocalStack(tmp_path, stack_env(tmp_path, REDIS_URL=foreign.url))
-        local_stack.append(run)
-        run.wait_up()
-        job = httpx.post(f"{run.base}/predict", json={"data": [[5.1, 3.5, 1.4, 0.2]]}, timeout=30).json()
-        assert foreign_client.dbsize() > 0
-        assert "not started by this stack" in run.text()
-        assert run.interrupt() == 0
-        assert foreign.proc is not None and foreign.proc.poll() is None  # the stack leaves their Redis running
-        assert job["job_id"]
-    finally:
-        foreign_client.close()
-        foreign.stop()
+def test_a_foreign_redis_on_the_redis_port_is_never_written(start_stack, foreign_redis, tmp_path):
+    foreign, foreign_client = foreign_redis
+    run = start_stack(stack_env(tmp_path, REDIS_PORT=foreign.port))
+    job = httpx.post(f"{run.base}/predict", json=IRIS_JOB, timeout=30).json()
+    done = httpx.get(f"{run.base}/job/{job['job_id']}", params={"wait": 20}, timeout=30).json()
+    assert done["status"] == "completed"
+    assert foreign_client.dbsize() == 0  # nothing was written into the Redis the stack did not start
+    assert f"port {foreign.port} is in use" in run.text()
+    assert f"Redis    redis://127.0.0.1:{foreign.port}/" not in run.text()
+
+
+def test_a_redis_named_by_redis_url_is_used_and_said_to_be_foreign(start_stack, foreign_redis, tmp_path):
+    foreign, foreign_client = foreign_redis
+    run = start_stack(stack_env(tmp_path, REDIS_URL=foreign.url))
+    assert httpx.post(f"{run.base}/predict", json=IRIS_JOB, timeout=30).status_code == 202
+    assert foreign_client.dbsize() > 0
+    assert "not started by this stack" in run.text()
+    assert run.interrupt() == 0
+    assert foreign.proc is not None and foreign.proc.poll() is None  # the stack leaves their Redis running
 
 
 # -- 3. Ctrl-C on `make run | tee log` -------------------------------------------------------------------
 
 
-def test_ctrl_c_on_a_piped_stack_stops_in_order_and_the_held_job_finishes(local_stack, tmp_path):
+def test_ctrl_c_on_a_piped_stack_stops_in_order_and_the_held_job_finishes(start_stack, tmp_path):
     model = loop_model(tmp_path / "loop.onnx")
     trips = int(loop_iterations_per_second(model) * JOB_SECONDS)
-    run = LocalStack(tmp_path, stack_env(tmp_path, MODEL_PATH=model), piped=True)
-    local_stack.append(run)
-    run.wait_up()
+    run = start_stack(stack_env(tmp_path, MODEL_PATH=model), piped=True)
     job_id = httpx.post(f"{run.base}/predict", json={"data": [[trips]]}, timeout=30).json()["job_id"]
     wait_until(lambda: httpx.get(f"{run.base}/job/{job_id}").json()["status"] == "processing", 30, "the worker to hold the job")
 
