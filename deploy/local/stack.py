@@ -75,22 +75,23 @@ def next_free_port(host: str, after: int) -> int:
 
 
 def redis_process_id(host: str, port: int, password: str = "") -> int | None:
-    """The process id of the Redis answering at (host, port): None when no Redis answers there, 0 when
-    one answers but refuses INFO (another password)."""
+    """The process id of the Redis answering at (host, port) and ready to serve: None when no Redis
+    answers there, 0 when one answers but does not serve us yet (loading its AOF, another password)."""
     try:
         with socket.create_connection((host, port), timeout=0.5) as sock, sock.makefile("rb") as replies:
             auth = f"AUTH {password}\r\n".encode() if password else b""
-            sock.sendall(auth + b"INFO server\r\n")
-            reply = replies.readline()
+            sock.sendall(auth + b"PING\r\nINFO server\r\n")
             if password:
-                reply = replies.readline()  # the INFO reply follows AUTH's
+                replies.readline()  # AUTH's reply: PING's tells whether we may go on
+            ready = replies.readline().startswith(b"+PONG")  # -LOADING while the AOF is read
+            reply = replies.readline()
             if not reply.startswith(b"$"):
                 return 0 if reply.startswith(b"-") else None  # an error reply is still a Redis
             info = replies.read(int(reply[1:]) + 2).decode(errors="replace")
     except (OSError, ValueError):
         return None
     found = re.search(r"^process_id:(\d+)", info, re.MULTILINE)
-    return int(found.group(1)) if found else 0
+    return int(found.group(1)) if found and ready else 0
 
 
 def _die_with_parent() -> None:
