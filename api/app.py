@@ -28,6 +28,7 @@ from jobqueue.ssrf import validate_callback_url
 
 log = logging.getLogger("asyncinfer.api")
 MODELS_STARTUP_WAIT_S = 10.0
+STARTUP_STOP_CHECK_S = 0.1  # how soon a SIGTERM during start-up is noticed
 UNLIMITED_PATHS = ("/healthz", "/readyz")
 
 
@@ -64,6 +65,7 @@ class AsyncInferAPI(FastAPI):
     environment lookup). Everything the hot path does not answer goes through FastAPI unchanged."""
 
     front: ASGIApp
+    stopping = False  # set by the process's SIGTERM handler (api/main.py), start-up included
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.front(scope, receive, send)
@@ -79,6 +81,17 @@ def outer_layers(app: AsyncInferAPI, limit: int, hotpath: bool = True) -> ASGIAp
     return RequestMetricsMiddleware(CrossSiteGuard(ConcurrencyLimit(inner, limit)))
 
 
+async def wait_unless_stopping(task: asyncio.Task[None], app: AsyncInferAPI, timeout_s: float) -> None:
+    """Wait for a start-up task up to `timeout_s`, but not past a SIGTERM (`app.stopping`): a process
+    told to stop while it starts exits at once instead of finishing its start-up first."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not task.done() and not app.stopping:
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            return
+        await asyncio.wait({task}, timeout=min(remaining, STARTUP_STOP_CHECK_S))
+
+
 def create_app(settings: Settings | None = None) -> AsyncInferAPI:
     settings = settings or get_settings()
     configs = load_models(settings)  # a bad MODELS_FILE stops the start with its message
@@ -90,6 +103,7 @@ def create_app(settings: Settings | None = None) -> AsyncInferAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        assert isinstance(app, AsyncInferAPI)  # (for the type checker) create_app builds no other
         client = async_client(settings)
         store = JobStore(client, settings)
         state = AppState(
@@ -104,7 +118,7 @@ def create_app(settings: Settings | None = None) -> AsyncInferAPI:
         app.state.asyncinfer = state
         # The API reads every model's signature itself so it validates while zero workers run.
         loader = asyncio.create_task(state.models.load_all(), name="load-models")
-        await asyncio.wait({loader}, timeout=MODELS_STARTUP_WAIT_S)  # normally done at once
+        await wait_unless_stopping(loader, app, MODELS_STARTUP_WAIT_S)  # normally done at once
         state.events.start()
         # Start-up objects (FastAPI, pydantic, numpy, onnx signatures) move out of the collector's
         # reach: a full collection under load then scans only what requests allocate (a tail-latency cut).
@@ -130,10 +144,12 @@ def create_app(settings: Settings | None = None) -> AsyncInferAPI:
         summary="Asynchronous ML inference: submit, get 202 and a job id; poll, long-poll, wait, stream or get a webhook.",
         version=__version__,
         lifespan=lifespan,
-        docs_url="/docs" if docs else None,
-        redoc_url="/redoc" if docs else None,
+        docs_url=None,  # served by service.docs_router from packaged files, not from a CDN
+        redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
     )
+    if docs:
+        app.include_router(service.docs_router)
     app.include_router(jobs.router)
     app.include_router(streams.router)
     app.include_router(models.router)

@@ -13,7 +13,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from api.app import create_app
+from api.app import AsyncInferAPI, create_app
 from api.state import AppState
 from jobqueue.settings import get_settings
 
@@ -81,10 +81,13 @@ class DrainingServer(uvicorn.Server):
         self._delayed = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if isinstance(self.config.app, AsyncInferAPI):
+            self.config.app.stopping = True  # a start-up in progress stops waiting (api/app.py)
         app_state: AppState | None = getattr(getattr(self.config.app, "state", None), "asyncinfer", None)
         if app_state is not None:
             app_state.draining = True  # long polls notice within LONG_POLL_RECHECK_S and answer
-        if self._delayed or self.shutdown_delay_s <= 0:
+        # Still starting: no load balancer sends traffic yet, so there is nothing to drain.
+        if self._delayed or self.shutdown_delay_s <= 0 or not self.started:
             self._stop()
             return
         self._delayed = True

@@ -28,6 +28,7 @@ from jobqueue.settings import Settings
 log = logging.getLogger("asyncinfer.api")
 SIGNATURE_RETRY_S = 5
 LONG_POLL_RECHECK_S = 2.0  # re-read the record this often while waiting, in case a wake-up was missed
+CANCEL_RECHECK_S = 0.1  # how soon a stopping listener is cancelled again if a cancellation was lost
 
 
 @dataclass
@@ -125,10 +126,16 @@ class JobEvents:
 
     async def stop(self) -> None:
         self.wake_all()
-        if self._task:
-            self._task.cancel()
+        task = self._task
+        # Cancelled again until it ends: on Python 3.11 asyncio.wait_for swallows a cancellation that
+        # arrives as its inner call completes (CPython gh-86296), and redis-py sends each command under
+        # wait_for, so one cancel during SUBSCRIBE can be lost and leave the task in listen() forever.
+        while task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=CANCEL_RECHECK_S)
+        if task is not None:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
 
     def add(self, job_id: str, ends_only: bool = False) -> asyncio.Future[str]:
         """A future resolved with the event kind at the job's next transition (its end, with `ends_only`)."""

@@ -1,15 +1,18 @@
-"""Service endpoints: index, liveness, readiness, Prometheus metrics."""
+"""Service endpoints: index, liveness, readiness, Prometheus metrics; the API docs pages (Swagger UI, ReDoc)."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
+from importlib import resources
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
-from fastapi.responses import PlainTextResponse, Response
+from fastapi import APIRouter, Depends, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
 from api.auth import Principal, admin
-from api.errors import json_response
+from api.errors import HTTPProblem, json_response
 from api.metrics import metrics_text
 from api.schemas import ErrorBody, ServiceInfo
 from api.state import AppState, get_state
@@ -17,6 +20,16 @@ from jobqueue import __version__
 from jobqueue.connection import REFUSED, UNAVAILABLE
 
 router = APIRouter(tags=["service"])
+# Swagger UI's and ReDoc's files come from the fastapi-offline wheel and are served by this process,
+# never from a CDN: /docs works offline and behind a proxy that blocks outside hosts.
+docs_router = APIRouter(include_in_schema=False)
+DOCS_ASSETS = {
+    "swagger-ui-bundle.js": "text/javascript",
+    "swagger-ui.css": "text/css",
+    "redoc.standalone.js": "text/javascript",
+    "favicon.png": "image/png",
+}
+DOCS_ASSET_HEADERS = {"Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"}
 READINESS_REDIS_TIMEOUT_S = 1.0
 NOT_READY: tuple[type[BaseException], ...] = (*UNAVAILABLE, *REFUSED, TimeoutError)
 State = Annotated[AppState, Depends(get_state)]
@@ -65,3 +78,42 @@ async def metrics(state: State, _: Annotated[Principal, Depends(admin)]) -> Resp
     if state.settings.metrics_port:
         return json_response({"detail": f"metrics are served on METRICS_PORT {state.settings.metrics_port}"}, 404)
     return PlainTextResponse(await metrics_text(state), media_type="text/plain; version=0.0.4")
+
+
+@functools.cache
+def _docs_asset(name: str) -> bytes:
+    return resources.files("fastapi_offline").joinpath("static", name).read_bytes()
+
+
+def _docs_urls(request: Request) -> tuple[str, str]:
+    """The spec's URL and the assets' folder, under the prefix a proxy may mount the API at (root_path)."""
+    root = request.scope.get("root_path", "")
+    return f"{root}/openapi.json", f"{root}/docs/assets"
+
+
+@docs_router.get("/docs")
+async def swagger_ui(request: Request) -> HTMLResponse:
+    spec, assets = _docs_urls(request)
+    return get_swagger_ui_html(
+        openapi_url=spec,
+        title="asyncinfer - Swagger UI",
+        swagger_js_url=f"{assets}/swagger-ui-bundle.js",
+        swagger_css_url=f"{assets}/swagger-ui.css",
+        swagger_favicon_url=f"{assets}/favicon.png",
+    )
+
+
+@docs_router.get("/redoc")
+async def redoc(request: Request) -> HTMLResponse:
+    spec, assets = _docs_urls(request)
+    js, icon = f"{assets}/redoc.standalone.js", f"{assets}/favicon.png"
+    return get_redoc_html(
+        openapi_url=spec, title="asyncinfer - ReDoc", redoc_js_url=js, redoc_favicon_url=icon, with_google_fonts=False
+    )
+
+
+@docs_router.get("/docs/assets/{name}")
+async def docs_asset(name: str) -> Response:
+    if name not in DOCS_ASSETS:
+        raise HTTPProblem(404, "not found")
+    return Response(_docs_asset(name), media_type=DOCS_ASSETS[name], headers=DOCS_ASSET_HEADERS)
