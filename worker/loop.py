@@ -135,13 +135,13 @@ class Worker:
             log.warning("released %d held job(s) back to the queue", counts.requeued)
 
     def _leave(self) -> None:
-        self.deletion_cost.close()  # a patch in flight finishes before the process exits
         try:
             if not self.queue.held(self.worker_id):
                 self.queue.deregister(self.worker_id)
         except (*UNAVAILABLE, *REFUSED):
             pass  # our heartbeat runs out and recovery takes over whatever is left
         self._closed.set()
+        self.deletion_cost.close()  # a patch in flight finishes before the process exits
         log.info("worker %s stopped after %d jobs", self.worker_id, self.processed)
 
     # -- claiming ------------------------------------------------------------------------------
