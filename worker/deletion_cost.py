@@ -44,8 +44,9 @@ class DeletionCost:
     """Publishes "busy" or "idle" as the pod's deletion cost, debounced, from a background thread.
 
     The loop calls `holding(True)` when it claims jobs and `holding(False)` when they are recorded: two
-    attribute writes, nothing that waits. A sample counts as busy if jobs were held at any moment since
-    the last one, so the short idle gaps of a worker under steady load do not count as idle.
+    attribute writes, nothing that waits. A sample (every quarter debounce, at most MAX_TICK_S) counts as
+    busy if jobs were held at any moment since the last one, so the short idle gaps of a worker under
+    steady load do not count as idle; a state that flips faster than the debounce is not written.
     """
 
     def __init__(self, settings: Settings) -> None:
