@@ -83,7 +83,9 @@ def test_an_idle_worker_sets_its_pod_cost_low_with_one_strategic_merge_patch(pro
     assert kube_api.patches[0].body == {"metadata": {"annotations": {ANNOTATION: IDLE}}}
 
 
-def test_busy_longer_than_the_debounce_sets_the_cost_high_then_low_again(processes, redis_server, kube_api, jobs, tmp_path, loop_models):
+def test_busy_longer_than_the_debounce_sets_the_cost_high_then_low_again(
+    processes, redis_server, kube_api, jobs, tmp_path, loop_models
+):
     model_dir, loop_speed = loop_models
     kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", kube_api.url)
     processes.worker(pod_env(loop_env(redis_server.url, model_dir, tmp_path), kubeconfig))
@@ -99,19 +101,22 @@ def test_busy_longer_than_the_debounce_sets_the_cost_high_then_low_again(process
     assert patched_values(kube_api) == [IDLE, BUSY, IDLE]
 
 
-def test_batches_coming_and_going_faster_than_the_debounce_patch_rarely(processes, redis_server, kube_api, jobs, tmp_path):
+def test_busy_and_idle_flipping_faster_than_the_debounce_patch_rarely(
+    processes, redis_server, kube_api, jobs, tmp_path, loop_models
+):
+    model_dir, loop_speed = loop_models
     kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", kube_api.url)
-    processes.worker(iris_env(redis_server.url, kubeconfig, debounce_s=3))
+    processes.worker(pod_env(loop_env(redis_server.url, model_dir, tmp_path), kubeconfig, debounce_s=3))
     wait_until(lambda: cost(kube_api) == IDLE, 60, "the idle cost")
 
     ids = []
-    for _ in range(24):  # one job every 0.25 s: a batch and an idle gap each time, for about 6 s
-        ids.append(jobs.enqueue("iris", [ROW]))
-        wait_until(lambda: jobs.all_ended(ids), 30, "the job to end", poll_s=0.01)
-        time.sleep(0.25)
+    for _ in range(4):  # busy about 1 s, idle 1.5 s (longer than a sample, shorter than the debounce)
+        ids.append(jobs.enqueue("loop", [[int(loop_speed)]]))
+        wait_until(lambda: jobs.all_ended(ids), 60, "the job to end", poll_s=0.01)
+        time.sleep(1.5)
 
     assert jobs.statuses(ids) == ["completed"] * len(ids)
-    # Each job was its own batch: 24 busy/idle flips. Patched: the first idle, then busy at most once.
+    # Eight flips; patched: the first idle, and busy at most once (a job slowed down past the debounce).
     assert len(kube_api.patches) <= 2, patched_values(kube_api)
 
 

@@ -116,7 +116,7 @@ class FakeKubeApi:
         if handler.headers.get("Authorization") != f"Bearer {TOKEN}":
             code, reply = 401, status_body(401, "Unauthorized", "Unauthorized")
         elif self.forbidden:
-            code, reply = 403, status_body(403, "Forbidden", f'{handler.path}: pods is forbidden for this ServiceAccount')
+            code, reply = 403, status_body(403, "Forbidden", f"{handler.path}: pods is forbidden for this ServiceAccount")
         elif match is None or match["namespace"] != self.namespace or match["name"] not in self.pods:
             code, reply = 404, status_body(404, "NotFound", f"{handler.path} not found")
         elif method == "GET":
