@@ -157,6 +157,15 @@ class Settings(BaseModel):
     worker_health_port: int = Field(0, ge=0, le=65535, description="Worker/notifier probes and /metrics; 0 = none.")
     log_level: str = Field("INFO", pattern=r"^(?i:debug|info|warning|error|critical)$", description="Log level.")
 
+    # -- Kubernetes ------------------------------------------------------------------------------
+    pod_name: str = Field(
+        "", description="Worker: its own pod's name (downward API); set, it keeps the pod-deletion-cost current; empty = off."
+    )
+    pod_namespace: str = Field("", description="Worker: its pod's namespace (downward API); empty = its service account's.")
+    deletion_cost_debounce_seconds: float = Field(
+        5, ge=1, le=3600, description="Worker: how long busy or idle must hold before its pod-deletion-cost changes."
+    )
+
     @field_validator("default_model", "model_name")
     @classmethod
     def _model_name_shape(cls, value: str) -> str:

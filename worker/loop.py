@@ -21,6 +21,7 @@ from jobqueue.models import ModelConfig, load_models
 from jobqueue.protocol import ClaimedJob, WorkerQueue
 from jobqueue.settings import Settings
 from jobqueue.states import Outcome
+from worker.deletion_cost import DeletionCost
 from worker.model import ModelAborted, ModelTimeout, OnnxModel, OutputNotPerRow
 
 log = logging.getLogger("asyncinfer.worker")
@@ -70,6 +71,7 @@ class Worker:
         self._batch_ids: list[str] = []  # the batch being run, for `_progress`
         self._extended_at = 0.0  # when its jobs' backstop deadlines were last set (claim or extend)
         self._background = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        self.deletion_cost = DeletionCost(settings)  # idle-first scale-in; off outside a cluster
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -85,6 +87,7 @@ class Worker:
             self.worker_id, self.model.name, self.model.version, ",".join(self.model.providers), self.queue.keys.base,
         )  # fmt: skip
         self._background.start()
+        self.deletion_cost.start()
         backoff = 0.1
         while True:
             self.last_tick = time.monotonic()
@@ -100,8 +103,10 @@ class Worker:
                 jobs, _suspects, paused = self._collect_batch(burst)
                 self.redis_ok = True
                 backoff = 0.1
+                self.deletion_cost.holding(bool(jobs))
                 if jobs:
                     self._run_batch(jobs)
+                    self.deletion_cost.holding(False)
                 elif burst:
                     break
                 elif paused:
@@ -120,6 +125,7 @@ class Worker:
     def stop(self) -> None:
         """Stop claiming; the loop finishes and records what it holds, then returns."""
         self.stopping.set()
+        self.deletion_cost.stop()  # a drain writes no new cost: the terminating pod is no longer ranked
 
     def release_held(self) -> None:
         """Give every held job back to the queue unrun (drain timeout, second signal)."""
@@ -135,6 +141,7 @@ class Worker:
         except (*UNAVAILABLE, *REFUSED):
             pass  # our heartbeat runs out and recovery takes over whatever is left
         self._closed.set()
+        self.deletion_cost.close()  # a patch in flight finishes before the process exits
         log.info("worker %s stopped after %d jobs", self.worker_id, self.processed)
 
     # -- claiming ------------------------------------------------------------------------------

@@ -40,6 +40,9 @@ SET_BY_THE_CHART = {
     "port": "api.containerPort",
     "metrics_port": "api.metricsPort",
     "worker_health_port": "worker.healthPort / notifier.healthPort",
+    "pod_name": "the downward API (metadata.name), worker pods only",
+    "pod_namespace": "the downward API (metadata.namespace), worker pods only",
+    "deletion_cost_debounce_seconds": "worker only; its chart value comes with scaleIn.idleFirst (issue #28, chart side)",
 }
 # Defaults the chart deliberately changes, each with the reason.
 CHART_DEFAULTS = {
