@@ -75,7 +75,7 @@ e2e-cluster: deploy ## helm test, then the e2e suite (incl. KEDA scaling) agains
 	E2E_TOKEN="$$($(KUBECTL) --context $(KUBE_CONTEXT) -n $(NAMESPACE) get secret $(RELEASE)-asyncinfer-auth \
 		-o jsonpath='{.data.tokens}' | base64 -d | awk '$$1 == "admin" {print $$3}')" \
 	E2E_CLUSTER=1 E2E_BASE_URL=$(E2E_BASE_URL) E2E_NAMESPACE=$(NAMESPACE) E2E_RELEASE=$(RELEASE) \
-		E2E_KUBECTL=$(KUBECTL) E2E_KUBE_CONTEXT=$(KUBE_CONTEXT) \
+		E2E_KUBE_CONTEXT=$(KUBE_CONTEXT) \
 		$(PY) -m pytest tests/e2e -v -p no:cacheprovider
 
 kind-down: ## delete the kind cluster (and everything in it)
