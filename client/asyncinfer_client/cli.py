@@ -86,7 +86,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     with make_client(args) as client:
         job = client.submit(parse_data(args.data), args.model, args.priority, idempotency_key=args.idempotency_key)
-        print_json({"job_id": job.id, "status": "pending", "model": job.model, "replayed": job.replayed})
+        if args.json:
+            print_json({"job_id": job.id, "status": "pending", "model": job.model, "replayed": job.replayed})
+        else:
+            print(job.id)  # bare, so `asyncinfer status $(asyncinfer submit ...)` works
         return EXIT_OK
 
 
@@ -203,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("data", metavar="DATA", help="JSON rows like '[[5.1,3.5,1.4,0.2]]', '-' for stdin, @FILE")
     model_options(sub)
     sub.add_argument("--idempotency-key", default=None, help="the same key within the job TTL returns the same job")
+    sub.add_argument("--json", action="store_true", help="print the job as JSON (id, status, model, replayed), not only its id")
 
     for name, handler, help_text in (
         ("status", cmd_status, "print a job"),
