@@ -155,7 +155,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = RunOptions(args.model, args.priority, args.concurrency, args.job_timeout)
 
     async def go() -> Any:
-        # one connection per lane, plus slack for the long polls that outlive an interrupted lane
+        # one connection per chunk in flight, plus slack for the long polls that outlive an interrupted chunk
         async with AsyncClient(args.url, read_token(args), timeout=args.timeout, max_connections=args.concurrency + 4) as client:
             return await run_inputs(client, items, input_path, journal, progress_for(sys.stderr, args.progress_interval), options)
 
@@ -224,7 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("run", cmd_run, "run every input of a JSONL or CSV file; results to a JSONL file; resumable")
     sub.add_argument("input", metavar="INPUT", help='JSONL ({"data": ..., "id"?: ...} or a bare row per line) or CSV')
     sub.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="JSONL results; inputs already in it are skipped")
-    sub.add_argument("--concurrency", "-c", type=int, default=8, help="inputs in flight at once (default 8)")
+    sub.add_argument(
+        "--concurrency",
+        "-c",
+        type=int,
+        default=4,
+        help=f"bulk requests of {protocol.DEFAULT_CHUNK_SIZE} inputs in flight (default 4)",
+    )
     model_options(sub)
     sub.add_argument("--job-timeout", type=float, default=None, help="give up on one job after this many seconds")
     sub.add_argument(

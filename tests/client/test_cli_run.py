@@ -16,8 +16,11 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from asyncinfer_client.protocol import DEFAULT_CHUNK_SIZE
 from tests.client.helpers import CLI, JOB_KEYS, cli_env, iris_rows, line_count, read_jsonl, run_cli, wait_for
 
 TOTAL = 2000
@@ -91,8 +94,36 @@ def test_run_interrupted_half_way_resumes_without_submitting_twice(stack, redis_
     assert len(redis_client.keys(JOB_KEYS)) == TOTAL
     assert len({r["job_id"] for r in records}) == TOTAL
     replayed = int(re.search(r"(\d+) found already submitted", second.stderr).group(1))
-    assert 1 <= replayed <= 8, second.stderr  # the ones in flight at Ctrl-C: at most one per lane
+    # the ones in flight at Ctrl-C: at most one chunk per bulk request in flight
+    assert 1 <= replayed <= 8 * DEFAULT_CHUNK_SIZE, second.stderr
     assert f"{len(written_first)} already done" in second.stderr
+
+
+def http_requests(url: str) -> dict[tuple[str, str], float]:
+    """The API's request counts by (method, route template), from its /metrics."""
+    counts: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+        for sample in family.samples:
+            if sample.name == "asyncinfer_http_requests_total":
+                key = (sample.labels["method"], sample.labels["route"])
+                counts[key] = counts.get(key, 0) + sample.value
+    return counts
+
+
+def test_run_sends_what_map_sends_bulk_submits_and_bulk_lookups(stack, tmp_path):
+    # as fast as `Client.map` because it makes the same requests: one bulk submit per chunk of inputs and a few
+    # reads per chunk, not a submit and a long poll per input (bench/cli_run.py compares the two rates)
+    inputs = 1000
+    input_path = tmp_path / "inputs.jsonl"
+    write_jsonl(input_path, iris_rows(inputs))
+    result = run_cli(["run", str(input_path), "-o", str(tmp_path / "out.jsonl")], stack.url)
+    assert result.returncode == 0, result.stderr
+    assert f"{inputs} completed, 0 failed" in result.stderr
+    requests = http_requests(stack.url)
+    assert requests.get(("POST", "/predict"), 0) == 0
+    assert requests[("POST", "/predict/batch")] == inputs // DEFAULT_CHUNK_SIZE
+    made = sum(count for (_, route), count in requests.items() if route != "/metrics")
+    assert made <= inputs / 20, requests  # a handful per chunk of 100
 
 
 def test_run_exits_1_and_names_the_failure_when_an_input_is_refused(stack, tmp_path):
