@@ -19,7 +19,15 @@ from asyncinfer_client.aio import AsyncClient
 from asyncinfer_client.client import Client
 from asyncinfer_client.errors import AsyncInferError, JobError
 from asyncinfer_client.progress import progress_for
-from asyncinfer_client.run_file import InputError, Journal, RunOptions, read_inputs, resolve_input, run_inputs
+from asyncinfer_client.run_file import (
+    RUN_CONCURRENCY,
+    InputError,
+    Journal,
+    RunOptions,
+    read_inputs,
+    resolve_input,
+    run_inputs,
+)
 from asyncinfer_client.views import JobView
 
 EXIT_OK = 0
@@ -228,8 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--concurrency",
         "-c",
         type=int,
-        default=4,
-        help=f"bulk requests of {protocol.DEFAULT_CHUNK_SIZE} inputs in flight (default 4)",
+        default=RUN_CONCURRENCY,
+        help=f"bulk requests of {protocol.DEFAULT_CHUNK_SIZE} inputs in flight (default {RUN_CONCURRENCY})",
     )
     model_options(sub)
     sub.add_argument("--job-timeout", type=float, default=None, help="give up on one job after this many seconds")

