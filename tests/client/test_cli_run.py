@@ -24,6 +24,8 @@ from asyncinfer_client.protocol import DEFAULT_CHUNK_SIZE
 from tests.client.helpers import CLI, JOB_KEYS, cli_env, iris_rows, line_count, read_jsonl, run_cli, wait_for
 
 TOTAL = 2000
+# enough that a run with --concurrency 1 (a bulk request of 100 at a time) lasts several progress intervals
+PROGRESS_INPUTS = 3000
 PLAIN_LINE = re.compile(r"^asyncinfer run: \d+/\d+ \(\d+%\) done, \d+ failed, [\d.]+/s, ETA [\d:?]+$", re.M)
 
 
@@ -150,19 +152,19 @@ def test_run_refuses_duplicate_ids_before_submitting(api_only, redis_client, tmp
 
 def test_progress_on_a_pipe_is_plain_periodic_lines(stack, tmp_path):
     input_path = tmp_path / "inputs.jsonl"
-    write_jsonl(input_path, iris_rows(400))
+    write_jsonl(input_path, iris_rows(PROGRESS_INPUTS))
     args = ["run", str(input_path), "-o", str(tmp_path / "out.jsonl"), "--concurrency", "1", "--progress-interval", "0.2"]
     result = run_cli(args, stack.url)
     assert result.returncode == 0, result.stderr
     lines = PLAIN_LINE.findall(result.stderr)
     assert len(lines) >= 3, result.stderr  # periodic, not only the last one
-    assert lines[-1].startswith("asyncinfer run: 400/400 (100%) done, 0 failed")
+    assert lines[-1].startswith(f"asyncinfer run: {PROGRESS_INPUTS}/{PROGRESS_INPUTS} (100%) done, 0 failed")
     assert "\r" not in result.stderr and "\x1b[" not in result.stderr  # no terminal control codes in a log
 
 
 def test_progress_on_a_terminal_is_a_live_bar_with_rate_and_eta(stack, tmp_path):
     input_path = tmp_path / "inputs.jsonl"
-    write_jsonl(input_path, iris_rows(400))
+    write_jsonl(input_path, iris_rows(PROGRESS_INPUTS))
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 140, 0, 0))
     proc = subprocess.Popen(
@@ -197,7 +199,7 @@ def test_progress_on_a_terminal_is_a_live_bar_with_rate_and_eta(stack, tmp_path)
     screen = b"".join(chunks).decode("utf-8", "replace")
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen)  # colours and cursor moves
     assert "━" in text  # rich's bar
-    assert re.search(r" \d+/400 done, 0 failed, [\d.]+/s ETA \d+:\d\d:\d\d", text), text[-2000:]
-    assert "400/400 done" in text
+    assert re.search(rf" \d+/{PROGRESS_INPUTS} done, 0 failed, [\d.]+/s ETA \d+:\d\d:\d\d", text), text[-2000:]
+    assert f"{PROGRESS_INPUTS}/{PROGRESS_INPUTS} done" in text
     assert screen.count("\x1b[2K") > 3  # redrawn in place (erase line), not printed line after line
     assert not PLAIN_LINE.search(text)
