@@ -93,6 +93,10 @@ bench-chaos: $(STAMP) $(MODEL) ## 40,000 jobs, 2 workers, a worker SIGKILLed eve
 docs: $(STAMP) ## regenerate the README's settings table from jobqueue/settings.py
 	$(PY) docs/splice.py README.md settings "$$($(PY) -m jobqueue.settings)"
 
+.PHONY: sync-client
+sync-client: $(STAMP) ## regenerate the SDK's sync client (client.py) from the asyncio one (aio.py) with unasync
+	$(PY) client/generate_sync.py
+
 .PHONY: clean
 clean: ## remove the venv, tools, built model and local data
 	rm -rf $(VENV) .tools .data $(MODEL) .pytest_cache

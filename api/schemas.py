@@ -41,7 +41,10 @@ BULK_REQUEST_SCHEMA: dict[str, Any] = {
             "minItems": 1,
             # Each item is checked on its own and refused in place (the request still succeeds):
             # documented here, so that an invalid item is not a schema violation of the request.
-            "items": {"type": "object", "description": "a submit: " + str(list(_SUBMIT_PROPERTIES))},
+            "items": {
+                "type": "object",
+                "description": f"a submit: {[*_SUBMIT_PROPERTIES, 'idempotency_key']} (`idempotency_key`: its own key)",
+            },
         }
     },
     "example": {"items": [{"data": [[5.1, 3.5, 1.4, 0.2]]}, {"data": [[6.7, 3.0, 5.2, 2.3]], "priority": "high"}]},
@@ -94,6 +97,7 @@ class BulkItemError(BaseModel):
 class BulkItem(BaseModel):
     job_id: str | None = None
     status: JobStatus | None = None
+    replayed: bool = Field(False, description="present and true when the item's idempotency key found an earlier job")
     error: BulkItemError | None = None
 
 

@@ -13,6 +13,7 @@ changes between them: 32 submitters + 32 pollers over HTTP, 1 worker, the iris m
   cold start     exec -> start-up log line (naive: exec -> its first BRPOP), median of 5    -> target 5
   A/B            bench/serve.py: uvicorn vs granian, hot path on/off, on e2e poll and e2e wait
   RSS            API and worker after their runs                                            -> target 6
+  CLI vs SDK     `asyncinfer run` and `Client.map` on the same 20,000 inputs (bench/cli_run.py): both rates, ratio
 
 `--quick` shrinks every count; `--profile` also records py-spy profiles (separate runs, so the headline
 numbers carry no sampling cost) into bench/results/profiles/. Writes bench/results/latest.md.
@@ -52,6 +53,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "deploy" / "local")]
 
 from stack import BIN, RedisServer, free_port, spawn, stop  # noqa: E402
 
+from bench import cli_run  # noqa: E402
 from jobqueue.keys import StoreKeys  # noqa: E402
 
 MODEL = str(ROOT / "models" / "iris.onnx")
@@ -652,12 +654,15 @@ class Sizes:
     idle_jobs: int
     ab_jobs: int
     starts: int
+    cli_inputs: int = 20_000  # the file: `asyncinfer run` against `Client.map`
 
 
 FULL = Sizes(rounds=3, jobs=4000, wait_jobs=4000, drain_jobs=50_000, single_jobs=6000, idle_jobs=200, ab_jobs=4000, starts=5)
-QUICK = Sizes(rounds=1, jobs=2000, wait_jobs=2000, drain_jobs=20_000, single_jobs=2000, idle_jobs=60, ab_jobs=1500, starts=3)
+QUICK = Sizes(rounds=1, jobs=2000, wait_jobs=2000, drain_jobs=20_000, single_jobs=2000, idle_jobs=60, ab_jobs=1500, starts=3,
+              cli_inputs=5000)  # fmt: skip
 # every step with a handful of jobs: the table is printed, its figures mean nothing (tests/integration/test_bench.py)
-SMOKE = Sizes(rounds=1, jobs=128, wait_jobs=128, drain_jobs=1000, single_jobs=128, idle_jobs=20, ab_jobs=64, starts=1)
+SMOKE = Sizes(rounds=1, jobs=128, wait_jobs=128, drain_jobs=1000, single_jobs=128, idle_jobs=20, ab_jobs=64, starts=1,
+              cli_inputs=200)  # fmt: skip
 
 
 def fmt(value: float, digits: int = 0) -> str:
@@ -721,6 +726,8 @@ def main() -> None:
                         idle_wake_up(base, server.url, ours.keys.events, sizes.idle_jobs)
                     )
                     step("ours idle wake-up")
+                    out["cli_vs_map"] = cli_run.compare(base, sizes.cli_inputs, workdir)
+                    step("asyncinfer run vs Client.map")
                     # the floor: uvicorn answering the same requests without any work (bench/serve.py)
                     floor_port = free_port()
                     floor = spawn([sys.executable, "-m", "bench.serve", "--floor"], {**ours.env, "PORT": str(floor_port)},
@@ -1067,6 +1074,7 @@ def render(out: dict[str, Any], sizes: Sizes, args: argparse.Namespace, started_
         "",
         f"cold starts, s: naive {' '.join(f'{t:.2f}' for t in out['naive_cold'])}; asyncinfer {' '.join(f'{t:.2f}' for t in out['cold'])}",
     ]
+    lines += ["", out["cli_vs_map"].line()]
     lines += [f"note: {n}" for n in notes]
     return "\n".join(lines)
 

@@ -42,6 +42,8 @@ MAX_WAIT_S = 30
 MAX_JOB_ID = 64
 MAX_IDEMPOTENCY_KEY = 200
 SUBMIT_FIELDS = {"data", "priority", "callback_url"}
+# a bulk item may name its own key: a client that resumes item by item (`asyncinfer run`) re-sends other chunks
+BULK_ITEM_FIELDS = SUBMIT_FIELDS | {"idempotency_key"}
 PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+(?:\.\d+)?)\"?", re.IGNORECASE)
 JobId = Annotated[str, Path(max_length=MAX_JOB_ID, description="id returned by a submit")]
 ModelName = Annotated[str, Path(max_length=40, description="a model name from GET /models")]
@@ -110,13 +112,13 @@ def json_object(body: bytes, example: str) -> dict[str, Any]:
     return parsed
 
 
-def submit_fields(item: Any, loc: tuple[str | int, ...]) -> dict[str, Any]:
+def submit_fields(item: Any, loc: tuple[str | int, ...], allowed: set[str] = SUBMIT_FIELDS) -> dict[str, Any]:
     """One submit's fields, checked for shape (the data itself is checked against the model later)."""
     if not isinstance(item, dict):
         raise invalid(list(loc), 'must be an object like {"data": [[...]]}', "model_attributes_type")
     if "data" not in item:
         raise invalid([*loc, "data"], "field required", "missing")
-    unknown = sorted(set(item) - SUBMIT_FIELDS)
+    unknown = sorted(set(item) - allowed)
     if unknown:
         raise invalid([*loc, unknown[0]], f"unknown field {unknown[0]!r}", "extra_forbidden")
     priority = item.get("priority", "normal")
@@ -125,6 +127,16 @@ def submit_fields(item: Any, loc: tuple[str | int, ...]) -> dict[str, Any]:
     if "callback_url" in item and not isinstance(item["callback_url"], str):
         raise invalid([*loc, "callback_url"], "must be a URL string", "string_type")
     return item
+
+
+def bulk_item_key(item: dict[str, Any], request_key: str | None, index: int, loc: tuple[str | int, ...]) -> str | None:
+    """A bulk item's idempotency key: its own `idempotency_key`, else `<Idempotency-Key>:<index>`, else none."""
+    key = item.get("idempotency_key")
+    if key is None:
+        return f"{request_key}:{index}" if request_key else None
+    if not isinstance(key, str) or not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
+        raise invalid([*loc, "idempotency_key"], f"must be a string of 1 to {MAX_IDEMPOTENCY_KEY} characters", "string_type")
+    return key
 
 
 def prefer_wait(prefer: str | None) -> float | None:
@@ -315,8 +327,8 @@ async def submit_bulk(
         if not isinstance(item, dict):  # not a submit at all: the request itself is malformed
             raise invalid(list(loc), 'must be an object like {"data": [[...]]}', "model_attributes_type")
         try:
-            fields = submit_fields(item, loc)
-            key = f"{idempotency_key}:{i}" if idempotency_key else None
+            fields = submit_fields(item, loc, BULK_ITEM_FIELDS)
+            key = bulk_item_key(fields, idempotency_key, i, loc)
             jobs.append((i, state.validated_job(caller.name, entry, fields["data"], fields.get("priority", "normal"),
                                                 fields.get("callback_url"), key, loc, raw=body)))  # fmt: skip
         except HTTPProblem as problem:
@@ -330,7 +342,10 @@ async def submit_bulk(
             assert refusal is not None
             answers[i] = {"error": {"status": refusal.status, "detail": refusal.detail}}
         else:
-            answers[i] = {"job_id": result.job_id, "status": result.status}
+            answer: dict[str, Any] = {"job_id": result.job_id, "status": result.status}
+            if not result.created:
+                answer["replayed"] = True
+            answers[i] = answer
     return json_response({"items": answers, "model": entry.name})
 
 

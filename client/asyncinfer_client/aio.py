@@ -1,18 +1,24 @@
-"""The asyncio client: `AsyncClient` and the `AsyncJob` handle it returns (the same methods as `Client`)."""
+"""One asyncinfer service's client and the job handle it returns: `AsyncClient`, `AsyncJob` (aio.py) and
+`Client`, `Job` (client.py), with the same methods.
+
+aio.py is the source of both: client.py is generated from it by client/generate_sync.py (unasync drops
+`async`/`await` and makes the Async names sync), so a change lands once. Edit aio.py, then run
+`make sync-client`; tests/client/test_generated_sync.py fails while client.py is stale.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from itertools import islice
 from typing import Any
 
 import httpx
 
 from asyncinfer_client import protocol
-from asyncinfer_client.errors import APIError, ConnectionFailed
+from asyncinfer_client._concurrency import AsyncChunkPool, ChunkEnd, async_sleep
+from asyncinfer_client.errors import APIError
 from asyncinfer_client.protocol import Call, RetryPolicy
 from asyncinfer_client.views import JobView, Outcome
 
@@ -20,7 +26,7 @@ log = logging.getLogger("asyncinfer_client")
 
 
 class AsyncJob:
-    """A submitted job. `await wait()` / `await result()` long-poll the service in slices until it ends."""
+    """A submitted job. `wait()` / `result()` long-poll the service in slices until it ends."""
 
     def __init__(
         self, client: AsyncClient, job_id: str, model: str | None = None, view: JobView | None = None, replayed: bool = False
@@ -51,7 +57,8 @@ class AsyncJob:
 
     async def result(self, timeout: float | None = None) -> Any:
         """The job's result once it ends (see `wait` for the errors)."""
-        return (await self.wait(timeout)).result
+        view = await self.wait(timeout)
+        return view.result
 
     async def cancel(self) -> JobView:
         """Cancel the job while it is pending (Conflict once a worker started it)."""
@@ -59,11 +66,16 @@ class AsyncJob:
         return self.view
 
     def __repr__(self) -> str:
-        return f"AsyncJob(id={self.id!r}, status={self.view.status if self.view else None!r})"
+        return f"{type(self).__name__}(id={self.id!r}, status={self.view.status if self.view else None!r})"
 
 
 class AsyncClient:
-    """asyncio client of one asyncinfer service; see `Client` for defaults, retries and idempotency."""
+    """Client of one asyncinfer service (`AsyncClient` awaits, `Client` blocks; the same methods).
+
+    `base_url` defaults to ASYNCINFER_URL (else http://127.0.0.1:8000) and `token` to ASYNCINFER_TOKEN.
+    Every request has a timeout; connection errors, 429 and 503 are retried (see RetryPolicy) and a
+    submit's idempotency key is reused on each retry, so a retried submit never makes a second job.
+    """
 
     def __init__(
         self,
@@ -113,7 +125,7 @@ class AsyncClient:
             except httpx.TransportError as exc:
                 delay = self.retry_policy.delay_after_error(attempt, exc, call.resendable)
                 if delay is None:
-                    raise ConnectionFailed(f"{call.method} {call.path}: {type(exc).__name__}: {exc}") from exc
+                    raise protocol.connection_failed(self.base_url, call, exc) from exc
                 log.info("%s %s: %s; retry %d in %.2fs", call.method, call.path, type(exc).__name__, attempt + 1, delay)
             else:
                 delay = self.retry_policy.delay_after_response(attempt, response)
@@ -121,7 +133,7 @@ class AsyncClient:
                     return response
                 await response.aclose()
                 log.info("%s %s: HTTP %d; retry %d in %.2fs", call.method, call.path, response.status_code, attempt + 1, delay)
-            await asyncio.sleep(delay)
+            await async_sleep(delay)
             attempt += 1
 
     async def _json(self, call: Call) -> Any:
@@ -162,18 +174,25 @@ class AsyncClient:
         callback_url: str | None = None,
         idempotency_key: str | None = None,
         chunk_size: int = protocol.DEFAULT_CHUNK_SIZE,
+        idempotency_keys: Sequence[str] | None = None,
     ) -> list[AsyncJob | APIError]:
         """Submit many jobs with the bulk route, `chunk_size` per request. One entry per input, in order: its
-        AsyncJob, or the APIError that refused that item (e.g. a 422 naming the field)."""
+        job handle, or the APIError that refused that item (e.g. a 422 naming the field).
+
+        `idempotency_keys` (one per input) give each input its own key, so a later call that sends an input
+        again in another chunk replays its job (`job.replayed`) instead of making a second one."""
         submitted: list[AsyncJob | APIError] = []
         for start in range(0, len(inputs), chunk_size):
             key = f"{idempotency_key}:{start}" if idempotency_key else protocol.new_idempotency_key()
-            call = protocol.submit_many_call(inputs[start : start + chunk_size], model, priority, callback_url, key)
+            item_keys = None if idempotency_keys is None else idempotency_keys[start : start + chunk_size]
+            call = protocol.submit_many_call(inputs[start : start + chunk_size], model, priority, callback_url, key, item_keys)
             body = await self._json(call)
             for index, item in enumerate(body["items"]):
                 outcome = protocol.submitted_item(item, call, start + index)
                 submitted.append(
-                    outcome if isinstance(outcome, APIError) else AsyncJob(self, outcome, body.get("model") or model)
+                    outcome
+                    if isinstance(outcome, APIError)
+                    else AsyncJob(self, outcome, body.get("model") or model, replayed=bool(item.get("replayed")))
                 )
         return submitted
 
@@ -187,88 +206,89 @@ class AsyncClient:
         ordered: bool = True,
         chunk_size: int = protocol.DEFAULT_CHUNK_SIZE,
         timeout: float | None = None,
+        idempotency_keys: Sequence[str] | None = None,
     ) -> AsyncIterator[Outcome]:
         """Run every input and yield one Outcome per input: in input order (`ordered=True`) or as jobs end.
-        Same behaviour as `Client.map`; chunks run as tasks instead of threads."""
-        events: asyncio.Queue[Outcome | BaseException | None] = asyncio.Queue()
+
+        Inputs go in bulk requests of `chunk_size`; at most `concurrency` chunks are in flight (threads for
+        `Client`, tasks for `AsyncClient`). A job that fails yields an Outcome with its error (`outcome.unwrap()`
+        raises it); errors that stop everything (authentication, the service unreachable) are raised by the
+        iterator. `timeout` bounds each chunk's wait. `idempotency_keys` (one per input, in input order) make a
+        re-run exactly-once: an input sent before replays its job (`outcome.replayed`) instead of running again.
+        """
+        pool = AsyncChunkPool(concurrency)
         items = enumerate(inputs)
         buffered: dict[int, Outcome] = {}
         next_index = 0
-        tasks: set[asyncio.Task[None]] = set()
         running = 0
         try:
             while True:
                 while running < concurrency and (chunk := list(islice(items, chunk_size))):
-                    task = asyncio.create_task(self._run_chunk(chunk, model, priority, timeout, events.put_nowait))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
+                    keys = None if idempotency_keys is None else {index: idempotency_keys[index] for index, _ in chunk}
+                    pool.start(self._run_chunk, chunk, keys, model, priority, timeout, pool)
                     running += 1
                 if running == 0:
                     return
-                event = await events.get()
-                if event is None or isinstance(event, BaseException):  # a chunk ended (None: without an error)
+                event = await pool.next_event()
+                if isinstance(event, ChunkEnd):
                     running -= 1
-                    if isinstance(event, BaseException):
-                        raise event
-                    continue
-                if not ordered:
+                    if event.error is not None:
+                        raise event.error
+                elif not ordered:
                     yield event
-                    continue
-                buffered[event.index] = event
-                while next_index in buffered:
-                    yield buffered.pop(next_index)
-                    next_index += 1
+                else:
+                    buffered[event.index] = event
+                    while next_index in buffered:
+                        yield buffered.pop(next_index)
+                        next_index += 1
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await pool.aclose()
 
     async def _run_chunk(
         self,
         chunk: list[tuple[int, Any]],
+        keys: dict[int, str] | None,  # input index -> its idempotency key
         model: str | None,
         priority: str | None,
         timeout: float | None,
-        emit: Callable[[Outcome | BaseException | None], None],
+        pool: AsyncChunkPool,
     ) -> None:
-        try:
-            deadline = None if timeout is None else time.monotonic() + timeout
-            indexes: dict[str, int] = {}
-            pending, attempt = chunk, 0
-            while pending:
-                try:
-                    jobs = await self.submit_many([data for _, data in pending], model, priority, chunk_size=len(pending))
-                    submitted = [job if isinstance(job, APIError) else job.id for job in jobs]
-                except APIError as exc:
-                    if exc.status not in protocol.CHUNK_REJECTED_STATUSES:
-                        raise
-                    submitted = [exc] * len(pending)  # the whole request was refused: so is each of its items
-                sorted_items = protocol.sort_submission(pending, submitted, attempt < self.retry_policy.max_retries)
-                indexes.update(sorted_items.accepted)
-                for outcome in sorted_items.rejected:
-                    emit(outcome)
-                pending = sorted_items.again
-                if pending:
-                    await asyncio.sleep(self.retry_policy.backoff_s(attempt))
-                    attempt += 1
-            running = list(indexes)
-            while running:
-                slice_s = protocol.wait_slice_s(deadline, protocol.MAP_POLL_SLICE_S)
-                if slice_s is None:
-                    for outcome in protocol.timeout_outcomes(indexes, running, timeout):
-                        emit(outcome)
-                    break
-                # the chunk's jobs run roughly in order: once the last one ends, most of the others have
-                await self.get(running[-1], wait=slice_s)
-                done, running = protocol.chunk_outcomes(indexes, await self.lookup(running), running)
-                for outcome in done:
-                    emit(outcome)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # handed to the iterator, which raises it in the caller's task
-            emit(exc)
-            return
-        emit(None)  # this chunk is done
+        deadline = None if timeout is None else time.monotonic() + timeout
+        indexes: dict[str, int] = {}
+        replayed: set[str] = set()
+        pending, attempt = chunk, 0
+        while pending and not pool.stopped:
+            try:
+                pending_keys = None if keys is None else [keys[index] for index, _ in pending]
+                jobs = await self.submit_many(
+                    [data for _, data in pending], model, priority, chunk_size=len(pending), idempotency_keys=pending_keys
+                )
+                replayed.update(job.id for job in jobs if not isinstance(job, APIError) and job.replayed)
+                submitted = [job if isinstance(job, APIError) else job.id for job in jobs]
+            except APIError as exc:
+                if exc.status not in protocol.CHUNK_REJECTED_STATUSES:
+                    raise
+                submitted = [exc] * len(pending)  # the whole request was refused: so is each of its items
+            sorted_items = protocol.sort_submission(pending, submitted, attempt < self.retry_policy.max_retries)
+            indexes.update(sorted_items.accepted)
+            for outcome in sorted_items.rejected:
+                pool.emit(outcome)
+            pending = sorted_items.again
+            if pending:
+                await async_sleep(self.retry_policy.backoff_s(attempt))
+                attempt += 1
+        running = list(indexes)
+        while running and not pool.stopped:
+            slice_s = protocol.wait_slice_s(deadline, protocol.MAP_POLL_SLICE_S)
+            if slice_s is None:
+                for outcome in protocol.timeout_outcomes(indexes, running, timeout, replayed):
+                    pool.emit(outcome)
+                break
+            # the chunk's jobs run roughly in order: once the last one ends, most of the others have
+            await self.get(running[-1], wait=slice_s)
+            done, running = protocol.chunk_outcomes(indexes, await self.lookup(running), running, replayed)
+            for outcome in done:
+                pool.emit(outcome)
 
     async def get(self, job_id: str, wait: float | None = None) -> JobView:
         """The job's view; with `wait` (seconds, at most 30) held until it ends or the time passes."""

@@ -19,7 +19,15 @@ from asyncinfer_client.aio import AsyncClient
 from asyncinfer_client.client import Client
 from asyncinfer_client.errors import AsyncInferError, JobError
 from asyncinfer_client.progress import progress_for
-from asyncinfer_client.run_file import InputError, Journal, RunOptions, read_inputs, resolve_input, run_inputs
+from asyncinfer_client.run_file import (
+    RUN_CONCURRENCY,
+    InputError,
+    Journal,
+    RunOptions,
+    read_inputs,
+    resolve_input,
+    run_inputs,
+)
 from asyncinfer_client.views import JobView
 
 EXIT_OK = 0
@@ -86,7 +94,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     with make_client(args) as client:
         job = client.submit(parse_data(args.data), args.model, args.priority, idempotency_key=args.idempotency_key)
-        print_json({"job_id": job.id, "status": "pending", "model": job.model, "replayed": job.replayed})
+        if args.json:
+            print_json({"job_id": job.id, "status": "pending", "model": job.model, "replayed": job.replayed})
+        else:
+            print(job.id)  # bare, so `asyncinfer status $(asyncinfer submit ...)` works
         return EXIT_OK
 
 
@@ -152,7 +163,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = RunOptions(args.model, args.priority, args.concurrency, args.job_timeout)
 
     async def go() -> Any:
-        # one connection per lane, plus slack for the long polls that outlive an interrupted lane
+        # one connection per chunk in flight, plus slack for the long polls that outlive an interrupted chunk
         async with AsyncClient(args.url, read_token(args), timeout=args.timeout, max_connections=args.concurrency + 4) as client:
             return await run_inputs(client, items, input_path, journal, progress_for(sys.stderr, args.progress_interval), options)
 
@@ -203,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("data", metavar="DATA", help="JSON rows like '[[5.1,3.5,1.4,0.2]]', '-' for stdin, @FILE")
     model_options(sub)
     sub.add_argument("--idempotency-key", default=None, help="the same key within the job TTL returns the same job")
+    sub.add_argument("--json", action="store_true", help="print the job as JSON (id, status, model, replayed), not only its id")
 
     for name, handler, help_text in (
         ("status", cmd_status, "print a job"),
@@ -220,7 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("run", cmd_run, "run every input of a JSONL or CSV file; results to a JSONL file; resumable")
     sub.add_argument("input", metavar="INPUT", help='JSONL ({"data": ..., "id"?: ...} or a bare row per line) or CSV')
     sub.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="JSONL results; inputs already in it are skipped")
-    sub.add_argument("--concurrency", "-c", type=int, default=8, help="inputs in flight at once (default 8)")
+    sub.add_argument(
+        "--concurrency",
+        "-c",
+        type=int,
+        default=RUN_CONCURRENCY,
+        help=f"bulk requests of {protocol.DEFAULT_CHUNK_SIZE} inputs in flight (default {RUN_CONCURRENCY})",
+    )
     model_options(sub)
     sub.add_argument("--job-timeout", type=float, default=None, help="give up on one job after this many seconds")
     sub.add_argument(

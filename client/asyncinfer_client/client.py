@@ -1,20 +1,25 @@
-"""The synchronous client: `Client` and the `Job` handle it returns."""
+# Generated from aio.py by client/generate_sync.py (unasync): do not edit; edit aio.py and run `make sync-client`.
+"""One asyncinfer service's client and the job handle it returns: `AsyncClient`, `AsyncJob` (aio.py) and
+`Client`, `Job` (client.py), with the same methods.
+
+aio.py is the source of both: client.py is generated from it by client/generate_sync.py (unasync drops
+`async`/`await` and makes the Async names sync), so a change lands once. Edit aio.py, then run
+`make sync-client`; tests/client/test_generated_sync.py fails while client.py is stale.
+"""
 
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 from typing import Any
 
 import httpx
 
 from asyncinfer_client import protocol
-from asyncinfer_client.errors import APIError, ConnectionFailed
+from asyncinfer_client._concurrency import ChunkEnd, SyncChunkPool, sleep
+from asyncinfer_client.errors import APIError
 from asyncinfer_client.protocol import Call, RetryPolicy
 from asyncinfer_client.views import JobView, Outcome
 
@@ -53,7 +58,8 @@ class Job:
 
     def result(self, timeout: float | None = None) -> Any:
         """The job's result once it ends (see `wait` for the errors)."""
-        return self.wait(timeout).result
+        view = self.wait(timeout)
+        return view.result
 
     def cancel(self) -> JobView:
         """Cancel the job while it is pending (Conflict once a worker started it)."""
@@ -61,11 +67,11 @@ class Job:
         return self.view
 
     def __repr__(self) -> str:
-        return f"Job(id={self.id!r}, status={self.view.status if self.view else None!r})"
+        return f"{type(self).__name__}(id={self.id!r}, status={self.view.status if self.view else None!r})"
 
 
 class Client:
-    """Synchronous client of one asyncinfer service.
+    """Client of one asyncinfer service (`AsyncClient` awaits, `Client` blocks; the same methods).
 
     `base_url` defaults to ASYNCINFER_URL (else http://127.0.0.1:8000) and `token` to ASYNCINFER_TOKEN.
     Every request has a timeout; connection errors, 429 and 503 are retried (see RetryPolicy) and a
@@ -120,7 +126,7 @@ class Client:
             except httpx.TransportError as exc:
                 delay = self.retry_policy.delay_after_error(attempt, exc, call.resendable)
                 if delay is None:
-                    raise ConnectionFailed(f"{call.method} {call.path}: {type(exc).__name__}: {exc}") from exc
+                    raise protocol.connection_failed(self.base_url, call, exc) from exc
                 log.info("%s %s: %s; retry %d in %.2fs", call.method, call.path, type(exc).__name__, attempt + 1, delay)
             else:
                 delay = self.retry_policy.delay_after_response(attempt, response)
@@ -128,7 +134,7 @@ class Client:
                     return response
                 response.close()
                 log.info("%s %s: HTTP %d; retry %d in %.2fs", call.method, call.path, response.status_code, attempt + 1, delay)
-            time.sleep(delay)
+            sleep(delay)
             attempt += 1
 
     def _json(self, call: Call) -> Any:
@@ -167,17 +173,26 @@ class Client:
         callback_url: str | None = None,
         idempotency_key: str | None = None,
         chunk_size: int = protocol.DEFAULT_CHUNK_SIZE,
+        idempotency_keys: Sequence[str] | None = None,
     ) -> list[Job | APIError]:
         """Submit many jobs with the bulk route, `chunk_size` per request. One entry per input, in order: its
-        Job, or the APIError that refused that item (e.g. a 422 naming the field)."""
+        job handle, or the APIError that refused that item (e.g. a 422 naming the field).
+
+        `idempotency_keys` (one per input) give each input its own key, so a later call that sends an input
+        again in another chunk replays its job (`job.replayed`) instead of making a second one."""
         submitted: list[Job | APIError] = []
         for start in range(0, len(inputs), chunk_size):
             key = f"{idempotency_key}:{start}" if idempotency_key else protocol.new_idempotency_key()
-            call = protocol.submit_many_call(inputs[start : start + chunk_size], model, priority, callback_url, key)
+            item_keys = None if idempotency_keys is None else idempotency_keys[start : start + chunk_size]
+            call = protocol.submit_many_call(inputs[start : start + chunk_size], model, priority, callback_url, key, item_keys)
             body = self._json(call)
             for index, item in enumerate(body["items"]):
                 outcome = protocol.submitted_item(item, call, start + index)
-                submitted.append(outcome if isinstance(outcome, APIError) else Job(self, outcome, body.get("model") or model))
+                submitted.append(
+                    outcome
+                    if isinstance(outcome, APIError)
+                    else Job(self, outcome, body.get("model") or model, replayed=bool(item.get("replayed")))
+                )
         return submitted
 
     def map(
@@ -190,29 +205,31 @@ class Client:
         ordered: bool = True,
         chunk_size: int = protocol.DEFAULT_CHUNK_SIZE,
         timeout: float | None = None,
+        idempotency_keys: Sequence[str] | None = None,
     ) -> Iterator[Outcome]:
         """Run every input and yield one Outcome per input: in input order (`ordered=True`) or as jobs end.
 
-        Inputs go in bulk requests of `chunk_size`; at most `concurrency` chunks are in flight. A job that
-        fails yields an Outcome with its error (`outcome.unwrap()` raises it); errors that stop everything
-        (authentication, the service unreachable) are raised by the iterator. `timeout` bounds each chunk's wait.
+        Inputs go in bulk requests of `chunk_size`; at most `concurrency` chunks are in flight (threads for
+        `Client`, tasks for `AsyncClient`). A job that fails yields an Outcome with its error (`outcome.unwrap()`
+        raises it); errors that stop everything (authentication, the service unreachable) are raised by the
+        iterator. `timeout` bounds each chunk's wait. `idempotency_keys` (one per input, in input order) make a
+        re-run exactly-once: an input sent before replays its job (`outcome.replayed`) instead of running again.
         """
-        events: queue.Queue[Outcome | _ChunkEnd] = queue.Queue()
-        stop = threading.Event()
+        pool = SyncChunkPool(concurrency)
         items = enumerate(inputs)
         buffered: dict[int, Outcome] = {}
         next_index = 0
         running = 0
-        pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="asyncinfer-map")
         try:
             while True:
                 while running < concurrency and (chunk := list(islice(items, chunk_size))):
-                    pool.submit(self._run_chunk, chunk, model, priority, timeout, events.put, stop)
+                    keys = None if idempotency_keys is None else {index: idempotency_keys[index] for index, _ in chunk}
+                    pool.start(self._run_chunk, chunk, keys, model, priority, timeout, pool)
                     running += 1
                 if running == 0:
                     return
-                event = events.get()
-                if isinstance(event, _ChunkEnd):
+                event = pool.next_event()
+                if isinstance(event, ChunkEnd):
                     running -= 1
                     if event.error is not None:
                         raise event.error
@@ -224,54 +241,53 @@ class Client:
                         yield buffered.pop(next_index)
                         next_index += 1
         finally:
-            stop.set()  # chunk threads stop at their next poll; the iterator may have been closed early
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.close()
 
     def _run_chunk(
         self,
         chunk: list[tuple[int, Any]],
+        keys: dict[int, str] | None,  # input index -> its idempotency key
         model: str | None,
         priority: str | None,
         timeout: float | None,
-        emit: Callable[[Outcome | _ChunkEnd], None],
-        stop: threading.Event,
+        pool: SyncChunkPool,
     ) -> None:
-        error: BaseException | None = None
-        try:
-            deadline = None if timeout is None else time.monotonic() + timeout
-            indexes: dict[str, int] = {}
-            pending, attempt = chunk, 0
-            while pending and not stop.is_set():
-                try:
-                    jobs = self.submit_many([data for _, data in pending], model, priority, chunk_size=len(pending))
-                    submitted = [job if isinstance(job, APIError) else job.id for job in jobs]
-                except APIError as exc:
-                    if exc.status not in protocol.CHUNK_REJECTED_STATUSES:
-                        raise
-                    submitted = [exc] * len(pending)  # the whole request was refused: so is each of its items
-                sorted_items = protocol.sort_submission(pending, submitted, attempt < self.retry_policy.max_retries)
-                indexes.update(sorted_items.accepted)
-                for outcome in sorted_items.rejected:
-                    emit(outcome)
-                pending = sorted_items.again
-                if pending:
-                    time.sleep(self.retry_policy.backoff_s(attempt))
-                    attempt += 1
-            running = list(indexes)
-            while running and not stop.is_set():
-                slice_s = protocol.wait_slice_s(deadline, protocol.MAP_POLL_SLICE_S)
-                if slice_s is None:
-                    for outcome in protocol.timeout_outcomes(indexes, running, timeout):
-                        emit(outcome)
-                    break
-                # the chunk's jobs run roughly in order: once the last one ends, most of the others have
-                self.get(running[-1], wait=slice_s)
-                done, running = protocol.chunk_outcomes(indexes, self.lookup(running), running)
-                for outcome in done:
-                    emit(outcome)
-        except BaseException as exc:  # handed to the iterator, which raises it in the caller's thread
-            error = exc
-        emit(_ChunkEnd(error))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        indexes: dict[str, int] = {}
+        replayed: set[str] = set()
+        pending, attempt = chunk, 0
+        while pending and not pool.stopped:
+            try:
+                pending_keys = None if keys is None else [keys[index] for index, _ in pending]
+                jobs = self.submit_many(
+                    [data for _, data in pending], model, priority, chunk_size=len(pending), idempotency_keys=pending_keys
+                )
+                replayed.update(job.id for job in jobs if not isinstance(job, APIError) and job.replayed)
+                submitted = [job if isinstance(job, APIError) else job.id for job in jobs]
+            except APIError as exc:
+                if exc.status not in protocol.CHUNK_REJECTED_STATUSES:
+                    raise
+                submitted = [exc] * len(pending)  # the whole request was refused: so is each of its items
+            sorted_items = protocol.sort_submission(pending, submitted, attempt < self.retry_policy.max_retries)
+            indexes.update(sorted_items.accepted)
+            for outcome in sorted_items.rejected:
+                pool.emit(outcome)
+            pending = sorted_items.again
+            if pending:
+                sleep(self.retry_policy.backoff_s(attempt))
+                attempt += 1
+        running = list(indexes)
+        while running and not pool.stopped:
+            slice_s = protocol.wait_slice_s(deadline, protocol.MAP_POLL_SLICE_S)
+            if slice_s is None:
+                for outcome in protocol.timeout_outcomes(indexes, running, timeout, replayed):
+                    pool.emit(outcome)
+                break
+            # the chunk's jobs run roughly in order: once the last one ends, most of the others have
+            self.get(running[-1], wait=slice_s)
+            done, running = protocol.chunk_outcomes(indexes, self.lookup(running), running, replayed)
+            for outcome in done:
+                pool.emit(outcome)
 
     def get(self, job_id: str, wait: float | None = None) -> JobView:
         """The job's view; with `wait` (seconds, at most 30) held until it ends or the time passes."""
@@ -297,7 +313,7 @@ class Client:
 
     def models(self) -> list[dict[str, Any]]:
         """The models this service serves: `{"name", "version", "ready", "default"}` each."""
-        return list(self._json(Call("GET", "/models"))["models"])
+        return list((self._json(Call("GET", "/models")))["models"])
 
     def metadata(self, model: str | None = None) -> dict[str, Any]:
         """A model's inputs, outputs, labels and an example input (the default model's when None)."""
@@ -314,11 +330,4 @@ class Client:
     def retry_dead_letters(self, model: str | None = None) -> int:
         """Queue every dead-lettered job again (of one model, or all); how many were queued."""
         body = {"model": model} if model else {}
-        return int(self._json(Call("POST", "/admin/dead-letters/retry", body, resendable=False))["retried"])
-
-
-class _ChunkEnd:
-    """Sent by a `map` chunk thread when it is done; carries the error that stopped it, if any."""
-
-    def __init__(self, error: BaseException | None) -> None:
-        self.error = error
+        return int((self._json(Call("POST", "/admin/dead-letters/retry", body, resendable=False)))["retried"])

@@ -40,6 +40,11 @@ class APIError(AsyncInferError):
 class AuthenticationError(APIError):
     """401: no token, or a token the service does not know (ASYNCINFER_TOKEN)."""
 
+    def __init__(self, status: int, detail: Any, method: str = "", path: str = "", retry_after_s: float | None = None) -> None:
+        super().__init__(status, detail, method, path, retry_after_s)
+        # the service speaks of the header; a user sets the token where this package reads it
+        self.args = (f"{self.args[0]} (set ASYNCINFER_TOKEN, or Client(token=...), or asyncinfer --token-file FILE)",)
+
 
 class PermissionDenied(APIError):
     """403: the token is valid but its role may not do this (admin routes)."""

@@ -10,14 +10,14 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Collection, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
-from asyncinfer_client.errors import STATUS_ERRORS, APIError, JobError, Timeout
+from asyncinfer_client.errors import STATUS_ERRORS, APIError, ConnectionFailed, JobError, Timeout
 from asyncinfer_client.views import JobView, Outcome
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -67,6 +67,9 @@ class RetryPolicy:
     `Retry-After` from the service wins over the backoff (it knows when it will have room)."""
 
     max_retries: int = 5
+    # a refused connection (nothing listens there: a wrong URL, a stopped service) is tried this many more
+    # times only: enough to ride out a restart, short enough that a typo fails in about a second
+    max_refused_retries: int = 2
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
     max_retry_after_s: float = 120.0  # a longer Retry-After is followed only this far per attempt
@@ -93,7 +96,7 @@ class RetryPolicy:
         (read timeout, dropped connection) may have been applied: they are retried only when `resendable`,
         i.e. reads, or submits carrying an idempotency key.
         """
-        if attempt >= self.max_retries:
+        if attempt >= (self.max_refused_retries if isinstance(exc, httpx.ConnectError) else self.max_retries):
             return None
         never_sent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
         if not (never_sent or resendable):
@@ -171,11 +174,19 @@ def submit_call(
 
 
 def submit_many_call(
-    inputs: Sequence[Any], model: str | None, priority: str | None, callback_url: str | None, idempotency_key: str
+    inputs: Sequence[Any],
+    model: str | None,
+    priority: str | None,
+    callback_url: str | None,
+    idempotency_key: str,
+    item_keys: Sequence[str] | None = None,
 ) -> Call:
     """One bulk request; the service gives item i the key `<idempotency_key>:<i>`, so a retried bulk request
-    replays the same jobs."""
+    replays the same jobs. `item_keys` give each item its own key instead (stable whatever the chunking)."""
     items = [submit_body(data, priority, callback_url) for data in inputs]
+    if item_keys is not None:
+        for item, key in zip(items, item_keys, strict=True):
+            item["idempotency_key"] = key
     return Call("POST", model_path(model, "predict/batch"), {"items": items}, None, {"Idempotency-Key": idempotency_key})
 
 
@@ -196,6 +207,15 @@ def wait_slice_s(deadline: float | None, slice_max_s: float = MAX_WAIT_S) -> flo
         return slice_max_s
     remaining = deadline - time.monotonic()
     return min(slice_max_s, remaining) if remaining > 0 else None
+
+
+def connection_failed(base_url: str, call: Call, exc: httpx.TransportError) -> ConnectionFailed:
+    """The error once retries ran out, naming the URL (the usual cause is a wrong one) and how to set it."""
+    reason = "cannot connect" if isinstance(exc, httpx.ConnectError) else type(exc).__name__
+    return ConnectionFailed(
+        f"{reason} to {base_url} ({call.method} {call.path}: {exc}); is the service running there? "
+        f"Set {URL_ENV} (or --url) to its address"
+    )
 
 
 def error_for(response: httpx.Response) -> APIError:
@@ -249,24 +269,30 @@ def lookup_items(body: dict[str, Any]) -> list[JobView | None]:
 
 
 def chunk_outcomes(
-    job_indexes: dict[str, int], views: Sequence[JobView | None], ids: Sequence[str]
+    job_indexes: dict[str, int], views: Sequence[JobView | None], ids: Sequence[str], replayed: Collection[str] = ()
 ) -> tuple[list[Outcome], list[str]]:
-    """Split a lookup of `ids` into outcomes for the jobs that ended (or vanished) and ids still running."""
+    """Split a lookup of `ids` into outcomes for the jobs that ended (or vanished) and ids still running;
+    `replayed`: the jobs an earlier run had submitted."""
     done: list[Outcome] = []
     running: list[str] = []
     for job_id, view in zip(ids, views, strict=True):
         if view is None:
             error = STATUS_ERRORS[404](404, f"job {job_id} not found (its record expired?)", "POST", "/jobs/lookup")
-            done.append(Outcome(job_indexes[job_id], job_id, "failed", None, error))
+            done.append(Outcome(job_indexes[job_id], job_id, "failed", None, error, replayed=job_id in replayed))
         elif view.terminal:
-            done.append(Outcome.from_view(job_indexes[job_id], view))
+            done.append(Outcome.from_view(job_indexes[job_id], view, replayed=job_id in replayed))
         else:
             running.append(job_id)
     return done, running
 
 
-def timeout_outcomes(job_indexes: dict[str, int], ids: Iterable[str], timeout_s: float | None) -> list[Outcome]:
-    return [Outcome(job_indexes[job_id], job_id, "timeout", None, timed_out(job_id, timeout_s)) for job_id in ids]
+def timeout_outcomes(
+    job_indexes: dict[str, int], ids: Iterable[str], timeout_s: float | None, replayed: Collection[str] = ()
+) -> list[Outcome]:
+    return [
+        Outcome(job_indexes[job_id], job_id, "timeout", None, timed_out(job_id, timeout_s), replayed=job_id in replayed)
+        for job_id in ids
+    ]
 
 
 def rejected_outcome(index: int, error: APIError) -> Outcome:

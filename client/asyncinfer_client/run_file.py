@@ -1,4 +1,5 @@
 """`asyncinfer run`: every input line of a file becomes one job; results go to a JSONL journal as they arrive.
+The inputs go through `AsyncClient.map` (bulk submits, lookups in bulk), so a file runs as fast as `map`.
 
 Resumable: the journal names the inputs already done, and each input's idempotency key is derived from the
 input file's absolute path and the input's id (`run-<sha256(path)[:16]>-<id>`), so an input that was submitted
@@ -14,20 +15,24 @@ import json
 import os
 import re
 import signal
-import time
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Iterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from asyncinfer_client.aio import AsyncClient
-from asyncinfer_client.errors import APIError, AsyncInferError, JobError, Timeout
+from asyncinfer_client.errors import APIError, AsyncInferError
 from asyncinfer_client.progress import Progress
+from asyncinfer_client.views import Outcome
 
 KEY_SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,100}$")  # ids that can stand in a key as they are
+RECORD_ENCODER = json.JSONEncoder(separators=(",", ":"))  # built once: json.dumps with options builds one per line
 # refusals about the input itself (malformed, too big, does not fit the model): journaled as `rejected`
 INPUT_REJECTED_STATUSES = frozenset({400, 413, 422})
-TICK_S = 0.25  # how often the progress display is given a chance to draw without a finished input
+# bulk requests in flight: twice `map`'s default, as a file of inputs is all there is to do (~20% faster here)
+RUN_CONCURRENCY = 8
+TICK_S = 0.25  # how often the journal is flushed and the progress display may draw without a finished input
 
 
 class InputError(ValueError):
@@ -141,7 +146,11 @@ def idempotency_key(prefix: str, item: InputItem) -> str:
 
 
 class Journal:
-    """The OUTPUT file: one JSON line per finished input, flushed as written, read back to resume."""
+    """The OUTPUT file: one JSON line per finished input, flushed every TICK_S, read back to resume.
+
+    A crash loses at most the lines of the last TICK_S: those inputs run again on resume, and their idempotency
+    keys hand back the jobs already made, so nothing is computed twice (a flush per line cost a syscall per input).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -168,9 +177,12 @@ class Journal:
 
     def write(self, record: dict[str, Any]) -> None:
         assert self._handle is not None, "open() first"
-        self._handle.write(json.dumps(record, separators=(",", ":")) + "\n")
-        self._handle.flush()  # written as it arrives: a crash loses at most the line being written
+        self._handle.write(RECORD_ENCODER.encode(record) + "\n")
         self.done.add(str(record["id"]))
+
+    def flush(self) -> None:
+        if self._handle is not None:
+            self._handle.flush()
 
     def close(self) -> None:
         if self._handle is not None:
@@ -208,95 +220,85 @@ class RunSummary:
 class RunOptions:
     model: str | None = None
     priority: str | None = None
-    concurrency: int = 8
+    concurrency: int = RUN_CONCURRENCY
     job_timeout_s: float | None = None  # None: wait for each job as long as it takes
+
+
+def journal_record(item: InputItem, outcome: Outcome) -> dict[str, Any]:
+    """The OUTPUT line of one finished input: its result, or its status and error."""
+    record: dict[str, Any] = {"id": item.id, "job_id": outcome.job_id, "status": outcome.status}
+    if outcome.ok:
+        record["result"] = outcome.result
+    else:
+        view_error = outcome.view.error if outcome.view is not None else None
+        record["error"] = str(view_error or outcome.error)
+    return record
 
 
 async def run_inputs(
     client: AsyncClient, items: list[InputItem], input_path: Path, journal: Journal, progress: Progress, options: RunOptions
 ) -> RunSummary:
-    """Submit every input not yet in the journal, at most `options.concurrency` at once, and journal each
+    """Run every input not yet in the journal with `client.map` (bulk submits, lookups in bulk) and journal each
     result as it arrives. SIGINT/SIGTERM stop it cleanly: what was written stays, the rest resumes later."""
     summary = RunSummary(total=len(items))
     todo = [item for item in items if item.key not in journal.done]
     summary.skipped = len(items) - len(todo)
     prefix = run_key_prefix(input_path)
-    pending = iter(todo)
-    stop = asyncio.Event()
 
-    async def run_one(item: InputItem) -> None:
-        record: dict[str, Any] = {"id": item.id, "job_id": None}
-        started = time.monotonic()
-        try:
-            job = await client.submit(
-                item.data,
+    async def journal_outcomes() -> None:
+        outcomes = cast(
+            AsyncGenerator[Outcome, None],
+            client.map(  # an async generator: closed when the run stops
+                [item.data for item in todo],
                 options.model,
                 options.priority,
-                idempotency_key=idempotency_key(prefix, item),
-                wait=min(options.job_timeout_s or 30, 30),
-            )
-            summary.replayed += job.replayed
-            record["job_id"] = job.id
-            timeout_s = None if options.job_timeout_s is None else max(0.0, options.job_timeout_s - (time.monotonic() - started))
-            view = await job.wait(timeout_s)  # the submit's own wait counts against --job-timeout
-            record.update(status=view.status, result=view.result)
-        except JobError as exc:
-            record.update(status=exc.view.status, error=str(exc.view.error or exc))
-        except Timeout as exc:
-            record.update(status="timeout", error=str(exc))
-        except APIError as exc:
-            if exc.status not in INPUT_REJECTED_STATUSES:
-                # not about this input (bad token, unknown model, queue full after every retry, outage): every
-                # other input would fail the same way, and nothing is journaled, so a re-run tries them again
-                raise
-            record.update(status="rejected", error=str(exc))
-        failed = record["status"] != "completed"
-        journal.write(record)
-        if failed:
-            summary.failed += 1
-            summary.failures.append(f"{item.id}: {record['error']}")
-        else:
-            summary.completed += 1
-        progress.advance(failed)
-
-    async def lane() -> None:
-        # each lane takes the next input until none is left: bounded concurrency without a task per input
-        try:
-            while not stop.is_set():
-                item = next(pending, None)
-                if item is None:
-                    return
-                await run_one(item)
-        except AsyncInferError as exc:  # unreachable service, bad token: every other input would fail too
-            if summary.fatal is None:
-                summary.fatal = exc
-            stop.set()
-            for task in lanes:
-                if task is not asyncio.current_task():
-                    task.cancel()
+                concurrency=options.concurrency,
+                ordered=False,
+                timeout=options.job_timeout_s,
+                idempotency_keys=[idempotency_key(prefix, item) for item in todo],
+            ),
+        )
+        async with aclosing(outcomes):
+            async for outcome in outcomes:
+                refusal = outcome.error if outcome.status == "rejected" else None
+                if isinstance(refusal, APIError) and refusal.status not in INPUT_REJECTED_STATUSES:
+                    # not about this input (queue full after every retry): the others would fare the same, and
+                    # nothing is journaled, so a re-run tries them again
+                    raise refusal
+                record = journal_record(todo[outcome.index], outcome)
+                journal.write(record)
+                summary.replayed += outcome.replayed
+                if outcome.ok:
+                    summary.completed += 1
+                else:
+                    summary.failed += 1
+                    summary.failures.append(f"{record['id']}: {record['error']}")
+                progress.advance(not outcome.ok)
 
     async def ticker() -> None:
         while True:
             await asyncio.sleep(TICK_S)
+            journal.flush()
             progress.tick()
 
     loop = asyncio.get_running_loop()
-    lanes = [asyncio.create_task(lane()) for _ in range(max(1, min(options.concurrency, len(todo))))]
+    main = asyncio.create_task(journal_outcomes())
     tick_task = asyncio.create_task(ticker())
 
     def interrupt() -> None:
         summary.interrupted = True
-        stop.set()
-        for task in lanes:
-            task.cancel()  # in-flight submits are found again on resume by their idempotency keys
+        main.cancel()  # in-flight submits are found again on resume by their idempotency keys
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, interrupt)
     progress.start(len(items), summary.skipped)
     try:
-        for result in await asyncio.gather(*lanes, return_exceptions=True):
-            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
-                raise result  # a bug, not a job's or the service's failure
+        await main
+    except asyncio.CancelledError:
+        if not summary.interrupted:
+            raise
+    except AsyncInferError as exc:  # unreachable service, bad token, an outage: every other input would fail too
+        summary.fatal = exc
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)

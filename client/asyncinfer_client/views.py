@@ -77,6 +77,7 @@ class Outcome:
     result: Any = None
     error: AsyncInferError | None = None
     view: JobView | None = field(default=None, repr=False, compare=False)
+    replayed: bool = False  # its idempotency key found a job an earlier call had made (`map(idempotency_keys=...)`)
 
     @property
     def ok(self) -> bool:
@@ -90,6 +91,6 @@ class Outcome:
         return self.result
 
     @classmethod
-    def from_view(cls, index: int, view: JobView) -> Outcome:
+    def from_view(cls, index: int, view: JobView, replayed: bool = False) -> Outcome:
         """The outcome of an ended job."""
-        return cls(index, view.job_id, view.status, view.result, view.error_for_outcome(), view)
+        return cls(index, view.job_id, view.status, view.result, view.error_for_outcome(), view, replayed)

@@ -145,10 +145,10 @@ def _handler(service: FakeService) -> type[BaseHTTPRequestHandler]:
                             service.items_refused += 1
                             items.append({"error": {"status": 429, "detail": "queue of model iris is full"}})
                             continue
-                        job_id, _replayed = service.job_for(f"{key}:{index}" if key else None)
+                        job_id, replayed = service.job_for(item.get("idempotency_key") or (f"{key}:{index}" if key else None))
                         if item["data"] == SLOW_DATA:
                             service.ready_at[job_id] = time.monotonic() + service.slow_delay_s
-                        items.append({"job_id": job_id, "status": "pending"})
+                        items.append({"job_id": job_id, "status": "pending", **({"replayed": True} if replayed else {})})
                     self._answer(200, {"items": items})
                     return
                 job_id, replayed = service.job_for(key)

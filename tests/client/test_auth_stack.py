@@ -32,3 +32,11 @@ def test_cli_takes_the_token_from_the_environment_or_a_file_and_never_prints_it(
     wrong = run_cli(["predict", "[[5.1,3.5,1.4,0.2]]"], auth_stack.url, ASYNCINFER_TOKEN="not-a-known-token")
     assert wrong.returncode == 1 and "HTTP 401" in wrong.stderr
     assert "not-a-known-token" not in wrong.stderr + wrong.stdout
+
+
+def test_a_missing_token_names_where_to_set_it(auth_stack, client_env):
+    with Client(auth_stack.url) as anonymous, pytest.raises(AuthenticationError, match="ASYNCINFER_TOKEN"):
+        anonymous.predict([SETOSA])
+    refused = run_cli(["predict", "[[5.1,3.5,1.4,0.2]]"], auth_stack.url)
+    assert refused.returncode == 1 and "HTTP 401" in refused.stderr
+    assert "set ASYNCINFER_TOKEN" in refused.stderr and "--token-file" in refused.stderr, refused.stderr

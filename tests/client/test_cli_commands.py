@@ -7,6 +7,8 @@ import os
 import pty
 import subprocess
 
+from stack import free_port
+
 from tests.client.helpers import CLI, cli_env, run_cli
 
 
@@ -23,6 +25,26 @@ def test_predict_prints_the_completed_job(stack):
     assert waited.returncode == 0 and json.loads(waited.stdout)["result"] == view["result"]
 
 
+def test_submit_prints_the_id_that_status_takes_and_json_on_request(stack):
+    submitted = run_cli(["submit", "[[5.1,3.5,1.4,0.2]]"], stack.url)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip()  # what `asyncinfer status $(asyncinfer submit ...)` passes on
+    status = run_cli(["status", job_id], stack.url)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["job_id"] == job_id
+
+    as_json = run_cli(["submit", "--json", "[[5.1,3.5,1.4,0.2]]"], stack.url)
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout)["status"] == "pending"
+
+
+def test_a_url_where_nothing_listens_fails_with_the_url_named(client_env):
+    url = f"http://127.0.0.1:{free_port()}"
+    result = run_cli(["status", "some-job"], url)
+    assert result.returncode == 1
+    assert f"cannot connect to {url}" in result.stderr and "ASYNCINFER_URL" in result.stderr, result.stderr
+
+
 def test_bad_input_exits_1_with_the_field_named(stack):
     result = run_cli(["predict", "[[1,2]]"], stack.url)
     assert result.returncode == 1
@@ -32,7 +54,7 @@ def test_bad_input_exits_1_with_the_field_named(stack):
 def test_cancel_then_wait_reports_the_canceled_job_and_exits_1(api_only):
     submitted = run_cli(["submit", "[5.1,3.5,1.4,0.2]", "--priority", "low"], api_only.url)
     assert submitted.returncode == 0, submitted.stderr
-    job_id = json.loads(submitted.stdout)["job_id"]
+    job_id = submitted.stdout.strip()
     canceled = run_cli(["cancel", job_id], api_only.url)
     assert canceled.returncode == 0 and json.loads(canceled.stdout)["status"] == "canceled"
     waited = run_cli(["wait", job_id, "--timeout-s", "5"], api_only.url)

@@ -16,11 +16,16 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from asyncinfer_client.protocol import DEFAULT_CHUNK_SIZE
 from tests.client.helpers import CLI, JOB_KEYS, cli_env, iris_rows, line_count, read_jsonl, run_cli, wait_for
 
 TOTAL = 2000
+# enough that a run with --concurrency 1 (a bulk request of 100 at a time) lasts several progress intervals
+PROGRESS_INPUTS = 3000
 PLAIN_LINE = re.compile(r"^asyncinfer run: \d+/\d+ \(\d+%\) done, \d+ failed, [\d.]+/s, ETA [\d:?]+$", re.M)
 
 
@@ -91,8 +96,36 @@ def test_run_interrupted_half_way_resumes_without_submitting_twice(stack, redis_
     assert len(redis_client.keys(JOB_KEYS)) == TOTAL
     assert len({r["job_id"] for r in records}) == TOTAL
     replayed = int(re.search(r"(\d+) found already submitted", second.stderr).group(1))
-    assert 1 <= replayed <= 8, second.stderr  # the ones in flight at Ctrl-C: at most one per lane
+    # the ones in flight at Ctrl-C: at most one chunk per bulk request in flight
+    assert 1 <= replayed <= 8 * DEFAULT_CHUNK_SIZE, second.stderr
     assert f"{len(written_first)} already done" in second.stderr
+
+
+def http_requests(url: str) -> dict[tuple[str, str], float]:
+    """The API's request counts by (method, route template), from its /metrics."""
+    counts: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+        for sample in family.samples:
+            if sample.name == "asyncinfer_http_requests_total":
+                key = (sample.labels["method"], sample.labels["route"])
+                counts[key] = counts.get(key, 0) + sample.value
+    return counts
+
+
+def test_run_sends_what_map_sends_bulk_submits_and_bulk_lookups(stack, tmp_path):
+    # as fast as `Client.map` because it makes the same requests: one bulk submit per chunk of inputs and a few
+    # reads per chunk, not a submit and a long poll per input (bench/cli_run.py compares the two rates)
+    inputs = 1000
+    input_path = tmp_path / "inputs.jsonl"
+    write_jsonl(input_path, iris_rows(inputs))
+    result = run_cli(["run", str(input_path), "-o", str(tmp_path / "out.jsonl")], stack.url)
+    assert result.returncode == 0, result.stderr
+    assert f"{inputs} completed, 0 failed" in result.stderr
+    requests = http_requests(stack.url)
+    assert requests.get(("POST", "/predict"), 0) == 0
+    assert requests[("POST", "/predict/batch")] == inputs // DEFAULT_CHUNK_SIZE
+    made = sum(count for (_, route), count in requests.items() if route != "/metrics")
+    assert made <= inputs / 20, requests  # a handful per chunk of 100
 
 
 def test_run_exits_1_and_names_the_failure_when_an_input_is_refused(stack, tmp_path):
@@ -119,19 +152,19 @@ def test_run_refuses_duplicate_ids_before_submitting(api_only, redis_client, tmp
 
 def test_progress_on_a_pipe_is_plain_periodic_lines(stack, tmp_path):
     input_path = tmp_path / "inputs.jsonl"
-    write_jsonl(input_path, iris_rows(400))
+    write_jsonl(input_path, iris_rows(PROGRESS_INPUTS))
     args = ["run", str(input_path), "-o", str(tmp_path / "out.jsonl"), "--concurrency", "1", "--progress-interval", "0.2"]
     result = run_cli(args, stack.url)
     assert result.returncode == 0, result.stderr
     lines = PLAIN_LINE.findall(result.stderr)
     assert len(lines) >= 3, result.stderr  # periodic, not only the last one
-    assert lines[-1].startswith("asyncinfer run: 400/400 (100%) done, 0 failed")
+    assert lines[-1].startswith(f"asyncinfer run: {PROGRESS_INPUTS}/{PROGRESS_INPUTS} (100%) done, 0 failed")
     assert "\r" not in result.stderr and "\x1b[" not in result.stderr  # no terminal control codes in a log
 
 
 def test_progress_on_a_terminal_is_a_live_bar_with_rate_and_eta(stack, tmp_path):
     input_path = tmp_path / "inputs.jsonl"
-    write_jsonl(input_path, iris_rows(400))
+    write_jsonl(input_path, iris_rows(PROGRESS_INPUTS))
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 140, 0, 0))
     proc = subprocess.Popen(
@@ -166,7 +199,7 @@ def test_progress_on_a_terminal_is_a_live_bar_with_rate_and_eta(stack, tmp_path)
     screen = b"".join(chunks).decode("utf-8", "replace")
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen)  # colours and cursor moves
     assert "━" in text  # rich's bar
-    assert re.search(r" \d+/400 done, 0 failed, [\d.]+/s ETA \d+:\d\d:\d\d", text), text[-2000:]
-    assert "400/400 done" in text
+    assert re.search(rf" \d+/{PROGRESS_INPUTS} done, 0 failed, [\d.]+/s ETA \d+:\d\d:\d\d", text), text[-2000:]
+    assert f"{PROGRESS_INPUTS}/{PROGRESS_INPUTS} done" in text
     assert screen.count("\x1b[2K") > 3  # redrawn in place (erase line), not printed line after line
     assert not PLAIN_LINE.search(text)

@@ -53,8 +53,8 @@ def test_csv_header_with_an_id_column_names_the_results(fake, tmp_path):
     result = run_cli(["run", str(inputs), "-o", str(output)], fake.url)
     assert result.returncode == 0, result.stderr
     assert sorted(r["id"] for r in read_jsonl(output)) == ["x1", "x2"]
-    bodies = [r.body for r in fake.service.requests if r.method == "POST"]
-    assert sorted(b["data"][0][0] for b in bodies) == [5.1, 6.7] and all(len(b["data"][0]) == 4 for b in bodies)
+    sent = [item for r in fake.service.requests if r.method == "POST" and "items" in r.body for item in r.body["items"]]
+    assert sorted(b["data"][0][0] for b in sent) == [5.1, 6.7] and all(len(b["data"][0]) == 4 for b in sent)
 
 
 def test_job_timeout_journals_timeouts_and_exits_1(fake, tmp_path):

@@ -7,6 +7,7 @@ import logging
 import time
 
 import pytest
+from stack import free_port
 
 from asyncinfer_client import (
     AsyncClient,
@@ -67,6 +68,22 @@ def test_unreachable_service_raises_connection_failed_after_retries(client_env):
     # port 9 (discard): nothing listens
     with Client("http://127.0.0.1:9", retry=FAST_RETRY) as client, pytest.raises(ConnectionFailed):
         client.submit([ROW])
+
+
+def test_refused_connection_is_retried_briefly_and_names_the_url(client_env, caplog):
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens: a wrong URL, or a stack not started
+    caplog.set_level(logging.INFO, logger="asyncinfer_client")
+    with Client(url) as client, pytest.raises(ConnectionFailed, match=f"cannot connect to {url}"):
+        client.get("some-job")
+
+    async def main() -> None:
+        async with AsyncClient(url) as client:
+            await client.get("some-job")
+
+    with pytest.raises(ConnectionFailed, match=f"cannot connect to {url}"):
+        asyncio.run(main())
+    retries = [record for record in caplog.records if "ConnectError; retry" in record.getMessage()]
+    assert len(retries) == 2 * RetryPolicy().max_refused_retries == 4  # not the 5 retries of other failures
 
 
 def test_retries_run_out_into_rate_limited_with_retry_after(fake):

@@ -48,4 +48,5 @@ def test_bench_prints_every_figure_with_the_naive_design_and_the_bound() -> None
         assert any(name == label for name in rows), f"no CPU row {label!r}"
     assert re.search(r"could reach at most [\d.]+x \(poll\) and [\d.]+x \(`Prefer: wait`\)", run.stdout)
     assert "| uvicorn, hot path on |" in run.stdout and "| uvicorn, hot path off |" in run.stdout
+    assert re.search(r"asyncinfer run vs Client.map, [\d,]+ inputs.*: map [\d,]+/s, run [\d,]+/s, run/map [\d.]+x", run.stdout)
     assert (latest.stat().st_mtime if latest.exists() else None) == before  # a smoke run writes no results

@@ -500,6 +500,20 @@ def test_bulk_submit_mixes_accepted_and_refused_items_in_order(processes, redis_
         assert all(v["status"] == "completed" and v["attempts"] == 1 for v in views)
 
 
+def test_bulk_items_with_their_own_keys_replay_in_any_chunk(processes, redis_server, redis_client):
+    # what `asyncinfer run` resumes by: an item's key does not depend on the request it travels in
+    _, url = processes.api(service_env(redis_server.url))
+    items = [{"data": [IRIS[name]], "idempotency_key": f"run-x-{name}"} for name in ("setosa", "virginica")]
+    with httpx.Client(base_url=url, timeout=30) as http:
+        first = http.post("/predict/batch", json={"items": items}).json()["items"]
+        assert all("job_id" in item and "replayed" not in item for item in first), first
+        again = http.post("/predict/batch", json={"items": [{"data": [IRIS["versicolor"]]}, items[1]]}).json()["items"]
+        assert "replayed" not in again[0] and again[1] == {**first[1], "replayed": True}
+        bad = http.post("/predict/batch", json={"items": [{"data": [ROW], "idempotency_key": 7}]}).json()["items"]
+        assert bad[0]["error"]["detail"][0]["loc"] == ["body", "items", 0, "idempotency_key"], bad
+    assert redis_client.hget("asyncinfer:iris:stats", "enqueued") == "3"
+
+
 def test_lookup_keeps_order_and_hides_other_principals_jobs(processes, redis_server, redis_client, tmp_path):
     env = tokens_env(tmp_path, redis_server.url)
     _, url = processes.api(env)
