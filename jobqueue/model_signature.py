@@ -266,3 +266,131 @@ def batch_mismatch(signature: ModelSignature) -> str | None:
         if isinstance(first, int) and first > 0 and first != batch:
             return f"output {spec.name!r} has a fixed first dimension {first}, not the batch dimension"
     return None
+
+
+# Above this magnitude a float64 no longer holds every integer: a JSON integer converted through a
+# batch's float64 array could round differently from the same job's own int64 array.
+EXACT_FLOAT64_INT = 2.0**53
+
+
+def parse_batch(
+    items: list[tuple[Any, str | bytes | None]], signature: ModelSignature, max_rows: int
+) -> list[dict[str, np.ndarray] | InputError]:
+    """`parse_input` for many jobs at once: (data, raw JSON) per job -> its arrays or its InputError.
+
+    Jobs whose rows have the same leading shape and first value type are converted together, one
+    numpy call per input for the whole group; each job gets its slice. The shared conversion is used
+    only where it provably equals converting the job alone (plain numbers, no booleans, integers
+    within float64's exact range, every value in range and finite); any other group, or a group with
+    a bad job in it, is converted job by job, so a job's values and errors never depend on the jobs
+    that shared its batch.
+    """
+    results: list[dict[str, np.ndarray] | InputError | None] = [None] * len(items)
+    groups: dict[tuple[Any, ...], list[tuple[int, dict[str, Any]]]] = {}
+    for index, (data, raw) in enumerate(items):
+        per_input = _batchable_inputs(data, raw, signature, max_rows)
+        if per_input is None:
+            results[index] = _parse_alone(data, raw, signature, max_rows)
+            continue
+        key = tuple((name, _leading_layout(rows)) for name, rows in per_input.items())
+        groups.setdefault(key, []).append((index, per_input))
+    for members in groups.values():
+        converted = _convert_group([per_input for _, per_input in members], signature)
+        if converted is None:  # something only a job-by-job check can word exactly
+            for index, _ in members:
+                results[index] = _parse_alone(items[index][0], items[index][1], signature, max_rows)
+            continue
+        for (index, _), arrays in zip(members, converted, strict=True):
+            results[index] = arrays
+    return [result for result in results if result is not None]  # every index was filled above
+
+
+def _parse_alone(
+    data: Any, raw: str | bytes | None, signature: ModelSignature, max_rows: int
+) -> dict[str, np.ndarray] | InputError:
+    try:
+        return parse_input(data, signature, max_rows, raw=raw)
+    except InputError as exc:
+        return exc
+
+
+def _batchable_inputs(
+    data: Any, raw: str | bytes | None, signature: ModelSignature, max_rows: int
+) -> dict[str, list[Any]] | None:
+    """The job's rows per input when it may join a shared conversion; None sends it down the job's
+    own path (anything unusual, including everything that path rejects before converting)."""
+    if raw is None or _mentions_boolean(raw):
+        return None  # a boolean among numbers is an error numpy's shared array would hide
+    if isinstance(data, list) and len(signature.inputs) == 1:
+        per_input = {signature.inputs[0].name: data}
+    elif isinstance(data, dict) and len(data) == len(signature.inputs) and all(spec.name in data for spec in signature.inputs):
+        per_input = {spec.name: data[spec.name] for spec in signature.inputs}
+    else:
+        return None
+    counts = {len(rows) if isinstance(rows, list) else -1 for rows in per_input.values()}
+    if len(counts) != 1 or not 0 < next(iter(counts)) <= max_rows:
+        return None
+    return per_input
+
+
+def _mentions_boolean(raw: str | bytes) -> bool:
+    return b"true" in raw or b"false" in raw if isinstance(raw, bytes) else "true" in raw or "false" in raw
+
+
+def _leading_layout(rows: list[Any]) -> tuple[Any, ...]:
+    """The lengths along the first row's first elements and the type of its first value: jobs alike
+    in this usually stack into one regular array (the shared conversion checks that they do)."""
+    shape: list[int] = []
+    value = rows[0]
+    while isinstance(value, list) and value:
+        shape.append(len(value))
+        value = value[0]
+    return (tuple(shape), type(value))
+
+
+def _convert_group(jobs: list[dict[str, list[Any]]], signature: ModelSignature) -> list[dict[str, np.ndarray]] | None:
+    """Each job's arrays from one conversion per input over the whole group, or None when that
+    conversion could differ from a job's own (then every job of the group is converted alone)."""
+    bounds = [0]
+    for per_input in jobs:
+        bounds.append(bounds[-1] + len(next(iter(per_input.values()))))
+    per_job: list[dict[str, np.ndarray]] = [{} for _ in jobs]
+    for spec in signature.inputs:
+        combined = [row for per_input in jobs for row in per_input[spec.name]]
+        arr = _convert_numbers(combined, spec)
+        if arr is None or not _shape_fits(arr, spec):
+            return None
+        for arrays, start, stop in zip(per_job, bounds, bounds[1:], strict=False):
+            arrays[spec.name] = arr[start:stop]
+    return per_job
+
+
+def _convert_numbers(rows: list[Any], spec: TensorSpec) -> np.ndarray | None:
+    """`_coerce`'s result for rows of plain JSON numbers (no booleans: the caller saw to that) when
+    every job's slice of it would pass `_coerce` with the same values; None otherwise."""
+    if spec.dtype is None or spec.dtype.kind in "bOUS":
+        return None  # booleans and strings: rare, and checked per job
+    try:
+        raw = np.array(rows)
+    except ValueError:
+        return None
+    if raw.size == 0 or raw.dtype.kind not in "if":
+        return None
+    if spec.dtype.kind in "iu":
+        if raw.dtype.kind != "i":
+            return None  # floats for an integer input: the job's own path converts them exactly
+        info = np.iinfo(spec.dtype)
+        if raw.min() < info.min or raw.max() > info.max:
+            return None
+        return raw.astype(spec.dtype)
+    if raw.dtype.kind == "f" and not np.abs(raw).max() <= EXACT_FLOAT64_INT:  # also catches NaN
+        return None
+    with np.errstate(over="ignore"):
+        arr = raw.astype(spec.dtype)
+    return arr if np.isfinite(arr).all() else None
+
+
+def _shape_fits(arr: np.ndarray, spec: TensorSpec) -> bool:
+    want = spec.shape[1:]
+    got = arr.shape[1:]
+    return len(got) == len(want) and all(not (isinstance(w, int) and w > 0) or g == w for g, w in zip(got, want, strict=True))

@@ -16,7 +16,7 @@ import orjson
 
 from jobqueue import metrics
 from jobqueue.connection import REFUSED, UNAVAILABLE, sync_client
-from jobqueue.model_signature import InputError, parse_input
+from jobqueue.model_signature import InputError, parse_batch
 from jobqueue.models import ModelConfig, load_models
 from jobqueue.protocol import ClaimedJob, WorkerQueue
 from jobqueue.settings import Settings
@@ -194,19 +194,21 @@ class Worker:
             return [(job.job_id, Outcome.RETRY, f"worker error: {exc!r}") for job in jobs]
 
     def process(self, jobs: list[ClaimedJob]) -> OutcomeList:
-        """Run the model on a batch; returns an outcome per job. Each job's input is checked and
-        converted on its own, then jobs whose rows have the same shapes share one model call."""
+        """Run the model on a batch; returns an outcome per job. Every job's input is checked as if
+        alone (`parse_batch` converts alike jobs together only where that is provably the same), then
+        jobs whose rows have the same shapes share one model call."""
         outcomes: OutcomeList = []
-        groups: dict[tuple[Any, ...], list[tuple[ClaimedJob, dict[str, np.ndarray]]]] = defaultdict(list)
+        decoded: list[tuple[ClaimedJob, Any]] = []
         for job in jobs:
             try:
-                data = orjson.loads(job.payload)["data"]
-                arrays = parse_input(data, self.model.signature, self.settings.max_rows_per_job, raw=job.payload)
+                decoded.append((job, orjson.loads(job.payload)["data"]))
             except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
                 outcomes.append((job.job_id, Outcome.FAILED, f"invalid input: {exc}"))
-                continue
-            except InputError as exc:
-                outcomes.append((job.job_id, Outcome.FAILED, f"invalid input: {exc}"))
+        parsed = parse_batch([(data, job.payload) for job, data in decoded], self.model.signature, self.settings.max_rows_per_job)
+        groups: dict[tuple[Any, ...], list[tuple[ClaimedJob, dict[str, np.ndarray]]]] = defaultdict(list)
+        for (job, _), arrays in zip(decoded, parsed, strict=True):
+            if isinstance(arrays, InputError):
+                outcomes.append((job.job_id, Outcome.FAILED, f"invalid input: {arrays}"))
                 continue
             groups[tuple((name, arr.shape[1:], arr.dtype.str) for name, arr in arrays.items())].append((job, arrays))
         for group in groups.values():
