@@ -286,14 +286,18 @@ def parse_batch(
     that shared its batch.
     """
     results: list[dict[str, np.ndarray] | InputError | None] = [None] * len(items)
-    groups: dict[tuple[Any, ...], list[tuple[int, dict[str, Any]]]] = {}
+    groups: dict[tuple[Any, ...], list[tuple[int, tuple[list[Any], ...]]]] = {}
     for index, (data, raw) in enumerate(items):
         per_input = _batchable_inputs(data, raw, signature, max_rows)
         if per_input is None:
             results[index] = _parse_alone(data, raw, signature, max_rows)
             continue
-        key = tuple((name, _leading_layout(rows)) for name, rows in per_input.items())
-        groups.setdefault(key, []).append((index, per_input))
+        key = tuple(map(_leading_layout, per_input))
+        members = groups.get(key)
+        if members is None:
+            groups[key] = [(index, per_input)]
+        else:
+            members.append((index, per_input))
     for members in groups.values():
         converted = _convert_group([per_input for _, per_input in members], signature)
         if converted is None:  # something only a job-by-job check can word exactly
@@ -316,48 +320,43 @@ def _parse_alone(
 
 def _batchable_inputs(
     data: Any, raw: str | bytes | None, signature: ModelSignature, max_rows: int
-) -> dict[str, list[Any]] | None:
-    """The job's rows per input when it may join a shared conversion; None sends it down the job's
-    own path (anything unusual, including everything that path rejects before converting)."""
-    if raw is None or _mentions_boolean(raw):
+) -> tuple[list[Any], ...] | None:
+    """The job's rows per input, in the model's order, when it may join a shared conversion; None
+    sends it down its own path (anything unusual, including all that path rejects before converting)."""
+    if raw is None or (b"true" in raw or b"false" in raw if isinstance(raw, bytes) else "true" in raw or "false" in raw):
         return None  # a boolean among numbers is an error numpy's shared array would hide
-    if isinstance(data, list) and len(signature.inputs) == 1:
-        per_input = {signature.inputs[0].name: data}
-    elif isinstance(data, dict) and len(data) == len(signature.inputs) and all(spec.name in data for spec in signature.inputs):
-        per_input = {spec.name: data[spec.name] for spec in signature.inputs}
-    else:
+    inputs = signature.inputs
+    if type(data) is list and len(inputs) == 1:
+        return (data,) if 0 < len(data) <= max_rows else None
+    if type(data) is not dict or len(data) != len(inputs) or not all(spec.name in data for spec in inputs):
         return None
-    counts = {len(rows) if isinstance(rows, list) else -1 for rows in per_input.values()}
-    if len(counts) != 1 or not 0 < next(iter(counts)) <= max_rows:
-        return None
-    return per_input
-
-
-def _mentions_boolean(raw: str | bytes) -> bool:
-    return b"true" in raw or b"false" in raw if isinstance(raw, bytes) else "true" in raw or "false" in raw
+    per_input = tuple(data[spec.name] for spec in inputs)
+    counts = {len(rows) if type(rows) is list else -1 for rows in per_input}
+    return per_input if len(counts) == 1 and 0 < next(iter(counts)) <= max_rows else None
 
 
 def _leading_layout(rows: list[Any]) -> tuple[Any, ...]:
     """The lengths along the first row's first elements and the type of its first value: jobs alike
     in this usually stack into one regular array (the shared conversion checks that they do)."""
-    shape: list[int] = []
     value = rows[0]
-    while isinstance(value, list) and value:
+    if type(value) is list and value and type(value[0]) is not list:  # the usual row of values: no loop
+        return (len(value), type(value[0]))
+    shape: list[int] = []
+    while type(value) is list and value:
         shape.append(len(value))
         value = value[0]
-    return (tuple(shape), type(value))
+    return (*shape, type(value))
 
 
-def _convert_group(jobs: list[dict[str, list[Any]]], signature: ModelSignature) -> list[dict[str, np.ndarray]] | None:
+def _convert_group(jobs: list[tuple[list[Any], ...]], signature: ModelSignature) -> list[dict[str, np.ndarray]] | None:
     """Each job's arrays from one conversion per input over the whole group, or None when that
     conversion could differ from a job's own (then every job of the group is converted alone)."""
     bounds = [0]
     for per_input in jobs:
-        bounds.append(bounds[-1] + len(next(iter(per_input.values()))))
+        bounds.append(bounds[-1] + len(per_input[0]))
     per_job: list[dict[str, np.ndarray]] = [{} for _ in jobs]
-    for spec in signature.inputs:
-        combined = [row for per_input in jobs for row in per_input[spec.name]]
-        arr = _convert_numbers(combined, spec)
+    for position, spec in enumerate(signature.inputs):
+        arr = _convert_numbers([row for per_input in jobs for row in per_input[position]], spec)
         if arr is None or not _shape_fits(arr, spec):
             return None
         for arrays, start, stop in zip(per_job, bounds, bounds[1:], strict=False):
