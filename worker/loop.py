@@ -9,12 +9,12 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import orjson
 
-from jobqueue import metrics
 from jobqueue.connection import REFUSED, UNAVAILABLE, sync_client
 from jobqueue.model_signature import InputError, parse_batch
 from jobqueue.models import ModelConfig, load_models
@@ -73,8 +73,9 @@ class Worker:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    def run(self, burst: bool = False) -> None:
-        """Process jobs until `stop()`; with `burst`, also stop once the queue is empty."""
+    def run(self, burst: bool = False, on_ready: Callable[[], None] | None = None) -> None:
+        """Process jobs until `stop()`; with `burst`, also stop once the queue is empty. `on_ready` runs
+        just after the start-up line: what serving jobs does not need waits until then."""
         try:
             self.client.ping()  # the start-up line below means "model loaded and Redis connected"
             self.redis_ok = True
@@ -84,6 +85,8 @@ class Worker:
             "worker %s serving model %s (version %s, providers %s) from %s",
             self.worker_id, self.model.name, self.model.version, ",".join(self.model.providers), self.queue.keys.base,
         )  # fmt: skip
+        if on_ready:
+            on_ready()
         self._background.start()
         backoff = 0.1
         while True:
@@ -175,6 +178,8 @@ class Worker:
         self._record()
 
     def _record(self) -> None:
+        from jobqueue import metrics  # imported after the start-up line (prometheus_client is slow to import)
+
         counts = self.queue.finish(self.worker_id, self._unrecorded)
         metrics.observe_ended(self.model.name, counts.ended, counts.finished_at)
         self.processed += counts.completed + counts.failed
@@ -219,6 +224,8 @@ class Worker:
 
     def _run_group(self, members: list[tuple[ClaimedJob, int]], feeds: dict[str, np.ndarray]) -> OutcomeList:
         """One model call for jobs whose rows are stacked in `feeds`; (job, row count) in order."""
+        from jobqueue import metrics
+
         try:
             call_started = time.perf_counter()
             outputs = self.model.run(feeds, self.settings.job_timeout_seconds)

@@ -14,6 +14,7 @@ from jobqueue.connection import REFUSED, UNAVAILABLE
 from jobqueue.settings import get_settings
 
 if TYPE_CHECKING:
+    from jobqueue.settings import Settings
     from worker.loop import Worker
 
 log = logging.getLogger("asyncinfer.worker")
@@ -82,6 +83,16 @@ def hard_exit(worker: Worker, why: str) -> None:
         os._exit(1)
 
 
+def start_health(settings: Settings, worker: Worker) -> None:
+    """The health and metrics server, once the worker is ready: prometheus_client and the HTTP server
+    are not needed to serve jobs, so they stay out of the cold start (exec -> ready line)."""
+    if settings.worker_health_port:
+        from jobqueue import metrics
+        from jobqueue.health import serve_health
+
+        serve_health(settings.worker_health_port, worker.health, metrics.exposition)
+
+
 def run() -> None:
     parser = argparse.ArgumentParser(prog="asyncinfer-worker", description="Run an asyncinfer worker.")
     parser.add_argument("--burst", action="store_true", help="exit once the queue is empty")
@@ -91,8 +102,6 @@ def run() -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    from jobqueue import metrics
-    from jobqueue.health import serve_health
     from worker.loop import Worker  # heavy: ONNX Runtime
 
     try:
@@ -101,9 +110,7 @@ def run() -> None:
         log.error("cannot start: %s", exc)
         sys.exit(2)
     watcher.attach(worker, settings.drain_timeout_seconds)
-    if settings.worker_health_port:
-        serve_health(settings.worker_health_port, worker.health, metrics.exposition)
-    worker.run(burst=args.burst)
+    worker.run(burst=args.burst, on_ready=lambda: start_health(settings, worker))
     sys.exit(0)
 
 
