@@ -323,7 +323,7 @@ def _batchable_inputs(
 ) -> tuple[list[Any], ...] | None:
     """The job's rows per input, in the model's order, when it may join a shared conversion; None
     sends it down its own path (anything unusual, including all that path rejects before converting)."""
-    if raw is None or (b"true" in raw or b"false" in raw if isinstance(raw, bytes) else "true" in raw or "false" in raw):
+    if raw is None or _mentions_boolean(raw.decode() if isinstance(raw, bytes) else raw):
         return None  # a boolean among numbers is an error numpy's shared array would hide
     inputs = signature.inputs
     if type(data) is list and len(inputs) == 1:
@@ -333,6 +333,18 @@ def _batchable_inputs(
     per_input = tuple(data[spec.name] for spec in inputs)
     counts = {len(rows) if type(rows) is list else -1 for rows in per_input}
     return per_input if len(counts) == 1 and 0 < next(iter(counts)) <= max_rows else None
+
+
+def _mentions_boolean(raw: str) -> bool:
+    """Whether `true` or `false` occurs in the text: found by their first letter (a fast memchr; the
+    usual payload has one `t`, in "data"), not by a substring search over the whole body."""
+    for letter, word in (("t", "true"), ("f", "false")):
+        at = raw.find(letter)
+        while at != -1:
+            if raw.startswith(word, at):
+                return True
+            at = raw.find(letter, at + 1)
+    return False
 
 
 def _leading_layout(rows: list[Any]) -> tuple[Any, ...]:

@@ -317,4 +317,11 @@ def suspect_groups(n: int) -> list[str]:
 
 
 def _stack(arrays: list[np.ndarray]) -> np.ndarray:
-    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+    if len(arrays) == 1:
+        return arrays[0]
+    # Jobs converted together (parse_batch) are consecutive slices of one array, in order: when they
+    # are all of it, that array is their stack, without a copy.
+    base = arrays[0].base
+    if isinstance(base, np.ndarray) and all(a.base is base for a in arrays) and sum(map(len, arrays)) == len(base):
+        return base
+    return np.concatenate(arrays)
