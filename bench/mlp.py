@@ -68,6 +68,7 @@ class Probe:
 
     call_ms: dict[int, float]  # batch size -> median ms per call
     rows_per_s: float  # at the bench's batch size
+    cpu_us_per_row: float  # CPU time (all of ONNX Runtime's threads) per row at that size
 
     def fit(self) -> tuple[float, float]:
         """(fixed ms per call, ms per row) from the smallest and largest probed batch."""
@@ -93,8 +94,9 @@ def probe(path: Path, batch: int, seconds: float) -> Probe:
             times.append((time.perf_counter() - started) * 1000)
         call_ms[size] = statistics.median(times)
     feeds = {"X": data[:batch]}
-    calls, started = 0, time.perf_counter()
+    calls, started, cpu_started = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - started < seconds:
         session.run(None, feeds)
         calls += 1
-    return Probe(call_ms, calls * batch / (time.perf_counter() - started))
+    cpu_s = time.process_time() - cpu_started
+    return Probe(call_ms, calls * batch / (time.perf_counter() - started), cpu_s / (calls * batch) * 1e6)

@@ -1233,6 +1233,7 @@ def compute_bound_lines(cb: ComputeBound) -> list[str]:
     call times: a batch of b rows costs about fixed + b x per-row; waiting for a fuller batch saves at most
     the fixed cost of a call, so waiting longer than that costs the waiting jobs more than it saves."""
     share = cb.drain.jps / cb.runtime_rows_per_s
+    bound = statistics.mean(p.cpu_us_per_row for p in cb.probes) / (cb.drain.worker_cpu_us + cb.drain.redis_cpu_us)
     fixed_ms, per_row_ms = cb.probes[0].fit()
     calls = ", ".join(f"batch {b}: {ms:.2f} ms" for b, ms in cb.probes[0].call_ms.items())
     return [
@@ -1244,6 +1245,10 @@ def compute_bound_lines(cb: ComputeBound) -> list[str]:
         "|---|---|---:|---:|---:|---|",
         f"| 8 MLP rows/s at batch {MLP_BATCH} | >= 90% of ONNX Runtime | "
         f"{' / '.join(fmt(p.rows_per_s) for p in cb.probes)} | {fmt(cb.drain.jps)} | {share:.0%} | {'yes' if share >= 0.9 else '**no**'} |",
+        "",
+        f"CPU per row: ONNX Runtime alone {statistics.mean(p.cpu_us_per_row for p in cb.probes):.0f} us; the worker "
+        f"{cb.drain.worker_cpu_us:.0f} us (its ONNX Runtime calls included) + Redis {cb.drain.redis_cpu_us:.0f} us. With every "
+        f"core busy either way, the worker's share can reach at most {bound:.0%} on this machine.",
         "",
         f"MLP call times (ONNX Runtime alone, median): {calls}; fit: {fixed_ms:.2f} ms fixed per call + {per_row_ms:.3f} ms "
         f"per row. MAX_BATCH_WAIT_MS guidance: at most the fixed cost, here ~{max(fixed_ms, 0.0):.1f} ms (a backlog fills "
