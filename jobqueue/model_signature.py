@@ -273,24 +273,44 @@ def batch_mismatch(signature: ModelSignature) -> str | None:
 EXACT_FLOAT64_INT = 2.0**53
 
 
-def parse_batch(
+@dataclass(frozen=True)
+class BatchPart:
+    """Jobs of a batch converted by one call per input: `arrays` holds their rows stacked in order."""
+
+    indices: list[int]  # the jobs' positions in the batch
+    rows: list[int]  # each job's row count
+    arrays: dict[str, np.ndarray]
+
+
+def convert_batch(
     items: list[tuple[Any, str | bytes | None]], signature: ModelSignature, max_rows: int
-) -> list[dict[str, np.ndarray] | InputError]:
-    """`parse_input` for many jobs at once: (data, raw JSON) per job -> its arrays or its InputError.
+) -> tuple[list[BatchPart], dict[int, InputError]]:
+    """`parse_input` for many jobs at once, given (data, raw JSON) per job: the converted jobs as parts
+    (several jobs, or one), and each rejected job's InputError by position.
 
     Jobs whose rows have the same leading shape and first value type are converted together, one
-    numpy call per input for the whole group; each job gets its slice. The shared conversion is used
-    only where it provably equals converting the job alone (plain numbers, no booleans, integers
-    within float64's exact range, every value in range and finite); any other group, or a group with
-    a bad job in it, is converted job by job, so a job's values and errors never depend on the jobs
-    that shared its batch.
+    numpy call per input for the whole group. The shared conversion is used only where it provably
+    equals converting each job alone (plain numbers, no booleans, integers within float64's exact
+    range, every value in range and finite); any other group, or a group with a bad job in it, is
+    converted job by job, so a job's values and errors never depend on the jobs that shared its batch.
     """
-    results: list[dict[str, np.ndarray] | InputError | None] = [None] * len(items)
+    parts: list[BatchPart] = []
+    errors: dict[int, InputError] = {}
+
+    def alone(index: int) -> None:
+        data, raw = items[index]
+        try:
+            arrays = parse_input(data, signature, max_rows, raw=raw)
+        except InputError as exc:
+            errors[index] = exc
+            return
+        parts.append(BatchPart([index], [len(next(iter(arrays.values())))], arrays))
+
     groups: dict[tuple[Any, ...], list[tuple[int, tuple[list[Any], ...]]]] = {}
     for index, (data, raw) in enumerate(items):
         per_input = _batchable_inputs(data, raw, signature, max_rows)
         if per_input is None:
-            results[index] = _parse_alone(data, raw, signature, max_rows)
+            alone(index)
             continue
         key = tuple(map(_leading_layout, per_input))
         members = groups.get(key)
@@ -299,23 +319,27 @@ def parse_batch(
         else:
             members.append((index, per_input))
     for members in groups.values():
-        converted = _convert_group([per_input for _, per_input in members], signature)
-        if converted is None:  # something only a job-by-job check can word exactly
+        arrays = _convert_group([per_input for _, per_input in members], signature)
+        if arrays is None:  # something only a job-by-job check can word exactly
             for index, _ in members:
-                results[index] = _parse_alone(items[index][0], items[index][1], signature, max_rows)
+                alone(index)
             continue
-        for (index, _), arrays in zip(members, converted, strict=True):
-            results[index] = arrays
+        parts.append(BatchPart([index for index, _ in members], [len(per_input[0]) for _, per_input in members], arrays))
+    return parts, errors
+
+
+def parse_batch(
+    items: list[tuple[Any, str | bytes | None]], signature: ModelSignature, max_rows: int
+) -> list[dict[str, np.ndarray] | InputError]:
+    """`convert_batch` job by job: each job's arrays (its slice of its part) or its InputError."""
+    parts, errors = convert_batch(items, signature, max_rows)
+    results: list[dict[str, np.ndarray] | InputError | None] = [errors.get(index) for index in range(len(items))]
+    for part in parts:
+        start = 0
+        for index, count in zip(part.indices, part.rows, strict=True):
+            results[index] = {name: arr[start : start + count] for name, arr in part.arrays.items()}
+            start += count
     return [result for result in results if result is not None]  # every index was filled above
-
-
-def _parse_alone(
-    data: Any, raw: str | bytes | None, signature: ModelSignature, max_rows: int
-) -> dict[str, np.ndarray] | InputError:
-    try:
-        return parse_input(data, signature, max_rows, raw=raw)
-    except InputError as exc:
-        return exc
 
 
 def _batchable_inputs(
@@ -360,20 +384,16 @@ def _leading_layout(rows: list[Any]) -> tuple[Any, ...]:
     return (*shape, type(value))
 
 
-def _convert_group(jobs: list[tuple[list[Any], ...]], signature: ModelSignature) -> list[dict[str, np.ndarray]] | None:
-    """Each job's arrays from one conversion per input over the whole group, or None when that
-    conversion could differ from a job's own (then every job of the group is converted alone)."""
-    bounds = [0]
-    for per_input in jobs:
-        bounds.append(bounds[-1] + len(per_input[0]))
-    per_job: list[dict[str, np.ndarray]] = [{} for _ in jobs]
+def _convert_group(jobs: list[tuple[list[Any], ...]], signature: ModelSignature) -> dict[str, np.ndarray] | None:
+    """The group's rows stacked, one conversion per input, or None when that conversion could differ
+    from a job's own (then every job of the group is converted alone)."""
+    arrays = {}
     for position, spec in enumerate(signature.inputs):
         arr = _convert_numbers([row for per_input in jobs for row in per_input[position]], spec)
         if arr is None or not _shape_fits(arr, spec):
             return None
-        for arrays, start, stop in zip(per_job, bounds, bounds[1:], strict=False):
-            arrays[spec.name] = arr[start:stop]
-    return per_job
+        arrays[spec.name] = arr
+    return arrays
 
 
 def _convert_numbers(rows: list[Any], spec: TensorSpec) -> np.ndarray | None:

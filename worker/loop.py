@@ -16,7 +16,7 @@ import numpy as np
 import orjson
 
 from jobqueue.connection import REFUSED, UNAVAILABLE, sync_client
-from jobqueue.model_signature import InputError, parse_batch
+from jobqueue.model_signature import BatchPart, convert_batch
 from jobqueue.models import ModelConfig, load_models
 from jobqueue.protocol import ClaimedJob, WorkerQueue
 from jobqueue.settings import Settings
@@ -200,7 +200,7 @@ class Worker:
 
     def process(self, jobs: list[ClaimedJob]) -> OutcomeList:
         """Run the model on a batch; returns an outcome per job. Every job's input is checked as if
-        alone (`parse_batch` converts alike jobs together only where that is provably the same), then
+        alone (`convert_batch` converts alike jobs together only where that is provably the same), then
         jobs whose rows have the same shapes share one model call."""
         outcomes: OutcomeList = []
         decoded: list[tuple[ClaimedJob, Any]] = []
@@ -209,16 +209,16 @@ class Worker:
                 decoded.append((job, orjson.loads(job.payload)["data"]))
             except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
                 outcomes.append((job.job_id, Outcome.FAILED, f"invalid input: {exc}"))
-        parsed = parse_batch([(data, job.payload) for job, data in decoded], self.model.signature, self.settings.max_rows_per_job)
-        groups: dict[tuple[Any, ...], list[tuple[ClaimedJob, dict[str, np.ndarray]]]] = defaultdict(list)
-        for (job, _), arrays in zip(decoded, parsed, strict=True):
-            if isinstance(arrays, InputError):
-                outcomes.append((job.job_id, Outcome.FAILED, f"invalid input: {arrays}"))
-                continue
-            groups[tuple((name, arr.shape[1:], arr.dtype.str) for name, arr in arrays.items())].append((job, arrays))
-        for group in groups.values():
-            members = [(job, len(next(iter(arrays.values())))) for job, arrays in group]
-            feeds = {name: _stack([arrays[name] for _, arrays in group]) for name in group[0][1]}
+        parts, errors = convert_batch(
+            [(data, job.payload) for job, data in decoded], self.model.signature, self.settings.max_rows_per_job
+        )
+        outcomes += [(decoded[index][0].job_id, Outcome.FAILED, f"invalid input: {exc}") for index, exc in errors.items()]
+        groups: dict[tuple[Any, ...], list[BatchPart]] = defaultdict(list)
+        for part in parts:
+            groups[tuple((name, arr.shape[1:], arr.dtype.str) for name, arr in part.arrays.items())].append(part)
+        for same in groups.values():
+            members = [(decoded[index][0], rows) for part in same for index, rows in zip(part.indices, part.rows, strict=True)]
+            feeds = {name: _stack([part.arrays[name] for part in same]) for name in same[0].arrays}
             outcomes += self._run_group(members, feeds)
         return outcomes
 
@@ -317,11 +317,4 @@ def suspect_groups(n: int) -> list[str]:
 
 
 def _stack(arrays: list[np.ndarray]) -> np.ndarray:
-    if len(arrays) == 1:
-        return arrays[0]
-    # Jobs converted together (parse_batch) are consecutive slices of one array, in order: when they
-    # are all of it, that array is their stack, without a copy.
-    base = arrays[0].base
-    if isinstance(base, np.ndarray) and all(a.base is base for a in arrays) and sum(map(len, arrays)) == len(base):
-        return base
-    return np.concatenate(arrays)
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
