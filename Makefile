@@ -81,9 +81,9 @@ e2e: $(STAMP) $(MODEL) ## the HTTP-only e2e suite against E2E_BASE_URL (default:
 	$(PYTEST) tests/e2e
 
 .PHONY: bench
-bench: $(STAMP) $(MODEL) ## every performance target against the naive seed design in the same run; one table (QUICK=1: short)
+bench: $(STAMP) $(MODEL) ## every performance target against the naive seed design in the same run; one table (QUICK=1: short, WORKER=1: the worker's figures only)
 	$(PIP_INSTALL) --require-hashes --no-deps -r requirements/bench.txt
-	$(PY) bench/run.py $(if $(QUICK),--quick)
+	$(PY) bench/run.py $(if $(QUICK),--quick) $(if $(WORKER),--worker)
 
 .PHONY: bench-chaos
 bench-chaos: $(STAMP) $(MODEL) ## 40,000 jobs, 2 workers, a worker SIGKILLed every 1.5 s; prints lost/duplicated

@@ -10,13 +10,18 @@ changes between them: 32 submitters + 32 pollers over HTTP, 1 worker, the iris m
   bulk           /predict/batch with 100 items, /jobs/lookup with 100 ids, 8 clients       -> target 4
   drain          the bulk-submitted jobs drained by 1 worker, from its start-up log line    -> target 3
                  + Redis INFO commandstats usec per job, used_memory bytes per completed job -> target 6
+  baseline       the pre-hardening worker (200d8de, bench/baseline.py) drains the same number of jobs,
+                 submitted over HTTP to its own API: jobs/s, worker and Redis CPU per job beside today's
   cold start     exec -> start-up log line (naive: exec -> its first BRPOP), median of 5    -> target 5
+  MLP            256->1024->1024->10 (bench/mlp.py): worker rows/s vs ONNX Runtime alone at batch 128,
+                 call times per batch size -> MAX_BATCH_WAIT_MS guidance
   A/B            bench/serve.py: uvicorn vs granian, hot path on/off, on e2e poll and e2e wait
   RSS            API and worker after their runs                                            -> target 6
   CLI vs SDK     `asyncinfer run` and `Client.map` on the same 20,000 inputs (bench/cli_run.py): both rates, ratio
 
 `--quick` shrinks every count; `--profile` also records py-spy profiles (separate runs, so the headline
-numbers carry no sampling cost) into bench/results/profiles/. Writes bench/results/latest.md.
+numbers carry no sampling cost) into bench/results/profiles/. Writes bench/results/latest.md. `--worker`
+runs only the worker's figures (drain, baseline, cold start, MLP) into bench/results/worker.md.
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "deploy" / "local")]
 
 from stack import BIN, RedisServer, free_port, spawn, stop  # noqa: E402
 
-from bench import cli_run  # noqa: E402
+from bench import baseline, cli_run, mlp  # noqa: E402
 from jobqueue.keys import StoreKeys  # noqa: E402
 
 MODEL = str(ROOT / "models" / "iris.onnx")
@@ -64,7 +69,7 @@ BULK_BODY = json.dumps({"items": [{"data": ROW}] * BULK_ITEMS}).encode()
 POLL_INTERVAL_S = 0.01
 CLIENTS = 32
 BULK_CLIENTS = 8
-READY_LINE = re.compile(r"worker \S+ serving model")
+READY_LINE = re.compile(r"worker \S+ serving ")  # today's "serving model iris", 200d8de's "serving iris"
 # Commands the worker sends itself (EVALSHA's usec already includes the commands its script runs).
 WORKER_COMMANDS = ("evalsha", "eval", "blmove", "lrange", "multi", "exec", "zrem", "del", "script|load", "client|setinfo")
 NAIVE_WORKER_COMMANDS = ("brpop", "set", "get", "client|setinfo")
@@ -364,18 +369,30 @@ def spawn_piped(argv: list[str], env: dict[str, str]) -> subprocess.Popen:
 class System:
     """One system under test: its env, key prefix and how to start its API and worker."""
 
-    def __init__(self, name: str, redis_url: str, workdir: Path, tag: str = "", pipelined: bool = False) -> None:
+    def __init__(
+        self, name: str, redis_url: str, workdir: Path, tag: str = "", pipelined: bool = False,
+        model_path: str = MODEL, baseline_tree: Path | None = None,
+    ) -> None:  # fmt: skip
         self.name, self.redis_url, self.workdir = name, redis_url, workdir
         self.pipelined = pipelined  # bench/pipelined_worker.py, the prototype of the overlapped loop
+        self.baseline_tree = baseline_tree  # the pre-hardening code (bench/baseline.py): its own key layout
         self.prefix = f"bench-{name}{tag}-{uuid.uuid4().hex[:6]}"
         self.keys = StoreKeys(self.prefix)
-        self.queue_name = f"{self.prefix}:queue" if name == "naive" else self.keys.model("iris").pending()
+        self.model_name = Path(model_path).stem
+        old_layout = name == "naive" or baseline_tree is not None
+        self.queue_name = f"{self.prefix}:queue" if old_layout else self.keys.model(self.model_name).pending()
+        self.stats_key = f"{self.queue_name}:stats" if baseline_tree else self.keys.model(self.model_name).stats
         self.env = dict(
-            os.environ, REDIS_URL=redis_url, MODEL_PATH=MODEL, QUEUE_NAME=self.queue_name, KEY_PREFIX=self.prefix,
-            LOG_LEVEL="WARNING", PYTHONPATH=str(ROOT), MAX_QUEUE_LENGTH="0",
+            os.environ, REDIS_URL=redis_url, MODEL_PATH=model_path, QUEUE_NAME=self.queue_name, KEY_PREFIX=self.prefix,
+            LOG_LEVEL="WARNING", PYTHONPATH=str(baseline_tree or ROOT), MAX_QUEUE_LENGTH="0",
         )  # fmt: skip
 
+    def job_key(self, job_id: str) -> str:
+        return f"{self.queue_name}:job:{job_id}" if self.baseline_tree else self.keys.job(job_id)
+
     def api_argv(self, server: str | None = None, hotpath: bool = True) -> list[str]:
+        if self.baseline_tree:
+            return baseline.argv(self.baseline_tree, "api")
         if self.name == "naive":
             return [sys.executable, "-m", "bench.naive.app"]
         if server is None:
@@ -384,6 +401,8 @@ class System:
         return [sys.executable, "-m", "bench.serve", "--server", server, *flags]
 
     def worker_argv(self) -> list[str]:
+        if self.baseline_tree:
+            return baseline.argv(self.baseline_tree, "worker")
         if self.name == "naive":
             return [sys.executable, "-m", "bench.naive.worker"]
         if self.pipelined:
@@ -494,9 +513,9 @@ def settle_aof(client: redis.Redis) -> None:
         time.sleep(0.05)
 
 
-def prefill_ours(system: System, client: redis.Redis, n: int) -> list[str]:
+def prefill_ours(system: System, client: redis.Redis, n: int, bodies: list[str] | None = None) -> list[str]:
     """Jobs as the API's enqueue script writes them, pipelined (for the worker A/B, where the HTTP side
-    does not matter)."""
+    does not matter); `bodies`: one per job, else the iris row."""
     from jobqueue.protocol import NewJob, enqueue_call, lua_source
     from jobqueue.settings import Settings
 
@@ -505,8 +524,9 @@ def prefill_ours(system: System, client: redis.Redis, n: int) -> list[str]:
     ids = [str(uuid.uuid4()) for _ in range(n)]
     for start in range(0, n, 1000):
         pipe = client.pipeline(transaction=False)
-        for job_id in ids[start : start + 1000]:
-            call = enqueue_call(system.keys, settings, NewJob(job_id=job_id, model="iris", payload=BODY.decode()))
+        for index, job_id in enumerate(ids[start : start + 1000], start):
+            payload = bodies[index] if bodies else BODY.decode()
+            call = enqueue_call(system.keys, settings, NewJob(job_id=job_id, model=system.model_name, payload=payload))
             enqueue(keys=call.keys, args=call.args, client=pipe)
         pipe.execute()
     return ids
@@ -540,7 +560,7 @@ def drain_ours(
     system: System, client: redis.Redis, ids: list[str], used_before: int, profile: Path | None, redis_pid: int
 ) -> Drain:
     """Drain pre-filled jobs with one worker; jobs/s counted from its start-up log line to the last finished_at."""
-    stats_key = system.keys.model("iris").stats
+    stats_key = system.stats_key
     done_before = int(client.hget(stats_key, "completed") or 0)
     settle_aof(client)
     client.config_resetstat()
@@ -558,7 +578,7 @@ def drain_ours(
     for start in range(0, len(ids), 5000):
         pipe = client.pipeline(transaction=False)
         for job_id in ids[start : start + 5000]:
-            pipe.hget(system.keys.job(job_id), "finished_at")
+            pipe.hget(system.job_key(job_id), "finished_at")
         last = max(last, *(int(v) for v in pipe.execute()))
     used_after = int(client.info("memory")["used_memory"])
     n = len(ids)
@@ -593,6 +613,42 @@ def drain_naive(system: System, client: redis.Redis, n: int, redis_pid: int) -> 
     return Drain(
         n, n / elapsed, usec / n, (used_after - used_before) / n, commands, rss, used["worker"] / n * 1e6, used["redis"] / n * 1e6
     )
+
+
+def drain_baseline(tree: Path, redis_url: str, workdir: Path, client: redis.Redis, n: int, redis_pid: int) -> Drain:
+    """The pre-hardening worker (bench/baseline.py) draining n iris jobs submitted to its own API over
+    HTTP, measured exactly as today's worker is (from its start-up line to the last finished_at)."""
+    system = System("ours", redis_url, workdir, "-baseline", baseline_tree=tree)
+    port = free_port()
+    with running(system.start_api(port, "baseline-api")):
+        ids = asyncio.run(baseline.submit(f"http://127.0.0.1:{port}", BODY, n))
+    return drain_ours(system, client, ids, int(client.info("memory")["used_memory"]), None, redis_pid)
+
+
+@dataclass
+class ComputeBound:
+    """The MLP: ONNX Runtime alone before and after the worker's drain, and that drain."""
+
+    probes: list[mlp.Probe]
+    drain: Drain
+
+    @property
+    def runtime_rows_per_s(self) -> float:
+        return statistics.mean(p.rows_per_s for p in self.probes)
+
+
+def compute_bound(redis_url: str, workdir: Path, client: redis.Redis, sizes: Sizes, redis_pid: int) -> ComputeBound:
+    """Worker throughput on a model whose call costs milliseconds, against ONNX Runtime's own at the
+    same batch size (MLP_BATCH), measured around it so that a burst from another tenant shows in both."""
+    path = mlp.build(workdir / "mlp.onnx")
+    system = System("ours", redis_url, workdir, "-mlp", model_path=str(path))
+    system.env["MAX_BATCH_SIZE"] = str(MLP_BATCH)
+    bodies = [json.dumps({"data": [row]}) for row in mlp.rows(sizes.mlp_jobs)]
+    probes = [mlp.probe(path, MLP_BATCH, sizes.mlp_probe_s)]
+    ids = prefill_ours(system, client, sizes.mlp_jobs, bodies)
+    drain = drain_ours(system, client, ids, 0, None, redis_pid)
+    probes.append(mlp.probe(path, MLP_BATCH, sizes.mlp_probe_s))
+    return ComputeBound(probes, drain)
 
 
 # -- start-up -------------------------------------------------------------------------------------
@@ -655,14 +711,17 @@ class Sizes:
     ab_jobs: int
     starts: int
     cli_inputs: int = 20_000  # the issue's file: `asyncinfer run` against `Client.map`
+    mlp_jobs: int = 8000
+    mlp_probe_s: float = 3.0  # ONNX Runtime alone, before and after the worker's MLP drain
 
 
 FULL = Sizes(rounds=3, jobs=4000, wait_jobs=4000, drain_jobs=50_000, single_jobs=6000, idle_jobs=200, ab_jobs=4000, starts=5)
 QUICK = Sizes(rounds=1, jobs=2000, wait_jobs=2000, drain_jobs=20_000, single_jobs=2000, idle_jobs=60, ab_jobs=1500, starts=3,
-              cli_inputs=5000)  # fmt: skip
+              cli_inputs=5000, mlp_jobs=3000, mlp_probe_s=1.5)  # fmt: skip
 # every step with a handful of jobs: the table is printed, its figures mean nothing (tests/integration/test_bench.py)
 SMOKE = Sizes(rounds=1, jobs=128, wait_jobs=128, drain_jobs=1000, single_jobs=128, idle_jobs=20, ab_jobs=64, starts=1,
-              cli_inputs=200)  # fmt: skip
+              cli_inputs=200, mlp_jobs=256, mlp_probe_s=0.2)  # fmt: skip
+MLP_BATCH = 128  # the default MAX_BATCH_SIZE
 
 
 def fmt(value: float, digits: int = 0) -> str:
@@ -675,6 +734,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="also record py-spy profiles (separate runs)")
     parser.add_argument("--no-ab", action="store_true", help="skip the uvicorn/granian and hot-path A/B")
     parser.add_argument("--smoke", action="store_true", help="tiny counts, to check that every step runs; writes no results")
+    parser.add_argument("--worker", action="store_true", help="only the worker's figures (drain vs 200d8de, cold start, MLP)")
     args = parser.parse_args()
     sizes = SMOKE if args.smoke else QUICK if args.quick else FULL
     have_granian = shutil.which("granian", path=str(BIN)) is not None
@@ -688,6 +748,14 @@ def main() -> None:
 
     def step(message: str) -> None:
         print(f"[{time.perf_counter() - run_started:6.1f}s] {message}", flush=True)
+
+    if args.worker:
+        report = worker_only(sizes, started_at, step)
+        print(report)
+        if not args.smoke:
+            RESULTS.mkdir(exist_ok=True)
+            (RESULTS / "worker.md").write_text(report + "\n")
+        return
 
     with tempfile.TemporaryDirectory(prefix="asyncinfer-bench-") as tmp:
         workdir = Path(tmp)
@@ -770,6 +838,7 @@ def main() -> None:
                 step("ours bulk submit")
                 out["drain"] = drain_ours(ours, client, bulk_ids, used_before, None, server.proc.pid)
                 step("ours drain")
+                baseline_drain(out, notes, server, workdir, client, sizes, step)
                 with cpu_meter(api=api.pid, redis=server.proc.pid) as used:
                     out["lookup"] = asyncio.run(lookup(base, bulk_ids))
                 out["lookup_api_cpu_us"], out["lookup_redis_cpu_us"] = (used[k] / len(bulk_ids) * 1e6 for k in ("api", "redis"))
@@ -797,6 +866,8 @@ def main() -> None:
             step("cold starts")
             out["importtime"] = import_time(ours)
             step("importtime")
+            out["mlp"] = compute_bound(server.url, workdir, client, sizes, server.proc.pid)
+            step("compute-bound MLP: ONNX Runtime alone, the worker's drain, ONNX Runtime alone")
 
             # -- worker A/B: the shipped loop vs the overlapped prototype, alternating ------------
             drain_ab: dict[str, list[Drain]] = {"shipped worker": [], "pipelined prototype": []}
@@ -1003,7 +1074,8 @@ def render(out: dict[str, Any], sizes: Sizes, args: argparse.Namespace, started_
         f"(the load generator included), the ratio could reach at most {ceiling(e2e, fp):.2f}x (poll) and "
         f"{ceiling(wait, fw):.2f}x (`Prefer: wait`) on this machine.",
     ]
-    drain_lines = [
+    drain_lines = [*baseline_lines(out, d), *compute_bound_lines(out["mlp"])]
+    drain_lines += [
         "",
         f"Worker A/B: drain of {sizes.drain_jobs // 2:,} jobs (pre-filled by the enqueue script), {sizes.rounds} alternating rounds; "
         "bench/pipelined_worker.py is a prototype of change 2 (Redis calls one batch ahead on an I/O thread):",
@@ -1065,11 +1137,7 @@ def render(out: dict[str, Any], sizes: Sizes, args: argparse.Namespace, started_
         oc_, ou = d.commands.get(name, (0, 0))
         nc_, nu = nd.commands.get(name, (0, 0))
         lines.append(f"| {name} | {oc_ / d.jobs:.3f} | {ou / d.jobs:.2f} | {nc_ / nd.jobs:.3f} | {nu / nd.jobs:.2f} |")
-    lines += ["", "Worker start-up imports (`python -X importtime` of `asyncinfer-worker` up to its ready line; package roots",
-              "where first imported, and our modules; by cumulative ms, nested entries are included in their parents):", "",
-              "| module | cumulative ms | self ms |", "|---|---:|---:|"]  # fmt: skip
-    for self_us, cum_us, name in out["importtime"][:16]:
-        lines.append(f"| {name} | {cum_us / 1000:.1f} | {self_us / 1000:.1f} |")
+    lines += importtime_lines(out)
     lines += [
         "",
         f"cold starts, s: naive {' '.join(f'{t:.2f}' for t in out['naive_cold'])}; asyncinfer {' '.join(f'{t:.2f}' for t in out['cold'])}",
@@ -1077,6 +1145,147 @@ def render(out: dict[str, Any], sizes: Sizes, args: argparse.Namespace, started_
     lines += ["", out["cli_vs_map"].line()]
     lines += [f"note: {n}" for n in notes]
     return "\n".join(lines)
+
+
+def importtime_lines(out: dict[str, Any]) -> list[str]:
+    lines = ["", "Worker start-up imports (`python -X importtime` of `asyncinfer-worker` up to its ready line; package roots",
+             "where first imported, and our modules; by cumulative ms, nested entries are included in their parents):", "",
+             "| module | cumulative ms | self ms |", "|---|---:|---:|"]  # fmt: skip
+    for self_us, cum_us, name in out["importtime"][:16]:
+        lines.append(f"| {name} | {cum_us / 1000:.1f} | {self_us / 1000:.1f} |")
+    return lines
+
+
+def worker_only(sizes: Sizes, started_at: dt.datetime, step: Any) -> str:
+    """`--worker`: only the worker's figures (issue #23): today's drain beside the pre-hardening worker's,
+    CPU per job, cold start, start-up imports and the compute-bound model; one Redis, one run."""
+    out: dict[str, Any] = {}
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="asyncinfer-bench-") as tmp:
+        workdir = Path(tmp)
+        server = RedisServer(workdir / "redis", appendfsync="everysec").start()
+        client = redis.Redis.from_url(server.url, decode_responses=True)
+        try:
+            # alternating pairs, so that a burst from another tenant lands on both workers
+            rounds: dict[str, list[Drain]] = {"drain": [], "baseline_drain": []}
+            for n in range(max(sizes.rounds, 2)):
+                ours = System("ours", server.url, workdir, f"-r{n}")
+                port = free_port()
+                with running(ours.start_api(port)):
+                    _, ids = asyncio.run(bulk(f"http://127.0.0.1:{port}", sizes.drain_jobs // BULK_ITEMS))
+                rounds["drain"].append(drain_ours(ours, client, ids, 0, None, server.proc.pid))
+                baseline_drain(out, notes, server, workdir, client, sizes, step)
+                if "baseline_drain" in out:
+                    rounds["baseline_drain"].append(out["baseline_drain"])
+                step(f"drain round {n + 1}: today's worker, then the pre-hardening one")
+            out.update({name: median_drain(drains) for name, drains in rounds.items() if drains})
+            out["drain_rounds"] = rounds
+            out["cold"] = cold_start_ours(ours, sizes.starts)
+            step("cold starts")
+            out["importtime"] = import_time(ours)
+            out["mlp"] = compute_bound(server.url, workdir, client, sizes, server.proc.pid)
+            step("compute-bound MLP: ONNX Runtime alone, the worker's drain, ONNX Runtime alone")
+        finally:
+            client.close()
+            server.stop()
+    d: Drain = out["drain"]
+    lines = [
+        f"# asyncinfer worker bench — {started_at:%Y-%m-%d %H:%M} UTC",
+        "",
+        f"machine: {os.cpu_count()} cores (shared); one redis-server {redis_version()} with AOF everysec; 1 worker; iris model; "
+        f"drain of {d.jobs:,} jobs: today's worker {fmt(d.jps)} jobs/s, worker CPU {d.worker_cpu_us:.1f} us/job, "
+        f"Redis CPU {d.redis_cpu_us:.1f} us/job",
+        *baseline_lines(out, d),
+        *compute_bound_lines(out["mlp"]),
+        *importtime_lines(out),
+        "",
+        f"cold starts, s: {' '.join(f'{t:.2f}' for t in out['cold'])}",
+        *(f"note: {n}" for n in notes),
+    ]
+    return "\n".join(lines)
+
+
+def median_drain(drains: list[Drain]) -> Drain:
+    """The rounds of one drain as one: the median of each figure."""
+    return Drain(
+        drains[0].jobs, statistics.median(d.jps for d in drains), statistics.median(d.usec_per_job for d in drains),
+        statistics.median(d.bytes_per_job for d in drains), drains[0].commands, max(d.worker_rss_mb for d in drains),
+        statistics.median(d.worker_cpu_us for d in drains), statistics.median(d.redis_cpu_us for d in drains),
+    )  # fmt: skip
+
+
+def baseline_drain(
+    out: dict[str, Any], notes: list[str], server: RedisServer, workdir: Path, client: redis.Redis, sizes: Sizes, step: Any
+) -> None:
+    """The pre-hardening worker's drain into out["baseline_drain"]; a note when git history lacks it."""
+    try:
+        tree = baseline.checkout(RESULTS)
+    except RuntimeError as exc:
+        notes.append(f"no regression baseline: {exc}")
+        return
+    out["baseline_drain"] = drain_baseline(tree, server.url, workdir, client, sizes.drain_jobs, server.proc.pid)
+    step(f"pre-hardening worker ({baseline.BASELINE_COMMIT}) drain")
+
+
+def baseline_lines(out: dict[str, Any], d: Drain) -> list[str]:
+    """Today's worker against the pre-hardening one (issue #23, targets 1 and 3), same run and Redis."""
+    b: Drain | None = out.get("baseline_drain")
+    if b is None:
+        return []
+    cold = statistics.median(out["cold"])
+    table = [
+        ("drain jobs/s", ">= 20,000 and >= 1.0x", fmt(b.jps), fmt(d.jps), f"{d.jps / b.jps:.2f}x", d.jps >= 20_000 and d.jps >= b.jps),
+        ("drain: worker CPU us per job", "<= 20", f"{b.worker_cpu_us:.1f}", f"{d.worker_cpu_us:.1f}",
+         f"{d.worker_cpu_us / b.worker_cpu_us:.2f}x", d.worker_cpu_us <= 20),
+        ("drain: Redis CPU us per job", "<= 25", f"{b.redis_cpu_us:.1f}", f"{d.redis_cpu_us:.1f}",
+         f"{d.redis_cpu_us / b.redis_cpu_us:.2f}x", d.redis_cpu_us <= 25),
+        ("cold start, exec -> ready s (median)", "<= 0.5", "-", f"{cold:.2f}", "", cold <= 0.5),
+    ]  # fmt: skip
+    rounds = out.get("drain_rounds")
+    per_round = (
+        ["", "ratio per round (today / pre-hardening, drain jobs/s): "
+         + ", ".join(f"{o.jps / b_.jps:.2f}x" for o, b_ in zip(rounds["drain"], rounds["baseline_drain"], strict=False))]
+        if rounds else []
+    )  # fmt: skip
+    return [
+        "",
+        f"Regression baseline: the pre-hardening worker (commit {baseline.BASELINE_COMMIT}, built from git history into "
+        f"bench/results/) and today's, each draining {d.jobs:,} iris jobs submitted over HTTP (its own API), same Redis, "
+        "same run; on a shared machine the ratio is the figure to read:",
+        "",
+        f"| figure | target | pre-hardening {baseline.BASELINE_COMMIT} | today | ratio | met |",
+        "|---|---|---:|---:|---:|---|",
+        *(f"| {f} | {t} | {bv} | {ov} | {r} | {'yes' if met else '**no**'} |" for f, t, bv, ov, r, met in table),
+        *per_round,
+    ]
+
+
+def compute_bound_lines(cb: ComputeBound) -> list[str]:
+    """The MLP: the worker against ONNX Runtime alone (target 4), and MAX_BATCH_WAIT_MS guidance from the
+    call times: a batch of b rows costs about fixed + b x per-row; waiting for a fuller batch saves at most
+    the fixed cost of a call, so waiting longer than that costs the waiting jobs more than it saves."""
+    share = cb.drain.jps / cb.runtime_rows_per_s
+    bound = statistics.mean(p.cpu_us_per_row for p in cb.probes) / (cb.drain.worker_cpu_us + cb.drain.redis_cpu_us)
+    fixed_ms, per_row_ms = cb.probes[0].fit()
+    calls = ", ".join(f"batch {b}: {ms:.2f} ms" for b, ms in cb.probes[0].call_ms.items())
+    return [
+        "",
+        f"Compute-bound model: MLP {'->'.join(map(str, mlp.LAYERS))} (bench/mlp.py), one row per job, batch {MLP_BATCH}; "
+        "ONNX Runtime alone (same session options, no queue, no JSON) measured before and after the worker's drain:",
+        "",
+        "| figure | target | ONNX Runtime alone | worker | ratio | met |",
+        "|---|---|---:|---:|---:|---|",
+        f"| 8 MLP rows/s at batch {MLP_BATCH} | >= 90% of ONNX Runtime | "
+        f"{' / '.join(fmt(p.rows_per_s) for p in cb.probes)} | {fmt(cb.drain.jps)} | {share:.0%} | {'yes' if share >= 0.9 else '**no**'} |",
+        "",
+        f"CPU per row: ONNX Runtime alone {statistics.mean(p.cpu_us_per_row for p in cb.probes):.0f} us; the worker "
+        f"{cb.drain.worker_cpu_us:.0f} us (its ONNX Runtime calls included) + Redis {cb.drain.redis_cpu_us:.0f} us. With every "
+        f"core busy either way, the worker's share can reach at most {bound:.0%} on this machine.",
+        "",
+        f"MLP call times (ONNX Runtime alone, median): {calls}; fit: {fixed_ms:.2f} ms fixed per call + {per_row_ms:.3f} ms "
+        f"per row. MAX_BATCH_WAIT_MS guidance: at most the fixed cost, here ~{max(fixed_ms, 0.0):.1f} ms (a backlog fills "
+        "batches without any wait; the wait only matters when jobs trickle in).",
+    ]
 
 
 def stalls(load: Load) -> str:

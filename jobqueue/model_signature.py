@@ -348,3 +348,162 @@ def batch_mismatch(signature: ModelSignature) -> str | None:
         if isinstance(first, int) and first > 0 and first != batch:
             return f"output {spec.name!r} has a fixed first dimension {first}, not the batch dimension"
     return None
+
+
+# Above this magnitude a float64 no longer holds every integer: a JSON integer converted through a
+# batch's float64 array could round differently from the same job's own int64 array.
+EXACT_FLOAT64_INT = 2.0**53
+
+
+@dataclass(frozen=True)
+class BatchPart:
+    """Jobs of a batch converted by one call per input: `arrays` holds their rows stacked in order."""
+
+    indices: list[int]  # the jobs' positions in the batch
+    rows: list[int]  # each job's row count
+    arrays: dict[str, np.ndarray]
+
+
+def convert_batch(
+    items: list[tuple[Any, str | bytes | None]], signature: ModelSignature, max_rows: int
+) -> tuple[list[BatchPart], dict[int, InputError]]:
+    """`parse_input` for many jobs at once, given (data, raw JSON) per job: the converted jobs as parts
+    (several jobs, or one), and each rejected job's InputError by position.
+
+    Jobs whose rows have the same leading shape and first value type are converted together, one
+    numpy call per input for the whole group. The shared conversion is used only where it provably
+    equals converting each job alone (plain numbers, no booleans, integers within float64's exact
+    range, every value in range and finite); any other group, or a group with a bad job in it, is
+    converted job by job, so a job's values and errors never depend on the jobs that shared its batch.
+    """
+    parts: list[BatchPart] = []
+    errors: dict[int, InputError] = {}
+
+    def alone(index: int) -> None:
+        data, raw = items[index]
+        try:
+            arrays = parse_input(data, signature, max_rows, raw=raw)
+        except InputError as exc:
+            errors[index] = exc
+            return
+        parts.append(BatchPart([index], [len(next(iter(arrays.values())))], arrays))
+
+    groups: dict[tuple[Any, ...], list[tuple[int, tuple[list[Any], ...]]]] = {}
+    for index, (data, raw) in enumerate(items):
+        per_input = _batchable_inputs(data, raw, signature, max_rows)
+        if per_input is None:
+            alone(index)
+            continue
+        key = tuple(map(_leading_layout, per_input))
+        members = groups.get(key)
+        if members is None:
+            groups[key] = [(index, per_input)]
+        else:
+            members.append((index, per_input))
+    for members in groups.values():
+        arrays = _convert_group([per_input for _, per_input in members], signature)
+        if arrays is None:  # something only a job-by-job check can word exactly
+            for index, _ in members:
+                alone(index)
+            continue
+        parts.append(BatchPart([index for index, _ in members], [len(per_input[0]) for _, per_input in members], arrays))
+    return parts, errors
+
+
+def parse_batch(
+    items: list[tuple[Any, str | bytes | None]], signature: ModelSignature, max_rows: int
+) -> list[dict[str, np.ndarray] | InputError]:
+    """`convert_batch` job by job: each job's arrays (its slice of its part) or its InputError."""
+    parts, errors = convert_batch(items, signature, max_rows)
+    results: list[dict[str, np.ndarray] | InputError | None] = [errors.get(index) for index in range(len(items))]
+    for part in parts:
+        start = 0
+        for index, count in zip(part.indices, part.rows, strict=True):
+            results[index] = {name: arr[start : start + count] for name, arr in part.arrays.items()}
+            start += count
+    return [result for result in results if result is not None]  # every index was filled above
+
+
+def _batchable_inputs(
+    data: Any, raw: str | bytes | None, signature: ModelSignature, max_rows: int
+) -> tuple[list[Any], ...] | None:
+    """The job's rows per input, in the model's order, when it may join a shared conversion; None
+    sends it down its own path (anything unusual, including all that path rejects before converting)."""
+    if raw is None or _mentions_boolean(raw.decode() if isinstance(raw, bytes) else raw):
+        return None  # a boolean among numbers is an error numpy's shared array would hide
+    inputs = signature.inputs
+    if type(data) is list and len(inputs) == 1:
+        return (data,) if 0 < len(data) <= max_rows else None
+    if type(data) is not dict or len(data) != len(inputs) or not all(spec.name in data for spec in inputs):
+        return None
+    per_input = tuple(data[spec.name] for spec in inputs)
+    counts = {len(rows) if type(rows) is list else -1 for rows in per_input}
+    return per_input if len(counts) == 1 and 0 < next(iter(counts)) <= max_rows else None
+
+
+def _mentions_boolean(raw: str) -> bool:
+    """Whether `true` or `false` occurs in the text: found by their first letter (a fast memchr; the
+    usual payload has one `t`, in "data"), not by a substring search over the whole body."""
+    for letter, word in (("t", "true"), ("f", "false")):
+        at = raw.find(letter)
+        while at != -1:
+            if raw.startswith(word, at):
+                return True
+            at = raw.find(letter, at + 1)
+    return False
+
+
+def _leading_layout(rows: list[Any]) -> tuple[Any, ...]:
+    """The lengths along the first row's first elements and the type of its first value: jobs alike
+    in this usually stack into one regular array (the shared conversion checks that they do)."""
+    value = rows[0]
+    if type(value) is list and value and type(value[0]) is not list:  # the usual row of values: no loop
+        return (len(value), type(value[0]))
+    shape: list[int] = []
+    while type(value) is list and value:
+        shape.append(len(value))
+        value = value[0]
+    return (*shape, type(value))
+
+
+def _convert_group(jobs: list[tuple[list[Any], ...]], signature: ModelSignature) -> dict[str, np.ndarray] | None:
+    """The group's rows stacked, one conversion per input, or None when that conversion could differ
+    from a job's own (then every job of the group is converted alone)."""
+    arrays = {}
+    for position, spec in enumerate(signature.inputs):
+        arr = _convert_numbers([row for per_input in jobs for row in per_input[position]], spec)
+        if arr is None or not _shape_fits(arr, spec):
+            return None
+        arrays[spec.name] = arr
+    return arrays
+
+
+def _convert_numbers(rows: list[Any], spec: TensorSpec) -> np.ndarray | None:
+    """`_coerce`'s result for rows of plain JSON numbers (no booleans: the caller saw to that) when
+    every job's slice of it would pass `_coerce` with the same values; None otherwise."""
+    if spec.dtype is None or spec.dtype.kind in "bOUS":
+        return None  # booleans and strings: rare, and checked per job
+    try:
+        raw = np.array(rows)
+    except ValueError:
+        return None
+    if raw.size == 0 or raw.dtype.kind not in "if":
+        return None
+    if spec.dtype.kind in "iu":
+        if raw.dtype.kind != "i":
+            return None  # floats for an integer input: the job's own path converts them exactly
+        info = np.iinfo(spec.dtype)
+        if raw.min() < info.min or raw.max() > info.max:
+            return None
+        return raw.astype(spec.dtype)
+    if raw.dtype.kind == "f" and not np.abs(raw).max() <= EXACT_FLOAT64_INT:  # also catches NaN
+        return None
+    with np.errstate(over="ignore"):
+        arr = raw.astype(spec.dtype)
+    return arr if np.isfinite(arr).all() else None
+
+
+def _shape_fits(arr: np.ndarray, spec: TensorSpec) -> bool:
+    want = spec.shape[1:]
+    got = arr.shape[1:]
+    return len(got) == len(want) and all(not (isinstance(w, int) and w > 0) or g == w for g, w in zip(got, want, strict=True))

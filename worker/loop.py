@@ -9,14 +9,14 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import orjson
 
-from jobqueue import metrics
 from jobqueue.connection import REFUSED, UNAVAILABLE, sync_client
-from jobqueue.model_signature import InputError, parse_input
+from jobqueue.model_signature import BatchPart, convert_batch
 from jobqueue.models import ModelConfig, load_models
 from jobqueue.protocol import ClaimedJob, WorkerQueue
 from jobqueue.settings import Settings
@@ -75,8 +75,9 @@ class Worker:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    def run(self, burst: bool = False) -> None:
-        """Process jobs until `stop()`; with `burst`, also stop once the queue is empty."""
+    def run(self, burst: bool = False, on_ready: Callable[[], None] | None = None) -> None:
+        """Process jobs until `stop()`; with `burst`, also stop once the queue is empty. `on_ready` runs
+        just after the start-up line: what serving jobs does not need waits until then."""
         try:
             self.client.ping()  # the start-up line below means "model loaded and Redis connected"
             self.redis_ok = True
@@ -86,6 +87,8 @@ class Worker:
             "worker %s serving model %s (version %s, providers %s) from %s",
             self.worker_id, self.model.name, self.model.version, ",".join(self.model.providers), self.queue.keys.base,
         )  # fmt: skip
+        if on_ready:
+            on_ready()
         self._background.start()
         self.deletion_cost.start()
         backoff = 0.1
@@ -182,6 +185,8 @@ class Worker:
         self._record()
 
     def _record(self) -> None:
+        from jobqueue import metrics  # imported after the start-up line (prometheus_client is slow to import)
+
         counts = self.queue.finish(self.worker_id, self._unrecorded)
         metrics.observe_ended(self.model.name, counts.ended, counts.finished_at)
         self.processed += counts.completed + counts.failed
@@ -201,29 +206,33 @@ class Worker:
             return [(job.job_id, Outcome.RETRY, f"worker error: {exc!r}") for job in jobs]
 
     def process(self, jobs: list[ClaimedJob]) -> OutcomeList:
-        """Run the model on a batch; returns an outcome per job. Each job's input is checked and
-        converted on its own, then jobs whose rows have the same shapes share one model call."""
+        """Run the model on a batch; returns an outcome per job. Every job's input is checked as if
+        alone (`convert_batch` converts alike jobs together only where that is provably the same), then
+        jobs whose rows have the same shapes share one model call."""
         outcomes: OutcomeList = []
-        groups: dict[tuple[Any, ...], list[tuple[ClaimedJob, dict[str, np.ndarray]]]] = defaultdict(list)
+        decoded: list[tuple[ClaimedJob, Any]] = []
         for job in jobs:
             try:
-                data = orjson.loads(job.payload)["data"]
-                arrays = parse_input(data, self.model.signature, self.settings.max_rows_per_job, raw=job.payload)
+                decoded.append((job, orjson.loads(job.payload)["data"]))
             except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
                 outcomes.append((job.job_id, Outcome.FAILED, f"invalid input: {exc}"))
-                continue
-            except InputError as exc:
-                outcomes.append((job.job_id, Outcome.FAILED, f"invalid input: {exc}"))
-                continue
-            groups[tuple((name, arr.shape[1:], arr.dtype.str) for name, arr in arrays.items())].append((job, arrays))
-        for group in groups.values():
-            members = [(job, len(next(iter(arrays.values())))) for job, arrays in group]
-            feeds = {name: _stack([arrays[name] for _, arrays in group]) for name in group[0][1]}
+        parts, errors = convert_batch(
+            [(data, job.payload) for job, data in decoded], self.model.signature, self.settings.max_rows_per_job
+        )
+        outcomes += [(decoded[index][0].job_id, Outcome.FAILED, f"invalid input: {exc}") for index, exc in errors.items()]
+        groups: dict[tuple[Any, ...], list[BatchPart]] = defaultdict(list)
+        for part in parts:
+            groups[tuple((name, arr.shape[1:], arr.dtype.str) for name, arr in part.arrays.items())].append(part)
+        for same in groups.values():
+            members = [(decoded[index][0], rows) for part in same for index, rows in zip(part.indices, part.rows, strict=True)]
+            feeds = {name: _stack([part.arrays[name] for part in same]) for name in same[0].arrays}
             outcomes += self._run_group(members, feeds)
         return outcomes
 
     def _run_group(self, members: list[tuple[ClaimedJob, int]], feeds: dict[str, np.ndarray]) -> OutcomeList:
         """One model call for jobs whose rows are stacked in `feeds`; (job, row count) in order."""
+        from jobqueue import metrics
+
         try:
             call_started = time.perf_counter()
             outputs = self.model.run(feeds, self.settings.job_timeout_seconds)

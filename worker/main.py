@@ -117,11 +117,11 @@ def run() -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    from jobqueue import metrics
-    from jobqueue.health import serve_health
-
     probes = StartupProbes()
     if settings.worker_health_port:  # before the heavy import and the model load
+        from jobqueue import metrics  # only then: prometheus_client stays out of a probe-less cold start
+        from jobqueue.health import serve_health
+
         serve_health(settings.worker_health_port, probes, metrics.exposition)
     from worker.loop import Worker  # heavy: ONNX Runtime
 

@@ -22,6 +22,12 @@ FIGURES = [
     "6 worker RSS MB after the runs",
     "6 Redis bytes per completed job (records kept)",
     "7 submit p99 ms (e2e poll load)",
+    # issue #23: the pre-hardening worker (200d8de) beside today's, and the MLP beside ONNX Runtime alone
+    "drain jobs/s",
+    "drain: worker CPU us per job",
+    "drain: Redis CPU us per job",
+    "cold start, exec -> ready s (median)",
+    "8 MLP rows/s at batch 128",
 ]
 # rows that count only the polls already waiting when their job ended: a handful of jobs may give none
 SAMPLED = ["7 long-poll wake-up under e2e load p50 / p99 ms", "7 long-poll wake-up, 1 client p50 / p99 ms"]
@@ -47,6 +53,7 @@ def test_bench_prints_every_figure_with_the_naive_design_and_the_bound() -> None
     for label in CPU_ROWS:
         assert any(name == label for name in rows), f"no CPU row {label!r}"
     assert re.search(r"could reach at most [\d.]+x \(poll\) and [\d.]+x \(`Prefer: wait`\)", run.stdout)
+    assert re.search(r"MAX_BATCH_WAIT_MS guidance: at most the fixed cost, here ~[\d.]+ ms", run.stdout)
     assert "| uvicorn, hot path on |" in run.stdout and "| uvicorn, hot path off |" in run.stdout
     assert re.search(r"asyncinfer run vs Client.map, [\d,]+ inputs.*: map [\d,]+/s, run [\d,]+/s, run/map [\d.]+x", run.stdout)
     assert (latest.stat().st_mtime if latest.exists() else None) == before  # a smoke run writes no results
