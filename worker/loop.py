@@ -9,7 +9,6 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -75,9 +74,8 @@ class Worker:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    def run(self, burst: bool = False, on_ready: Callable[[], None] | None = None) -> None:
-        """Process jobs until `stop()`; with `burst`, also stop once the queue is empty. `on_ready` runs
-        just after the start-up line: what serving jobs does not need waits until then."""
+    def run(self, burst: bool = False) -> None:
+        """Process jobs until `stop()`; with `burst`, also stop once the queue is empty."""
         try:
             self.client.ping()  # the start-up line below means "model loaded and Redis connected"
             self.redis_ok = True
@@ -87,8 +85,6 @@ class Worker:
             "worker %s serving model %s (version %s, providers %s) from %s",
             self.worker_id, self.model.name, self.model.version, ",".join(self.model.providers), self.queue.keys.base,
         )  # fmt: skip
-        if on_ready:
-            on_ready()
         self._background.start()
         self.deletion_cost.start()
         backoff = 0.1
