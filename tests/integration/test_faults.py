@@ -67,7 +67,8 @@ def test_sigkill_worker_holding_a_batch_loses_nothing(processes, redis_server, r
     processes.worker(env)
     recovered_in = wait_until(lambda: all_completed(queue, held), 30, "the held jobs to complete elsewhere")
     wait_until(lambda: all_completed(queue, ids), 60, "every job to complete")
-    assert {queue.get(job_id).attempts for job_id in held} == {2}  # the retry shows
+    # a death alone counts an attempt; a death in a batch is blamed on none of its members (bisection)
+    assert {queue.get(job_id).attempts for job_id in held} == ({2} if len(held) == 1 else {1})
     # bound: heartbeat TTL (2 s) + recovery interval (0.5 s) + batch time, measured from the kill
     assert time.monotonic() - killed_at < 30 and recovered_in < 10
     assert redis_client.zcard(KEYS.inflight) == 0
