@@ -15,6 +15,7 @@ from tests.chart.render import (
     SCENARIOS,
     Rendered,
     all_containers,
+    component_of,
     helm,
     pod_labels,
     pod_spec,
@@ -114,7 +115,9 @@ def test_every_container_runs_hardened_as_uid_10000_or_more(scenario: str) -> No
         pod = spec["securityContext"]
         assert pod["runAsNonRoot"] is True and pod["seccompProfile"] == {"type": "RuntimeDefault"}
         assert pod["runAsUser"] >= 10000 and pod["runAsGroup"] >= 10000 and pod["fsGroup"] >= 10000
-        assert spec["automountServiceAccountToken"] is False
+        # Only the workers mount a token: their own ServiceAccount may get/patch pods (pod-deletion-cost,
+        # tests/chart/test_scale_in.py); every other pod has none.
+        assert spec["automountServiceAccountToken"] is (component_of(w) == "worker" and "serviceAccountName" in spec)
         for c in all_containers(w):
             sc = c["securityContext"]
             assert sc["runAsNonRoot"] is True and sc["runAsUser"] == pod["runAsUser"] >= 10000, c["name"]
