@@ -197,7 +197,7 @@ def _coerce(rows: Any, spec: TensorSpec, loc: tuple[str | int, ...], may_hold_bo
     finite = np.isfinite(arr)
     if not finite.all():
         at = loc + _first_bad(arr, finite)
-        raise InputError(at, f"the value at {_path(at)} is not a finite number in {spec.elem_type} range: values must be finite")
+        raise InputError(at, f"values must be finite numbers in {spec.elem_type} range: the value at {_path(at)} is not")
     return arr
 
 
