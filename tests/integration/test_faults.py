@@ -176,6 +176,7 @@ def test_sigkill_redis_with_aof_always_keeps_every_accepted_job(processes, tmp_p
         server.stop()
 
 
+@pytest.mark.timeout(360)  # thousands of generated requests on two cores: ~100 s alone, far more beside other load
 def test_http_api_conforms_to_its_schema_under_fuzzing(processes, redis_server, tmp_path):
     """Property test of the API against its own OpenAPI schema with authentication on and a valid
     (admin) token: schemathesis's default checks (no 500, status codes, headers and bodies as
