@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.chart.render import SCENARIOS, Rendered, env_of, pod_spec, rendered, template
+from tests.chart.render import SCENARIOS, HelmError, Rendered, env_of, pod_spec, rendered, template
 
 
 def render(*sets: str) -> Rendered:
@@ -59,5 +59,9 @@ def test_the_debounce_is_a_value_and_stays_under_the_scale_down_window():
     for deployment in r.workers().values():
         assert env_of(pod_spec(deployment)["containers"][0])["DELETION_COST_DEBOUNCE_SECONDS"]["value"] == "12"
     # A cost that changes only after the debounce must be current before the HPA acts on a lower count.
-    window = rendered("default").one("ScaledObject")["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
-    assert window["scaleDown"]["stabilizationWindowSeconds"] > 5
+    behavior = rendered("default").one("ScaledObject")["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] > 5
+    with pytest.raises(HelmError, match="scaleIn.debounceSeconds"):
+        render("scaleIn.debounceSeconds=60")
+    with pytest.raises(HelmError, match="scaleIn.debounceSeconds"):
+        render("keda.behavior.scaleDown.stabilizationWindowSeconds=3")

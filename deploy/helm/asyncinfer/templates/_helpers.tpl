@@ -555,6 +555,12 @@ Return nothing, or fail with one clear message when values contradict each other
 {{- if le (float64 .Values.api.terminationGracePeriodSeconds) (float64 $c.shutdownDelaySeconds) }}
 {{- fail (printf "api.terminationGracePeriodSeconds (%v) must be greater than config.shutdownDelaySeconds (%v), or the API is killed before it stops taking traffic" .Values.api.terminationGracePeriodSeconds $c.shutdownDelaySeconds) }}
 {{- end }}
+{{- if and .Values.scaleIn.idleFirst .Values.keda.enabled }}
+{{- $window := ((.Values.keda.behavior).scaleDown).stabilizationWindowSeconds | default 300 }}
+{{- if ge (float64 .Values.scaleIn.debounceSeconds) (float64 $window) }}
+{{- fail (printf "scaleIn.debounceSeconds (%v) must be under keda.behavior.scaleDown.stabilizationWindowSeconds (%v): a worker's pod-deletion-cost must be current before the HPA lowers the count, or a scale-in may take a busy worker while an idle one stays" .Values.scaleIn.debounceSeconds $window) }}
+{{- end }}
+{{- end }}
 {{- if gt (int $c.requestTtlSeconds) (int $c.jobTtlSeconds) }}
 {{- fail (printf "config.requestTtlSeconds (%d) must not exceed config.jobTtlSeconds (%d): a pending job's record must outlive its start deadline" (int $c.requestTtlSeconds) (int $c.jobTtlSeconds)) }}
 {{- end }}
