@@ -35,7 +35,11 @@ def api_url(processes, redis_server, redis_client) -> str:
         (with_row(9, [5.1, 3.5, 1.4]), [9], "data[9] has 3 values where 4 were expected"),
         (with_row(9, 5.1), [9], "wrap it in a list"),
         (ROW, [], "data is a list of rows: to send one row, wrap it in a list"),
-        (with_row(17, [5.1, 3.5, 1.4, 1e39]), [17, 3], "values must be finite numbers in float range: the value at data[17][3] is not"),
+        (
+            with_row(17, [5.1, 3.5, 1.4, 1e39]),
+            [17, 3],
+            "values must be finite numbers in float range: the value at data[17][3] is not",
+        ),
     ],
 )
 def test_a_bad_row_among_many_is_named_by_row_and_column(api_url, redis_client, data, loc, words):
