@@ -97,7 +97,8 @@ def test_a_bad_per_model_override_stops_the_api_and_the_worker_naming_model_and_
         assert f"MODELS_FILE: model 'ranker': {field}:" in log.read_text(), (log.name, processes.logs())
 
 
-def test_every_per_model_override_within_the_settings_bounds_is_served(processes, redis_server, tmp_path):
+def test_every_per_model_override_within_the_settings_bounds_is_served(processes, redis_server, redis_client, tmp_path):
+    # redis_client: a clean database (an earlier test, the fuzzer, may have left the model paused)
     labels = tmp_path / "labels.txt"
     labels.write_text("setosa\nversicolor\nvirginica\n")
     overrides = {
