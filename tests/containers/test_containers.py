@@ -19,7 +19,7 @@ from tests.containers.conftest import FIGURES, ROOT, Load, Stack, wait_all_compl
 pytestmark = pytest.mark.timeout(1800)
 
 UID = "10001"
-WORKER_IMAGE_LIMIT_MB = 500
+WORKER_IMAGE_LIMIT_MB = 550  # 500 before the kubernetes client (pod-deletion-cost, ~10 MB with its deps)
 DRAIN_TIMEOUT_S = 10
 # Fast failure detection so crash recovery is seen within seconds, not the production 10 s/5 s.
 FAST_RECOVERY = {"WORKER_TTL_SECONDS": "3", "RECOVERY_INTERVAL_SECONDS": "1"}
@@ -131,9 +131,10 @@ def test_docker_kill_of_a_worker_under_load_loses_nothing(stack, docker):
         f"docker kill of a worker under load: {len(held)} held job(s) recovered, "
         f"all {len(jobs)} completed {time.monotonic() - killed_at:.1f}s after the kill"
     )
-    # What the dead worker held was run again by the other one: a second attempt, no loss.
+    # What the dead worker held was run again by the other one, no loss. A death alone counts an attempt;
+    # a death in a batch is blamed on none of its members (bisection: the halves run again uncounted).
     assert held and set(held) <= set(jobs)
-    assert all(jobs[job_id]["attempts"] >= 2 for job_id in held)
+    assert all(jobs[job_id]["attempts"] >= (2 if len(held) == 1 else 1) for job_id in held)
 
 
 def test_redis_sigkill_and_restart_keeps_every_acknowledged_job(stack, docker):
