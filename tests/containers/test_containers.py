@@ -19,7 +19,7 @@ from tests.containers.conftest import FIGURES, ROOT, Load, Stack, wait_all_compl
 pytestmark = pytest.mark.timeout(1800)
 
 UID = "10001"
-WORKER_IMAGE_LIMIT_MB = 550  # 500 before the kubernetes client (pod-deletion-cost, ~10 MB with its deps)
+WORKER_IMAGE_LIMIT_MB = 550  # 500 until the kubernetes client and its dependencies came in (pod-deletion-cost)
 DRAIN_TIMEOUT_S = 10
 # Fast failure detection so crash recovery is seen within seconds, not the production 10 s/5 s.
 FAST_RECOVERY = {"WORKER_TTL_SECONDS": "3", "RECOVERY_INTERVAL_SECONDS": "1"}
