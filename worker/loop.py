@@ -99,7 +99,7 @@ class Worker:
                     self._adopt = True
                     self._next_reconcile = time.monotonic() + RECONCILE_INTERVAL_S
                 self._extended_at = time.monotonic()  # a claim sets deadlines from no earlier than now
-                jobs, _suspects, paused = self._collect_batch(burst)
+                jobs, paused = self._collect_batch(burst)
                 self.redis_ok = True
                 backoff = 0.1
                 self.deletion_cost.holding(bool(jobs))
@@ -145,8 +145,8 @@ class Worker:
 
     # -- claiming ------------------------------------------------------------------------------
 
-    def _collect_batch(self, burst: bool) -> tuple[list[ClaimedJob], bool, bool]:
-        """(jobs, a suspect group that must run as claimed?, model paused?)"""
+    def _collect_batch(self, burst: bool) -> tuple[list[ClaimedJob], bool]:
+        """(jobs, model paused?); a suspect group is run as claimed, nothing added to it."""
         size = self.config.max_batch_size
         orphans = self.queue.held(self.worker_id) if self._adopt else []
         batch = self.queue.claim(self.worker_id, max(size - len(orphans), 0), moved=orphans)
@@ -154,14 +154,14 @@ class Worker:
         jobs = list(batch.jobs)
         if not jobs:
             if burst or batch.paused:
-                return [], False, batch.paused
+                return [], batch.paused
             moved = self.queue.wait_for_job(self.worker_id, BLOCK_TIMEOUT_S)
             batch = self.queue.claim(self.worker_id, size - 1 if moved else size, moved=[moved] if moved else [])
             jobs = list(batch.jobs)
             if not jobs:
-                return [], False, batch.paused
+                return [], batch.paused
         if batch.suspects:
-            return jobs, True, False
+            return jobs, False
         # Holding jobs: wait up to MAX_BATCH_WAIT_MS for more, so the model runs on a fuller batch (a
         # GPU model wants that wait; a latency-bound service sets it to 0 and runs what it has).
         deadline = time.monotonic() + self.config.max_batch_wait_ms / 1000
@@ -171,7 +171,7 @@ class Worker:
                 break
             time.sleep(min(remaining, BATCH_LOOK_S))
             jobs += self.queue.claim(self.worker_id, size - len(jobs), held_in_batch=len(jobs)).jobs
-        return jobs, False, False
+        return jobs, False
 
     def _run_batch(self, jobs: list[ClaimedJob]) -> None:
         # A suspect group (half of a batch that died) runs as one batch too: if it dies again, recovery
