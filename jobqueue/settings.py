@@ -46,6 +46,27 @@ class Settings(BaseModel):
             "together); past it the API answers 503."
         ),
     )
+    redis_sentinels: str = Field(
+        "",
+        description=(
+            "Comma-separated host:port of Redis Sentinels; set, every process finds the primary through them "
+            "(REDIS_URL still gives the db, credentials and TLS)."
+        ),
+    )
+    redis_sentinel_master: str = Field("mymaster", min_length=1, description="The Sentinel master set's name.")
+    redis_sentinel_password_file: str = Field("", description="File holding the Sentinels' password (a mounted Secret).")
+    redis_min_replicas_ack: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description=(
+            "Replicas that must hold a submit, retry, cancel or result (Redis WAIT) before it is acknowledged; "
+            "0 = the primary's word is enough."
+        ),
+    )
+    redis_replica_ack_timeout_ms: int = Field(
+        500, ge=1, le=60_000, description="How long to wait for REDIS_MIN_REPLICAS_ACK replicas; past it the API answers 503."
+    )
     key_prefix: str = Field(
         "asyncinfer",
         min_length=1,

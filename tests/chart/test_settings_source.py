@@ -42,6 +42,11 @@ SET_BY_THE_CHART = {
     "worker_health_port": "worker.healthPort / notifier.healthPort",
     "pod_name": "the downward API (metadata.name), worker pods only",
     "pod_namespace": "the downward API (metadata.namespace), worker pods only",
+    "redis_sentinels": "computed from redis.architecture / redis.external (issue #24, chart side)",
+    "redis_sentinel_master": "computed from redis.architecture / redis.external (issue #24, chart side)",
+    "redis_sentinel_password_file": "the mounted Secret file (issue #24, chart side)",
+    "redis_min_replicas_ack": "computed from redis.architecture (issue #24, chart side)",
+    "redis_replica_ack_timeout_ms": "computed from redis.architecture (issue #24, chart side)",
     "deletion_cost_debounce_seconds": "worker only; its chart value comes with scaleIn.idleFirst (issue #28, chart side)",
 }
 # Defaults the chart deliberately changes, each with the reason.
