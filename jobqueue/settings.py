@@ -200,6 +200,8 @@ class Settings(BaseModel):
             raise ValueError("RECOVERY_INTERVAL_SECONDS must be at most 10x WORKER_TTL_SECONDS")
         if self.request_ttl_seconds and self.request_ttl_seconds > self.job_ttl_seconds * 1000:
             raise ValueError("REQUEST_TTL_SECONDS is beyond any sensible JOB_TTL_SECONDS multiple")
+        if self.redis_replica_ack_timeout_ms >= self.redis_deadline_seconds * 1000:
+            raise ValueError("REDIS_REPLICA_ACK_TIMEOUT_MS must be below REDIS_DEADLINE_SECONDS (the WAIT is inside it)")
         if self.metrics_port and self.metrics_port == self.port:
             raise ValueError("METRICS_PORT must differ from PORT")
         return self
