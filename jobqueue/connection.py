@@ -151,6 +151,23 @@ def _async_sentinel_pool(settings: Settings, pool_class: type[Any], options: dic
     return pool_class(settings.redis_sentinel_master, sentinels, **options, **primary)
 
 
+async def primary_moved(client: redis.asyncio.Redis, connection: Any) -> bool:
+    """True when the Sentinels name another primary than the one `connection` talks to (a failover
+    happened: a frozen old primary keeps a subscription silent instead of closing it). Always False
+    without Sentinels; a Sentinel that does not answer in time says nothing either."""
+    import asyncio
+
+    pool: Any = client.connection_pool
+    if not uses_sentinels(connection) or not hasattr(pool, "sentinel_manager"):
+        return False
+    try:
+        async with asyncio.timeout(SENTINEL_TIMEOUT_S * 2):
+            host, port = await pool.sentinel_manager.discover_master(pool.service_name)
+    except (TimeoutError, redis.ConnectionError, redis.TimeoutError, OSError):  # UNAVAILABLE, and our own timeout
+        return False
+    return (host, int(port)) != (connection.host, int(connection.port))
+
+
 def uses_sentinels(connection: Any) -> bool:
     """True for a connection whose address came from the Sentinels (READONLY then means "rediscover")."""
     import redis.asyncio.sentinel

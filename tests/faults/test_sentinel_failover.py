@@ -4,6 +4,7 @@ none gets two results, and the services follow the new primary without a restart
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 import time
@@ -11,8 +12,10 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
+import aiohttp
 import httpx
 import orjson
 import pytest
@@ -20,7 +23,10 @@ import redis
 
 from jobqueue.keys import StoreKeys
 from tests.conftest import service_env
+from tests.faults.helpers import Jobs, assert_queue_consistent, resume, start_paused
 from tests.faults.sentinel_cluster import DOWN_AFTER_MS, SentinelCluster
+from tests.notifier.conftest import Notifiers
+from tests.notifier.helpers import Receiver, new_secret
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -160,3 +166,197 @@ def test_both_replicas_stopped_submits_answer_503_within_the_ack_timeout(cluster
     assert "Retry-After" in response.headers
     assert "Idempotency-Key" in response.json()["detail"]
     assert took < ACK_TIMEOUT_MS / 1000 + 2, f"the 503 took {took:.2f}s"
+
+
+class StatePoller:
+    """Reads acknowledged jobs through the API over and over, remembering every (status, result) seen."""
+
+    def __init__(self, base: str, load: SubmitLoad) -> None:
+        self.base, self.load = base, load
+        self.seen: dict[str, list[tuple[str, str]]] = {}  # (status, result JSON)
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+
+    def _poll(self) -> None:
+        with httpx.Client(base_url=self.base, timeout=20) as http:
+            while not self.stopping.is_set():
+                for job_id in self.load.acknowledged()[-40:]:
+                    response = http.get(f"/job/{job_id}")
+                    if response.status_code == 200:
+                        view = response.json()
+                        self.seen.setdefault(job_id, []).append((view["status"], orjson.dumps(view.get("result")).decode()))
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(30)
+
+    def went_backwards(self) -> list[tuple[str, list[tuple[str, str]]]]:
+        """Jobs shown ended and later not, or ended with two different results."""
+        terminal = {"completed", "failed", "canceled", "expired"}
+        wrong = []
+        for job_id, views in self.seen.items():
+            first_end = next((i for i, (status, _) in enumerate(views) if status in terminal), None)
+            if first_end is not None and len(set(views[first_end:])) > 1:
+                wrong.append((job_id, views))
+        return wrong
+
+
+def test_frozen_primary_rejoins_as_a_replica_and_nothing_goes_backwards(cluster: SentinelCluster, processes) -> None:
+    env = sentinel_env(cluster)
+    _, base = processes.api(env)
+    for _ in range(2):
+        processes.worker(env)
+    load = SubmitLoad(base).start()
+    poller = StatePoller(base, load)
+    wait_until(lambda: len(load.acknowledged()) >= 30, 30, "submits before the freeze")
+    old_port = cluster.primary_port()
+    old = cluster.index_of(old_port)
+    frozen_at = time.monotonic()
+    cluster.signal(old, signal.SIGSTOP)
+    new_port = cluster.wait_failover(old_port)
+    wait_until(lambda: sum(1 for when, s, _ in load.answers if s == 202 and when > frozen_at) >= 30, 60, "submits after failover")
+    cluster.signal(old, signal.SIGCONT)
+    # cut off from its replicas, the resumed old primary takes no write (min-replicas-to-write), or
+    # it has been turned into a replica already (READONLY): either way nothing it takes can be acknowledged
+    with pytest.raises(redis.ResponseError, match="NOREPLICAS|READONLY"):
+        cluster.client(old).set("asyncinfer:probe", "1")
+    cluster.wait(
+        lambda: cluster.client(old).info("replication").get("master_port") == new_port, "the old primary to rejoin as a replica"
+    )
+    time.sleep(1)  # a little load with the old primary back as a replica
+    load.stop()
+    poller.stop()
+
+    counts = load.statuses()
+    assert set(counts) <= {202, 503}, f"only 202 or 503: {counts}"
+    acknowledged = load.acknowledged()
+    primary = cluster.primary()
+    wait_until(lambda: all(r.get("status") == "completed" for r in ended(primary, acknowledged)), 60, "every acknowledged job")
+    assert all(r.get("result") for r in ended(primary, acknowledged))
+    assert not poller.went_backwards(), poller.went_backwards()[:3]
+    assert sum(len(views) for views in poller.seen.values()) > 50, "the poller read jobs throughout"
+
+
+def test_a_worker_holding_jobs_whose_claim_was_lost_sees_them_run_again_with_one_result(
+    cluster: SentinelCluster, processes, models_file: Path, loop_speed: float
+) -> None:
+    env = sentinel_env(cluster, MODELS_FILE=models_file, MODEL_NAME="loop", MAX_BATCH_SIZE=8)
+    jobs = Jobs(cluster.client(0))
+    holder = start_paused(jobs, "loop", lambda: processes.worker(env))
+    ids = [jobs.enqueue("loop", [[v]]) for v in (int(loop_speed * 1.5), 3, 5)]
+    assert jobs.client.wait(2, 5000) == 2  # both replicas hold the jobs, pending, and the model paused
+    # From here on nothing the primary takes reaches a replica: they are frozen and their links cut (a
+    # frozen replica would still find what was sent in its socket buffer when resumed). The primary
+    # takes writes anyway, as it does for MIN_REPLICAS_MAX_LAG seconds after losing its replicas.
+    for index in (1, 2):
+        cluster.signal(index, signal.SIGSTOP)
+    jobs.client.config_set("min-replicas-to-write", 0)
+    jobs.client.client_kill_filter(_type="replica")
+    resume(jobs, "loop")
+    wait_until(lambda: set(jobs.statuses(ids)) == {"processing"}, 5, "the worker to claim the batch")
+    cluster.servers[0].kill()
+    for index in (1, 2):
+        cluster.signal(index, signal.SIGCONT)
+    cluster.wait_failover(cluster.servers[0].port, 40)
+    survivor = Jobs(cluster.primary())
+    assert set(survivor.statuses(ids)) == {"pending"}, "the claim was lost with the old primary"
+    resume(survivor, "loop")  # the resume was lost too
+    processes.worker(env)  # a second worker: the jobs may run again on either
+    wait_until(lambda: survivor.all_ended(ids), 60, "the jobs to run again on the new primary")
+    records = survivor.records(ids)
+    assert {r["status"] for r in records} == {"completed"}, records
+    assert all(r.get("result") for r in records)
+    assert holder.poll() is None, "the worker that held the batch followed the failover"
+    wait_until(lambda: not any(survivor.processing_lists("loop").values()), 30, "nothing left held")
+    assert_queue_consistent(survivor, "loop")
+
+
+def test_waiters_and_the_notifier_report_every_end_after_a_failover(cluster: SentinelCluster, processes, tmp_path: Path) -> None:
+    secret = new_secret()
+    receiver = Receiver(secret)
+    env = sentinel_env(cluster, WEBHOOK_ALLOW_HTTP="true", WEBHOOK_ALLOW_PRIVATE="true")
+    _, base = processes.api(env)
+    notifiers = Notifiers("redis://127.0.0.1:1/0", secret, tmp_path)
+    notifier_env = {k: env[k] for k in ("REDIS_SENTINELS", "REDIS_MIN_REPLICAS_ACK", "REDIS_REPLICA_ACK_TIMEOUT_MS")}
+    try:
+        notifiers.start(**notifier_env)
+        with httpx.Client(base_url=base, timeout=20) as http:
+            body = {"data": [[5.9, 3.0, 4.2, 1.5]], "callback_url": receiver.url}
+            ids = [http.post("/predict", json=body).json()["job_id"] for _ in range(6)]
+        reported = asyncio.run(report_ends_across_a_failover(cluster, processes, env, base, ids))
+        wait_until(lambda: len(receiver.accepted) == len(ids), 30, "a webhook for every job")
+    finally:
+        notifiers.stop_all()
+        receiver.stop()
+    assert {view["job_id"] for view in receiver.accepted.values()} == set(ids)
+    assert {view["status"] for view in receiver.accepted.values()} == {"completed"}
+    for how, (job_id, late_s) in reported.items():
+        assert late_s < WAKE_BUDGET_S, f"{how} reported {job_id} {late_s:.1f}s after it ended: it did not resubscribe"
+
+
+# Waiters woken by the event subscription report an end within this; one that missed the failover
+# would only notice at its slow re-read (SSE keep-alive 15 s, WebSocket 30 s).
+WAKE_BUDGET_S = 8.0
+
+
+async def report_ends_across_a_failover(
+    cluster: SentinelCluster, processes, env: dict[str, str], base: str, ids: list[str]
+) -> dict[str, tuple[str, float]]:
+    """Open a WebSocket on every job, an SSE stream and a long poll on one each, freeze the primary, and
+    start the worker once the Sentinels promoted a replica: every end happens on the new primary while
+    the old one holds the API's subscription open and silent. Returns, per waiter, a job and how long
+    after its end (Redis clock) the waiter reported it."""
+    ws_url = base.replace("http://", "ws://") + "/ws"
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(ws_url)
+        await ws.send_json({"subscribe": ids})
+        sse = asyncio.create_task(sse_end(session, f"{base}/job/{ids[0]}/events"))
+        poll = asyncio.create_task(long_poll_end(session, f"{base}/job/{ids[1]}"))
+        await asyncio.sleep(0.5)
+        old_port = cluster.primary_port()
+        cluster.signal(cluster.index_of(old_port), signal.SIGSTOP)
+        await asyncio.to_thread(cluster.wait_failover, old_port)
+        await asyncio.to_thread(processes.worker, env)
+        reported: dict[str, tuple[str, float]] = {}
+        async with asyncio.timeout(60):
+            views: dict[str, tuple[dict, float]] = {}
+            while len(views) < len(ids):
+                message = await ws.receive_json()
+                if message.get("type") == "job":
+                    views[message["job"]["job_id"]] = (message["job"], time.time())
+            reported["websocket"] = max(((j, t - finished_s(v)) for j, (v, t) in views.items()), key=lambda x: x[1])
+            for how, task in (("sse", sse), ("long poll", poll)):
+                view, at = await task
+                reported[how] = (view["job_id"], at - finished_s(view))
+        await ws.close()
+    return reported
+
+
+def finished_s(view: dict) -> float:
+    return datetime.fromisoformat(view["finished_at"].replace("Z", "+00:00")).timestamp()
+
+
+async def sse_end(session: aiohttp.ClientSession, url: str) -> tuple[dict, float]:
+    """The `end` event's view and when it arrived, reconnecting as an EventSource does."""
+    while True:
+        async with session.get(url) as response:
+            event = ""
+            async for line in response.content:
+                text = line.decode().rstrip("\n")
+                if text.startswith("event: "):
+                    event = text.removeprefix("event: ")
+                elif text.startswith("data: ") and event == "end":
+                    return orjson.loads(text.removeprefix("data: ")), time.time()
+        await asyncio.sleep(0.5)
+
+
+async def long_poll_end(session: aiohttp.ClientSession, url: str) -> tuple[dict, float]:
+    """GET ?wait=20 until the job has ended, repeated on a 503 (Redis away) as its Retry-After says."""
+    while True:
+        async with session.get(url, params={"wait": "20"}) as response:
+            if response.status == 200:
+                view = await response.json()
+                if view["status"] == "completed":
+                    return view, time.time()
+        await asyncio.sleep(0.5)
