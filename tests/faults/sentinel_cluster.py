@@ -17,9 +17,9 @@ from tests.support.waiting import wait_until
 MASTER = "mymaster"
 DOWN_AFTER_MS = 1000  # how long Sentinel waits before it calls the primary down
 FAILOVER_TIMEOUT_MS = 3000
-# What the configs we ship set (deploy/local, compose, chart): a primary with no replica in sync for
-# MAX_LAG seconds refuses writes, so a primary cut off from its replicas takes nothing it could lose.
-MIN_REPLICAS_TO_WRITE = "1"
+SHIPPED_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "sentinel" / "redis.conf"
+# The shipped config's min-replicas-max-lag (5 s) is longer than the tests' freezes: they lower it so
+# that a resumed old primary refuses writes at once.
 MIN_REPLICAS_MAX_LAG = "2"
 
 
@@ -33,14 +33,13 @@ class SentinelCluster:
         ports = [free_port() for _ in range(3)]
         for index, port in enumerate(ports):
             conf = self.root / f"redis-{index}.conf"
-            conf.write_text("# rewritten by Sentinel when it reconfigures this server\n")
+            conf.write_text(SHIPPED_CONFIG.read_text())  # a copy: Sentinel rewrites it
             replica_of = ("--replicaof", "127.0.0.1", str(ports[0])) if index else ()
             server = RedisServer(
                 self.root / f"redis-{index}",
                 port,
                 config_file=conf,
                 extra_args=(
-                    "--min-replicas-to-write", MIN_REPLICAS_TO_WRITE,
                     "--min-replicas-max-lag", MIN_REPLICAS_MAX_LAG,
                     "--repl-diskless-sync", "yes",
                     "--repl-diskless-sync-delay", "0",
