@@ -60,12 +60,17 @@ class Settings(BaseModel):
         ge=0,
         le=16,
         description=(
-            "Replicas that must hold a submit, retry, cancel or result (Redis WAIT) before it is acknowledged; "
-            "0 = the primary's word is enough."
+            "Replicas that must hold a submit, retry or cancel before it is acknowledged, and a job's end before "
+            "it is shown (Redis WAIT); fewer within REDIS_REPLICA_ACK_TIMEOUT_MS: 503. 0 = the primary's word is enough."
         ),
     )
     redis_replica_ack_timeout_ms: int = Field(
-        500, ge=1, le=60_000, description="How long to wait for REDIS_MIN_REPLICAS_ACK replicas; past it the API answers 503."
+        500,
+        ge=1,
+        le=60_000,
+        description=(
+            "How long to wait for REDIS_MIN_REPLICAS_ACK replicas; past it the API answers 503. Below REDIS_DEADLINE_SECONDS."
+        ),
     )
     key_prefix: str = Field(
         "asyncinfer",
