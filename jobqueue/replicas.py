@@ -23,7 +23,6 @@ primary dies with it, the job is run again: at-least-once processing, exactly-on
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import redis.exceptions
@@ -34,6 +33,7 @@ from jobqueue.settings import Settings
 
 if TYPE_CHECKING:
     import redis.asyncio
+    import redis.asyncio.client
 
 
 class ReplicasBehind(redis.exceptions.ConnectionError):
@@ -79,18 +79,16 @@ class ReplicaAcks:
             raise ReplicasBehind(acked, self.required, self.timeout_ms)
 
 
-async def read_confirmed(client: redis.asyncio.Redis, settings: Settings, key: str, fields: Sequence[str]) -> list[Any]:
-    """HMGET `key` `fields`, returned once REDIS_MIN_REPLICAS_ACK replicas hold what it read (one
-    connection: the read, a marker write, WAIT); ReplicasBehind otherwise. For a reporter outside the
-    API (the notifier)."""
+async def execute_confirmed(pipe: redis.asyncio.client.Pipeline, settings: Settings) -> list[Any]:
+    """Run a pipeline (one connection) and return its replies once REDIS_MIN_REPLICAS_ACK replicas hold
+    what it wrote or read: a marker write and WAIT go last on the same connection; ReplicasBehind
+    otherwise. For callers outside the API's shared connection (the notifier, an operator's retry-all)."""
     required = settings.redis_min_replicas_ack
     if not required:
-        return await client.hmget(key, fields)
-    pipe = client.pipeline(transaction=False)
-    pipe.hmget(key, fields)
+        return list(await pipe.execute())
     pipe.set(StoreKeys(settings.key_prefix).replica_ack, "1", px=MARKER_TTL_MS)
     pipe.wait(required, settings.redis_replica_ack_timeout_ms)
-    values, _, acked = await pipe.execute()
+    *replies, _, acked = await pipe.execute()
     if int(acked) < required:
         raise ReplicasBehind(int(acked), required, settings.redis_replica_ack_timeout_ms)
-    return list(values)
+    return replies

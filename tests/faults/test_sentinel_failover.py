@@ -149,23 +149,38 @@ def test_primary_killed_under_submit_load_loses_no_acknowledged_job(cluster: Sen
 
 
 def test_both_replicas_stopped_submits_answer_503_within_the_ack_timeout(cluster: SentinelCluster, processes) -> None:
+    """And what such a 503 means: the submit or cancel may have been stored (the README's promise), a
+    repeat with the same Idempotency-Key finds it, and no end is shown before replicas hold it."""
     env = sentinel_env(cluster)
     _, base = processes.api(env)
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    # the shipped min-replicas-max-lag (5 s): the primary keeps taking writes while this test needs it
+    cluster.client(0).config_set("min-replicas-max-lag", 5)
     with httpx.Client(base_url=base, timeout=20) as http:
-        assert http.post("/predict", content=PAYLOAD).status_code == 202
+        pending = http.post("/predict", content=PAYLOAD).json()["job_id"]  # no worker: it stays pending
         for index in range(1, 3):
             cluster.signal(index, signal.SIGSTOP)
         try:
             started = time.monotonic()
-            response = http.post("/predict", content=PAYLOAD, headers={"Idempotency-Key": str(uuid.uuid4())})
+            submitted = http.post("/predict", content=PAYLOAD, headers=key)
             took = time.monotonic() - started
+            canceled = http.delete(f"/job/{pending}")
+            read = http.get(f"/job/{pending}")
         finally:
             for index in range(1, 3):
                 cluster.signal(index, signal.SIGCONT)
-    assert response.status_code == 503, response.text
-    assert "Retry-After" in response.headers
-    assert "Idempotency-Key" in response.json()["detail"]
-    assert took < ACK_TIMEOUT_MS / 1000 + 2, f"the 503 took {took:.2f}s"
+        assert submitted.status_code == 503, submitted.text
+        assert "Retry-After" in submitted.headers
+        assert "Idempotency-Key" in submitted.json()["detail"]
+        assert took < ACK_TIMEOUT_MS / 1000 + 2, f"the 503 took {took:.2f}s"
+        assert canceled.status_code == 503, canceled.text
+        assert read.status_code == 503, f"an end no replica holds was shown: {read.text}"
+
+        # replicas back: the refused cancel and submit had been stored, and now they are acknowledged
+        wait_until(lambda: http.get(f"/job/{pending}").status_code == 200, 10, "the replicas to catch up")
+        assert http.get(f"/job/{pending}").json()["status"] == "canceled"
+        repeated = http.post("/predict", content=PAYLOAD, headers=key)
+        assert repeated.status_code == 202 and repeated.headers.get("Idempotent-Replayed") == "true", repeated.text
 
 
 class StatePoller:
