@@ -713,14 +713,16 @@ def replica_ack_cost(sizes: Sizes, workdir: Path, step: Any) -> dict[str, Load]:
         client = redis.Redis.from_url(primary.url, decode_responses=True)
         while client.info("replication")["connected_slaves"] < 1:
             time.sleep(0.05)
-        stacks = []
-        for ack in loads:
-            system = System("ours", primary.url, workdir, f"-ack{ack}")
+        systems = {ack: System("ours", primary.url, workdir, f"-ack{ack}") for ack in loads}
+        workers = {}
+        for ack, system in systems.items():  # workers first: they load while the APIs start
             system.env["REDIS_MIN_REPLICAS_ACK"] = ack
+            workers[ack] = system.start_worker(f"ack{ack}-worker")
+        stacks = []
+        for ack, system in systems.items():
             port = free_port()
             api = system.start_api(port, f"ack{ack}-api")
-            worker, watcher = system.start_worker(f"ack{ack}-worker")
-            stacks.append((ack, f"http://127.0.0.1:{port}", api, worker, watcher))
+            stacks.append((ack, f"http://127.0.0.1:{port}", api, *workers[ack]))
         with running(*(proc for stack in stacks for proc in stack[2:4])):
             for *_, watcher in stacks:
                 watcher.wait_ready()

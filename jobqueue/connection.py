@@ -168,6 +168,18 @@ async def primary_moved(client: redis.asyncio.Redis, connection: Any) -> bool:
     return (host, int(port)) != (connection.host, int(connection.port))
 
 
+def demoted(error: BaseException) -> bool:
+    """The server is a replica now (a failover): READONLY, also as a script's error (Redis 6.2 runs the
+    script and refuses its first write), or a blocked command released by the demotion. Nothing was
+    written; a client that found the server through the Sentinels reconnects and asks them again."""
+    text = str(error)
+    return (
+        isinstance(error, redis.exceptions.ReadOnlyError)
+        or "-READONLY " in text
+        or text.startswith(redis.sentinel.DEMOTED_MASTER_UNBLOCKED_ERROR)
+    )
+
+
 def uses_sentinels(connection: Any) -> bool:
     """True for a connection whose address came from the Sentinels (READONLY then means "rediscover")."""
     import redis.asyncio.sentinel

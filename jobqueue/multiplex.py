@@ -31,9 +31,8 @@ from typing import TYPE_CHECKING, Any
 import hiredis
 import redis.exceptions
 from redis._parsers.base import BaseParser
-from redis.sentinel import DEMOTED_MASTER_UNBLOCKED_ERROR
 
-from jobqueue.connection import uses_sentinels
+from jobqueue.connection import demoted, uses_sentinels
 from jobqueue.deadline import redis_deadline
 
 if TYPE_CHECKING:
@@ -47,17 +46,12 @@ WRITE_BUFFER_HIGH = 4 * 2**20  # bytes queued in the transport before writers wa
 MARKER_TTL_MS = 60_000  # the replica-ack marker only needs to outlive one WAIT
 
 
-def demoted(error: BaseException) -> bool:
-    """READONLY, or a blocked command released because its server became a replica (a failover)."""
-    return isinstance(error, redis.exceptions.ReadOnlyError) or str(error).startswith(DEMOTED_MASTER_UNBLOCKED_ERROR)
-
-
 class _Connection:
     """A connected socket, its pending futures in send order, and the task reading its replies."""
 
     def __init__(self, conn: Any, serial: int) -> None:
-        self.conn = conn
-        self.serial = serial  # the redis-py connection that did the handshake; we read and write its streams
+        self.conn = conn  # the redis-py connection that did the handshake; we read and write its streams
+        self.serial = serial  # which connection of its MultiplexedRedis this is (see `wait_replicas`)
         self.reader: asyncio.StreamReader = conn._reader
         self.writer: asyncio.StreamWriter = conn._writer
         self.pending: collections.deque[tuple[float, asyncio.Future[Any]]] = collections.deque()

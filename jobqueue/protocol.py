@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import hiredis
 import redis
 
+from jobqueue.connection import demoted, uses_sentinels
 from jobqueue.errors import (
     IdempotencyConflict,
     JobNotFound,
@@ -453,6 +454,11 @@ class WorkerQueue:
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
             conn.disconnect()  # type: ignore[no-untyped-call]
             raise
+        except redis.exceptions.ResponseError as exc:
+            if not (demoted(exc) and uses_sentinels(conn)):
+                raise
+            conn.disconnect()  # type: ignore[no-untyped-call]
+            raise redis.exceptions.ConnectionError(f"the primary was demoted ({exc})") from exc
         finally:
             pool.release(conn)
 

@@ -21,6 +21,7 @@ import orjson
 import pytest
 import redis
 
+from jobqueue.connection import demoted
 from jobqueue.keys import StoreKeys
 from tests.conftest import service_env
 from tests.faults.helpers import Jobs, assert_queue_consistent, resume, start_paused
@@ -192,6 +193,22 @@ def test_both_replicas_stopped_submits_answer_503_within_the_ack_timeout(cluster
         assert http.get(f"/job/{pending}").json()["status"] == "canceled"
         repeated = http.post("/predict", content=PAYLOAD, headers=key)
         assert repeated.status_code == 202 and repeated.headers.get("Idempotent-Replayed") == "true", repeated.text
+
+
+def test_a_replicas_refusals_read_as_a_demoted_primary(cluster: SentinelCluster) -> None:
+    """What a client still connected to a primary that became a replica hears, on this Redis: a write,
+    or a script's first write (Redis 6.2 runs the script). Both make a Sentinel client reconnect and
+    ask the Sentinels again (jobqueue/multiplex.py for the API, WorkerQueue._run for a worker)."""
+    replica = cluster.client(1)
+    refusals = []
+    for attempt in (lambda: replica.set("k", "v"), lambda: replica.eval("return redis.call('SET', 'k', 'v')", 0)):
+        with pytest.raises(redis.ResponseError) as refused:
+            attempt()
+        refusals.append(refused.value)
+    assert all(demoted(error) for error in refusals), refusals
+    with pytest.raises(redis.ResponseError) as other:
+        replica.eval("return redis.call('NOSUCHCOMMAND')", 0)
+    assert not demoted(other.value)
 
 
 class StatePoller:
