@@ -111,7 +111,7 @@ def create_app(settings: Settings | None = None) -> AsyncInferAPI:
             store=store,
             probe=async_probe_client(settings),
             models=ModelRegistry(configs),
-            events=JobEvents(client, store.keys.events),
+            events=JobEvents(client, store.keys.events, sentinels=bool(settings.redis_sentinels)),
             tokens=tokens,
             callback_validator=validate_callback_url,
         )

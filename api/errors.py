@@ -13,6 +13,7 @@ from fastapi.responses import Response
 
 from jobqueue.connection import REFUSED, UNAVAILABLE
 from jobqueue.errors import IdempotencyConflict, JobNotFound, QueueFull, RateLimited, TooManyUnfinished, WrongState
+from jobqueue.replicas import ReplicasBehind
 
 log = logging.getLogger("asyncinfer.api")
 
@@ -97,6 +98,14 @@ def as_problem(exc: Exception) -> HTTPProblem | None:
             422,
             [{"loc": ["header", "Idempotency-Key"], "msg": str(exc), "type": "idempotency_conflict"}],
             fields={"job_id": exc.job_id},
+        )
+    if isinstance(exc, ReplicasBehind):
+        log.warning("replicas behind: %s", exc)
+        return HTTPProblem(
+            503,
+            f"not acknowledged: {exc}. What was asked may still have been stored on the Redis primary (and kept,"
+            " or lost in a failover): repeat it with the same Idempotency-Key, which is safe",
+            {"Retry-After": str(RETRY_AFTER_S)},
         )
     if isinstance(exc, UNAVAILABLE):
         log.warning("redis unavailable: %s", exc)

@@ -19,7 +19,7 @@ from fastapi import Request
 
 from api.auth import TokenFile
 from api.errors import HTTPProblem, as_problem
-from jobqueue.connection import REFUSED, UNAVAILABLE
+from jobqueue.connection import REFUSED, UNAVAILABLE, primary_moved
 from jobqueue.model_signature import InputError, ModelSignature, parse_input
 from jobqueue.models import ModelConfig, read_model
 from jobqueue.protocol import Enqueued, JobRecord, JobStore, NewJob
@@ -28,6 +28,7 @@ from jobqueue.settings import Settings
 log = logging.getLogger("asyncinfer.api")
 SIGNATURE_RETRY_S = 5
 LONG_POLL_RECHECK_S = 2.0  # re-read the record this often while waiting, in case a wake-up was missed
+FAILOVER_CHECK_S = 1.0  # with Sentinels: how often the event listener checks that its server is the primary
 CANCEL_RECHECK_S = 0.1  # how soon a stopping listener is cancelled again if a cancellation was lost
 
 
@@ -112,9 +113,12 @@ class JobEvents:
     slowly on their own.
     """
 
-    def __init__(self, client: redis.asyncio.Redis, channel: str) -> None:
+    def __init__(self, client: redis.asyncio.Redis, channel: str, sentinels: bool = False) -> None:
         self._client = client
         self._channel = channel
+        # With Sentinels, how often the listener asks whether the primary moved (a frozen old primary
+        # keeps the subscription open and silent); standalone, it just listens.
+        self._silence_s = FAILOVER_CHECK_S if sentinels else None
         # waiters for any transition (streams), and waiters for the end only (wait and long poll):
         # "processing" is no news to the latter, so it costs them no wake-up and no re-read
         self._futures: dict[str, set[asyncio.Future[str]]] = defaultdict(set)
@@ -180,8 +184,14 @@ class JobEvents:
                     self.wake_all()  # transitions between the last re-check and now were not heard
                 if pubsub.connection is not None:  # set by subscribe
                     pubsub.connection.register_connect_callback(self._on_reconnect)
-                async for message in pubsub.listen():
-                    if (self._futures or self._end_futures) and message.get("type") == "message":
+                checked = time.monotonic()
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=self._silence_s)
+                    if self._silence_s is not None and time.monotonic() - checked >= self._silence_s:
+                        checked = time.monotonic()
+                        if await primary_moved(self._client, pubsub.connection):
+                            raise redis.ConnectionError("a failover moved the primary: subscribing on the new one")
+                    if message is not None and (self._futures or self._end_futures) and message.get("type") == "message":
                         kind, *ids = str(message["data"]).split()
                         for job_id in ids:
                             if job_id in self._futures or job_id in self._end_futures:

@@ -18,10 +18,12 @@ changes between them: 32 submitters + 32 pollers over HTTP, 1 worker, the iris m
   A/B            bench/serve.py: uvicorn vs granian, hot path on/off, on e2e poll and e2e wait
   RSS            API and worker after their runs                                            -> target 6
   CLI vs SDK     `asyncinfer run` and `Client.map` on the same 20,000 inputs (bench/cli_run.py): both rates, ratio
+  replica acks   e2e poll with REDIS_MIN_REPLICAS_ACK=1 vs 0, one primary + one replica: submit p50/p99, jobs/s
 
 `--quick` shrinks every count; `--profile` also records py-spy profiles (separate runs, so the headline
 numbers carry no sampling cost) into bench/results/profiles/. Writes bench/results/latest.md. `--worker`
-runs only the worker's figures (drain, baseline, cold start, MLP) into bench/results/worker.md.
+runs only the worker's figures (drain, baseline, cold start, MLP) into bench/results/worker.md;
+`--replicas` only the replica-ack comparison (printed).
 """
 
 from __future__ import annotations
@@ -697,6 +699,67 @@ def import_time(system: System) -> list[tuple[int, int, str]]:
     return sorted(top, key=lambda r: -r[1])
 
 
+# -- replica acks (issue #24) ----------------------------------------------------------------------
+
+
+def replica_ack_cost(sizes: Sizes, workdir: Path, step: Any) -> dict[str, Load]:
+    """e2e poll with REDIS_MIN_REPLICAS_ACK=1 against 0 on the same primary with one replica (AOF on
+    both): both stacks up at once, alternating round by round, so only the WAIT differs."""
+    primary = RedisServer(workdir / "ack-primary", appendfsync="everysec").start(workdir / "ack-primary.log")
+    replica = RedisServer(workdir / "ack-replica", extra_args=("--replicaof", "127.0.0.1", str(primary.port)))
+    replica.start(workdir / "ack-replica.log")
+    loads: dict[str, list[Load]] = {"0": [], "1": []}
+    try:
+        client = redis.Redis.from_url(primary.url, decode_responses=True)
+        while client.info("replication")["connected_slaves"] < 1:
+            time.sleep(0.05)
+        systems = {ack: System("ours", primary.url, workdir, f"-ack{ack}") for ack in loads}
+        workers = {}
+        for ack, system in systems.items():  # workers first: they load while the APIs start
+            system.env["REDIS_MIN_REPLICAS_ACK"] = ack
+            workers[ack] = system.start_worker(f"ack{ack}-worker")
+        stacks = []
+        for ack, system in systems.items():
+            port = free_port()
+            api = system.start_api(port, f"ack{ack}-api")
+            stacks.append((ack, f"http://127.0.0.1:{port}", api, *workers[ack]))
+        with running(*(proc for stack in stacks for proc in stack[2:4])):
+            for *_, watcher in stacks:
+                watcher.wait_ready()
+            for n in range(max(sizes.rounds, ACK_ROUNDS_MIN)):
+                for ack, base, api, worker, _ in stacks:
+                    assert primary.proc is not None
+                    loads[ack].append(metered_e2e(base, sizes.jobs, "poll", api.pid, worker.pid, primary.proc.pid))
+                step(f"replica acks round {n + 1}: REDIS_MIN_REPLICAS_ACK=0, =1")
+        client.close()
+    finally:
+        replica.stop()
+        primary.stop()
+    return {ack: pooled(rounds) for ack, rounds in loads.items()}
+
+
+def replica_ack_lines(loads: dict[str, Load]) -> list[str]:
+    off, on = loads["0"], loads["1"]
+    rows = [
+        ("REDIS_MIN_REPLICAS_ACK=0", off),
+        ("REDIS_MIN_REPLICAS_ACK=1", on),
+    ]
+    return [
+        "",
+        "Replica acks (issue #24): e2e poll on one primary with one replica; =1 answers a submit, and shows an",
+        "end, only once the replica holds it (Redis WAIT, one per group of concurrent requests):",
+        "",
+        "| setting | submit p50 ms | submit p99 ms | e2e jobs/s |",
+        "|---|---:|---:|---:|",
+        *(
+            f"| {label} | {pct(load.submit_ms, 0.5):.2f} | {pct(load.submit_ms, 0.99):.2f} | {fmt(load.completed_jps)} |"
+            for label, load in rows
+        ),
+        f"| ratio =1 / =0 | {pct(on.submit_ms, 0.5) / pct(off.submit_ms, 0.5):.2f}x "
+        f"| {pct(on.submit_ms, 0.99) / pct(off.submit_ms, 0.99):.2f}x | {on.completed_jps / off.completed_jps:.2f}x |",
+    ]
+
+
 # -- the run --------------------------------------------------------------------------------------
 
 
@@ -722,6 +785,7 @@ QUICK = Sizes(rounds=1, jobs=2000, wait_jobs=2000, drain_jobs=20_000, single_job
 SMOKE = Sizes(rounds=1, jobs=128, wait_jobs=128, drain_jobs=1000, single_jobs=128, idle_jobs=20, ab_jobs=64, starts=1,
               cli_inputs=200, mlp_jobs=256, mlp_probe_s=0.2)  # fmt: skip
 MLP_BATCH = 128  # the default MAX_BATCH_SIZE
+ACK_ROUNDS_MIN = 3  # the replica-ack comparison is a small difference: never fewer rounds than this
 
 
 def fmt(value: float, digits: int = 0) -> str:
@@ -735,6 +799,7 @@ def main() -> None:
     parser.add_argument("--no-ab", action="store_true", help="skip the uvicorn/granian and hot-path A/B")
     parser.add_argument("--smoke", action="store_true", help="tiny counts, to check that every step runs; writes no results")
     parser.add_argument("--worker", action="store_true", help="only the worker's figures (drain vs 200d8de, cold start, MLP)")
+    parser.add_argument("--replicas", action="store_true", help="only the cost of REDIS_MIN_REPLICAS_ACK=1 against 0")
     args = parser.parse_args()
     sizes = SMOKE if args.smoke else QUICK if args.quick else FULL
     have_granian = shutil.which("granian", path=str(BIN)) is not None
@@ -755,6 +820,11 @@ def main() -> None:
         if not args.smoke:
             RESULTS.mkdir(exist_ok=True)
             (RESULTS / "worker.md").write_text(report + "\n")
+        return
+
+    if args.replicas:
+        with tempfile.TemporaryDirectory(prefix="asyncinfer-bench-") as tmp:
+            print("\n".join(replica_ack_lines(replica_ack_cost(sizes, Path(tmp), step))))
         return
 
     with tempfile.TemporaryDirectory(prefix="asyncinfer-bench-") as tmp:
@@ -903,6 +973,7 @@ def main() -> None:
                             ab[label] = (poll, wait, long, tree_rss_mb(api.pid))
                         step(f"A/B {label}")
             out["ab"] = ab
+            out["replica_ack"] = replica_ack_cost(sizes, workdir, step)
         finally:
             client.close()
             server.stop()
@@ -1143,6 +1214,7 @@ def render(out: dict[str, Any], sizes: Sizes, args: argparse.Namespace, started_
         f"cold starts, s: naive {' '.join(f'{t:.2f}' for t in out['naive_cold'])}; asyncinfer {' '.join(f'{t:.2f}' for t in out['cold'])}",
     ]
     lines += ["", out["cli_vs_map"].line()]
+    lines += replica_ack_lines(out["replica_ack"])
     lines += [f"note: {n}" for n in notes]
     return "\n".join(lines)
 

@@ -28,6 +28,7 @@ from jobqueue.protocol import (
     retry_call,
     state_change,
 )
+from jobqueue.replicas import execute_confirmed
 from jobqueue.settings import PRIORITIES
 from jobqueue.states import JobStatus
 
@@ -295,7 +296,7 @@ class DeadLetterRetrier:
             for record in retryable:
                 call = retry_call(store.keys, store.settings, record, token, limited=False)
                 await self._retry(keys=call.keys, args=call.args, client=pipe)  # queued in the pipeline
-            replies = await pipe.execute() if retryable else []
+            replies = await execute_confirmed(pipe, store.settings) if retryable else []
             drop = [
                 job_id
                 for job_id, r in zip(ids, records, strict=True)

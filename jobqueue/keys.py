@@ -8,6 +8,7 @@ Layout (prefix = KEY_PREFIX, model = a model name, a DNS label):
     <prefix>:notify                       ZSET   job id -> next webhook attempt (ms)
     <prefix>:notify-failed                LIST   job ids whose webhook was given up
     <prefix>:principal:<name>             HASH   per-principal rate-limit bucket and unfinished count
+    <prefix>:replica-ack                  STRING written before each Redis WAIT (jobqueue/replicas.py)
     <prefix>:<model>:pending:<priority>   LIST   ids waiting to start; KEDA reads the lengths
     <prefix>:<model>:inflight             ZSET   id -> backstop deadline (ms); ZCARD is the in-flight count
     <prefix>:<model>:workers              ZSET   worker id -> heartbeat deadline (ms)
@@ -60,6 +61,11 @@ class StoreKeys:
     def notify_failed(self) -> str:
         """LIST of job ids whose webhook delivery was given up."""
         return f"{self.prefix}:notify-failed"
+
+    @property
+    def replica_ack(self) -> str:
+        """STRING with a short TTL: the write that gives a WAIT the replication offset to wait for."""
+        return f"{self.prefix}:replica-ack"
 
     @property
     def principal_prefix(self) -> str:

@@ -32,6 +32,7 @@ import hiredis
 import redis.exceptions
 from redis._parsers.base import BaseParser
 
+from jobqueue.connection import demoted, uses_sentinels
 from jobqueue.deadline import redis_deadline
 
 if TYPE_CHECKING:
@@ -42,13 +43,15 @@ RETRYABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OS
 BACKOFF_S = (0.05, 0.25)
 READ_CHUNK = 256 * 1024
 WRITE_BUFFER_HIGH = 4 * 2**20  # bytes queued in the transport before writers wait for it to drain
+MARKER_TTL_MS = 60_000  # the replica-ack marker only needs to outlive one WAIT
 
 
 class _Connection:
     """A connected socket, its pending futures in send order, and the task reading its replies."""
 
-    def __init__(self, conn: Any) -> None:
+    def __init__(self, conn: Any, serial: int) -> None:
         self.conn = conn  # the redis-py connection that did the handshake; we read and write its streams
+        self.serial = serial  # which connection of its MultiplexedRedis this is (see `wait_replicas`)
         self.reader: asyncio.StreamReader = conn._reader
         self.writer: asyncio.StreamWriter = conn._writer
         self.pending: collections.deque[tuple[float, asyncio.Future[Any]]] = collections.deque()
@@ -59,6 +62,7 @@ class _Connection:
         self.broken: BaseException | None = None
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.follows_primary = uses_sentinels(conn)
 
     def fail(self, error: BaseException) -> None:
         """Mark broken, close the socket and fail every command still waiting for its reply."""
@@ -87,8 +91,14 @@ class MultiplexedRedis:
         self._deadline_s = deadline_s
         self._current: _Connection | None = None
         self._connecting: asyncio.Task[_Connection] | None = None
+        self._serial = 0  # connections opened so far: each one's number
 
     async def execute(self, *args: Any) -> Any:
+        reply, _ = await self.execute_traced(*args)
+        return reply
+
+    async def execute_traced(self, *args: Any) -> tuple[Any, int]:
+        """The reply and the serial number of the connection that carried it (see `wait_replicas`)."""
         started = time.monotonic()
         current = self._current
         if current is not None and current.broken is None:
@@ -108,11 +118,31 @@ class MultiplexedRedis:
         raise AssertionError("unreachable")
 
     async def script(self, sha: str, source: str, keys: list[str], args: list[Any]) -> Any:
+        reply, _ = await self.script_traced(sha, source, keys, args)
+        return reply
+
+    async def script_traced(self, sha: str, source: str, keys: list[str], args: list[Any]) -> tuple[Any, int]:
         """EVALSHA, falling back to EVAL (which caches the script) after a SCRIPT FLUSH or a new server."""
         try:
-            return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
+            return await self.execute_traced("EVALSHA", sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
-            return await self.execute("EVAL", source, len(keys), *keys, *args)
+            return await self.execute_traced("EVAL", source, len(keys), *keys, *args)
+
+    async def wait_replicas(self, serial: int, marker: str, replicas: int, timeout_ms: int) -> int:
+        """How many replicas hold everything connection `serial` has seen answered (a write of its own to
+        `marker`, then WAIT, on that same connection). A replica's acknowledgement counts only for the
+        server that was asked: if that connection is gone (a failover may have moved us to another
+        server), nothing can be confirmed, and ConnectionError says so. Blocks the shared connection
+        until WAIT answers (at most `timeout_ms`): callers share one WAIT (jobqueue/replicas.py)."""
+        current = self._current
+        if current is None or current.broken is not None or current.serial != serial:
+            raise redis.exceptions.ConnectionError(
+                "the Redis connection that carried the write was lost before replicas confirmed it"
+            )
+        marked = self._send(current, ("SET", marker, "1", "PX", MARKER_TTL_MS))
+        acked = self._send(current, ("WAIT", replicas, timeout_ms))
+        await marked
+        return int(await acked)
 
     async def aclose(self) -> None:
         if self._connecting is not None:
@@ -125,12 +155,19 @@ class MultiplexedRedis:
                 current.task.cancel()
             await current.conn.disconnect(nowait=True)
 
-    async def _execute_once(self, args: tuple[Any, ...]) -> Any:
+    async def _execute_once(self, args: tuple[Any, ...]) -> tuple[Any, int]:
         current = self._current
         if current is None or current.broken is not None:
             current = await self._connect()
             if current.broken is not None:  # lost while we were waiting for it: the caller retries
                 raise redis.exceptions.ConnectionError(f"Redis connection lost: {current.broken}")
+        future = self._send(current, args)
+        if current.writer.transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
+            await current.writer.drain()
+        return await future, current.serial
+
+    def _send(self, current: _Connection, args: tuple[Any, ...]) -> asyncio.Future[Any]:
+        """Queue one command on `current` (written at the end of this loop turn); its reply's future."""
         packed = hiredis.pack_command(args)  # raises on an argument Redis cannot take, before anything is queued
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
@@ -140,9 +177,7 @@ class MultiplexedRedis:
         current.pending.append((time.monotonic(), future))
         if current.timer is None:
             current.timer = loop.call_later(self._deadline_s, self._check_timeout, current)
-        if current.writer.transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
-            await current.writer.drain()
-        return await future
+        return future
 
     @staticmethod
     def _flush(current: _Connection) -> None:
@@ -173,7 +208,8 @@ class MultiplexedRedis:
         except BaseException:
             await conn.disconnect(nowait=True)  # a half-done handshake leaves a socket open
             raise
-        current = _Connection(conn)
+        self._serial += 1
+        current = _Connection(conn, self._serial)
         current.task = asyncio.ensure_future(self._read_replies(current))
         self._current = current
         return current
@@ -192,7 +228,14 @@ class MultiplexedRedis:
                     if future.done():  # its caller went away (a cancelled request): the reply is dropped
                         continue
                     if isinstance(reply, hiredis.ReplyError):
-                        future.set_exception(BaseParser.parse_error(str(reply)))  # type: ignore[no-untyped-call]
+                        error = BaseParser.parse_error(str(reply))  # type: ignore[no-untyped-call]
+                        if current.follows_primary and demoted(error):
+                            # the primary this connection found is a replica now: nothing ran, so the
+                            # command is retried on a new connection, which asks the Sentinels again
+                            error = redis.exceptions.ConnectionError(f"the primary was demoted ({reply})")
+                            future.set_exception(error)
+                            raise error
+                        future.set_exception(error)
                     else:
                         future.set_result(reply)
         except asyncio.CancelledError:

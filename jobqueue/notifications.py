@@ -27,6 +27,7 @@ import redis.asyncio
 from jobqueue.errors import JobNotFound, JobQueueError, WrongState
 from jobqueue.keys import StoreKeys
 from jobqueue.protocol import RECORD_FIELDS, JobRecord, lua_source, parse_record
+from jobqueue.replicas import execute_confirmed
 from jobqueue.settings import Settings
 from jobqueue.views import job_view
 
@@ -125,7 +126,11 @@ class NotificationStore:
 
     async def read(self, job_id: str) -> DeliveryRecord | None:
         """What a delivery sends (the API's job view, jobqueue.views) and where, or None when the record is gone."""
-        *values, end = await self.client.hmget(self.keys.job(job_id), [*RECORD_FIELDS, "notify_end"])
+        # a webhook tells the outside world: only once the replicas asked for hold the job's end
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hmget(self.keys.job(job_id), [*RECORD_FIELDS, "notify_end"])
+        (fetched,) = await execute_confirmed(pipe, self.settings)
+        *values, end = fetched
         record = parse_record(job_id, RECORD_FIELDS, values)
         return None if record is None else DeliveryRecord.of(record, int(end or 0))
 

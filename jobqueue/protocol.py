@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import hiredis
 import redis
 
+from jobqueue.connection import demoted, uses_sentinels
 from jobqueue.errors import (
     IdempotencyConflict,
     JobNotFound,
@@ -31,6 +32,7 @@ from jobqueue.errors import (
 )
 from jobqueue.keys import ModelKeys, StoreKeys
 from jobqueue.multiplex import MultiplexedRedis
+from jobqueue.replicas import ReplicaAcks
 from jobqueue.settings import Settings
 from jobqueue.states import ClaimFlag, JobStatus, Outcome, ScriptCode
 
@@ -343,6 +345,10 @@ class JobStore:
 
     Its commands go over one shared, self-pipelining connection (jobqueue/multiplex.py), made with
     `client`'s connection settings; `client` itself stays for everything else (admin, Pub/Sub).
+
+    With REDIS_MIN_REPLICAS_ACK > 0, a submit, retry or cancel returns only once that many replicas
+    hold it, and a job's end is returned only once they hold that (jobqueue/replicas.py); otherwise
+    ReplicasBehind (a ConnectionError: the API answers 503).
     """
 
     def __init__(self, client: redis.asyncio.Redis, settings: Settings) -> None:
@@ -350,14 +356,27 @@ class JobStore:
         self.settings = settings
         self.keys = StoreKeys(settings.key_prefix)
         self.redis = MultiplexedRedis(client.connection_pool.make_connection, settings.redis_deadline_seconds)
+        self.replicas = ReplicaAcks(self.redis, settings)
         self._scripts = scripts_by_name()
 
     async def aclose(self) -> None:
         await self.redis.aclose()
 
     async def _run(self, call: ScriptCall) -> Any:
+        """Run a script that writes; it returns once the replicas asked for hold what it wrote."""
         sha, source = self._scripts[call.name]
-        return await self.redis.script(sha, source, call.keys, call.args)
+        reply, serial = await self.redis.script_traced(sha, source, call.keys, call.args)
+        await self.replicas.confirm(serial)
+        return reply
+
+    async def _read(self, job_id: str, fields: Sequence[str]) -> JobRecord | None:
+        """A record; an ended one only once the replicas asked for hold its end (no result is shown
+        that a failover could take back)."""
+        values, serial = await self.redis.execute_traced("HMGET", self.keys.job(job_id), *fields)
+        record = parse_record(job_id, fields, values)
+        if record is not None and record.status.terminal:
+            await self.replicas.confirm(serial)
+        return record
 
     async def enqueue(self, job: NewJob) -> Enqueued:
         """Create the job and queue it in one round trip; raises the refusal (QueueFull, RateLimited, ...)."""
@@ -379,16 +398,14 @@ class JobStore:
 
     async def get(self, job_id: str, with_input: bool = False) -> JobRecord:
         """The job's record, or JobNotFound. The input stays in Redis unless asked for."""
-        fields = _record_fields(with_input)
-        record = parse_record(job_id, fields, await self.redis.execute("HMGET", self.keys.job(job_id), *fields))
+        record = await self._read(job_id, _record_fields(with_input))
         if record is None:
             raise JobNotFound(job_id)
         return record
 
     async def get_many(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
         """Records of several jobs in one round trip; None where there is none."""
-        values = await asyncio.gather(*(self.redis.execute("HMGET", self.keys.job(i), *RECORD_FIELDS) for i in job_ids))
-        return [parse_record(job_id, RECORD_FIELDS, v) for job_id, v in zip(job_ids, values, strict=True)]
+        return list(await asyncio.gather(*(self._read(job_id, RECORD_FIELDS) for job_id in job_ids)))
 
     async def cancel(self, record: JobRecord) -> JobStatus:
         """End a pending job as canceled (409 WrongState otherwise); repeating it is harmless."""
@@ -437,6 +454,11 @@ class WorkerQueue:
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
             conn.disconnect()  # type: ignore[no-untyped-call]
             raise
+        except redis.exceptions.ResponseError as exc:
+            if not (demoted(exc) and uses_sentinels(conn)):
+                raise
+            conn.disconnect()  # type: ignore[no-untyped-call]
+            raise redis.exceptions.ConnectionError(f"the primary was demoted ({exc})") from exc
         finally:
             pool.release(conn)
 

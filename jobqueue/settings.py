@@ -60,12 +60,17 @@ class Settings(BaseModel):
         ge=0,
         le=16,
         description=(
-            "Replicas that must hold a submit, retry, cancel or result (Redis WAIT) before it is acknowledged; "
-            "0 = the primary's word is enough."
+            "Replicas that must hold a submit, retry or cancel before it is acknowledged, and a job's end before "
+            "it is shown (Redis WAIT); fewer within REDIS_REPLICA_ACK_TIMEOUT_MS: 503. 0 = the primary's word is enough."
         ),
     )
     redis_replica_ack_timeout_ms: int = Field(
-        500, ge=1, le=60_000, description="How long to wait for REDIS_MIN_REPLICAS_ACK replicas; past it the API answers 503."
+        500,
+        ge=1,
+        le=60_000,
+        description=(
+            "How long to wait for REDIS_MIN_REPLICAS_ACK replicas; past it the API answers 503. Below REDIS_DEADLINE_SECONDS."
+        ),
     )
     key_prefix: str = Field(
         "asyncinfer",
@@ -200,6 +205,8 @@ class Settings(BaseModel):
             raise ValueError("RECOVERY_INTERVAL_SECONDS must be at most 10x WORKER_TTL_SECONDS")
         if self.request_ttl_seconds and self.request_ttl_seconds > self.job_ttl_seconds * 1000:
             raise ValueError("REQUEST_TTL_SECONDS is beyond any sensible JOB_TTL_SECONDS multiple")
+        if self.redis_replica_ack_timeout_ms >= self.redis_deadline_seconds * 1000:
+            raise ValueError("REDIS_REPLICA_ACK_TIMEOUT_MS must be below REDIS_DEADLINE_SECONDS (the WAIT is inside it)")
         if self.metrics_port and self.metrics_port == self.port:
             raise ValueError("METRICS_PORT must differ from PORT")
         return self

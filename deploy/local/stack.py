@@ -135,7 +135,19 @@ def stop(proc: subprocess.Popen, timeout_s: float = 30.0, sig: int = signal.SIGT
 class RedisServer:
     """A real redis-server on loopback with AOF in `data_dir`."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, appendfsync: str = "everysec", password: str = "") -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        appendfsync: str = "everysec",
+        password: str = "",
+        config_file: Path | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        """`config_file`: read first (Sentinel rewrites a replica's file when it reconfigures it);
+        `extra_args`: more `--name value` options (replicaof, min-replicas-to-write, ...)."""
+        self.config_file = config_file
+        self.extra_args = extra_args
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.appendfsync = appendfsync
@@ -150,6 +162,7 @@ class RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         argv = [
             find_redis_server(),
+            *([str(self.config_file)] if self.config_file else []),
             "--port",
             str(self.port),
             "--bind",
@@ -165,6 +178,7 @@ class RedisServer:
             "--daemonize",
             "no",
             *REDIS_TUNING,
+            *self.extra_args,
         ]
         if self.password:
             argv += ["--requirepass", self.password]

@@ -73,4 +73,8 @@ def test_bench_prints_every_figure_with_the_naive_design_and_the_bound() -> None
     assert re.search(r"MAX_BATCH_WAIT_MS guidance: at most the fixed cost, here ~[\d.]+ ms", run.stdout)
     assert "| uvicorn, hot path on |" in run.stdout and "| uvicorn, hot path off |" in run.stdout
     assert re.search(r"asyncinfer run vs Client.map, [\d,]+ inputs.*: map [\d,]+/s, run [\d,]+/s, run/map [\d.]+x", run.stdout)
+    # issue #24: REDIS_MIN_REPLICAS_ACK=1 beside 0, same run: submit p50/p99 and e2e jobs/s, and the ratios
+    for label in ("REDIS_MIN_REPLICAS_ACK=0", "REDIS_MIN_REPLICAS_ACK=1"):
+        assert re.fullmatch(r"\| [^|]+ \| [\d.]+ \| [\d.]+ \| [\d,]+ \|", rows[label]), rows.get(label)
+    assert re.fullmatch(r"\| ratio =1 / =0 \| [\d.]+x \| [\d.]+x \| [\d.]+x \|", rows["ratio =1 / =0"])
     assert (latest.stat().st_mtime if latest.exists() else None) == before  # a smoke run writes no results

@@ -38,6 +38,8 @@ def test_settings_that_cannot_work_together_are_refused():
         Settings(worker_ttl_seconds=1, recovery_interval_seconds=60)
     with pytest.raises(ValidationError, match="model name"):
         Settings(model_name="Not_A_Label")
+    with pytest.raises(ValidationError, match="REDIS_REPLICA_ACK_TIMEOUT_MS"):
+        Settings(redis_deadline_seconds=1, redis_replica_ack_timeout_ms=1000)
 
 
 def test_every_key_shares_the_prefix_and_model_keys_are_apart():
@@ -45,7 +47,7 @@ def test_every_key_shares_the_prefix_and_model_keys_are_apart():
     iris, other = store.model("iris"), store.model("other")
     derived = [store.job("j"), store.idempotency("alice", "k"), store.events, store.notify, store.notify_failed,
                store.principal("alice"), *iris.pending_all, iris.inflight, iris.workers, iris.dead, iris.stats,
-               iris.recovery_lock, iris.paused, iris.processing("w")]  # fmt: skip
+               iris.recovery_lock, iris.paused, iris.processing("w"), store.replica_ack]  # fmt: skip
     assert all(key.startswith("{tenant}:") for key in derived)
     assert len(set(derived)) == len(derived)
     assert iris.pending("high") == "{tenant}:iris:pending:high"
