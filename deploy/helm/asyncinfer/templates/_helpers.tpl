@@ -838,3 +838,34 @@ this pod's announced name (the downward API's pod name under the headless Servic
 - name: DISCOVERY_WAIT_S
   value: {{ $rep.discoveryWaitSeconds | quote }}
 {{- end }}
+
+{{/*
+Return one KEDA trigger reading the length of a key (LLEN of a list, ZCARD of a sorted set): `redis` at
+the Redis address, or `redis-sentinel` asking the Sentinels for the primary first (replication, or an
+external Redis behind Sentinels). Same db and TLS as REDIS_URL.
+Call with (dict "ctx" $ "name" triggerName "key" redisKey "listLength" target).
+*/}}
+{{- define "asyncinfer.kedaRedisTrigger" -}}
+{{- $url := urlParse (include "asyncinfer.redisUrl" .ctx) }}
+{{- $sentinels := include "asyncinfer.redisSentinels" .ctx -}}
+- type: {{ ternary "redis-sentinel" "redis" (ne $sentinels "") }}
+  name: {{ .name }}
+  metadata:
+    {{- if $sentinels }}
+    addresses: {{ $sentinels | quote }}
+    sentinelMaster: {{ include "asyncinfer.redisSentinelMaster" .ctx | quote }}
+    {{- else }}
+    address: {{ include "asyncinfer.redisAddress" .ctx | quote }}
+    {{- end }}
+    {{- with $url.userinfo }}
+    username: {{ . | quote }}
+    {{- end }}
+    listName: {{ .key | quote }}
+    listLength: {{ .listLength | quote }}
+    databaseIndex: {{ trimPrefix "/" $url.path | default "0" | quote }}
+    {{- if eq $url.scheme "rediss" }}
+    enableTLS: "true"
+    {{- end }}
+  authenticationRef:
+    name: {{ include "asyncinfer.componentName" (dict "ctx" .ctx "component" "worker") }}
+{{- end }}
