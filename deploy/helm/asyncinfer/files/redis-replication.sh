@@ -99,17 +99,20 @@ EOF
 start_sentinel() {
     primary=$(find_primary)
     log "monitoring $primary as $MASTER_SET"
-    # Keep this Sentinel's identity across restarts, so its peers do not count it twice.
-    myid=""
+    # Keep this Sentinel's identity (so its peers do not count it twice) and its epochs (so it never
+    # votes twice in one election) across restarts; everything else it relearns from its peers.
+    identity=""
+    epochs=""
     if [ -f "$SENTINEL_CONF" ]; then
-        myid=$(awk '$1 == "sentinel" && $2 == "myid" {print}' "$SENTINEL_CONF")
+        identity=$(awk '$1 == "sentinel" && ($2 == "myid" || $2 == "current-epoch") {print}' "$SENTINEL_CONF")
+        epochs=$(awk -v set="$MASTER_SET" '$1 == "sentinel" && ($2 == "config-epoch" || $2 == "leader-epoch") && $3 == set {print}' "$SENTINEL_CONF")
     fi
     umask 077
     # Sentinel rewrites this file as the set changes (the primary after a failover): find_primary reads it back.
     cat >"$SENTINEL_CONF.new" <<EOF
 port $SENTINEL_PORT
 dir $(dirname "$SENTINEL_CONF")
-$myid
+$identity
 sentinel resolve-hostnames yes
 sentinel announce-hostnames yes
 sentinel announce-ip $SELF_HOST
@@ -121,6 +124,7 @@ sentinel auth-pass $MASTER_SET $password
 sentinel down-after-milliseconds $MASTER_SET $DOWN_AFTER_MS
 sentinel failover-timeout $MASTER_SET $FAILOVER_TIMEOUT_MS
 sentinel parallel-syncs $MASTER_SET 1
+$epochs
 EOF
     mv "$SENTINEL_CONF.new" "$SENTINEL_CONF"
     exec redis-server "$SENTINEL_CONF" --sentinel
