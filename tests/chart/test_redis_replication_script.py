@@ -1,7 +1,8 @@
 """The chart's Redis replication bootstrap (files/redis-replication.sh) run for real: three redis-server
 "pods" and three Sentinels on loopback, started by the script with the StatefulSet's own arguments and
 environment; the primary is SIGKILLed, the Sentinels fail over, and the old primary, restarted by the
-script, comes back as a replica of the new one."""
+script, comes back as a replica of the new one; then every pod goes down and comes back at once, around
+the primary the Sentinels last recorded."""
 
 from __future__ import annotations
 
@@ -224,3 +225,21 @@ def test_a_killed_primary_fails_over_and_comes_back_as_a_replica(replica_set: Re
     assert new_primary.client().wait(2, 4000) == 2
     assert first.client().get("after") == b"failover"
     assert "starting as a replica of" in (rs.logs / "redis-0.log").read_text().split("starting as the primary")[-1]
+
+    # Every pod down at once (a whole-cluster outage), then all back together: no Sentinel can name a
+    # primary at first, so each pod falls back on what its Sentinel recorded: the set comes back around
+    # the promoted primary with its data, not around pod 0 (whose data may have lagged).
+    for pod in rs.pods:
+        rs.kill_pod(pod)
+    for pod in rs.pods:
+        rs.start_pod(pod)
+    for pod in rs.pods:
+        wait_for(f"pod {pod.index} back", lambda pod=pod: pod.client().ping())
+    assert role(new_primary)["role"] == "master"
+    for pod in rs.pods:
+        if pod is not new_primary:
+            assert (role(pod)["master_host"], role(pod)["master_port"]) == new_primary_addr, f"pod {pod.index}"
+    assert new_primary.client().get("after") == b"failover"
+    wait_for(
+        "the Sentinels naming the promoted primary again", lambda: all(rs.named_primary(p) == new_primary_addr for p in rs.pods)
+    )
