@@ -187,6 +187,14 @@ def test_a_killed_primary_fails_over_and_comes_back_as_a_replica(replica_set: Re
                 pod.sentinel().sentinel_master(MASTER_SET)
             ),
         )
+    # The chart's readiness probes (redis-cli, AUTH with the escaped password) pass on both containers.
+    for name, port in (("redis", second.redis_port), ("sentinel", second.sentinel_port)):
+        command = containers()[name]["readinessProbe"]["exec"]["command"]
+        assert command[:2] == ["sh", "-c"]
+        script = command[2].replace("/etc/asyncinfer/secrets", str(rs.password_file.parent))
+        script = script.replace({"redis": "-p 6379", "sentinel": "-p 26379"}[name], f"-p {port}")
+        probe = subprocess.run(["sh", "-c", script], env=rs.env(second, containers()[name]), timeout=30, check=False)
+        assert probe.returncode == 0, f"the {name} readiness probe fails"
     primary = first.client()
     primary.set("job", "acknowledged")
     assert primary.wait(2, 5000) == 2
