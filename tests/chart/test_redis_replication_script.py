@@ -251,3 +251,22 @@ def test_a_killed_primary_fails_over_and_comes_back_as_a_replica(replica_set: Re
     wait_for(
         "the Sentinels naming the promoted primary again", lambda: all(rs.named_primary(p) == new_primary_addr for p in rs.pods)
     )
+
+    # A rolling update stops the primary: its preStop hook (the script's `prestop`) hands the role over
+    # before redis-server gets SIGTERM, so the Sentinels name another primary at once.
+    prestop = containers()["redis"]["lifecycle"]["preStop"]["exec"]["command"]
+    assert prestop == ["sh", "/opt/asyncinfer/redis-replication.sh", "prestop"]
+    wait_for(
+        "the Sentinels knowing both replicas again",
+        lambda: int(new_primary.sentinel().sentinel_master(MASTER_SET)["num-slaves"]) == 2,
+    )
+    wait_for("both replicas in sync", lambda: role(new_primary)["connected_slaves"] == 2)
+    started = time.monotonic()
+    subprocess.run(["sh", str(SCRIPT), "prestop"], env=rs.env(new_primary, containers()["redis"]), timeout=60, check=True)
+    assert time.monotonic() - started < 20, "the hook must end within the pod's grace period"
+    handed_to = rs.named_primary(new_primary)  # its own Sentinel, which ran the failover
+    assert handed_to is not None and handed_to != new_primary_addr
+    wait_for("every Sentinel naming the successor", lambda: all(rs.named_primary(p) == handed_to for p in rs.pods))
+    (successor,) = [p for p in rs.pods if (HOST, p.redis_port) == handed_to]
+    wait_for("the successor to be primary", lambda: role(successor)["role"] == "master")
+    assert successor.client().get("after") == b"failover"

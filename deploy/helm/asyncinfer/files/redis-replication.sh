@@ -6,6 +6,8 @@
 #
 #   redis-replication.sh redis [redis-server arguments...]    exec redis-server, as primary or replica
 #   redis-replication.sh sentinel                             exec redis-server --sentinel
+#   redis-replication.sh prestop                              before the pod stops: hand the primary's
+#                                                             role over (SENTINEL FAILOVER), if it has it
 #
 # Environment (the StatefulSet sets it; tests/chart/test_redis_replication_script.py runs it on loopback):
 #   SELF_HOST, REDIS_PORT        the address this pod's redis-server announces (its stable DNS name)
@@ -18,6 +20,7 @@
 #                                every pod the last primary the Sentinels saw is remembered
 #   QUORUM, DOWN_AFTER_MS, FAILOVER_TIMEOUT_MS  Sentinel's failover settings (sentinel mode)
 #   DISCOVERY_WAIT_S             how long to wait for some Sentinel to answer before deciding alone
+#   HANDOVER_WAIT_S              prestop: how long to wait for the Sentinels to name another primary
 # No password is ever put in argv or the environment of a child: it goes in on stdin or in a 0600 file.
 set -eu
 
@@ -130,11 +133,36 @@ EOF
     exec redis-server "$SENTINEL_CONF" --sentinel
 }
 
+# A primary about to stop (a rolling update, a node drain) asks its Sentinel for a failover and waits
+# until the Sentinels name another primary: clients switch in about a second instead of waiting
+# DOWN_AFTER_MS for the Sentinels to notice it gone.
+hand_over() {
+    role=$(printf 'AUTH %s\nROLE\n' "$password" | timeout 3 redis-cli -p "$REDIS_PORT" 2>/dev/null | sed -n 2p) || return 0
+    [ "$role" = master ] || return 0
+    deadline=$(( $(date +%s) + ${HANDOVER_WAIT_S:-20} ))
+    asked=""
+    while [ "$(date +%s)" -lt "$deadline" ]; do
+        named=$(ask_sentinel "127.0.0.1:$SENTINEL_PORT") || named=""
+        if [ -n "$named" ] && [ "$named" != "$SELF_HOST $REDIS_PORT" ]; then
+            log "the Sentinels name $named the primary now"
+            return 0
+        fi
+        # Asked again until the Sentinel takes it: it may not know a replica in sync yet (NOGOODSLAVE).
+        if [ "$asked" != OK ]; then
+            asked=$(printf 'AUTH %s\nSENTINEL FAILOVER %s\n' "$password" "$MASTER_SET" | timeout 3 redis-cli -p "$SENTINEL_PORT" 2>/dev/null | sed -n 2p) || asked=""
+            log "this primary is stopping; asked its Sentinel for a failover: $asked"
+        fi
+        sleep 1
+    done
+    log "no failover within ${HANDOVER_WAIT_S:-20} s; stopping anyway (the Sentinels fail over once this primary is gone)"
+}
+
 password=$(quoted_password)
 mode=${1:-}
 [ $# -gt 0 ] && shift
 case "$mode" in
     redis) start_redis "$@" ;;
     sentinel) start_sentinel ;;
-    *) log "usage: $0 redis [redis-server arguments...] | sentinel"; exit 2 ;;
+    prestop) hand_over ;;
+    *) log "usage: $0 redis [redis-server arguments...] | sentinel | prestop"; exit 2 ;;
 esac
