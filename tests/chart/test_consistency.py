@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 from jobqueue.keys import StoreKeys
-from tests.chart.render import SCENARIOS, all_containers, env_of, pod_spec, rendered, template, workloads
+from tests.chart.render import CHART, SCENARIOS, all_containers, env_of, pod_spec, rendered, template, workloads
 
 ALL = sorted(SCENARIOS)  # scenario names only: charts render in the tests, never at collection
 
@@ -31,6 +32,7 @@ def test_each_scaledobject_reads_its_models_keys_as_jobqueue_names_them(scenario
     for model, so in r.scaled_objects().items():
         keys = StoreKeys(r.config["KEY_PREFIX"]).model(model)
         triggers = {t["name"]: t["metadata"] for t in so["spec"]["triggers"]}
+        types = {t["type"] for t in so["spec"]["triggers"]}
         assert {name: t["listName"] for name, t in triggers.items()} == {
             "pending_high": keys.pending("high"),
             "pending_normal": keys.pending("normal"),
@@ -40,20 +42,29 @@ def test_each_scaledobject_reads_its_models_keys_as_jobqueue_names_them(scenario
         # The formula sums every trigger: all outstanding work of the model.
         formula = so["spec"]["advanced"]["scalingModifiers"]["formula"]
         assert sorted(term.strip() for term in formula.split("+")) == sorted(triggers)
+        url = urlsplit(r.config["REDIS_URL"])
         for t in triggers.values():
-            # KEDA dials the same Redis the services use (REDIS_URL = redis://<address>/0).
-            assert r.config["REDIS_URL"] == f"redis://{t['address']}/{t['databaseIndex']}"
+            # KEDA reads the same db, over the same TLS, of the same Redis the services use: through the
+            # same Sentinels when they have some, else at REDIS_URL's address.
+            assert t["databaseIndex"] == (url.path.lstrip("/") or "0")
+            assert t.get("enableTLS", "false") == str(url.scheme == "rediss").lower()
+            if "REDIS_SENTINELS" in r.config:
+                assert types == {"redis-sentinel"} and "address" not in t
+                assert (t["addresses"], t["sentinelMaster"]) == (r.config["REDIS_SENTINELS"], r.config["REDIS_SENTINEL_MASTER"])
+            else:
+                assert types == {"redis"} and t["address"] == url.netloc.rpartition("@")[2]
         assert so["spec"]["scaleTargetRef"]["name"] == workers[model]["metadata"]["name"]
 
 
-def redis_secret_source(workload: dict[str, Any]) -> dict[str, Any]:
-    """The Secret (name, key) a workload's secrets volume maps to the redis-password file."""
+def redis_secret_source(workload: dict[str, Any], path: str = "redis-password") -> dict[str, Any] | None:
+    """The Secret (name, key) a workload's secrets volume maps to the file `path` (the Redis password's
+    by default; `redis-sentinel-password` for the Sentinels'), or None when it mounts no such file."""
     for volume in pod_spec(workload)["volumes"]:
         for src in volume.get("projected", {}).get("sources", []):
             for item in src["secret"]["items"]:
-                if item["path"] == "redis-password":
+                if item["path"] == path:
                     return {"name": src["secret"]["name"], "key": item["key"]}
-    raise AssertionError(f"{workload['metadata']['name']} mounts no Redis password")
+    return None
 
 
 @pytest.mark.parametrize("scenario", ALL)
@@ -64,8 +75,16 @@ def test_keda_authenticates_with_the_redis_secret(scenario: str) -> None:
     auth = r.one("TriggerAuthentication")
     for so in r.of_kind("ScaledObject"):
         assert all(t["authenticationRef"]["name"] == auth["metadata"]["name"] for t in so["spec"]["triggers"])
-    ref = redis_secret_source(r.one("StatefulSet"))
-    assert auth["spec"]["secretTargetRef"] == [{"parameter": "password", **ref}]
+    # KEDA reads the passwords the workers read (every pod of the release mounts the same ones).
+    worker = r.of_kind("Deployment", "worker")[0]
+    ref = redis_secret_source(worker)
+    assert ref is not None
+    wanted = [{"parameter": "password", **ref}]
+    sentinel_ref = redis_secret_source(worker, "redis-sentinel-password")
+    if sentinel_ref:
+        wanted.append({"parameter": "sentinelPassword", **sentinel_ref})
+    assert auth["spec"]["secretTargetRef"] == wanted
+    assert (sentinel_ref is not None) == (scenario in ("replication", "external-sentinel"))
 
 
 def redis_args(r: Any) -> dict[str, str]:
@@ -77,16 +96,28 @@ def redis_args(r: Any) -> dict[str, str]:
 @pytest.mark.parametrize("scenario", ALL)
 def test_redis_runs_aof_noeviction_and_takes_its_password_from_the_file(scenario: str) -> None:
     r = rendered(scenario)
+    if scenario.startswith("external-"):
+        assert r.maybe("StatefulSet") is None and r.maybe("Service", "redis") is None, "an external Redis: none in the chart"
+        return
     container = pod_spec(r.one("StatefulSet"))["containers"][0]
     pairs = redis_args(r)
     assert pairs["--appendonly"] == "yes"
     assert pairs["--appendfsync"] == ("always" if scenario == "persistence-off" else "everysec")
     assert pairs["--maxmemory-policy"] == "noeviction"
     assert "--requirepass" not in container["args"], "the password never goes in argv"
-    script = container["command"][2]
-    assert container["command"][:2] == ["sh", "-c"] and 'exec redis-server - "$@"' in script
     mount = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}["secrets"]
-    assert f"od -An -v -tx1 {mount}/redis-password" in script and "requirepass $redis_password_quoted" in script
+    if scenario == "replication":
+        # files/redis-replication.sh starts redis-server the same way, with min-replicas-to-write on top.
+        script = (CHART / "files" / "redis-replication.sh").read_text()
+        assert container["command"] == ["sh", "/opt/asyncinfer/redis-replication.sh", "redis"]
+        assert env_of(container)["PASSWORD_FILE"]["value"] == f"{mount}/redis-password"
+        assert 'od -An -v -tx1 "$PASSWORD_FILE"' in script and "requirepass $password" in script
+        assert pairs["--min-replicas-to-write"] == "1" and pairs["--min-replicas-max-lag"] == "10"
+    else:
+        script = container["command"][2]
+        assert container["command"][:2] == ["sh", "-c"]
+        assert f"od -An -v -tx1 {mount}/redis-password" in script and "requirepass $redis_password_quoted" in script
+    assert 'exec redis-server - "$@"' in script
     assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"] and pairs["--dir"] == "/data"
 
 
@@ -126,10 +157,15 @@ def test_secrets_are_files_never_env_vars(scenario: str) -> None:
 def test_each_process_gets_exactly_the_secrets_it_needs(scenario: str) -> None:
     r = rendered(scenario)
     auth_on = "auth-off" not in scenario
+    # The Sentinels' password: the in-chart ones take Redis's; external ones here have their own.
+    redis_files = {
+        "REDIS_PASSWORD_FILE",
+        *(["REDIS_SENTINEL_PASSWORD_FILE"] if scenario in ("replication", "external-sentinel") else []),
+    }
     wanted = {
-        "api": {"REDIS_PASSWORD_FILE", *(["AUTH_TOKENS_FILE"] if auth_on else [])},
-        "worker": {"REDIS_PASSWORD_FILE"},
-        "notifier": {"REDIS_PASSWORD_FILE", "WEBHOOK_SECRET_FILE"},
+        "api": {*redis_files, *(["AUTH_TOKENS_FILE"] if auth_on else [])},
+        "worker": redis_files,
+        "notifier": {*redis_files, "WEBHOOK_SECRET_FILE"},
     }
     for component, names in wanted.items():
         for d in r.of_kind("Deployment", component):

@@ -94,7 +94,8 @@ def validate_keda(obj: dict[str, Any]) -> None:
     validate_typed(obj, KEDA_MODELS[obj["kind"]])
     if obj["kind"] == "ScaledObject":
         for trigger in obj["spec"]["triggers"]:
-            assert trigger["type"] == "redis"
+            # redis and redis-sentinel are one scaler in KEDA (redis_scaler.go), reading the same keys.
+            assert trigger["type"] in ("redis", "redis-sentinel")
             extra = set(trigger["metadata"]) - REDIS_TRIGGER_KEYS
             assert not extra, f"redis trigger {trigger.get('name')}: unknown metadata keys {sorted(extra)}"
             assert all(isinstance(v, str) for v in trigger["metadata"].values()), "trigger metadata values are strings"

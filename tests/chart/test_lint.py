@@ -32,6 +32,9 @@ def test_ci_scenarios_cover_the_issue_matrix() -> None:
         "url-source",
         "monitoring-on",
         "auth-existing-secret",
+        "replication",
+        "external-sentinel",
+        "external-url",
     } <= set(SCENARIOS)
 
 

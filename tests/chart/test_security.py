@@ -86,16 +86,29 @@ def test_workers_and_notifier_take_nothing_but_monitoring_on_their_health_port(s
 @pytest.mark.parametrize("scenario", ALL)
 def test_only_this_releases_services_and_keda_reach_redis(scenario: str) -> None:
     r = rendered(scenario)
+    if scenario.startswith("external-"):
+        assert r.maybe("NetworkPolicy", "redis") is None, "no Redis pod in the chart: nothing to protect"
+        return
     policy = r.one("NetworkPolicy", "redis")
     redis_labels = r.one("StatefulSet")["spec"]["selector"]["matchLabels"]
     assert policy["spec"]["podSelector"]["matchLabels"] == redis_labels
-    (rule,) = policy["spec"]["ingress"]
+    rule, *among_redis_pods = policy["spec"]["ingress"]
     local = [s for s in rule["from"] if "namespaceSelector" not in s]
     assert {s["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for s in local} == {"api", "worker", "notifier"}
     assert all(s["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == "ci" for s in local)
     keda = [s for s in rule["from"] if "namespaceSelector" in s]
     assert len(keda) == (1 if r.maybe("ScaledObject") else 0)
-    assert rule["ports"] == [{"port": "redis", "protocol": "TCP"}]
+    # The same clients reach the Sentinels (replication); the Redis pods reach each other on both ports.
+    ports = [
+        {"port": "redis", "protocol": "TCP"},
+        *([{"port": "sentinel", "protocol": "TCP"}] if scenario == "replication" else []),
+    ]
+    assert rule["ports"] == ports
+    if scenario == "replication":
+        (peers_rule,) = among_redis_pods
+        assert peers_rule == {"from": [{"podSelector": {"matchLabels": redis_labels}}], "ports": ports}
+    else:
+        assert among_redis_pods == []
 
 
 def test_restricted_notifier_egress_blocks_cluster_ranges() -> None:

@@ -26,7 +26,7 @@ MODEL_SCHEMA = SCHEMA["definitions"]["model"]["properties"]
 # Settings the chart does not take from `config`, each with the reason. A new Settings field fails
 # test_every_setting_is_passed_or_deliberately_not until it is added to `config` or here.
 SET_BY_THE_CHART = {
-    "redis_url": "computed: the release's Redis Service (asyncinfer.redisUrl)",
+    "redis_url": "computed: the release's Redis Service (asyncinfer.redisUrl), or redis.external.url",
     "redis_password": "a secret: never an env var; REDIS_PASSWORD_FILE instead",
     "redis_password_file": "the mounted Secret file",
     "webhook_secret": "a secret: never an env var; WEBHOOK_SECRET_FILE instead",
@@ -42,11 +42,11 @@ SET_BY_THE_CHART = {
     "worker_health_port": "worker.healthPort / notifier.healthPort",
     "pod_name": "the downward API (metadata.name), worker pods only",
     "pod_namespace": "the downward API (metadata.namespace), worker pods only",
-    "redis_sentinels": "computed from redis.architecture / redis.external (issue #24, chart side)",
-    "redis_sentinel_master": "computed from redis.architecture / redis.external (issue #24, chart side)",
-    "redis_sentinel_password_file": "the mounted Secret file (issue #24, chart side)",
-    "redis_min_replicas_ack": "computed from redis.architecture (issue #24, chart side)",
-    "redis_replica_ack_timeout_ms": "computed from redis.architecture (issue #24, chart side)",
+    "redis_sentinels": "computed: the replication set's Sentinels (redis.architecture=replication) or redis.external.sentinels",
+    "redis_sentinel_master": "redis.replication.masterSet or redis.external.masterSet, set with the Sentinels",
+    "redis_sentinel_password_file": "the mounted Secret file: Redis's password (replication) or redis.external.sentinelPasswordKey",
+    "redis_min_replicas_ack": "redis.replication.minReplicasAck or redis.external.minReplicasAck; standalone has no replica",
+    "redis_replica_ack_timeout_ms": "redis.replication.replicaAckTimeoutMs or redis.external.replicaAckTimeoutMs",
     "deletion_cost_debounce_seconds": "worker only; its chart value comes with scaleIn.idleFirst (issue #28, chart side)",
 }
 # Defaults the chart deliberately changes, each with the reason.

@@ -111,14 +111,105 @@ Return the Redis host: the headless Service's fully qualified name, so KEDA reso
 Return the Redis address as `host:port` (KEDA's redis trigger `address`).
 */}}
 {{- define "asyncinfer.redisAddress" -}}
+{{- if .Values.redis.external.enabled }}
+{{- $host := (urlParse .Values.redis.external.url).host }}
+{{- if regexMatch ":[0-9]+$" $host }}{{ $host }}{{ else }}{{ printf "%s:6379" $host }}{{ end }}
+{{- else }}
 {{- printf "%s:%d" (include "asyncinfer.redisHost" .) (int .Values.redis.port) }}
+{{- end }}
 {{- end }}
 
 {{/*
 Return REDIS_URL without a password: the services read it from REDIS_PASSWORD_FILE (the Secret) instead.
+With Sentinels its host is not dialled (they name the primary); it still gives the db, the user and TLS.
 */}}
 {{- define "asyncinfer.redisUrl" -}}
+{{- if .Values.redis.external.enabled }}
+{{- .Values.redis.external.url }}
+{{- else }}
 {{- printf "redis://%s/0" (include "asyncinfer.redisAddress" .) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Return "true" when the chart runs Redis itself (not redis.external).
+*/}}
+{{- define "asyncinfer.redisInChart" -}}
+{{- if not .Values.redis.external.enabled }}true{{ end }}
+{{- end }}
+
+{{/*
+Return "true" for the in-chart replication set: a primary, replicas and a Sentinel in each pod.
+*/}}
+{{- define "asyncinfer.redisReplication" -}}
+{{- if and (not .Values.redis.external.enabled) (eq .Values.redis.architecture "replication") }}true{{ end }}
+{{- end }}
+
+{{/*
+Return the replication set's pod names' DNS addresses, one per pod (`<sts>-<i>.<headless>.<ns>.svc.<domain>`):
+what each redis-server and Sentinel announces, so Sentinels name the primary by a name that survives a pod's new IP.
+*/}}
+{{- define "asyncinfer.redisPodHosts" -}}
+{{- $sts := include "asyncinfer.componentName" (dict "ctx" . "component" "redis") }}
+{{- $hosts := list }}
+{{- range $i := until (int .Values.redis.replication.replicas) }}
+{{- $hosts = append $hosts (printf "%s-%d.%s" $sts $i (include "asyncinfer.redisHost" $)) }}
+{{- end }}
+{{- join "," $hosts }}
+{{- end }}
+
+{{/*
+Return REDIS_SENTINELS (comma-separated host:port): the replication set's Sentinels, redis.external.sentinels,
+or nothing (Redis is dialled directly at REDIS_URL).
+*/}}
+{{- define "asyncinfer.redisSentinels" -}}
+{{- if .Values.redis.external.enabled }}
+{{- join "," .Values.redis.external.sentinels }}
+{{- else if include "asyncinfer.redisReplication" . }}
+{{- $port := int .Values.redis.replication.sentinelPort }}
+{{- $out := list }}
+{{- range splitList "," (include "asyncinfer.redisPodHosts" .) }}
+{{- $out = append $out (printf "%s:%d" . $port) }}
+{{- end }}
+{{- join "," $out }}
+{{- end }}
+{{- end }}
+
+{{/*
+Return REDIS_SENTINEL_MASTER: the master set's name the Sentinels know the primary by.
+*/}}
+{{- define "asyncinfer.redisSentinelMaster" -}}
+{{- if .Values.redis.external.enabled }}{{ .Values.redis.external.masterSet }}{{ else }}{{ .Values.redis.replication.masterSet }}{{ end }}
+{{- end }}
+
+{{/*
+Return the key of the Sentinels' password in the Redis Secret, or nothing when the Sentinels take none:
+the in-chart Sentinels use Redis's own password; external ones redis.external.sentinelPasswordKey.
+*/}}
+{{- define "asyncinfer.redisSentinelSecretKey" -}}
+{{- if .Values.redis.external.enabled }}
+{{- if .Values.redis.external.sentinels }}{{ .Values.redis.external.sentinelPasswordKey }}{{ end }}
+{{- else if include "asyncinfer.redisReplication" . }}
+{{- include "asyncinfer.redisSecretKey" . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Return the replica acknowledgement settings (REDIS_MIN_REPLICAS_ACK, REDIS_REPLICA_ACK_TIMEOUT_MS) as a
+JSON object, empty for the standalone Redis (which has no replica to wait for).
+*/}}
+{{- define "asyncinfer.redisReplicaAck" -}}
+{{- $source := dict }}
+{{- if .Values.redis.external.enabled }}
+{{- $source = .Values.redis.external }}
+{{- else if include "asyncinfer.redisReplication" . }}
+{{- $source = .Values.redis.replication }}
+{{- end }}
+{{- if $source }}
+{{- toJson (dict "REDIS_MIN_REPLICAS_ACK" (int $source.minReplicasAck) "REDIS_REPLICA_ACK_TIMEOUT_MS" (int $source.replicaAckTimeoutMs)) }}
+{{- else }}
+{{- "{}" }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -236,6 +327,10 @@ reaches the file without a restart.
           items:
             - key: {{ include "asyncinfer.redisSecretKey" .ctx }}
               path: redis-password
+            {{- with include "asyncinfer.redisSentinelSecretKey" .ctx }}
+            - key: {{ . }}
+              path: redis-sentinel-password
+            {{- end }}
       {{- if and .auth .ctx.Values.auth.enabled }}
       - secret:
           name: {{ include "asyncinfer.authSecretName" .ctx }}
@@ -258,6 +353,10 @@ Return the *_FILE env entries matching asyncinfer.secretsVolume. Call with the s
 {{- define "asyncinfer.secretFileEnv" -}}
 - name: REDIS_PASSWORD_FILE
   value: {{ printf "%s/redis-password" (include "asyncinfer.secretsDir" .ctx) | quote }}
+{{- if include "asyncinfer.redisSentinelSecretKey" .ctx }}
+- name: REDIS_SENTINEL_PASSWORD_FILE
+  value: {{ printf "%s/redis-sentinel-password" (include "asyncinfer.secretsDir" .ctx) | quote }}
+{{- end }}
 {{- if and .auth .ctx.Values.auth.enabled }}
 - name: AUTH_TOKENS_FILE
   value: {{ printf "%s/auth-tokens" (include "asyncinfer.secretsDir" .ctx) | quote }}
@@ -607,6 +706,49 @@ Return nothing, or fail with one clear message when values contradict each other
 {{- fail (printf "config.defaultModel %q is not one of the models (%s)" $c.defaultModel (join ", " $names)) }}
 {{- end }}
 {{- $_ := include "asyncinfer.redisMaxmemory" . }}
+{{- include "asyncinfer.validateRedisTopology" . }}
+{{- end }}
+
+{{/*
+Return nothing, or fail with one clear message when the Redis topology values (redis.architecture,
+redis.replication, redis.external) contradict each other.
+*/}}
+{{- define "asyncinfer.validateRedisTopology" -}}
+{{- $rep := .Values.redis.replication }}
+{{- $ext := .Values.redis.external }}
+{{- if $ext.enabled }}
+{{- if eq .Values.redis.architecture "replication" }}
+{{- fail "redis.external.enabled and redis.architecture=replication are mutually exclusive: with an external Redis the chart runs none (leave architecture standalone)" }}
+{{- end }}
+{{- if not .Values.redis.auth.existingSecret }}
+{{- fail "redis.external.enabled needs redis.auth.existingSecret: the external Redis's password (and redis.external.sentinelPasswordKey, the Sentinels') are read from that Secret, mounted as files" }}
+{{- end }}
+{{- if not $ext.url }}
+{{- fail "redis.external.enabled needs redis.external.url (redis://host:port/db or rediss://...): it gives the db, the user and TLS, and the address when no Sentinels are listed" }}
+{{- end }}
+{{- if contains ":" ((urlParse $ext.url).userinfo | default "") }}
+{{- fail "redis.external.url must not carry a password: it comes from redis.auth.existingSecret, as a file" }}
+{{- end }}
+{{- if and $ext.sentinelPasswordKey (not $ext.sentinels) }}
+{{- fail "redis.external.sentinelPasswordKey is set but redis.external.sentinels is empty" }}
+{{- end }}
+{{- if and .Values.networkPolicy.enabled .Values.notifier.enabled .Values.notifier.egress.restrict (not $ext.egressCidrs) }}
+{{- fail "notifier.egress.restrict with redis.external needs redis.external.egressCidrs: the ranges the external Redis (and its Sentinels) live in, or the notifier cannot reach them" }}
+{{- end }}
+{{- else if eq .Values.redis.architecture "replication" }}
+{{- if gt (int $rep.quorum) (int $rep.replicas) }}
+{{- fail (printf "redis.replication.quorum (%d) must not exceed redis.replication.replicas (%d): no failover could ever start" (int $rep.quorum) (int $rep.replicas)) }}
+{{- end }}
+{{- if ge (int $rep.minReplicasToWrite) (int $rep.replicas) }}
+{{- fail (printf "redis.replication.minReplicasToWrite (%d) must be below redis.replication.replicas (%d): the primary would refuse every write" (int $rep.minReplicasToWrite) (int $rep.replicas)) }}
+{{- end }}
+{{- if ge (int $rep.minReplicasAck) (int $rep.replicas) }}
+{{- fail (printf "redis.replication.minReplicasAck (%d) must be below redis.replication.replicas (%d): no submit could ever be acknowledged" (int $rep.minReplicasAck) (int $rep.replicas)) }}
+{{- end }}
+{{- if eq (int $rep.sentinelPort) (int .Values.redis.port) }}
+{{- fail (printf "redis.replication.sentinelPort (%d) must differ from redis.port: both listen in the same pod" (int $rep.sentinelPort)) }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -657,4 +799,73 @@ hex=$(od -An -v -tx1 {{ include "asyncinfer.secretsDir" . }}/redis-password | tr
 while :; do case "$hex" in 09*|0a*|0b*|0c*|0d*|1c*|1d*|1e*|1f*|20*) hex=${hex#??} ;; *) break ;; esac; done
 while :; do case "$hex" in *09|*0a|*0b|*0c|*0d|*1c|*1d|*1e|*1f|*20) hex=${hex%??} ;; *) break ;; esac; done
 redis_password_quoted="\"$(printf '%s' "$hex" | sed 's/../\\x&/g')\""
+{{- end }}
+
+{{/*
+Return the environment files/redis-replication.sh reads, the same for its redis and sentinel containers:
+this pod's announced name (the downward API's pod name under the headless Service), the first pod's
+(the primary of a brand-new set), every Sentinel, and Sentinel's failover settings.
+*/}}
+{{- define "asyncinfer.redisReplicationEnv" -}}
+{{- $rep := .Values.redis.replication }}
+{{- $hosts := splitList "," (include "asyncinfer.redisPodHosts" .) }}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: SELF_HOST
+  value: {{ printf "$(POD_NAME).%s" (include "asyncinfer.redisHost" .) | quote }}
+- name: PRIMARY_HOST
+  value: {{ first $hosts | quote }}
+- name: REDIS_PORT
+  value: {{ .Values.redis.port | quote }}
+- name: SENTINEL_PORT
+  value: {{ $rep.sentinelPort | quote }}
+- name: SENTINELS
+  value: {{ include "asyncinfer.redisSentinels" . | replace "," " " | quote }}
+- name: MASTER_SET
+  value: {{ $rep.masterSet | quote }}
+- name: PASSWORD_FILE
+  value: {{ printf "%s/redis-password" (include "asyncinfer.secretsDir" .) | quote }}
+- name: SENTINEL_CONF
+  value: /data/sentinel.conf
+- name: QUORUM
+  value: {{ $rep.quorum | quote }}
+- name: DOWN_AFTER_MS
+  value: {{ $rep.downAfterMilliseconds | quote }}
+- name: FAILOVER_TIMEOUT_MS
+  value: {{ $rep.failoverTimeoutMilliseconds | quote }}
+- name: DISCOVERY_WAIT_S
+  value: {{ $rep.discoveryWaitSeconds | quote }}
+{{- end }}
+
+{{/*
+Return one KEDA trigger reading the length of a key (LLEN of a list, ZCARD of a sorted set): `redis` at
+the Redis address, or `redis-sentinel` asking the Sentinels for the primary first (replication, or an
+external Redis behind Sentinels). Same db and TLS as REDIS_URL.
+Call with (dict "ctx" $ "name" triggerName "key" redisKey "listLength" target).
+*/}}
+{{- define "asyncinfer.kedaRedisTrigger" -}}
+{{- $url := urlParse (include "asyncinfer.redisUrl" .ctx) }}
+{{- $sentinels := include "asyncinfer.redisSentinels" .ctx -}}
+- type: {{ ternary "redis-sentinel" "redis" (ne $sentinels "") }}
+  name: {{ .name }}
+  metadata:
+    {{- if $sentinels }}
+    addresses: {{ $sentinels | quote }}
+    sentinelMaster: {{ include "asyncinfer.redisSentinelMaster" .ctx | quote }}
+    {{- else }}
+    address: {{ include "asyncinfer.redisAddress" .ctx | quote }}
+    {{- end }}
+    {{- with $url.userinfo }}
+    username: {{ . | quote }}
+    {{- end }}
+    listName: {{ .key | quote }}
+    listLength: {{ .listLength | quote }}
+    databaseIndex: {{ trimPrefix "/" $url.path | default "0" | quote }}
+    {{- if eq $url.scheme "rediss" }}
+    enableTLS: "true"
+    {{- end }}
+  authenticationRef:
+    name: {{ include "asyncinfer.componentName" (dict "ctx" .ctx "component" "worker") }}
 {{- end }}
