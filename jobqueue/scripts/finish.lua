@@ -86,8 +86,12 @@ for i = 8, #ARGV, 3 do
   local ours = status == 'processing' and worker == wid
   -- A result for a job handed back uncounted (a second signal released it while its batch still
   -- ran to the end): the run that made the result is its attempt.
-  if (outcome == 'completed' or outcome == 'failed') and status == 'pending' and tonumber(attempts or 0) < 1 then
-    redis.call('HSET', job, 'attempts', 1)
+  if (outcome == 'completed' or outcome == 'failed') and status == 'pending' then
+    if tonumber(attempts or 0) < 1 then redis.call('HSET', job, 'attempts', 1) end
+    -- Ending a job that waits in a pending list (handed back uncounted, or its claim lost in a
+    -- failover): its id leaves the list too, which holds only jobs waiting to start. It was put
+    -- back at the tail, the end claims take from, so the scan from there is short.
+    if not held then redis.call('LREM', pending_lists[priority] or pending_lists.normal, -1, id) end
   end
   if outcome == 'completed' and live then
     redis.call('HSET', job, 'status', 'completed', 'result', payload, 'finished_at', now)

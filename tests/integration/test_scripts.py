@@ -183,15 +183,18 @@ def test_release_gives_back_without_counting_attempt(queue):
     assert queue.client.llen(queue.keys.pending("normal")) == 1
 
 
-def test_a_result_after_a_release_counts_its_run_and_the_job_runs_no_more(queue):
+def test_a_result_after_a_release_counts_its_run_and_the_job_runs_no_more(queue, redis_client):
     """A second signal releases what the worker holds while its batch runs to the end: the batch's
-    results still land (first result wins), counted as one attempt, and the requeued id is skipped."""
+    results still land (first result wins), counted as one attempt, and the requeued id leaves the
+    pending list (which holds only jobs waiting to start: KEDA reads its length)."""
     [job_id] = queue.enqueue_n(1)
     queue.claim("w1", 1)
     assert queue.finish("w1", [(job_id, Outcome.RELEASE, "")]).requeued == 1  # from the signal thread
+    assert redis_client.lrange(queue.keys.pending(), 0, -1) == [job_id]
     assert queue.finish("w1", [(job_id, Outcome.COMPLETED, "[1]")]).completed == 1  # the batch's own finish
     record = queue.get(job_id)
     assert record.status is JobStatus.COMPLETED and record.attempts == 1
+    assert redis_client.llen(queue.keys.pending()) == 0
     assert queue.claim("w2", 10).jobs == []  # the requeued id is dropped, not run again
     assert queue.get(job_id).attempts == 1
 
