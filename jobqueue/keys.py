@@ -8,6 +8,7 @@ Layout (prefix = KEY_PREFIX, model = a model name, a DNS label):
     <prefix>:notify                       ZSET   job id -> next webhook attempt (ms)
     <prefix>:notify-failed                LIST   job ids whose webhook was given up
     <prefix>:principal:<name>             HASH   per-principal rate-limit bucket and unfinished count
+    <prefix>:objects                      ZSET   object key -> when to delete it (ms): uploads and result objects
     <prefix>:<model>:pending:<priority>   LIST   ids waiting to start; KEDA reads the lengths
     <prefix>:<model>:inflight             ZSET   id -> backstop deadline (ms); ZCARD is the in-flight count
     <prefix>:<model>:workers              ZSET   worker id -> heartbeat deadline (ms)
@@ -60,6 +61,11 @@ class StoreKeys:
     def notify_failed(self) -> str:
         """LIST of job ids whose webhook delivery was given up."""
         return f"{self.prefix}:notify-failed"
+
+    @property
+    def objects(self) -> str:
+        """ZSET object key (in OBJECT_STORE_URL's bucket) -> when it is deleted (ms); workers sweep it."""
+        return f"{self.prefix}:objects"
 
     @property
     def principal_prefix(self) -> str:
