@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import Response
@@ -12,12 +12,19 @@ from fastapi.responses import Response
 from api.auth import Principal, principal
 from api.errors import json_response
 from api.objects import require_store, store_unavailable
+from api.schemas import ErrorBody, UploadGrant
 from api.state import AppState, get_state
 from jobqueue.objectstore import StoreUnavailable
 
 router = APIRouter(tags=["uploads"])
 State = Annotated[AppState, Depends(get_state)]
 Caller = Annotated[Principal, Depends(principal)]
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "missing or invalid bearer token"},
+    404: {"model": ErrorBody, "description": "unknown model"},
+    422: {"model": ErrorBody, "description": "object storage is not configured (OBJECT_STORE_URL), or a bad format"},
+    503: {"model": ErrorBody, "description": "the object store does not answer; see Retry-After"},
+}
 Format = Annotated[Literal["npy", "npz", "json"], Query(description="what the object will hold: .npy, .npz or a JSON body")]
 
 
@@ -47,11 +54,23 @@ async def new_upload(state: AppState, model_name: str | None, fmt: str) -> Respo
     )
 
 
-@router.post("/uploads", status_code=201, summary="A presigned PUT URL for a large input to the default model")
+@router.post(
+    "/uploads",
+    status_code=201,
+    response_model=UploadGrant,
+    responses=_ERRORS,
+    summary="A presigned PUT URL for a large input to the default model",
+)
 async def upload(state: State, _: Caller, format: Format = "npy") -> Response:
     return await new_upload(state, None, format)
 
 
-@router.post("/models/{model}/uploads", status_code=201, summary="A presigned PUT URL for a large input to a model")
+@router.post(
+    "/models/{model}/uploads",
+    status_code=201,
+    response_model=UploadGrant,
+    responses=_ERRORS,
+    summary="A presigned PUT URL for a large input to a model",
+)
 async def upload_model(model: Annotated[str, Path(max_length=40)], state: State, _: Caller, format: Format = "npy") -> Response:
     return await new_upload(state, model, format)

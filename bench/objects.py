@@ -1,0 +1,124 @@
+"""Object storage (issue #26): end-to-end MB/s of .npy inputs through `input_url`, beside the inline JSON
+path on the same rows in the same run, and the Redis bytes one object job holds.
+
+Each size runs on a real SeaweedFS, Redis, API and one worker: POST /uploads, PUT the .npy, submit its
+`input_url`, wait for the job, GET the result object. The inline baseline sends the same rows as JSON in
+bulk submits of MAX_ROWS_PER_JOB-row jobs and reads every result. MB are the input's .npy bytes.
+`--smoke` runs tiny sizes to check that every step works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "deploy" / "local")]
+
+from stack import RedisServer, free_port, start_api, start_worker, stop  # noqa: E402
+
+from tests.support.seaweed import SeaweedServer  # noqa: E402
+
+MODEL = str(ROOT / "models" / "iris.onnx")
+ROW_BYTES = 16  # 4 float32 features
+ROWS_PER_INLINE_JOB = 256  # MAX_ROWS_PER_JOB's default
+SIZES_MB = {"full": (10, 200), "quick": (10, 50), "smoke": (1,)}
+
+
+def wait_job(base: str, job_id: str, timeout_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        view: dict[str, Any] = httpx.get(f"{base}/job/{job_id}", params={"wait": 10}, timeout=20).json()
+        if view["status"] in ("completed", "failed"):
+            return view
+    raise RuntimeError(f"job {job_id} did not end in {timeout_s}s")
+
+
+def object_run(base: str, array: np.ndarray) -> tuple[float, dict[str, Any]]:
+    """Seconds from POST /uploads to the result object downloaded."""
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    started = time.perf_counter()
+    grant = httpx.post(f"{base}/uploads", timeout=30).json()
+    httpx.put(grant["upload_url"], content=buffer.getvalue(), timeout=600).raise_for_status()
+    job_id = httpx.post(f"{base}/predict", json={"input_url": grant["input_url"]}, timeout=60).json()["job_id"]
+    view = wait_job(base, job_id, 900)
+    if view["status"] != "completed":
+        raise RuntimeError(f"object job failed: {view['error']}")
+    result = httpx.get(view["result_url"], timeout=600).content
+    elapsed = time.perf_counter() - started
+    assert len(np.load(io.BytesIO(result))["label"]) == len(array)
+    return elapsed, view
+
+
+def inline_run(base: str, array: np.ndarray) -> float:
+    """Seconds to submit the same rows as JSON jobs (bulk, 100 a request) and read every result."""
+    rows = array.tolist()
+    jobs = [rows[i : i + ROWS_PER_INLINE_JOB] for i in range(0, len(rows), ROWS_PER_INLINE_JOB)]
+    started = time.perf_counter()
+    ids: list[str] = []
+    for i in range(0, len(jobs), 100):
+        items = [{"data": job} for job in jobs[i : i + 100]]
+        ids += [item["job_id"] for item in httpx.post(f"{base}/predict/batch", json={"items": items}, timeout=60).json()["items"]]
+    for job_id in ids:
+        if wait_job(base, job_id, 600)["status"] != "completed":
+            raise RuntimeError("inline job failed")
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="10 and 50 MB")
+    parser.add_argument("--smoke", action="store_true", help="1 MB: checks that every step runs")
+    args = parser.parse_args()
+    sizes = SIZES_MB["smoke" if args.smoke else "quick" if args.quick else "full"]
+    rows_out = []
+    with tempfile.TemporaryDirectory(prefix="asyncinfer-bench-objects-") as tmp:
+        workdir = Path(tmp)
+        server = RedisServer(workdir / "redis", appendfsync="everysec").start()
+        store = SeaweedServer(workdir / "seaweed").start()
+        port = free_port()
+        env = {
+            **os.environ, **store.env(), "REDIS_URL": server.url, "MODEL_PATH": MODEL,
+            "PORT": str(port), "MAX_BATCH_SIZE": "4096", "LOG_LEVEL": "WARNING",
+        }  # fmt: skip
+        api = start_api(env, workdir / "api.log")
+        worker = start_worker(env, workdir / "worker.log")
+        base = f"http://127.0.0.1:{port}"
+        client = redis.Redis.from_url(server.url)
+        try:
+            for mb in sizes:
+                array = (np.random.default_rng(mb).random((mb * 1_000_000 // ROW_BYTES, 4), dtype=np.float32) * 7).astype(
+                    np.float32
+                )
+                object_s, view = object_run(base, array)
+                job_bytes = int(client.memory_usage(f"asyncinfer:job:{view['job_id']}", samples=0) or 0)
+                inline_s = inline_run(base, array[: min(len(array), 10_000_000 // ROW_BYTES)])
+                inline_mb = min(mb, 10)
+                rows_out.append((mb, mb / object_s, inline_mb / inline_s, job_bytes))
+                print(f"{mb} MB: object path {object_s:.1f}s, inline JSON ({inline_mb} MB) {inline_s:.1f}s", flush=True)
+        finally:
+            stop(worker, 30)
+            stop(api, 15)
+            store.stop()
+            server.stop()
+    print(
+        "\n| input | object path MB/s | inline JSON MB/s (same rows, <= 10 MB) | ratio | Redis bytes of the object job's record |"
+    )
+    print("|---|---|---|---|---|")
+    for mb, object_rate, inline_rate, job_bytes in rows_out:
+        print(f"| {mb} MB .npy | {object_rate:.1f} | {inline_rate:.1f} | {object_rate / inline_rate:.1f}x | {job_bytes} |")
+
+
+if __name__ == "__main__":
+    main()
