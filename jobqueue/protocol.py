@@ -398,7 +398,7 @@ class JobStore:
 
     async def schedule_object_deletion(self, object_key: str, at_ms: int) -> None:
         """An object the service hands out (an upload key) goes at `at_ms` (never earlier: GT)."""
-        await self.client.zadd(self.keys.objects, {object_key: at_ms}, gt=True)
+        await self.redis.execute("ZADD", self.keys.objects, "GT", at_ms, object_key)
 
     async def cancel(self, record: JobRecord) -> JobStatus:
         """End a pending job as canceled (409 WrongState otherwise); repeating it is harmless."""

@@ -241,7 +241,7 @@ def test_the_store_down_answers_503_at_uploads_and_retries_jobs_until_it_is_back
     assert answer.status_code == 202, answer.text
     job_id = answer.json()["job_id"]
 
-    store_up.stop()
+    store_up.crash()
     down = httpx.post(f"{base}/uploads", timeout=60)
     assert down.status_code == 503 and down.headers["Retry-After"], down.text
     refused = submit(base, {"input_url": upload.json()["input_url"]})

@@ -89,15 +89,17 @@ class SeaweedServer:
                 time.sleep(0.2)
         return self
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+    def crash(self) -> None:
+        """The store gone at once (SIGKILL), as in an outage; `start` brings it back with its data (the
+        test's files are flushed: S3 acknowledges a write once it is stored)."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
         self.proc = None
+
+    def stop(self) -> None:
+        """End of the session: its data is thrown away, so no graceful stop (weed takes ~15 s for one)."""
+        self.crash()
 
     def client(self, secret: str = SECRET_KEY) -> Any:
         """A boto3 S3 client for the test's own reads and writes."""
