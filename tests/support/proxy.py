@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from collections.abc import Callable
 
 MARKER_SPAN = 256  # bytes kept from the previous chunk: a marker split across two reads is still seen
 
@@ -45,12 +46,7 @@ class ReplyLosingProxy:
                     sock.close()
 
     def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:  # closed
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+        accept_forever(self._listener, self._serve)
 
     def _serve(self, client: socket.socket) -> None:
         self._released.wait()
@@ -91,6 +87,16 @@ class ReplyLosingProxy:
         _shut(client)
 
 
+def accept_forever(listener: socket.socket, serve: Callable[[socket.socket], None]) -> None:
+    """Each connection to `listener` served on a thread of its own, until the listener is closed."""
+    while True:
+        try:
+            client, _ = listener.accept()
+        except OSError:  # closed
+            return
+        threading.Thread(target=serve, args=(client,), daemon=True).start()
+
+
 def _shut(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
@@ -117,15 +123,13 @@ class StallingProxy:
             _shut(sock)
 
     def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:  # closed
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-            self._sockets += [client, upstream]
-            threading.Thread(target=self._requests, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._replies, args=(upstream, client), daemon=True).start()
+        accept_forever(self._listener, self._serve)
+
+    def _serve(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+        self._sockets += [client, upstream]
+        threading.Thread(target=self._requests, args=(client, upstream), daemon=True).start()
+        self._replies(upstream, client)
 
     def _requests(self, client: socket.socket, upstream: socket.socket) -> None:
         tail = b""
