@@ -72,8 +72,8 @@ test-unit: $(STAMP) $(MODEL) ## pure unit tests (no Redis)
 
 .PHONY: test-integration
 # tests/integration/test_bench.py runs `make bench`'s every step at smoke size: the bench's packages too.
-test-integration: $(BENCH_STAMP) $(MODEL) ## real redis-server, real API, worker and notifier processes: scripts, faults, webhooks, OIP, e2e on a local stack
-	$(PYTEST) tests/integration tests/faults tests/notifier tests/oip tests/e2e
+test-integration: $(BENCH_STAMP) $(MODEL) ## real redis-server, real API, worker and notifier processes: scripts, faults, webhooks, OIP, object storage (SeaweedFS), e2e on a local stack
+	$(PYTEST) tests/integration tests/faults tests/notifier tests/oip tests/objectstore tests/e2e
 
 .PHONY: test-client
 test-client: $(STAMP) $(MODEL) ## the Python SDK and the asyncinfer CLI against a real local stack
@@ -90,6 +90,7 @@ e2e: $(STAMP) $(MODEL) ## the HTTP-only e2e suite against E2E_BASE_URL (default:
 .PHONY: bench
 bench: $(BENCH_STAMP) $(MODEL) ## every performance target against the naive seed design in the same run; one table (QUICK=1: short, WORKER=1: the worker's figures only)
 	$(PY) bench/run.py $(if $(QUICK),--quick) $(if $(WORKER),--worker)
+	$(if $(WORKER),,$(PY) bench/objects.py $(if $(QUICK),--quick))
 
 .PHONY: bench-chaos
 bench-chaos: $(STAMP) $(MODEL) ## 40,000 jobs, 2 workers, a worker SIGKILLed every 1.5 s; prints lost/duplicated

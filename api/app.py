@@ -17,14 +17,16 @@ from api.errors import HTTPProblem, install_error_handlers, problem_response
 from api.hotpath import HotPathMiddleware
 from api.metrics import RequestMetricsMiddleware
 from api.metrics_listener import MetricsListener
-from api.routes import admin, jobs, models, notifications, oip, service, streams
+from api.routes import admin, jobs, models, notifications, oip, service, streams, uploads
 from api.state import AppState, JobEvents, ModelRegistry
 from jobqueue import __version__
 from jobqueue.connection import async_client, async_probe_client
 from jobqueue.models import load_models
+from jobqueue.objectstore import object_store
 from jobqueue.protocol import JobStore
 from jobqueue.settings import Settings, get_settings
 from jobqueue.ssrf import validate_callback_url
+from jobqueue.views import sign_result_urls_with
 
 log = logging.getLogger("asyncinfer.api")
 MODELS_STARTUP_WAIT_S = 10.0
@@ -106,6 +108,8 @@ def create_app(settings: Settings | None = None) -> AsyncInferAPI:
         assert isinstance(app, AsyncInferAPI)  # (for the type checker) create_app builds no other
         client = async_client(settings)
         store = JobStore(client, settings)
+        objects = object_store(settings)
+        sign_result_urls_with(objects.presign_get_url if objects else None)
         state = AppState(
             settings=settings,
             store=store,
@@ -114,6 +118,7 @@ def create_app(settings: Settings | None = None) -> AsyncInferAPI:
             events=JobEvents(client, store.keys.events, sentinels=bool(settings.redis_sentinels)),
             tokens=tokens,
             callback_validator=validate_callback_url,
+            objects=objects,
         )
         app.state.asyncinfer = state
         # The API reads every model's signature itself so it validates while zero workers run.
@@ -155,6 +160,7 @@ def create_app(settings: Settings | None = None) -> AsyncInferAPI:
     app.include_router(models.router)
     app.include_router(service.router)
     app.include_router(oip.router)
+    app.include_router(uploads.router)
     app.include_router(notifications.router)
     app.include_router(admin.router)
     app.include_router(admin.console_router)

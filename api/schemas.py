@@ -83,6 +83,17 @@ class JobView(BaseModel):
     started_at: str | None = None
     finished_at: str | None = None
     notification: Notification | None = None
+    result_url: str | None = Field(
+        None, description="only for a result in the object store (`result` is null then): a presigned GET that expires"
+    )
+
+
+class UploadGrant(BaseModel):
+    upload_url: str = Field(description="PUT the input here (presigned; no Authorization header)")
+    method: Literal["PUT"] = "PUT"
+    input_url: str = Field(description='submit with {"input_url": this}')
+    model: str
+    expires_in: int = Field(description="seconds the upload_url stays valid")
 
 
 class ErrorBody(BaseModel):

@@ -22,6 +22,7 @@ from api.errors import HTTPProblem, as_problem
 from jobqueue.connection import REFUSED, UNAVAILABLE, primary_moved
 from jobqueue.model_signature import InputError, ModelSignature, parse_input
 from jobqueue.models import ModelConfig, read_model
+from jobqueue.objectstore import ObjectStore
 from jobqueue.protocol import Enqueued, JobRecord, JobStore, NewJob
 from jobqueue.settings import Settings
 
@@ -234,6 +235,7 @@ class AppState:
     draining: bool = False
     callback_validator: Callable[[str, Settings], str] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    objects: ObjectStore | None = None  # OBJECT_STORE_URL set: `input_url`, POST /uploads, result objects
 
     def validated_job(
         self,
@@ -252,6 +254,19 @@ class AppState:
             parse_input(data, signature, self.settings.max_rows_per_job, raw)
         except InputError as exc:
             raise HTTPProblem(422, [{"loc": [*loc, *exc.loc[1:]], "msg": exc.msg, "type": "value_error"}]) from None
+        return self.new_job(owner, model, orjson.dumps({"data": data}), priority, callback_url, idempotency_key, loc)
+
+    def new_job(
+        self,
+        owner: str,
+        model: ModelEntry,
+        payload: bytes,
+        priority: str,
+        callback_url: str | None,
+        idempotency_key: str | None,
+        loc: tuple[str | int, ...],
+    ) -> NewJob:
+        """A job from a checked payload (`{"data": ...}` or `{"input_url": ...}`): priority and callback checked."""
         if priority not in ("high", "normal", "low"):
             raise HTTPProblem(422, [{"loc": [*loc, "priority"], "msg": "must be one of high, normal, low", "type": "enum"}])
         callback = ""
@@ -262,7 +277,6 @@ class AppState:
                 callback = self.callback_validator(callback_url, self.settings) if self.callback_validator else callback_url
             except ValueError as exc:
                 raise HTTPProblem(422, [{"loc": [*loc, "callback_url"], "msg": str(exc), "type": "value_error"}]) from None
-        payload = orjson.dumps({"data": data})
         return NewJob(
             job_id=str(uuid.uuid4()),
             model=model.name,

@@ -9,6 +9,7 @@ Layout (prefix = KEY_PREFIX, model = a model name, a DNS label):
     <prefix>:notify-failed                LIST   job ids whose webhook was given up
     <prefix>:principal:<name>             HASH   per-principal rate-limit bucket and unfinished count
     <prefix>:replica-ack                  STRING written before each Redis WAIT (jobqueue/replicas.py)
+    <prefix>:objects                      ZSET   object key -> when to delete it (ms): uploads and result objects
     <prefix>:<model>:pending:<priority>   LIST   ids waiting to start; KEDA reads the lengths
     <prefix>:<model>:inflight             ZSET   id -> backstop deadline (ms); ZCARD is the in-flight count
     <prefix>:<model>:workers              ZSET   worker id -> heartbeat deadline (ms)
@@ -66,6 +67,11 @@ class StoreKeys:
     def replica_ack(self) -> str:
         """STRING with a short TTL: the write that gives a WAIT the replication offset to wait for."""
         return f"{self.prefix}:replica-ack"
+
+    @property
+    def objects(self) -> str:
+        """ZSET object key (in OBJECT_STORE_URL's bucket) -> when it is deleted (ms); workers sweep it."""
+        return f"{self.prefix}:objects"
 
     @property
     def principal_prefix(self) -> str:

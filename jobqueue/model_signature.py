@@ -297,6 +297,11 @@ def _check_shape(arr: np.ndarray, spec: TensorSpec, loc: tuple[str | int, ...]) 
             raise InputError(loc, f"each row must have {w} values on axis {axis + 1} for input {spec.name!r}, got {g}")
 
 
+def check_row_shape(shape: tuple[int, ...], spec: TensorSpec, loc: tuple[str | int, ...]) -> None:
+    """`_check_shape` for an array known only by its shape (an .npy header)."""
+    _check_shape(np.empty((0, *shape[1:]), dtype=np.uint8), spec, loc)
+
+
 def parse_input(data: Any, signature: ModelSignature, max_rows: int, raw: str | bytes | None = None) -> dict[str, np.ndarray]:
     """Check `data` against the model and return one array per model input.
 

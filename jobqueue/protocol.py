@@ -45,7 +45,8 @@ RECORD_FIELDS = (
     "created_at", "started_at", "finished_at", "callback_url",
     "notify_state", "notify_attempts", "notify_last_status", "notify_last_error",
 )  # fmt: skip
-ANONYMOUS = "anonymous"  # the owner of every job while authentication is off
+ANONYMOUS = "anonymous"
+OBJECT_RESULT_PREFIX = "s3://"  # a "completed" payload naming a result object rather than holding the result  # the owner of every job while authentication is off
 
 
 def lua_source(name: str) -> str:
@@ -180,6 +181,7 @@ class JobRecord:
     notify_last_status: int | None = None
     notify_last_error: str | None = None
     input: str | None = None
+    result_object: str | None = None  # s3://... of a result written to the object store (issue #26)
 
     def visible_to(self, principal: str, admin: bool) -> bool:
         """A client sees only its own jobs; an admin sees all."""
@@ -240,6 +242,9 @@ def parse_record(job_id: str, fields: Sequence[str], values: Sequence[Any]) -> J
     f = dict(zip(fields, values, strict=True))
     if f["status"] is None:
         return None
+    result = _opt_text(f["result"])
+    # A result in the object store is stored as its reference: JSON text never starts with "s3://".
+    result_object = result if result is not None and result.startswith(OBJECT_RESULT_PREFIX) else None
     return JobRecord(
         job_id=job_id,
         status=JobStatus(_text(f["status"])),
@@ -247,7 +252,7 @@ def parse_record(job_id: str, fields: Sequence[str], values: Sequence[Any]) -> J
         model_version=_opt_text(f["model_version"]),
         priority=_opt_text(f["priority"]) or "normal",
         owner=_opt_text(f["owner"]),
-        result=_opt_text(f["result"]),
+        result=None if result_object else result,
         error=_opt_text(f["error"]),
         attempts=int(f["attempts"] or 0),
         created_at=_opt_int(f["created_at"]),
@@ -259,6 +264,7 @@ def parse_record(job_id: str, fields: Sequence[str], values: Sequence[Any]) -> J
         notify_last_status=_opt_int(f["notify_last_status"]),
         notify_last_error=_opt_text(f["notify_last_error"]),
         input=_opt_text(f.get("input")),
+        result_object=result_object,
     )
 
 
@@ -406,6 +412,10 @@ class JobStore:
     async def get_many(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
         """Records of several jobs in one round trip; None where there is none."""
         return list(await asyncio.gather(*(self._read(job_id, RECORD_FIELDS) for job_id in job_ids)))
+
+    async def schedule_object_deletion(self, object_key: str, at_ms: int) -> None:
+        """An object the service hands out (an upload key) goes at `at_ms` (never earlier: GT)."""
+        await self.redis.execute("ZADD", self.keys.objects, "GT", at_ms, object_key)
 
     async def cancel(self, record: JobRecord) -> JobStatus:
         """End a pending job as canceled (409 WrongState otherwise); repeating it is harmless."""

@@ -174,6 +174,37 @@ class Settings(BaseModel):
         30, ge=0, le=300, description="How long /v2/models/{name}/infer waits for the job before a 202."
     )
 
+    # -- object storage (large inputs and results) ------------------------------------------------
+    object_store_url: str = Field(
+        "",
+        pattern=r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?)?$",
+        description=(
+            "s3://bucket/prefix for large inputs (`input_url`, POST /uploads) and results; empty = off "
+            "(every input and result stays in Redis)."
+        ),
+    )
+    s3_endpoint_url: str = Field("", description="S3-compatible endpoint (http(s)://host:port); empty = AWS S3.")
+    aws_region: str = Field("us-east-1", min_length=1, description="Region the S3 requests are signed for.")
+    aws_access_key_id: str = Field("", description="S3 access key; empty = the AWS SDK's own chain (IRSA, instance role).")
+    aws_access_key_id_file: str = Field("", description="File holding AWS_ACCESS_KEY_ID (a mounted Secret); wins over it.")
+    aws_secret_access_key: str = Field("", description="S3 secret key; prefer AWS_SECRET_ACCESS_KEY_FILE.")
+    aws_secret_access_key_file: str = Field(
+        "", description="File holding AWS_SECRET_ACCESS_KEY (a mounted Secret); wins over it."
+    )
+    object_store_allowed: str = Field(
+        "", description="Comma-separated s3://bucket/prefix that `input_url` may also name besides OBJECT_STORE_URL."
+    )
+    max_object_bytes: int = Field(1_073_741_824, ge=1, description="Largest input object (`input_url`); larger fails at submit.")
+    inline_result_max_bytes: int = Field(
+        65_536, ge=0, description="Larger results are written to the object store (the job view's `result_url`)."
+    )
+    presign_expiry_seconds: int = Field(
+        3600, ge=60, le=604_800, description="Lifetime of presigned upload (POST /uploads) and result URLs."
+    )
+    object_store_timeout_seconds: float = Field(
+        10, gt=0, le=300, description="Connect and read timeout of one object-store request; past it the store counts as down."
+    )
+
     # -- processes -------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="API listen address.")
     port: int = Field(8000, ge=0, le=65535, description="API listen port.")
@@ -227,6 +258,14 @@ class Settings(BaseModel):
     @property
     def webhook_secret_value(self) -> str:
         return self.secret(self.webhook_secret, self.webhook_secret_file)
+
+    @property
+    def aws_access_key_id_value(self) -> str:
+        return self.secret(self.aws_access_key_id, self.aws_access_key_id_file)
+
+    @property
+    def aws_secret_access_key_value(self) -> str:
+        return self.secret(self.aws_secret_access_key, self.aws_secret_access_key_file)
 
 
 @lru_cache

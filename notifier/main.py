@@ -21,7 +21,9 @@ from standardwebhooks.webhooks import Webhook
 from jobqueue.connection import UNAVAILABLE, async_client
 from jobqueue.health import serve_health
 from jobqueue.notifications import Lease, NotificationStore, TransitionCode
+from jobqueue.objectstore import object_store
 from jobqueue.settings import Settings, get_settings
+from jobqueue.views import sign_result_urls_with
 from notifier.delivery import attempt_delivery, backoff_delay_s, make_client
 
 log = logging.getLogger("asyncinfer.notifier")
@@ -217,6 +219,8 @@ def signing_secret(settings: Settings) -> str:
 async def main(settings: Settings) -> None:
     """Build the clients, install SIGTERM/SIGINT handling, serve probes, run until stopped."""
     secret = signing_secret(settings)
+    objects = object_store(settings)
+    sign_result_urls_with(objects.presign_get_url if objects else None)  # a webhook's view carries result_url too
     client = async_client(settings, max_connections=DELIVERY_CONCURRENCY + 4)
     http = make_client(settings)
     notifier = Notifier(settings, client, http, secret)

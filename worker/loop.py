@@ -17,11 +17,13 @@ import orjson
 from jobqueue.connection import REFUSED, UNAVAILABLE, sync_client
 from jobqueue.model_signature import BatchPart, convert_batch
 from jobqueue.models import ModelConfig, load_models
+from jobqueue.objectstore import ObjectRejected, StoreUnavailable, object_store
 from jobqueue.protocol import ClaimedJob, WorkerQueue
 from jobqueue.settings import Settings
 from jobqueue.states import Outcome
 from worker.deletion_cost import DeletionCost
 from worker.model import ModelAborted, ModelTimeout, OnnxModel, OutputNotPerRow
+from worker.objects import ObjectJobs, is_object_job
 
 log = logging.getLogger("asyncinfer.worker")
 
@@ -71,6 +73,8 @@ class Worker:
         self._extended_at = 0.0  # when its jobs' backstop deadlines were last set (claim or extend)
         self._background = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         self.deletion_cost = DeletionCost(settings)  # idle-first scale-in; off outside a cluster
+        store = object_store(settings)
+        self.objects = ObjectJobs(settings, store, self.client, self.model) if store else None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -179,6 +183,9 @@ class Worker:
         self._batch_ids = [job.job_id for job in jobs]
         self._unrecorded = self._process_safely(jobs)
         self._record()
+        if self.objects is not None and self.objects.pause_s:  # the object store is down: back off as for Redis
+            log.warning("object store unavailable; next claim in %.1fs", self.objects.pause_s)
+            self.stopping.wait(self.objects.pause_s)
 
     def _record(self) -> None:
         from jobqueue import metrics  # imported after the start-up line (prometheus_client is slow to import)
@@ -207,6 +214,9 @@ class Worker:
         jobs whose rows have the same shapes share one model call."""
         outcomes: OutcomeList = []
         decoded: list[tuple[ClaimedJob, Any]] = []
+        if self.objects is not None:  # an object job runs alone: its input streams through the model in chunks
+            outcomes += [self.objects.run(job) for job in jobs if is_object_job(job)]
+            jobs = [job for job in jobs if not is_object_job(job)]
         for job in jobs:
             try:
                 decoded.append((job, orjson.loads(job.payload)["data"]))
@@ -223,7 +233,7 @@ class Worker:
             members = [(decoded[index][0], rows) for part in same for index, rows in zip(part.indices, part.rows, strict=True)]
             feeds = {name: _stack([part.arrays[name] for part in same]) for name in same[0].arrays}
             outcomes += self._run_group(members, feeds)
-        return outcomes
+        return self.objects.offload_large(outcomes) if self.objects is not None else outcomes
 
     def _run_group(self, members: list[tuple[ClaimedJob, int]], feeds: dict[str, np.ndarray]) -> OutcomeList:
         """One model call for jobs whose rows are stacked in `feeds`; (job, row count) in order."""
@@ -294,11 +304,23 @@ class Worker:
                     counts = self.queue.recover(self.worker_id)
                     if counts and (counts.requeued or counts.failed or counts.timed_out):
                         log.warning("recovery: %s", counts)
+                    self._sweep_objects()
             except (*UNAVAILABLE, *REFUSED) as exc:
                 log.debug("heartbeat failed: %s", exc)
             except Exception:  # a heartbeat bug must not silently stop heartbeats
                 log.exception("heartbeat failed")
             self._closed.wait(interval)
+
+    def _sweep_objects(self) -> None:
+        """Delete the objects (uploads, results) whose jobs have expired; the next sweep retries a failure."""
+        if self.objects is None:
+            return
+        try:
+            deleted = self.objects.sweep()
+            if deleted:
+                log.info("deleted %d expired object(s)", deleted)
+        except (StoreUnavailable, ObjectRejected) as exc:
+            log.warning("object sweep: %s", exc)
 
     def health(self) -> dict[str, Any]:
         """Liveness: the loop turned recently; readiness: Redis answered the last call."""

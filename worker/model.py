@@ -134,6 +134,15 @@ class OnnxModel:
                 collected.extend(self._per_row(name, out, size)[: size - short])
         return per_output
 
+    def run_tensors(self, feeds: dict[str, np.ndarray], timeout_s: float) -> list[Any]:
+        """One call on a chunk of an object input, outputs as the model returns them (no per-row lists:
+        an object job's rows go to files, not JSON). A fixed-batch model takes chunks of its batch."""
+        if self._fixed_batch is not None:
+            raise OutputNotPerRow(f"this model takes a fixed batch of {self._fixed_batch}: send its inputs as JSON")
+        if self.progress:
+            self.progress()
+        return self._call(feeds, timeout_s)
+
     def _call(self, feeds: dict[str, np.ndarray], timeout_s: float) -> list[Any]:
         """One session.run under a watchdog thread that sets RunOptions.terminate at the deadline."""
         run_options = ort.RunOptions()

@@ -20,6 +20,7 @@ from starlette.types import Receive
 
 from api.auth import Principal, principal
 from api.errors import HTTPProblem, as_problem, invalid, json_response
+from api.objects import validated_object_job
 from api.schemas import (
     BULK_REQUEST_SCHEMA,
     LOOKUP_REQUEST_SCHEMA,
@@ -42,6 +43,7 @@ MAX_WAIT_S = 30
 MAX_JOB_ID = 64
 MAX_IDEMPOTENCY_KEY = 200
 SUBMIT_FIELDS = {"data", "priority", "callback_url"}
+OBJECT_SUBMIT_FIELDS = SUBMIT_FIELDS | {"input_url"}
 # a bulk item may name its own key: a client that resumes item by item (`asyncinfer run`) re-sends other chunks
 BULK_ITEM_FIELDS = SUBMIT_FIELDS | {"idempotency_key"}
 PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+(?:\.\d+)?)\"?", re.IGNORECASE)
@@ -220,17 +222,28 @@ async def submit_job(
     receive: Receive | None = None,
 ) -> Response:
     """Validate and enqueue one job; 202 (or 200 with the finished job under `Prefer: wait`)."""
-    fields = submit_fields(json_object(body, '{"data": [[...]]}'), ("body",))
-    entry = state.models.require(model_name)
-    job = state.validated_job(
-        caller.name,
-        entry,
-        fields["data"],
-        fields.get("priority", "normal"),
-        fields.get("callback_url"),
-        idempotency_key,
-        raw=body,
-    )
+    parsed = json_object(body, '{"data": [[...]]}')
+    if "input_url" in parsed:  # the input is an object in the store (issue #26): checked without downloading it
+        fields = submit_fields({"data": None, **parsed}, ("body",), OBJECT_SUBMIT_FIELDS)
+        if "data" in parsed:
+            raise invalid(["body", "input_url"], "send either data or input_url, not both", "value_error")
+        entry = state.models.require(model_name)
+        job = await validated_object_job(
+            state, caller.name, entry, fields["input_url"], fields.get("priority", "normal"), fields.get("callback_url"),
+            idempotency_key,
+        )  # fmt: skip
+    else:
+        fields = submit_fields(parsed, ("body",))
+        entry = state.models.require(model_name)
+        job = state.validated_job(
+            caller.name,
+            entry,
+            fields["data"],
+            fields.get("priority", "normal"),
+            fields.get("callback_url"),
+            idempotency_key,
+            raw=body,
+        )
     wait = prefer_wait(prefer)
     submitted = await submit_and_wait(state, job, wait, receive)
     headers = {"Location": f"/job/{submitted.job_id}", "Vary": "Prefer", **submitted.replay_headers}

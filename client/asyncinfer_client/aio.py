@@ -56,8 +56,12 @@ class AsyncJob:
         return protocol.finished_view(self.view)
 
     async def result(self, timeout: float | None = None) -> Any:
-        """The job's result once it ends (see `wait` for the errors)."""
+        """The job's result once it ends (see `wait` for the errors); a result the service keeps in its
+        object store (`result_url`) is downloaded: a dict of numpy arrays for an array input, else JSON."""
         view = await self.wait(timeout)
+        url = view.raw.get("result_url")
+        if view.result is None and url:
+            return await self.client.download(url)
         return view.result
 
     async def cancel(self) -> JobView:
@@ -86,7 +90,9 @@ class AsyncClient:
         retry: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         max_connections: int = 100,
+        upload_above_bytes: int = protocol.UPLOAD_ABOVE_BYTES,
     ) -> None:
+        self.upload_above_bytes = upload_above_bytes  # numpy inputs larger than this go through POST /uploads
         self.base_url = (base_url or protocol.default_url()).rstrip("/")
         self._token = token if token is not None else protocol.default_token()
         self.retry_policy = retry or RetryPolicy()
@@ -151,13 +157,31 @@ class AsyncClient:
         wait: float | None = None,
     ) -> AsyncJob:
         """Submit one job (`data`: one or more input rows). With `wait` (seconds, at most 30) the service holds
-        the answer until the job ends, so a fast job needs no second request."""
-        call = protocol.submit_call(data, model, priority, callback_url, idempotency_key or protocol.new_idempotency_key(), wait)
+        the answer until the job ends, so a fast job needs no second request. A numpy array over
+        `upload_above_bytes` is uploaded to the service's object store first and submitted by reference."""
+        input_url = await self.upload(data, model) if protocol.is_large_array(data, self.upload_above_bytes) else None
+        key = idempotency_key or protocol.new_idempotency_key()
+        call = protocol.submit_call(data, model, priority, callback_url, key, wait, input_url)
         response = await self.send(call)
         body = protocol.checked_json(response)
         replayed = response.headers.get("idempotent-replayed") == "true"
         view = JobView.from_json(body) if response.status_code == 200 else None
         return AsyncJob(self, str(body["job_id"]), body.get("model") or model, view, replayed)
+
+    async def upload(self, array: Any, model: str | None = None) -> str:
+        """Upload a numpy array as .npy through a presigned URL (POST /uploads); returns its `input_url`."""
+        grant = await self._json(protocol.upload_call(model))
+        async with httpx.AsyncClient(timeout=protocol.UPLOAD_TIMEOUT_S) as plain:  # no bearer token to the store
+            response = await plain.put(grant["upload_url"], content=protocol.npy_bytes(array))
+            response.raise_for_status()
+        return str(grant["input_url"])
+
+    async def download(self, url: str) -> Any:
+        """A result object through its presigned `result_url`: numpy arrays (.npz) or JSON."""
+        async with httpx.AsyncClient(timeout=protocol.UPLOAD_TIMEOUT_S) as plain:
+            response = await plain.get(url)
+            response.raise_for_status()
+        return protocol.object_result(url, response.content)
 
     async def predict(
         self, data: Any, model: str | None = None, timeout: float | None = 60.0, priority: str | None = None

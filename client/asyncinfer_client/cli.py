@@ -147,9 +147,31 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
         return EXIT_OK
 
 
+def run_npy(args: argparse.Namespace, input_path: Path, output_path: Path) -> int:
+    """A .npy file is one job through the service's object store (POST /uploads): its rows stream through
+    the model worker-side; the result (one array per model output) is written to OUTPUT as .npz."""
+    import numpy as np
+
+    try:
+        array = np.load(input_path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        return fail(f"cannot read {args.input}: {exc}", EXIT_USAGE)
+    with Client(args.url, read_token(args), timeout=args.timeout, upload_above_bytes=0) as client:
+        result = client.predict(array, args.model, timeout=args.job_timeout, priority=args.priority)
+    if isinstance(result, dict) and all(hasattr(v, "dtype") for v in result.values()):
+        with output_path.open("wb") as out:
+            np.savez(out, **result)
+    else:
+        output_path.write_text(json.dumps(result) + "\n")
+    print(f"asyncinfer run: {len(array)} rows of {input_path.name} -> {output_path}", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     input_path = resolve_input(args.input)
     output_path = Path(args.output)
+    if input_path.suffix.lower() == ".npy":
+        return run_npy(args, input_path, output_path)
     try:
         items = read_inputs(input_path)
     except (OSError, InputError, UnicodeDecodeError) as exc:
@@ -229,8 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
     command("models", cmd_models, "list the service's models")
     model_options(command("metadata", cmd_metadata, "a model's inputs, outputs, labels and example"), priority=False)
 
-    sub = command("run", cmd_run, "run every input of a JSONL or CSV file; results to a JSONL file; resumable")
-    sub.add_argument("input", metavar="INPUT", help='JSONL ({"data": ..., "id"?: ...} or a bare row per line) or CSV')
+    sub = command(
+        "run", cmd_run, "run every input of a JSONL or CSV file (results to JSONL; resumable), or a .npy (one job, result .npz)"
+    )
+    sub.add_argument(
+        "input",
+        metavar="INPUT",
+        help='JSONL ({"data": ..., "id"?: ...} or a bare row per line), CSV, or .npy (via the object store)',
+    )
     sub.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="JSONL results; inputs already in it are skipped")
     sub.add_argument(
         "--concurrency",

@@ -5,6 +5,7 @@ and asyncio clients over shared builders the same way)."""
 from __future__ import annotations
 
 import email.utils
+import json
 import math
 import os
 import random
@@ -161,8 +162,51 @@ def prefer_wait_s(wait: float) -> int:
     return max(1, min(MAX_WAIT_S, math.ceil(wait)))
 
 
+# Arrays larger than this go through the object store (POST /uploads, then `input_url`): the service's
+# default MAX_BODY_BYTES, so anything a plain submit would be refused for is uploaded instead.
+UPLOAD_ABOVE_BYTES = 1_048_576
+UPLOAD_TIMEOUT_S = 600.0  # one PUT or GET of an object (up to the service's MAX_OBJECT_BYTES, 1 GiB)
+
+
+def is_large_array(data: Any, limit: int) -> bool:
+    """A numpy array (duck-typed: the SDK does not depend on numpy) too large to send inline."""
+    return hasattr(data, "dtype") and hasattr(data, "tobytes") and int(getattr(data, "nbytes", 0)) > limit
+
+
+def npy_bytes(array: Any) -> bytes:
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def upload_call(model: str | None) -> Call:
+    return Call("POST", model_path(model, "uploads"), None, {"format": "npy"})
+
+
+def object_result(url: str, content: bytes) -> Any:
+    """A result object's content: a dict of numpy arrays (.npz) or the JSON result."""
+    if url.split("?", 1)[0].endswith(".npz"):
+        import io
+
+        import numpy as np
+
+        with np.load(io.BytesIO(content), allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    return json.loads(content)
+
+
 def submit_call(
-    data: Any, model: str | None, priority: str | None, callback_url: str | None, idempotency_key: str, wait: float | None
+    data: Any,
+    model: str | None,
+    priority: str | None,
+    callback_url: str | None,
+    idempotency_key: str,
+    wait: float | None,
+    input_url: str | None = None,
 ) -> Call:
     headers = {"Idempotency-Key": idempotency_key}
     timeout_s = None
@@ -170,7 +214,11 @@ def submit_call(
         seconds = prefer_wait_s(wait)
         headers["Prefer"] = f"wait={seconds}"
         timeout_s = seconds + DEFAULT_REQUEST_TIMEOUT_S
-    return Call("POST", model_path(model, "predict"), submit_body(data, priority, callback_url), None, headers, timeout_s)
+    body = submit_body(data, priority, callback_url)
+    if input_url is not None:  # the input is an uploaded object, not inline data
+        del body["data"]
+        body["input_url"] = input_url
+    return Call("POST", model_path(model, "predict"), body, None, headers, timeout_s)
 
 
 def submit_many_call(

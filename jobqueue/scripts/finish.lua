@@ -21,7 +21,7 @@ ARGV[5] events channel
 ARGV[6] max dead letters kept
 ARGV[7] principal key prefix
 ARGV[8..] triples: id, outcome, payload
-  "completed": payload is the result JSON
+  "completed": payload is the result JSON, or the s3://bucket/key of a result object (issue #26)
   "failed":    payload is the error; permanent (the input does not fit the model, it hung alone)
   "retry":     payload is the error; requeued at the front until max attempts, then failed
   "release":   not run (drain, second signal); requeued at the front, the attempt not counted;

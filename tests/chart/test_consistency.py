@@ -139,10 +139,16 @@ def test_secrets_are_files_never_env_vars(scenario: str) -> None:
         for c in all_containers(w):
             env = env_of(c)
             assert not [e for e in env.values() if "secretKeyRef" in e.get("valueFrom", {})], f"{c['name']}: secret in env"
-            assert not {"REDIS_PASSWORD", "WEBHOOK_SECRET", "REDISCLI_AUTH"} & set(env)
+            assert not {"REDIS_PASSWORD", "WEBHOOK_SECRET", "REDISCLI_AUTH", "AWS_SECRET_ACCESS_KEY"} & set(env)
             mounts = {m["name"]: m["mountPath"] for m in c.get("volumeMounts", [])}
             volumes = {v["name"]: v for v in pod_spec(w)["volumes"]}
-            for name in ("REDIS_PASSWORD_FILE", "AUTH_TOKENS_FILE", "WEBHOOK_SECRET_FILE"):
+            for name in (
+                "REDIS_PASSWORD_FILE",
+                "AUTH_TOKENS_FILE",
+                "WEBHOOK_SECRET_FILE",
+                "AWS_ACCESS_KEY_ID_FILE",
+                "AWS_SECRET_ACCESS_KEY_FILE",
+            ):
                 if name not in env:
                     continue
                 path = env[name]["value"]
@@ -162,10 +168,12 @@ def test_each_process_gets_exactly_the_secrets_it_needs(scenario: str) -> None:
         "REDIS_PASSWORD_FILE",
         *(["REDIS_SENTINEL_PASSWORD_FILE"] if scenario in ("replication", "external-sentinel") else []),
     }
+    # the object store's key pair (objectStore.existingSecret): every process that reads, writes or signs objects
+    store = ["AWS_ACCESS_KEY_ID_FILE", "AWS_SECRET_ACCESS_KEY_FILE"] if scenario == "object-store" else []
     wanted = {
-        "api": {*redis_files, *(["AUTH_TOKENS_FILE"] if auth_on else [])},
-        "worker": redis_files,
-        "notifier": {*redis_files, "WEBHOOK_SECRET_FILE"},
+        "api": {*redis_files, *(["AUTH_TOKENS_FILE"] if auth_on else []), *store},
+        "worker": {*redis_files, *store},
+        "notifier": {*redis_files, "WEBHOOK_SECRET_FILE", *store},
     }
     for component, names in wanted.items():
         for d in r.of_kind("Deployment", component):

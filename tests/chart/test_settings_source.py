@@ -47,6 +47,14 @@ SET_BY_THE_CHART = {
     "redis_sentinel_password_file": "the mounted Secret file: Redis's password (replication) or redis.external.sentinelPasswordKey",
     "redis_min_replicas_ack": "redis.replication.minReplicasAck or redis.external.minReplicasAck; standalone has no replica",
     "redis_replica_ack_timeout_ms": "redis.replication.replicaAckTimeoutMs or redis.external.replicaAckTimeoutMs",
+    "object_store_url": "objectStore.url",
+    "s3_endpoint_url": "objectStore.endpoint",
+    "aws_region": "objectStore.region",
+    "object_store_allowed": "objectStore.allowed",
+    "aws_access_key_id": "a secret: never an env var; AWS_ACCESS_KEY_ID_FILE from objectStore.existingSecret instead",
+    "aws_access_key_id_file": "the mounted Secret file (objectStore.existingSecret)",
+    "aws_secret_access_key": "a secret: never an env var; AWS_SECRET_ACCESS_KEY_FILE from objectStore.existingSecret instead",
+    "aws_secret_access_key_file": "the mounted Secret file (objectStore.existingSecret)",
     "deletion_cost_debounce_seconds": "worker only; its chart value comes with scaleIn.idleFirst (issue #28, chart side)",
 }
 # Defaults the chart deliberately changes, each with the reason.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from collections.abc import Callable
 
 MARKER_SPAN = 256  # bytes kept from the previous chunk: a marker split across two reads is still seen
 
@@ -45,12 +46,7 @@ class ReplyLosingProxy:
                     sock.close()
 
     def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:  # closed
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+        accept_forever(self._listener, self._serve)
 
     def _serve(self, client: socket.socket) -> None:
         self._released.wait()
@@ -91,7 +87,63 @@ class ReplyLosingProxy:
         _shut(client)
 
 
+def accept_forever(listener: socket.socket, serve: Callable[[socket.socket], None]) -> None:
+    """Each connection to `listener` served on a thread of its own, until the listener is closed."""
+    while True:
+        try:
+            client, _ = listener.accept()
+        except OSError:  # closed
+            return
+        threading.Thread(target=serve, args=(client,), daemon=True).start()
+
+
 def _shut(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
     sock.close()
+
+
+class StallingProxy:
+    """Forwards 127.0.0.1:`port` to `upstream_port` until a connection sends `marker`: from then on
+    that connection's bytes (the marked request included) are held, never forwarded: a request in
+    flight for good, to kill its sender in the middle of it."""
+
+    def __init__(self, upstream_port: int, marker: bytes) -> None:
+        self.upstream_port = upstream_port
+        self.marker = marker
+        self.stalled = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._listener.close()
+        for sock in self._sockets:
+            _shut(sock)
+
+    def _accept(self) -> None:
+        accept_forever(self._listener, self._serve)
+
+    def _serve(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+        self._sockets += [client, upstream]
+        threading.Thread(target=self._requests, args=(client, upstream), daemon=True).start()
+        self._replies(upstream, client)
+
+    def _requests(self, client: socket.socket, upstream: socket.socket) -> None:
+        tail = b""
+        with contextlib.suppress(OSError):
+            while data := client.recv(65536):
+                if self.marker in tail + data:
+                    self.stalled.set()
+                    while client.recv(65536):  # held: read and dropped until the sender dies
+                        pass
+                    return
+                tail = data[-MARKER_SPAN:]
+                upstream.sendall(data)
+
+    def _replies(self, upstream: socket.socket, client: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := upstream.recv(65536):
+                client.sendall(data)

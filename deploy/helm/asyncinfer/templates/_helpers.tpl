@@ -345,6 +345,17 @@ reaches the file without a restart.
             - key: {{ include "asyncinfer.webhookSecretKey" .ctx }}
               path: webhook-secret
       {{- end }}
+      {{- with .ctx.Values.objectStore }}
+      {{- if and .url .existingSecret }}
+      - secret:
+          name: {{ .existingSecret }}
+          items:
+            - key: {{ .accessKeyIdKey }}
+              path: aws-access-key-id
+            - key: {{ .secretAccessKeyKey }}
+              path: aws-secret-access-key
+      {{- end }}
+      {{- end }}
 {{- end }}
 
 {{/*
@@ -364,6 +375,12 @@ Return the *_FILE env entries matching asyncinfer.secretsVolume. Call with the s
 {{- if .webhook }}
 - name: WEBHOOK_SECRET_FILE
   value: {{ printf "%s/webhook-secret" (include "asyncinfer.secretsDir" .ctx) | quote }}
+{{- end }}
+{{- if and .ctx.Values.objectStore.url .ctx.Values.objectStore.existingSecret }}
+- name: AWS_ACCESS_KEY_ID_FILE
+  value: {{ printf "%s/aws-access-key-id" (include "asyncinfer.secretsDir" .ctx) | quote }}
+- name: AWS_SECRET_ACCESS_KEY_FILE
+  value: {{ printf "%s/aws-secret-access-key" (include "asyncinfer.secretsDir" .ctx) | quote }}
 {{- end }}
 {{- end }}
 

@@ -1,0 +1,60 @@
+"""Submits by `input_url` (issue #26): what the API checks of an input object without downloading it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+
+from api.errors import HTTPProblem, invalid
+from api.state import AppState, ModelEntry
+from jobqueue.objectstore import ObjectRef, ObjectRejected, ObjectStore, StoreUnavailable, check_against, single_input
+from jobqueue.protocol import NewJob
+
+RETRY_AFTER_S = 5  # the store being down is rarely a matter of one second
+
+
+def store_unavailable(exc: StoreUnavailable) -> HTTPProblem:
+    return HTTPProblem(503, str(exc), {"Retry-After": str(RETRY_AFTER_S)})
+
+
+def require_store(state: AppState, loc: list[str | int]) -> ObjectStore:
+    if state.objects is None:
+        raise invalid(loc, "object storage is not configured on this service (OBJECT_STORE_URL)")
+    return state.objects
+
+
+async def validated_object_job(
+    state: AppState,
+    owner: str,
+    entry: ModelEntry,
+    input_url: Any,
+    priority: str,
+    callback_url: str | None,
+    idempotency_key: str | None,
+) -> NewJob:
+    """A job whose input is an object: allowed location, size (HEAD) and, for an .npy, dtype and row
+    shape against the model (a ranged GET of its header); 422 naming `input_url`, 503 when the store is down."""
+    loc: list[str | int] = ["body", "input_url"]
+    store = require_store(state, loc)
+    if not isinstance(input_url, str):
+        raise invalid(loc, "must be an s3://bucket/key URL string", "string_type")
+    try:
+        ref = ObjectRef.parse(input_url)
+    except ValueError as exc:
+        raise invalid(loc, str(exc)) from None
+    if not store.permits(ref):
+        allowed = ", ".join(f"s3://{a.bucket}/{a.prefix}" for a in store.allowed)
+        raise invalid(loc, f"{ref.url} is outside the buckets and prefixes this service reads ({allowed})")
+    signature = entry.require_signature()
+    try:
+        info = await asyncio.to_thread(store.inspect, ref)
+        if info.npy is not None:
+            check_against(info.npy, single_input(signature, ref.url), ref.url)
+    except ObjectRejected as exc:
+        raise invalid(loc, str(exc)) from None
+    except StoreUnavailable as exc:
+        raise store_unavailable(exc) from None
+    payload = orjson.dumps({"input_url": ref.url})
+    return state.new_job(owner, entry, payload, priority, callback_url, idempotency_key, ("body",))
