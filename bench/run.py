@@ -18,6 +18,8 @@ changes between them: 32 submitters + 32 pollers over HTTP, 1 worker, the iris m
   A/B            bench/serve.py: uvicorn vs granian, hot path on/off, on e2e poll and e2e wait
   RSS            API and worker after their runs                                            -> target 6
   CLI vs SDK     `asyncinfer run` and `Client.map` on the same 20,000 inputs (bench/cli_run.py): both rates, ratio
+  tracing        e2e `Prefer: wait` jobs/s: the build before tracing (its commit, built as the baseline is), today
+                 with tracing off (-> within 2%), today with tracing on at 10% sampling to an OTLP sink
 
 `--quick` shrinks every count; `--profile` also records py-spy profiles (separate runs, so the headline
 numbers carry no sampling cost) into bench/results/profiles/. Writes bench/results/latest.md. `--worker`
@@ -697,6 +699,132 @@ def import_time(system: System) -> list[tuple[int, int, str]]:
     return sorted(top, key=lambda r: -r[1])
 
 
+# -- tracing: off against the build without it, and on at 10% sampling ----------------------------
+
+TRACING_SAMPLED = "0.1"
+TRACING_TOLERANCE = 0.02  # tracing off may cost at most this against the build without it
+TRACING_MIN_ROUNDS = 3  # a 2% comparison on a shared machine needs the median of several interleaved rounds
+
+
+def pre_tracing_commit() -> str | None:
+    """The commit before tracing came in (the parent of the one that added jobqueue/tracing.py); None
+    when this clone's history lacks it (a shallow clone, or tracing not committed yet)."""
+    log = ["git", "-C", str(ROOT), "log", "--diff-filter=A", "--format=%H", "--", "jobqueue/tracing.py"]
+    added = subprocess.run(log, capture_output=True, text=True, check=False).stdout.split()
+    if not added:
+        return None
+    parent = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", f"{added[-1]}^"], capture_output=True, text=True)
+    return parent.stdout.strip() or None
+
+
+class OtlpSink:
+    """An OTLP/HTTP endpoint that takes every export and keeps only the count (an empty protobuf reply
+    is a valid ExportTraceServiceResponse): the collector of the tracing-on runs."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        sink = self
+        self.exports = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                sink.exports += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@dataclass
+class TracingAB:
+    commit: str | None  # the build before tracing; None: not in this clone's history
+    jobs: int
+    jps: dict[str, list[float]]  # variant -> e2e jobs/s per round
+    exports: int = 0  # OTLP exports the sink took from the tracing-on stack
+
+
+def tracing_ab(redis_url: str, workdir: Path, jobs: int, rounds: int, step: Any) -> TracingAB:
+    """Three stacks up at once on one Redis (own key prefixes), loaded in turn round by round: the build
+    before tracing, today with tracing off, today with tracing on (10% of new traces sampled)."""
+    commit = pre_tracing_commit()
+    tree = baseline.checkout(RESULTS, commit) if commit else None
+    sink = OtlpSink()
+    on = {"OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+          "OTEL_TRACES_SAMPLER_ARG": TRACING_SAMPLED}  # fmt: skip
+    variants = [("tracing off", None, {}), (f"tracing on, {float(TRACING_SAMPLED):.0%} sampled", None, on)]
+    if tree is not None:
+        variants.insert(0, (f"before tracing ({commit})", tree, {}))
+    stacks: list[tuple[str, str]] = []
+    procs: list[subprocess.Popen] = []
+    try:
+        for i, (label, code, extra) in enumerate(variants):
+            system = System("ours", redis_url, workdir, f"-tracing{i}")
+            env = {**system.env, **extra, **({"PYTHONPATH": str(code)} if code else {})}
+            port = free_port()
+            api_argv = baseline.argv(code, "api") if code else system.api_argv()
+            procs.append(spawn(api_argv, {**env, "PORT": str(port)}, workdir / f"tracing{i}-api.log"))
+            _wait_listening(port, procs[-1])
+            procs.append(
+                spawn_piped(baseline.argv(code, "worker") if code else system.worker_argv(), {**env, "LOG_LEVEL": "INFO"})
+            )
+            LineWatcher(procs[-1], workdir / f"tracing{i}-worker.log").wait_ready()
+            stacks.append((label, f"http://127.0.0.1:{port}"))
+        jps: dict[str, list[float]] = {label: [] for label, _ in stacks}
+        for n in range(rounds):
+            for label, base in stacks[n % len(stacks) :] + stacks[: n % len(stacks)]:  # each goes first in turn
+                jps[label].append(asyncio.run(end_to_end(base, jobs, "wait")).completed_jps)
+            step(f"tracing A/B round {n + 1}")
+    finally:
+        for proc in procs:
+            stop(proc, 30)
+        sink.stop()
+    return TracingAB(commit, jobs, jps, sink.exports)
+
+
+def tracing_lines(t: TracingAB | None) -> list[str]:
+    if t is None:
+        return []
+    labels = list(t.jps)
+    medians = {label: statistics.median(values) for label, values in t.jps.items()}
+    reference = labels[0] if t.commit else None
+    lines = [
+        "",
+        f"Tracing (issue #27): e2e `Prefer: wait` jobs/s, {CLIENTS} clients, {t.jobs:,} jobs per load, "
+        f"{len(t.jps[labels[0]])} interleaved rounds (median); the on stack exported {t.exports} OTLP requests to a sink:",
+        "",
+        "| build | e2e jobs/s | per round | vs before tracing | target | met |",
+        "|---|---:|---|---:|---|---|",
+    ]
+    for label in labels:
+        ratio = medians[label] / medians[reference] if reference else None
+        off = label == "tracing off"
+        target = f"within {TRACING_TOLERANCE:.0%}" if off and reference else ""
+        met = ("yes" if abs(1 - ratio) <= TRACING_TOLERANCE else "**no**") if off and ratio is not None else ""
+        lines.append(
+            f"| {label} | {fmt(medians[label])} | {', '.join(fmt(v) for v in t.jps[label])} "
+            f"| {f'{ratio:.3f}x' if ratio is not None else '-'} | {target} | {met} |"
+        )
+    if reference is None:
+        lines.append("note: the commit before tracing is not in this clone's history: no build to compare tracing off with")
+    return lines
+
+
 # -- the run --------------------------------------------------------------------------------------
 
 
@@ -735,6 +863,7 @@ def main() -> None:
     parser.add_argument("--no-ab", action="store_true", help="skip the uvicorn/granian and hot-path A/B")
     parser.add_argument("--smoke", action="store_true", help="tiny counts, to check that every step runs; writes no results")
     parser.add_argument("--worker", action="store_true", help="only the worker's figures (drain vs 200d8de, cold start, MLP)")
+    parser.add_argument("--tracing", action="store_true", help="only the tracing A/B (off vs the build before it, on at 10%%)")
     args = parser.parse_args()
     sizes = SMOKE if args.smoke else QUICK if args.quick else FULL
     have_granian = shutil.which("granian", path=str(BIN)) is not None
@@ -748,6 +877,17 @@ def main() -> None:
 
     def step(message: str) -> None:
         print(f"[{time.perf_counter() - run_started:6.1f}s] {message}", flush=True)
+
+    tracing_rounds = 1 if args.smoke else max(TRACING_MIN_ROUNDS, sizes.rounds)
+    if args.tracing:
+        with tempfile.TemporaryDirectory(prefix="asyncinfer-bench-") as tmp:
+            server = RedisServer(Path(tmp) / "redis", appendfsync="everysec").start()
+            try:
+                report = "\n".join(tracing_lines(tracing_ab(server.url, Path(tmp), sizes.ab_jobs, tracing_rounds, step)))
+            finally:
+                server.stop()
+        print(report)
+        return
 
     if args.worker:
         report = worker_only(sizes, started_at, step)
@@ -903,6 +1043,7 @@ def main() -> None:
                             ab[label] = (poll, wait, long, tree_rss_mb(api.pid))
                         step(f"A/B {label}")
             out["ab"] = ab
+            out["tracing"] = tracing_ab(server.url, workdir, sizes.ab_jobs, tracing_rounds, step)
         finally:
             client.close()
             server.stop()
@@ -1143,6 +1284,7 @@ def render(out: dict[str, Any], sizes: Sizes, args: argparse.Namespace, started_
         f"cold starts, s: naive {' '.join(f'{t:.2f}' for t in out['naive_cold'])}; asyncinfer {' '.join(f'{t:.2f}' for t in out['cold'])}",
     ]
     lines += ["", out["cli_vs_map"].line()]
+    lines += tracing_lines(out.get("tracing"))
     lines += [f"note: {n}" for n in notes]
     return "\n".join(lines)
 

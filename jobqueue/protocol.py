@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import hiredis
 import redis
 
+from jobqueue import tracing
 from jobqueue.errors import (
     IdempotencyConflict,
     JobNotFound,
@@ -92,6 +93,7 @@ class NewJob:
     callback_url: str = ""
     idempotency_key: str | None = None
     fingerprint: str = ""
+    traceparent: str = ""  # W3C trace context of the submit (jobqueue/tracing.py); "" = tracing off
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,8 @@ class ClaimedJob:
     job_id: str
     attempts: int
     payload: str
+    traceparent: str = ""
+    queued_at_ms: int = 0  # when this run's wait began (queued or requeued), Redis clock
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,7 @@ class EndedTiming:
     created_at: int
     queued_at: int
     started_at: int
+    job_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -141,8 +146,8 @@ class FinishCounts:
 def parse_finish(reply: Sequence[Any]) -> FinishCounts:
     values = list(reply)
     ended = tuple(
-        EndedTiming(_text(values[i]), int(values[i + 1]), int(values[i + 2]), int(values[i + 3]))
-        for i in range(6, len(values) - 3, 4)
+        EndedTiming(_text(values[i]), int(values[i + 1]), int(values[i + 2]), int(values[i + 3]), _text(values[i + 4]))
+        for i in range(6, len(values) - 4, 5)
     )
     completed, failed, requeued, ignored, still_held, finished_at = (int(v) for v in values[:6])
     return FinishCounts(completed, failed, requeued, ignored, still_held, finished_at, ended)
@@ -197,7 +202,7 @@ def enqueue_call(store: StoreKeys, settings: Settings, job: NewJob) -> ScriptCal
             job.job_id, job.payload, job.model, job.priority, job.owner, job.callback_url, job.fingerprint,
             settings.max_queue_length, "1" if job.idempotency_key else "0",
             settings.rate_limit_per_second, settings.rate_limit_burst, settings.max_pending_per_principal,
-            store.job_prefix,
+            store.job_prefix, job.traceparent,
         ],
     )  # fmt: skip
 
@@ -213,7 +218,10 @@ def enqueue_many_call(store: StoreKeys, settings: Settings, jobs: Sequence[NewJo
     ]  # fmt: skip
     for job in jobs:
         keys += [model.pending(job.priority), store.job(job.job_id), store.idempotency(job.owner, job.idempotency_key or "")]
-        args += [job.job_id, job.payload, job.priority, job.callback_url, job.fingerprint, "1" if job.idempotency_key else "0"]
+        args += [
+            job.job_id, job.payload, job.priority, job.callback_url, job.fingerprint, "1" if job.idempotency_key else "0",
+            job.traceparent,
+        ]  # fmt: skip
     return ScriptCall("enqueue_many", keys, args)
 
 
@@ -311,7 +319,10 @@ def retry_call(store: StoreKeys, settings: Settings, record: JobRecord, token: s
 
 def parse_claim(reply: Sequence[Any]) -> ClaimedBatch:
     flags = int(reply[0])
-    jobs = [ClaimedJob(_text(reply[i]), int(reply[i + 1]), _text(reply[i + 2])) for i in range(1, len(reply), 3)]
+    jobs = [
+        ClaimedJob(_text(reply[i]), int(reply[i + 1]), _text(reply[i + 2]), _text(reply[i + 3]), int(reply[i + 4] or 0))
+        for i in range(1, len(reply), 5)
+    ]
     return ClaimedBatch(jobs, bool(flags & ClaimFlag.PAUSED), bool(flags & ClaimFlag.SUSPECTS))
 
 
@@ -361,15 +372,37 @@ class JobStore:
 
     async def enqueue(self, job: NewJob) -> Enqueued:
         """Create the job and queue it in one round trip; raises the refusal (QueueFull, RateLimited, ...)."""
-        result = enqueue_result(await self._run(enqueue_call(self.keys, self.settings, job)), self.settings)
+        if tracing.TRACER is not None:
+            (result,) = await self._traced_enqueue([job])
+        else:
+            result = enqueue_result(await self._run(enqueue_call(self.keys, self.settings, job)), self.settings)
         if isinstance(result, JobQueueError):
             raise result
         return result
 
+    async def _traced_enqueue(self, jobs: Sequence[NewJob]) -> list[Enqueued | JobQueueError]:
+        """Enqueue inside one PRODUCER span per job, each job storing its span's traceparent."""
+        assert tracing.TRACER is not None
+        spans = tracing.ProducerSpans(tracing.TRACER, jobs)
+        try:
+            results = await self._enqueue_untraced(spans.jobs)
+        except BaseException as exc:
+            spans.fail(exc)
+            raise
+        spans.end(results)
+        return results
+
     async def enqueue_many(self, jobs: Sequence[NewJob]) -> list[Enqueued | JobQueueError]:
         """Enqueue several jobs in one round trip; each is atomic on its own and answers in place."""
+        if tracing.TRACER is not None and jobs:
+            return await self._traced_enqueue(jobs)
+        return await self._enqueue_untraced(jobs)
+
+    async def _enqueue_untraced(self, jobs: Sequence[NewJob]) -> list[Enqueued | JobQueueError]:
         if not jobs:
             return []
+        if len(jobs) == 1:
+            return [enqueue_result(await self._run(enqueue_call(self.keys, self.settings, jobs[0])), self.settings)]
         if len({(job.model, job.owner) for job in jobs}) == 1:  # a bulk request: one script call
             reply = await self._run(enqueue_many_call(self.keys, self.settings, jobs))
             return [enqueue_result(reply[i : i + 3], self.settings) for i in range(0, len(reply), 3)]

@@ -10,6 +10,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
+from jobqueue import logs, tracing
 from jobqueue.connection import REFUSED, UNAVAILABLE
 from jobqueue.settings import get_settings
 
@@ -114,15 +115,14 @@ def run() -> None:
     args = parser.parse_args()
     watcher = SignalWatcher()  # before the slow imports, so an early SIGTERM is a clean exit
     settings = get_settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    logs.configure(settings)
+    tracing.setup("asyncinfer-worker")  # imports opentelemetry only when OTEL_* turns it on
     probes = StartupProbes()
     if settings.worker_health_port:  # before the heavy import and the model load
         from jobqueue import metrics  # only then: prometheus_client stays out of a probe-less cold start
         from jobqueue.health import serve_health
 
-        serve_health(settings.worker_health_port, probes, metrics.exposition)
+        serve_health(settings.worker_health_port, probes, metrics.exposition, openmetrics=metrics.openmetrics_exposition)
     from worker.loop import Worker  # heavy: ONNX Runtime
 
     try:

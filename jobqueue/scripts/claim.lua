@@ -39,7 +39,8 @@ ARGV[9]  model version of this worker (recorded on each job it starts)
 ARGV[10] job ttl, seconds (an expired record lives this long)
 ARGV[11] principal key prefix
 ARGV[12..] ids already in the processing list to start or adopt
-Returns {flags, id, attempts, input, id, attempts, input, ...}; flags: 1 = paused, 2 = a suspect
+Returns {flags, id, attempts, input, traceparent, wait start, ...} (5 per job: traceparent "" when none;
+wait start = requeued_at or queued_at, ms); flags: 1 = paused, 2 = a suspect
 group started (the worker must not add to this batch).
 ]]
 local pending_lists = {KEYS[1], KEYS[2], KEYS[3]}
@@ -87,15 +88,19 @@ if is_paused then out[1] = 1 end
 for _, c in ipairs(candidates) do
   local id, source = c[1], c[2]
   local job = job_prefix .. id
-  local status, queued_at, attempts, input, worker, suspect, priority, owner, callback, idem, started_at =
+  local status, queued_at, attempts, input, worker, suspect, priority, owner, callback, idem, started_at,
+    traceparent, requeued_at =
     unpack(redis.call('HMGET', job, 'status', 'queued_at', 'attempts', 'input', 'worker', 'suspect',
-      'priority', 'owner', 'callback_url', 'idem', 'started_at'))
+      'priority', 'owner', 'callback_url', 'idem', 'started_at', 'traceparent', 'requeued_at'))
+  local wait_start = requeued_at or queued_at or 0
   local held = source == 0
   if status == 'processing' and worker == wid and held then
     -- Already ours: a reply lost to a dropped connection. Adopt it again, unchanged.
     out[#out + 1] = id
     out[#out + 1] = tonumber(attempts)
     out[#out + 1] = input
+    out[#out + 1] = traceparent or ''
+    out[#out + 1] = wait_start
   elseif status == 'pending' and (is_paused or (group and (group == '1' or suspect ~= group))) then
     give_back[#give_back + 1] = c
   elseif status == 'pending' then
@@ -120,6 +125,8 @@ for _, c in ipairs(candidates) do
       out[#out + 1] = id
       out[#out + 1] = n + 1
       out[#out + 1] = input
+      out[#out + 1] = traceparent or ''
+      out[#out + 1] = wait_start
       if suspect and not group then
         group = suspect
         out[1] = out[1] + 2

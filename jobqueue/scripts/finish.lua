@@ -29,8 +29,8 @@ ARGV[8..] triples: id, outcome, payload
   "isolate":   its batch crashed or hung; requeued at the front as a suspect, the attempt not counted;
                payload is its suspect group (the half of the batch it runs with next; "" or "1": alone)
 Returns {completed, failed, requeued, ignored, still held, now, then for each job this call ended:
-priority, created_at, queued_at, started_at} (the timings feed the worker's latency histograms without
-another read); still held > 0 means ids this worker does not know it holds (a reply lost to a dropped
+priority, created_at, queued_at, started_at, id} (the timings feed the worker's latency histograms and
+their exemplars without another read); still held > 0 means ids this worker does not know it holds (a reply lost to a dropped
 connection): it adopts them with `claim`.
 ]]
 local processing, inflight, dead, stats, notify = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -42,7 +42,7 @@ local now = now_ms()
 local completed, failed, requeued, ignored = 0, 0, 0, 0
 local ended, back, done = {}, {}, {}  -- done: ids to drop from the in-flight set
 local unfinished_drop = {}
-local timings = {}  -- priority, created_at, queued_at, started_at of each job ended here
+local timings = {}  -- priority, created_at, queued_at, started_at, id of each job ended here
 
 local function close(job, id, owner, callback, idem)
   close_job(job, id, ttl, now, idem, callback, owner, notify, unfinished_drop)
@@ -80,6 +80,7 @@ for i = 8, #ARGV, 3 do
       timings[#timings + 1] = created
       timings[#timings + 1] = queued
       timings[#timings + 1] = started
+      timings[#timings + 1] = id
     end
   end
   local live = status == 'processing' or status == 'pending'

@@ -255,6 +255,52 @@ reaches the file without a restart.
 {{/*
 Return the *_FILE env entries matching asyncinfer.secretsVolume. Call with the same dict.
 */}}
+{{/*
+OpenTelemetry tracing (`tracing`): the standard OTEL_* variables of one process; nothing when off (the
+process then never imports opentelemetry). Headers (an API key) come from a Secret, never from values.
+*/}}
+{{- define "asyncinfer.tracingEnv" -}}
+{{- $t := .ctx.Values.tracing -}}
+{{- if $t.enabled }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ $t.endpoint | quote }}
+- name: OTEL_EXPORTER_OTLP_PROTOCOL
+  value: http/protobuf
+- name: OTEL_SERVICE_NAME
+  value: {{ .service | quote }}
+- name: OTEL_TRACES_SAMPLER
+  value: {{ $t.sampler | quote }}
+{{- if $t.samplerArg }}
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ $t.samplerArg | quote }}
+{{- end }}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ printf "service.namespace=%s,deployment.environment.name=%s" .ctx.Release.Name .ctx.Release.Namespace | quote }}
+{{- with $t.headersSecret }}
+- name: OTEL_EXPORTER_OTLP_HEADERS
+  valueFrom:
+    secretKeyRef:
+      name: {{ . | quote }}
+      key: {{ $t.headersSecretKey | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/*
+The egress rule to the tracing collector (tracing.collector.to on tracing.collector.port), for a pod
+whose egress is restricted; nothing when tracing is off.
+*/}}
+{{- define "asyncinfer.collectorEgress" -}}
+{{- $t := .Values.tracing -}}
+{{- if $t.enabled }}
+- to:
+    {{- toYaml $t.collector.to | nindent 4 }}
+  ports:
+    - port: {{ $t.collector.port }}
+      protocol: TCP
+{{- end }}
+{{- end -}}
+
 {{- define "asyncinfer.secretFileEnv" -}}
 - name: REDIS_PASSWORD_FILE
   value: {{ printf "%s/redis-password" (include "asyncinfer.secretsDir" .ctx) | quote }}
@@ -546,6 +592,9 @@ Return nothing, or fail with one clear message when values contradict each other
 */}}
 {{- define "asyncinfer.validateValues" -}}
 {{- $c := .Values.config }}
+{{- if and .Values.tracing.enabled (not .Values.tracing.endpoint) }}
+{{- fail "tracing.enabled needs tracing.endpoint: the collector's OTLP/HTTP base URL (e.g. http://otel-collector.observability:4318)" }}
+{{- end }}
 {{- if lt (float64 $c.drainTimeoutSeconds) (float64 $c.jobTimeoutSeconds) }}
 {{- fail (printf "config.drainTimeoutSeconds (%v) must be at least config.jobTimeoutSeconds (%v): a routine scale-in would abort a batch still within its time and run it again elsewhere" $c.drainTimeoutSeconds $c.jobTimeoutSeconds) }}
 {{- end }}
