@@ -94,7 +94,7 @@ async def wait_unless_stopping(task: asyncio.Task[None], app: AsyncInferAPI, tim
 
 def create_app(settings: Settings | None = None) -> AsyncInferAPI:
     settings = settings or get_settings()
-    traced = tracing.setup("asyncinfer-api")  # imports opentelemetry only when OTEL_* turns it on
+    traced = tracing.setup("asyncinfer-api", settings.tracing_headers_file)  # imports opentelemetry only when OTEL_* turns it on
     configs = load_models(settings)  # a bad MODELS_FILE stops the start with its message
     tokens = TokenFile(settings.auth_tokens_file) if settings.auth_tokens_file else None
     if tokens is None:

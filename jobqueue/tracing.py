@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -43,9 +44,10 @@ def wanted(environ: Any = os.environ) -> bool:
     return any(environ.get(name, "").strip() for name in ENABLING_VARIABLES)
 
 
-def setup(service_name: str) -> bool:
+def setup(service_name: str, headers_file: str = "") -> bool:
     """Turn tracing on from the environment when it asks for it (once per process); True when on.
-    OTEL_SERVICE_NAME wins over `service_name`; the sampler is the SDK's (OTEL_TRACES_SAMPLER/_ARG)."""
+    OTEL_SERVICE_NAME wins over `service_name`; the sampler is the SDK's (OTEL_TRACES_SAMPLER/_ARG);
+    `headers_file` (TRACING_HEADERS_FILE, a mounted Secret) holds the exporter's headers."""
     if TRACER is not None:
         return True
     if not wanted():
@@ -62,7 +64,12 @@ def setup(service_name: str) -> bool:
     else:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        exporter = OTLPSpanExporter()  # endpoint, headers, timeout from OTEL_EXPORTER_OTLP_*
+        headers = None
+        if headers_file:
+            from opentelemetry.util.re import parse_env_headers
+
+            headers = parse_env_headers(Path(headers_file).read_text().strip(), liberal=True)
+        exporter = OTLPSpanExporter(headers=headers)  # endpoint, headers, timeout otherwise from OTEL_EXPORTER_OTLP_*
     provider.add_span_processor(BatchSpanProcessor(exporter))
     install(provider)
     return True

@@ -255,7 +255,7 @@ def run() -> None:
     argparse.ArgumentParser(prog="asyncinfer-notifier", description="Deliver asyncinfer job webhooks.").parse_args()
     settings = get_settings()
     logs.configure(settings)
-    tracing.setup("asyncinfer-notifier")  # imports opentelemetry only when OTEL_* turns it on
+    tracing.setup("asyncinfer-notifier", settings.tracing_headers_file)  # imports opentelemetry only when OTEL_* turns it on
     asyncio.run(main(settings))
     sys.exit(0)
 

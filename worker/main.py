@@ -116,7 +116,7 @@ def run() -> None:
     watcher = SignalWatcher()  # before the slow imports, so an early SIGTERM is a clean exit
     settings = get_settings()
     logs.configure(settings)
-    tracing.setup("asyncinfer-worker")  # imports opentelemetry only when OTEL_* turns it on
+    tracing.setup("asyncinfer-worker", settings.tracing_headers_file)  # imports opentelemetry only when OTEL_* turns it on
     probes = StartupProbes()
     if settings.worker_health_port:  # before the heavy import and the model load
         from jobqueue import metrics  # only then: prometheus_client stays out of a probe-less cold start

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import yaml
 
 from jobqueue.keys import StoreKeys
 from tests.chart.render import SCENARIOS, all_containers, env_of, pod_spec, rendered, template, workloads
@@ -126,10 +127,12 @@ def test_secrets_are_files_never_env_vars(scenario: str) -> None:
 def test_each_process_gets_exactly_the_secrets_it_needs(scenario: str) -> None:
     r = rendered(scenario)
     auth_on = "auth-off" not in scenario
+    tracing = (yaml.safe_load(SCENARIOS[scenario].read_text()) or {}).get("tracing", {})
+    headers = {"TRACING_HEADERS_FILE"} if tracing.get("enabled") and tracing.get("headersSecret") else set()
     wanted = {
-        "api": {"REDIS_PASSWORD_FILE", *(["AUTH_TOKENS_FILE"] if auth_on else [])},
-        "worker": {"REDIS_PASSWORD_FILE"},
-        "notifier": {"REDIS_PASSWORD_FILE", "WEBHOOK_SECRET_FILE"},
+        "api": {"REDIS_PASSWORD_FILE", *(["AUTH_TOKENS_FILE"] if auth_on else []), *headers},
+        "worker": {"REDIS_PASSWORD_FILE", *headers},
+        "notifier": {"REDIS_PASSWORD_FILE", "WEBHOOK_SECRET_FILE", *headers},
     }
     for component, names in wanted.items():
         for d in r.of_kind("Deployment", component):

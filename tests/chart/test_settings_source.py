@@ -47,6 +47,7 @@ SET_BY_THE_CHART = {
     "redis_sentinel_password_file": "the mounted Secret file (issue #24, chart side)",
     "redis_min_replicas_ack": "computed from redis.architecture (issue #24, chart side)",
     "redis_replica_ack_timeout_ms": "computed from redis.architecture (issue #24, chart side)",
+    "tracing_headers_file": "the mounted Secret file (tracing.headersSecret)",
     "deletion_cost_debounce_seconds": "worker only; its chart value comes with scaleIn.idleFirst (issue #28, chart side)",
 }
 # Defaults the chart deliberately changes, each with the reason.

@@ -24,10 +24,12 @@ def test_on_every_process_exports_to_the_collector_with_its_own_service_name():
             assert env["OTEL_SERVICE_NAME"]["value"] == SERVICES[component]
             assert env["OTEL_TRACES_SAMPLER"]["value"] == "parentbased_traceidratio"
             assert env["OTEL_TRACES_SAMPLER_ARG"]["value"] == "0.05"
-            assert env["OTEL_EXPORTER_OTLP_HEADERS"]["valueFrom"]["secretKeyRef"] == {
-                "name": "otlp-credentials",
-                "key": "otlp-headers",
-            }, "credentials come from a Secret, never from values"
+            assert env["TRACING_HEADERS_FILE"]["value"] == "/etc/asyncinfer/secrets/otlp-headers"
+            assert "OTEL_EXPORTER_OTLP_HEADERS" not in env, "credentials are a Secret file, never an env var"
+            [secrets] = [v for v in pod_spec(deployment)["volumes"] if v["name"] == "secrets"]
+            assert {
+                "secret": {"name": "otlp-credentials", "items": [{"key": "otlp-headers", "path": "otlp-headers"}]}
+            } in secrets["projected"]["sources"]
     assert rendered("production").config["LOG_FORMAT"] == "json"
 
 

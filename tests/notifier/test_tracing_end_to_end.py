@@ -30,9 +30,19 @@ def collector() -> Iterator[OtlpReceiver]:
     receiver.stop()
 
 
-def tracing_env(collector: OtlpReceiver) -> dict[str, str]:
-    # exported within 0.1 s of ending (the batch processor's default waits 5 s)
-    return {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100", "LOG_FORMAT": "json"}
+API_KEY = "k-" + secrets.token_hex(8)
+
+
+def tracing_env(collector: OtlpReceiver, headers_file: Path) -> dict[str, str]:
+    """Every process exports to `collector` within 0.1 s of a span's end (the batch processor's default
+    waits 5 s), with the headers in `headers_file` (TRACING_HEADERS_FILE, as a mounted Secret), JSON logs."""
+    headers_file.write_text(f"x-api-key={API_KEY}\n")
+    return {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "TRACING_HEADERS_FILE": str(headers_file),
+        "LOG_FORMAT": "json",
+    }
 
 
 def json_lines(path: Path) -> list[dict]:
@@ -47,9 +57,10 @@ def test_one_trace_from_the_clients_traceparent_to_the_signed_webhook(
 ):
     receiver = make_receiver()
     health_port = free_port()
-    env = service_env(redis_server.url, WEBHOOK_ALLOW_HTTP="true", WEBHOOK_ALLOW_PRIVATE="true", **tracing_env(collector))
+    traced = tracing_env(collector, tmp_path / "otlp-headers")
+    env = service_env(redis_server.url, WEBHOOK_ALLOW_HTTP="true", WEBHOOK_ALLOW_PRIVATE="true", **traced)
     _, base = processes.api(env)
-    notifiers.start(**tracing_env(collector))
+    notifiers.start(**traced)
     trace_id, client_span = secrets.token_hex(16), secrets.token_hex(8)
     with httpx.Client(base_url=base, timeout=10) as api:
         bulk = api.post("/predict/batch", json={"items": [{"data": [ROW]} for _ in range(3)]}).json()["items"]
@@ -93,6 +104,7 @@ def test_one_trace_from_the_clients_traceparent_to_the_signed_webhook(
     assert webhook.service == "asyncinfer-notifier" and webhook.parent_id == producer.span_id
     assert webhook.attributes["http.response.status_code"] == 200
     assert webhook_traceparent.split("-")[2] == webhook.span_id, "the receiver's handling is a child of the delivery"
+    assert collector.headers and all(h.get("x-api-key") == API_KEY for h in collector.headers), "headers from the file"
 
     # The batch: a CONSUMER span of its own, with one link per job it ran, each to that job's submit.
     producers = {s.attributes["messaging.message.id"]: s for s in collector.snapshot() if s.kind == "producer"}

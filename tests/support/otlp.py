@@ -51,6 +51,7 @@ class OtlpReceiver:
     def __init__(self) -> None:
         self.spans: list[ReceivedSpan] = []
         self.requests = 0
+        self.headers: list[dict[str, str]] = []  # each export's HTTP headers (lower-case names)
         self._lock = threading.Lock()
         receiver = self
 
@@ -63,7 +64,7 @@ class OtlpReceiver:
                     body = gzip.decompress(body)
                 ok = self.path == "/v1/traces" and self.headers.get("Content-Type") == "application/x-protobuf"
                 if ok:
-                    receiver._store(ExportTraceServiceRequest.FromString(body))
+                    receiver._store(ExportTraceServiceRequest.FromString(body), {k.lower(): v for k, v in self.headers.items()})
                 reply = ExportTraceServiceResponse().SerializeToString()
                 self.send_response(200 if ok else 404)
                 self.send_header("Content-Type", "application/x-protobuf")
@@ -82,7 +83,7 @@ class OtlpReceiver:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    def _store(self, request: ExportTraceServiceRequest) -> None:
+    def _store(self, request: ExportTraceServiceRequest, headers: dict[str, str]) -> None:
         received = []
         for resource_spans in request.resource_spans:
             service = str(_attributes(resource_spans.resource.attributes).get("service.name", ""))
@@ -105,6 +106,7 @@ class OtlpReceiver:
                     )
         with self._lock:
             self.requests += 1
+            self.headers.append(headers)
             self.spans.extend(received)
 
     def snapshot(self) -> list[ReceivedSpan]:

@@ -222,7 +222,7 @@ Return where secret files are mounted; the *_FILE settings point below it.
 
 {{/*
 Return the volume (Secret projection) a container reads its secret files from: Redis password always,
-tokens file for the API, webhook secret for the notifier. Call with (dict "ctx" $ "auth" bool "webhook" bool).
+tokens file for the API, webhook secret for the notifier, the OTLP exporter's headers (tracing) for all. Call with (dict "ctx" $ "auth" bool "webhook" bool).
 Files, never env vars: no `kubectl describe`, crash dump or child process sees them, and a rotated Secret
 reaches the file without a restart.
 */}}
@@ -250,14 +250,19 @@ reaches the file without a restart.
             - key: {{ include "asyncinfer.webhookSecretKey" .ctx }}
               path: webhook-secret
       {{- end }}
+      {{- if and .ctx.Values.tracing.enabled .ctx.Values.tracing.headersSecret }}
+      - secret:
+          name: {{ .ctx.Values.tracing.headersSecret }}
+          items:
+            - key: {{ .ctx.Values.tracing.headersSecretKey }}
+              path: otlp-headers
+      {{- end }}
 {{- end }}
 
 {{/*
-Return the *_FILE env entries matching asyncinfer.secretsVolume. Call with the same dict.
-*/}}
-{{/*
 OpenTelemetry tracing (`tracing`): the standard OTEL_* variables of one process; nothing when off (the
-process then never imports opentelemetry). Headers (an API key) come from a Secret, never from values.
+process then never imports the tracing SDK). Headers (an API key) are a Secret file: TRACING_HEADERS_FILE,
+in asyncinfer.secretsVolume and asyncinfer.secretFileEnv.
 */}}
 {{- define "asyncinfer.tracingEnv" -}}
 {{- $t := .ctx.Values.tracing -}}
@@ -276,13 +281,6 @@ process then never imports opentelemetry). Headers (an API key) come from a Secr
 {{- end }}
 - name: OTEL_RESOURCE_ATTRIBUTES
   value: {{ printf "service.namespace=%s,deployment.environment.name=%s" .ctx.Release.Name .ctx.Release.Namespace | quote }}
-{{- with $t.headersSecret }}
-- name: OTEL_EXPORTER_OTLP_HEADERS
-  valueFrom:
-    secretKeyRef:
-      name: {{ . | quote }}
-      key: {{ $t.headersSecretKey | quote }}
-{{- end }}
 {{- end }}
 {{- end -}}
 
@@ -301,6 +299,9 @@ whose egress is restricted; nothing when tracing is off.
 {{- end }}
 {{- end -}}
 
+{{/*
+Return the *_FILE env entries matching asyncinfer.secretsVolume. Call with the same dict.
+*/}}
 {{- define "asyncinfer.secretFileEnv" -}}
 - name: REDIS_PASSWORD_FILE
   value: {{ printf "%s/redis-password" (include "asyncinfer.secretsDir" .ctx) | quote }}
@@ -311,6 +312,10 @@ whose egress is restricted; nothing when tracing is off.
 {{- if .webhook }}
 - name: WEBHOOK_SECRET_FILE
   value: {{ printf "%s/webhook-secret" (include "asyncinfer.secretsDir" .ctx) | quote }}
+{{- end }}
+{{- if and .ctx.Values.tracing.enabled .ctx.Values.tracing.headersSecret }}
+- name: TRACING_HEADERS_FILE
+  value: {{ printf "%s/otlp-headers" (include "asyncinfer.secretsDir" .ctx) | quote }}
 {{- end }}
 {{- end }}
 
