@@ -163,7 +163,7 @@ def create_app(settings: Settings | None = None) -> AsyncInferAPI:
     if traced:
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-        # every request through FastAPI (no hot path), so each has its SERVER span from the client's traceparent
+        # a SERVER span per request from the client's traceparent (the hot path makes its own: api/hotpath.py)
         FastAPIInstrumentor.instrument_app(app, tracer_provider=tracing.PROVIDER, excluded_urls="healthz,readyz,metrics")
-    app.front = outer_layers(app, settings.max_concurrent_requests, hotpath=not traced)
+    app.front = outer_layers(app, settings.max_concurrent_requests)
     return app

@@ -143,11 +143,15 @@ class FinishCounts:
     ended: tuple[EndedTiming, ...] = ()
 
 
-def parse_finish(reply: Sequence[Any]) -> FinishCounts:
+def parse_finish(reply: Sequence[Any], traced: bool = False) -> FinishCounts:
+    """finish's reply; `traced`: each ended job's timings end with its id (asked for by a tracing worker)."""
     values = list(reply)
+    step = 5 if traced else 4
     ended = tuple(
-        EndedTiming(_text(values[i]), int(values[i + 1]), int(values[i + 2]), int(values[i + 3]), _text(values[i + 4]))
-        for i in range(6, len(values) - 4, 5)
+        EndedTiming(
+            _text(values[i]), int(values[i + 1]), int(values[i + 2]), int(values[i + 3]), _text(values[i + 4]) if traced else ""
+        )
+        for i in range(6, len(values) - step + 1, step)
     )
     completed, failed, requeued, ignored, still_held, finished_at = (int(v) for v in values[:6])
     return FinishCounts(completed, failed, requeued, ignored, still_held, finished_at, ended)
@@ -317,12 +321,16 @@ def retry_call(store: StoreKeys, settings: Settings, record: JobRecord, token: s
     )  # fmt: skip
 
 
-def parse_claim(reply: Sequence[Any]) -> ClaimedBatch:
+def parse_claim(reply: Sequence[Any], traced: bool = False) -> ClaimedBatch:
+    """claim's reply; `traced`: each job also carries its traceparent and wait start (a tracing worker)."""
     flags = int(reply[0])
-    jobs = [
-        ClaimedJob(_text(reply[i]), int(reply[i + 1]), _text(reply[i + 2]), _text(reply[i + 3]), int(reply[i + 4] or 0))
-        for i in range(1, len(reply), 5)
-    ]
+    if traced:
+        jobs = [
+            ClaimedJob(_text(reply[i]), int(reply[i + 1]), _text(reply[i + 2]), _text(reply[i + 3]), int(reply[i + 4] or 0))
+            for i in range(1, len(reply), 5)
+        ]
+    else:
+        jobs = [ClaimedJob(_text(reply[i]), int(reply[i + 1]), _text(reply[i + 2])) for i in range(1, len(reply), 3)]
     return ClaimedBatch(jobs, bool(flags & ClaimFlag.PAUSED), bool(flags & ClaimFlag.SUSPECTS))
 
 
@@ -490,10 +498,10 @@ class WorkerQueue:
             [
                 worker_id, count, self.store.job_prefix, s.request_ttl_seconds * 1000, self.backstop_ms,
                 int(s.worker_ttl_seconds * 1000), self.store.events, held_in_batch, self.version,
-                s.job_ttl_seconds, self.store.principal_prefix, *moved,
+                s.job_ttl_seconds, self.store.principal_prefix, "1" if tracing.TRACER else "0", *moved,
             ],
         )  # fmt: skip
-        return parse_claim(reply)
+        return parse_claim(reply, tracing.TRACER is not None)
 
     def wait_for_job(self, worker_id: str, timeout_s: float) -> str | None:
         """Block until an id is pending at normal priority and move it into this worker's list
@@ -508,14 +516,14 @@ class WorkerQueue:
         k, s = self.keys, self.settings
         args: list[Any] = [
             worker_id, self.store.job_prefix, s.job_ttl_seconds, s.max_attempts, self.store.events,
-            s.max_dead_letters, self.store.principal_prefix,
+            s.max_dead_letters, self.store.principal_prefix, "1" if tracing.TRACER else "0",
         ]  # fmt: skip
         for job_id, outcome, payload in outcomes:
             args += [job_id, str(outcome), payload]
         reply = self._run(
             "finish", [k.processing(worker_id), k.inflight, k.dead, k.stats, self.store.notify, *k.pending_all], args
         )
-        return parse_finish(reply)
+        return parse_finish(reply, tracing.TRACER is not None)
 
     def extend(self, worker_id: str, job_ids: Sequence[str]) -> int:
         """Push the backstop deadline of jobs this worker still runs forward (it is making progress:

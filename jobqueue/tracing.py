@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -147,6 +148,32 @@ def messaging_attributes(model: str, operation: str, **extra: Any) -> dict[str, 
     }
 
 
+# -- API: the hot path's SERVER span, one PRODUCER span per submitted job ------------------------
+
+
+@contextmanager
+def server_span(method: str, route: str, traceparent: str | None) -> Iterator[Span]:
+    """The SERVER span of a request the API's hot path answers (FastAPI's instrumentation makes the same
+    for every other route): a child of the client's `traceparent`, current while the request runs."""
+    assert TRACER is not None
+    from opentelemetry.trace import SpanKind, use_span
+
+    attributes = {"http.request.method": method, "http.route": route}
+    span = TRACER.start_span(
+        f"{method} {route}", context=parent_context(traceparent), kind=SpanKind.SERVER, attributes=attributes
+    )
+    with use_span(span, end_on_exit=True):
+        yield span
+
+
+def end_server_span(span: Span, status: int) -> None:
+    from opentelemetry.trace import StatusCode
+
+    span.set_attribute("http.response.status_code", status)
+    if status >= 500:
+        span.set_status(StatusCode.ERROR)
+
+
 # -- API: one PRODUCER span per submitted job -------------------------------------------------------
 
 
@@ -204,6 +231,7 @@ class BatchTrace:
         now = time.time_ns()
         self.started_ns = now
         self.jobs = {job.job_id: JobTiming(job, now) for job in jobs}
+        self.contexts = {job.job_id: span_context_of(job.traceparent) for job in jobs}  # parsed once
 
     def model_call(self, job_ids: Sequence[str], start_ns: int, end_ns: int) -> None:
         for job_id in job_ids:
@@ -213,12 +241,11 @@ class BatchTrace:
 
     def trace_ids(self) -> dict[str, str]:
         """Job id -> trace id (hex) of the batch's jobs whose trace is sampled: the exemplars' traces."""
-        ids = {}
-        for job_id, timing in self.jobs.items():
-            context = span_context_of(timing.job.traceparent)
-            if context is not None and context.trace_flags.sampled:
-                ids[job_id] = f"{context.trace_id:032x}"
-        return ids
+        return {
+            job_id: f"{context.trace_id:032x}"
+            for job_id, context in self.contexts.items()
+            if context is not None and context.trace_flags.sampled
+        }
 
     def exemplar_trace_id(self, job_ids: Sequence[str]) -> str | None:
         """The trace of one of `job_ids` that is sampled (a model call's exemplar), or None."""
@@ -230,18 +257,16 @@ class BatchTrace:
         tracer = TRACER
         if tracer is None:
             return
-        from opentelemetry.trace import Link, SpanKind, StatusCode, set_span_in_context
+        from opentelemetry.trace import Link, NonRecordingSpan, SpanKind, StatusCode, set_span_in_context
 
         for job_id, outcome, payload in outcomes:
             timing = self.jobs.get(job_id)
             if timing is not None:
                 timing.outcome = str(outcome)
                 timing.error = payload if str(outcome) not in ("completed", "release") else ""
-        links = []
-        for timing in self.jobs.values():
-            context = span_context_of(timing.job.traceparent)
-            if context is not None:
-                links.append(Link(context, {"messaging.message.id": timing.job.job_id}))
+        links = [
+            Link(context, {"messaging.message.id": job_id}) for job_id, context in self.contexts.items() if context is not None
+        ]
         batch = tracer.start_span(
             f"process {self.model}",
             context=None,
@@ -265,9 +290,10 @@ class BatchTrace:
                     "asyncinfer.job.outcome": timing.outcome or None,
                 },
             )
+            context = self.contexts[job.job_id]
             span = tracer.start_span(
                 f"process {self.model}",
-                context=parent_context(job.traceparent),
+                context=None if context is None else set_span_in_context(NonRecordingSpan(context)),
                 kind=SpanKind.CONSUMER,
                 links=[batch_link],
                 start_time=timing.claimed_ns,
