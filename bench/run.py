@@ -703,7 +703,7 @@ def import_time(system: System) -> list[tuple[int, int, str]]:
 
 TRACING_SAMPLED = "0.1"
 TRACING_TOLERANCE = 0.02  # tracing off may cost at most this against the build without it
-TRACING_MIN_ROUNDS = 3  # a 2% comparison on a shared machine needs the median of several interleaved rounds
+TRACING_MIN_ROUNDS = 5  # a 2% comparison on a shared machine needs the median of several interleaved rounds
 
 
 def pre_tracing_commit() -> str | None:
@@ -755,11 +755,15 @@ class OtlpSink:
 class TracingAB:
     commit: str | None  # the build before tracing; None: not in this clone's history
     jobs: int
-    jps: dict[str, list[float]]  # variant -> e2e jobs/s per round
+    loads: dict[str, list[Load]]  # variant -> its e2e load of each round (jobs/s, CPU per job)
     exports: int = 0  # OTLP exports the sink took from the tracing-on stack
 
+    def cpu_us(self, load: Load) -> float:
+        """API + worker + Redis CPU per job: what contention from other tenants changes least."""
+        return load.api_cpu_us * load.requests / load.jobs + load.worker_cpu_us + load.redis_cpu_us
 
-def tracing_ab(redis_url: str, workdir: Path, jobs: int, rounds: int, step: Any) -> TracingAB:
+
+def tracing_ab(redis_url: str, redis_pid: int, workdir: Path, jobs: int, rounds: int, step: Any) -> TracingAB:
     """Three stacks up at once on one Redis (own key prefixes), loaded in turn round by round: the build
     before tracing, today with tracing off, today with tracing on (10% of new traces sampled)."""
     commit = pre_tracing_commit()
@@ -770,7 +774,7 @@ def tracing_ab(redis_url: str, workdir: Path, jobs: int, rounds: int, step: Any)
     variants = [("tracing off", None, {}), (f"tracing on, {float(TRACING_SAMPLED):.0%} sampled", None, on)]
     if tree is not None:
         variants.insert(0, (f"before tracing ({commit})", tree, {}))
-    stacks: list[tuple[str, str]] = []
+    stacks: list[tuple[str, str, int, int]] = []  # label, base URL, API pid, worker pid
     procs: list[subprocess.Popen] = []
     try:
         for i, (label, code, extra) in enumerate(variants):
@@ -784,41 +788,46 @@ def tracing_ab(redis_url: str, workdir: Path, jobs: int, rounds: int, step: Any)
                 spawn_piped(baseline.argv(code, "worker") if code else system.worker_argv(), {**env, "LOG_LEVEL": "INFO"})
             )
             LineWatcher(procs[-1], workdir / f"tracing{i}-worker.log").wait_ready()
-            stacks.append((label, f"http://127.0.0.1:{port}"))
-        jps: dict[str, list[float]] = {label: [] for label, _ in stacks}
+            stacks.append((label, f"http://127.0.0.1:{port}", procs[-2].pid, procs[-1].pid))
+        loads: dict[str, list[Load]] = {label: [] for label, *_ in stacks}
         for n in range(rounds):
-            for label, base in stacks[n % len(stacks) :] + stacks[: n % len(stacks)]:  # each goes first in turn
-                jps[label].append(asyncio.run(end_to_end(base, jobs, "wait")).completed_jps)
+            for label, base, api, worker in stacks[n % len(stacks) :] + stacks[: n % len(stacks)]:  # each first in turn
+                loads[label].append(metered_e2e(base, jobs, "wait", api, worker, redis_pid))
             step(f"tracing A/B round {n + 1}")
     finally:
         for proc in procs:
             stop(proc, 30)
         sink.stop()
-    return TracingAB(commit, jobs, jps, sink.exports)
+    return TracingAB(commit, jobs, loads, sink.exports)
 
 
 def tracing_lines(t: TracingAB | None) -> list[str]:
     if t is None:
         return []
-    labels = list(t.jps)
-    medians = {label: statistics.median(values) for label, values in t.jps.items()}
+    labels = list(t.loads)
+    jps = {label: [load.completed_jps for load in loads] for label, loads in t.loads.items()}
+    cpu = {label: [t.cpu_us(load) for load in loads] for label, loads in t.loads.items()}
     reference = labels[0] if t.commit else None
     lines = [
         "",
-        f"Tracing (issue #27): e2e `Prefer: wait` jobs/s, {CLIENTS} clients, {t.jobs:,} jobs per load, "
-        f"{len(t.jps[labels[0]])} interleaved rounds (median); the on stack exported {t.exports} OTLP requests to a sink:",
+        f"Tracing (issue #27): e2e `Prefer: wait`, {CLIENTS} clients, {t.jobs:,} jobs per load, {len(jps[labels[0]])} "
+        "interleaved rounds; ratios are the medians of the rounds' own ratios (each round loads every build once, "
+        "back to back). CPU per job (API + worker + Redis) is what other tenants of a shared machine change least. "
+        f"The on stack exported {t.exports} OTLP requests to a sink:",
         "",
-        "| build | e2e jobs/s | per round | vs before tracing | target | met |",
-        "|---|---:|---|---:|---|---|",
+        "| build | e2e jobs/s (median) | per round | jobs/s vs before tracing | CPU us/job | CPU vs before | target | met |",
+        "|---|---:|---|---:|---:|---:|---|---|",
     ]
     for label in labels:
-        ratio = medians[label] / medians[reference] if reference else None
+        ratio = statistics.median(v / r for v, r in zip(jps[label], jps[reference], strict=True)) if reference else None
+        cpu_ratio = statistics.median(v / r for v, r in zip(cpu[label], cpu[reference], strict=True)) if reference else None
         off = label == "tracing off"
         target = f"within {TRACING_TOLERANCE:.0%}" if off and reference else ""
         met = ("yes" if abs(1 - ratio) <= TRACING_TOLERANCE else "**no**") if off and ratio is not None else ""
         lines.append(
-            f"| {label} | {fmt(medians[label])} | {', '.join(fmt(v) for v in t.jps[label])} "
-            f"| {f'{ratio:.3f}x' if ratio is not None else '-'} | {target} | {met} |"
+            f"| {label} | {fmt(statistics.median(jps[label]))} | {', '.join(fmt(v) for v in jps[label])} "
+            f"| {f'{ratio:.3f}x' if ratio is not None else '-'} | {statistics.median(cpu[label]):.0f} "
+            f"| {f'{cpu_ratio:.3f}x' if cpu_ratio is not None else '-'} | {target} | {met} |"
         )
     if reference is None:
         lines.append("note: the commit before tracing is not in this clone's history: no build to compare tracing off with")
@@ -883,7 +892,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="asyncinfer-bench-") as tmp:
             server = RedisServer(Path(tmp) / "redis", appendfsync="everysec").start()
             try:
-                report = "\n".join(tracing_lines(tracing_ab(server.url, Path(tmp), sizes.ab_jobs, tracing_rounds, step)))
+                ab = tracing_ab(server.url, server.proc.pid, Path(tmp), sizes.ab_jobs, tracing_rounds, step)
+                report = "\n".join(tracing_lines(ab))
             finally:
                 server.stop()
         print(report)
@@ -1043,7 +1053,7 @@ def main() -> None:
                             ab[label] = (poll, wait, long, tree_rss_mb(api.pid))
                         step(f"A/B {label}")
             out["ab"] = ab
-            out["tracing"] = tracing_ab(server.url, workdir, sizes.ab_jobs, tracing_rounds, step)
+            out["tracing"] = tracing_ab(server.url, server.proc.pid, workdir, sizes.ab_jobs, tracing_rounds, step)
         finally:
             client.close()
             server.stop()

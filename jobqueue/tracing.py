@@ -278,8 +278,11 @@ class BatchTrace:
             ),
         )
         batch_link = Link(batch.get_span_context(), {"asyncinfer.link": "batch"})
+        follows_parent = _parent_based()
         for timing in self.jobs.values():
             job = timing.job
+            if follows_parent and (context := self.contexts[job.job_id]) is not None and not context.trace_flags.sampled:
+                continue  # its submit was not sampled: none of its spans would be recorded (most jobs at 10%)
             attributes = messaging_attributes(
                 self.model,
                 "process",
@@ -313,6 +316,13 @@ class BatchTrace:
             tracer.start_span("result write", context=inside, start_time=write_start_ns).end(end_time=write_end_ns)
             span.end(end_time=write_end_ns)
         batch.end(end_time=write_end_ns)
+
+
+def _parent_based() -> bool:
+    """True when the sampler follows the parent's decision (the SDK's default, and parentbased_*)."""
+    from opentelemetry.sdk.trace.sampling import ParentBased
+
+    return isinstance(getattr(PROVIDER, "sampler", None), ParentBased)
 
 
 # -- notifier: the delivery span and the webhook's traceparent ---------------------------------------

@@ -73,4 +73,8 @@ def test_bench_prints_every_figure_with_the_naive_design_and_the_bound() -> None
     assert re.search(r"MAX_BATCH_WAIT_MS guidance: at most the fixed cost, here ~[\d.]+ ms", run.stdout)
     assert "| uvicorn, hot path on |" in run.stdout and "| uvicorn, hot path off |" in run.stdout
     assert re.search(r"asyncinfer run vs Client.map, [\d,]+ inputs.*: map [\d,]+/s, run [\d,]+/s, run/map [\d.]+x", run.stdout)
+    # issue #27: e2e jobs/s with tracing off beside the build before tracing (when history has it), and on
+    tracing = {name: row for name, row in rows.items() if "tracing" in name}
+    assert re.search(r"\| [\d,.]+ \|", tracing["tracing off"]) and re.search(r"\| [\d,.]+ \|", tracing["tracing on, 10% sampled"])
+    assert any(name.startswith("before tracing (") for name in tracing) or "no build to compare tracing off with" in run.stdout
     assert (latest.stat().st_mtime if latest.exists() else None) == before  # a smoke run writes no results

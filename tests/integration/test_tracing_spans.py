@@ -40,15 +40,17 @@ def exporter() -> Iterator[InMemorySpanExporter]:
     tracing.uninstall()
 
 
-def submit(settings: Settings, single: NewJob, bulk: list[NewJob]) -> str:
-    """Submit `single` and the `bulk` jobs inside one request span, as the API does; the request's trace id."""
+def submit(settings: Settings, single: NewJob, bulk: list[NewJob], traceparent: str | None = None) -> str:
+    """Submit `single` and the `bulk` jobs inside one request span (a child of the client's `traceparent`),
+    as the API does; the request's trace id."""
 
     async def go() -> str:
         client = redis.asyncio.Redis.from_url(settings.redis_url)
         store = JobStore(client, settings)
         assert tracing.TRACER is not None
+        parent = tracing.parent_context(traceparent)
         try:
-            with tracing.TRACER.start_as_current_span("POST /predict", kind=SpanKind.SERVER) as request:
+            with tracing.TRACER.start_as_current_span("POST /predict", context=parent, kind=SpanKind.SERVER) as request:
                 await store.enqueue(single)
                 await store.enqueue_many(bulk)
             return f"{request.get_span_context().trace_id:032x}"
@@ -134,6 +136,17 @@ def test_a_retried_job_runs_again_in_its_own_trace(exporter, settings, redis_cli
     assert len(runs) == 2
     assert all(run.parent.span_id == producer.context.span_id for run in runs), "both runs join the submit's trace"
     assert all(run.attributes["asyncinfer.job.outcome"] == "failed" and not run.status.is_ok for run in runs)
+
+
+def test_a_job_whose_client_did_not_sample_records_no_span_anywhere(exporter, settings, redis_client):
+    unsampled = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-00"  # the client decided: not sampled
+    job = new_job()
+    submit(settings, job, [], traceparent=unsampled)
+    Worker(settings).run(burst=True)
+    assert redis_client.hget(f"asyncinfer:job:{job.job_id}", "traceparent").endswith("-00"), "the decision travels"
+    spans = exporter.get_finished_spans()
+    assert not [s for s in spans if s.parent is not None], "no submit, run, wait, call or write span is recorded"
+    assert "ab" * 16 not in metrics.openmetrics_exposition().decode(), "nor an exemplar"
 
 
 def test_json_logs_carry_the_ids_of_the_job_and_the_current_span(exporter, capsys):
