@@ -11,7 +11,6 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from jobqueue import logs, tracing
-from jobqueue.connection import REFUSED, UNAVAILABLE
 from jobqueue.settings import get_settings
 
 if TYPE_CHECKING:
@@ -84,6 +83,8 @@ class SignalWatcher:
 def hard_exit(worker: Worker, why: str) -> None:
     """Leave now: abort the model call, hand held jobs back (attempt not counted) when Redis lets
     us, otherwise recovery finds them; exit non-zero."""
+    from jobqueue.connection import REFUSED, UNAVAILABLE
+
     log.warning("%s: aborting the model call and handing held jobs back", why)
     worker.model.abort()
     try:
@@ -113,6 +114,7 @@ def run() -> None:
     parser = argparse.ArgumentParser(prog="asyncinfer-worker", description="Run an asyncinfer worker.")
     parser.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     args = parser.parse_args()
+    tracing.keep_sdk_out_unless_wanted()  # before anything imports redis
     watcher = SignalWatcher()  # before the slow imports, so an early SIGTERM is a clean exit
     settings = get_settings()
     logs.configure(settings)

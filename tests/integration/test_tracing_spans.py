@@ -215,6 +215,29 @@ def test_off_nothing_is_stored_and_the_tracing_sdk_is_never_imported(settings, r
     assert "opentelemetry.sdk.trace" in with_tracing.stdout, "the probe sees the SDK when tracing is on"
 
 
+def test_a_worker_process_loads_the_sdk_only_when_tracing_is_on(settings):
+    # redis-py imports the SDK's metrics whenever it is installed; the worker keeps it out (cold start).
+    probe = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('sdk' if 'opentelemetry.sdk.metrics' in sys.modules else 'none', flush=True))\n"
+        "sys.argv = ['asyncinfer-worker', '--burst']\n"
+        "from worker.main import run\n"
+        "run()\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("OTEL_")}
+    env.update(REDIS_URL=settings.redis_url, MODEL_PATH=settings.model_path)
+    off = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    on = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        env={**env, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"},
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert (off.stdout.split()[-1:], on.stdout.split()[-1:]) == (["none"], ["sdk"]), off.stderr[-2000:] + on.stderr[-2000:]
+
+
 @pytest.mark.parametrize(
     ("environ", "on"),
     [
