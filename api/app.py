@@ -19,7 +19,7 @@ from api.metrics import RequestMetricsMiddleware
 from api.metrics_listener import MetricsListener
 from api.routes import admin, jobs, models, notifications, oip, service, streams, uploads
 from api.state import AppState, JobEvents, ModelRegistry
-from jobqueue import __version__
+from jobqueue import __version__, tracing
 from jobqueue.connection import async_client, async_probe_client
 from jobqueue.models import load_models
 from jobqueue.objectstore import object_store
@@ -96,6 +96,7 @@ async def wait_unless_stopping(task: asyncio.Task[None], app: AsyncInferAPI, tim
 
 def create_app(settings: Settings | None = None) -> AsyncInferAPI:
     settings = settings or get_settings()
+    traced = tracing.setup("asyncinfer-api", settings.tracing_headers_file)  # imports opentelemetry only when OTEL_* turns it on
     configs = load_models(settings)  # a bad MODELS_FILE stops the start with its message
     tokens = TokenFile(settings.auth_tokens_file) if settings.auth_tokens_file else None
     if tokens is None:
@@ -165,5 +166,10 @@ def create_app(settings: Settings | None = None) -> AsyncInferAPI:
     app.include_router(admin.router)
     app.include_router(admin.console_router)
     install_error_handlers(app)
+    if traced:
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        # a SERVER span per request from the client's traceparent (the hot path makes its own: api/hotpath.py)
+        FastAPIInstrumentor.instrument_app(app, tracer_provider=tracing.PROVIDER, excluded_urls="healthz,readyz,metrics")
     app.front = outer_layers(app, settings.max_concurrent_requests)
     return app

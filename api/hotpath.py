@@ -13,12 +13,13 @@ from collections.abc import AsyncIterator
 from urllib.parse import parse_qsl
 
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import authenticate
 from api.errors import as_problem, invalid, json_response, problem_response
 from api.metrics import ROUTE_TEMPLATE_KEY
 from api.routes import jobs
+from jobqueue import tracing
 
 JOB_PREFIX = "/job/"
 
@@ -38,7 +39,7 @@ def _wait_param(query_string: bytes) -> float | None:
 
 
 # the request headers the two routes read, as servers give them (lower-case bytes)
-WANTED_HEADERS = {b"authorization", b"idempotency-key", b"prefer", b"content-length"}
+WANTED_HEADERS = {b"authorization", b"idempotency-key", b"prefer", b"content-length", b"traceparent"}
 
 
 def _headers(scope: Scope) -> dict[bytes, str]:
@@ -77,9 +78,28 @@ class HotPathMiddleware:
         job_id = path[len(JOB_PREFIX) :] if method == "GET" and path.startswith(JOB_PREFIX) else ""
         if not is_submit and (not job_id or "/" in job_id):
             return await self.app(scope, receive, send)
-        state = self.owner.state.asyncinfer
-        scope[ROUTE_TEMPLATE_KEY] = "/predict" if is_submit else "/job/{job_id}"  # for the request metrics
+        route = scope[ROUTE_TEMPLATE_KEY] = "/predict" if is_submit else "/job/{job_id}"  # for the request metrics
         headers = _headers(scope)
+        if tracing.TRACER is None:
+            return await self._answer(scope, receive, send, headers, is_submit, job_id)
+        with tracing.server_span(method, route, headers.get(b"traceparent")) as span:
+            status = 500
+
+            async def send_with_status(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                await send(message)
+
+            try:
+                await self._answer(scope, receive, send_with_status, headers, is_submit, job_id)
+            finally:
+                tracing.end_server_span(span, status)
+
+    async def _answer(
+        self, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, str], is_submit: bool, job_id: str
+    ) -> None:
+        state = self.owner.state.asyncinfer
         try:
             caller = authenticate(state.tokens, headers.get(b"authorization"))
             if is_submit:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import threading
 from collections.abc import Iterable
 from types import FrameType
@@ -15,6 +14,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from api.app import AsyncInferAPI, create_app
 from api.state import AppState
+from jobqueue import logs
 from jobqueue.settings import get_settings
 
 log = logging.getLogger("asyncinfer.api")
@@ -103,14 +103,14 @@ class DrainingServer(uvicorn.Server):
 
 def run() -> None:
     settings = get_settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    logs.configure(settings)
     config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
+        # LOG_FORMAT=json: uvicorn's own lines go through the root handler too, as JSON
+        log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
         access_log=False,  # one line per job at thousands of jobs/s would cost more than the job
         timeout_graceful_shutdown=35,  # longer than the longest long poll
         timeout_keep_alive=settings.keep_alive_timeout_seconds,  # longer than the proxy in front keeps its pool

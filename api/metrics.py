@@ -25,8 +25,9 @@ SCRAPE_REDIS_TIMEOUT_S = 3.0
 SCRAPE_FAILURES: tuple[type[BaseException], ...] = (*UNAVAILABLE, *REFUSED, TimeoutError)
 
 
-async def metrics_text(state: AppState) -> str:
-    """The exposition text; without Redis it still answers, with `asyncinfer_redis_up 0`."""
+async def metrics_body(state: AppState, accept: str | None = None) -> tuple[bytes, str]:
+    """The exposition and its content type (OpenMetrics when `accept` asks); without Redis it still
+    answers, with `asyncinfer_redis_up 0`."""
     try:
         overview = await asyncio.wait_for(
             admin.overview(state.store.client, state.store.keys, state.models.names()), SCRAPE_REDIS_TIMEOUT_S
@@ -34,8 +35,7 @@ async def metrics_text(state: AppState) -> str:
     except SCRAPE_FAILURES as exc:
         log.debug("metrics: queue state not read (%s)", exc)
         overview = None
-    body, _ = metrics.render(overview, with_queue=True)
-    return body.decode()
+    return metrics.render(overview, with_queue=True, accept=accept)
 
 
 class RequestMetricsMiddleware:

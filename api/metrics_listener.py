@@ -32,15 +32,19 @@ class MetricsListener:
                 await self._server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        from api.metrics import metrics_text
+        from api.metrics import metrics_body
 
         try:
             request_line = await asyncio.wait_for(reader.readline(), READ_TIMEOUT_S)
-            while (await asyncio.wait_for(reader.readline(), READ_TIMEOUT_S)) not in (b"\r\n", b"\n", b""):
-                pass  # headers: not needed
+            accept = None  # the only header read: OpenMetrics (exemplars) or the Prometheus text format
+            while (line := await asyncio.wait_for(reader.readline(), READ_TIMEOUT_S)) not in (b"\r\n", b"\n", b""):
+                name, _, value = line.decode("latin-1").partition(":")
+                if name.strip().lower() == "accept":
+                    accept = value.strip()
             parts = request_line.decode("latin-1").split()
             if len(parts) >= 2 and parts[0] == "GET" and parts[1].split("?")[0] == "/metrics":
-                status, body, ctype = "200 OK", (await metrics_text(self.state)).encode(), "text/plain; version=0.0.4"
+                body, ctype = await metrics_body(self.state, accept)
+                status = "200 OK"
             else:
                 status, body, ctype = "404 Not Found", b"only /metrics here\n", "text/plain"
             head = f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"

@@ -18,19 +18,19 @@ BASELINE_COMMIT = "200d8de"  # the last worker before the hardening: 22,400 jobs
 SUBMITTERS = 32
 
 
-def checkout(results: Path) -> Path:
+def checkout(results: Path, commit: str = BASELINE_COMMIT) -> Path:
     """That commit's tree, extracted once into results/baseline-<commit>/ (no worktree, no index change)."""
-    dest = results / f"baseline-{BASELINE_COMMIT}"
+    dest = results / f"baseline-{commit}"
     done = dest / ".complete"
     if done.exists():
         return dest
     try:
         archive = subprocess.run(
-            ["git", "-C", str(ROOT), "archive", "--format=tar", BASELINE_COMMIT], capture_output=True, check=True
+            ["git", "-C", str(ROOT), "archive", "--format=tar", commit], capture_output=True, check=True
         ).stdout
     except subprocess.CalledProcessError as exc:
         raise RuntimeError(
-            f"commit {BASELINE_COMMIT} is not in this clone's history (a shallow clone? `git fetch --unshallow`): "
+            f"commit {commit} is not in this clone's history (a shallow clone? `git fetch --unshallow`): "
             f"{exc.stderr.decode().strip()}"
         ) from None
     shutil.rmtree(dest, ignore_errors=True)

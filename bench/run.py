@@ -19,6 +19,8 @@ changes between them: 32 submitters + 32 pollers over HTTP, 1 worker, the iris m
   RSS            API and worker after their runs                                            -> target 6
   CLI vs SDK     `asyncinfer run` and `Client.map` on the same 20,000 inputs (bench/cli_run.py): both rates, ratio
   replica acks   e2e poll with REDIS_MIN_REPLICAS_ACK=1 vs 0, one primary + one replica: submit p50/p99, jobs/s
+  tracing        e2e `Prefer: wait` jobs/s: the build before tracing (its commit, built as the baseline is), today
+                 with tracing off (-> within 2%), today with tracing on at 10% sampling to an OTLP sink
 
 `--quick` shrinks every count; `--profile` also records py-spy profiles (separate runs, so the headline
 numbers carry no sampling cost) into bench/results/profiles/. Writes bench/results/latest.md. `--worker`
@@ -760,6 +762,141 @@ def replica_ack_lines(loads: dict[str, Load]) -> list[str]:
     ]
 
 
+# -- tracing: off against the build without it, and on at 10% sampling ----------------------------
+
+TRACING_SAMPLED = "0.1"
+TRACING_TOLERANCE = 0.02  # tracing off may cost at most this against the build without it
+TRACING_MIN_ROUNDS = 5  # a 2% comparison on a shared machine needs the median of several interleaved rounds
+
+
+def pre_tracing_commit() -> str | None:
+    """The commit before tracing came in (the parent of the one that added jobqueue/tracing.py); None
+    when this clone's history lacks it (a shallow clone, or tracing not committed yet)."""
+    log = ["git", "-C", str(ROOT), "log", "--diff-filter=A", "--format=%H", "--", "jobqueue/tracing.py"]
+    added = subprocess.run(log, capture_output=True, text=True, check=False).stdout.split()
+    if not added:
+        return None
+    parent = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", f"{added[-1]}^"], capture_output=True, text=True)
+    return parent.stdout.strip() or None
+
+
+class OtlpSink:
+    """An OTLP/HTTP endpoint that takes every export and keeps only the count (an empty protobuf reply
+    is a valid ExportTraceServiceResponse): the collector of the tracing-on runs."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        sink = self
+        self.exports = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                sink.exports += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@dataclass
+class TracingAB:
+    commit: str | None  # the build before tracing; None: not in this clone's history
+    jobs: int
+    loads: dict[str, list[Load]]  # variant -> its e2e load of each round (jobs/s, CPU per job)
+    exports: int = 0  # OTLP exports the sink took from the tracing-on stack
+
+    def cpu_us(self, load: Load) -> float:
+        """API + worker + Redis CPU per job: what contention from other tenants changes least."""
+        return load.api_cpu_us * load.requests / load.jobs + load.worker_cpu_us + load.redis_cpu_us
+
+
+def tracing_ab(redis_url: str, redis_pid: int, workdir: Path, jobs: int, rounds: int, step: Any) -> TracingAB:
+    """Three stacks up at once on one Redis (own key prefixes), loaded in turn round by round: the build
+    before tracing, today with tracing off, today with tracing on (10% of new traces sampled)."""
+    commit = pre_tracing_commit()
+    tree = baseline.checkout(RESULTS, commit) if commit else None
+    sink = OtlpSink()
+    on = {"OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+          "OTEL_TRACES_SAMPLER_ARG": TRACING_SAMPLED}  # fmt: skip
+    variants = [("tracing off", None, {}), (f"tracing on, {float(TRACING_SAMPLED):.0%} sampled", None, on)]
+    if tree is not None:
+        variants.insert(0, (f"before tracing ({commit})", tree, {}))
+    stacks: list[tuple[str, str, int, int]] = []  # label, base URL, API pid, worker pid
+    procs: list[subprocess.Popen] = []
+    try:
+        for i, (label, code, extra) in enumerate(variants):
+            system = System("ours", redis_url, workdir, f"-tracing{i}")
+            env = {**system.env, **extra, **({"PYTHONPATH": str(code)} if code else {})}
+            port = free_port()
+            api_argv = baseline.argv(code, "api") if code else system.api_argv()
+            procs.append(spawn(api_argv, {**env, "PORT": str(port)}, workdir / f"tracing{i}-api.log"))
+            _wait_listening(port, procs[-1])
+            procs.append(
+                spawn_piped(baseline.argv(code, "worker") if code else system.worker_argv(), {**env, "LOG_LEVEL": "INFO"})
+            )
+            LineWatcher(procs[-1], workdir / f"tracing{i}-worker.log").wait_ready()
+            stacks.append((label, f"http://127.0.0.1:{port}", procs[-2].pid, procs[-1].pid))
+        loads: dict[str, list[Load]] = {label: [] for label, *_ in stacks}
+        for n in range(rounds):
+            for label, base, api, worker in stacks[n % len(stacks) :] + stacks[: n % len(stacks)]:  # each first in turn
+                loads[label].append(metered_e2e(base, jobs, "wait", api, worker, redis_pid))
+            step(f"tracing A/B round {n + 1}")
+    finally:
+        for proc in procs:
+            stop(proc, 30)
+        sink.stop()
+    return TracingAB(commit, jobs, loads, sink.exports)
+
+
+def tracing_lines(t: TracingAB | None) -> list[str]:
+    if t is None:
+        return []
+    labels = list(t.loads)
+    jps = {label: [load.completed_jps for load in loads] for label, loads in t.loads.items()}
+    cpu = {label: [t.cpu_us(load) for load in loads] for label, loads in t.loads.items()}
+    reference = labels[0] if t.commit else None
+    lines = [
+        "",
+        f"Tracing (issue #27): e2e `Prefer: wait`, {CLIENTS} clients, {t.jobs:,} jobs per load, {len(jps[labels[0]])} "
+        "interleaved rounds; ratios are the medians of the rounds' own ratios (each round loads every build once, "
+        "back to back). CPU per job (API + worker + Redis) is what other tenants of a shared machine change least. "
+        f"The on stack exported {t.exports} OTLP requests to a sink:",
+        "",
+        "| build | e2e jobs/s (median) | per round | jobs/s vs before tracing | CPU us/job | CPU vs before | target | met |",
+        "|---|---:|---|---:|---:|---:|---|---|",
+    ]
+    for label in labels:
+        ratio = statistics.median(v / r for v, r in zip(jps[label], jps[reference], strict=True)) if reference else None
+        cpu_ratio = statistics.median(v / r for v, r in zip(cpu[label], cpu[reference], strict=True)) if reference else None
+        off = label == "tracing off"
+        target = f"within {TRACING_TOLERANCE:.0%}" if off and reference else ""
+        met = ("yes" if abs(1 - ratio) <= TRACING_TOLERANCE else "**no**") if off and ratio is not None else ""
+        lines.append(
+            f"| {label} | {fmt(statistics.median(jps[label]))} | {', '.join(fmt(v) for v in jps[label])} "
+            f"| {f'{ratio:.3f}x' if ratio is not None else '-'} | {statistics.median(cpu[label]):.0f} "
+            f"| {f'{cpu_ratio:.3f}x' if cpu_ratio is not None else '-'} | {target} | {met} |"
+        )
+    if reference is None:
+        lines.append("note: the commit before tracing is not in this clone's history: no build to compare tracing off with")
+    return lines
+
+
 # -- the run --------------------------------------------------------------------------------------
 
 
@@ -800,6 +937,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny counts, to check that every step runs; writes no results")
     parser.add_argument("--worker", action="store_true", help="only the worker's figures (drain vs 200d8de, cold start, MLP)")
     parser.add_argument("--replicas", action="store_true", help="only the cost of REDIS_MIN_REPLICAS_ACK=1 against 0")
+    parser.add_argument("--tracing", action="store_true", help="only the tracing A/B (off vs the build before it, on at 10%%)")
     args = parser.parse_args()
     sizes = SMOKE if args.smoke else QUICK if args.quick else FULL
     have_granian = shutil.which("granian", path=str(BIN)) is not None
@@ -813,6 +951,18 @@ def main() -> None:
 
     def step(message: str) -> None:
         print(f"[{time.perf_counter() - run_started:6.1f}s] {message}", flush=True)
+
+    tracing_rounds = 1 if args.smoke else max(TRACING_MIN_ROUNDS, sizes.rounds)
+    if args.tracing:
+        with tempfile.TemporaryDirectory(prefix="asyncinfer-bench-") as tmp:
+            server = RedisServer(Path(tmp) / "redis", appendfsync="everysec").start()
+            try:
+                ab = tracing_ab(server.url, server.proc.pid, Path(tmp), sizes.ab_jobs, tracing_rounds, step)
+                report = "\n".join(tracing_lines(ab))
+            finally:
+                server.stop()
+        print(report)
+        return
 
     if args.worker:
         report = worker_only(sizes, started_at, step)
@@ -974,6 +1124,7 @@ def main() -> None:
                         step(f"A/B {label}")
             out["ab"] = ab
             out["replica_ack"] = replica_ack_cost(sizes, workdir, step)
+            out["tracing"] = tracing_ab(server.url, server.proc.pid, workdir, sizes.ab_jobs, tracing_rounds, step)
         finally:
             client.close()
             server.stop()
@@ -1215,6 +1366,7 @@ def render(out: dict[str, Any], sizes: Sizes, args: argparse.Namespace, started_
     ]
     lines += ["", out["cli_vs_map"].line()]
     lines += replica_ack_lines(out["replica_ack"])
+    lines += tracing_lines(out.get("tracing"))
     lines += [f"note: {n}" for n in notes]
     return "\n".join(lines)
 

@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4"
+OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 
 def serve_health(
@@ -17,15 +18,20 @@ def serve_health(
     health: Callable[[], dict[str, Any]],
     metrics: Callable[[], bytes] | None = None,
     host: str = "0.0.0.0",
+    openmetrics: Callable[[], bytes] | None = None,
 ) -> ThreadingHTTPServer:
     """Serve probes (and metrics when given) on a daemon thread; returns the server so the caller can
-    shut it down. `health()` answers {"alive": bool, "ready": bool, ...}."""
+    shut it down. `health()` answers {"alive": bool, "ready": bool, ...}. `openmetrics`: the metrics in
+    the OpenMetrics format (exemplars), served to a scrape whose Accept header asks for it."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path = self.path.split("?")[0]
             if path == "/metrics" and metrics is not None:
-                self._send(200, metrics(), METRICS_CONTENT_TYPE)
+                if openmetrics is not None and "application/openmetrics-text" in self.headers.get("Accept", ""):
+                    self._send(200, openmetrics(), OPENMETRICS_CONTENT_TYPE)
+                else:
+                    self._send(200, metrics(), METRICS_CONTENT_TYPE)
                 return
             key = {"/healthz": "alive", "/readyz": "ready"}.get(path)
             if key is None:

@@ -9,6 +9,9 @@ Who reports what (so sums across pods are right):
   values, so dashboards and alerts aggregate them with `max without (instance, pod)`, never `sum`.
 - Workers and notifiers report only their own observations (histograms, counters); those sum across
   pods.
+- Exemplars (OpenMetrics, `Accept: application/openmetrics-text`): with tracing on, the worker's
+  end-to-end and model-call histograms carry a sampled job's `trace_id` per bucket, so a spike on a
+  dashboard links to a trace (jobqueue/tracing.py).
 - Several processes in one pod each serve their own port (API: PORT or METRICS_PORT, worker and
   notifier: WORKER_HEALTH_PORT), so prometheus-client's multiprocess mode is not needed.
 
@@ -20,11 +23,13 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, Exemplar, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -72,10 +77,12 @@ class BatchedHistogram(Collector):
         self.bounds = tuple(float(b) for b in buckets)
         self._lock = threading.Lock()
         self._series: dict[tuple[str, ...], tuple[Any, list[float]]] = {}  # labels -> (per-bucket counts, [sum])
+        self._exemplars: dict[tuple[str, ...], dict[int, Exemplar]] = {}  # labels -> bucket index -> the latest
         registry.register(self)
 
-    def observe_many(self, labels: tuple[str, ...], values: Any) -> None:
-        """Observe every value of a 1-D numpy array under `labels` (in `labelnames` order)."""
+    def observe_many(self, labels: tuple[str, ...], values: Any, exemplars: Sequence[tuple[float, str]] = ()) -> None:
+        """Observe every value of a 1-D numpy array under `labels` (in `labelnames` order); `exemplars`:
+        (value, trace id) of observations among them whose trace is sampled."""
         import numpy as np  # the notifier imports this module and never observes: no numpy there
 
         if len(values) == 0:
@@ -85,6 +92,11 @@ class BatchedHistogram(Collector):
             counts, total = self._series.setdefault(labels, (np.zeros(len(self.bounds) + 1, dtype=np.int64), [0.0]))
             counts += per_bucket
             total[0] += float(values.sum())
+            if exemplars:
+                kept = self._exemplars.setdefault(labels, {})
+                for value, trace_id in exemplars:
+                    bucket = int(np.searchsorted(self.bounds, value, side="left"))
+                    kept[bucket] = Exemplar({"trace_id": trace_id}, float(value), time.time())
 
     def describe(self) -> Iterator[Metric]:
         yield HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
@@ -92,10 +104,17 @@ class BatchedHistogram(Collector):
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
         with self._lock:
-            snapshot = [(labels, counts.cumsum(), total[0]) for labels, (counts, total) in self._series.items()]
-        for labels, cumulative, total in snapshot:
-            buckets = [(floatToGoString(b), int(c)) for b, c in zip(self.bounds, cumulative, strict=False)]  # type: ignore[no-untyped-call]
-            family.add_metric(list(labels), [*buckets, ("+Inf", int(cumulative[-1]))], total)
+            snapshot = [
+                (labels, counts.cumsum(), total[0], dict(self._exemplars.get(labels, {})))
+                for labels, (counts, total) in self._series.items()
+            ]
+        for labels, cumulative, total, exemplars in snapshot:
+            bounds = [floatToGoString(b) for b in self.bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
+            buckets: list[Any] = [
+                (bound, int(count), exemplars[i]) if i in exemplars else (bound, int(count))
+                for i, (bound, count) in enumerate(zip(bounds, cumulative, strict=True))
+            ]
+            family.add_metric(list(labels), buckets, total)
         yield family
 
 
@@ -161,15 +180,16 @@ def child(metric: Any, *labels: str) -> Any:
     return metric.labels(*labels)
 
 
-def observe_batch(model: str, batch_size: int, call_seconds: float) -> None:
-    """Worker: one model call over `batch_size` jobs took `call_seconds`."""
+def observe_batch(model: str, batch_size: int, call_seconds: float, trace_id: str | None = None) -> None:
+    """Worker: one model call over `batch_size` jobs took `call_seconds` (`trace_id`: a job's trace, the exemplar)."""
     child(BATCH_SIZE, model).observe(batch_size)
-    child(MODEL_CALL_SECONDS, model).observe(call_seconds)
+    child(MODEL_CALL_SECONDS, model).observe(call_seconds, {"trace_id": trace_id} if trace_id else None)
 
 
-def observe_ended(model: str, ended: Sequence[EndedTiming], finished_at_ms: int) -> None:
+def observe_ended(model: str, ended: Sequence[EndedTiming], finished_at_ms: int, trace_ids: dict[str, str] | None = None) -> None:
     """Worker: jobs it ran ended (completed, or failed for good) at `finished_at_ms`; their priority and
-    created, queued and started times (Redis-clock epoch ms) come from their records."""
+    created, queued and started times (Redis-clock epoch ms) come from their records. `trace_ids`: job id
+    -> trace id of the sampled ones (their end-to-end times become exemplars)."""
     import numpy as np
 
     if not ended:
@@ -182,7 +202,12 @@ def observe_ended(model: str, ended: Sequence[EndedTiming], finished_at_ms: int)
     for priority in kinds:
         mine = slice(None) if len(kinds) == 1 else np.array(priorities) == priority  # the usual batch has one
         JOB_QUEUE_WAIT_SECONDS.observe_many((model, priority), np.maximum(0, started[mine] - queued[mine]) / 1000)
-        JOB_E2E_SECONDS.observe_many((model, priority), np.maximum(0, finished_at_ms - created[mine]) / 1000)
+        exemplars = [
+            (max(0, finished_at_ms - t.created_at) / 1000, trace_ids[t.job_id])
+            for t in ended
+            if trace_ids and t.priority == priority and t.job_id in trace_ids
+        ]
+        JOB_E2E_SECONDS.observe_many((model, priority), np.maximum(0, finished_at_ms - created[mine]) / 1000, exemplars)
 
 
 def observe_webhook(outcome: str) -> None:
@@ -272,12 +297,34 @@ def exposition() -> bytes:
     return generate_latest(REGISTRY)
 
 
-def render(overview: StoreOverview | None = None, *, with_queue: bool = False) -> tuple[bytes, str]:
-    """The exposition text and its content type: this process's own metrics, plus (API only,
-    `with_queue`) the queue-wide state from `overview`."""
-    body = exposition()
-    if with_queue:
-        queue_registry = CollectorRegistry(auto_describe=False)
-        queue_registry.register(QueueCollector(overview))
-        body += generate_latest(queue_registry)
-    return body, CONTENT_TYPE_LATEST
+def _openmetrics(source: Collector) -> bytes:
+    body: bytes = openmetrics.generate_latest(source)  # type: ignore[no-untyped-call]
+    return body
+
+
+def openmetrics_exposition() -> bytes:
+    """The same in the OpenMetrics format, which carries the histograms' exemplars."""
+    return _openmetrics(REGISTRY)
+
+
+def wants_openmetrics(accept: str | None) -> bool:
+    """True when a scrape's Accept header asks for OpenMetrics (Prometheus does when exemplars are on)."""
+    return bool(accept) and "application/openmetrics-text" in (accept or "")
+
+
+class _Combined(Collector):
+    def __init__(self, *collectors: Collector) -> None:
+        self.collectors = collectors
+
+    def collect(self) -> Iterator[Metric]:
+        for collector in self.collectors:
+            yield from collector.collect()
+
+
+def render(overview: StoreOverview | None = None, *, with_queue: bool = False, accept: str | None = None) -> tuple[bytes, str]:
+    """The exposition and its content type (OpenMetrics when `accept` asks for it): this process's own
+    metrics, plus (API only, `with_queue`) the queue-wide state from `overview`."""
+    source: Collector = _Combined(REGISTRY, QueueCollector(overview)) if with_queue else REGISTRY
+    if wants_openmetrics(accept):
+        return _openmetrics(source), openmetrics.CONTENT_TYPE_LATEST
+    return generate_latest(source), CONTENT_TYPE_LATEST

@@ -93,10 +93,11 @@ class DeliveryRecord:
     finished_at: int | None
     view: dict[str, Any]
     end: int = 0
+    traceparent: str = ""  # the job's trace (jobqueue/tracing.py): the delivery joins it
 
     @classmethod
-    def of(cls, record: JobRecord, end: int = 0) -> DeliveryRecord:
-        return cls(record.job_id, record.callback_url, record.finished_at, job_view(record), end)
+    def of(cls, record: JobRecord, end: int = 0, traceparent: str = "") -> DeliveryRecord:
+        return cls(record.job_id, record.callback_url, record.finished_at, job_view(record), end, traceparent)
 
     def describes(self, lease: Lease) -> bool:
         """True when this record is still the end `lease` was claimed for: not retried since (a retried
@@ -128,11 +129,11 @@ class NotificationStore:
         """What a delivery sends (the API's job view, jobqueue.views) and where, or None when the record is gone."""
         # a webhook tells the outside world: only once the replicas asked for hold the job's end
         pipe = self.client.pipeline(transaction=False)
-        pipe.hmget(self.keys.job(job_id), [*RECORD_FIELDS, "notify_end"])
+        pipe.hmget(self.keys.job(job_id), [*RECORD_FIELDS, "notify_end", "traceparent"])
         (fetched,) = await execute_confirmed(pipe, self.settings)
-        *values, end = fetched
+        *values, end, traceparent = fetched
         record = parse_record(job_id, RECORD_FIELDS, values)
-        return None if record is None else DeliveryRecord.of(record, int(end or 0))
+        return None if record is None else DeliveryRecord.of(record, int(end or 0), _text(traceparent or ""))
 
     async def delivered(self, lease: Lease, http_status: int) -> TransitionCode:
         """Record a 2xx: notify_state delivered, out of the outbox (SUPERSEDED: the job was retried since)."""

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import hiredis
 import redis
 
+from jobqueue import tracing
 from jobqueue.connection import demoted, uses_sentinels
 from jobqueue.errors import (
     IdempotencyConflict,
@@ -95,6 +96,7 @@ class NewJob:
     callback_url: str = ""
     idempotency_key: str | None = None
     fingerprint: str = ""
+    traceparent: str = ""  # W3C trace context of the submit (jobqueue/tracing.py); "" = tracing off
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,8 @@ class ClaimedJob:
     job_id: str
     attempts: int
     payload: str
+    traceparent: str = ""
+    queued_at_ms: int = 0  # when this run's wait began (queued or requeued), Redis clock
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,7 @@ class EndedTiming:
     created_at: int
     queued_at: int
     started_at: int
+    job_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -141,11 +146,15 @@ class FinishCounts:
     ended: tuple[EndedTiming, ...] = ()
 
 
-def parse_finish(reply: Sequence[Any]) -> FinishCounts:
+def parse_finish(reply: Sequence[Any], traced: bool = False) -> FinishCounts:
+    """finish's reply; `traced`: each ended job's timings end with its id (asked for by a tracing worker)."""
     values = list(reply)
+    step = 5 if traced else 4
     ended = tuple(
-        EndedTiming(_text(values[i]), int(values[i + 1]), int(values[i + 2]), int(values[i + 3]))
-        for i in range(6, len(values) - 3, 4)
+        EndedTiming(
+            _text(values[i]), int(values[i + 1]), int(values[i + 2]), int(values[i + 3]), _text(values[i + 4]) if traced else ""
+        )
+        for i in range(6, len(values) - step + 1, step)
     )
     completed, failed, requeued, ignored, still_held, finished_at = (int(v) for v in values[:6])
     return FinishCounts(completed, failed, requeued, ignored, still_held, finished_at, ended)
@@ -201,7 +210,7 @@ def enqueue_call(store: StoreKeys, settings: Settings, job: NewJob) -> ScriptCal
             job.job_id, job.payload, job.model, job.priority, job.owner, job.callback_url, job.fingerprint,
             settings.max_queue_length, "1" if job.idempotency_key else "0",
             settings.rate_limit_per_second, settings.rate_limit_burst, settings.max_pending_per_principal,
-            store.job_prefix,
+            store.job_prefix, job.traceparent,
         ],
     )  # fmt: skip
 
@@ -217,7 +226,10 @@ def enqueue_many_call(store: StoreKeys, settings: Settings, jobs: Sequence[NewJo
     ]  # fmt: skip
     for job in jobs:
         keys += [model.pending(job.priority), store.job(job.job_id), store.idempotency(job.owner, job.idempotency_key or "")]
-        args += [job.job_id, job.payload, job.priority, job.callback_url, job.fingerprint, "1" if job.idempotency_key else "0"]
+        args += [
+            job.job_id, job.payload, job.priority, job.callback_url, job.fingerprint, "1" if job.idempotency_key else "0",
+            job.traceparent,
+        ]  # fmt: skip
     return ScriptCall("enqueue_many", keys, args)
 
 
@@ -317,9 +329,16 @@ def retry_call(store: StoreKeys, settings: Settings, record: JobRecord, token: s
     )  # fmt: skip
 
 
-def parse_claim(reply: Sequence[Any]) -> ClaimedBatch:
+def parse_claim(reply: Sequence[Any], traced: bool = False) -> ClaimedBatch:
+    """claim's reply; `traced`: each job also carries its traceparent and wait start (a tracing worker)."""
     flags = int(reply[0])
-    jobs = [ClaimedJob(_text(reply[i]), int(reply[i + 1]), _text(reply[i + 2])) for i in range(1, len(reply), 3)]
+    if traced:
+        jobs = [
+            ClaimedJob(_text(reply[i]), int(reply[i + 1]), _text(reply[i + 2]), _text(reply[i + 3]), int(reply[i + 4] or 0))
+            for i in range(1, len(reply), 5)
+        ]
+    else:
+        jobs = [ClaimedJob(_text(reply[i]), int(reply[i + 1]), _text(reply[i + 2])) for i in range(1, len(reply), 3)]
     return ClaimedBatch(jobs, bool(flags & ClaimFlag.PAUSED), bool(flags & ClaimFlag.SUSPECTS))
 
 
@@ -386,15 +405,37 @@ class JobStore:
 
     async def enqueue(self, job: NewJob) -> Enqueued:
         """Create the job and queue it in one round trip; raises the refusal (QueueFull, RateLimited, ...)."""
-        result = enqueue_result(await self._run(enqueue_call(self.keys, self.settings, job)), self.settings)
+        if tracing.TRACER is not None:
+            (result,) = await self._traced_enqueue([job])
+        else:
+            result = enqueue_result(await self._run(enqueue_call(self.keys, self.settings, job)), self.settings)
         if isinstance(result, JobQueueError):
             raise result
         return result
 
+    async def _traced_enqueue(self, jobs: Sequence[NewJob]) -> list[Enqueued | JobQueueError]:
+        """Enqueue inside one PRODUCER span per job, each job storing its span's traceparent."""
+        assert tracing.TRACER is not None
+        spans = tracing.ProducerSpans(tracing.TRACER, jobs)
+        try:
+            results = await self._enqueue_untraced(spans.jobs)
+        except BaseException as exc:
+            spans.fail(exc)
+            raise
+        spans.end(results)
+        return results
+
     async def enqueue_many(self, jobs: Sequence[NewJob]) -> list[Enqueued | JobQueueError]:
         """Enqueue several jobs in one round trip; each is atomic on its own and answers in place."""
+        if tracing.TRACER is not None and jobs:
+            return await self._traced_enqueue(jobs)
+        return await self._enqueue_untraced(jobs)
+
+    async def _enqueue_untraced(self, jobs: Sequence[NewJob]) -> list[Enqueued | JobQueueError]:
         if not jobs:
             return []
+        if len(jobs) == 1:
+            return [enqueue_result(await self._run(enqueue_call(self.keys, self.settings, jobs[0])), self.settings)]
         if len({(job.model, job.owner) for job in jobs}) == 1:  # a bulk request: one script call
             reply = await self._run(enqueue_many_call(self.keys, self.settings, jobs))
             return [enqueue_result(reply[i : i + 3], self.settings) for i in range(0, len(reply), 3)]
@@ -489,10 +530,10 @@ class WorkerQueue:
             [
                 worker_id, count, self.store.job_prefix, s.request_ttl_seconds * 1000, self.backstop_ms,
                 int(s.worker_ttl_seconds * 1000), self.store.events, held_in_batch, self.version,
-                s.job_ttl_seconds, self.store.principal_prefix, *moved,
+                s.job_ttl_seconds, self.store.principal_prefix, "1" if tracing.TRACER else "0", *moved,
             ],
         )  # fmt: skip
-        return parse_claim(reply)
+        return parse_claim(reply, tracing.TRACER is not None)
 
     def wait_for_job(self, worker_id: str, timeout_s: float) -> str | None:
         """Block until an id is pending at normal priority and move it into this worker's list
@@ -507,14 +548,14 @@ class WorkerQueue:
         k, s = self.keys, self.settings
         args: list[Any] = [
             worker_id, self.store.job_prefix, s.job_ttl_seconds, s.max_attempts, self.store.events,
-            s.max_dead_letters, self.store.principal_prefix,
+            s.max_dead_letters, self.store.principal_prefix, "1" if tracing.TRACER else "0",
         ]  # fmt: skip
         for job_id, outcome, payload in outcomes:
             args += [job_id, str(outcome), payload]
         reply = self._run(
             "finish", [k.processing(worker_id), k.inflight, k.dead, k.stats, self.store.notify, *k.pending_all], args
         )
-        return parse_finish(reply)
+        return parse_finish(reply, tracing.TRACER is not None)
 
     def extend(self, worker_id: str, job_ids: Sequence[str]) -> int:
         """Push the backstop deadline of jobs this worker still runs forward (it is making progress:

@@ -213,6 +213,18 @@ class Settings(BaseModel):
     )
     worker_health_port: int = Field(0, ge=0, le=65535, description="Worker/notifier probes and /metrics; 0 = none.")
     log_level: str = Field("INFO", pattern=r"^(?i:debug|info|warning|error|critical)$", description="Log level.")
+    tracing_headers_file: str = Field(
+        "",
+        description=(
+            "File holding the OTLP exporter's headers (`key=value,...`, as OTEL_EXPORTER_OTLP_HEADERS; a mounted "
+            "Secret, e.g. a vendor's API key); read when tracing is on (README: Tracing)."
+        ),
+    )
+    log_format: str = Field(
+        "text",
+        pattern=r"^(text|json)$",
+        description="`json`: one JSON object per line (time, level, message, job_id, model, trace_id, span_id where known).",
+    )
 
     # -- Kubernetes ------------------------------------------------------------------------------
     pod_name: str = Field(

@@ -15,6 +15,7 @@ import httpx
 import orjson
 from standardwebhooks.webhooks import Webhook
 
+from jobqueue import tracing
 from jobqueue.notifications import DeliveryRecord
 from jobqueue.settings import Settings
 from jobqueue.ssrf import CallbackRefused, Resolver, resolve_vetted, system_resolver, validate_callback_url
@@ -163,6 +164,18 @@ async def attempt_delivery(client: httpx.AsyncClient, record: DeliveryRecord, se
         return AttemptOutcome(False, True, None, str(exc))
     body = orjson.dumps(record.view).decode()
     headers = signed_headers(secret, record.message_id, body)
+    span, traceparent = tracing.delivery_span(record.traceparent, record.view.get("model"), record.job_id, record.callback_url)
+    if traceparent:
+        headers["traceparent"] = traceparent  # the receiver's handling joins the job's trace
+    outcome = await _post(client, record, settings, body, headers)
+    tracing.end_delivery_span(span, outcome.http_status, "" if outcome.delivered else outcome.error)
+    return outcome
+
+
+async def _post(
+    client: httpx.AsyncClient, record: DeliveryRecord, settings: Settings, body: str, headers: dict[str, str]
+) -> AttemptOutcome:
+    assert record.callback_url is not None
     try:
         async with asyncio.timeout(settings.webhook_timeout_seconds):
             async with client.stream("POST", record.callback_url, content=body.encode(), headers=headers) as response:

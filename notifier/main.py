@@ -18,6 +18,7 @@ import httpx
 import redis.asyncio
 from standardwebhooks.webhooks import Webhook
 
+from jobqueue import logs, tracing
 from jobqueue.connection import UNAVAILABLE, async_client
 from jobqueue.health import serve_health
 from jobqueue.notifications import Lease, NotificationStore, TransitionCode
@@ -161,10 +162,11 @@ class Notifier:
                 log.info("skipped %s end %d: the job was retried since", lease.job_id, lease.end)
                 return
             outcome = await attempt_delivery(self.http, record, self.settings, self.secret)
+            ids = logs.job_ids(record.job_id, record.view.get("model"), record.traceparent)
             if outcome.delivered:
                 code = await self.store.delivered(lease, outcome.http_status or 200)
                 self._count(DELIVERED_COUNTS.get(code, "lease_lost"))
-                log.info("delivered %s end %d (HTTP %s)", lease.job_id, lease.end, outcome.http_status)
+                log.info("delivered %s end %d (HTTP %s)", lease.job_id, lease.end, outcome.http_status, extra=ids)
                 return
             previous = (record.view["notification"] or {}).get("attempts", 0)
             delay_s = outcome.retry_after_s if outcome.retry_after_s is not None else backoff_delay_s(previous + 1)
@@ -173,10 +175,17 @@ class Notifier:
             )
             if result.code is TransitionCode.GIVEN_UP:
                 self._count("failed")
-                log.warning("gave up %s after %d attempts: %s", lease.job_id, result.attempts, outcome.error)
+                log.warning("gave up %s after %d attempts: %s", lease.job_id, result.attempts, outcome.error, extra=ids)
             elif result.code is TransitionCode.DONE:
                 self._count("retried")
-                log.info("attempt %d for %s failed (%s); next in %.1fs", result.attempts, lease.job_id, outcome.error, delay_s)
+                log.info(
+                    "attempt %d for %s failed (%s); next in %.1fs",
+                    result.attempts,
+                    lease.job_id,
+                    outcome.error,
+                    delay_s,
+                    extra=ids,
+                )
             elif result.code is TransitionCode.SUPERSEDED:
                 self._count("superseded")
             else:
@@ -249,9 +258,8 @@ def run() -> None:
     """Console script `asyncinfer-notifier`: configured by environment variables (jobqueue/settings.py)."""
     argparse.ArgumentParser(prog="asyncinfer-notifier", description="Deliver asyncinfer job webhooks.").parse_args()
     settings = get_settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    logs.configure(settings)
+    tracing.setup("asyncinfer-notifier", settings.tracing_headers_file)  # imports opentelemetry only when OTEL_* turns it on
     asyncio.run(main(settings))
     sys.exit(0)
 

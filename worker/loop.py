@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from jobqueue import logs, tracing
 from jobqueue.connection import REFUSED, UNAVAILABLE, sync_client
 from jobqueue.model_signature import BatchPart, convert_batch
 from jobqueue.models import ModelConfig, load_models
@@ -70,6 +71,7 @@ class Worker:
         self._adopt = False  # Redis may list ids under us that this process does not know it holds
         self._next_reconcile = time.monotonic() + RECONCILE_INTERVAL_S
         self._batch_ids: list[str] = []  # the batch being run, for `_progress`
+        self._trace: tracing.BatchTrace | None = None  # its spans, emitted once its results are written
         self._extended_at = 0.0  # when its jobs' backstop deadlines were last set (claim or extend)
         self._background = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         self.deletion_cost = DeletionCost(settings)  # idle-first scale-in; off outside a cluster
@@ -181,6 +183,7 @@ class Worker:
         # A suspect group (half of a batch that died) runs as one batch too: if it dies again, recovery
         # halves it again (bisection), so a culprit costs O(log n) model calls, not one per job.
         self._batch_ids = [job.job_id for job in jobs]
+        self._trace = tracing.BatchTrace(self.model.name, self.worker_id, jobs) if tracing.TRACER is not None else None
         self._unrecorded = self._process_safely(jobs)
         self._record()
         if self.objects is not None and self.objects.pause_s:  # the object store is down: back off as for Redis
@@ -190,8 +193,14 @@ class Worker:
     def _record(self) -> None:
         from jobqueue import metrics  # imported after the start-up line (prometheus_client is slow to import)
 
+        trace, write_started = self._trace, time.time_ns()
         counts = self.queue.finish(self.worker_id, self._unrecorded)
-        metrics.observe_ended(self.model.name, counts.ended, counts.finished_at)
+        if trace is not None:
+            self._trace = None
+            trace.emit(self._unrecorded, write_started, time.time_ns())
+            metrics.observe_ended(self.model.name, counts.ended, counts.finished_at, trace.trace_ids())
+        else:
+            metrics.observe_ended(self.model.name, counts.ended, counts.finished_at)
         self.processed += counts.completed + counts.failed
         self._unrecorded = []
         self._adopt = self._adopt or counts.still_held > 0
@@ -240,12 +249,24 @@ class Worker:
         from jobqueue import metrics
 
         try:
-            call_started = time.perf_counter()
+            call_started, call_started_ns = time.perf_counter(), time.time_ns()
             outputs = self.model.run(feeds, self.settings.job_timeout_seconds)
-            metrics.observe_batch(self.model.name, len(members), time.perf_counter() - call_started)
+            call_seconds = time.perf_counter() - call_started
+            trace = self._trace
+            if trace is None:
+                metrics.observe_batch(self.model.name, len(members), call_seconds)
+            else:
+                ids = [job.job_id for job, _ in members]
+                trace.model_call(ids, call_started_ns, time.time_ns())
+                metrics.observe_batch(self.model.name, len(members), call_seconds, trace.exemplar_trace_id(ids))
         except ModelTimeout as exc:
             if len(members) == 1:
-                log.warning("job %s: %s", members[0][0].job_id, exc)
+                log.warning(
+                    "job %s: %s",
+                    members[0][0].job_id,
+                    exc,
+                    extra=logs.job_ids(members[0][0].job_id, self.model.name, members[0][0].traceparent),
+                )
                 return [(members[0][0].job_id, Outcome.FAILED, str(exc))]
             # Which job hangs is unknown: each half runs as a suspect group next time, with its own
             # timeout; only the half that hangs again is halved again (bisection).
@@ -260,7 +281,12 @@ class Worker:
             raise
         except Exception as exc:  # the model may raise anything; isolate the culprit
             if len(members) == 1:
-                log.warning("model failed on job %s: %s", members[0][0].job_id, exc)
+                log.warning(
+                    "model failed on job %s: %s",
+                    members[0][0].job_id,
+                    exc,
+                    extra=logs.job_ids(members[0][0].job_id, self.model.name, members[0][0].traceparent),
+                )
                 return [(members[0][0].job_id, Outcome.RETRY, f"model error: {exc}")]
             # Bisect: rerun each half; only a half that raises again is split again, so one culprit
             # among n jobs costs O(log n) calls and the innocent halves complete in one call each.

@@ -10,7 +10,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
-from jobqueue.connection import REFUSED, UNAVAILABLE
+from jobqueue import logs, tracing
 from jobqueue.settings import get_settings
 
 if TYPE_CHECKING:
@@ -83,6 +83,8 @@ class SignalWatcher:
 def hard_exit(worker: Worker, why: str) -> None:
     """Leave now: abort the model call, hand held jobs back (attempt not counted) when Redis lets
     us, otherwise recovery finds them; exit non-zero."""
+    from jobqueue.connection import REFUSED, UNAVAILABLE
+
     log.warning("%s: aborting the model call and handing held jobs back", why)
     worker.model.abort()
     try:
@@ -112,17 +114,17 @@ def run() -> None:
     parser = argparse.ArgumentParser(prog="asyncinfer-worker", description="Run an asyncinfer worker.")
     parser.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     args = parser.parse_args()
+    tracing.keep_sdk_out_unless_wanted()  # before anything imports redis
     watcher = SignalWatcher()  # before the slow imports, so an early SIGTERM is a clean exit
     settings = get_settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    logs.configure(settings)
+    tracing.setup("asyncinfer-worker", settings.tracing_headers_file)  # imports opentelemetry only when OTEL_* turns it on
     probes = StartupProbes()
     if settings.worker_health_port:  # before the heavy import and the model load
         from jobqueue import metrics  # only then: prometheus_client stays out of a probe-less cold start
         from jobqueue.health import serve_health
 
-        serve_health(settings.worker_health_port, probes, metrics.exposition)
+        serve_health(settings.worker_health_port, probes, metrics.exposition, openmetrics=metrics.openmetrics_exposition)
     from worker.loop import Worker  # heavy: ONNX Runtime
 
     try:

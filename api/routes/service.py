@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
 from api.auth import Principal, admin
 from api.errors import HTTPProblem, json_response
-from api.metrics import metrics_text
+from api.metrics import metrics_body
 from api.schemas import ErrorBody, ServiceInfo
 from api.state import AppState, get_state
 from jobqueue import __version__
@@ -74,10 +74,11 @@ async def readyz(state: State) -> Response:
 
 
 @router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics (admin when on the main port)")
-async def metrics(state: State, _: Annotated[Principal, Depends(admin)]) -> Response:
+async def metrics(request: Request, state: State, _: Annotated[Principal, Depends(admin)]) -> Response:
     if state.settings.metrics_port:
         return json_response({"detail": f"metrics are served on METRICS_PORT {state.settings.metrics_port}"}, 404)
-    return PlainTextResponse(await metrics_text(state), media_type="text/plain; version=0.0.4")
+    body, content_type = await metrics_body(state, request.headers.get("accept"))
+    return Response(body, media_type=content_type)
 
 
 @functools.cache

@@ -77,7 +77,7 @@ end
 -- Create one job and queue it, or say why not (see enqueue.lua for the codes). `q` carries the
 -- request's shared settings: model, owner, max_len, rate, burst, max_unfinished, job_prefix, stats,
 -- principal. Writes nothing when it refuses.
-local function enqueue_one(q, pending, job, idem, job_id, input, priority, callback, fingerprint, use_idem)
+local function enqueue_one(q, pending, job, idem, job_id, input, priority, callback, fingerprint, use_idem, traceparent)
   -- The same job id again: our own earlier run whose reply was lost.
   local status = redis.call('HGET', job, 'status')
   if status then return {1, job_id, status} end
@@ -103,6 +103,7 @@ local function enqueue_one(q, pending, job, idem, job_id, input, priority, callb
   redis.call('HSET', job, 'status', 'pending', 'input', input, 'model', q.model, 'priority', priority,
     'owner', q.owner, 'created_at', now, 'queued_at', now, 'attempts', 0)
   if callback ~= '' then redis.call('HSET', job, 'callback_url', callback) end
+  if traceparent and traceparent ~= '' then redis.call('HSET', job, 'traceparent', traceparent) end  -- every run joins its trace
   -- No TTL while the job lives: a record expires only once it is finished.
   if use_idem then
     redis.call('SET', idem, job_id)

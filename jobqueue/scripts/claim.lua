@@ -38,8 +38,10 @@ ARGV[8]  jobs this worker already holds for the batch being collected (a suspect
 ARGV[9]  model version of this worker (recorded on each job it starts)
 ARGV[10] job ttl, seconds (an expired record lives this long)
 ARGV[11] principal key prefix
-ARGV[12..] ids already in the processing list to start or adopt
-Returns {flags, id, attempts, input, id, attempts, input, ...}; flags: 1 = paused, 2 = a suspect
+ARGV[12] "1": the worker traces (each job also carries its traceparent and wait start), "0": it does not
+ARGV[13..] ids already in the processing list to start or adopt
+Returns {flags, id, attempts, input, id, attempts, input, ...}, traced: {flags, id, attempts, input,
+traceparent ("" when none), wait start (requeued_at or queued_at, ms), ...}; flags: 1 = paused, 2 = a suspect
 group started (the worker must not add to this batch).
 ]]
 local pending_lists = {KEYS[1], KEYS[2], KEYS[3]}
@@ -47,7 +49,7 @@ local processing, inflight, workers, stats, paused, notify = KEYS[4], KEYS[5], K
 local wid, want, job_prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local request_ttl, backstop, worker_ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local events, already_held, version = ARGV[7], tonumber(ARGV[8]), ARGV[9]
-local job_ttl, principal_prefix = ARGV[10], ARGV[11]
+local job_ttl, principal_prefix, traced = ARGV[10], ARGV[11], ARGV[12] == '1'
 local priority_index = {high = 1, normal = 2, low = 3}
 local PATTERN = {1, 1, 2, 1, 1, 2, 1, 1, 3, 1, 2, 1}
 
@@ -55,7 +57,7 @@ local now = now_ms()
 beat(workers, stats, wid, worker_ttl, now)  -- claiming is a heartbeat too
 
 local candidates = {}  -- {id, source list index or 0 for ids already in the processing list}
-for i = 12, #ARGV do
+for i = 13, #ARGV do
   if redis.call('LPOS', processing, ARGV[i]) then candidates[#candidates + 1] = {ARGV[i], 0} end
 end
 local is_paused = redis.call('EXISTS', paused) == 1
@@ -87,15 +89,21 @@ if is_paused then out[1] = 1 end
 for _, c in ipairs(candidates) do
   local id, source = c[1], c[2]
   local job = job_prefix .. id
-  local status, queued_at, attempts, input, worker, suspect, priority, owner, callback, idem, started_at =
+  local status, queued_at, attempts, input, worker, suspect, priority, owner, callback, idem, started_at,
+    traceparent, requeued_at =
     unpack(redis.call('HMGET', job, 'status', 'queued_at', 'attempts', 'input', 'worker', 'suspect',
-      'priority', 'owner', 'callback_url', 'idem', 'started_at'))
+      'priority', 'owner', 'callback_url', 'idem', 'started_at', 'traceparent', 'requeued_at'))
+  local wait_start = requeued_at or queued_at or 0
   local held = source == 0
   if status == 'processing' and worker == wid and held then
     -- Already ours: a reply lost to a dropped connection. Adopt it again, unchanged.
     out[#out + 1] = id
     out[#out + 1] = tonumber(attempts)
     out[#out + 1] = input
+    if traced then
+      out[#out + 1] = traceparent or ''
+      out[#out + 1] = wait_start
+    end
   elseif status == 'pending' and (is_paused or (group and (group == '1' or suspect ~= group))) then
     give_back[#give_back + 1] = c
   elseif status == 'pending' then
@@ -120,6 +128,10 @@ for _, c in ipairs(candidates) do
       out[#out + 1] = id
       out[#out + 1] = n + 1
       out[#out + 1] = input
+      if traced then
+        out[#out + 1] = traceparent or ''
+        out[#out + 1] = wait_start
+      end
       if suspect and not group then
         group = suspect
         out[1] = out[1] + 2

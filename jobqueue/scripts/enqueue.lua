@@ -22,6 +22,7 @@ ARGV[10] submits per second per principal (0 = unlimited)
 ARGV[11] token bucket size
 ARGV[12] max unfinished jobs per principal (0 = unlimited)
 ARGV[13] job key prefix (an idempotent replay reads the job the key points to)
+ARGV[14] W3C traceparent of the submit's PRODUCER span ("" = tracing off)
 Returns {code, job id or "", detail}: 1 created; 2 replay (detail: its current status);
 -2 queue full; -3 rate limited (detail: retry after, ms); -4 too many unfinished jobs;
 -5 idempotency conflict (detail: the existing job id).
@@ -32,4 +33,4 @@ local q = {
   rate = tonumber(ARGV[10]), burst = tonumber(ARGV[11]), max_unfinished = tonumber(ARGV[12]), job_prefix = ARGV[13],
 }
 local job_id, input, priority, callback, fingerprint, use_idem = ARGV[1], ARGV[2], ARGV[4], ARGV[6], ARGV[7], ARGV[9] == '1'
-return enqueue_one(q, pending, job, idem, job_id, input, priority, callback, fingerprint, use_idem)
+return enqueue_one(q, pending, job, idem, job_id, input, priority, callback, fingerprint, use_idem, ARGV[14])

@@ -15,8 +15,8 @@ ARGV[4] submits per second per principal (0 = unlimited)
 ARGV[5] token bucket size
 ARGV[6] max unfinished jobs per principal (0 = unlimited)
 ARGV[7] job key prefix
-ARGV[8 + 6k .. 13 + 6k] for job k: id, input payload, priority, callback url, fingerprint, "1" with an
-                   idempotency key
+ARGV[8 + 7k .. 14 + 7k] for job k: id, input payload, priority, callback url, fingerprint, "1" with an
+                   idempotency key, traceparent ("" = none)
 Returns a flat array: code, job id or "", detail, per job in order (codes as in enqueue.lua).
 ]]
 local q = {
@@ -24,10 +24,10 @@ local q = {
   rate = tonumber(ARGV[4]), burst = tonumber(ARGV[5]), max_unfinished = tonumber(ARGV[6]), job_prefix = ARGV[7],
 }
 local out = {}
-for k = 0, (#ARGV - 7) / 6 - 1 do
-  local a, key = 8 + 6 * k, 3 + 3 * k
+for k = 0, (#ARGV - 7) / 7 - 1 do
+  local a, key = 8 + 7 * k, 3 + 3 * k
   local reply = enqueue_one(q, KEYS[key], KEYS[key + 1], KEYS[key + 2],
-    ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5] == '1')
+    ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5] == '1', ARGV[a + 6])
   out[#out + 1] = reply[1]
   out[#out + 1] = reply[2]
   out[#out + 1] = reply[3]

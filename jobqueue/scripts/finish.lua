@@ -20,7 +20,8 @@ ARGV[4] max attempts
 ARGV[5] events channel
 ARGV[6] max dead letters kept
 ARGV[7] principal key prefix
-ARGV[8..] triples: id, outcome, payload
+ARGV[8] "1": the worker traces (each ended job's timings also carry its id, for exemplars), "0": not
+ARGV[9..] triples: id, outcome, payload
   "completed": payload is the result JSON, or the s3://bucket/key of a result object (issue #26)
   "failed":    payload is the error; permanent (the input does not fit the model, it hung alone)
   "retry":     payload is the error; requeued at the front until max attempts, then failed
@@ -29,20 +30,21 @@ ARGV[8..] triples: id, outcome, payload
   "isolate":   its batch crashed or hung; requeued at the front as a suspect, the attempt not counted;
                payload is its suspect group (the half of the batch it runs with next; "" or "1": alone)
 Returns {completed, failed, requeued, ignored, still held, now, then for each job this call ended:
-priority, created_at, queued_at, started_at} (the timings feed the worker's latency histograms without
-another read); still held > 0 means ids this worker does not know it holds (a reply lost to a dropped
+priority, created_at, queued_at, started_at (and id, traced)} (the timings feed the worker's latency
+histograms and their exemplars without another read); still held > 0 means ids this worker does not know it holds (a reply lost to a dropped
 connection): it adopts them with `claim`.
 ]]
 local processing, inflight, dead, stats, notify = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local pending_lists = {high = KEYS[6], normal = KEYS[7], low = KEYS[8]}
 local wid, job_prefix, ttl = ARGV[1], ARGV[2], ARGV[3]
 local max_attempts, events, max_dead, principal_prefix = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]), ARGV[7]
+local traced = ARGV[8] == '1'
 
 local now = now_ms()
 local completed, failed, requeued, ignored = 0, 0, 0, 0
 local ended, back, done = {}, {}, {}  -- done: ids to drop from the in-flight set
 local unfinished_drop = {}
-local timings = {}  -- priority, created_at, queued_at, started_at of each job ended here
+local timings = {}  -- priority, created_at, queued_at, started_at (, id) of each job ended here
 
 local function close(job, id, owner, callback, idem)
   close_job(job, id, ttl, now, idem, callback, owner, notify, unfinished_drop)
@@ -67,7 +69,7 @@ local function requeue(job, id, priority)
   requeued = requeued + 1
 end
 
-for i = 8, #ARGV, 3 do
+for i = 9, #ARGV, 3 do
   local id, outcome, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local job = job_prefix .. id
   local held = redis.call('LREM', processing, -1, id) > 0
@@ -80,6 +82,7 @@ for i = 8, #ARGV, 3 do
       timings[#timings + 1] = created
       timings[#timings + 1] = queued
       timings[#timings + 1] = started
+      if traced then timings[#timings + 1] = id end
     end
   end
   local live = status == 'processing' or status == 'pending'

@@ -6,6 +6,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 
 from jobqueue.keys import StoreKeys
 from tests.chart.render import CHART, SCENARIOS, all_containers, env_of, pod_spec, rendered, template, workloads
@@ -170,10 +171,12 @@ def test_each_process_gets_exactly_the_secrets_it_needs(scenario: str) -> None:
     }
     # the object store's key pair (objectStore.existingSecret): every process that reads, writes or signs objects
     store = ["AWS_ACCESS_KEY_ID_FILE", "AWS_SECRET_ACCESS_KEY_FILE"] if scenario == "object-store" else []
+    tracing = (yaml.safe_load(SCENARIOS[scenario].read_text()) or {}).get("tracing", {})
+    headers = ["TRACING_HEADERS_FILE"] if tracing.get("enabled") and tracing.get("headersSecret") else []
     wanted = {
-        "api": {*redis_files, *(["AUTH_TOKENS_FILE"] if auth_on else []), *store},
-        "worker": {*redis_files, *store},
-        "notifier": {*redis_files, "WEBHOOK_SECRET_FILE", *store},
+        "api": {*redis_files, *(["AUTH_TOKENS_FILE"] if auth_on else []), *store, *headers},
+        "worker": {*redis_files, *store, *headers},
+        "notifier": {*redis_files, "WEBHOOK_SECRET_FILE", *store, *headers},
     }
     for component, names in wanted.items():
         for d in r.of_kind("Deployment", component):

@@ -55,6 +55,7 @@ SET_BY_THE_CHART = {
     "aws_access_key_id_file": "the mounted Secret file (objectStore.existingSecret)",
     "aws_secret_access_key": "a secret: never an env var; AWS_SECRET_ACCESS_KEY_FILE from objectStore.existingSecret instead",
     "aws_secret_access_key_file": "the mounted Secret file (objectStore.existingSecret)",
+    "tracing_headers_file": "the mounted Secret file (tracing.headersSecret)",
     "deletion_cost_debounce_seconds": "worker only; its chart value comes with scaleIn.idleFirst (issue #28, chart side)",
 }
 # Defaults the chart deliberately changes, each with the reason.

@@ -313,7 +313,7 @@ Return where secret files are mounted; the *_FILE settings point below it.
 
 {{/*
 Return the volume (Secret projection) a container reads its secret files from: Redis password always,
-tokens file for the API, webhook secret for the notifier. Call with (dict "ctx" $ "auth" bool "webhook" bool).
+tokens file for the API, webhook secret for the notifier, the OTLP exporter's headers (tracing) for all. Call with (dict "ctx" $ "auth" bool "webhook" bool).
 Files, never env vars: no `kubectl describe`, crash dump or child process sees them, and a rotated Secret
 reaches the file without a restart.
 */}}
@@ -356,7 +356,54 @@ reaches the file without a restart.
               path: aws-secret-access-key
       {{- end }}
       {{- end }}
+      {{- if and .ctx.Values.tracing.enabled .ctx.Values.tracing.headersSecret }}
+      - secret:
+          name: {{ .ctx.Values.tracing.headersSecret }}
+          items:
+            - key: {{ .ctx.Values.tracing.headersSecretKey }}
+              path: otlp-headers
+      {{- end }}
 {{- end }}
+
+{{/*
+OpenTelemetry tracing (`tracing`): the standard OTEL_* variables of one process; nothing when off (the
+process then never imports the tracing SDK). Headers (an API key) are a Secret file: TRACING_HEADERS_FILE,
+in asyncinfer.secretsVolume and asyncinfer.secretFileEnv.
+*/}}
+{{- define "asyncinfer.tracingEnv" -}}
+{{- $t := .ctx.Values.tracing -}}
+{{- if $t.enabled }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ $t.endpoint | quote }}
+- name: OTEL_EXPORTER_OTLP_PROTOCOL
+  value: http/protobuf
+- name: OTEL_SERVICE_NAME
+  value: {{ .service | quote }}
+- name: OTEL_TRACES_SAMPLER
+  value: {{ $t.sampler | quote }}
+{{- if $t.samplerArg }}
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ $t.samplerArg | quote }}
+{{- end }}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ printf "service.namespace=%s,deployment.environment.name=%s" .ctx.Release.Name .ctx.Release.Namespace | quote }}
+{{- end }}
+{{- end -}}
+
+{{/*
+The egress rule to the tracing collector (tracing.collector.to on tracing.collector.port), for a pod
+whose egress is restricted; nothing when tracing is off.
+*/}}
+{{- define "asyncinfer.collectorEgress" -}}
+{{- $t := .Values.tracing -}}
+{{- if $t.enabled }}
+- to:
+    {{- toYaml $t.collector.to | nindent 4 }}
+  ports:
+    - port: {{ $t.collector.port }}
+      protocol: TCP
+{{- end }}
+{{- end -}}
 
 {{/*
 Return the *_FILE env entries matching asyncinfer.secretsVolume. Call with the same dict.
@@ -381,6 +428,10 @@ Return the *_FILE env entries matching asyncinfer.secretsVolume. Call with the s
   value: {{ printf "%s/aws-access-key-id" (include "asyncinfer.secretsDir" .ctx) | quote }}
 - name: AWS_SECRET_ACCESS_KEY_FILE
   value: {{ printf "%s/aws-secret-access-key" (include "asyncinfer.secretsDir" .ctx) | quote }}
+{{- end }}
+{{- if and .ctx.Values.tracing.enabled .ctx.Values.tracing.headersSecret }}
+- name: TRACING_HEADERS_FILE
+  value: {{ printf "%s/otlp-headers" (include "asyncinfer.secretsDir" .ctx) | quote }}
 {{- end }}
 {{- end }}
 
@@ -662,6 +713,9 @@ Return nothing, or fail with one clear message when values contradict each other
 */}}
 {{- define "asyncinfer.validateValues" -}}
 {{- $c := .Values.config }}
+{{- if and .Values.tracing.enabled (not .Values.tracing.endpoint) }}
+{{- fail "tracing.enabled needs tracing.endpoint: the collector's OTLP/HTTP base URL (e.g. http://otel-collector.observability:4318)" }}
+{{- end }}
 {{- if lt (float64 $c.drainTimeoutSeconds) (float64 $c.jobTimeoutSeconds) }}
 {{- fail (printf "config.drainTimeoutSeconds (%v) must be at least config.jobTimeoutSeconds (%v): a routine scale-in would abort a batch still within its time and run it again elsewhere" $c.drainTimeoutSeconds $c.jobTimeoutSeconds) }}
 {{- end }}
