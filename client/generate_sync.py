@@ -24,6 +24,7 @@ REPLACEMENTS = {
     "AsyncBaseTransport": "BaseTransport",
     "aclose": "close",
     "async_sleep": "sleep",
+    "async_transport": "sync_transport",
 }
 HEADER = "# Generated from aio.py by client/generate_sync.py (unasync): do not edit; edit aio.py and run `make sync-client`.\n"
 

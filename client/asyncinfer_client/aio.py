@@ -18,6 +18,7 @@ import httpx
 
 from asyncinfer_client import protocol
 from asyncinfer_client._concurrency import AsyncChunkPool, ChunkEnd, async_sleep
+from asyncinfer_client._transport import async_transport
 from asyncinfer_client.errors import APIError
 from asyncinfer_client.protocol import Call, RetryPolicy
 from asyncinfer_client.views import JobView, Outcome
@@ -97,7 +98,8 @@ class AsyncClient:
         self._token = token if token is not None else protocol.default_token()
         self.retry_policy = retry or RetryPolicy()
         self._http = httpx.AsyncClient(
-            transport=transport, **protocol.http_options(self.base_url, self._token, timeout, max_connections)
+            transport=transport or async_transport(protocol.http_limits(max_connections)),
+            **protocol.http_options(self.base_url, self._token, timeout),
         )
 
     def __repr__(self) -> str:

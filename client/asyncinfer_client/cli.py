@@ -21,6 +21,7 @@ from asyncinfer_client.errors import AsyncInferError, JobError
 from asyncinfer_client.progress import progress_for
 from asyncinfer_client.run_file import (
     RUN_CONCURRENCY,
+    RUN_MAX_CHUNK,
     InputError,
     Journal,
     RunOptions,
@@ -265,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-c",
         type=int,
         default=RUN_CONCURRENCY,
-        help=f"bulk requests of {protocol.DEFAULT_CHUNK_SIZE} inputs in flight (default {RUN_CONCURRENCY})",
+        help=f"bulk requests (of up to {RUN_MAX_CHUNK} inputs) in flight (default {RUN_CONCURRENCY})",
     )
     model_options(sub)
     sub.add_argument("--job-timeout", type=float, default=None, help="give up on one job after this many seconds")

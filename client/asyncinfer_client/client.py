@@ -19,6 +19,7 @@ import httpx
 
 from asyncinfer_client import protocol
 from asyncinfer_client._concurrency import ChunkEnd, SyncChunkPool, sleep
+from asyncinfer_client._transport import sync_transport
 from asyncinfer_client.errors import APIError
 from asyncinfer_client.protocol import Call, RetryPolicy
 from asyncinfer_client.views import JobView, Outcome
@@ -98,7 +99,8 @@ class Client:
         self._token = token if token is not None else protocol.default_token()
         self.retry_policy = retry or RetryPolicy()
         self._http = httpx.Client(
-            transport=transport, **protocol.http_options(self.base_url, self._token, timeout, max_connections)
+            transport=transport or sync_transport(protocol.http_limits(max_connections)),
+            **protocol.http_options(self.base_url, self._token, timeout),
         )
 
     def __repr__(self) -> str:

@@ -370,15 +370,19 @@ def sort_submission(pending: Sequence[tuple[int, Any]], submitted: Sequence[str 
     return result
 
 
-def http_options(base_url: str, token: str | None, timeout: float, max_connections: int) -> dict[str, Any]:
+def http_options(base_url: str, token: str | None, timeout: float) -> dict[str, Any]:
     """The httpx client settings both clients use (the transport aside)."""
     return {
         "base_url": base_url,
         "auth": BearerAuth(token) if token else None,
         "timeout": timeout,
-        "limits": httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
         "headers": {"User-Agent": "asyncinfer-client"},
     }
+
+
+def http_limits(max_connections: int) -> httpx.Limits:
+    """The connection pool's bounds: every connection may stay open (`map` reuses them chunk after chunk)."""
+    return httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
 
 
 def masked_repr(cls_name: str, base_url: str, token: str | None) -> str:

@@ -1,5 +1,6 @@
 """`asyncinfer run`: every input line of a file becomes one job; results go to a JSONL journal as they arrive.
-The inputs go through `AsyncClient.map` (bulk submits, lookups in bulk), so a file runs as fast as `map`.
+The inputs go through `AsyncClient.map` (bulk submits, lookups in bulk) in bulk requests sized by the inputs' bytes,
+so a file runs at least as fast as `map`.
 
 Resumable: the journal names the inputs already done, and each input's idempotency key is derived from the
 input file's absolute path and the input's id (`run-<sha256(path)[:16]>-<id>`), so an input that was submitted
@@ -32,6 +33,14 @@ RECORD_ENCODER = json.JSONEncoder(separators=(",", ":"))  # built once: json.dum
 INPUT_REJECTED_STATUSES = frozenset({400, 413, 422})
 # bulk requests in flight: twice `map`'s default, as a file of inputs is all there is to do (~20% faster here)
 RUN_CONCURRENCY = 8
+# inputs per bulk request, at most (the service takes up to MAX_BULK_ITEMS, 1000 by default): with a file no caller
+# waits on the first results, and fewer, larger requests than map's 100 cost less per input (measured here: about a
+# quarter less client CPU at 250; at 500 and 1000 the API and Redis spent more than the client saved)
+RUN_MAX_CHUNK = 250
+# a bulk request's body, at most: a quarter of the service's default MAX_BODY_BYTES (1 MiB), room for data that
+# grows when sent (a CSV cell `1` goes as `1.0`), so a file of large inputs goes in smaller requests, not a 413
+RUN_BODY_BUDGET_BYTES = 256 * 1024
+ITEM_OVERHEAD_BYTES = 160  # an item's JSON around its data: `{"data": ..., "idempotency_key": "run-<16>-<id>"}`
 TICK_S = 0.25  # how often the journal is flushed and the progress display may draw without a finished input
 
 
@@ -45,6 +54,7 @@ class InputItem:
 
     id: Any
     data: Any
+    size: int = 0  # bytes of its line in the file: about what its data adds to a bulk request
 
     @property
     def key(self) -> str:
@@ -88,10 +98,10 @@ def _read_jsonl(handle: IO[str]) -> Iterator[InputItem]:
         if isinstance(value, dict):
             if "data" not in value:
                 raise InputError(f"line {line_number}: an object needs a `data` field")
-            yield InputItem(value.get("id", line_number), value["data"])
+            yield InputItem(value.get("id", line_number), value["data"], len(line))
         elif isinstance(value, list):
             # a bare row is one input row; a list of rows is already a job's data
-            yield InputItem(line_number, value if value and isinstance(value[0], list) else [value])
+            yield InputItem(line_number, value if value and isinstance(value[0], list) else [value], len(line))
         else:
             raise InputError(f'line {line_number}: expected {{"data": ...}} or a row like [5.1, 3.5, 1.4, 0.2]')
 
@@ -130,7 +140,13 @@ def _read_csv(handle: IO[str]) -> Iterator[InputItem]:
             features = [cell for index, cell in enumerate(row) if index != id_column]
         else:
             item_id, features = line_number, row
-        yield InputItem(item_id, [[_number(cell) for cell in features]])
+        yield InputItem(item_id, [[_number(cell) for cell in features]], sum(map(len, row)) + len(row))
+
+
+def chunk_size_for(items: list[InputItem]) -> int:
+    """Inputs per bulk request: as many of the largest input as fit RUN_BODY_BUDGET_BYTES, at most RUN_MAX_CHUNK."""
+    largest = max((item.size for item in items), default=0) + ITEM_OVERHEAD_BYTES
+    return max(1, min(RUN_MAX_CHUNK, RUN_BODY_BUDGET_BYTES // largest))
 
 
 def run_key_prefix(input_path: Path) -> str:
@@ -238,8 +254,8 @@ def journal_record(item: InputItem, outcome: Outcome) -> dict[str, Any]:
 async def run_inputs(
     client: AsyncClient, items: list[InputItem], input_path: Path, journal: Journal, progress: Progress, options: RunOptions
 ) -> RunSummary:
-    """Run every input not yet in the journal with `client.map` (bulk submits, lookups in bulk) and journal each
-    result as it arrives. SIGINT/SIGTERM stop it cleanly: what was written stays, the rest resumes later."""
+    """Run every input not yet in the journal with `client.map` (bulk submits of `chunk_size_for` inputs, lookups in
+    bulk) and journal each result as it arrives. SIGINT/SIGTERM stop it cleanly: what was written stays, the rest resumes later."""
     summary = RunSummary(total=len(items))
     todo = [item for item in items if item.key not in journal.done]
     summary.skipped = len(items) - len(todo)
@@ -253,6 +269,7 @@ async def run_inputs(
                 options.model,
                 options.priority,
                 concurrency=options.concurrency,
+                chunk_size=chunk_size_for(todo),
                 ordered=False,
                 timeout=options.job_timeout_s,
                 idempotency_keys=[idempotency_key(prefix, item) for item in todo],

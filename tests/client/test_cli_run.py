@@ -20,11 +20,12 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from asyncinfer_client.protocol import DEFAULT_CHUNK_SIZE
+from asyncinfer_client.run_file import RUN_MAX_CHUNK
 from tests.client.helpers import CLI, JOB_KEYS, cli_env, iris_rows, line_count, read_jsonl, run_cli, wait_for
+from tests.conftest import service_env
 
 TOTAL = 2000
-# enough that a run with --concurrency 1 (a bulk request of 100 at a time) lasts several progress intervals
+# enough that a run with --concurrency 1 (a bulk request of RUN_MAX_CHUNK at a time) lasts several progress intervals
 PROGRESS_INPUTS = 3000
 PLAIN_LINE = re.compile(r"^asyncinfer run: \d+/\d+ \(\d+%\) done, \d+ failed, [\d.]+/s, ETA [\d:?]+$", re.M)
 
@@ -63,7 +64,8 @@ def test_run_interrupted_half_way_resumes_without_submitting_twice(stack, redis_
     input_path = tmp_path / f"inputs.{kind}"
     ids = (write_jsonl if kind == "jsonl" else write_csv)(input_path, rows)
     output = tmp_path / "results.jsonl"
-    args = [CLI, "run", str(input_path), "-o", str(output), "--concurrency", "8", "--progress-interval", "0.5"]
+    # two bulk requests in flight (up to 500 inputs): a quarter of the file, so some are in flight at Ctrl-C
+    args = [CLI, "run", str(input_path), "-o", str(output), "--concurrency", "2", "--progress-interval", "0.5"]
     first = subprocess.Popen(args, env=cli_env(stack.url), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: line_count(output) >= TOTAL // 2, 90, "half the results")
@@ -97,7 +99,7 @@ def test_run_interrupted_half_way_resumes_without_submitting_twice(stack, redis_
     assert len({r["job_id"] for r in records}) == TOTAL
     replayed = int(re.search(r"(\d+) found already submitted", second.stderr).group(1))
     # the ones in flight at Ctrl-C: at most one chunk per bulk request in flight
-    assert 1 <= replayed <= 8 * DEFAULT_CHUNK_SIZE, second.stderr
+    assert 1 <= replayed <= 2 * RUN_MAX_CHUNK, second.stderr
     assert f"{len(written_first)} already done" in second.stderr
 
 
@@ -113,8 +115,8 @@ def http_requests(url: str) -> dict[tuple[str, str], float]:
 
 
 def test_run_sends_what_map_sends_bulk_submits_and_bulk_lookups(stack, tmp_path):
-    # as fast as `Client.map` because it makes the same requests: one bulk submit per chunk of inputs and a few
-    # reads per chunk, not a submit and a long poll per input (bench/cli_run.py compares the two rates)
+    # at least as fast as `Client.map` because it makes map's requests, in larger chunks: one bulk submit per chunk
+    # of inputs and a few reads per chunk, not a submit and a long poll per input (bench/cli_run.py compares them)
     inputs = 1000
     input_path = tmp_path / "inputs.jsonl"
     write_jsonl(input_path, iris_rows(inputs))
@@ -123,9 +125,24 @@ def test_run_sends_what_map_sends_bulk_submits_and_bulk_lookups(stack, tmp_path)
     assert f"{inputs} completed, 0 failed" in result.stderr
     requests = http_requests(stack.url)
     assert requests.get(("POST", "/predict"), 0) == 0
-    assert requests[("POST", "/predict/batch")] == inputs // DEFAULT_CHUNK_SIZE
+    assert requests[("POST", "/predict/batch")] == inputs // RUN_MAX_CHUNK
     made = sum(count for (_, route), count in requests.items() if route != "/metrics")
-    assert made <= inputs / 20, requests  # a handful per chunk of 100
+    assert made <= inputs / 50, requests  # a handful per chunk of 250
+
+
+def test_large_inputs_go_in_smaller_bulk_requests_under_the_body_limit(processes, redis_server, redis_client, tmp_path):
+    # 256 rows per input (~4.6 KB as sent): 100 of them in one request would be over this service's 384 KiB body
+    # limit (refused with a 413, every input of the request journaled as rejected)
+    env = service_env(redis_server.url, MAX_BODY_BYTES=str(384 * 1024))
+    processes.worker(env)
+    _, url = processes.api(env)
+    inputs = 120
+    input_path = tmp_path / "inputs.jsonl"
+    input_path.write_text("".join(json.dumps({"id": i, "data": iris_rows(256)}) + "\n" for i in range(inputs)))
+    result = run_cli(["run", str(input_path), "-o", str(tmp_path / "out.jsonl")], url)
+    assert result.returncode == 0, result.stderr
+    assert f"{inputs} completed, 0 failed" in result.stderr
+    assert http_requests(url)[("POST", "/predict/batch")] == 3  # 45 inputs (~210 KiB) per request
 
 
 def test_run_exits_1_and_names_the_failure_when_an_input_is_refused(stack, tmp_path):

@@ -1,4 +1,4 @@
-"""The client is its own small distribution: the service's version, httpx (and sniffio) only, no server modules."""
+"""The client is its own small distribution: the service's version, httpx (httpcore, sniffio) only, no server modules."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ def test_client_version_is_the_service_version():
     assert client["version"] == service["version"]
     assert client["name"] == "asyncinfer-client"
     assert client["scripts"] == {"asyncinfer": "asyncinfer_client.cli:main"}
-    # sniffio: httpcore looks for it on every asyncio request, and a failed import costs a sys.path scan each time
-    assert [dep.split(">")[0] for dep in client["dependencies"]] == ["httpx", "sniffio"]
+    # httpcore (httpx's own): AsyncClient gives it an asyncio network backend; sniffio: httpcore looks for it on
+    # every asyncio request, and a failed import costs a sys.path scan each time
+    assert [dep.split(">")[0] for dep in client["dependencies"]] == ["httpx", "httpcore", "sniffio"]
 
 
 def test_importing_the_client_and_cli_loads_no_server_dependency():
