@@ -25,11 +25,11 @@ pytestmark = pytest.mark.timeout(300)
 INLINE_LIMIT = 65_536  # INLINE_RESULT_MAX_BYTES's default: the threshold for binary input data too
 
 
-def infer(base: str, array: np.ndarray) -> dict[str, np.ndarray]:
+def infer(base: str, array: np.ndarray, binary: bool = True) -> dict[str, np.ndarray]:
     client = triton.InferenceServerClient(base.removeprefix("http://"), connection_timeout=120, network_timeout=120)
     try:
         tensor = triton.InferInput("X", list(array.shape), "FP32")
-        tensor.set_data_from_numpy(array, binary_data=True)
+        tensor.set_data_from_numpy(array, binary_data=binary)
         outputs = [triton.InferRequestedOutput(name, binary_data=True) for name in ("label", "probabilities")]
         answer = client.infer("iris", [tensor], outputs=outputs)
         return {name: answer.as_numpy(name) for name in ("label", "probabilities")}
@@ -51,13 +51,17 @@ def assert_outputs(got: dict[str, np.ndarray], array: np.ndarray) -> None:
     np.testing.assert_allclose(got["probabilities"], probabilities, rtol=1e-6)
 
 
-@pytest.fixture
-def oip_stack(store_up: SeaweedServer, redis_server: Any, redis_client: redis.Redis, processes: Processes) -> str:
-    env = service_env(redis_server.url, **store_up.env(OIP_WAIT_SECONDS=60, MAX_BODY_BYTES=400_000))
+def start_stack(processes: Processes, redis_server: Any, redis_client: redis.Redis, env: dict[str, str]) -> str:
     _, base = processes.api(env)
     processes.worker(env)
     wait_until(lambda: redis_client.zcard("asyncinfer:iris:workers"), 30, "the worker to register")
     return base
+
+
+@pytest.fixture
+def oip_stack(store_up: SeaweedServer, redis_server: Any, redis_client: redis.Redis, processes: Processes) -> str:
+    env = service_env(redis_server.url, **store_up.env(OIP_WAIT_SECONDS=60, MAX_BODY_BYTES=400_000))
+    return start_stack(processes, redis_server, redis_client, env)
 
 
 def test_large_binary_tensors_go_through_the_object_store_and_redis_holds_a_reference(
@@ -113,3 +117,15 @@ def test_a_result_object_larger_than_max_body_bytes_is_answered_202_with_its_job
     while view["status"] != "completed" and time.monotonic() < deadline:
         view = httpx.get(f"{oip_stack}/job/{job_id}", params={"wait": 10}, timeout=20).json()
     assert answer.json()["status"] == "completed" and view["result"] is None and view["result_url"], view
+
+
+def test_a_json_request_whose_result_went_to_the_store_is_answered_from_the_result_object(
+    store_up: SeaweedServer, redis_server: Any, redis_client: redis.Redis, processes: Processes
+) -> None:
+    env = service_env(redis_server.url, **store_up.env(OIP_WAIT_SECONDS=60, INLINE_RESULT_MAX_BYTES=1000))
+    base = start_stack(processes, redis_server, redis_client, env)
+    array = features(100, seed=8)  # JSON tensors stay inline; their ~10 KB result goes to a .json object
+    assert_outputs(infer(base, array, binary=False), array)
+    (key,) = job_keys(redis_client)
+    assert redis_client.hget(key, "status") == "completed"
+    assert any(v.startswith(f"s3://{BUCKET}/{PREFIX}/results/") for v in redis_client.hgetall(key).values())
