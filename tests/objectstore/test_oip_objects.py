@@ -25,13 +25,13 @@ pytestmark = pytest.mark.timeout(300)
 INLINE_LIMIT = 65_536  # INLINE_RESULT_MAX_BYTES's default: the threshold for binary input data too
 
 
-def infer(base: str, array: np.ndarray, binary: bool = True) -> dict[str, np.ndarray]:
+def infer(base: str, array: np.ndarray, binary: bool = True, headers: dict[str, str] | None = None) -> dict[str, np.ndarray]:
     client = triton.InferenceServerClient(base.removeprefix("http://"), connection_timeout=120, network_timeout=120)
     try:
         tensor = triton.InferInput("X", list(array.shape), "FP32")
         tensor.set_data_from_numpy(array, binary_data=binary)
         outputs = [triton.InferRequestedOutput(name, binary_data=True) for name in ("label", "probabilities")]
-        answer = client.infer("iris", [tensor], outputs=outputs)
+        answer = client.infer("iris", [tensor], outputs=outputs, headers=headers)
         return {name: answer.as_numpy(name) for name in ("label", "probabilities")}
     finally:
         client.close()
@@ -83,6 +83,11 @@ def test_large_binary_tensors_go_through_the_object_store_and_redis_holds_a_refe
     print(f"\nOIP binary input of {array.nbytes} bytes: Redis bytes for the job {redis_per_job}")
     assert redis_per_job < 2048
     assert len(store_up.keys(f"{PREFIX}/uploads/")) == uploads_before + 1
+    # an idempotent replay names the same object, so it is the same request: one job, its answer again
+    key = {"Idempotency-Key": "oip-large-1"}
+    assert_outputs(infer(oip_stack, array, headers=key), array)
+    assert_outputs(infer(oip_stack, array, headers=key), array)
+    assert len(job_payloads(redis_client)) == 2 and len(store_up.keys(f"{PREFIX}/uploads/")) == uploads_before + 1
     assert redis_client.zscore("asyncinfer:objects", orjson.loads(payloads[0])["input_url"].split("/", 3)[3]) is not None
 
 
