@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import orjson
@@ -11,6 +12,7 @@ from api.errors import HTTPProblem, invalid
 from api.state import AppState, ModelEntry
 from jobqueue.objectstore import ObjectRef, ObjectRejected, ObjectStore, StoreUnavailable, check_against, single_input
 from jobqueue.protocol import NewJob
+from jobqueue.settings import Settings
 
 RETRY_AFTER_S = 5  # the store being down is rarely a matter of one second
 
@@ -58,3 +60,40 @@ async def validated_object_job(
         raise store_unavailable(exc) from None
     payload = orjson.dumps({"input_url": ref.url})
     return state.new_job(owner, entry, payload, priority, callback_url, idempotency_key, ("body",))
+
+
+def upload_deletion_ms(settings: Settings) -> int:
+    """When an object handed out for an input now goes: once any job it can feed has ended and expired."""
+    s = settings
+    expires_at = time.time() + s.presign_expiry_seconds
+    return int((expires_at + s.request_ttl_seconds + s.job_timeout_seconds * 2 + s.job_ttl_seconds) * 1000)
+
+
+async def stored_input(state: AppState, content: bytes, fmt: str) -> ObjectRef:
+    """An input the API received whole (an OIP request's binary tensors) written as an input object, so
+    Redis keeps only its reference; scheduled for deletion as an upload is. 503 when the store does
+    not take it (nothing then refers to the object). The key is the content's hash: a replay names the
+    same object."""
+    store = require_store(state, ["body"])
+    ref = store.content_ref(content, fmt)
+    await state.store.schedule_object_deletion(ref.key, upload_deletion_ms(state.settings))
+    try:
+        await asyncio.to_thread(store.put, ref, content, "application/octet-stream")
+    except (StoreUnavailable, ObjectRejected) as exc:  # a write refused is the service's configuration, not the request
+        raise store_unavailable(StoreUnavailable(str(exc))) from None
+    return ref
+
+
+async def read_result_object(state: AppState, url: str, limit: int) -> bytes | None:
+    """A result object's bytes when it holds at most `limit` bytes, else None (it is never read then)."""
+    store = require_store(state, ["result"])
+    ref = ObjectRef.parse(url)
+
+    def read() -> bytes | None:
+        size = store.head(ref)
+        return None if size > limit else store.read_range(ref, 0, size) if size else b""
+
+    try:
+        return await asyncio.to_thread(read)
+    except (StoreUnavailable, ObjectRejected) as exc:
+        raise store_unavailable(StoreUnavailable(str(exc))) from None

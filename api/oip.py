@@ -14,8 +14,11 @@ datatype: they are returned as BYTES with one element per row, the row's value a
 
 from __future__ import annotations
 
+import io
 import math
 import sys
+import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -408,6 +411,18 @@ def job_data(request: InferRequest, signature: ModelSignature) -> tuple[Any, int
     A one-input model gets the list form (rows), a multi-input model the object form keyed by input
     name: the same shapes a `/predict` client sends, so the job is validated and run like any other.
     """
+    batch = checked_inputs(request, signature)
+    rows = {
+        tensor.name: _to_json_rows(tensor, f"inputs[{index}] ({tensor.name!r})") for index, tensor in enumerate(request.inputs)
+    }
+    if len(signature.inputs) == 1:
+        return rows[signature.inputs[0].name], batch
+    return {spec.name: rows[spec.name] for spec in signature.inputs}, batch
+
+
+def checked_inputs(request: InferRequest, signature: ModelSignature) -> int:
+    """The request's inputs and requested outputs checked against the model (OIPError naming the
+    field); returns the row count (the batch dimension)."""
     specs = {spec.name: spec for spec in signature.inputs}
     given = {tensor.name for tensor in request.inputs}
     unknown = sorted(given - set(specs))
@@ -416,7 +431,6 @@ def job_data(request: InferRequest, signature: ModelSignature) -> tuple[Any, int
     missing = [name for name in specs if name not in given]
     if missing:
         raise OIPError(f"input {missing[0]!r} is missing; the model's inputs are {list(specs)}")
-    rows: dict[str, Any] = {}
     batch: int | None = None
     for index, tensor in enumerate(request.inputs):
         spec = specs[tensor.name]
@@ -428,7 +442,6 @@ def job_data(request: InferRequest, signature: ModelSignature) -> tuple[Any, int
         if batch is not None and tensor.array.shape[0] != batch:
             raise OIPError(f"{where}.shape: batch size {tensor.array.shape[0]} differs from the other inputs' {batch}")
         batch = tensor.array.shape[0]
-        rows[tensor.name] = _to_json_rows(tensor, where)
     assert batch is not None  # inputs is non-empty: parse_infer_request checked it
     if request.outputs is not None:
         known = [spec.name for spec in signature.outputs]
@@ -441,9 +454,7 @@ def job_data(request: InferRequest, signature: ModelSignature) -> tuple[Any, int
                     f"outputs[{index}].name: output {requested.name!r} cannot be returned: its name is"
                     f" shadowed by the worker's result key {requested.name!r}"
                 )
-    if len(signature.inputs) == 1:
-        return rows[signature.inputs[0].name], batch
-    return {spec.name: rows[spec.name] for spec in signature.inputs}, batch
+    return batch
 
 
 def _check_shape(shape: tuple[int, ...], spec: TensorSpec, where: str) -> None:
@@ -470,6 +481,22 @@ def _to_json_rows(tensor: InputTensor, where: str) -> list[Any]:
         raise OIPError(f"{where}: BYTES elements must be UTF-8 text for a string model input") from None
     text_rows: list[Any] = text.reshape(tensor.array.shape).tolist()
     return text_rows
+
+
+def input_file(request: InferRequest, signature: ModelSignature) -> tuple[bytes, str]:
+    """The request's inputs (checked with `checked_inputs`) as the worker reads an input object: an
+    .npy for a one-input model, else an .npz with one array per input; returns (bytes, "npy" | "npz")."""
+    arrays = {tensor.name: tensor.array for tensor in request.inputs}
+    out = io.BytesIO()
+    if len(signature.inputs) == 1:
+        np.save(out, arrays[signature.inputs[0].name], allow_pickle=False)
+        return out.getvalue(), "npy"
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:  # what np.savez writes, one .npy per input
+        for name, array in arrays.items():
+            member = io.BytesIO()
+            np.save(member, array, allow_pickle=False)
+            archive.writestr(f"{name}.npy", member.getvalue())
+    return out.getvalue(), "npz"
 
 
 # -- job result -> OIP outputs -----------------------------------------------------------------------
@@ -508,6 +535,20 @@ def oip_outputs(result: Any, signature: ModelSignature, rows: int) -> list[Outpu
             continue
         values = [row.get(key) for row in per_row]
         tensors.append(_output_tensor(spec, values))
+    return tensors
+
+
+def oip_outputs_of_arrays(arrays: Mapping[str, np.ndarray], signature: ModelSignature, rows: int) -> list[OutputTensor]:
+    """The model's outputs from a result object of an array input (.npz, one array per output name,
+    as the model returned them): one tensor per output, in the signature's order."""
+    tensors = []
+    for spec in signature.outputs:
+        if spec.dtype is None or spec.name not in arrays:
+            raise ValueError(f"the result object has no tensor for output {spec.name!r}")
+        array = arrays[spec.name]
+        if array.shape[:1] != (rows,):
+            raise ValueError(f"output {spec.name!r} has shape {list(array.shape)}, not {rows} row(s)")
+        tensors.append(OutputTensor(spec.name, datatype_of(spec), array))
     return tensors
 
 

@@ -15,6 +15,7 @@ is added to the `<prefix>:objects` ZSET with the time it may go, before it is wr
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import uuid
@@ -277,6 +278,12 @@ class ObjectStore:
 
     def upload_ref(self, fmt: str) -> ObjectRef:
         return ObjectRef(self.home.bucket, self.home.key(f"uploads/{uuid.uuid4().hex}{UPLOAD_FORMATS[fmt]}"))
+
+    def content_ref(self, content: bytes, fmt: str) -> ObjectRef:
+        """An upload key named by its content: the same input (an idempotent replay) names the same object,
+        so its job's payload, and the fingerprint a replay is compared by, stay the same."""
+        digest = hashlib.sha256(content).hexdigest()
+        return ObjectRef(self.home.bucket, self.home.key(f"uploads/{digest}{UPLOAD_FORMATS[fmt]}"))
 
     def result_ref(self, job_id: str, suffix: str) -> ObjectRef:
         """Fixed by the job: every run of a job writes the same key, so a re-run never makes a second result."""

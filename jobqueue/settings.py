@@ -196,7 +196,10 @@ class Settings(BaseModel):
     )
     max_object_bytes: int = Field(1_073_741_824, ge=1, description="Largest input object (`input_url`); larger fails at submit.")
     inline_result_max_bytes: int = Field(
-        65_536, ge=0, description="Larger results are written to the object store (the job view's `result_url`)."
+        65_536,
+        ge=0,
+        description="Larger results are written to the object store (the job view's `result_url`), and so is larger"
+        " OIP binary tensor data (as an input object).",
     )
     presign_expiry_seconds: int = Field(
         3600, ge=60, le=604_800, description="Lifetime of presigned upload (POST /uploads) and result URLs."

@@ -11,10 +11,12 @@ id and `Location: /job/<id>`, where the job can be followed like any other. Ever
 from __future__ import annotations
 
 import asyncio
+import io
 import zlib
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+import numpy as np
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,6 +28,7 @@ from api import oip
 from api.auth import Principal
 from api.auth import principal as authenticate
 from api.errors import HTTPProblem, as_problem, json_response
+from api.objects import read_result_object, stored_input
 from api.routes.jobs import submit_and_wait
 from api.routes.service import NOT_READY, READINESS_REDIS_TIMEOUT_S
 from jobqueue import __version__
@@ -358,8 +361,18 @@ async def infer(request: Request, name: str, version: str | None) -> Response:
     body = await read_body(request, state.settings.max_body_bytes)
     header_length = oip.parse_header_length(request.headers.get(oip.HEADER_LENGTH), len(body))
     infer_request = oip.parse_infer_request(body, header_length)
-    data, rows = oip.job_data(infer_request, signature)
-    job = state.validated_job(caller.name, entry, data, _priority(infer_request.parameters), idempotency_key=idempotency_key)
+    priority = _priority(infer_request.parameters)
+    binary_bytes = len(body) - header_length if header_length is not None else 0
+    if state.objects is not None and binary_bytes > state.settings.inline_result_max_bytes and _all_numeric(infer_request):
+        # large binary tensors go as an input object, as the SDK's large arrays do: Redis keeps a reference
+        rows = oip.checked_inputs(infer_request, signature)
+        content, fmt = oip.input_file(infer_request, signature)
+        ref = await stored_input(state, content, fmt)
+        payload = orjson.dumps({"input_url": ref.url})
+        job = state.new_job(caller.name, entry, payload, priority, None, idempotency_key, ("body",))
+    else:
+        data, rows = oip.job_data(infer_request, signature)
+        job = state.validated_job(caller.name, entry, data, priority, idempotency_key=idempotency_key)
 
     preferences = _preferences(request)
     respond_async = "respond-async" in preferences
@@ -380,13 +393,35 @@ async def infer(request: Request, name: str, version: str | None) -> Response:
         return error_response(code, f"{message} (job {record.job_id})", headers)
 
     try:
-        tensors = oip.oip_outputs(orjson.loads(record.result or "null"), signature, rows)
+        if record.result_object is None:
+            tensors = oip.oip_outputs(orjson.loads(record.result or "null"), signature, rows)
+        else:
+            # read whole only up to MAX_BODY_BYTES, so the API's memory stays bounded; larger: 202, and
+            # the job view's result_url serves it
+            stored = await read_result_object(state, record.result_object, state.settings.max_body_bytes)
+            if stored is None:
+                return _accepted(record.job_id, status, headers)
+            tensors = _result_tensors(record.result_object, stored, signature, rows)
     except (ValueError, TypeError) as exc:  # a result from another model version, say
         return error_response(500, f"the job's result cannot be read as this model's outputs: {exc} (job {record.job_id})")
     content, json_length = oip.build_response(entry.name, entry.version, infer_request, tensors)
     if json_length is None:
         return Response(content, media_type="application/json", headers=headers)
     return Response(content, media_type="application/octet-stream", headers={oip.HEADER_LENGTH: str(json_length), **headers})
+
+
+def _all_numeric(request: oip.InferRequest) -> bool:
+    """Whether every input can be an array object (BYTES cannot: .npy holds no pickled objects)."""
+    return all(tensor.datatype != "BYTES" for tensor in request.inputs)
+
+
+def _result_tensors(url: str, content: bytes, signature: Any, rows: int) -> list[oip.OutputTensor]:
+    """The outputs held by a result object: an .npz of the model's outputs (an array input) or the
+    JSON result a worker offloaded (INLINE_RESULT_MAX_BYTES)."""
+    if url.endswith(".npz"):
+        with np.load(io.BytesIO(content), allow_pickle=False) as archive:
+            return oip.oip_outputs_of_arrays({name: archive[name] for name in archive.files}, signature, rows)
+    return oip.oip_outputs(orjson.loads(content), signature, rows)
 
 
 model_endpoint(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query
@@ -11,7 +10,7 @@ from fastapi.responses import Response
 
 from api.auth import Principal, principal
 from api.errors import json_response
-from api.objects import require_store, store_unavailable
+from api.objects import require_store, store_unavailable, upload_deletion_ms
 from api.schemas import ErrorBody, UploadGrant
 from api.state import AppState, get_state
 from jobqueue.objectstore import StoreUnavailable
@@ -39,9 +38,7 @@ async def new_upload(state: AppState, model_name: str | None, fmt: str) -> Respo
         raise store_unavailable(exc) from None
     ref = store.upload_ref(fmt)
     s = state.settings
-    expires_at = time.time() + s.presign_expiry_seconds
-    delete_at = expires_at + s.request_ttl_seconds + s.job_timeout_seconds * 2 + s.job_ttl_seconds
-    await state.store.schedule_object_deletion(ref.key, int(delete_at * 1000))
+    await state.store.schedule_object_deletion(ref.key, upload_deletion_ms(s))
     return json_response(
         {
             "upload_url": store.presign_put(ref),

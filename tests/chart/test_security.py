@@ -13,6 +13,7 @@ from tests.chart.render import (
     CHART,
     NAMESPACE,
     SCENARIOS,
+    HelmError,
     Rendered,
     all_containers,
     component_of,
@@ -192,3 +193,80 @@ def test_auth_off_renders_no_tokens_and_mounts_none() -> None:
     assert not [o for o in objs if o["kind"] == "Secret" and o["metadata"]["name"].endswith("-auth")]
     (api,) = [o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("-api")]
     assert "AUTH_TOKENS_FILE" not in {e["name"] for e in pod_spec(api)["containers"][0]["env"]}
+
+
+def egress_of(r: Rendered, component: str) -> list[dict[str, Any]]:
+    policy = r.one("NetworkPolicy", component)
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    rules: list[dict[str, Any]] = policy["spec"]["egress"]
+    return rules
+
+
+def destinations(rules: list[dict[str, Any]]) -> list[tuple[str, tuple[int, ...]]]:
+    """Each rule as (where, ports): 'any' for a rule without `to`, else its cidrs or its pod component."""
+    found = []
+    for rule in rules:
+        ports = tuple(sorted(p["port"] for p in rule["ports"]))
+        for peer in rule.get("to", [{"any": True}]):
+            if "ipBlock" in peer:
+                assert "except" not in peer["ipBlock"]
+                found.append((peer["ipBlock"]["cidr"], ports))
+            elif "podSelector" in peer:
+                found.append((peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"], ports))
+            else:
+                found.append(("any", ports))
+    return found
+
+
+def test_restricted_api_and_worker_egress_allow_exactly_dns_redis_the_store_and_the_kubernetes_api() -> None:
+    r = rendered("object-store")  # restrict on, objectStore.egressCidrs, scaleIn.idleFirst (the default)
+    dns, redis_pods, store = ("any", (53, 53)), ("redis", (6379,)), ("203.0.113.0/24", (443,))
+    assert destinations(egress_of(r, "api")) == [dns, redis_pods, store]
+    assert destinations(egress_of(r, "worker")) == [dns, redis_pods, store, ("172.18.0.2/32", (443, 6443))]
+    # off by default: no egress rules at all, as before
+    for component in ("api", "worker"):
+        assert rendered("default").one("NetworkPolicy", component)["spec"]["policyTypes"] == ["Ingress"]
+
+
+def test_restricted_egress_follows_the_redis_topology_the_store_port_and_scale_in() -> None:
+    on = ("networkPolicy.egress.restrict=true", "networkPolicy.egress.kubernetesApiCidrs[0]=10.0.0.1/32")
+    replication = Rendered("r", tuple(template(SCENARIOS["replication"], sets=on)))
+    assert ("redis", (6379, 26379)) in destinations(egress_of(replication, "api"))
+    external = Rendered("e", tuple(template(SCENARIOS["external-sentinel"], sets=on)))
+    cidrs = external.one("NetworkPolicy", "api")["spec"]["egress"][1]["to"]
+    assert [c["ipBlock"]["cidr"] for c in cidrs] == yaml.safe_load(SCENARIOS["external-sentinel"].read_text())["redis"][
+        "external"
+    ]["egressCidrs"]
+    store = (
+        "objectStore.url=s3://jobs/x", "objectStore.endpoint=http://minio.storage:9000",
+        "objectStore.egressCidrs[0]=10.1.0.0/16", "scaleIn.idleFirst=false", "networkPolicy.egress.restrict=true",
+    )  # fmt: skip
+    r = Rendered("s", tuple(template(sets=store)))
+    assert destinations(egress_of(r, "worker"))[2:] == [("10.1.0.0/16", (9000,))]  # no Kubernetes API without idleFirst
+    plain_http = Rendered("h", tuple(template(sets=(*store, "objectStore.endpoint=http://minio.storage"))))
+    assert destinations(egress_of(plain_http, "api"))[2:] == [("10.1.0.0/16", (80,))]
+
+
+@pytest.mark.parametrize(
+    ("sets", "names"),
+    [
+        (("objectStore.url=s3://jobs/x", "scaleIn.idleFirst=false"), "objectStore.egressCidrs"),
+        ((), "networkPolicy.egress.kubernetesApiCidrs"),  # scaleIn.idleFirst is on by default
+    ],
+)
+def test_restricted_egress_refuses_to_render_without_the_ranges_it_needs(sets: tuple[str, ...], names: str) -> None:
+    with pytest.raises(HelmError, match=names.replace(".", r"\.")):
+        template(sets=("networkPolicy.egress.restrict=true", *sets))
+
+
+def test_restricted_egress_needs_a_rule_for_url_models_and_takes_extra_rules() -> None:
+    url_models = SCENARIOS["url-source"]
+    on = ("networkPolicy.egress.restrict=true", "scaleIn.idleFirst=false")
+    with pytest.raises(HelmError, match=r"networkPolicy\.egress\.extra"):
+        template(url_models, sets=on)
+    extra = (
+        "networkPolicy.egress.extra[0].to[0].ipBlock.cidr=198.51.100.7/32",
+        "networkPolicy.egress.extra[0].ports[0].port=443",
+    )
+    r = Rendered("u", tuple(template(url_models, sets=(*on, *extra))))
+    assert destinations(egress_of(r, "api"))[-1] == ("198.51.100.7/32", (443,))

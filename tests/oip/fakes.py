@@ -51,6 +51,7 @@ class FakeRecord:
     status: JobStatus
     result: str | None = None
     error: str | None = None
+    result_object: str | None = None  # no result objects without a store
     job_id: str = ""
 
 
@@ -89,8 +90,10 @@ class FakeState:
     run_jobs: bool = True  # False: jobs stay pending (a worker-less queue)
     refuse: HTTPProblem | None = None  # raised by enqueue (a full queue, Redis down)
     outcome: FakeRecord | None = None  # how every job ends instead of running (a failure, say)
+    objects: Any = None  # no OBJECT_STORE_URL: binary tensors stay inline
 
     validated_job = AppState.validated_job  # the very check every submit gets (a 422 naming the field)
+    new_job = AppState.new_job
 
     async def enqueue(self, job: NewJob) -> Enqueued:
         if self.refuse is not None:

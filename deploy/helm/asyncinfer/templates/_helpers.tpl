@@ -940,3 +940,115 @@ Call with (dict "ctx" $ "name" triggerName "key" redisKey "listLength" target).
   authenticationRef:
     name: {{ include "asyncinfer.componentName" (dict "ctx" .ctx "component" "worker") }}
 {{- end }}
+
+{{/*
+Egress rules every restricted pod needs (a list of NetworkPolicyEgressRule): DNS, and this release's
+Redis (with its Sentinels under replication) or the external one in redis.external.egressCidrs.
+*/}}
+{{- define "asyncinfer.egressDnsAndRedis" -}}
+# DNS to any address: kube-dns pods, NodeLocal DNSCache's link-local address (169.254.20.10) and
+# GKE's node-local resolvers all answer on port 53, and no selector names all of them.
+- ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+{{- if .Values.redis.external.enabled }}
+# The external Redis and its Sentinels, in the ranges redis.external.egressCidrs names.
+- to:
+    {{- range .Values.redis.external.egressCidrs }}
+    - ipBlock:
+        cidr: {{ . }}
+    {{- end }}
+  ports:
+    {{- $ports := list (int (regexFind "[0-9]+$" (include "asyncinfer.redisAddress" .))) }}
+    {{- range .Values.redis.external.sentinels }}
+    {{- $ports = append $ports (int (regexFind "[0-9]+$" .)) }}
+    {{- end }}
+    {{- range $ports | uniq }}
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+{{- else }}
+- to:
+    - podSelector:
+        matchLabels:
+          {{- include "asyncinfer.selectorLabels" (dict "ctx" . "component" "redis") | nindent 10 }}
+  ports:
+    - port: {{ .Values.redis.port }}
+      protocol: TCP
+    {{- if include "asyncinfer.redisReplication" . }}
+    - port: {{ .Values.redis.replication.sentinelPort }}
+      protocol: TCP
+    {{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The object store's port: the one objectStore.endpoint names, else its scheme's (AWS S3: 443).
+*/}}
+{{- define "asyncinfer.objectStorePort" -}}
+{{- $endpoint := .Values.objectStore.endpoint | default "https://s3.amazonaws.com" }}
+{{- $host := (urlParse $endpoint).host }}
+{{- if regexMatch ":[0-9]+$" $host }}{{ regexFind "[0-9]+$" $host }}{{ else }}{{ ternary "80" "443" (hasPrefix "http://" $endpoint) }}{{ end }}
+{{- end }}
+
+{{/*
+Hook for the tracing collector's egress rule: the chart has no `tracing:` values yet. When it does,
+render the collector's rule (its address's range and port) here; until then networkPolicy.egress.extra
+can carry it.
+*/}}
+{{- define "asyncinfer.egressTracingCollector" -}}
+{{- end }}
+
+{{/*
+The API's or the workers' egress under networkPolicy.egress.restrict (a list of NetworkPolicyEgressRule):
+DNS, Redis, the object store when objectStore.url is set, the Kubernetes API for workers that keep their
+pod-deletion-cost (scaleIn.idleFirst), the tracing collector, and networkPolicy.egress.extra. Nothing else:
+not the cluster, not the internet. `component`: "api" or "worker".
+*/}}
+{{- define "asyncinfer.restrictedEgress" -}}
+{{- $ := .ctx }}
+{{- $egress := $.Values.networkPolicy.egress }}
+{{- include "asyncinfer.egressDnsAndRedis" $ }}
+{{- if $.Values.objectStore.url }}
+{{- if not $.Values.objectStore.egressCidrs }}
+{{- fail "networkPolicy.egress.restrict with objectStore.url needs objectStore.egressCidrs: the ranges the object store's endpoint resolves to (for AWS S3, the region's S3 prefixes from ip-ranges.json, or a VPC endpoint's)" }}
+{{- end }}
+# The object store (objectStore.egressCidrs), on objectStore.endpoint's port.
+- to:
+    {{- range $.Values.objectStore.egressCidrs }}
+    - ipBlock:
+        cidr: {{ . }}
+    {{- end }}
+  ports:
+    - port: {{ include "asyncinfer.objectStorePort" $ }}
+      protocol: TCP
+{{- end }}
+{{- if and (eq .component "worker") $.Values.scaleIn.idleFirst }}
+{{- if not $egress.kubernetesApiCidrs }}
+{{- fail "networkPolicy.egress.restrict with scaleIn.idleFirst needs networkPolicy.egress.kubernetesApiCidrs: workers patch their pod's deletion cost through the Kubernetes API (kubectl get endpoints kubernetes -n default)" }}
+{{- end }}
+# The Kubernetes API, for the worker's own pod-deletion-cost (scaleIn.idleFirst): its endpoints' addresses
+# and ports, since policies apply after the `kubernetes` Service's address is translated.
+- to:
+    {{- range $egress.kubernetesApiCidrs }}
+    - ipBlock:
+        cidr: {{ . }}
+    {{- end }}
+  ports:
+    {{- range $egress.kubernetesApiPorts }}
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+{{- end }}
+{{- include "asyncinfer.egressTracingCollector" $ }}
+{{- range $m := include "asyncinfer.models" $ | fromJsonArray }}
+{{- if and (eq $m.source.type "url") (not $egress.extra) }}
+{{- fail (printf "networkPolicy.egress.restrict: model %s is downloaded from %s by an init container of the API and worker pods; allow that host in networkPolicy.egress.extra" $m.name $m.source.url) }}
+{{- end }}
+{{- end }}
+{{- with $egress.extra }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
