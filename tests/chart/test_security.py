@@ -270,3 +270,15 @@ def test_restricted_egress_needs_a_rule_for_url_models_and_takes_extra_rules() -
     )
     r = Rendered("u", tuple(template(url_models, sets=(*on, *extra))))
     assert destinations(egress_of(r, "api"))[-1] == ("198.51.100.7/32", (443,))
+
+
+def test_restricted_api_and_worker_egress_reach_the_tracing_collector_only_with_tracing_on() -> None:
+    on = ("networkPolicy.egress.restrict=true", "scaleIn.idleFirst=false")
+    tracing = ("tracing.enabled=true", "tracing.endpoint=http://otel-collector.observability:4318")
+    collector = {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}}}],
+                 "ports": [{"port": 4318, "protocol": "TCP"}]}  # fmt: skip
+    traced = Rendered("t", tuple(template(sets=(*on, *tracing))))
+    untraced = Rendered("n", tuple(template(sets=on)))
+    for component in ("api", "worker"):
+        assert collector in egress_of(traced, component)
+        assert collector not in egress_of(untraced, component)

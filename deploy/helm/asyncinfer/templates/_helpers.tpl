@@ -994,14 +994,6 @@ The object store's port: the one objectStore.endpoint names, else its scheme's (
 {{- end }}
 
 {{/*
-Hook for the tracing collector's egress rule: the chart has no `tracing:` values yet. When it does,
-render the collector's rule (its address's range and port) here; until then networkPolicy.egress.extra
-can carry it.
-*/}}
-{{- define "asyncinfer.egressTracingCollector" -}}
-{{- end }}
-
-{{/*
 The API's or the workers' egress under networkPolicy.egress.restrict (a list of NetworkPolicyEgressRule):
 DNS, Redis, the object store when objectStore.url is set, the Kubernetes API for workers that keep their
 pod-deletion-cost (scaleIn.idleFirst), the tracing collector, and networkPolicy.egress.extra. Nothing else:
@@ -1042,7 +1034,7 @@ not the cluster, not the internet. `component`: "api" or "worker".
       protocol: TCP
     {{- end }}
 {{- end }}
-{{- include "asyncinfer.egressTracingCollector" $ }}
+{{- include "asyncinfer.collectorEgress" $ }}
 {{- range $m := include "asyncinfer.models" $ | fromJsonArray }}
 {{- if and (eq $m.source.type "url") (not $egress.extra) }}
 {{- fail (printf "networkPolicy.egress.restrict: model %s is downloaded from %s by an init container of the API and worker pods; allow that host in networkPolicy.egress.extra" $m.name $m.source.url) }}
