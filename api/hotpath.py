@@ -13,11 +13,11 @@ from collections.abc import AsyncIterator
 from urllib.parse import parse_qsl
 
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.auth import authenticate
 from api.errors import as_problem, invalid, json_response, problem_response
-from api.metrics import ROUTE_TEMPLATE_KEY
+from api.metrics import ROUTE_TEMPLATE_KEY, StatusRecorder
 from api.routes import jobs
 from jobqueue import tracing
 
@@ -83,18 +83,11 @@ class HotPathMiddleware:
         if tracing.TRACER is None:
             return await self._answer(scope, receive, send, headers, is_submit, job_id)
         with tracing.server_span(method, route, headers.get(b"traceparent")) as span:
-            status = 500
-
-            async def send_with_status(message: Message) -> None:
-                nonlocal status
-                if message["type"] == "http.response.start":
-                    status = message["status"]
-                await send(message)
-
+            recorded = StatusRecorder(send)
             try:
-                await self._answer(scope, receive, send_with_status, headers, is_submit, job_id)
+                await self._answer(scope, receive, recorded, headers, is_submit, job_id)
             finally:
-                tracing.end_server_span(span, status)
+                tracing.end_server_span(span, recorded.status)
 
     async def _answer(
         self, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, str], is_submit: bool, job_id: str

@@ -54,22 +54,30 @@ class RequestMetricsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = 500  # an exception before the response started is a 5xx to the client
         started = time.perf_counter()
-
-        async def send_with_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        recorded = StatusRecorder(send)
         try:
-            await self.app(scope, receive, send_with_status)
+            await self.app(scope, receive, recorded)
         finally:
             method = scope["method"]
             route = route_template(scope)
-            metrics.child(metrics.HTTP_REQUESTS, method, route, metrics.status_class(status)).inc()
+            metrics.child(metrics.HTTP_REQUESTS, method, route, metrics.status_class(recorded.status)).inc()
             metrics.child(metrics.HTTP_REQUEST_SECONDS, method, route).observe(time.perf_counter() - started)
+
+
+class StatusRecorder:
+    """An ASGI `send` that passes every message on and keeps the response's status code: 500 until the
+    response starts (an exception before it is a 5xx to the client). Request metrics and the hot path's
+    SERVER span both read it."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.status = 500
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self._send(message)
 
 
 def route_template(scope: Scope) -> str:
