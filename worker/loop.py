@@ -1,4 +1,5 @@
-"""The worker loop: claim a micro-batch, run the model once, record every result in one round trip."""
+"""The worker loop: claim a micro-batch, run the model once, record every result in one round trip.
+Under a backlog, Redis claims the next batch and records the last one while the model runs."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import numpy as np
@@ -19,7 +21,7 @@ from jobqueue.connection import REFUSED, UNAVAILABLE, sync_client
 from jobqueue.model_signature import BatchPart, convert_batch
 from jobqueue.models import ModelConfig, load_models
 from jobqueue.objectstore import ObjectRejected, StoreUnavailable, object_store
-from jobqueue.protocol import ClaimedJob, WorkerQueue
+from jobqueue.protocol import ClaimedBatch, ClaimedJob, WorkerQueue
 from jobqueue.settings import Settings
 from jobqueue.states import Outcome
 from worker.deletion_cost import DeletionCost
@@ -35,6 +37,10 @@ PAUSED_POLL_S = 0.5  # how often a paused model's worker looks whether it was re
 BATCH_LOOK_S = 0.001  # while filling a batch, how long to wait before looking for more jobs
 MAX_BACKOFF_S = 5.0  # longest pause between attempts to reach Redis again
 RECONCILE_INTERVAL_S = 5.0  # how often the worker compares what Redis says it holds with what it knows
+# Claim the next batch ahead only after a full batch that took at most this long: a job claimed ahead
+# then waits at most one short batch in this worker, not in the queue where another worker could take it.
+# A slow model gains nothing from it anyway: Redis's share of its time per batch is small.
+CLAIM_AHEAD_MAX_BATCH_S = 0.05
 
 OutcomeList = list[tuple[str, Outcome, str]]
 
@@ -70,9 +76,16 @@ class Worker:
         self._unrecorded: OutcomeList = []  # outcomes Redis has not taken yet
         self._adopt = False  # Redis may list ids under us that this process does not know it holds
         self._next_reconcile = time.monotonic() + RECONCILE_INTERVAL_S
+        self._unrecorded_traces: list[tracing.BatchTrace] = []  # their batches' spans, emitted once recorded
         self._batch_ids: list[str] = []  # the batch being run, for `_progress`
-        self._trace: tracing.BatchTrace | None = None  # its spans, emitted once its results are written
+        self._ahead_ids: list[str] = []  # the batch claimed ahead of it (set on the I/O thread), for `_progress`
+        self._trace: tracing.BatchTrace | None = None  # the running batch's spans
+        self._batch_outcomes: OutcomeList = []  # what the batch just run came to
+        self._ahead_claimed_at = 0.0
         self._extended_at = 0.0  # when its jobs' backstop deadlines were last set (claim or extend)
+        self._suspects = False  # the batch `_collect_batch` returned is a suspect group
+        self._last_batch_s = float("inf")  # how long the last batch took to run (claiming ahead needs it short)
+        self._io: ThreadPoolExecutor | None = None  # one thread: Redis calls overlapped with the model, in order
         self._background = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         self.deletion_cost = DeletionCost(settings)  # idle-first scale-in; off outside a cluster
         store = object_store(settings)
@@ -110,8 +123,9 @@ class Worker:
                 backoff = 0.1
                 self.deletion_cost.holding(bool(jobs))
                 if jobs:
-                    self._run_batch(jobs)
+                    self._run_batches(jobs, self._suspects)
                     self.deletion_cost.holding(False)
+                    self._pause_for_object_store()
                 elif burst:
                     break
                 elif paused:
@@ -146,6 +160,8 @@ class Worker:
         except (*UNAVAILABLE, *REFUSED):
             pass  # our heartbeat runs out and recovery takes over whatever is left
         self._closed.set()
+        if self._io is not None:
+            self._io.shutdown()
         self.deletion_cost.close()  # a patch in flight finishes before the process exits
         log.info("worker %s stopped after %d jobs", self.worker_id, self.processed)
 
@@ -166,6 +182,7 @@ class Worker:
             jobs = list(batch.jobs)
             if not jobs:
                 return [], batch.paused
+        self._suspects = batch.suspects
         if batch.suspects:
             return jobs, False
         # Holding jobs: wait up to MAX_BATCH_WAIT_MS for more, so the model runs on a fuller batch (a
@@ -179,31 +196,108 @@ class Worker:
             jobs += self.queue.claim(self.worker_id, size - len(jobs), held_in_batch=len(jobs)).jobs
         return jobs, False
 
+    def _run_batches(self, jobs: list[ClaimedJob], suspects: bool) -> None:
+        """Run `jobs`; then, while the queue keeps a backlog, the batches after it back to back with Redis
+        overlapped: the I/O thread claims batch k+1 while the model runs batch k, and records batch k
+        while the model runs batch k+1, so a drained job costs the larger of Redis's and Python's time,
+        not their sum. One batch claimed ahead and one record in flight at most; a suspect group never
+        claims ahead (bisection needs it held alone) and neither does a batch claimed ahead (see
+        `_may_claim_ahead`). A stop runs what is held, records it and returns."""
+        recording: Future[None] | None = None
+        ahead: Future[ClaimedBatch] | None = None
+        try:
+            while jobs:
+                ahead = self._claim_ahead() if self._may_claim_ahead(jobs, suspects) else None
+                self._run_batch(jobs)
+                if recording is not None:
+                    wait([recording])  # one record in flight; a failed one left its outcomes in _unrecorded
+                self._unrecorded += self._batch_outcomes
+                if self._trace is not None:
+                    self._unrecorded_traces.append(self._trace)
+                if recording is not None:
+                    failed, recording = recording, None
+                    failed.result()  # its Redis error, if any, goes to the loop, which records everything again
+                if ahead is None:
+                    self._record()
+                    return
+                # FIFO on the one I/O thread: the record runs after the claim ahead, which it accounts for
+                recording = self._executor().submit(self._record, ahead)
+                batch = ahead.result()
+                self._extended_at, self._ahead_ids = self._ahead_claimed_at, []
+                jobs, suspects = list(batch.jobs), batch.suspects
+            if recording is not None:  # the claim ahead found the queue empty
+                recording.result()
+        except BaseException:
+            # Leave nothing running on the I/O thread: the loop retries a failed record (`_unrecorded`),
+            # and adopts a claim whose reply it never read (`_adopt`, set on a Redis error).
+            in_flight: list[Future[Any]] = [f for f in (recording, ahead) if f is not None]
+            wait(in_flight)
+            self._ahead_ids = []
+            raise
+
+    def _may_claim_ahead(self, jobs: list[ClaimedJob], suspects: bool) -> bool:
+        return (
+            len(jobs) >= self.config.max_batch_size  # a full batch: a backlog is likely
+            and self._last_batch_s <= CLAIM_AHEAD_MAX_BATCH_S
+            and not suspects
+            and not self._adopt  # adopting (held ids we do not know) happens in `_collect_batch`, alone
+            and not self.stopping.is_set()
+            and time.monotonic() < self._next_reconcile
+            and not (self.objects is not None and self.objects.pause_s)
+        )
+
+    def _claim_ahead(self) -> Future[ClaimedBatch]:
+        self._ahead_claimed_at = time.monotonic()  # the claim sets deadlines from no earlier than this
+
+        def claim() -> ClaimedBatch:
+            batch = self.queue.claim(self.worker_id, self.config.max_batch_size)
+            self._ahead_ids = [job.job_id for job in batch.jobs]
+            return batch
+
+        return self._executor().submit(claim)
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._io is None:
+            self._io = ThreadPoolExecutor(1, thread_name_prefix="redis-io")
+        return self._io
+
     def _run_batch(self, jobs: list[ClaimedJob]) -> None:
-        # A suspect group (half of a batch that died) runs as one batch too: if it dies again, recovery
-        # halves it again (bisection), so a culprit costs O(log n) model calls, not one per job.
+        """Run one batch into `_batch_outcomes`. A suspect group (half of a batch that died) runs as one
+        batch too: if it dies again, recovery halves it again (bisection), so a culprit costs O(log n)
+        model calls, not one per job."""
+        started = time.monotonic()
         self._batch_ids = [job.job_id for job in jobs]
         self._trace = tracing.BatchTrace(self.model.name, self.worker_id, jobs) if tracing.TRACER is not None else None
-        self._unrecorded = self._process_safely(jobs)
-        self._record()
+        self._batch_outcomes = self._process_safely(jobs)
+        self._last_batch_s = time.monotonic() - started
+
+    def _pause_for_object_store(self) -> None:
         if self.objects is not None and self.objects.pause_s:  # the object store is down: back off as for Redis
             log.warning("object store unavailable; next claim in %.1fs", self.objects.pause_s)
             self.stopping.wait(self.objects.pause_s)
 
-    def _record(self) -> None:
+    def _record(self, ahead: Future[ClaimedBatch] | None = None) -> None:
+        """Record `_unrecorded` (in one finish call) and emit its batch's spans. `ahead`: the claim that ran
+        just before this on the I/O thread; the ids it took are held and known, not ids to adopt."""
         from jobqueue import metrics  # imported after the start-up line (prometheus_client is slow to import)
 
-        trace, write_started = self._trace, time.time_ns()
+        write_started = time.time_ns()
         counts = self.queue.finish(self.worker_id, self._unrecorded)
-        if trace is not None:
-            self._trace = None
-            trace.emit(self._unrecorded, write_started, time.time_ns())
-            metrics.observe_ended(self.model.name, counts.ended, counts.finished_at, trace.trace_ids())
+        if self._unrecorded_traces:
+            trace_ids: dict[str, str] = {}
+            for trace in self._unrecorded_traces:
+                trace.emit(self._unrecorded, write_started, time.time_ns())
+                trace_ids.update(trace.trace_ids())
+            metrics.observe_ended(self.model.name, counts.ended, counts.finished_at, trace_ids)
         else:
             metrics.observe_ended(self.model.name, counts.ended, counts.finished_at)
         self.processed += counts.completed + counts.failed
-        self._unrecorded = []
-        self._adopt = self._adopt or counts.still_held > 0
+        self._unrecorded, self._unrecorded_traces = [], []
+        if ahead is not None and ahead.exception() is not None:
+            self._adopt = True  # what that claim took, if anything, is held but unknown
+            return
+        known = len(ahead.result().jobs) if ahead is not None else 0
+        self._adopt = self._adopt or counts.still_held > known
 
     # -- inference -----------------------------------------------------------------------------
 
@@ -313,7 +407,7 @@ class Worker:
             return
         self._extended_at = self.last_tick
         try:
-            self.queue.extend(self.worker_id, self._batch_ids)
+            self.queue.extend(self.worker_id, self._batch_ids + self._ahead_ids)
         except (*UNAVAILABLE, *REFUSED) as exc:  # the backstop only fires after 2x the timeout: try at the next call
             log.debug("could not extend the batch's deadlines: %s", exc)
 
