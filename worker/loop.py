@@ -10,8 +10,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -27,6 +26,9 @@ from jobqueue.states import Outcome
 from worker.deletion_cost import DeletionCost
 from worker.model import ModelAborted, ModelTimeout, OnnxModel, OutputNotPerRow
 from worker.objects import ObjectJobs, is_object_job
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 log = logging.getLogger("asyncinfer.worker")
 
@@ -203,6 +205,8 @@ class Worker:
         not their sum. One batch claimed ahead and one record in flight at most; a suspect group never
         claims ahead (bisection needs it held alone) and neither does a batch claimed ahead (see
         `_may_claim_ahead`). A stop runs what is held, records it and returns."""
+        from concurrent.futures import wait  # after the start-up line, like the I/O thread itself
+
         recording: Future[None] | None = None
         ahead: Future[ClaimedBatch] | None = None
         try:
@@ -258,6 +262,8 @@ class Worker:
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._io is None:
+            from concurrent.futures import ThreadPoolExecutor
+
             self._io = ThreadPoolExecutor(1, thread_name_prefix="redis-io")
         return self._io
 
