@@ -15,12 +15,17 @@ dependencies (requirements/worker.txt; the dev venv has ~200 distributions, and 
 lookup and importlib.metadata read them all), and `--compiled` writes both trees' bytecode first
 (pip compiles an installed package; a source tree under PYTHONDONTWRITEBYTECODE=1 is compiled again
 at every start).
+
+`--instructions` counts instead, once each, the instructions executed from exec to the ready line
+(valgrind's callgrind, ~1 min a run): the same count whatever else the shared box is doing, so a
+change of a few percent shows, where the wall clock moves by ±30% between starts.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -34,6 +39,20 @@ from bench import baseline
 from bench.run import MODEL, RESULTS, ROOT, LineWatcher, RedisServer, import_time, running, spawn_piped
 
 FLOOR_IMPORTS = "import sys; sys.modules['opentelemetry.sdk'] = None; import numpy, onnxruntime, redis"
+FLOOR_ENV = dict(os.environ, OPENBLAS_NUM_THREADS="1")  # as the worker sets it
+# The worker's entry point, ended the moment it logs its ready line (callgrind counts until the exit).
+UNTIL_READY = """
+import logging, os, sys
+class UntilReady(logging.Handler):
+    def emit(self, record):
+        if str(record.msg).startswith("worker %s serving"):
+            logging.shutdown()
+            os._exit(0)
+logging.getLogger("asyncinfer.worker").addHandler(UntilReady())
+sys.argv = ["asyncinfer-worker"]
+from worker.main import run
+run()
+"""
 
 
 def worker_env(tree: Path, redis_url: str) -> dict[str, str]:
@@ -54,10 +73,10 @@ def start_to_ready(python: str, tree: Path, redis_url: str, log: Path) -> tuple[
     return wall, cpu
 
 
-def run_to_exit(python: str, code: str) -> tuple[float, float]:
+def run_to_exit(python: str, code: str, env: dict[str, str]) -> tuple[float, float]:
     """(wall s, CPU s) of `python -P -c code` run to its exit."""
     t0 = time.time()
-    proc = psutil.Popen([python, "-P", "-c", code])
+    proc = psutil.Popen([python, "-P", "-c", code], env=env)
     # psutil reads the CPU times of a reaped child from its wait status only on some systems: take
     # them just before it exits instead, by polling (the difference is at most one poll's worth).
     cpu = 0.0
@@ -68,6 +87,26 @@ def run_to_exit(python: str, code: str) -> tuple[float, float]:
             break
         time.sleep(0.002)
     return time.time() - t0, cpu
+
+
+def instructions(python: str, code: str, env: dict[str, str]) -> int:
+    """Instructions `python -P -c code` executes until it exits, all threads (callgrind)."""
+    run = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", python, "-P", "-c", code],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return int(re.findall(r"Collected : (\d+)", run.stderr)[-1])
+
+
+def count_instructions(python: str, old_tree: Path, redis_url: str) -> None:
+    counts = {
+        "old": instructions(python, UNTIL_READY, worker_env(old_tree, redis_url)),
+        "new": instructions(python, UNTIL_READY, worker_env(ROOT, redis_url)),
+        "python -P -c pass": instructions(python, "pass", FLOOR_ENV),
+        "floor: numpy, onnxruntime, redis": instructions(python, FLOOR_IMPORTS, FLOOR_ENV),
+    }
+    for name, count in counts.items():
+        print(f"{name:<34} {count / 1e6:8.1f} M instructions ({count / counts['new']:.2f}x new)")
 
 
 def median_line(name: str, samples: list[tuple[float, float]]) -> str:
@@ -84,6 +123,7 @@ def main() -> None:
     parser.add_argument("--starts", type=int, default=10, help="starts of each (alternating)")
     parser.add_argument("--python", default=sys.executable, help="the interpreter (venv) to start workers with")
     parser.add_argument("--compiled", action="store_true", help="write both trees' bytecode first, as pip does")
+    parser.add_argument("--instructions", action="store_true", help="count instructions (callgrind) instead of timing")
     args = parser.parse_args()
     if not Path(MODEL).exists():
         sys.exit(f"{MODEL} is missing: run `make model` first")
@@ -99,12 +139,15 @@ def main() -> None:
         workdir = Path(tmp)
         server = RedisServer(workdir / "redis").start(workdir / "redis.log")
         try:
+            if args.instructions:
+                count_instructions(args.python, old_tree, server.url)
+                return
             for n in range(args.starts):
                 order = [("old", old_tree), ("new", ROOT)] if n % 2 == 0 else [("new", ROOT), ("old", old_tree)]
                 for name, tree in order:
                     samples[name].append(start_to_ready(args.python, tree, server.url, workdir / f"{name}.log"))
-                samples["python"].append(run_to_exit(args.python, "pass"))
-                samples["floor"].append(run_to_exit(args.python, FLOOR_IMPORTS))
+                samples["python"].append(run_to_exit(args.python, "pass", FLOOR_ENV))
+                samples["floor"].append(run_to_exit(args.python, FLOOR_IMPORTS, FLOOR_ENV))
             top = import_time(worker_env(ROOT, server.url), workdir / "importtime.log", args.python)
         finally:
             server.stop()
