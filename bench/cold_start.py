@@ -36,7 +36,7 @@ from pathlib import Path
 import psutil
 
 from bench import baseline
-from bench.run import MODEL, RESULTS, ROOT, LineWatcher, RedisServer, import_time, running, spawn_piped
+from bench.run import MODEL, RESULTS, ROOT, LineWatcher, RedisServer, compile_sources, import_time, running, spawn_piped
 
 FLOOR_IMPORTS = "import sys; sys.modules['opentelemetry.sdk'] = None; import numpy, onnxruntime, redis"
 FLOOR_ENV = dict(os.environ, OPENBLAS_NUM_THREADS="1")  # as the worker sets it
@@ -132,8 +132,7 @@ def main() -> None:
         (old_tree / "models" / "iris.onnx").write_bytes(Path(MODEL).read_bytes())
     if args.compiled:
         for tree in (old_tree, ROOT):
-            packages = [str(tree / name) for name in ("jobqueue", "worker")]
-            subprocess.run([args.python, "-m", "compileall", "-q", *packages], check=True)
+            compile_sources(args.python, tree)
     samples: dict[str, list[tuple[float, float]]] = {"old": [], "new": [], "python": [], "floor": []}
     with tempfile.TemporaryDirectory(prefix="asyncinfer-cold-") as tmp:
         workdir = Path(tmp)
