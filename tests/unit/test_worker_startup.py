@@ -62,7 +62,14 @@ run()
 
 def at_ready_line(redis_url: str, **env: str) -> dict[str, Any]:
     full_env = {**os.environ, "REDIS_URL": redis_url, "MODEL_PATH": str(MODEL_PATH), "LOG_LEVEL": "INFO", **env}
-    for name in ("WORKER_HEALTH_PORT", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_TRACES_EXPORTER"):
+    unset = (
+        "WORKER_HEALTH_PORT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_TRACES_EXPORTER",
+        "OPENBLAS_NUM_THREADS",
+        "PYDANTIC_DISABLE_PLUGINS",
+    )
+    for name in unset:  # the worker's own defaults, whatever the test runner's environment holds
         if name not in env:
             full_env.pop(name, None)
     argv = [sys.executable, "-c", AT_READY_LINE, json.dumps(NOT_BEFORE_READY)]
