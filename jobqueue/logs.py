@@ -10,11 +10,14 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import orjson
 
 from jobqueue import tracing
-from jobqueue.settings import Settings
+
+if TYPE_CHECKING:  # the settings (pydantic) load when they are read, not with the log set-up
+    from jobqueue.settings import Settings
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 ID_FIELDS = ("job_id", "model", "trace_id", "span_id")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
@@ -11,7 +10,6 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from jobqueue import logs, tracing
-from jobqueue.settings import get_settings
 
 if TYPE_CHECKING:
     from worker.loop import Worker
@@ -110,12 +108,39 @@ class StartupProbes:
         return self.worker.health()
 
 
-def run() -> None:
+def skip_start_up_work_a_worker_never_uses() -> None:
+    """Environment defaults that spare a worker's cold start work it never uses (call before anything
+    imports pydantic or numpy); a value the operator set wins.
+
+    - pydantic looks for plugins by reading the entry points of every installed distribution when the
+      first model class is built: only the worker's settings and MODELS_FILE checks use pydantic here,
+      and no plugin has anything to do with them.
+    - numpy's OpenBLAS starts one thread per CPU the process can see (a Kubernetes node's, not the
+      pod's limit) at `import numpy`: a worker does no BLAS work, ONNX Runtime has threads of its own.
+    """
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
+def burst_mode(argv: list[str]) -> bool:
+    """--burst given; no arguments (how a deployment starts it) need no parser, and argparse with its
+    gettext stays out of the cold start."""
+    if not argv:
+        return False
+    import argparse
+
     parser = argparse.ArgumentParser(prog="asyncinfer-worker", description="Run an asyncinfer worker.")
     parser.add_argument("--burst", action="store_true", help="exit once the queue is empty")
-    args = parser.parse_args()
+    return bool(parser.parse_args(argv).burst)
+
+
+def run() -> None:
+    burst = burst_mode(sys.argv[1:])
     tracing.keep_sdk_out_unless_wanted()  # before anything imports redis
     watcher = SignalWatcher()  # before the slow imports, so an early SIGTERM is a clean exit
+    skip_start_up_work_a_worker_never_uses()
+    from jobqueue.settings import get_settings  # pydantic: after the line above
+
     settings = get_settings()
     logs.configure(settings)
     tracing.setup("asyncinfer-worker", settings.tracing_headers_file)  # imports opentelemetry only when OTEL_* turns it on
@@ -134,7 +159,7 @@ def run() -> None:
         sys.exit(2)
     probes.worker = worker
     watcher.attach(worker, settings.drain_timeout_seconds)
-    worker.run(burst=args.burst)
+    worker.run(burst=burst)
     watcher.leave()
 
 
