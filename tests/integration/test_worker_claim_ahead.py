@@ -88,10 +88,11 @@ def test_under_a_backlog_the_next_batch_is_claimed_while_the_model_runs(queue, r
         worker.run(burst=True)
     finally:
         model.run = original
-    # the batch being run, plus the one claimed ahead (a loaded machine may run a batch slowly enough
-    # that the next is claimed after it instead, so not every call sees both)
-    assert max(held_at_call) == 2 * BATCH, held_at_call
-    assert held_at_call.count(2 * BATCH) >= 2, held_at_call
+    # the batch being run and the one claimed ahead, and the last one while its results are still being
+    # written; never a second batch ahead (a loaded machine may run a batch slowly enough that the next
+    # is claimed after it instead, so not every call sees both)
+    assert 2 * BATCH <= max(held_at_call) <= 3 * BATCH, held_at_call
+    assert sum(held >= 2 * BATCH for held in held_at_call) >= 2, held_at_call
     assert worker.processed == len(ids)
     assert_each_completed_once(queue, ids, redis_client, worker)
 
