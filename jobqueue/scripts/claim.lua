@@ -52,8 +52,10 @@ local events, already_held, version = ARGV[7], tonumber(ARGV[8]), ARGV[9]
 local job_ttl, principal_prefix, traced = ARGV[10], ARGV[11], ARGV[12] == '1'
 local priority_index = {high = 1, normal = 2, low = 3}
 local PATTERN = {1, 1, 2, 1, 1, 2, 1, 1, 3, 1, 2, 1}
+local SKIPLIST_MEMBER = string.rep('~', 200)  -- never a job id (see the ZADD below)
 
 local now = now_ms()
+local text = text_cache()
 beat(workers, stats, wid, worker_ttl, now)  -- claiming is a heartbeat too
 
 local candidates = {}  -- {id, source list index or 0 for ids already in the processing list}
@@ -81,6 +83,11 @@ if want > 0 and not is_paused then
   for p = 1, 3 do take(p, left) end  -- slots of empty lists go to the highest non-empty one
 end
 
+-- Each field read costs a scan of the record (a ziplist), a missing one the whole record: only what
+-- every job needs is read here; what only a rare path needs is read on that path.
+local fields = {'status', 'attempts', 'input', 'suspect', 'started_at'}
+if request_ttl > 0 or traced then fields[6] = 'queued_at' end
+if traced then fields[7], fields[8] = 'traceparent', 'requeued_at' end
 local out, started, ended, deadlines, give_back = {0}, {}, {}, {}, {}
 local taken = {}  -- started ids not yet in the processing list: pushed there in one go below
 local unfinished_drop = {}
@@ -89,13 +96,11 @@ if is_paused then out[1] = 1 end
 for _, c in ipairs(candidates) do
   local id, source = c[1], c[2]
   local job = job_prefix .. id
-  local status, queued_at, attempts, input, worker, suspect, priority, owner, callback, idem, started_at,
-    traceparent, requeued_at =
-    unpack(redis.call('HMGET', job, 'status', 'queued_at', 'attempts', 'input', 'worker', 'suspect',
-      'priority', 'owner', 'callback_url', 'idem', 'started_at', 'traceparent', 'requeued_at'))
+  local status, attempts, input, suspect, started_at, queued_at, traceparent, requeued_at =
+    unpack(redis.call('HMGET', job, unpack(fields)))
   local wait_start = requeued_at or queued_at or 0
   local held = source == 0
-  if status == 'processing' and worker == wid and held then
+  if status == 'processing' and held and redis.call('HGET', job, 'worker') == wid then
     -- Already ours: a reply lost to a dropped connection. Adopt it again, unchanged.
     out[#out + 1] = id
     out[#out + 1] = tonumber(attempts)
@@ -111,17 +116,18 @@ for _, c in ipairs(candidates) do
     -- "Not started" means never started: a job released by a drain or isolated after a hung batch
     -- has its attempt uncounted (n == 0) but did start; it must run, however old it now is.
     if not started_at and request_ttl > 0 and now - tonumber(queued_at) > request_ttl then
-      redis.call('HSET', job, 'status', 'expired', 'finished_at', now, 'error', 'not started within REQUEST_TTL_SECONDS')
-      close_job(job, id, job_ttl, now, idem, callback, owner, notify, unfinished_drop)
+      local owner, callback, idem = unpack(redis.call('HMGET', job, 'owner', 'callback_url', 'idem'))
+      redis.call('HSET', job, 'status', 'expired', 'finished_at', text[now], 'error', 'not started within REQUEST_TTL_SECONDS')
+      close_job(job, id, job_ttl, text[now], idem, callback, owner, notify, unfinished_drop)
       redis.call('HINCRBY', stats, 'expired', 1)
       ended[#ended + 1] = id
       if held then redis.call('LREM', processing, -1, id) end
     elseif suspect and suspect ~= group and (already_held > 0 or #out > 1) then
       give_back[#give_back + 1] = c  -- starts its own batch later
     else
-      redis.call('HSET', job, 'status', 'processing', 'started_at', now, 'worker', wid, 'attempts', n + 1,
+      redis.call('HSET', job, 'status', 'processing', 'started_at', text[now], 'worker', wid, 'attempts', text[n + 1],
         'model_version', version)
-      deadlines[#deadlines + 1] = now + backstop
+      deadlines[#deadlines + 1] = text[now + backstop]
       deadlines[#deadlines + 1] = id
       started[#started + 1] = id
       if not held then taken[#taken + 1] = id end
@@ -158,10 +164,14 @@ drop_unfinished(principal_prefix, unfinished_drop)
 for i = 1, #taken, 1000 do
   redis.call('LPUSH', processing, unpack(taken, i, math.min(i + 999, #taken)))
 end
--- one ZADD per 500 jobs rather than one per job (and within Lua's unpack limit)
+-- One ZADD per 500 jobs rather than one per job (and within Lua's unpack limit). Its first member, longer
+-- than zset-max-ziplist-value and removed again at once, makes the set a skiplist: Redis keeps a set of
+-- up to 128 short members as a ziplist (listpack), where every insert and removal scans the whole set,
+-- which made these two commands a quarter of a job's Redis time.
 for i = 1, #deadlines, 1000 do
-  redis.call('ZADD', inflight, unpack(deadlines, i, math.min(i + 999, #deadlines)))
+  redis.call('ZADD', inflight, deadlines[i], SKIPLIST_MEMBER, unpack(deadlines, i, math.min(i + 999, #deadlines)))
 end
+if #deadlines > 0 then redis.call('ZREM', inflight, SKIPLIST_MEMBER) end
 if #started > 0 then redis.call('PUBLISH', events, 'processing ' .. table.concat(started, ' ')) end
 if #ended > 0 then redis.call('PUBLISH', events, 'ended ' .. table.concat(ended, ' ')) end
 return out

@@ -41,18 +41,19 @@ local max_attempts, events, max_dead, principal_prefix = tonumber(ARGV[4]), ARGV
 local traced = ARGV[8] == '1'
 
 local now = now_ms()
+local text = text_cache()
 local completed, failed, requeued, ignored = 0, 0, 0, 0
 local ended, back, done = {}, {}, {}  -- done: ids to drop from the in-flight set
 local unfinished_drop = {}
 local timings = {}  -- priority, created_at, queued_at, started_at (, id) of each job ended here
 
 local function close(job, id, owner, callback, idem)
-  close_job(job, id, ttl, now, idem, callback, owner, notify, unfinished_drop)
+  close_job(job, id, ttl, text[now], idem, callback, owner, notify, unfinished_drop)
   ended[#ended + 1] = id
 end
 
 local function fail(job, id, err, owner, callback, idem)
-  redis.call('HSET', job, 'status', 'failed', 'error', err, 'finished_at', now)
+  redis.call('HSET', job, 'status', 'failed', 'error', err, 'finished_at', text[now])
   redis.call('LPUSH', dead, id)
   close(job, id, owner, callback, idem)
   failed = failed + 1
@@ -61,7 +62,7 @@ end
 local front = {}  -- per pending list: ids going back to its head, oldest first
 local function requeue(job, id, priority)
   redis.call('HDEL', job, 'worker')
-  redis.call('HSET', job, 'requeued_at', now)  -- its next attempt's wait starts here (queued_at stays the first)
+  redis.call('HSET', job, 'requeued_at', text[now])  -- its next attempt's wait starts here (queued_at stays the first)
   local list = pending_lists[priority] or pending_lists.normal
   front[list] = front[list] or {}
   table.insert(front[list], id)
@@ -97,7 +98,7 @@ for i = 9, #ARGV, 3 do
     if not held then redis.call('LREM', pending_lists[priority] or pending_lists.normal, -1, id) end
   end
   if outcome == 'completed' and live then
-    redis.call('HSET', job, 'status', 'completed', 'result', payload, 'finished_at', now)
+    redis.call('HSET', job, 'status', 'completed', 'result', payload, 'finished_at', text[now])
     if err then redis.call('HDEL', job, 'error') end  -- an earlier attempt's error
     done[#done + 1] = id
     close(job, id, owner, callback, idem)
