@@ -58,9 +58,14 @@ local now = now_ms()
 local text = text_cache()
 beat(workers, stats, wid, worker_ttl, now)  -- claiming is a heartbeat too
 
-local candidates = {}  -- {id, source list index or 0 for ids already in the processing list}
+-- candidates: their ids and, at the same index, the pending list each came from (0: already in the
+-- processing list)
+local candidates, sources = {}, {}
 for i = 13, #ARGV do
-  if redis.call('LPOS', processing, ARGV[i]) then candidates[#candidates + 1] = {ARGV[i], 0} end
+  if redis.call('LPOS', processing, ARGV[i]) then
+    candidates[#candidates + 1] = ARGV[i]
+    sources[#candidates] = 0
+  end
 end
 local is_paused = redis.call('EXISTS', paused) == 1
 if want > 0 and not is_paused then
@@ -75,7 +80,11 @@ if want > 0 and not is_paused then
     if n <= 0 then return end
     local popped = redis.call('RPOP', pending_lists[p], n)
     if popped then
-      for _, id in ipairs(popped) do candidates[#candidates + 1] = {id, p} end
+      local base = #candidates
+      for i, id in ipairs(popped) do
+        candidates[base + i] = id
+        sources[base + i] = p
+      end
       left = left - #popped
     end
   end
@@ -88,13 +97,14 @@ end
 local fields = {'status', 'attempts', 'input', 'suspect', 'started_at'}
 if request_ttl > 0 or traced then fields[6] = 'queued_at' end
 if traced then fields[7], fields[8] = 'traceparent', 'requeued_at' end
-local out, started, ended, deadlines, give_back = {0}, {}, {}, {}, {}
+local out, started, ended, deadlines = {0}, {}, {}, {}
+local give_back = {}  -- indexes in candidates of the ids not started
 local taken = {}  -- started ids not yet in the processing list: pushed there in one go below
 local unfinished_drop = {}
 local group = nil  -- the suspect group this batch runs: only its members join ("1": nobody)
 if is_paused then out[1] = 1 end
-for _, c in ipairs(candidates) do
-  local id, source = c[1], c[2]
+for c, id in ipairs(candidates) do
+  local source = sources[c]
   local job = job_prefix .. id
   local status, attempts, input, suspect, started_at, queued_at, traceparent, requeued_at =
     unpack(redis.call('HMGET', job, unpack(fields)))
@@ -151,7 +161,7 @@ end
 
 -- Ids not started go back to the head of the list they came from, in their order.
 for i = #give_back, 1, -1 do
-  local id, source = give_back[i][1], give_back[i][2]
+  local id, source = candidates[give_back[i]], sources[give_back[i]]
   if source == 0 then
     redis.call('LREM', processing, -1, id)
     local priority = redis.call('HGET', job_prefix .. id, 'priority') or 'normal'

@@ -45,7 +45,16 @@ local text = text_cache()
 local completed, failed, requeued, ignored = 0, 0, 0, 0
 local ended, back, done = {}, {}, {}  -- done: ids to drop from the in-flight set
 local unfinished_drop = {}
-local timings = {}  -- priority, created_at, queued_at, started_at (, id) of each job ended here
+-- the reply: six counts (set at the end), then priority, created_at, queued_at, started_at (, id) of each
+-- job ended here
+local reply = {0, 0, 0, 0, 0, 0}
+
+local function timed(id, priority, created, queued, started)
+  if not started then return end
+  local n = #reply
+  reply[n + 1], reply[n + 2], reply[n + 3], reply[n + 4] = priority or 'normal', created, queued, started
+  if traced then reply[n + 5] = id end
+end
 
 local function close(job, id, owner, callback, idem)
   close_job(job, id, ttl, text[now], idem, callback, owner, notify, unfinished_drop)
@@ -70,27 +79,62 @@ local function requeue(job, id, priority)
   requeued = requeued + 1
 end
 
+-- This call's ids leave the processing list as one `LREM processing -1 id` each would take them (the
+-- occurrence nearest the tail first), with one read and one write of the list instead of one LREM per id.
+-- held_left: id -> occurrences removed, handed out one per triple in the loop below.
+local holding = redis.call('LRANGE', processing, 0, -1)  -- newest first
+local to_drop, held_left, removed, dropped = {}, {}, {}, 0
+for i = 9, #ARGV, 3 do to_drop[ARGV[i]] = (to_drop[ARGV[i]] or 0) + 1 end
+for i = #holding, 1, -1 do
+  local id = holding[i]
+  local n = to_drop[id]
+  if n and n > 0 then
+    to_drop[id] = n - 1
+    held_left[id] = (held_left[id] or 0) + 1
+    removed[i] = true
+    dropped = dropped + 1
+  end
+end
+local still_held = #holding - dropped
+if dropped > 0 then
+  local tail_only = true  -- the usual case: the oldest ids leave, an LTRIM keeps the rest
+  for i = still_held + 1, #holding do
+    if not removed[i] then tail_only = false break end
+  end
+  if still_held == 0 then
+    redis.call('DEL', processing)
+  elseif tail_only then
+    redis.call('LTRIM', processing, 0, still_held - 1)
+  else
+    local rest = {}
+    for i, id in ipairs(holding) do
+      if not removed[i] then rest[#rest + 1] = id end
+    end
+    redis.call('DEL', processing)
+    for i = 1, #rest, 1000 do redis.call('RPUSH', processing, unpack(rest, i, math.min(i + 999, #rest))) end
+  end
+end
+
 for i = 9, #ARGV, 3 do
   local id, outcome, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local job = job_prefix .. id
-  local held = redis.call('LREM', processing, -1, id) > 0
-  local status, worker, attempts, err, priority, owner, callback, idem, created, queued, started =
-    unpack(redis.call('HMGET', job, 'status', 'worker', 'attempts', 'error', 'priority', 'owner', 'callback_url',
-      'idem', 'created_at', 'queued_at', 'started_at'))
-  local function timed()
-    if started then
-      timings[#timings + 1] = priority or 'normal'
-      timings[#timings + 1] = created
-      timings[#timings + 1] = queued
-      timings[#timings + 1] = started
-      if traced then timings[#timings + 1] = id end
-    end
+  local held = (held_left[id] or 0) > 0
+  if held then held_left[id] = held_left[id] - 1 end
+  local status, err, priority, owner, callback, idem, created, queued, started =
+    unpack(redis.call('HMGET', job, 'status', 'error', 'priority', 'owner', 'callback_url', 'idem', 'created_at',
+      'queued_at', 'started_at'))
+  local result = outcome == 'completed' or outcome == 'failed'
+  -- Who runs it and its attempts matter only off the usual path (a result of a job being processed):
+  -- each field read scans the record, so they are read only where they are used.
+  local worker, attempts
+  if status == 'pending' or (status == 'processing' and not result) then
+    worker, attempts = unpack(redis.call('HMGET', job, 'worker', 'attempts'))
   end
   local live = status == 'processing' or status == 'pending'
   local ours = status == 'processing' and worker == wid
   -- A result for a job handed back uncounted (a second signal released it while its batch still
   -- ran to the end): the run that made the result is its attempt.
-  if (outcome == 'completed' or outcome == 'failed') and status == 'pending' then
+  if result and status == 'pending' then
     if tonumber(attempts or 0) < 1 then redis.call('HSET', job, 'attempts', 1) end
     -- Ending a job that waits in a pending list (handed back uncounted, or its claim lost in a
     -- failover): its id leaves the list too, which holds only jobs waiting to start. It was put
@@ -103,16 +147,16 @@ for i = 9, #ARGV, 3 do
     done[#done + 1] = id
     close(job, id, owner, callback, idem)
     completed = completed + 1
-    timed()
+    timed(id, priority, created, queued, started)
   elseif outcome == 'failed' and live then
     done[#done + 1] = id
     fail(job, id, payload, owner, callback, idem)
-    timed()
+    timed(id, priority, created, queued, started)
   elseif outcome == 'retry' and ours then
     done[#done + 1] = id
     if tonumber(attempts) >= max_attempts then
       fail(job, id, 'failed after ' .. attempts .. ' attempts: ' .. payload, owner, callback, idem)
-      timed()
+      timed(id, priority, created, queued, started)
     else
       redis.call('HSET', job, 'status', 'pending', 'error', payload)
       redis.call('HINCRBY', stats, 'retried', 1)
@@ -143,6 +187,5 @@ if completed > 0 then redis.call('HINCRBY', stats, 'completed', completed) end
 if failed > 0 then redis.call('HINCRBY', stats, 'failed', failed) end
 if #ended > 0 then redis.call('PUBLISH', events, 'ended ' .. table.concat(ended, ' ')) end
 if #back > 0 then redis.call('PUBLISH', events, 'pending ' .. table.concat(back, ' ')) end
-local reply = {completed, failed, requeued, ignored, redis.call('LLEN', processing), now}
-for _, value in ipairs(timings) do reply[#reply + 1] = value end
+reply[1], reply[2], reply[3], reply[4], reply[5], reply[6] = completed, failed, requeued, ignored, still_held, now
 return reply
