@@ -9,16 +9,6 @@ local function now_ms()
   return t[1] * 1000 + math.floor(t[2] / 1000)
 end
 
--- Redis formats each number argument of redis.call with snprintf("%.17g"), one of the costliest steps
--- of a script: a value used for many jobs (a timestamp, an attempt count) is formatted once, here.
-local function text_cache()
-  return setmetatable({}, {__index = function(cache, n)
-    local text = tostring(n)
-    cache[n] = text
-    return text
-  end})
-end
-
 -- Every worker silent for longer than the worker ttl means Redis itself was away (stalled or
 -- unreachable): start a grace period of one ttl, so recovery does not declare live workers dead the
 -- moment it is back. True when it started one.

@@ -55,7 +55,8 @@ local PATTERN = {1, 1, 2, 1, 1, 2, 1, 1, 3, 1, 2, 1}
 local SKIPLIST_MEMBER = string.rep('~', 200)  -- never a job id (see the ZADD below)
 
 local now = now_ms()
-local text = text_cache()
+local now_text = tostring(now)  -- formatted once: Redis formats a number argument with a costly snprintf
+local deadline = tostring(now + backstop)  -- of each job started here
 beat(workers, stats, wid, worker_ttl, now)  -- claiming is a heartbeat too
 
 -- candidates: their ids and, at the same index, the pending list each came from (0: already in the
@@ -97,7 +98,22 @@ end
 local fields = {'status', 'attempts', 'input', 'suspect', 'started_at'}
 if request_ttl > 0 or traced then fields[6] = 'queued_at' end
 if traced then fields[7], fields[8] = 'traceparent', 'requeued_at' end
-local out, started, ended, deadlines = {0}, {}, {}, {}
+local out, out_n = {0}, 1
+local started, ended, deadlines = {}, {}, {}
+-- attempts -> the next attempt, both as text: no number parsed or formatted per job
+local attempt_after = setmetatable({}, {__index = function(cache, attempts)
+  local next_attempt = tostring(tonumber(attempts) + 1)
+  cache[attempts] = next_attempt
+  return next_attempt
+end})
+local function reply_job(id, attempts, input, traceparent, wait_start)
+  out[out_n + 1], out[out_n + 2], out[out_n + 3] = id, attempts, input
+  out_n = out_n + 3
+  if traced then
+    out[out_n + 1], out[out_n + 2] = traceparent or '', wait_start
+    out_n = out_n + 2
+  end
+end
 local give_back = {}  -- indexes in candidates of the ids not started
 local taken = {}  -- started ids not yet in the processing list: pushed there in one go below
 local unfinished_drop = {}
@@ -112,42 +128,29 @@ for c, id in ipairs(candidates) do
   local held = source == 0
   if status == 'processing' and held and redis.call('HGET', job, 'worker') == wid then
     -- Already ours: a reply lost to a dropped connection. Adopt it again, unchanged.
-    out[#out + 1] = id
-    out[#out + 1] = tonumber(attempts)
-    out[#out + 1] = input
-    if traced then
-      out[#out + 1] = traceparent or ''
-      out[#out + 1] = wait_start
-    end
+    reply_job(id, attempts, input, traceparent, wait_start)
   elseif status == 'pending' and (is_paused or (group and (group == '1' or suspect ~= group))) then
     give_back[#give_back + 1] = c
   elseif status == 'pending' then
-    local n = tonumber(attempts)
     -- "Not started" means never started: a job released by a drain or isolated after a hung batch
     -- has its attempt uncounted (n == 0) but did start; it must run, however old it now is.
     if not started_at and request_ttl > 0 and now - tonumber(queued_at) > request_ttl then
       local owner, callback, idem = unpack(redis.call('HMGET', job, 'owner', 'callback_url', 'idem'))
-      redis.call('HSET', job, 'status', 'expired', 'finished_at', text[now], 'error', 'not started within REQUEST_TTL_SECONDS')
-      close_job(job, id, job_ttl, text[now], idem, callback, owner, notify, unfinished_drop)
+      redis.call('HSET', job, 'status', 'expired', 'finished_at', now_text, 'error', 'not started within REQUEST_TTL_SECONDS')
+      close_job(job, id, job_ttl, now_text, idem, callback, owner, notify, unfinished_drop)
       redis.call('HINCRBY', stats, 'expired', 1)
       ended[#ended + 1] = id
       if held then redis.call('LREM', processing, -1, id) end
-    elseif suspect and suspect ~= group and (already_held > 0 or #out > 1) then
+    elseif suspect and suspect ~= group and (already_held > 0 or out_n > 1) then
       give_back[#give_back + 1] = c  -- starts its own batch later
     else
-      redis.call('HSET', job, 'status', 'processing', 'started_at', text[now], 'worker', wid, 'attempts', text[n + 1],
+      local attempt = attempt_after[attempts]
+      redis.call('HSET', job, 'status', 'processing', 'started_at', now_text, 'worker', wid, 'attempts', attempt,
         'model_version', version)
-      deadlines[#deadlines + 1] = text[now + backstop]
-      deadlines[#deadlines + 1] = id
-      started[#started + 1] = id
+      local n = #started + 1
+      started[n], deadlines[2 * n - 1], deadlines[2 * n] = id, deadline, id
       if not held then taken[#taken + 1] = id end
-      out[#out + 1] = id
-      out[#out + 1] = n + 1
-      out[#out + 1] = input
-      if traced then
-        out[#out + 1] = traceparent or ''
-        out[#out + 1] = wait_start
-      end
+      reply_job(id, attempt, input, traceparent, wait_start)
       if suspect and not group then
         group = suspect
         out[1] = out[1] + 2

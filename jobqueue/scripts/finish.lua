@@ -41,7 +41,7 @@ local max_attempts, events, max_dead, principal_prefix = tonumber(ARGV[4]), ARGV
 local traced = ARGV[8] == '1'
 
 local now = now_ms()
-local text = text_cache()
+local now_text = tostring(now)  -- formatted once: Redis formats a number argument with a costly snprintf
 local completed, failed, requeued, ignored = 0, 0, 0, 0
 local ended, back, done = {}, {}, {}  -- done: ids to drop from the in-flight set
 local unfinished_drop = {}
@@ -57,12 +57,12 @@ local function timed(id, priority, created, queued, started)
 end
 
 local function close(job, id, owner, callback, idem)
-  close_job(job, id, ttl, text[now], idem, callback, owner, notify, unfinished_drop)
+  close_job(job, id, ttl, now_text, idem, callback, owner, notify, unfinished_drop)
   ended[#ended + 1] = id
 end
 
 local function fail(job, id, err, owner, callback, idem)
-  redis.call('HSET', job, 'status', 'failed', 'error', err, 'finished_at', text[now])
+  redis.call('HSET', job, 'status', 'failed', 'error', err, 'finished_at', now_text)
   redis.call('LPUSH', dead, id)
   close(job, id, owner, callback, idem)
   failed = failed + 1
@@ -71,7 +71,7 @@ end
 local front = {}  -- per pending list: ids going back to its head, oldest first
 local function requeue(job, id, priority)
   redis.call('HDEL', job, 'worker')
-  redis.call('HSET', job, 'requeued_at', text[now])  -- its next attempt's wait starts here (queued_at stays the first)
+  redis.call('HSET', job, 'requeued_at', now_text)  -- its next attempt's wait starts here (queued_at stays the first)
   local list = pending_lists[priority] or pending_lists.normal
   front[list] = front[list] or {}
   table.insert(front[list], id)
@@ -142,7 +142,7 @@ for i = 9, #ARGV, 3 do
     if not held then redis.call('LREM', pending_lists[priority] or pending_lists.normal, -1, id) end
   end
   if outcome == 'completed' and live then
-    redis.call('HSET', job, 'status', 'completed', 'result', payload, 'finished_at', text[now])
+    redis.call('HSET', job, 'status', 'completed', 'result', payload, 'finished_at', now_text)
     if err then redis.call('HDEL', job, 'error') end  -- an earlier attempt's error
     done[#done + 1] = id
     close(job, id, owner, callback, idem)
