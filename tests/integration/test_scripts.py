@@ -151,6 +151,39 @@ def test_finish_twice_counts_once(queue, redis_client):
     assert redis_client.lrange(queue.keys.pending("normal"), 0, -1) == [ids[1]]
 
 
+def test_finish_stops_holding_only_its_ids_and_keeps_the_rest_in_order(queue, redis_client):
+    """finish reads the processing list once and writes it once: the ids it ends leave it wherever they
+    sit (the oldest: a trim; any others: a rewrite), each as `LREM list -1 id` would take it."""
+    ids = queue.enqueue_n(6)
+    queue.claim("w", 3)
+    queue.claim("w", 3)
+    assert queue.held("w") == ids
+    middle = queue.finish("w", [(ids[1], Outcome.COMPLETED, "{}"), (ids[4], Outcome.COMPLETED, "{}")])
+    assert middle.completed == 2 and middle.still_held == 4
+    assert queue.held("w") == [ids[0], ids[2], ids[3], ids[5]]
+    oldest = queue.finish("w", [(ids[0], Outcome.COMPLETED, "{}"), (ids[2], Outcome.COMPLETED, "{}")])
+    assert oldest.still_held == 2 and queue.held("w") == [ids[3], ids[5]]
+    # an id sent twice leaves once: its second triple is not held (and ends nothing)
+    twice = queue.finish("w", [(ids[3], Outcome.COMPLETED, "{}"), (ids[3], Outcome.COMPLETED, "{}")])
+    assert (twice.completed, twice.ignored, twice.still_held) == (1, 1, 1) and queue.held("w") == [ids[5]]
+    # an id held twice: the occurrence nearest the tail (the oldest) goes, as LREM -1 takes it
+    processing = queue.keys.processing("w")
+    redis_client.rpush(processing, "other", ids[5])  # the list, head first: ids[5], other, ids[5]
+    assert queue.finish("w", [(ids[5], Outcome.COMPLETED, "{}")]).still_held == 2
+    assert redis_client.lrange(processing, 0, -1) == [ids[5], "other"]
+    queue.finish("w", [("other", Outcome.RELEASE, ""), (ids[5], Outcome.RELEASE, "")])
+    assert not redis_client.exists(processing) and redis_client.zcard(queue.keys.inflight) == 0
+
+
+def test_the_in_flight_set_holds_exactly_the_started_ids_as_a_skiplist(queue, redis_client):
+    """claim's first ZADD member, longer than any listpack member, makes even a small in-flight set a
+    skiplist (inserts and removals in log time, not a scan of the whole set each) and leaves it at once."""
+    ids = queue.enqueue_n(3)
+    queue.claim("w", 3)
+    assert sorted(redis_client.zrange(queue.keys.inflight, 0, -1)) == sorted(ids)
+    assert redis_client.object("encoding", queue.keys.inflight) == "skiplist"
+
+
 def test_retry_outcome_requeues_at_front_then_dead_letters(queue, redis_client):
     [poison, other] = queue.enqueue_n(2)
     for attempt in range(1, queue.settings.max_attempts + 1):
