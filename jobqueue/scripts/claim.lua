@@ -133,7 +133,7 @@ for c, id in ipairs(candidates) do
     give_back[#give_back + 1] = c
   elseif status == 'pending' then
     -- "Not started" means never started: a job released by a drain or isolated after a hung batch
-    -- has its attempt uncounted (n == 0) but did start; it must run, however old it now is.
+    -- has its attempt uncounted (attempts 0) but did start; it must run, however old it now is.
     if not started_at and request_ttl > 0 and now - tonumber(queued_at) > request_ttl then
       local owner, callback, idem = unpack(redis.call('HMGET', job, 'owner', 'callback_url', 'idem'))
       redis.call('HSET', job, 'status', 'expired', 'finished_at', now_text, 'error', 'not started within REQUEST_TTL_SECONDS')
@@ -178,9 +178,9 @@ for i = 1, #taken, 1000 do
   redis.call('LPUSH', processing, unpack(taken, i, math.min(i + 999, #taken)))
 end
 -- One ZADD per 500 jobs rather than one per job (and within Lua's unpack limit). Its first member, longer
--- than zset-max-ziplist-value and removed again at once, makes the set a skiplist: Redis keeps a set of
--- up to 128 short members as a ziplist (listpack), where every insert and removal scans the whole set,
--- which made these two commands a quarter of a job's Redis time.
+-- than zset-max-ziplist-value (64 by default) and removed again at once, makes the set a skiplist: Redis
+-- keeps a set of up to 128 short members as a ziplist (listpack), where every insert and removal scans the
+-- whole set; at 128 jobs a batch that made this ZADD and finish's ZREM ~9 us per job, a fifth of the total.
 for i = 1, #deadlines, 1000 do
   redis.call('ZADD', inflight, deadlines[i], SKIPLIST_MEMBER, unpack(deadlines, i, math.min(i + 999, #deadlines)))
 end

@@ -79,47 +79,30 @@ local function requeue(job, id, priority)
   requeued = requeued + 1
 end
 
--- This call's ids leave the processing list as one `LREM processing -1 id` each would take them (the
--- occurrence nearest the tail first), with one read and one write of the list instead of one LREM per id.
--- held_left: id -> occurrences removed, handed out one per triple in the loop below.
+-- The ids this call is sent leave the processing list as one `LREM processing -1 id` each would take them
+-- (the occurrence nearest the tail first), from one read of the list and, after the loop below, one write.
+-- tail_most: id -> index of its occurrence nearest the tail; closer: index -> the next occurrence of the
+-- same id towards the head (only for an id held twice). A removed entry becomes false.
 local holding = redis.call('LRANGE', processing, 0, -1)  -- newest first
-local to_drop, held_left, removed, dropped = {}, {}, {}, 0
-for i = 9, #ARGV, 3 do to_drop[ARGV[i]] = (to_drop[ARGV[i]] or 0) + 1 end
-for i = #holding, 1, -1 do
-  local id = holding[i]
-  local n = to_drop[id]
-  if n and n > 0 then
-    to_drop[id] = n - 1
-    held_left[id] = (held_left[id] or 0) + 1
-    removed[i] = true
-    dropped = dropped + 1
-  end
+local tail_most, closer, dropped = {}, {}, 0
+for i, id in ipairs(holding) do
+  local previous = tail_most[id]
+  if previous then closer[i] = previous end
+  tail_most[id] = i
 end
-local still_held = #holding - dropped
-if dropped > 0 then
-  local tail_only = true  -- the usual case: the oldest ids leave, an LTRIM keeps the rest
-  for i = still_held + 1, #holding do
-    if not removed[i] then tail_only = false break end
-  end
-  if still_held == 0 then
-    redis.call('DEL', processing)
-  elseif tail_only then
-    redis.call('LTRIM', processing, 0, still_held - 1)
-  else
-    local rest = {}
-    for i, id in ipairs(holding) do
-      if not removed[i] then rest[#rest + 1] = id end
-    end
-    redis.call('DEL', processing)
-    for i = 1, #rest, 1000 do redis.call('RPUSH', processing, unpack(rest, i, math.min(i + 999, #rest))) end
-  end
+local function stop_holding(id)  -- true when it was held
+  local i = tail_most[id]
+  if not i then return false end
+  tail_most[id] = closer[i]
+  holding[i] = false
+  dropped = dropped + 1
+  return true
 end
 
 for i = 9, #ARGV, 3 do
   local id, outcome, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local job = job_prefix .. id
-  local held = (held_left[id] or 0) > 0
-  if held then held_left[id] = held_left[id] - 1 end
+  local held = stop_holding(id)
   local status, err, priority, owner, callback, idem, created, queued, started =
     unpack(redis.call('HMGET', job, 'status', 'error', 'priority', 'owner', 'callback_url', 'idem', 'created_at',
       'queued_at', 'started_at'))
@@ -172,6 +155,25 @@ for i = 9, #ARGV, 3 do
     requeue(job, id, priority)
   else
     ignored = ignored + 1
+  end
+end
+local still_held = #holding - dropped
+if dropped > 0 then
+  local tail_only = true  -- the usual case: the oldest ids leave, an LTRIM keeps the rest
+  for i = still_held + 1, #holding do
+    if holding[i] then tail_only = false break end
+  end
+  if still_held == 0 then
+    redis.call('DEL', processing)
+  elseif tail_only then
+    redis.call('LTRIM', processing, 0, still_held - 1)
+  else
+    local rest = {}
+    for _, id in ipairs(holding) do
+      if id then rest[#rest + 1] = id end
+    end
+    redis.call('DEL', processing)
+    for i = 1, #rest, 1000 do redis.call('RPUSH', processing, unpack(rest, i, math.min(i + 999, #rest))) end
   end
 end
 -- RPUSH newest first, so the oldest ends at the tail: it is the next one claimed (FIFO kept)
