@@ -13,7 +13,7 @@ import functools
 import hashlib
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -118,21 +118,23 @@ class ClaimedJob:
 
 
 @dataclass(frozen=True)
-class ClaimedBatch:
-    jobs: list[ClaimedJob]
-    paused: bool = False
-    suspects: bool = False  # one suspect group (half of a batch that died or hung): add nothing to it
-
-
-@dataclass(frozen=True)
 class EndedTiming:
-    """When a job that a finish call ended was created, queued and started (Redis-clock ms)."""
+    """A job's priority and when it was created, queued and started (Redis-clock ms), as the claim that
+    started it read them: what the worker's latency histograms need once a finish call ends it."""
 
     priority: str
     created_at: int
     queued_at: int
     started_at: int
     job_id: str = ""
+
+
+@dataclass(frozen=True)
+class ClaimedBatch:
+    jobs: list[ClaimedJob]
+    paused: bool = False
+    suspects: bool = False  # one suspect group (half of a batch that died or hung): add nothing to it
+    timings: dict[str, EndedTiming] = field(default_factory=dict)  # by job id
 
 
 @dataclass(frozen=True)
@@ -146,17 +148,11 @@ class FinishCounts:
     ended: tuple[EndedTiming, ...] = ()
 
 
-def parse_finish(reply: Sequence[Any], traced: bool = False) -> FinishCounts:
-    """finish's reply; `traced`: each ended job's timings end with its id (asked for by a tracing worker)."""
-    values = list(reply)
-    step = 5 if traced else 4
-    ended = tuple(
-        EndedTiming(
-            _text(values[i]), int(values[i + 1]), int(values[i + 2]), int(values[i + 3]), _text(values[i + 4]) if traced else ""
-        )
-        for i in range(6, len(values) - step + 1, step)
-    )
-    completed, failed, requeued, ignored, still_held, finished_at = (int(v) for v in values[:6])
+def parse_finish(reply: Sequence[Any], timings: dict[str, EndedTiming]) -> FinishCounts:
+    """finish's reply: six counts, then the ids it ended, whose timings come from `timings` (by job id, from
+    the claims that started them; the script no longer reads them from the records)."""
+    completed, failed, requeued, ignored, still_held, finished_at = (int(v) for v in reply[:6])
+    ended = tuple(timings[job_id] for job_id in map(_text, reply[6:]) if job_id in timings)
     return FinishCounts(completed, failed, requeued, ignored, still_held, finished_at, ended)
 
 
@@ -330,16 +326,19 @@ def retry_call(store: StoreKeys, settings: Settings, record: JobRecord, token: s
 
 
 def parse_claim(reply: Sequence[Any], traced: bool = False) -> ClaimedBatch:
-    """claim's reply; `traced`: each job also carries its traceparent and wait start (a tracing worker)."""
+    """claim's reply: per job its id, attempts, input and timings; `traced`: also its traceparent and wait
+    start (a tracing worker)."""
     flags = int(reply[0])
-    if traced:
-        jobs = [
-            ClaimedJob(_text(reply[i]), int(reply[i + 1]), _text(reply[i + 2]), _text(reply[i + 3]), int(reply[i + 4] or 0))
-            for i in range(1, len(reply), 5)
-        ]
-    else:
-        jobs = [ClaimedJob(_text(reply[i]), int(reply[i + 1]), _text(reply[i + 2])) for i in range(1, len(reply), 3)]
-    return ClaimedBatch(jobs, bool(flags & ClaimFlag.PAUSED), bool(flags & ClaimFlag.SUSPECTS))
+    jobs: list[ClaimedJob] = []
+    timings: dict[str, EndedTiming] = {}
+    for i in range(1, len(reply), 9 if traced else 7):
+        job_id = _text(reply[i])
+        if traced:
+            jobs.append(ClaimedJob(job_id, int(reply[i + 1]), _text(reply[i + 2]), _text(reply[i + 7]), int(reply[i + 8] or 0)))
+        else:
+            jobs.append(ClaimedJob(job_id, int(reply[i + 1]), _text(reply[i + 2])))
+        timings[job_id] = EndedTiming(_text(reply[i + 3]), int(reply[i + 4]), int(reply[i + 5]), int(reply[i + 6]), job_id)
+    return ClaimedBatch(jobs, bool(flags & ClaimFlag.PAUSED), bool(flags & ClaimFlag.SUSPECTS), timings)
 
 
 def epoch_ms_to_iso(ms: int | None) -> str | None:
@@ -486,6 +485,9 @@ class WorkerQueue:
         self.keys: ModelKeys = self.store.model(model)
         self.version = version
         self._scripts = scripts_by_name()
+        # job id -> its timings from the claim that started it, until a finish call sends it: finish
+        # returns only the ids it ended, rather than reading each record's timings again
+        self._timings: dict[str, EndedTiming] = {}
 
     def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """One script call on a pooled connection, packed by hiredis. This is redis-py's `Script` call
@@ -533,7 +535,9 @@ class WorkerQueue:
                 s.job_ttl_seconds, self.store.principal_prefix, "1" if tracing.TRACER else "0", *moved,
             ],
         )  # fmt: skip
-        return parse_claim(reply, tracing.TRACER is not None)
+        batch = parse_claim(reply, tracing.TRACER is not None)
+        self._timings.update(batch.timings)
+        return batch
 
     def wait_for_job(self, worker_id: str, timeout_s: float) -> str | None:
         """Block until an id is pending at normal priority and move it into this worker's list
@@ -548,14 +552,19 @@ class WorkerQueue:
         k, s = self.keys, self.settings
         args: list[Any] = [
             worker_id, self.store.job_prefix, s.job_ttl_seconds, s.max_attempts, self.store.events,
-            s.max_dead_letters, self.store.principal_prefix, "1" if tracing.TRACER else "0",
+            s.max_dead_letters, self.store.principal_prefix,
         ]  # fmt: skip
+        job_ids = []
         for job_id, outcome, payload in outcomes:
             args += [job_id, str(outcome), payload]
+            job_ids.append(job_id)
         reply = self._run(
             "finish", [k.processing(worker_id), k.inflight, k.dead, k.stats, self.store.notify, *k.pending_all], args
         )
-        return parse_finish(reply, tracing.TRACER is not None)
+        counts = parse_finish(reply, self._timings)
+        for job_id in job_ids:  # ended, requeued (a later claim brings its new timings) or not this worker's
+            self._timings.pop(job_id, None)
+        return counts
 
     def extend(self, worker_id: str, job_ids: Sequence[str]) -> int:
         """Push the backstop deadline of jobs this worker still runs forward (it is making progress:

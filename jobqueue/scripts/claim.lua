@@ -40,9 +40,10 @@ ARGV[10] job ttl, seconds (an expired record lives this long)
 ARGV[11] principal key prefix
 ARGV[12] "1": the worker traces (each job also carries its traceparent and wait start), "0": it does not
 ARGV[13..] ids already in the processing list to start or adopt
-Returns {flags, id, attempts, input, id, attempts, input, ...}, traced: {flags, id, attempts, input,
-traceparent ("" when none), wait start (requeued_at or queued_at, ms), ...}; flags: 1 = paused, 2 = a suspect
-group started (the worker must not add to this batch).
+Returns {flags, then for each job: id, attempts, input, priority, created_at, queued_at, started_at}, traced:
+each job's row also ends with its traceparent ("" when none) and wait start (requeued_at or queued_at, ms);
+flags: 1 = paused, 2 = a suspect group started (the worker must not add to this batch). The timings are
+what the worker's latency histograms need once `finish` ends the job (it reads them no more).
 ]]
 local pending_lists = {KEYS[1], KEYS[2], KEYS[3]}
 local processing, inflight, workers, stats, paused, notify = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
@@ -51,6 +52,7 @@ local request_ttl, backstop, worker_ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), 
 local events, already_held, version = ARGV[7], tonumber(ARGV[8]), ARGV[9]
 local job_ttl, principal_prefix, traced = ARGV[10], ARGV[11], ARGV[12] == '1'
 local priority_index = {high = 1, normal = 2, low = 3}
+local PRIORITIES = {'high', 'normal', 'low'}  -- by pending list index
 local PATTERN = {1, 1, 2, 1, 1, 2, 1, 1, 3, 1, 2, 1}
 local SKIPLIST_MEMBER = string.rep('~', 200)  -- never a job id (see the ZADD below)
 
@@ -95,9 +97,8 @@ end
 
 -- Each field read costs a scan of the record (a ziplist), a missing one the whole record: only what
 -- every job needs is read here; what only a rare path needs is read on that path.
-local fields = {'status', 'attempts', 'input', 'suspect', 'started_at'}
-if request_ttl > 0 or traced then fields[6] = 'queued_at' end
-if traced then fields[7], fields[8] = 'traceparent', 'requeued_at' end
+local fields = {'status', 'attempts', 'input', 'suspect', 'started_at', 'queued_at', 'created_at'}
+if traced then fields[8], fields[9] = 'traceparent', 'requeued_at' end
 local out, out_n = {0}, 1
 local started, ended, deadlines = {}, {}, {}
 -- attempts -> the next attempt, both as text: no number parsed or formatted per job
@@ -106,9 +107,10 @@ local attempt_after = setmetatable({}, {__index = function(cache, attempts)
   cache[attempts] = next_attempt
   return next_attempt
 end})
-local function reply_job(id, attempts, input, traceparent, wait_start)
-  out[out_n + 1], out[out_n + 2], out[out_n + 3] = id, attempts, input
-  out_n = out_n + 3
+local function reply_job(id, attempts, input, priority, created_at, queued_at, started_at, traceparent, wait_start)
+  out[out_n + 1], out[out_n + 2], out[out_n + 3], out[out_n + 4] = id, attempts, input, priority or 'normal'
+  out[out_n + 5], out[out_n + 6], out[out_n + 7] = created_at or 0, queued_at or 0, started_at  -- a nil ends a reply
+  out_n = out_n + 7
   if traced then
     out[out_n + 1], out[out_n + 2] = traceparent or '', wait_start
     out_n = out_n + 2
@@ -122,13 +124,14 @@ if is_paused then out[1] = 1 end
 for c, id in ipairs(candidates) do
   local source = sources[c]
   local job = job_prefix .. id
-  local status, attempts, input, suspect, started_at, queued_at, traceparent, requeued_at =
+  local status, attempts, input, suspect, started_at, queued_at, created_at, traceparent, requeued_at =
     unpack(redis.call('HMGET', job, unpack(fields)))
   local wait_start = requeued_at or queued_at or 0
   local held = source == 0
   if status == 'processing' and held and redis.call('HGET', job, 'worker') == wid then
     -- Already ours: a reply lost to a dropped connection. Adopt it again, unchanged.
-    reply_job(id, attempts, input, traceparent, wait_start)
+    reply_job(id, attempts, input, redis.call('HGET', job, 'priority'), created_at, queued_at, started_at,
+      traceparent, wait_start)
   elseif status == 'pending' and (is_paused or (group and (group == '1' or suspect ~= group))) then
     give_back[#give_back + 1] = c
   elseif status == 'pending' then
@@ -150,7 +153,9 @@ for c, id in ipairs(candidates) do
       local n = #started + 1
       started[n], deadlines[2 * n - 1], deadlines[2 * n] = id, deadline, id
       if not held then taken[#taken + 1] = id end
-      reply_job(id, attempt, input, traceparent, wait_start)
+      -- the list it came from is its priority; an id the worker moved in itself has it read
+      local priority = PRIORITIES[source] or redis.call('HGET', job, 'priority')
+      reply_job(id, attempt, input, priority, created_at, queued_at, now_text, traceparent, wait_start)
       if suspect and not group then
         group = suspect
         out[1] = out[1] + 2

@@ -20,8 +20,7 @@ ARGV[4] max attempts
 ARGV[5] events channel
 ARGV[6] max dead letters kept
 ARGV[7] principal key prefix
-ARGV[8] "1": the worker traces (each ended job's timings also carry its id, for exemplars), "0": not
-ARGV[9..] triples: id, outcome, payload
+ARGV[8..] triples: id, outcome, payload
   "completed": payload is the result JSON, or the s3://bucket/key of a result object (issue #26)
   "failed":    payload is the error; permanent (the input does not fit the model, it hung alone)
   "retry":     payload is the error; requeued at the front until max attempts, then failed
@@ -29,32 +28,21 @@ ARGV[9..] triples: id, outcome, payload
                only ids still in this worker's list, so nothing is queued twice
   "isolate":   its batch crashed or hung; requeued at the front as a suspect, the attempt not counted;
                payload is its suspect group (the half of the batch it runs with next; "" or "1": alone)
-Returns {completed, failed, requeued, ignored, still held, now, then for each job this call ended:
-priority, created_at, queued_at, started_at (and id, traced)} (the timings feed the worker's latency
-histograms and their exemplars without another read); still held > 0 means ids this worker does not know it holds (a reply lost to a dropped
-connection): it adopts them with `claim`.
+Returns {completed, failed, requeued, ignored, still held, now, then the id of each job this call ended} (the
+worker's latency histograms take these jobs' timings from the claim that started them); still held > 0
+means ids this worker does not know it holds (a reply lost to a dropped connection): it adopts them with
+`claim`.
 ]]
 local processing, inflight, dead, stats, notify = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local pending_lists = {high = KEYS[6], normal = KEYS[7], low = KEYS[8]}
 local wid, job_prefix, ttl = ARGV[1], ARGV[2], ARGV[3]
 local max_attempts, events, max_dead, principal_prefix = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]), ARGV[7]
-local traced = ARGV[8] == '1'
 
 local now = now_ms()
 local now_text = tostring(now)  -- formatted once: Redis formats a number argument with a costly snprintf
 local completed, failed, requeued, ignored = 0, 0, 0, 0
 local ended, back, done = {}, {}, {}  -- done: ids to drop from the in-flight set
 local unfinished_drop = {}
--- the reply: six counts (set at the end), then priority, created_at, queued_at, started_at (, id) of each
--- job ended here
-local reply = {0, 0, 0, 0, 0, 0}
-
-local function timed(id, priority, created, queued, started)
-  if not started then return end
-  local n = #reply
-  reply[n + 1], reply[n + 2], reply[n + 3], reply[n + 4] = priority or 'normal', created, queued, started
-  if traced then reply[n + 5] = id end
-end
 
 local function close(job, id, owner, callback, idem)
   close_job(job, id, ttl, now_text, idem, callback, owner, notify, unfinished_drop)
@@ -99,19 +87,17 @@ local function stop_holding(id)  -- true when it was held
   return true
 end
 
-for i = 9, #ARGV, 3 do
+for i = 8, #ARGV, 3 do
   local id, outcome, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local job = job_prefix .. id
   local held = stop_holding(id)
-  local status, err, priority, owner, callback, idem, created, queued, started =
-    unpack(redis.call('HMGET', job, 'status', 'error', 'priority', 'owner', 'callback_url', 'idem', 'created_at',
-      'queued_at', 'started_at'))
+  local status, err, owner, callback, idem = unpack(redis.call('HMGET', job, 'status', 'error', 'owner', 'callback_url', 'idem'))
   local result = outcome == 'completed' or outcome == 'failed'
-  -- Who runs it and its attempts matter only off the usual path (a result of a job being processed):
-  -- each field read scans the record, so they are read only where they are used.
-  local worker, attempts
+  -- Who runs it, its attempts and its priority (its pending list) matter only off the usual path (a
+  -- result of a job being processed): each field read scans the record, so they are read only here.
+  local worker, attempts, priority
   if status == 'pending' or (status == 'processing' and not result) then
-    worker, attempts = unpack(redis.call('HMGET', job, 'worker', 'attempts'))
+    worker, attempts, priority = unpack(redis.call('HMGET', job, 'worker', 'attempts', 'priority'))
   end
   local live = status == 'processing' or status == 'pending'
   local ours = status == 'processing' and worker == wid
@@ -130,17 +116,14 @@ for i = 9, #ARGV, 3 do
     done[#done + 1] = id
     close(job, id, owner, callback, idem)
     completed = completed + 1
-    timed(id, priority, created, queued, started)
   elseif outcome == 'failed' and live then
     done[#done + 1] = id
     fail(job, id, payload, owner, callback, idem)
-    timed(id, priority, created, queued, started)
   elseif outcome == 'retry' and ours then
     done[#done + 1] = id
     if tonumber(attempts) >= max_attempts then
       fail(job, id, 'failed after ' .. attempts .. ' attempts: ' .. payload, owner, callback, idem)
-      timed(id, priority, created, queued, started)
-    else
+      else
       redis.call('HSET', job, 'status', 'pending', 'error', payload)
       redis.call('HINCRBY', stats, 'retried', 1)
       requeue(job, id, priority)
@@ -189,5 +172,6 @@ if completed > 0 then redis.call('HINCRBY', stats, 'completed', completed) end
 if failed > 0 then redis.call('HINCRBY', stats, 'failed', failed) end
 if #ended > 0 then redis.call('PUBLISH', events, 'ended ' .. table.concat(ended, ' ')) end
 if #back > 0 then redis.call('PUBLISH', events, 'pending ' .. table.concat(back, ' ')) end
-reply[1], reply[2], reply[3], reply[4], reply[5], reply[6] = completed, failed, requeued, ignored, still_held, now
+local reply = {completed, failed, requeued, ignored, still_held, now}
+for i, id in ipairs(ended) do reply[6 + i] = id end
 return reply

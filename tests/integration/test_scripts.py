@@ -184,6 +184,28 @@ def test_the_in_flight_set_holds_exactly_the_started_ids_as_a_skiplist(queue, re
     assert redis_client.object("encoding", queue.keys.inflight) == "skiplist"
 
 
+def test_finish_reports_each_ended_jobs_timings_as_its_claim_read_them(queue, redis_client, settings):
+    """finish returns the ids it ended; their priority and created/queued/started times (the worker's
+    latency histograms) come from the claim that started them, adopted ones included."""
+    [high] = queue.enqueue_n(1, priority="high")
+    [low, lost] = queue.enqueue_n(2, priority="low")
+    queue.claim("w", 2)
+    time.sleep(0.005)  # an adopting claim runs later than the lost one that started the job
+    assert queue.claimed_ids("w", 1) == [lost]  # its reply lost: another queue (a restarted client) adopts it
+    adopting = SyncJobs(redis_client, settings)
+    assert [job.job_id for job in adopting.claim("w", 0, moved=[lost]).jobs] == [lost]
+    retried = queue.finish("w", [(high, Outcome.COMPLETED, "{}"), (low, Outcome.RETRY, "boom")])
+    ended = adopting.finish("w", [(lost, Outcome.FAILED, "bad")]).ended + retried.ended
+    assert [timing.job_id for timing in ended] == [lost, high]  # the requeued one has not ended
+    for timing, priority in zip(ended, ("low", "high"), strict=True):
+        record = queue.get(timing.job_id)
+        queued_at = int(redis_client.hget(queue.store.job(timing.job_id), "queued_at"))
+        assert (timing.priority, timing.created_at, timing.queued_at, timing.started_at) == (
+            priority, record.created_at, queued_at, record.started_at,
+        )  # fmt: skip
+    assert queue.finish("w", [(high, Outcome.COMPLETED, "{}")]).ended == ()  # ended once
+
+
 def test_retry_outcome_requeues_at_front_then_dead_letters(queue, redis_client):
     [poison, other] = queue.enqueue_n(2)
     for attempt in range(1, queue.settings.max_attempts + 1):
