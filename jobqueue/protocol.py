@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import hiredis
 import redis
@@ -117,10 +117,10 @@ class ClaimedJob:
     queued_at_ms: int = 0  # when this run's wait began (queued or requeued), Redis clock
 
 
-@dataclass(frozen=True)
-class EndedTiming:
+class EndedTiming(NamedTuple):
     """A job's priority and when it was created, queued and started (Redis-clock ms), as the claim that
-    started it read them: what the worker's latency histograms need once a finish call ends it."""
+    started it read them: what the worker's latency histograms need once a finish call ends it. A named
+    tuple: one is made per job, at a third of a frozen dataclass's cost."""
 
     priority: str
     created_at: int
@@ -134,7 +134,9 @@ class ClaimedBatch:
     jobs: list[ClaimedJob]
     paused: bool = False
     suspects: bool = False  # one suspect group (half of a batch that died or hung): add nothing to it
-    timings: dict[str, EndedTiming] = field(default_factory=dict)  # by job id
+    # job id -> its priority, created_at, queued_at, started_at as the reply has them: parse_finish reads
+    # them for the jobs a finish call ends
+    timings: dict[str, Sequence[Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -148,11 +150,15 @@ class FinishCounts:
     ended: tuple[EndedTiming, ...] = ()
 
 
-def parse_finish(reply: Sequence[Any], timings: dict[str, EndedTiming]) -> FinishCounts:
-    """finish's reply: six counts, then the ids it ended, whose timings come from `timings` (by job id, from
-    the claims that started them; the script no longer reads them from the records)."""
+def parse_finish(reply: Sequence[Any], timings: dict[str, Sequence[Any]]) -> FinishCounts:
+    """finish's reply: six counts, then the ids it ended, whose timings come from `timings` (ClaimedBatch's,
+    from the claims that started them: the script does not read them from the records again)."""
     completed, failed, requeued, ignored, still_held, finished_at = (int(v) for v in reply[:6])
-    ended = tuple(timings[job_id] for job_id in map(_text, reply[6:]) if job_id in timings)
+    ended = tuple(
+        EndedTiming(_text(t[0]), int(t[1]), int(t[2]), int(t[3]), job_id)
+        for job_id in map(_text, reply[6:])
+        if (t := timings.get(job_id)) is not None
+    )
     return FinishCounts(completed, failed, requeued, ignored, still_held, finished_at, ended)
 
 
@@ -329,15 +335,15 @@ def parse_claim(reply: Sequence[Any], traced: bool = False) -> ClaimedBatch:
     """claim's reply: per job its id, attempts, input and timings; `traced`: also its traceparent and wait
     start (a tracing worker)."""
     flags = int(reply[0])
-    jobs: list[ClaimedJob] = []
-    timings: dict[str, EndedTiming] = {}
-    for i in range(1, len(reply), 9 if traced else 7):
-        job_id = _text(reply[i])
-        if traced:
-            jobs.append(ClaimedJob(job_id, int(reply[i + 1]), _text(reply[i + 2]), _text(reply[i + 7]), int(reply[i + 8] or 0)))
-        else:
-            jobs.append(ClaimedJob(job_id, int(reply[i + 1]), _text(reply[i + 2])))
-        timings[job_id] = EndedTiming(_text(reply[i + 3]), int(reply[i + 4]), int(reply[i + 5]), int(reply[i + 6]), job_id)
+    rows = range(1, len(reply), 9 if traced else 7)
+    if traced:
+        jobs = [
+            ClaimedJob(_text(reply[i]), int(reply[i + 1]), _text(reply[i + 2]), _text(reply[i + 7]), int(reply[i + 8] or 0))
+            for i in rows
+        ]
+    else:
+        jobs = [ClaimedJob(_text(reply[i]), int(reply[i + 1]), _text(reply[i + 2])) for i in rows]
+    timings = {job.job_id: reply[i + 3 : i + 7] for i, job in zip(rows, jobs, strict=True)}
     return ClaimedBatch(jobs, bool(flags & ClaimFlag.PAUSED), bool(flags & ClaimFlag.SUSPECTS), timings)
 
 
@@ -487,7 +493,7 @@ class WorkerQueue:
         self._scripts = scripts_by_name()
         # job id -> its timings from the claim that started it, until a finish call sends it: finish
         # returns only the ids it ended, rather than reading each record's timings again
-        self._timings: dict[str, EndedTiming] = {}
+        self._timings: dict[str, Sequence[Any]] = {}
 
     def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """One script call on a pooled connection, packed by hiredis. This is redis-py's `Script` call
