@@ -68,7 +68,7 @@ local function requeue(job, id, priority)
 end
 
 -- The ids this call is sent leave the processing list as one `LREM processing -1 id` each would take them
--- (the occurrence nearest the tail first), from one read of the list and, after the loop below, one write.
+-- (the occurrence nearest the tail first), from one read of the list and one write.
 -- tail_most: id -> index of its occurrence nearest the tail; closer: index -> the next occurrence of the
 -- same id towards the head (only for an id held twice). A removed entry becomes false.
 local holding = redis.call('LRANGE', processing, 0, -1)  -- newest first
@@ -78,19 +78,41 @@ for i, id in ipairs(holding) do
   if previous then closer[i] = previous end
   tail_most[id] = i
 end
-local function stop_holding(id)  -- true when it was held
-  local i = tail_most[id]
-  if not i then return false end
-  tail_most[id] = closer[i]
-  holding[i] = false
-  dropped = dropped + 1
-  return true
+local held_ids = {}  -- per triple (by its ARGV index): whether the id was held
+for i = 8, #ARGV, 3 do
+  local at = tail_most[ARGV[i]]
+  if at then
+    tail_most[ARGV[i]] = closer[at]
+    holding[at] = false
+    dropped = dropped + 1
+    held_ids[i] = true
+  end
+end
+-- Written first, before any result: over maxmemory Redis refuses a command that may grow memory (HSET) as
+-- a script's first write, but not after one that frees memory or changes nothing (DEL, LTRIM). A finish
+-- must record its results even then: ending jobs is what lets the memory go.
+local still_held = #holding - dropped
+local tail_only = true  -- the usual case: the oldest ids leave, an LTRIM keeps the rest
+for i = still_held + 1, #holding do
+  if holding[i] then tail_only = false break end
+end
+if still_held == 0 and dropped > 0 then
+  redis.call('DEL', processing)
+elseif tail_only then
+  redis.call('LTRIM', processing, 0, still_held - 1)  -- all of it when nothing was held: changes nothing
+else
+  local rest = {}
+  for _, id in ipairs(holding) do
+    if id then rest[#rest + 1] = id end
+  end
+  redis.call('DEL', processing)
+  for i = 1, #rest, 1000 do redis.call('RPUSH', processing, unpack(rest, i, math.min(i + 999, #rest))) end
 end
 
 for i = 8, #ARGV, 3 do
   local id, outcome, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local job = job_prefix .. id
-  local held = stop_holding(id)
+  local held = held_ids[i] or false
   local status, err, owner, callback, idem = unpack(redis.call('HMGET', job, 'status', 'error', 'owner', 'callback_url', 'idem'))
   local result = outcome == 'completed' or outcome == 'failed'
   -- Who runs it, its attempts and its priority (its pending list) matter only off the usual path (a
@@ -138,25 +160,6 @@ for i = 8, #ARGV, 3 do
     requeue(job, id, priority)
   else
     ignored = ignored + 1
-  end
-end
-local still_held = #holding - dropped
-if dropped > 0 then
-  local tail_only = true  -- the usual case: the oldest ids leave, an LTRIM keeps the rest
-  for i = still_held + 1, #holding do
-    if holding[i] then tail_only = false break end
-  end
-  if still_held == 0 then
-    redis.call('DEL', processing)
-  elseif tail_only then
-    redis.call('LTRIM', processing, 0, still_held - 1)
-  else
-    local rest = {}
-    for _, id in ipairs(holding) do
-      if id then rest[#rest + 1] = id end
-    end
-    redis.call('DEL', processing)
-    for i = 1, #rest, 1000 do redis.call('RPUSH', processing, unpack(rest, i, math.min(i + 999, #rest))) end
   end
 end
 -- RPUSH newest first, so the oldest ends at the tail: it is the next one claimed (FIFO kept)

@@ -175,6 +175,25 @@ def test_finish_stops_holding_only_its_ids_and_keeps_the_rest_in_order(queue, re
     assert not redis_client.exists(processing) and redis_client.zcard(queue.keys.inflight) == 0
 
 
+def test_finish_records_results_while_redis_is_over_maxmemory(queue, redis_client):
+    """Over maxmemory Redis refuses a command that may grow memory as a script's first write: finish writes
+    the processing list first (a trim, changing nothing when no id was held), so results still land."""
+    held, released = queue.enqueue_n(2)
+    queue.claim("w", 2)
+    queue.finish("w", [(released, Outcome.RELEASE, "")])  # handed back: no longer held
+    redis_client.config_set("maxmemory", "1")
+    try:
+        with pytest.raises(redis.exceptions.ResponseError, match="OOM"):
+            queue.claim("w", 1)  # Redis is full indeed: nothing starts
+        counts = queue.finish("w", [(released, Outcome.COMPLETED, "{}")])
+        assert counts.completed == 1 and counts.still_held == 1
+        assert queue.finish("w", [(held, Outcome.COMPLETED, "{}")]).completed == 1
+    finally:
+        redis_client.config_set("maxmemory", "0")
+    assert queue.get(held).status is queue.get(released).status is JobStatus.COMPLETED
+    assert queue.held("w") == []
+
+
 def test_the_in_flight_set_holds_exactly_the_started_ids_as_a_skiplist(queue, redis_client):
     """claim's first ZADD member, longer than any listpack member, makes even a small in-flight set a
     skiplist (inserts and removals in log time, not a scan of the whole set each) and leaves it at once."""
