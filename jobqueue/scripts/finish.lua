@@ -20,8 +20,7 @@ ARGV[4] max attempts
 ARGV[5] events channel
 ARGV[6] max dead letters kept
 ARGV[7] principal key prefix
-ARGV[8] "1": the worker traces (each ended job's timings also carry its id, for exemplars), "0": not
-ARGV[9..] triples: id, outcome, payload
+ARGV[8..] triples: id, outcome, payload
   "completed": payload is the result JSON, or the s3://bucket/key of a result object (issue #26)
   "failed":    payload is the error; permanent (the input does not fit the model, it hung alone)
   "retry":     payload is the error; requeued at the front until max attempts, then failed
@@ -29,30 +28,29 @@ ARGV[9..] triples: id, outcome, payload
                only ids still in this worker's list, so nothing is queued twice
   "isolate":   its batch crashed or hung; requeued at the front as a suspect, the attempt not counted;
                payload is its suspect group (the half of the batch it runs with next; "" or "1": alone)
-Returns {completed, failed, requeued, ignored, still held, now, then for each job this call ended:
-priority, created_at, queued_at, started_at (and id, traced)} (the timings feed the worker's latency
-histograms and their exemplars without another read); still held > 0 means ids this worker does not know it holds (a reply lost to a dropped
-connection): it adopts them with `claim`.
+Returns {completed, failed, requeued, ignored, still held, now, then the id of each job this call ended} (the
+worker's latency histograms take these jobs' timings from the claim that started them); still held > 0
+means ids this worker does not know it holds (a reply lost to a dropped connection): it adopts them with
+`claim`.
 ]]
 local processing, inflight, dead, stats, notify = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local pending_lists = {high = KEYS[6], normal = KEYS[7], low = KEYS[8]}
 local wid, job_prefix, ttl = ARGV[1], ARGV[2], ARGV[3]
 local max_attempts, events, max_dead, principal_prefix = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]), ARGV[7]
-local traced = ARGV[8] == '1'
 
 local now = now_ms()
+local now_text = tostring(now)  -- formatted once: Redis formats a number argument with a costly snprintf
 local completed, failed, requeued, ignored = 0, 0, 0, 0
 local ended, back, done = {}, {}, {}  -- done: ids to drop from the in-flight set
 local unfinished_drop = {}
-local timings = {}  -- priority, created_at, queued_at, started_at (, id) of each job ended here
 
 local function close(job, id, owner, callback, idem)
-  close_job(job, id, ttl, now, idem, callback, owner, notify, unfinished_drop)
+  close_job(job, id, ttl, now_text, idem, callback, owner, notify, unfinished_drop)
   ended[#ended + 1] = id
 end
 
 local function fail(job, id, err, owner, callback, idem)
-  redis.call('HSET', job, 'status', 'failed', 'error', err, 'finished_at', now)
+  redis.call('HSET', job, 'status', 'failed', 'error', err, 'finished_at', now_text)
   redis.call('LPUSH', dead, id)
   close(job, id, owner, callback, idem)
   failed = failed + 1
@@ -61,7 +59,7 @@ end
 local front = {}  -- per pending list: ids going back to its head, oldest first
 local function requeue(job, id, priority)
   redis.call('HDEL', job, 'worker')
-  redis.call('HSET', job, 'requeued_at', now)  -- its next attempt's wait starts here (queued_at stays the first)
+  redis.call('HSET', job, 'requeued_at', now_text)  -- its next attempt's wait starts here (queued_at stays the first)
   local list = pending_lists[priority] or pending_lists.normal
   front[list] = front[list] or {}
   table.insert(front[list], id)
@@ -69,27 +67,65 @@ local function requeue(job, id, priority)
   requeued = requeued + 1
 end
 
-for i = 9, #ARGV, 3 do
+-- The ids this call is sent leave the processing list as one `LREM processing -1 id` each would take them
+-- (the occurrence nearest the tail first), from one read of the list and one write.
+-- tail_most: id -> index of its occurrence nearest the tail; closer: index -> the next occurrence of the
+-- same id towards the head (only for an id held twice). A removed entry becomes false.
+local holding = redis.call('LRANGE', processing, 0, -1)  -- newest first
+local tail_most, closer, dropped = {}, {}, 0
+for i, id in ipairs(holding) do
+  local previous = tail_most[id]
+  if previous then closer[i] = previous end
+  tail_most[id] = i
+end
+local held_ids = {}  -- per triple (by its ARGV index): whether the id was held
+for i = 8, #ARGV, 3 do
+  local at = tail_most[ARGV[i]]
+  if at then
+    tail_most[ARGV[i]] = closer[at]
+    holding[at] = false
+    dropped = dropped + 1
+    held_ids[i] = true
+  end
+end
+-- Written first, before any result: over maxmemory Redis refuses a command that may grow memory (HSET) as
+-- a script's first write, but not after one that frees memory or changes nothing (DEL, LTRIM). A finish
+-- must record its results even then: ending jobs is what lets the memory go.
+local still_held = #holding - dropped
+local tail_only = true  -- the usual case: the oldest ids leave, an LTRIM keeps the rest
+for i = still_held + 1, #holding do
+  if holding[i] then tail_only = false break end
+end
+if still_held == 0 and dropped > 0 then
+  redis.call('DEL', processing)
+elseif tail_only then
+  redis.call('LTRIM', processing, 0, still_held - 1)  -- all of it when nothing was held: changes nothing
+else
+  local rest = {}
+  for _, id in ipairs(holding) do
+    if id then rest[#rest + 1] = id end
+  end
+  redis.call('DEL', processing)
+  for i = 1, #rest, 1000 do redis.call('RPUSH', processing, unpack(rest, i, math.min(i + 999, #rest))) end
+end
+
+for i = 8, #ARGV, 3 do
   local id, outcome, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local job = job_prefix .. id
-  local held = redis.call('LREM', processing, -1, id) > 0
-  local status, worker, attempts, err, priority, owner, callback, idem, created, queued, started =
-    unpack(redis.call('HMGET', job, 'status', 'worker', 'attempts', 'error', 'priority', 'owner', 'callback_url',
-      'idem', 'created_at', 'queued_at', 'started_at'))
-  local function timed()
-    if started then
-      timings[#timings + 1] = priority or 'normal'
-      timings[#timings + 1] = created
-      timings[#timings + 1] = queued
-      timings[#timings + 1] = started
-      if traced then timings[#timings + 1] = id end
-    end
+  local held = held_ids[i] or false
+  local status, err, owner, callback, idem = unpack(redis.call('HMGET', job, 'status', 'error', 'owner', 'callback_url', 'idem'))
+  local result = outcome == 'completed' or outcome == 'failed'
+  -- Who runs it, its attempts and its priority (its pending list) matter only off the usual path (a
+  -- result of a job being processed): each field read scans the record, so they are read only here.
+  local worker, attempts, priority
+  if status == 'pending' or (status == 'processing' and not result) then
+    worker, attempts, priority = unpack(redis.call('HMGET', job, 'worker', 'attempts', 'priority'))
   end
   local live = status == 'processing' or status == 'pending'
   local ours = status == 'processing' and worker == wid
   -- A result for a job handed back uncounted (a second signal released it while its batch still
   -- ran to the end): the run that made the result is its attempt.
-  if (outcome == 'completed' or outcome == 'failed') and status == 'pending' then
+  if result and status == 'pending' then
     if tonumber(attempts or 0) < 1 then redis.call('HSET', job, 'attempts', 1) end
     -- Ending a job that waits in a pending list (handed back uncounted, or its claim lost in a
     -- failover): its id leaves the list too, which holds only jobs waiting to start. It was put
@@ -97,22 +133,19 @@ for i = 9, #ARGV, 3 do
     if not held then redis.call('LREM', pending_lists[priority] or pending_lists.normal, -1, id) end
   end
   if outcome == 'completed' and live then
-    redis.call('HSET', job, 'status', 'completed', 'result', payload, 'finished_at', now)
+    redis.call('HSET', job, 'status', 'completed', 'result', payload, 'finished_at', now_text)
     if err then redis.call('HDEL', job, 'error') end  -- an earlier attempt's error
     done[#done + 1] = id
     close(job, id, owner, callback, idem)
     completed = completed + 1
-    timed()
   elseif outcome == 'failed' and live then
     done[#done + 1] = id
     fail(job, id, payload, owner, callback, idem)
-    timed()
   elseif outcome == 'retry' and ours then
     done[#done + 1] = id
     if tonumber(attempts) >= max_attempts then
       fail(job, id, 'failed after ' .. attempts .. ' attempts: ' .. payload, owner, callback, idem)
-      timed()
-    else
+      else
       redis.call('HSET', job, 'status', 'pending', 'error', payload)
       redis.call('HINCRBY', stats, 'retried', 1)
       requeue(job, id, priority)
@@ -142,6 +175,6 @@ if completed > 0 then redis.call('HINCRBY', stats, 'completed', completed) end
 if failed > 0 then redis.call('HINCRBY', stats, 'failed', failed) end
 if #ended > 0 then redis.call('PUBLISH', events, 'ended ' .. table.concat(ended, ' ')) end
 if #back > 0 then redis.call('PUBLISH', events, 'pending ' .. table.concat(back, ' ')) end
-local reply = {completed, failed, requeued, ignored, redis.call('LLEN', processing), now}
-for _, value in ipairs(timings) do reply[#reply + 1] = value end
+local reply = {completed, failed, requeued, ignored, still_held, now}
+for i, id in ipairs(ended) do reply[6 + i] = id end
 return reply

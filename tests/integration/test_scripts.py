@@ -151,6 +151,80 @@ def test_finish_twice_counts_once(queue, redis_client):
     assert redis_client.lrange(queue.keys.pending("normal"), 0, -1) == [ids[1]]
 
 
+def test_finish_stops_holding_only_its_ids_and_keeps_the_rest_in_order(queue, redis_client):
+    """finish reads the processing list once and writes it once: the ids it ends leave it wherever they
+    sit (the oldest: a trim; any others: a rewrite), each as `LREM list -1 id` would take it."""
+    ids = queue.enqueue_n(6)
+    queue.claim("w", 3)
+    queue.claim("w", 3)
+    assert queue.held("w") == ids
+    middle = queue.finish("w", [(ids[1], Outcome.COMPLETED, "{}"), (ids[4], Outcome.COMPLETED, "{}")])
+    assert middle.completed == 2 and middle.still_held == 4
+    assert queue.held("w") == [ids[0], ids[2], ids[3], ids[5]]
+    oldest = queue.finish("w", [(ids[0], Outcome.COMPLETED, "{}"), (ids[2], Outcome.COMPLETED, "{}")])
+    assert oldest.still_held == 2 and queue.held("w") == [ids[3], ids[5]]
+    # an id sent twice leaves once: its second triple is not held (and ends nothing)
+    twice = queue.finish("w", [(ids[3], Outcome.COMPLETED, "{}"), (ids[3], Outcome.COMPLETED, "{}")])
+    assert (twice.completed, twice.ignored, twice.still_held) == (1, 1, 1) and queue.held("w") == [ids[5]]
+    # an id held twice: the occurrence nearest the tail (the oldest) goes, as LREM -1 takes it
+    processing = queue.keys.processing("w")
+    redis_client.rpush(processing, "other", ids[5])  # the list, head first: ids[5], other, ids[5]
+    assert queue.finish("w", [(ids[5], Outcome.COMPLETED, "{}")]).still_held == 2
+    assert redis_client.lrange(processing, 0, -1) == [ids[5], "other"]
+    queue.finish("w", [("other", Outcome.RELEASE, ""), (ids[5], Outcome.RELEASE, "")])
+    assert not redis_client.exists(processing) and redis_client.zcard(queue.keys.inflight) == 0
+
+
+def test_finish_records_results_while_redis_is_over_maxmemory(queue, redis_client):
+    """Over maxmemory Redis refuses a command that may grow memory as a script's first write: finish writes
+    the processing list first (a trim, changing nothing when no id was held), so results still land."""
+    held, released = queue.enqueue_n(2)
+    queue.claim("w", 2)
+    queue.finish("w", [(released, Outcome.RELEASE, "")])  # handed back: no longer held
+    redis_client.config_set("maxmemory", "1")
+    try:
+        with pytest.raises(redis.exceptions.ResponseError, match="OOM"):
+            queue.claim("w", 1)  # Redis is full indeed: nothing starts
+        counts = queue.finish("w", [(released, Outcome.COMPLETED, "{}")])
+        assert counts.completed == 1 and counts.still_held == 1
+        assert queue.finish("w", [(held, Outcome.COMPLETED, "{}")]).completed == 1
+    finally:
+        redis_client.config_set("maxmemory", "0")
+    assert queue.get(held).status is queue.get(released).status is JobStatus.COMPLETED
+    assert queue.held("w") == []
+
+
+def test_the_in_flight_set_holds_exactly_the_started_ids_as_a_skiplist(queue, redis_client):
+    """claim's first ZADD member, longer than any listpack member, makes even a small in-flight set a
+    skiplist (inserts and removals in log time, not a scan of the whole set each) and leaves it at once."""
+    ids = queue.enqueue_n(3)
+    queue.claim("w", 3)
+    assert sorted(redis_client.zrange(queue.keys.inflight, 0, -1)) == sorted(ids)
+    assert redis_client.object("encoding", queue.keys.inflight) == "skiplist"
+
+
+def test_finish_reports_each_ended_jobs_timings_as_its_claim_read_them(queue, redis_client, settings):
+    """finish returns the ids it ended; their priority and created/queued/started times (the worker's
+    latency histograms) come from the claim that started them, adopted ones included."""
+    [high] = queue.enqueue_n(1, priority="high")
+    [low, lost] = queue.enqueue_n(2, priority="low")
+    queue.claim("w", 2)
+    time.sleep(0.005)  # an adopting claim runs later than the lost one that started the job
+    assert queue.claimed_ids("w", 1) == [lost]  # its reply lost: another queue (a restarted client) adopts it
+    adopting = SyncJobs(redis_client, settings)
+    assert [job.job_id for job in adopting.claim("w", 0, moved=[lost]).jobs] == [lost]
+    retried = queue.finish("w", [(high, Outcome.COMPLETED, "{}"), (low, Outcome.RETRY, "boom")])
+    ended = adopting.finish("w", [(lost, Outcome.FAILED, "bad")]).ended + retried.ended
+    assert [timing.job_id for timing in ended] == [lost, high]  # the requeued one has not ended
+    for timing, priority in zip(ended, ("low", "high"), strict=True):
+        record = queue.get(timing.job_id)
+        queued_at = int(redis_client.hget(queue.store.job(timing.job_id), "queued_at"))
+        assert (timing.priority, timing.created_at, timing.queued_at, timing.started_at) == (
+            priority, record.created_at, queued_at, record.started_at,
+        )  # fmt: skip
+    assert queue.finish("w", [(high, Outcome.COMPLETED, "{}")]).ended == ()  # ended once
+
+
 def test_retry_outcome_requeues_at_front_then_dead_letters(queue, redis_client):
     [poison, other] = queue.enqueue_n(2)
     for attempt in range(1, queue.settings.max_attempts + 1):
