@@ -120,46 +120,33 @@ def test_a_lost_reply_to_a_claim_ahead_is_adopted_and_each_job_runs_once(queue, 
     assert redis_client.hget(queue.keys.stats, "recovered") is None  # adopted by its own worker, not recovered
 
 
-def test_a_lost_reply_to_an_overlapped_record_is_recorded_again_and_counted_once(queue, redis_client, model):
+@pytest.mark.parametrize("reply_lost", [True, False], ids=["reply-lost", "refused"])
+def test_an_overlapped_record_that_fails_is_recorded_again_counted_once_and_not_run_again(
+    queue, redis_client, model, reply_lost: bool
+):
+    """reply lost: Redis recorded it and the worker does not know; refused: nothing reached Redis."""
     ids = submit_many(queue, 12 * BATCH)
     worker = Worker(queue.settings, model)
     real_finish = worker.queue.finish
-    lost: list[int] = []
+    failed: list[int] = []
 
     def finish(worker_id: str, outcomes: Any) -> Any:
         outcomes = list(outcomes)
-        counts = real_finish(worker_id, outcomes)
-        if on_io_thread() and not lost:
-            lost.append(len(outcomes))
-            raise redis.exceptions.ConnectionError("reply lost")  # recorded; the worker does not know
-        return counts
-
-    worker.queue.finish = finish  # type: ignore[method-assign]
-    worker.run(burst=True)
-    assert lost == [BATCH], "an overlapped record ran"
-    assert_each_completed_once(queue, ids, redis_client, worker)
-
-
-def test_a_failed_overlapped_record_keeps_its_outcomes_until_redis_takes_them(queue, redis_client, model):
-    ids = submit_many(queue, 12 * BATCH)
-    worker = Worker(queue.settings, model)
-    real_finish = worker.queue.finish
-    refused: list[int] = []
-
-    def finish(worker_id: str, outcomes: Any) -> Any:
-        outcomes = list(outcomes)
-        if on_io_thread() and not refused:
-            refused.append(len(outcomes))
-            raise redis.exceptions.ConnectionError("connection refused")  # nothing reached Redis
-        return real_finish(worker_id, outcomes)
+        if not (on_io_thread() and not failed):
+            return real_finish(worker_id, outcomes)
+        failed.append(len(outcomes))
+        if reply_lost:
+            real_finish(worker_id, outcomes)
+        raise redis.exceptions.ConnectionError("reply lost" if reply_lost else "connection refused")
 
     worker.queue.finish = finish  # type: ignore[method-assign]
     with RowCounter(model) as counter:
         worker.run(burst=True)
+    assert failed == [BATCH], "an overlapped record ran"
     assert counter.rows == len(ids), "a batch whose record failed was run again"
-    assert refused == [BATCH]
     assert_each_completed_once(queue, ids, redis_client, worker)
-    assert worker.processed == len(ids)
+    if not reply_lost:
+        assert worker.processed == len(ids)
 
 
 def test_a_stop_runs_and_records_the_batch_claimed_ahead_then_exits(queue, redis_client, model):
