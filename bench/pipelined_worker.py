@@ -39,7 +39,7 @@ class PipelinedWorker(Worker):
                 if recorded is not None:
                     recorded.result()
                     recorded = None
-                jobs, _ = self._collect_batch(burst)  # the shipped blocking wait when idle
+                jobs, _, _ = self._collect_batch(burst)  # the shipped blocking wait when idle
                 if not jobs:
                     if burst:
                         break

@@ -85,7 +85,6 @@ class Worker:
         self._batch_outcomes: OutcomeList = []  # what the batch just run came to
         self._ahead_claimed_at = 0.0
         self._extended_at = 0.0  # when its jobs' backstop deadlines were last set (claim or extend)
-        self._suspects = False  # the batch `_collect_batch` returned is a suspect group
         self._last_batch_s = float("inf")  # how long the last batch took to run (claiming ahead needs it short)
         self._io: ThreadPoolExecutor | None = None  # the I/O threads: Redis calls overlapped with the model
         self._latest_claim: Future[ClaimedBatch] | None = None  # the last claim ahead submitted
@@ -121,12 +120,12 @@ class Worker:
                     self._adopt = True
                     self._next_reconcile = time.monotonic() + RECONCILE_INTERVAL_S
                 self._extended_at = time.monotonic()  # a claim sets deadlines from no earlier than now
-                jobs, paused = self._collect_batch(burst)
+                jobs, paused, suspects = self._collect_batch(burst)
                 self.redis_ok = True
                 backoff = 0.1
                 self.deletion_cost.holding(bool(jobs))
                 if jobs:
-                    self._run_batches(jobs, self._suspects)
+                    self._run_batches(jobs, suspects)
                     self.deletion_cost.holding(False)
                     self._pause_for_object_store()
                 elif burst:
@@ -170,8 +169,8 @@ class Worker:
 
     # -- claiming ------------------------------------------------------------------------------
 
-    def _collect_batch(self, burst: bool) -> tuple[list[ClaimedJob], bool]:
-        """(jobs, model paused?); a suspect group is run as claimed, nothing added to it."""
+    def _collect_batch(self, burst: bool) -> tuple[list[ClaimedJob], bool, bool]:
+        """(jobs, model paused?, a suspect group?); a suspect group is run as claimed, nothing added to it."""
         size = self.config.max_batch_size
         orphans = self.queue.held(self.worker_id) if self._adopt else []
         batch = self.queue.claim(self.worker_id, max(size - len(orphans), 0), moved=orphans)
@@ -179,15 +178,14 @@ class Worker:
         jobs = list(batch.jobs)
         if not jobs:
             if burst or batch.paused:
-                return [], batch.paused
+                return [], batch.paused, False
             moved = self.queue.wait_for_job(self.worker_id, BLOCK_TIMEOUT_S)
             batch = self.queue.claim(self.worker_id, size - 1 if moved else size, moved=[moved] if moved else [])
             jobs = list(batch.jobs)
             if not jobs:
-                return [], batch.paused
-        self._suspects = batch.suspects
+                return [], batch.paused, False
         if batch.suspects:
-            return jobs, False
+            return jobs, False, True
         # Holding jobs: wait up to MAX_BATCH_WAIT_MS for more, so the model runs on a fuller batch (a
         # GPU model wants that wait; a latency-bound service sets it to 0 and runs what it has).
         deadline = time.monotonic() + self.config.max_batch_wait_ms / 1000
@@ -197,15 +195,15 @@ class Worker:
                 break
             time.sleep(min(remaining, BATCH_LOOK_S))
             jobs += self.queue.claim(self.worker_id, size - len(jobs), held_in_batch=len(jobs)).jobs
-        return jobs, False
+        return jobs, False, False
 
     def _run_batches(self, jobs: list[ClaimedJob], suspects: bool) -> None:
         """Run `jobs`; then, while the queue keeps a backlog, the batches after it back to back with Redis
-        overlapped: the I/O thread claims batch k+1 while the model runs batch k, and records batch k
-        while the model runs batch k+1, so a drained job costs the larger of Redis's and Python's time,
-        not their sum. One batch claimed ahead and one record in flight at most; a suspect group never
-        claims ahead (bisection needs it held alone) and neither does a batch claimed ahead (see
-        `_may_claim_ahead`). A stop runs what is held, records it and returns."""
+        overlapped: an I/O thread claims batch k+1 while the model runs batch k, and another records batch
+        k while the model runs batch k+1, so a drained job costs the larger of Redis's and Python's time,
+        not their sum. One batch claimed ahead and one record in flight at most; a suspect group, a partial
+        or slow batch never claims ahead (see `_may_claim_ahead`; bisection needs a suspect group held
+        alone). A stop runs what is held, records it and returns."""
         from concurrent.futures import wait  # after the start-up line, like the I/O thread itself
 
         recording: Future[None] | None = None
@@ -267,7 +265,8 @@ class Worker:
             from concurrent.futures import ThreadPoolExecutor
 
             # Two: a claim and a record in flight together keep Redis busy while Python packs one and
-            # parses the other (one thread left Redis idle in between: +14% over the plain loop, two +40%).
+            # parses the other (one thread left Redis idle in between: drain A/B, one 1.04x the plain
+            # loop, two 1.78x; docs/performance.md).
             self._io = ThreadPoolExecutor(2, thread_name_prefix="redis-io")
         return self._io
 
