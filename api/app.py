@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import redis.asyncio
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -20,11 +21,13 @@ from api.metrics_listener import MetricsListener
 from api.routes import admin, jobs, models, notifications, oip, service, streams, uploads
 from api.state import AppState, JobEvents, ModelRegistry
 from jobqueue import __version__, tracing
-from jobqueue.connection import async_client, async_probe_client
-from jobqueue.models import load_models
+from jobqueue.connection import REFUSED, UNAVAILABLE, async_client, async_probe_client
+from jobqueue.keys import StoreKeys
+from jobqueue.models import ModelConfig, load_models
 from jobqueue.objectstore import object_store
 from jobqueue.protocol import JobStore
 from jobqueue.settings import Settings, get_settings
+from jobqueue.shards import TagConflict, load_tags_async
 from jobqueue.ssrf import validate_callback_url
 from jobqueue.views import sign_result_urls_with
 
@@ -94,6 +97,22 @@ async def wait_unless_stopping(task: asyncio.Task[None], app: AsyncInferAPI, tim
         await asyncio.wait({task}, timeout=min(remaining, STARTUP_STOP_CHECK_S))
 
 
+async def load_model_tags(store: JobStore, client: redis.asyncio.Redis, models: list[ModelConfig]) -> None:
+    """On a Cluster, each model's hash tag (jobqueue/shards.py), read (or chosen) once the Cluster answers;
+    until then submits answer 503 and the API is not ready. Standalone: nothing to read."""
+    delay = 0.1
+    while not store.tags.loaded:
+        try:
+            store.tags = await load_tags_async(store.settings, client, models)
+        except TagConflict as exc:  # an operator's to fix: unready (and saying why) until then
+            log.error("model tags: %s; retrying every 5s", exc)
+            await asyncio.sleep(5.0)
+        except (*UNAVAILABLE, *REFUSED) as exc:
+            log.warning("model tags: the Cluster does not answer yet (%s); retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 def create_app(settings: Settings | None = None) -> AsyncInferAPI:
     settings = settings or get_settings()
     traced = tracing.setup("asyncinfer-api", settings.tracing_headers_file)  # imports opentelemetry only when OTEL_* turns it on
@@ -107,7 +126,8 @@ def create_app(settings: Settings | None = None) -> AsyncInferAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         assert isinstance(app, AsyncInferAPI)  # (for the type checker) create_app builds no other
-        client = async_client(settings)
+        # on a Cluster: the node serving the tag registry (Pub/Sub hears every node's events there)
+        client = async_client(settings, slot_key=StoreKeys(settings.key_prefix).shard_registry)
         store = JobStore(client, settings)
         objects = object_store(settings)
         sign_result_urls_with(objects.presign_get_url if objects else None)
@@ -125,6 +145,7 @@ def create_app(settings: Settings | None = None) -> AsyncInferAPI:
         # The API reads every model's signature itself so it validates while zero workers run.
         loader = asyncio.create_task(state.models.load_all(), name="load-models")
         await wait_unless_stopping(loader, app, MODELS_STARTUP_WAIT_S)  # normally done at once
+        tags = asyncio.create_task(load_model_tags(store, client, list(configs.values())), name="load-model-tags")
         state.events.start()
         # Start-up objects (FastAPI, pydantic, numpy, onnx signatures) move out of the collector's
         # reach: a full collection under load then scans only what requests allocate (a tail-latency cut).
@@ -137,6 +158,7 @@ def create_app(settings: Settings | None = None) -> AsyncInferAPI:
             yield
         finally:
             loader.cancel()
+            tags.cancel()
             if listener:
                 await listener.stop()
             await state.events.stop()

@@ -29,9 +29,7 @@ async def metrics_body(state: AppState, accept: str | None = None) -> tuple[byte
     """The exposition and its content type (OpenMetrics when `accept` asks); without Redis it still
     answers, with `asyncinfer_redis_up 0`."""
     try:
-        overview = await asyncio.wait_for(
-            admin.overview(state.store.client, state.store.keys, state.models.names()), SCRAPE_REDIS_TIMEOUT_S
-        )
+        overview = await asyncio.wait_for(admin.store_overview(state.store, state.models.names()), SCRAPE_REDIS_TIMEOUT_S)
     except SCRAPE_FAILURES as exc:
         log.debug("metrics: queue state not read (%s)", exc)
         overview = None

@@ -69,14 +69,14 @@ def upload_deletion_ms(settings: Settings) -> int:
     return int((expires_at + s.request_ttl_seconds + s.job_timeout_seconds * 2 + s.job_ttl_seconds) * 1000)
 
 
-async def stored_input(state: AppState, content: bytes, fmt: str) -> ObjectRef:
+async def stored_input(state: AppState, content: bytes, fmt: str, model: str) -> ObjectRef:
     """An input the API received whole (an OIP request's binary tensors) written as an input object, so
     Redis keeps only its reference; scheduled for deletion as an upload is. 503 when the store does
     not take it (nothing then refers to the object). The key is the content's hash: a replay names the
     same object."""
     store = require_store(state, ["body"])
     ref = store.content_ref(content, fmt)
-    await state.store.schedule_object_deletion(ref.key, upload_deletion_ms(state.settings))
+    await state.store.schedule_object_deletion(ref.key, upload_deletion_ms(state.settings), model)
     try:
         await asyncio.to_thread(store.put, ref, content, "application/octet-stream")
     except (StoreUnavailable, ObjectRejected) as exc:  # a write refused is the service's configuration, not the request

@@ -7,7 +7,6 @@ import contextlib
 import hashlib
 import logging
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -278,7 +277,8 @@ class AppState:
             except ValueError as exc:
                 raise HTTPProblem(422, [{"loc": [*loc, "callback_url"], "msg": str(exc), "type": "value_error"}]) from None
         return NewJob(
-            job_id=str(uuid.uuid4()),
+            # an idempotency key's repeat must reach the shard its first job went to
+            job_id=self.store.new_job_id(model.name, f"{owner}\n{idempotency_key}" if idempotency_key else None),
             model=model.name,
             payload=payload.decode(),
             priority=priority,

@@ -9,6 +9,7 @@ side never writes a job record itself. Async only: the API is the one caller.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -165,6 +166,67 @@ async def overview(client: redis.asyncio.Redis, keys: StoreKeys, models: Sequenc
     )
 
 
+def _by_tag(store: JobStore, models: Sequence[str]) -> dict[str, tuple[StoreKeys, list[str]]]:
+    """`models` grouped by shard (standalone: all together in the one untagged group)."""
+    groups: dict[str, tuple[StoreKeys, list[str]]] = {}
+    for name in models:
+        for keys in store.model_shards(name):
+            groups.setdefault(keys.tag, (keys, []))[1].append(name)
+    return groups
+
+
+def _merged(name: str, shards: list[ModelOverview]) -> ModelOverview:
+    """One model's shards as one queue: lengths and counts add up, the oldest wait is the oldest of any,
+    a worker (registered in every shard it serves) is listed once with all it holds."""
+    if len(shards) == 1:
+        return shards[0]
+    workers: dict[str, WorkerView] = {}
+    for shard in shards:
+        for w in shard.workers:
+            seen = workers.get(w.id)
+            workers[w.id] = (
+                w
+                if seen is None
+                else WorkerView(
+                    w.id,
+                    seen.holding + w.holding,
+                    seen.alive or w.alive,
+                    max(seen.heartbeat_deadline_ms, w.heartbeat_deadline_ms),
+                )
+            )
+    return ModelOverview(
+        name=name,
+        paused=any(shard.paused for shard in shards),
+        pending={p: sum(shard.pending[p] for shard in shards) for p in PRIORITIES},
+        oldest_pending_age_s={p: max(shard.oldest_pending_age_s[p] for shard in shards) for p in PRIORITIES},
+        inflight=sum(shard.inflight for shard in shards),
+        dead=sum(shard.dead for shard in shards),
+        workers=list(workers.values()),
+        stats={counter: sum(shard.stats[counter] for shard in shards) for counter in STAT_COUNTERS},
+    )
+
+
+async def store_overview(store: JobStore, models: Sequence[str]) -> StoreOverview:
+    """`overview` of `models` wherever their keys live: standalone one read; on a Cluster one per shard
+    (each consistent in itself), put together per model. Redis memory is the fullest master's (what
+    maxmemory alerts need); webhook backlogs add up."""
+    groups = _by_tag(store, models)
+    parts = await asyncio.gather(*(overview(store.node_client(tag), keys, names) for tag, (keys, names) in groups.items()))
+    by_name: dict[str, list[ModelOverview]] = {}
+    for part in parts:
+        for model in part.models:
+            by_name.setdefault(model.name, []).append(model)
+    fullest = max(parts, key=lambda part: part.redis_memory_used_bytes)
+    return StoreOverview(
+        now_ms=max(part.now_ms for part in parts),
+        models=[_merged(name, by_name[name]) for name in models],
+        redis_memory_used_bytes=fullest.redis_memory_used_bytes,
+        redis_memory_max_bytes=fullest.redis_memory_max_bytes,
+        notify_pending=sum(part.notify_pending for part in parts),
+        notify_failed=sum(part.notify_failed for part in parts),
+    )
+
+
 @dataclass(frozen=True)
 class _Snapshot:
     """The replies of one MULTI, per model: (name, lengths, tails, inflight, dead, workers, stats,
@@ -256,6 +318,23 @@ async def dead_letters(client: redis.asyncio.Redis, keys: StoreKeys, models: Seq
     return [job for job in await jobs(client, keys, ids) if job is not None]
 
 
+async def store_dead_letters(store: JobStore, models: Sequence[str], limit: int) -> list[AdminJob]:
+    """`dead_letters` of `models` wherever their keys live."""
+    found: list[AdminJob] = []
+    for tag, (keys, names) in _by_tag(store, models).items():
+        found += await dead_letters(store.node_client(tag), keys, names, limit)
+    return found
+
+
+async def store_job(store: JobStore, job_id: str) -> AdminJob | None:
+    """One job as `jobs` reads it, from the server its id names."""
+    keys = store.tags.job_keys(job_id)
+    if keys is None:
+        return None
+    (job,) = await jobs(store.node_client(keys.tag), keys, [job_id])
+    return job
+
+
 async def pause(client: redis.asyncio.Redis, keys: ModelKeys) -> None:
     """Stop workers claiming this model's jobs. Pending lists keep their lengths, so KEDA keeps the
     workers it has (they idle) and nothing is lost; resume picks up where it stopped."""
@@ -265,6 +344,13 @@ async def pause(client: redis.asyncio.Redis, keys: ModelKeys) -> None:
 async def resume(client: redis.asyncio.Redis, keys: ModelKeys) -> None:
     """Let workers claim this model's jobs again."""
     await client.delete(keys.paused)
+
+
+async def store_pause(store: JobStore, model: str, paused: bool) -> None:
+    """`pause` (or `resume`) every shard of `model`."""
+    for keys in store.model_shards(model):
+        client = store.node_client(keys.tag)
+        await (pause(client, keys.model(model)) if paused else resume(client, keys.model(model)))
 
 
 class DeadLetterRetrier:
@@ -278,25 +364,33 @@ class DeadLetterRetrier:
         self._retry = store.client.register_script(lua_source("retry"))
 
     async def retry(self, model: str) -> int:
+        """How many of `model`'s dead letters, in all its shards, went back to pending."""
+        retried = 0
+        for keys in self.store.model_shards(model):
+            retried += await self._retry_shard(model, keys)
+        return retried
+
+    async def _retry_shard(self, model: str, keys: StoreKeys) -> int:
         """How many of `model`'s dead letters went back to pending. Ids whose record is gone or that are
         no longer retryable are dropped from the list; stops early when the pending list is full
         (MAX_QUEUE_LENGTH), leaving the rest as they are."""
         store = self.store
-        dead_key = store.keys.model(model).dead
+        client = store.node_client(keys.tag)
+        dead_key = keys.model(model).dead
         token = uuid.uuid4().hex  # one admin request: retry.lua recognises its own repeat
         retried = 0
         while True:
-            tail = await store.client.lrange(dead_key, -RETRY_SLICE, -1)  # the tail is the oldest
+            tail = await client.lrange(dead_key, -RETRY_SLICE, -1)  # the tail is the oldest
             ids = list(dict.fromkeys(_text(job_id) for job_id in reversed(tail)))
             if not ids:
                 return retried
             records = await store.get_many(ids)
             retryable = [r for r in records if r is not None and r.model == model and r.status in RETRYABLE]
-            pipe = store.client.pipeline(transaction=False)
+            pipe = client.pipeline(transaction=False)
             for record in retryable:
-                call = retry_call(store.keys, store.settings, record, token, limited=False)
+                call = retry_call(keys, store.settings, record, token, limited=False, limits=store.limits(model))
                 await self._retry(keys=call.keys, args=call.args, client=pipe)  # queued in the pipeline
-            replies = await execute_confirmed(pipe, store.settings) if retryable else []
+            replies = await execute_confirmed(pipe, store.settings, keys) if retryable else []
             drop = [
                 job_id
                 for job_id, r in zip(ids, records, strict=True)
@@ -312,7 +406,7 @@ class DeadLetterRetrier:
                 except JobQueueError:  # raced into another state meanwhile: no longer a dead letter
                     drop.append(record.job_id)
             if drop:
-                pipe = store.client.pipeline(transaction=False)
+                pipe = client.pipeline(transaction=False)
                 for job_id in drop:
                     pipe.lrem(dead_key, 0, job_id)
                 await pipe.execute()

@@ -6,7 +6,14 @@ followed without a restart: a connection to the old primary fails (reset, timeou
 READONLY once it is demoted, redis-py's Sentinel connection turns READONLY into a ConnectionError and
 drops the socket, and the next connect finds the new primary. The callers' rules stay as they are: the
 API retries (every command it sends is safe to repeat), a worker treats a lost reply as an unknown
-outcome and reconciles."""
+outcome and reconciles.
+
+With REDIS_CLUSTER, a client serves the keys of one hash slot (one model's tag, jobqueue/shards.py: every
+key a script touches is in it) and asks the Cluster's nodes which master serves that slot each time it
+connects, as a Sentinel client asks where the primary is. A MOVED reply (a failover or a resharding moved
+the slot) is turned into a ConnectionError that drops the socket, exactly like READONLY under Sentinels:
+nothing ran, and the next connect finds the new master. ASK and TRYAGAIN (a slot half-way through a
+migration) and CLUSTERDOWN are refusals: nothing ran either, the caller retries later."""
 
 from __future__ import annotations
 
@@ -17,7 +24,9 @@ from urllib.parse import urlsplit
 import redis
 import redis.sentinel
 from redis.backoff import ExponentialBackoff
+from redis.crc import key_slot
 
+from jobqueue.keys import StoreKeys
 from jobqueue.settings import Settings
 
 if TYPE_CHECKING:
@@ -86,11 +95,158 @@ def _sentinel_options(settings: Settings, primary: dict[str, Any]) -> dict[str, 
     return options
 
 
-def sync_client(settings: Settings) -> redis.Redis:
+class ClusterNodes:
+    """The Cluster's node addresses as last seen (REDIS_URL's node first), asked which master serves a
+    slot: any node that answers CLUSTER SLOTS will do, and every node it names is remembered, so the seed
+    itself may go away."""
+
+    def __init__(self, settings: Settings) -> None:
+        parsed = redis.connection.parse_url(settings.redis_url)  # type: ignore[no-untyped-call]
+        self.addresses: list[tuple[str, int]] = [(parsed.get("host", "localhost"), int(parsed.get("port", 6379)))]
+        keep = ("username", "password", "ssl", "ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+        self.kwargs = {k: v for k, v in {**parsed, **_options(settings)}.items() if k in keep or k.startswith("ssl_")}
+        self.kwargs.update(socket_timeout=CONNECT_TIMEOUT_S, socket_connect_timeout=CONNECT_TIMEOUT_S, decode_responses=True)
+        self.kwargs["ssl"] = urlsplit(settings.redis_url).scheme == "rediss"
+
+    def _learn(self, slots: list[Any], slot: int) -> tuple[str, int]:
+        owner = None
+        for start, end, master, *replicas in slots:
+            for node in (master, *replicas):
+                address = (_text(node[0]) or self.addresses[0][0], int(node[1]))
+                if address not in self.addresses:
+                    self.addresses.append(address)
+            if int(start) <= slot <= int(end):
+                owner = (_text(master[0]) or self.addresses[0][0], int(master[1]))
+        if owner is None:
+            raise redis.ConnectionError(f"no master serves slot {slot} (cluster_state is not ok)")
+        return owner
+
+    def owner(self, slot: int) -> tuple[str, int]:
+        """The address of the master serving `slot`, as the first node that answers says."""
+        errors = []
+        for host, port in list(self.addresses):
+            try:
+                with redis.Redis(host=host, port=port, **self.kwargs) as node:
+                    return self._learn(node.execute_command("CLUSTER", "SLOTS"), slot)
+            except UNAVAILABLE as exc:
+                errors.append(f"{host}:{port}: {exc}")
+        raise redis.ConnectionError(f"no Cluster node answered ({'; '.join(errors)})")
+
+    async def owner_async(self, slot: int) -> tuple[str, int]:
+        import redis.asyncio
+
+        errors = []
+        for host, port in list(self.addresses):
+            try:
+                async with redis.asyncio.Redis(host=host, port=port, **self.kwargs) as node:
+                    return self._learn(await node.execute_command("CLUSTER", "SLOTS"), slot)  # type: ignore[no-untyped-call]
+            except UNAVAILABLE as exc:
+                errors.append(f"{host}:{port}: {exc}")
+        raise redis.ConnectionError(f"no Cluster node answered ({'; '.join(errors)})")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class _SlotOwner:
+    """Mixed into a redis-py connection class: connect to whichever master serves `slot` now."""
+
+    nodes: ClusterNodes
+    slot: int
+
+    def __init__(self, *, nodes: ClusterNodes, slot: int, **kwargs: Any) -> None:
+        self.nodes, self.slot = nodes, slot
+        super().__init__(**kwargs)
+
+    def connect(self) -> None:
+        if getattr(self, "_sock", None) is None:
+            self.host, self.port = self.nodes.owner(self.slot)
+        super().connect()  # type: ignore[misc]
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().read_response(*args, **kwargs)  # type: ignore[misc]
+        except redis.ResponseError as exc:
+            if not moved(exc):
+                raise
+            self.disconnect()  # type: ignore[attr-defined]
+            raise redis.ConnectionError(f"the slot moved ({exc})") from exc
+
+
+class _AsyncSlotOwner(_SlotOwner):
+    async def connect(self) -> None:  # type: ignore[override]
+        if not getattr(self, "is_connected", False):
+            self.host, self.port = await self.nodes.owner_async(self.slot)
+        await super(_SlotOwner, self).connect()  # type: ignore[misc]
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super(_SlotOwner, self).read_response(*args, **kwargs)  # type: ignore[misc]
+        except redis.ResponseError as exc:
+            if not moved(exc):
+                raise
+            await self.disconnect()  # type: ignore[attr-defined]
+            raise redis.ConnectionError(f"the slot moved ({exc})") from exc
+
+
+@functools.cache
+def _slot_owner_class(base: type[Any], mixin: type[Any]) -> type[Any]:
+    return type(f"SlotOwner{base.__name__}", (mixin, base), {})
+
+
+def _cluster_pool(settings: Settings, slot_key: str, pool_class: type[Any], options: dict[str, Any], asynchronous: bool) -> Any:
+    """A pool whose connections serve `slot_key`'s slot (REDIS_URL's credentials and TLS options)."""
+    import redis.asyncio.connection
+
+    module: Any = redis.asyncio.connection if asynchronous else redis.connection
+    parsed = dict(module.parse_url(settings.redis_url))
+    base = parsed.pop("connection_class", module.Connection)
+    mixin = _AsyncSlotOwner if asynchronous else _SlotOwner
+    nodes = _cluster_nodes(settings)
+    return pool_class(
+        connection_class=_slot_owner_class(base, mixin),
+        nodes=nodes,
+        slot=key_slot(slot_key.encode()),
+        **{**parsed, **_options(settings), **options},
+    )
+
+
+_NODES: dict[str, ClusterNodes] = {}
+
+
+def _cluster_nodes(settings: Settings) -> ClusterNodes:
+    """One view of the Cluster per REDIS_URL and process: what one client learns, the others use."""
+    if settings.redis_url not in _NODES:
+        _NODES[settings.redis_url] = ClusterNodes(settings)
+    return _NODES[settings.redis_url]
+
+
+def uses_cluster(connection: Any) -> bool:
+    """True for a connection that found its server by asking the Cluster (MOVED then means "ask again")."""
+    return isinstance(connection, _SlotOwner)
+
+
+def moved(error: BaseException) -> bool:
+    """A Cluster node no longer serves the slot (a failover or a resharding): nothing ran."""
+    return isinstance(error, redis.exceptions.MovedError) or str(error).startswith("MOVED ")
+
+
+def rerouted(error: BaseException, connection: Any) -> bool:
+    """The server `connection` found is no longer the one to talk to (a Sentinel failover demoted it,
+    or the Cluster moved the slot): nothing ran; drop the socket, and the next connect asks again."""
+    return (demoted(error) and uses_sentinels(connection)) or (moved(error) and uses_cluster(connection))
+
+
+def sync_client(settings: Settings, slot_key: str = "") -> redis.Redis:
     """The worker's client: no automatic retries. A reply lost to a reset or a timeout may hide a
     command that ran (BLMOVE moved an id, claim started jobs); retrying it blindly would start more.
-    The worker instead treats the error as "unknown outcome" and reconciles with what Redis holds."""
+    The worker instead treats the error as "unknown outcome" and reconciles with what Redis holds.
+    With REDIS_CLUSTER it serves `slot_key`'s slot (every key of one model's tag)."""
     retry = redis.retry.Retry(ExponentialBackoff(), 0)
+    if settings.redis_cluster:
+        pool = _cluster_pool(settings, slot_key, redis.ConnectionPool, {"retry": retry}, asynchronous=False)
+        return redis.Redis(connection_pool=pool, retry=retry)
     if not settings.redis_sentinels:
         return redis.Redis.from_url(settings.redis_url, retry=retry, **_options(settings))
     primary = _primary_kwargs(settings, redis.connection.parse_url(settings.redis_url))  # type: ignore[no-untyped-call]
@@ -99,7 +255,7 @@ def sync_client(settings: Settings) -> redis.Redis:
     return redis.Redis(connection_pool=pool, retry=retry)
 
 
-def async_client(settings: Settings, max_connections: int = 64) -> redis.asyncio.Redis:
+def async_client(settings: Settings, max_connections: int = 64, slot_key: str = "") -> redis.asyncio.Redis:
     """The API's client; each call, its retries included, ends within REDIS_DEADLINE_SECONDS
     (jobqueue/deadline.py). Every command it sends is safe to repeat (reads; enqueue keyed by a job id
     fixed before the first try; cancel and retry answer "done" when run twice), so a stale pooled
@@ -117,11 +273,12 @@ def async_client(settings: Settings, max_connections: int = 64) -> redis.asyncio
         "retry": retry,
         "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
     }
-    pool = (
-        _async_sentinel_pool(settings, _blocking_sentinel_pool(), options)
-        if settings.redis_sentinels
-        else redis.asyncio.BlockingConnectionPool.from_url(settings.redis_url, **options, **_options(settings))
-    )
+    if settings.redis_cluster:
+        pool = _cluster_pool(settings, slot_key, redis.asyncio.BlockingConnectionPool, options, asynchronous=True)
+    elif settings.redis_sentinels:
+        pool = _async_sentinel_pool(settings, _blocking_sentinel_pool(), options)
+    else:
+        pool = redis.asyncio.BlockingConnectionPool.from_url(settings.redis_url, **options, **_options(settings))
     client = DeadlineRedis(connection_pool=pool)
     client.auto_close_connection_pool = True  # as `from_pool`: the client owns the pool, aclose() closes it
     client.deadline_s = settings.redis_deadline_seconds  # retries and reconnects included
@@ -133,7 +290,15 @@ def async_probe_client(settings: Settings) -> redis.asyncio.Redis:
     import redis.asyncio
     import redis.asyncio.sentinel
 
-    if settings.redis_sentinels:
+    if settings.redis_cluster:  # the node serving the shard registry: any answer means the Cluster is reachable
+        pool = _cluster_pool(
+            settings,
+            StoreKeys(settings.key_prefix).shard_registry,
+            redis.asyncio.ConnectionPool,
+            {"max_connections": 1},
+            asynchronous=True,
+        )
+    elif settings.redis_sentinels:
         pool = _async_sentinel_pool(settings, redis.asyncio.sentinel.SentinelConnectionPool, {"max_connections": 1})
     else:
         pool = redis.asyncio.ConnectionPool.from_url(settings.redis_url, max_connections=1, **_options(settings))

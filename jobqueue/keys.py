@@ -1,15 +1,19 @@
 """Every Redis key, built in one place. Lua scripts receive each key or key prefix from here.
 
-Layout (prefix = KEY_PREFIX, model = a model name, a DNS label):
+Layout (prefix = KEY_PREFIX, model = a model name, a DNS label). On Redis Cluster every key of a model's
+queue, its jobs' records and everything a script touches with them carry the model's hash tag, so one
+script's keys share one slot: `prefix` below is then `KEY_PREFIX:{tag}` (jobqueue/shards.py chooses the
+tags). The events channel is not a key (Cluster delivers a PUBLISH to every node) and stays untagged.
 
     <prefix>:job:<id>                     HASH   one job's record (any model)
     <prefix>:idem:<principal>:<key>       STRING idempotency key -> job id
-    <prefix>:events                       PUBSUB "<status> <id> <id> ..." on every transition
+    KEY_PREFIX:events                     PUBSUB "<status> <id> <id> ..." on every transition
     <prefix>:notify                       ZSET   job id -> next webhook attempt (ms)
     <prefix>:notify-failed                LIST   job ids whose webhook was given up
     <prefix>:principal:<name>             HASH   per-principal rate-limit bucket and unfinished count
     <prefix>:replica-ack                  STRING written before each Redis WAIT (jobqueue/replicas.py)
     <prefix>:objects                      ZSET   object key -> when to delete it (ms): uploads and result objects
+    KEY_PREFIX:shards                     HASH   model -> its hash tag on a Cluster (jobqueue/shards.py)
     <prefix>:<model>:pending:<priority>   LIST   ids waiting to start; KEDA reads the lengths
     <prefix>:<model>:inflight             ZSET   id -> backstop deadline (ms); ZCARD is the in-flight count
     <prefix>:<model>:workers              ZSET   worker id -> heartbeat deadline (ms)
@@ -29,9 +33,15 @@ from jobqueue.settings import PRIORITIES
 
 @dataclass(frozen=True)
 class StoreKeys:
-    """Keys shared by every model: job records, idempotency keys, events, webhooks, principals."""
+    """Keys shared by every model on one standalone Redis, or by one shard (hash tag) on a Cluster: job
+    records, idempotency keys, webhooks, principals, and each model's queue keys."""
 
-    prefix: str
+    root: str  # KEY_PREFIX
+    tag: str = ""  # the shard's hash tag on a Cluster; "" keeps the standalone layout
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.root}:{{{self.tag}}}" if self.tag else self.root
 
     @property
     def job_prefix(self) -> str:
@@ -51,7 +61,12 @@ class StoreKeys:
     @property
     def events(self) -> str:
         """Pub/Sub channel: '<status> <id> <id> ...' whenever jobs change state."""
-        return f"{self.prefix}:events"
+        return f"{self.root}:events"
+
+    @property
+    def shard_registry(self) -> str:
+        """HASH model name -> the hash tag its keys carry on a Cluster; never read by a script."""
+        return f"{self.root}:shards"
 
     @property
     def notify(self) -> str:

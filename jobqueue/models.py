@@ -16,6 +16,7 @@ from pydantic import ConfigDict, ValidationError, create_model
 
 from jobqueue.model_signature import ModelSignature, batch_mismatch, read_signature
 from jobqueue.settings import MODEL_NAME_PATTERN, Settings
+from jobqueue.shards import TAG_PATTERN
 
 # A MODELS_FILE entry's overrides -> the Settings field each one overrides: its type and bounds are
 # that field's own, so a value the environment variable would refuse is refused here too.
@@ -25,8 +26,9 @@ OVERRIDES = {
     "max_batch_wait_ms": "max_batch_wait_ms",
     "inference_providers": "inference_providers",
     "inference_threads": "inference_threads",
+    "shards": "queue_shards",
 }
-MODEL_FIELDS = {"path", *OVERRIDES}
+MODEL_FIELDS = {"path", "tags", *OVERRIDES}
 VERSION_HEX_DIGITS = 12
 
 ModelOverrides = create_model(
@@ -51,6 +53,8 @@ class ModelConfig:
     max_batch_wait_ms: float = 0
     inference_providers: tuple[str, ...] = ("CPUExecutionProvider",)
     inference_threads: int = 0
+    shards: int = 1  # queue shards on a Redis Cluster (jobqueue/shards.py)
+    tags: tuple[str, ...] = ()  # the shards' hash tags as configured; () = chosen from the slot map
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -89,6 +93,24 @@ def _overrides(name: str, given: dict[str, Any]) -> dict[str, Any]:
     return {key: getattr(checked, key) for key in checked.model_fields_set}
 
 
+def _tags(name: str, given: Any, shards: int | None, settings: Settings) -> tuple[str, ...]:
+    """A model's `tags:` (its shards' hash tags, given rather than chosen: KEDA triggers name their keys),
+    checked; () when not given."""
+    if given is None:
+        return ()
+    if not settings.redis_cluster:
+        raise ModelConfigError(f"MODELS_FILE: model {name!r}: tags need REDIS_CLUSTER")
+    if not isinstance(given, list) or not given or not all(isinstance(t, str) and TAG_PATTERN.match(t) for t in given):
+        raise ModelConfigError(
+            f"MODELS_FILE: model {name!r}: tags: a list of 1-8 lower-case letters or digits each (got {given!r})"
+        )
+    if len(set(given)) != len(given):
+        raise ModelConfigError(f"MODELS_FILE: model {name!r}: tags: each shard needs its own tag (got {given!r})")
+    if shards is not None and shards != len(given):
+        raise ModelConfigError(f"MODELS_FILE: model {name!r}: shards ({shards}) differs from the number of tags ({len(given)})")
+    return tuple(given)
+
+
 def read_model(config: ModelConfig) -> tuple[ModelSignature, str]:
     """A model's signature (never its weights) and version; ValueError when its declared outputs
     cannot be told apart per job. The API and the workers accept or refuse a model alike."""
@@ -106,6 +128,7 @@ def load_models(settings: Settings) -> dict[str, ModelConfig]:
         "max_batch_wait_ms": settings.max_batch_wait_ms,
         "inference_providers": _providers(settings.inference_providers),
         "inference_threads": settings.inference_threads,
+        "shards": settings.queue_shards,
     }
     if not settings.models_file:
         name = name_from_path(settings.model_path)
@@ -132,7 +155,8 @@ def load_models(settings: Settings) -> dict[str, ModelConfig]:
         path = Path(spec["path"])
         if not path.is_absolute():
             path = Path(settings.models_file).parent / path if not path.exists() else path
-        overrides = _overrides(name, {key: value for key, value in spec.items() if key != "path"})
+        overrides = _overrides(name, {key: value for key, value in spec.items() if key not in ("path", "tags")})
+        tags = _tags(name, spec.get("tags"), overrides.get("shards"), settings)
         models[name] = ModelConfig(
             name=name,
             path=str(path),
@@ -141,7 +165,13 @@ def load_models(settings: Settings) -> dict[str, ModelConfig]:
             max_batch_wait_ms=overrides.get("max_batch_wait_ms", defaults["max_batch_wait_ms"]),
             inference_providers=_providers(overrides.get("inference_providers", defaults["inference_providers"])),
             inference_threads=overrides.get("inference_threads", defaults["inference_threads"]),
+            shards=len(tags) if tags else overrides.get("shards", defaults["shards"]),
+            tags=tags,
         )
+        if models[name].shards > 1 and not settings.redis_cluster:
+            raise ModelConfigError(
+                f"MODELS_FILE: model {name!r}: shards > 1 needs REDIS_CLUSTER (a Cluster's masters to spread over)"
+            )
     default = settings.default_model or next(iter(models))
     if default not in models:
         raise ModelConfigError(f"DEFAULT_MODEL {default!r} is not in MODELS_FILE (known: {', '.join(models)})")

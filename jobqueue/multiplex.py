@@ -32,7 +32,7 @@ import hiredis
 import redis.exceptions
 from redis._parsers.base import BaseParser
 
-from jobqueue.connection import demoted, uses_sentinels
+from jobqueue.connection import rerouted
 from jobqueue.deadline import redis_deadline
 
 if TYPE_CHECKING:
@@ -62,7 +62,6 @@ class _Connection:
         self.broken: BaseException | None = None
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
-        self.follows_primary = uses_sentinels(conn)
 
     def fail(self, error: BaseException) -> None:
         """Mark broken, close the socket and fail every command still waiting for its reply."""
@@ -229,10 +228,11 @@ class MultiplexedRedis:
                         continue
                     if isinstance(reply, hiredis.ReplyError):
                         error = BaseParser.parse_error(str(reply))  # type: ignore[no-untyped-call]
-                        if current.follows_primary and demoted(error):
-                            # the primary this connection found is a replica now: nothing ran, so the
-                            # command is retried on a new connection, which asks the Sentinels again
-                            error = redis.exceptions.ConnectionError(f"the primary was demoted ({reply})")
+                        if rerouted(error, current.conn):
+                            # the server this connection found no longer serves these keys (a demoted
+                            # primary, a moved slot): nothing ran, so the command is retried on a new
+                            # connection, which asks the Sentinels (the Cluster) again
+                            error = redis.exceptions.ConnectionError(f"the server no longer serves these keys ({reply})")
                             future.set_exception(error)
                             raise error
                         future.set_exception(error)

@@ -18,6 +18,7 @@ number); from there this module owns it:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import Any
@@ -29,6 +30,7 @@ from jobqueue.keys import StoreKeys
 from jobqueue.protocol import RECORD_FIELDS, JobRecord, lua_source, parse_record
 from jobqueue.replicas import execute_confirmed
 from jobqueue.settings import Settings
+from jobqueue.shards import tag_of
 from jobqueue.views import job_view
 
 # Most ids kept on the notify-failed list; older ones drop off (their records still say `failed`).
@@ -112,33 +114,74 @@ class DeliveryRecord:
 
 
 class NotificationStore:
-    """Every Redis operation of webhook delivery, on an asyncio client (notifier and API alike)."""
+    """Every Redis operation of webhook delivery, on asyncio clients (notifier and API alike).
 
-    def __init__(self, client: redis.asyncio.Redis, settings: Settings) -> None:
+    Standalone, one outbox holds every job's deliveries. On a Cluster each model's tag has its own
+    outbox beside its jobs (jobqueue/shards.py): a lease, a resend or a record is routed by the job id's
+    tag; a claim goes round the known tags (`tags`), so no outbox waits behind another."""
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        settings: Settings,
+        clients: Callable[[str], redis.asyncio.Redis] | None = None,
+        tags: Callable[[], Iterable[str]] | None = None,
+    ) -> None:
+        """`client`: standalone, the server; on a Cluster, the tag registry's node. `clients(tag)`: the
+        client serving a tag's slot; `tags()`: the tags whose outboxes to claim from."""
         self.client = client
         self.settings = settings
-        self.keys = StoreKeys(settings.key_prefix)
+        self.keys = StoreKeys(settings.key_prefix)  # untagged: standalone, every job's
+        self._clients = clients or (lambda _tag: client)
+        self._tags = tags or (lambda: ("",))
         self._scripts = {name: client.register_script(lua_source(name)) for name in SCRIPT_NAMES}
+        self._turn = 0  # where the next claim starts going round the tags
+
+    def _route(self, job_id: str) -> tuple[StoreKeys, redis.asyncio.Redis]:
+        if not self.settings.redis_cluster:
+            return self.keys, self.client
+        tag = tag_of(job_id)
+        if not tag:
+            raise JobNotFound(job_id)
+        return StoreKeys(self.keys.root, tag), self._clients(tag)
+
+    def _outboxes(self) -> list[tuple[StoreKeys, redis.asyncio.Redis]]:
+        if not self.settings.redis_cluster:
+            return [(self.keys, self.client)]
+        return [(StoreKeys(self.keys.root, tag), self._clients(tag)) for tag in self._tags()]
 
     async def claim(self, max_ids: int, lease_ms: int) -> list[Lease]:
-        """Lease up to `max_ids` due deliveries for `lease_ms` (see notify_claim.lua)."""
-        reply = await self._scripts["notify_claim"](keys=[self.keys.notify], args=[self.keys.job_prefix, max_ids, lease_ms])
-        return [Lease(_text(reply[i]), int(reply[i + 1]), int(reply[i + 2])) for i in range(0, len(reply), 3)]
+        """Lease up to `max_ids` due deliveries for `lease_ms` (see notify_claim.lua), going round the
+        outboxes from a different one each time."""
+        outboxes = self._outboxes()
+        self._turn += 1
+        leases: list[Lease] = []
+        for i in range(len(outboxes)):
+            if len(leases) >= max_ids:
+                break
+            keys, client = outboxes[(self._turn + i) % len(outboxes)]
+            reply = await self._scripts["notify_claim"](
+                keys=[keys.notify], args=[keys.job_prefix, max_ids - len(leases), lease_ms], client=client
+            )
+            leases += [Lease(_text(reply[j]), int(reply[j + 1]), int(reply[j + 2])) for j in range(0, len(reply), 3)]
+        return leases
 
     async def read(self, job_id: str) -> DeliveryRecord | None:
         """What a delivery sends (the API's job view, jobqueue.views) and where, or None when the record is gone."""
+        keys, client = self._route(job_id)
         # a webhook tells the outside world: only once the replicas asked for hold the job's end
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hmget(self.keys.job(job_id), [*RECORD_FIELDS, "notify_end", "traceparent"])
-        (fetched,) = await execute_confirmed(pipe, self.settings)
+        pipe = client.pipeline(transaction=False)
+        pipe.hmget(keys.job(job_id), [*RECORD_FIELDS, "notify_end", "traceparent"])
+        (fetched,) = await execute_confirmed(pipe, self.settings, keys)
         *values, end, traceparent = fetched
         record = parse_record(job_id, RECORD_FIELDS, values)
         return None if record is None else DeliveryRecord.of(record, int(end or 0), _text(traceparent or ""))
 
     async def delivered(self, lease: Lease, http_status: int) -> TransitionCode:
         """Record a 2xx: notify_state delivered, out of the outbox (SUPERSEDED: the job was retried since)."""
+        keys, client = self._route(lease.job_id)
         reply = await self._scripts["notify_delivered"](
-            keys=[self.keys.notify, self.keys.job(lease.job_id)], args=[lease.job_id, lease.token, http_status, lease.end]
+            keys=[keys.notify, keys.job(lease.job_id)], args=[lease.job_id, lease.token, http_status, lease.end], client=client
         )
         return TransitionCode(int(reply))
 
@@ -147,8 +190,9 @@ class NotificationStore:
     ) -> AttemptResult:
         """Record a failed attempt: due again after `delay_ms`, or given up (permanent or the last attempt);
         SUPERSEDED when the job was retried since the claim."""
+        keys, client = self._route(lease.job_id)
         reply = await self._scripts["notify_failed_attempt"](
-            keys=[self.keys.notify, self.keys.job(lease.job_id), self.keys.notify_failed],
+            keys=[keys.notify, keys.job(lease.job_id), keys.notify_failed],
             args=[
                 lease.job_id,
                 lease.token,
@@ -160,18 +204,21 @@ class NotificationStore:
                 MAX_FAILED_NOTIFICATIONS,
                 lease.end,
             ],
+            client=client,
         )
         return AttemptResult(TransitionCode(int(reply[0])), int(reply[1]))
 
     async def release(self, lease: Lease) -> TransitionCode:
         """Hand a leased id back, due now, attempt not counted (a stopping notifier)."""
-        reply = await self._scripts["notify_release"](keys=[self.keys.notify], args=[lease.job_id, lease.token])
+        keys, client = self._route(lease.job_id)
+        reply = await self._scripts["notify_release"](keys=[keys.notify], args=[lease.job_id, lease.token], client=client)
         return TransitionCode(int(reply))
 
     async def resend(self, job_id: str) -> NotifyState:
         """Deliver a finished job's webhook again from attempt 1. JobNotFound / WrongState otherwise."""
+        keys, client = self._route(job_id)
         reply = await self._scripts["notify_resend"](
-            keys=[self.keys.notify, self.keys.job(job_id), self.keys.notify_failed], args=[job_id]
+            keys=[keys.notify, keys.job(job_id), keys.notify_failed], args=[job_id], client=client
         )
         code, detail = int(reply[0]), _text(reply[1])
         if code == -1:
@@ -185,16 +232,19 @@ class NotificationStore:
     async def failed(self, limit: int = 100) -> list[dict[str, Any]]:
         """Views of the jobs whose webhook was given up, newest first. Ids whose record expired, or that
         were resent meanwhile, are skipped."""
-        ids = [_text(i) for i in await self.client.lrange(self.keys.notify_failed, 0, max(0, limit - 1))]
-        pipe = self.client.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.hmget(self.keys.job(job_id), RECORD_FIELDS)
-        records = [
-            parse_record(job_id, RECORD_FIELDS, values)
-            for job_id, values in zip(ids, await pipe.execute() if ids else [], strict=True)
-        ]
-        return [job_view(r) for r in records if r is not None and r.notify_state == NotifyState.FAILED]
+        views: list[dict[str, Any]] = []
+        for keys, client in self._outboxes():
+            ids = [_text(i) for i in await client.lrange(keys.notify_failed, 0, max(0, limit - 1))]
+            pipe = client.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hmget(keys.job(job_id), RECORD_FIELDS)
+            records = [
+                parse_record(job_id, RECORD_FIELDS, values)
+                for job_id, values in zip(ids, await pipe.execute() if ids else [], strict=True)
+            ]
+            views += [job_view(r) for r in records if r is not None and r.notify_state == NotifyState.FAILED]
+        return views[:limit]
 
     async def due_count(self) -> int:
         """Deliveries waiting or leased (ZCARD of the outbox), for /metrics."""
-        return int(await self.client.zcard(self.keys.notify))
+        return sum([int(await client.zcard(keys.notify)) for keys, client in self._outboxes()])

@@ -9,6 +9,7 @@ script's reply into a typed value or a `JobQueueError`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hashlib
 import time
@@ -21,7 +22,7 @@ import hiredis
 import redis
 
 from jobqueue import tracing
-from jobqueue.connection import demoted, uses_sentinels
+from jobqueue.connection import async_client, rerouted
 from jobqueue.errors import (
     IdempotencyConflict,
     JobNotFound,
@@ -35,10 +36,12 @@ from jobqueue.keys import ModelKeys, StoreKeys
 from jobqueue.multiplex import MultiplexedRedis
 from jobqueue.replicas import ReplicaAcks
 from jobqueue.settings import Settings
+from jobqueue.shards import ModelTags, tag_of
 from jobqueue.states import ClaimFlag, JobStatus, Outcome, ScriptCode
 
 if TYPE_CHECKING:
     import redis.asyncio
+    from redis.asyncio import Redis as AsyncRedis  # `redis` inside JobStore is its connection
 
 SCRIPT_NAMES = ("enqueue", "enqueue_many", "claim", "finish", "recover", "cancel", "retry", "heartbeat", "extend")
 RECORD_FIELDS = (
@@ -202,29 +205,51 @@ class JobRecord:
 # -- pure builders and parsers --------------------------------------------------------------------
 
 
-def enqueue_call(store: StoreKeys, settings: Settings, job: NewJob) -> ScriptCall:
+class Limits(NamedTuple):
+    """The limits one shard enforces: its share of each (a model split into n shards holds 1/n of its
+    queue length, and each principal 1/n of its rate, burst and unfinished jobs, on each shard)."""
+
+    max_queue_length: int
+    rate_per_second: float
+    burst: int
+    max_unfinished: int
+
+    @classmethod
+    def share(cls, settings: Settings, shards: int = 1) -> Limits:
+        def part(value: int) -> int:
+            return -(-value // shards)  # rounded up: a share of a limit > 0 is never 0 (unlimited)
+
+        return cls(
+            part(settings.max_queue_length), settings.rate_limit_per_second / shards,
+            part(settings.rate_limit_burst), part(settings.max_pending_per_principal),
+        )  # fmt: skip
+
+
+def enqueue_call(store: StoreKeys, settings: Settings, job: NewJob, limits: Limits | None = None) -> ScriptCall:
     model = store.model(job.model)
     idem = store.idempotency(job.owner, job.idempotency_key or "")
+    lim = limits or Limits.share(settings)
     return ScriptCall(
         "enqueue",
         [model.pending(job.priority), store.job(job.job_id), idem, model.stats, store.principal(job.owner)],
         [
             job.job_id, job.payload, job.model, job.priority, job.owner, job.callback_url, job.fingerprint,
-            settings.max_queue_length, "1" if job.idempotency_key else "0",
-            settings.rate_limit_per_second, settings.rate_limit_burst, settings.max_pending_per_principal,
+            lim.max_queue_length, "1" if job.idempotency_key else "0",
+            lim.rate_per_second, lim.burst, lim.max_unfinished,
             store.job_prefix, job.traceparent,
         ],
     )  # fmt: skip
 
 
-def enqueue_many_call(store: StoreKeys, settings: Settings, jobs: Sequence[NewJob]) -> ScriptCall:
-    """One call for the jobs of one bulk request: all for one model and one owner."""
+def enqueue_many_call(store: StoreKeys, settings: Settings, jobs: Sequence[NewJob], limits: Limits | None = None) -> ScriptCall:
+    """One call for the jobs of one bulk request: all for one model, one owner and one shard."""
     first = jobs[0]
     model = store.model(first.model)
     keys = [model.stats, store.principal(first.owner)]
+    lim = limits or Limits.share(settings)
     args: list[Any] = [
-        first.model, first.owner, settings.max_queue_length, settings.rate_limit_per_second,
-        settings.rate_limit_burst, settings.max_pending_per_principal, store.job_prefix,
+        first.model, first.owner, lim.max_queue_length, lim.rate_per_second, lim.burst, lim.max_unfinished,
+        store.job_prefix,
     ]  # fmt: skip
     for job in jobs:
         keys += [model.pending(job.priority), store.job(job.job_id), store.idempotency(job.owner, job.idempotency_key or "")]
@@ -318,16 +343,20 @@ def cancel_call(store: StoreKeys, settings: Settings, record: JobRecord) -> Scri
     )
 
 
-def retry_call(store: StoreKeys, settings: Settings, record: JobRecord, token: str, limited: bool = True) -> ScriptCall:
-    """A retry counts like a submit of the job's owner (its limits and bucket); `limited` False is for an
-    operator's retry-all, which must not leave dead letters behind because their owners are busy."""
+def retry_call(
+    store: StoreKeys, settings: Settings, record: JobRecord, token: str, limited: bool = True, limits: Limits | None = None
+) -> ScriptCall:
+    """A retry counts like a submit of the job's owner (its limits and bucket, in the job's own shard);
+    `limited` False is for an operator's retry-all, which must not leave dead letters behind because
+    their owners are busy."""
     model = store.model(record.model or "")
-    rate, max_unfinished = (settings.rate_limit_per_second, settings.max_pending_per_principal) if limited else (0, 0)
+    lim = limits or Limits.share(settings)
+    rate, max_unfinished = (lim.rate_per_second, lim.max_unfinished) if limited else (0, 0)
     return ScriptCall(
         "retry",
         [store.job(record.job_id), model.pending(record.priority), model.dead, model.stats,
          store.principal(record.owner or ANONYMOUS)],
-        [record.job_id, settings.max_queue_length, token, store.events, rate, settings.rate_limit_burst, max_unfinished],
+        [record.job_id, lim.max_queue_length, token, store.events, rate, lim.burst, max_unfinished],
     )  # fmt: skip
 
 
@@ -370,6 +399,15 @@ def scripts_by_name() -> dict[str, tuple[str, str]]:
 # -- the API's store (asyncio) --------------------------------------------------------------------
 
 
+class _Node(NamedTuple):
+    """What the API holds per Redis server it writes to: a pooled client, the shared pipelined
+    connection and its replica acknowledgements."""
+
+    client: redis.asyncio.Redis
+    redis: MultiplexedRedis
+    replicas: ReplicaAcks
+
+
 class JobStore:
     """The API's side of the protocol: submit, read, cancel and retry jobs of any model.
 
@@ -381,39 +419,97 @@ class JobStore:
     ReplicasBehind (a ConnectionError: the API answers 503).
     """
 
-    def __init__(self, client: redis.asyncio.Redis, settings: Settings) -> None:
+    def __init__(self, client: redis.asyncio.Redis, settings: Settings, tags: ModelTags | None = None) -> None:
         self.client = client
         self.settings = settings
-        self.keys = StoreKeys(settings.key_prefix)
-        self.redis = MultiplexedRedis(client.connection_pool.make_connection, settings.redis_deadline_seconds)
-        self.replicas = ReplicaAcks(self.redis, settings)
+        self.keys = StoreKeys(settings.key_prefix)  # the untagged keys: standalone, every model's
+        self.tags = tags or ModelTags(settings)
         self._scripts = scripts_by_name()
+        self._nodes: dict[str, _Node] = {}
+        self._node("")  # standalone: the one connection; on a Cluster: the registry's node (admin, Pub/Sub)
+
+    def _node(self, tag: str) -> _Node:
+        """The connection serving `tag`'s keys ("" = `client`'s server), opened on first use."""
+        node = self._nodes.get(tag)
+        if node is None:
+            client = (
+                self.client if not tag else async_client(self.settings, slot_key=StoreKeys(self.settings.key_prefix, tag).job(""))
+            )
+            redis_ = MultiplexedRedis(client.connection_pool.make_connection, self.settings.redis_deadline_seconds)
+            node = self._nodes[tag] = _Node(
+                client, redis_, ReplicaAcks(redis_, self.settings, StoreKeys(self.settings.key_prefix, tag).replica_ack)
+            )
+        return node
+
+    @property
+    def redis(self) -> MultiplexedRedis:
+        """The untagged keys' connection (standalone: every command's)."""
+        return self._nodes[""].redis
+
+    def model_shards(self, model: str) -> list[StoreKeys]:
+        """Every shard of `model` (standalone: the one untagged)."""
+        return self.tags.model_keys(model)
+
+    def limits(self, model: str) -> Limits:
+        """What each shard of `model` that takes new jobs enforces: its share of every limit."""
+        return Limits.share(self.settings, self.tags.submit_shards(model))
+
+    def node_client(self, tag: str) -> AsyncRedis:
+        """A pooled client for the server holding `tag`'s keys ("" = the untagged keys')."""
+        return self._node(tag).client
+
+    def _job(self, job_id: str) -> tuple[StoreKeys, _Node]:
+        keys = self.tags.job_keys(job_id)
+        if keys is None:
+            raise JobNotFound(job_id)
+        return keys, self._node(keys.tag)
 
     async def aclose(self) -> None:
-        await self.redis.aclose()
+        for tag, node in self._nodes.items():
+            await node.redis.aclose()
+            if tag:
+                await node.client.aclose()
 
-    async def _run(self, call: ScriptCall) -> Any:
+    async def _run(self, call: ScriptCall, node: _Node) -> Any:
         """Run a script that writes; it returns once the replicas asked for hold what it wrote."""
         sha, source = self._scripts[call.name]
-        reply, serial = await self.redis.script_traced(sha, source, call.keys, call.args)
-        await self.replicas.confirm(serial)
+        reply, serial = await node.redis.script_traced(sha, source, call.keys, call.args)
+        await node.replicas.confirm(serial)
         return reply
 
     async def _read(self, job_id: str, fields: Sequence[str]) -> JobRecord | None:
         """A record; an ended one only once the replicas asked for hold its end (no result is shown
         that a failover could take back)."""
-        values, serial = await self.redis.execute_traced("HMGET", self.keys.job(job_id), *fields)
+        try:
+            keys, node = self._job(job_id)
+        except JobNotFound:
+            return None
+        values, serial = await node.redis.execute_traced("HMGET", keys.job(job_id), *fields)
         record = parse_record(job_id, fields, values)
         if record is not None and record.status.terminal:
-            await self.replicas.confirm(serial)
+            await node.replicas.confirm(serial)
         return record
+
+    def new_job_id(self, model: str, affinity: str | None = None) -> str:
+        """An id for a new job of `model`: on a Cluster it names the shard the job goes to (the one
+        `affinity`, an idempotency key, hashes to; otherwise the next in turn)."""
+        return self.tags.new_job_id(model, affinity)
+
+    async def _enqueue_group(self, jobs: Sequence[NewJob]) -> list[Enqueued | JobQueueError]:
+        """Jobs of one shard, model and owner in one script call."""
+        keys, node = self._job(jobs[0].job_id)
+        limits = self.limits(jobs[0].model)
+        if len(jobs) == 1:
+            return [enqueue_result(await self._run(enqueue_call(keys, self.settings, jobs[0], limits), node), self.settings)]
+        reply = await self._run(enqueue_many_call(keys, self.settings, jobs, limits), node)
+        return [enqueue_result(reply[i : i + 3], self.settings) for i in range(0, len(reply), 3)]
 
     async def enqueue(self, job: NewJob) -> Enqueued:
         """Create the job and queue it in one round trip; raises the refusal (QueueFull, RateLimited, ...)."""
         if tracing.TRACER is not None:
             (result,) = await self._traced_enqueue([job])
         else:
-            result = enqueue_result(await self._run(enqueue_call(self.keys, self.settings, job)), self.settings)
+            (result,) = await self._enqueue_untraced([job])
         if isinstance(result, JobQueueError):
             raise result
         return result
@@ -437,16 +533,34 @@ class JobStore:
         return await self._enqueue_untraced(jobs)
 
     async def _enqueue_untraced(self, jobs: Sequence[NewJob]) -> list[Enqueued | JobQueueError]:
-        if not jobs:
-            return []
-        if len(jobs) == 1:
-            return [enqueue_result(await self._run(enqueue_call(self.keys, self.settings, jobs[0])), self.settings)]
-        if len({(job.model, job.owner) for job in jobs}) == 1:  # a bulk request: one script call
-            reply = await self._run(enqueue_many_call(self.keys, self.settings, jobs))
-            return [enqueue_result(reply[i : i + 3], self.settings) for i in range(0, len(reply), 3)]
-        # sent together, so they leave in one write (the shared connection pipelines them)
-        replies = await asyncio.gather(*(self._run(enqueue_call(self.keys, self.settings, job)) for job in jobs))
-        return [enqueue_result(reply, self.settings) for reply in replies]
+        """One script call per shard, model and owner (a bulk request on a standalone Redis: one call),
+        sent together. A job its shard refuses for that shard's share of a limit goes to the next shard
+        under a new id, until one takes it or every shard has refused (without an idempotency key only:
+        a key's repeat must find its job in the one shard it hashes to)."""
+        current = list(jobs)
+        results: list[Enqueued | JobQueueError] = []
+        waiting = list(range(len(jobs)))
+        tries = 0
+        while waiting:
+            groups: dict[tuple[str, str, str], list[int]] = {}
+            for i in waiting:
+                groups.setdefault((tag_of(current[i].job_id) or "", current[i].model, current[i].owner), []).append(i)
+            # sent together, so they leave in one write per server (the shared connections pipeline them)
+            replies = await asyncio.gather(*(self._enqueue_group([current[i] for i in group]) for group in groups.values()))
+            if not results:
+                results = [replies[0][0]] * len(jobs)  # every slot is set below
+            tries += 1
+            waiting = []
+            for group, group_results in zip(groups.values(), replies, strict=True):
+                for i, result in zip(group, group_results, strict=True):
+                    results[i] = result
+                    job = current[i]
+                    if isinstance(result, SHARE_REFUSALS) and job.idempotency_key is None:
+                        other = self.tags.other_shard_id(job.job_id, job.model, tries)
+                        if other is not None:
+                            current[i] = dataclasses.replace(job, job_id=other)
+                            waiting.append(i)
+        return results
 
     async def get(self, job_id: str, with_input: bool = False) -> JobRecord:
         """The job's record, or JobNotFound. The input stays in Redis unless asked for."""
@@ -459,22 +573,28 @@ class JobStore:
         """Records of several jobs in one round trip; None where there is none."""
         return list(await asyncio.gather(*(self._read(job_id, RECORD_FIELDS) for job_id in job_ids)))
 
-    async def schedule_object_deletion(self, object_key: str, at_ms: int) -> None:
-        """An object the service hands out (an upload key) goes at `at_ms` (never earlier: GT)."""
-        await self.redis.execute("ZADD", self.keys.objects, "GT", at_ms, object_key)
+    async def schedule_object_deletion(self, object_key: str, at_ms: int, model: str) -> None:
+        """An object the service hands out (an upload key for `model`) goes at `at_ms` (never earlier:
+        GT); `model`'s workers delete it."""
+        keys = self.model_shards(model)[0]
+        await self._node(keys.tag).redis.execute("ZADD", keys.objects, "GT", at_ms, object_key)
 
     async def cancel(self, record: JobRecord) -> JobStatus:
         """End a pending job as canceled (409 WrongState otherwise); repeating it is harmless."""
-        reply = await self._run(cancel_call(self.keys, self.settings, record))
+        keys, node = self._job(record.job_id)
+        reply = await self._run(cancel_call(keys, self.settings, record), node)
         return state_change(reply, record.job_id, "cancel", self.settings)
 
     async def retry(self, record: JobRecord, token: str) -> Enqueued:
         """Requeue a failed or expired job (refusals raised as for a submit); the same `token` again
         answers as its first run did, whatever the job did since (`created` False)."""
-        reply = await self._run(retry_call(self.keys, self.settings, record, token))
+        keys, node = self._job(record.job_id)
+        reply = await self._run(retry_call(keys, self.settings, record, token, limits=self.limits(record.model or "")), node)
         return retry_result(reply, record.job_id, self.settings)
 
 
+# refusals for one shard's share of a limit: another shard may take the job
+SHARE_REFUSALS = (QueueFull, RateLimited, TooManyUnfinished)
 STAT_COUNTERS = ("enqueued", "completed", "failed", "retried", "recovered", "expired", "canceled")
 
 
@@ -484,10 +604,11 @@ STAT_COUNTERS = ("enqueued", "completed", "failed", "retried", "recovered", "exp
 class WorkerQueue:
     """One worker's side of the protocol for the one model it serves."""
 
-    def __init__(self, client: redis.Redis, settings: Settings, model: str, version: str) -> None:
+    def __init__(self, client: redis.Redis, settings: Settings, model: str, version: str, store: StoreKeys | None = None) -> None:
+        """`store`: the model's keys (its tag on a Cluster, where `client` serves that tag's slot)."""
         self.client = client
         self.settings = settings
-        self.store = StoreKeys(settings.key_prefix)
+        self.store = store or StoreKeys(settings.key_prefix)
         self.keys: ModelKeys = self.store.model(model)
         self.version = version
         self._scripts = scripts_by_name()
@@ -514,10 +635,10 @@ class WorkerQueue:
             conn.disconnect()  # type: ignore[no-untyped-call]
             raise
         except redis.exceptions.ResponseError as exc:
-            if not (demoted(exc) and uses_sentinels(conn)):
+            if not rerouted(exc, conn):
                 raise
             conn.disconnect()  # type: ignore[no-untyped-call]
-            raise redis.exceptions.ConnectionError(f"the primary was demoted ({exc})") from exc
+            raise redis.exceptions.ConnectionError(f"the server no longer serves these keys ({exc})") from exc
         finally:
             pool.release(conn)
 
@@ -601,6 +722,13 @@ class WorkerQueue:
         if int(reply[0]) in (ScriptCode.RECOVERY_LOCK_HELD, ScriptCode.RECOVERY_GRACE):
             return None
         return RecoverCounts(*map(int, reply))
+
+    def pending_lengths(self) -> list[int]:
+        """How many ids wait at each priority, highest first (one pipelined round trip)."""
+        pipe = self.client.pipeline(transaction=False)
+        for key in self.keys.pending_all:
+            pipe.llen(key)
+        return [int(n) for n in pipe.execute()]
 
     def held(self, worker_id: str) -> list[str]:
         """Ids in this worker's processing list, oldest first."""

@@ -53,11 +53,12 @@ class ReplicaAcks:
     `serial` answered the caller is held by enough replicas, or raises ReplicasBehind (or ConnectionError
     when that connection is gone). With REDIS_MIN_REPLICAS_ACK=0 it returns at once and sends nothing."""
 
-    def __init__(self, multiplexed: MultiplexedRedis, settings: Settings) -> None:
+    def __init__(self, multiplexed: MultiplexedRedis, settings: Settings, marker: str) -> None:
+        """`marker`: a key on `multiplexed`'s server (on a Cluster: in the slot it serves)."""
         self.redis = multiplexed
         self.required = settings.redis_min_replicas_ack
         self.timeout_ms = settings.redis_replica_ack_timeout_ms
-        self.marker = StoreKeys(settings.key_prefix).replica_ack
+        self.marker = marker
         self._lock = asyncio.Lock()
         self._asked = 0  # tickets handed out, one per confirm()
         self._covered = 0  # the highest ticket the last finished round covers ...
@@ -79,14 +80,14 @@ class ReplicaAcks:
             raise ReplicasBehind(acked, self.required, self.timeout_ms)
 
 
-async def execute_confirmed(pipe: redis.asyncio.client.Pipeline, settings: Settings) -> list[Any]:
+async def execute_confirmed(pipe: redis.asyncio.client.Pipeline, settings: Settings, keys: StoreKeys | None = None) -> list[Any]:
     """Run a pipeline (one connection) and return its replies once REDIS_MIN_REPLICAS_ACK replicas hold
     what it wrote or read: a marker write and WAIT go last on the same connection; ReplicasBehind
     otherwise. For callers outside the API's shared connection (the notifier, an operator's retry-all)."""
     required = settings.redis_min_replicas_ack
     if not required:
         return list(await pipe.execute())
-    pipe.set(StoreKeys(settings.key_prefix).replica_ack, "1", px=MARKER_TTL_MS)
+    pipe.set((keys or StoreKeys(settings.key_prefix)).replica_ack, "1", px=MARKER_TTL_MS)
     pipe.wait(required, settings.redis_replica_ack_timeout_ms)
     *replies, _, acked = await pipe.execute()
     if int(acked) < required:

@@ -55,6 +55,22 @@ class Settings(BaseModel):
     )
     redis_sentinel_master: str = Field("mymaster", min_length=1, description="The Sentinel master set's name.")
     redis_sentinel_password_file: str = Field("", description="File holding the Sentinels' password (a mounted Secret).")
+    redis_cluster: bool = Field(
+        False,
+        description=(
+            "REDIS_URL names one node (a seed) of a Redis Cluster: each model's keys carry a hash tag placed on a "
+            "master by the slot map, and every process routes to the node that serves it."
+        ),
+    )
+    queue_shards: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description=(
+            "With REDIS_CLUSTER: how many shards (hash tags, spread over the masters) each model's queue is split "
+            "into; a model's `shards:` in MODELS_FILE overrides it. Standalone Redis: 1."
+        ),
+    )
     redis_min_replicas_ack: int = Field(
         0,
         ge=0,
@@ -253,6 +269,12 @@ class Settings(BaseModel):
             raise ValueError("REQUEST_TTL_SECONDS is beyond any sensible JOB_TTL_SECONDS multiple")
         if self.redis_replica_ack_timeout_ms >= self.redis_deadline_seconds * 1000:
             raise ValueError("REDIS_REPLICA_ACK_TIMEOUT_MS must be below REDIS_DEADLINE_SECONDS (the WAIT is inside it)")
+        if self.redis_cluster and self.redis_sentinels:
+            raise ValueError("REDIS_CLUSTER and REDIS_SENTINELS exclude each other: a Cluster fails over on its own")
+        if self.queue_shards > 1 and not self.redis_cluster:
+            raise ValueError("QUEUE_SHARDS > 1 needs REDIS_CLUSTER: shards spread a queue over a Cluster's masters")
+        if self.redis_cluster and ("{" in self.key_prefix or "}" in self.key_prefix):
+            raise ValueError("KEY_PREFIX must not hold a hash tag ({...}) with REDIS_CLUSTER: the models' tags follow it")
         if self.metrics_port and self.metrics_port == self.port:
             raise ValueError("METRICS_PORT must differ from PORT")
         return self

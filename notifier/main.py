@@ -19,11 +19,13 @@ import redis.asyncio
 from standardwebhooks.webhooks import Webhook
 
 from jobqueue import logs, tracing
-from jobqueue.connection import UNAVAILABLE, async_client
+from jobqueue.connection import REFUSED, UNAVAILABLE, async_client
 from jobqueue.health import serve_health
+from jobqueue.keys import StoreKeys
 from jobqueue.notifications import Lease, NotificationStore, TransitionCode
 from jobqueue.objectstore import object_store
 from jobqueue.settings import Settings, get_settings
+from jobqueue.shards import registered_tags
 from jobqueue.views import sign_result_urls_with
 from notifier.delivery import attempt_delivery, backoff_delay_s, make_client
 
@@ -40,6 +42,7 @@ LEASE_SLACK_S = 5.0
 OUTBOX_GAUGE_INTERVAL_S = 5.0
 # /healthz fails when the loop has not turned for this long (a wedged event loop).
 LOOP_STALL_S = 30.0
+TAGS_REFRESH_S = 10.0  # on a Cluster: how often the registry of model tags is read again
 REDIS_BACKOFF_MAX_S = 5.0
 # Standard Webhooks asks for secrets of 24 to 64 random bytes; a shorter one is guessable.
 MIN_SECRET_BYTES = 24
@@ -58,7 +61,9 @@ class Notifier:
     def __init__(self, settings: Settings, client: redis.asyncio.Redis, http: httpx.AsyncClient, secret: str) -> None:
         self.settings = settings
         self.client = client
-        self.store = NotificationStore(client, settings)
+        self._tag_clients: dict[str, redis.asyncio.Redis] = {}  # on a Cluster: one per model tag's slot
+        self.tags: list[str] = []  # on a Cluster: every model's tag, from the registry (jobqueue/shards.py)
+        self.store = NotificationStore(client, settings, self._tag_client, lambda: self.tags)
         self.http = http
         self.secret = secret
         self.stopping = asyncio.Event()
@@ -68,6 +73,23 @@ class Notifier:
         self.last_loop = time.monotonic()
         self.outbox_size = 0
         self.counts: dict[str, int] = {"delivered": 0, "retried": 0, "failed": 0, "lease_lost": 0, "superseded": 0, "errors": 0}
+
+    def _tag_client(self, tag: str) -> redis.asyncio.Redis:
+        if tag not in self._tag_clients:
+            slot_key = StoreKeys(self.settings.key_prefix, tag).job("")
+            self._tag_clients[tag] = async_client(self.settings, max_connections=DELIVERY_CONCURRENCY + 4, slot_key=slot_key)
+        return self._tag_clients[tag]
+
+    async def _read_tags(self) -> None:
+        """On a Cluster, the outboxes to serve: every model's tag, read again now and then (a model
+        added later gets its tag from the first process that serves it)."""
+        if self.settings.redis_cluster:
+            registry = await self.client.hgetall(StoreKeys(self.settings.key_prefix).shard_registry)
+            self.tags = registered_tags(registry)
+
+    async def aclose(self) -> None:
+        for client in self._tag_clients.values():
+            await client.aclose()
 
     def stop(self) -> None:
         """Stop claiming; in-flight deliveries finish (see `serve`)."""
@@ -97,20 +119,23 @@ class Notifier:
     async def serve(self) -> None:
         """Run until `stop()`, then wait for in-flight deliveries (each bounded by its timeout)."""
         backoff = 0.1
-        next_gauge = 0.0
+        next_gauge = next_tags = 0.0
         lease = lease_ms(self.settings)
         while not self.stopping.is_set():
             self.last_loop = time.monotonic()
             free = DELIVERY_CONCURRENCY - len(self.inflight)
             try:
+                if self.last_loop >= next_tags:
+                    await self._read_tags()
+                    next_tags = self.last_loop + TAGS_REFRESH_S
                 leases = await self.store.claim(free, lease) if free > 0 else []
                 if self.last_loop >= next_gauge:
                     self.outbox_size = await self.store.due_count()
                     next_gauge = self.last_loop + OUTBOX_GAUGE_INTERVAL_S
                 self.redis_ok, backoff = True, 0.1
-            except UNAVAILABLE as exc:
+            except (*UNAVAILABLE, *REFUSED) as exc:  # refusals too: a Cluster slot half-way through a move
                 self.redis_ok = False
-                log.warning("redis unavailable (%s); retrying in %.1fs", exc, backoff)
+                log.warning("redis unavailable or refusing (%s); retrying in %.1fs", exc, backoff)
                 await self._pause(backoff)
                 backoff = min(backoff * 2, REDIS_BACKOFF_MAX_S)
                 continue
@@ -230,7 +255,9 @@ async def main(settings: Settings) -> None:
     secret = signing_secret(settings)
     objects = object_store(settings)
     sign_result_urls_with(objects.presign_get_url if objects else None)  # a webhook's view carries result_url too
-    client = async_client(settings, max_connections=DELIVERY_CONCURRENCY + 4)
+    # on a Cluster: the node serving the tag registry
+    registry = StoreKeys(settings.key_prefix).shard_registry
+    client = async_client(settings, max_connections=DELIVERY_CONCURRENCY + 4, slot_key=registry)
     http = make_client(settings)
     notifier = Notifier(settings, client, http, secret)
     loop = asyncio.get_running_loop()
@@ -250,6 +277,7 @@ async def main(settings: Settings) -> None:
         if probes:
             probes.shutdown()
         await http.aclose()
+        await notifier.aclose()
         await client.aclose()
     log.info("notifier stopped")
 

@@ -17,11 +17,13 @@ import orjson
 
 from jobqueue import logs, tracing
 from jobqueue.connection import REFUSED, UNAVAILABLE, sync_client
+from jobqueue.keys import StoreKeys
 from jobqueue.model_signature import BatchPart, convert_batch
 from jobqueue.models import ModelConfig, load_models
 from jobqueue.objectstore import ObjectRejected, StoreUnavailable, object_store
 from jobqueue.protocol import ClaimedBatch, ClaimedJob, WorkerQueue
-from jobqueue.settings import Settings
+from jobqueue.settings import PRIORITIES, Settings
+from jobqueue.shards import TagConflict, load_tags
 from jobqueue.states import Outcome
 from worker.deletion_cost import DeletionCost
 from worker.model import ModelAborted, ModelTimeout, OnnxModel, OutputNotPerRow
@@ -38,6 +40,10 @@ BLOCK_TIMEOUT_S = 0.1
 PAUSED_POLL_S = 0.5  # how often a paused model's worker looks whether it was resumed
 BATCH_LOOK_S = 0.001  # while filling a batch, how long to wait before looking for more jobs
 MAX_BACKOFF_S = 5.0  # longest pause between attempts to reach Redis again
+# A model split into shards (jobqueue/shards.py): the worker runs up to this many batches in one shard
+# before it looks at the others (a turn), and blocks on an empty shard at least this long
+SHARD_TURN_BATCHES = 4
+MIN_SHARD_BLOCK_S = 0.02
 RECONCILE_INTERVAL_S = 5.0  # how often the worker compares what Redis says it holds with what it knows
 # Claim the next batch ahead only after a full batch that took at most this long: a job claimed ahead
 # then waits at most one short batch in this worker, not in the queue where another worker could take it.
@@ -61,6 +67,27 @@ def model_config(settings: Settings) -> ModelConfig:
     return models[name]
 
 
+def model_shards(settings: Settings, config: ModelConfig) -> list[StoreKeys]:
+    """The model's shards; on a Cluster their tags come from the registry (chosen there by the first
+    process to need them), read before anything else: a worker holds nothing yet, so it just waits."""
+    if not settings.redis_cluster:
+        return [StoreKeys(settings.key_prefix)]
+    registry = sync_client(settings, slot_key=StoreKeys(settings.key_prefix).shard_registry)
+    delay = 0.1
+    try:
+        while True:
+            try:
+                return load_tags(settings, registry, [config]).model_keys(config.name)
+            except TagConflict as exc:
+                raise SystemExit(f"asyncinfer-worker: {exc}") from None
+            except (*UNAVAILABLE, *REFUSED) as exc:
+                log.warning("the Cluster does not answer yet (%s); retrying in %.1fs", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+    finally:
+        registry.close()
+
+
 class Worker:
     def __init__(self, settings: Settings, model: OnnxModel | None = None, worker_id: str | None = None) -> None:
         self.settings = settings
@@ -68,8 +95,16 @@ class Worker:
         self.config = self.model.config
         self.model.progress = self._progress
         self.worker_id = worker_id or new_worker_id()
-        self.client = sync_client(settings)
-        self.queue = WorkerQueue(self.client, settings, self.model.name, self.model.version)
+        # one queue per shard of the model (one on a standalone Redis), each on the server of its keys;
+        # the loop works on one at a time (`queue`) and goes round them (`_next_shard`)
+        self.queues = [
+            WorkerQueue(sync_client(settings, slot_key=keys.job("")), settings, self.model.name, self.model.version, keys)
+            for keys in model_shards(settings, self.config)
+        ]
+        self.queue = self.queues[0]
+        self.client = self.queue.client
+        self._turn_batches = 0  # batches run in the current shard's turn
+        self._empty_shards = 0  # shards found empty one after the other (a burst ends after a round of them)
         self.stopping = threading.Event()
         self._closed = threading.Event()  # set once the loop has left: ends the heartbeat
         self.redis_ok = False
@@ -91,7 +126,8 @@ class Worker:
         self._background = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         self.deletion_cost = DeletionCost(settings)  # idle-first scale-in; off outside a cluster
         store = object_store(settings)
-        self.objects = ObjectJobs(settings, store, self.client, self.model) if store else None
+        # a model's objects are scheduled for deletion in its first shard (the API does the same)
+        self.objects = ObjectJobs(settings, store, self.client, self.model, self.queue.store.objects) if store else None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -104,7 +140,7 @@ class Worker:
             log.warning("redis not reachable yet (%s); the loop keeps trying", exc)
         log.info(
             "worker %s serving model %s (version %s, providers %s) from %s",
-            self.worker_id, self.model.name, self.model.version, ",".join(self.model.providers), self.queue.keys.base,
+            self.worker_id, self.model.name, self.model.version, ",".join(self.model.providers), ", ".join(q.keys.base for q in self.queues),
         )  # fmt: skip
         self._background.start()
         self.deletion_cost.start()
@@ -116,6 +152,8 @@ class Worker:
                     self._record()
                 if self.stopping.is_set():
                     break
+                if len(self.queues) > 1 and not self._adopt and self._turn_over():
+                    self._next_shard()
                 if time.monotonic() >= self._next_reconcile:
                     self._adopt = True
                     self._next_reconcile = time.monotonic() + RECONCILE_INTERVAL_S
@@ -125,10 +163,11 @@ class Worker:
                 backoff = 0.1
                 self.deletion_cost.holding(bool(jobs))
                 if jobs:
+                    self._empty_shards = 0
                     self._run_batches(jobs, suspects)
                     self.deletion_cost.holding(False)
                     self._pause_for_object_store()
-                elif burst:
+                elif burst and self._empty_shards >= len(self.queues):
                     break
                 elif paused:
                     self.stopping.wait(PAUSED_POLL_S)
@@ -150,15 +189,17 @@ class Worker:
 
     def release_held(self) -> None:
         """Give every held job back to the queue unrun (drain timeout, second signal)."""
-        held = self.queue.held(self.worker_id)
-        if held:
-            counts = self.queue.finish(self.worker_id, [(job_id, Outcome.RELEASE, "") for job_id in held])
-            log.warning("released %d held job(s) back to the queue", counts.requeued)
+        for queue in self.queues:
+            held = queue.held(self.worker_id)
+            if held:
+                counts = queue.finish(self.worker_id, [(job_id, Outcome.RELEASE, "") for job_id in held])
+                log.warning("released %d held job(s) back to the queue", counts.requeued)
 
     def _leave(self) -> None:
         try:
-            if not self.queue.held(self.worker_id):
-                self.queue.deregister(self.worker_id)
+            for queue in self.queues:
+                if not queue.held(self.worker_id):
+                    queue.deregister(self.worker_id)
         except (*UNAVAILABLE, *REFUSED):
             pass  # our heartbeat runs out and recovery takes over whatever is left
         self._closed.set()
@@ -178,11 +219,14 @@ class Worker:
         jobs = list(batch.jobs)
         if not jobs:
             if burst or batch.paused:
+                self._empty_shards += 1
                 return [], batch.paused, False
-            moved = self.queue.wait_for_job(self.worker_id, BLOCK_TIMEOUT_S)
+            # Several shards: block on this one for a share of the time, then look at the next.
+            moved = self.queue.wait_for_job(self.worker_id, max(BLOCK_TIMEOUT_S / len(self.queues), MIN_SHARD_BLOCK_S))
             batch = self.queue.claim(self.worker_id, size - 1 if moved else size, moved=[moved] if moved else [])
             jobs = list(batch.jobs)
             if not jobs:
+                self._empty_shards += 1
                 return [], batch.paused, False
         if batch.suspects:
             return jobs, False, True
@@ -238,6 +282,29 @@ class Worker:
             self._ahead_ids = []
             raise
 
+    def _turn_over(self) -> bool:
+        """The current shard's turn ends after SHARD_TURN_BATCHES batches or once it was found empty;
+        never with outcomes unrecorded (they go to this shard)."""
+        return not self._unrecorded and (self._turn_batches >= SHARD_TURN_BATCHES or self._empty_shards > 0)
+
+    def _next_shard(self) -> None:
+        """Go round the shards, so none starves: the next one in turn that has jobs waiting at the
+        highest priority any shard has waiting (priorities hold across shards under load); the next in
+        turn when all are empty."""
+        n = len(self.queues)
+        current = self.queues.index(self.queue)
+        order = [self.queues[(current + i) % n] for i in range(1, n + 1)]  # the current one last
+        lengths = [queue.pending_lengths() for queue in order]
+        chosen = order[0]
+        for level in range(len(PRIORITIES)):
+            waiting = [queue for queue, lens in zip(order, lengths, strict=True) if lens[level]]
+            if waiting:
+                chosen = waiting[0]
+                break
+        self.queue, self._turn_batches = chosen, 0
+        if any(lengths[i][level] for i in range(n) for level in range(len(PRIORITIES))):
+            self._empty_shards = 0  # jobs are waiting somewhere: not a round of empty shards
+
     def _may_claim_ahead(self, jobs: list[ClaimedJob], suspects: bool) -> bool:
         return (
             len(jobs) >= self.config.max_batch_size  # a full batch: a backlog is likely
@@ -247,6 +314,7 @@ class Worker:
             and not self.stopping.is_set()
             and time.monotonic() < self._next_reconcile
             and not (self.objects is not None and self.objects.pause_s)
+            and (len(self.queues) == 1 or self._turn_batches < SHARD_TURN_BATCHES)
         )
 
     def _claim_ahead(self) -> Future[ClaimedBatch]:
@@ -275,6 +343,7 @@ class Worker:
         batch too: if it dies again, recovery halves it again (bisection), so a culprit costs O(log n)
         model calls, not one per job."""
         started = time.monotonic()
+        self._turn_batches += 1
         self._batch_ids = [job.job_id for job in jobs]
         self._trace = tracing.BatchTrace(self.model.name, self.worker_id, jobs) if tracing.TRACER is not None else None
         self._batch_outcomes = self._process_safely(jobs)
@@ -439,12 +508,14 @@ class Worker:
         interval = self.settings.heartbeat_interval_seconds
         while not self._closed.is_set():
             try:
-                self.queue.heartbeat(self.worker_id)
+                for queue in self.queues:
+                    queue.heartbeat(self.worker_id)
                 if time.monotonic() >= next_recovery:
                     next_recovery = time.monotonic() + self.settings.recovery_interval_seconds
-                    counts = self.queue.recover(self.worker_id)
-                    if counts and (counts.requeued or counts.failed or counts.timed_out):
-                        log.warning("recovery: %s", counts)
+                    for queue in self.queues:
+                        counts = queue.recover(self.worker_id)
+                        if counts and (counts.requeued or counts.failed or counts.timed_out):
+                            log.warning("recovery: %s", counts)
                     self._sweep_objects()
             except (*UNAVAILABLE, *REFUSED) as exc:
                 log.debug("heartbeat failed: %s", exc)

@@ -22,7 +22,6 @@ import numpy as np
 import orjson
 import redis
 
-from jobqueue.keys import StoreKeys
 from jobqueue.model_signature import InputError, parse_input
 from jobqueue.objectstore import (
     NpyHeader,
@@ -59,12 +58,12 @@ def is_object_job(job: ClaimedJob) -> bool:
 
 
 class ObjectJobs:
-    def __init__(self, settings: Settings, store: ObjectStore, client: redis.Redis, model: OnnxModel) -> None:
+    def __init__(self, settings: Settings, store: ObjectStore, client: redis.Redis, model: OnnxModel, objects_key: str) -> None:
         self.settings = settings
         self.store = store
         self.client = client
         self.model = model
-        self.objects_key = StoreKeys(settings.key_prefix).objects
+        self.objects_key = objects_key  # the model's objects ZSET (jobqueue/keys.py), on `client`'s server
         self.pause_s = 0.0  # > 0 while the store is down: how long the loop waits before its next claim
 
     def _store_answered(self, ok: bool) -> None:

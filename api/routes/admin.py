@@ -62,7 +62,7 @@ def admin_view(job: admin.AdminJob) -> dict[str, Any]:
 
 @router.get("/overview", summary="Every model's queue: pending by priority, in flight, dead letters, workers, stats")
 async def overview(state: State) -> Response:
-    o = await admin.overview(state.store.client, state.store.keys, state.models.names())
+    o = await admin.store_overview(state.store, state.models.names())
     return json_response(
         {
             "now": epoch_ms_to_iso(o.now_ms),
@@ -79,7 +79,7 @@ async def dead_letters(
     model: Annotated[str | None, QueryParam(description="one model; default: all")] = None,
     limit: Annotated[int, QueryParam(ge=1, le=MAX_DEAD_LETTERS_PAGE, description="most jobs per model")] = 50,
 ) -> Response:
-    jobs = await admin.dead_letters(state.store.client, state.store.keys, served_models(state, model), limit)
+    jobs = await admin.store_dead_letters(state.store, served_models(state, model), limit)
     return json_response({"items": [admin_view(job) for job in jobs]})
 
 
@@ -97,7 +97,7 @@ async def retry_dead_letters(
 
 @router.get("/jobs/{job_id}", summary="One job in detail: the job view plus input size, queue time, worker, owner")
 async def job_detail(state: State, job_id: Annotated[str, Path(max_length=64)]) -> Response:
-    (job,) = await admin.jobs(state.store.client, state.store.keys, [job_id])
+    job = await admin.store_job(state.store, job_id)
     if job is None:
         raise JobNotFound(job_id)
     return json_response(admin_view(job))
@@ -105,13 +105,13 @@ async def job_detail(state: State, job_id: Annotated[str, Path(max_length=64)]) 
 
 @router.post("/models/{name}/pause", summary="Stop workers claiming this model's jobs (pending jobs stay queued)")
 async def pause(state: State, name: str) -> Response:
-    await admin.pause(state.store.client, state.store.keys.model(served_models(state, name)[0]))
+    await admin.store_pause(state.store, served_models(state, name)[0], paused=True)
     return json_response({"name": name, "paused": True})
 
 
 @router.post("/models/{name}/resume", summary="Let workers claim this model's jobs again")
 async def resume(state: State, name: str) -> Response:
-    await admin.resume(state.store.client, state.store.keys.model(served_models(state, name)[0]))
+    await admin.store_pause(state.store, served_models(state, name)[0], paused=False)
     return json_response({"name": name, "paused": False})
 
 

@@ -201,7 +201,9 @@ async def submit_and_wait(state: AppState, job: NewJob, wait_s: float | None, re
         enqueued = await state.enqueue(job)
         if wait_s:
             # an existing job (an idempotent replay) is read first: we did not see it unfinished
-            record = await wait_for_end(state, enqueued.job_id, wait_s, receive, listening if enqueued.created else None)
+            # a job refused by one shard's share of a limit went to another shard under a new id
+            heard = listening if enqueued.created and enqueued.job_id == job.job_id else None
+            record = await wait_for_end(state, enqueued.job_id, wait_s, receive, heard)
         elif not enqueued.created and enqueued.status.terminal:
             record = await state.store.get(enqueued.job_id)
         else:

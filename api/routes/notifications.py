@@ -25,7 +25,10 @@ async def get_notification_store(state: Annotated[AppState, Depends(get_state)])
     scripts does no I/O)."""
     store = state.extras.get(EXTRAS_KEY)
     if store is None:
-        store = state.extras[EXTRAS_KEY] = NotificationStore(state.store.client, state.settings)
+        jobs = state.store
+        store = state.extras[EXTRAS_KEY] = NotificationStore(
+            jobs.client, state.settings, jobs.node_client, lambda: jobs.tags.all()
+        )
     return store
 
 

@@ -367,7 +367,7 @@ async def infer(request: Request, name: str, version: str | None) -> Response:
         # large binary tensors go as an input object, as the SDK's large arrays do: Redis keeps a reference
         rows = oip.checked_inputs(infer_request, signature)
         content, fmt = oip.input_file(infer_request, signature)
-        ref = await stored_input(state, content, fmt)
+        ref = await stored_input(state, content, fmt, entry.name)
         payload = orjson.dumps({"input_url": ref.url})
         job = state.new_job(caller.name, entry, payload, priority, None, idempotency_key, ("body",))
     else:

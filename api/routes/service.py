@@ -70,6 +70,8 @@ async def readyz(state: State) -> Response:
         await asyncio.wait_for(state.probe.ping(), READINESS_REDIS_TIMEOUT_S)
     except NOT_READY as exc:  # NOAUTH, protected mode: not ready either
         return json_response({"status": "unavailable", "detail": f"redis: {exc or 'timeout'}"}, 503)
+    if not state.store.tags.loaded:
+        return json_response({"status": "unavailable", "detail": "redis: the models' hash tags are not read yet"}, 503)
     return json_response({"status": "ready", "models": {e.name: e.ready for e in state.models.entries.values()}})
 
 

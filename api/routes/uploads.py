@@ -38,7 +38,7 @@ async def new_upload(state: AppState, model_name: str | None, fmt: str) -> Respo
         raise store_unavailable(exc) from None
     ref = store.upload_ref(fmt)
     s = state.settings
-    await state.store.schedule_object_deletion(ref.key, upload_deletion_ms(s))
+    await state.store.schedule_object_deletion(ref.key, upload_deletion_ms(s), entry.name)
     return json_response(
         {
             "upload_url": store.presign_put(ref),
