@@ -594,11 +594,11 @@ class WorkerQueue:
         return counts
 
     def ended_timings(self, job_ids: Sequence[str]) -> tuple[EndedTiming, ...]:
-        """The timings of ended jobs this process did not claim, from their records, in one round trip:
-        the fields claim returns for them (the ids a finish sends but this process's claims never read: a
-        job whose claim ahead ran on one I/O thread while a finish on the other requeued it, or ids held
-        from before this queue object existed). A record gone (deleted, or expired under a JOB_TTL shorter
-        than the round trip) or never started is left out, and counted in one debug line."""
+        """Ended jobs' timings read from their records in one round trip: the fields claim returns. For the
+        ids a finish ends with no timing here: ids a claim of another queue object started under this
+        worker id, or whose timings an earlier finish took (a second signal's `release_held` hands back a
+        batch that still runs on and records its results). A record gone (deleted, or expired within the
+        round trip) or never started is left out and counted in one debug line."""
         pipe = self.client.pipeline(transaction=False)
         for job_id in job_ids:
             pipe.hmget(self.store.job(job_id), "created_at", "queued_at", "started_at", "priority")

@@ -92,6 +92,23 @@ def test_jobs_a_worker_ends_without_having_claimed_them_are_in_its_latency_histo
     assert spy.calls == [ids]  # one read, after the finish, for all of them
 
 
+def test_a_released_batch_that_still_records_its_results_is_in_the_latency_histograms(queue, model):
+    """A second signal hands the held jobs back (`release_held`, whose finish takes their timings) while
+    their batch runs on to the end and records its results: those jobs end too, and are observed."""
+    ids = [submit(queue) for _ in range(3)]
+    worker = Worker(queue.settings, model)
+    claimed = worker.queue.claim(worker.worker_id, len(ids))
+    worker.release_held()
+    assert all(queue.get(job_id).status is JobStatus.PENDING for job_id in ids)
+    spy = ReadSpy(worker.queue)
+    before = histogram("asyncinfer_job_run_seconds", model="iris")[0]
+    worker._unrecorded = worker.process(claimed.jobs)
+    worker._record()
+    assert all(queue.get(job_id).status is JobStatus.COMPLETED for job_id in ids)
+    assert histogram("asyncinfer_job_run_seconds", model="iris")[0] - before == len(ids)
+    assert spy.calls == [ids]
+
+
 def test_the_timings_read_from_the_records_are_the_claims(queue, settings, redis_client):
     """Exact: a queue that did not claim the jobs reports each ended one with the very timings the claim
     reply carried (priority, created, queued, started), a retried job's included."""
