@@ -374,11 +374,10 @@ class System:
     """One system under test: its env, key prefix and how to start its API and worker."""
 
     def __init__(
-        self, name: str, redis_url: str, workdir: Path, tag: str = "", pipelined: bool = False,
-        model_path: str = MODEL, baseline_tree: Path | None = None,
+        self, name: str, redis_url: str, workdir: Path, tag: str = "", model_path: str = MODEL,
+        baseline_tree: Path | None = None,
     ) -> None:  # fmt: skip
         self.name, self.redis_url, self.workdir = name, redis_url, workdir
-        self.pipelined = pipelined  # bench/pipelined_worker.py, the prototype of the overlapped loop
         self.baseline_tree = baseline_tree  # the pre-hardening code (bench/baseline.py): its own key layout
         self.prefix = f"bench-{name}{tag}-{uuid.uuid4().hex[:6]}"
         self.keys = StoreKeys(self.prefix)
@@ -409,8 +408,6 @@ class System:
             return baseline.argv(self.baseline_tree, "worker")
         if self.name == "naive":
             return [sys.executable, "-m", "bench.naive.worker"]
-        if self.pipelined:
-            return [sys.executable, "-m", "bench.pipelined_worker"]
         return [str(BIN / "asyncinfer-worker")]
 
     def start_api(self, port: int, label: str = "api", **kwargs: Any) -> subprocess.Popen:
@@ -518,7 +515,7 @@ def settle_aof(client: redis.Redis) -> None:
 
 
 def prefill_ours(system: System, client: redis.Redis, n: int, bodies: list[str] | None = None) -> list[str]:
-    """Jobs as the API's enqueue script writes them, pipelined (for the worker A/B, where the HTTP side
+    """Jobs as the API's enqueue script writes them, pipelined (for the MLP's drain, where the HTTP side
     does not matter); `bodies`: one per job, else the iris row."""
     from jobqueue.protocol import NewJob, enqueue_call, lua_source
     from jobqueue.settings import Settings
@@ -1099,16 +1096,6 @@ def main() -> None:
             out["mlp"] = compute_bound(server.url, workdir, client, sizes, server.proc.pid)
             step("compute-bound MLP: ONNX Runtime alone, the worker's drain, ONNX Runtime alone")
 
-            # -- worker A/B: the shipped loop vs the overlapped prototype, alternating ------------
-            drain_ab: dict[str, list[Drain]] = {"shipped worker": [], "pipelined prototype": []}
-            for n in range(sizes.rounds):
-                for label in drain_ab:
-                    variant = System("ours", server.url, workdir, f"-dab{n}{label[:4]}", pipelined=label != "shipped worker")
-                    ids = prefill_ours(variant, client, sizes.drain_jobs // 2)
-                    drain_ab[label].append(drain_ours(variant, client, ids, 0, None, server.proc.pid))
-                step(f"worker A/B round {n + 1}")
-            out["drain_ab"] = drain_ab
-
             # -- A/B: ASGI server and hot path, same app, same load ----------------------------
             ab: dict[str, tuple[Load, Load, Load, float]] = {}
             if not args.no_ab:
@@ -1307,19 +1294,6 @@ def render(out: dict[str, Any], sizes: Sizes, args: argparse.Namespace, started_
         f"{ceiling(wait, fw):.2f}x (`Prefer: wait`) on this machine.",
     ]
     drain_lines = [*baseline_lines(out, d), *compute_bound_lines(out["mlp"])]
-    drain_lines += [
-        "",
-        f"Worker A/B: drain of {sizes.drain_jobs // 2:,} jobs (pre-filled by the enqueue script), {sizes.rounds} alternating rounds; "
-        "bench/pipelined_worker.py is a prototype of change 2 (Redis calls one batch ahead on an I/O thread):",
-        "",
-        "| worker | drain jobs/s per round | worker CPU us/job | Redis CPU us/job | commandstats usec/job |",
-        "|---|---|---:|---:|---:|",
-    ]
-    for label, drains in out["drain_ab"].items():
-        drain_lines.append(
-            f"| {label} | {', '.join(fmt(x.jps) for x in drains)} | {statistics.median(x.worker_cpu_us for x in drains):.0f} "
-            f"| {statistics.median(x.redis_cpu_us for x in drains):.0f} | {statistics.median(x.usec_per_job for x in drains):.1f} |"
-        )
     ab_lines = [
         "",
         f"A/B, same app and load ({sizes.ab_jobs:,} jobs per load, 1 worker, bench/serve.py): e2e poll jobs/s and submit p99;",

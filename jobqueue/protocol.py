@@ -12,9 +12,10 @@ import asyncio
 import dataclasses
 import functools
 import hashlib
+import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -22,7 +23,7 @@ import hiredis
 import redis
 
 from jobqueue import tracing
-from jobqueue.connection import async_client, rerouted
+from jobqueue.connection import REFUSED, UNAVAILABLE, async_client, rerouted
 from jobqueue.errors import (
     IdempotencyConflict,
     JobNotFound,
@@ -42,6 +43,8 @@ from jobqueue.states import ClaimFlag, JobStatus, Outcome, ScriptCode
 if TYPE_CHECKING:
     import redis.asyncio
     from redis.asyncio import Redis as AsyncRedis  # `redis` inside JobStore is its connection
+
+log = logging.getLogger("asyncinfer.queue")
 
 SCRIPT_NAMES = ("enqueue", "enqueue_many", "claim", "finish", "recover", "cancel", "retry", "heartbeat", "extend")
 RECORD_FIELDS = (
@@ -151,18 +154,23 @@ class FinishCounts:
     still_held: int
     finished_at: int = 0
     ended: tuple[EndedTiming, ...] = ()
+    # ids this call ended whose timings are not in `ended`: from `parse_finish`, those no claim of this
+    # process read; from `WorkerQueue.finish`, only those whose records were gone when it read them
+    untimed: tuple[str, ...] = ()
 
 
 def parse_finish(reply: Sequence[Any], timings: dict[str, Sequence[Any]]) -> FinishCounts:
     """finish's reply: six counts, then the ids it ended, whose timings come from `timings` (ClaimedBatch's,
-    from the claims that started them: the script does not read them from the records again)."""
+    from the claims that started them: the script does not read them from the records again); an ended id
+    without one is in `untimed`."""
     completed, failed, requeued, ignored, still_held, finished_at = (int(v) for v in reply[:6])
     ended = tuple(
         EndedTiming(_text(t[0]), int(t[1]), int(t[2]), int(t[3]), job_id)
         for job_id in map(_text, reply[6:])
         if (t := timings.get(job_id)) is not None
     )
-    return FinishCounts(completed, failed, requeued, ignored, still_held, finished_at, ended)
+    untimed = () if len(ended) == len(reply) - 6 else tuple(i for i in map(_text, reply[6:]) if i not in timings)
+    return FinishCounts(completed, failed, requeued, ignored, still_held, finished_at, ended, untimed)
 
 
 @dataclass(frozen=True)
@@ -613,7 +621,8 @@ class WorkerQueue:
         self.version = version
         self._scripts = scripts_by_name()
         # job id -> its timings from the claim that started it, until a finish call sends it: finish
-        # returns only the ids it ended, rather than reading each record's timings again
+        # returns only the ids it ended, rather than reading each record's timings again (an ended id
+        # missing here has them read after the call: `ended_timings`)
         self._timings: dict[str, Sequence[Any]] = {}
 
     def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
@@ -685,13 +694,51 @@ class WorkerQueue:
         for job_id, outcome, payload in outcomes:
             args += [job_id, str(outcome), payload]
             job_ids.append(job_id)
-        reply = self._run(
-            "finish", [k.processing(worker_id), k.inflight, k.dead, k.stats, self.store.notify, *k.pending_all], args
-        )
-        counts = parse_finish(reply, self._timings)
-        for job_id in job_ids:  # ended, requeued (a later claim brings its new timings) or not this worker's
-            self._timings.pop(job_id, None)
+        # Each sent id's timings leave `_timings` before the call, whatever it does with the job (ends it,
+        # requeues it: the claim that starts it again brings new ones, or ignores it). Not after: a claim
+        # ahead on another I/O thread may start a job this call requeued as soon as Redis has run it, and
+        # its new timings must stay.
+        timings = {job_id: t for job_id in job_ids if (t := self._timings.pop(job_id, None)) is not None}
+        try:
+            reply = self._run(
+                "finish", [k.processing(worker_id), k.inflight, k.dead, k.stats, self.store.notify, *k.pending_all], args
+            )
+        except BaseException:
+            for job_id, timing in timings.items():  # sent again later; a newer claim's timings win
+                self._timings.setdefault(job_id, timing)
+            raise
+        counts = parse_finish(reply, timings)
+        if counts.untimed:  # ids no claim of this process read (see `ended_timings`): off the usual path
+            read = self.ended_timings(counts.untimed)
+            found = {timing.job_id for timing in read}
+            counts = replace(counts, ended=counts.ended + read, untimed=tuple(i for i in counts.untimed if i not in found))
         return counts
+
+    def ended_timings(self, job_ids: Sequence[str]) -> tuple[EndedTiming, ...]:
+        """Ended jobs' timings read from their records in one round trip: the fields claim returns. For the
+        ids a finish ends with no timing here: ids a claim of another queue object started under this
+        worker id, or whose timings an earlier finish took (a second signal's `release_held` hands back a
+        batch that still runs on and records its results). A record gone (deleted, or expired within the
+        round trip) or never started is left out and counted in one debug line."""
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hmget(self.store.job(job_id), "created_at", "queued_at", "started_at", "priority")
+        try:
+            rows = pipe.execute()
+        except (*UNAVAILABLE, *REFUSED) as exc:  # the outcomes are recorded: the finish must not fail now
+            log.warning("%d ended job(s) left out of the latency histograms: no records read (%s)", len(job_ids), exc)
+            return ()
+        read, gone, unstarted = [], 0, 0
+        for job_id, (created, queued, started, priority) in zip(job_ids, rows, strict=True):
+            if priority is None:  # every record has one from its enqueue on
+                gone += 1
+            elif started is None:
+                unstarted += 1
+            else:  # as claim replies them
+                read.append(EndedTiming(_text(priority), int(created or 0), int(queued or 0), int(started), job_id))
+        if gone or unstarted:
+            log.debug("ended jobs left out of the latency histograms: %d record(s) gone, %d never started", gone, unstarted)
+        return tuple(read)
 
     def extend(self, worker_id: str, job_ids: Sequence[str]) -> int:
         """Push the backstop deadline of jobs this worker still runs forward (it is making progress:

@@ -29,7 +29,8 @@ ARGV[8..] triples: id, outcome, payload
   "isolate":   its batch crashed or hung; requeued at the front as a suspect, the attempt not counted;
                payload is its suspect group (the half of the batch it runs with next; "" or "1": alone)
 Returns {completed, failed, requeued, ignored, still held, now, then the id of each job this call ended} (the
-worker's latency histograms take these jobs' timings from the claim that started them); still held > 0
+worker's latency histograms take these jobs' timings from the claim that started them, or from the records
+for ids no claim of the worker's process read: WorkerQueue.ended_timings); still held > 0
 means ids this worker does not know it holds (a reply lost to a dropped connection): it adopts them with
 `claim`.
 ]]
