@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 from redis.cluster import ClusterNode, RedisCluster
+from redis.crc import key_slot
 from stack import RedisServer, find_redis_server, port_in_use
 
 from tests.support.waiting import wait_until
@@ -22,7 +23,7 @@ from tests.support.waiting import wait_until
 SLOTS = 16384
 HOST = "127.0.0.1"
 # Short enough that a failover takes a few seconds, long enough that a 2-core machine busy with other
-# tests does not miss a second of pings and fail a master over by itself.
+# tests does not miss a second of pings and fail a master over by itself. (start() takes another.)
 NODE_TIMEOUT_MS = 2000
 # Redis 6.2 has no `cluster-port`: the bus listens on port + 10000. Client ports are drawn below the
 # kernel's ephemeral range (32768+) together with their bus ports, so neither meets an outgoing socket.
@@ -108,9 +109,13 @@ class RedisClusterHarness:
     failover_seconds: list[float] = field(default_factory=list)  # one per kill_master, in order
     open_move: SlotMove | None = None
 
-    def start(self, masters: int = 3, replicas_per_master: int = 1, password: str = "") -> RedisClusterHarness:
+    def start(
+        self, masters: int = 3, replicas_per_master: int = 1, password: str = "", node_timeout_ms: int = NODE_TIMEOUT_MS
+    ) -> RedisClusterHarness:
         """Start masters * (1 + replicas_per_master) nodes, join them with `redis-cli --cluster create`
-        (slots split evenly, replicas on other nodes' masters) and wait until every node says ok."""
+        (slots split evenly, replicas on other nodes' masters) and wait until every node says ok.
+        `password`: requirepass and masterauth on every node; `node_timeout_ms`: how long a master may
+        be unreachable before its replica takes over."""
         self.password = password
         self.masters_expected, self.replicas_per_master = masters, replicas_per_master
         started = time.monotonic()
@@ -123,7 +128,7 @@ class RedisClusterHarness:
                 extra_args=(
                     "--cluster-enabled", "yes",
                     "--cluster-config-file", str(self.root / f"node-{port}" / "nodes.conf"),
-                    "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+                    "--cluster-node-timeout", str(node_timeout_ms),
                     # a replica fails over however long it was cut off: a restarted node may be the one left
                     "--cluster-replica-validity-factor", "0",
                     "--repl-diskless-sync", "yes",
@@ -182,16 +187,18 @@ class RedisClusterHarness:
         master_id = next(n.node_id for n in views if n.port == master_port)
         return sorted(n.port for n in views if n.master_id == master_id and not n.failed)
 
-    def owner_of_slot(self, slot: int) -> int:
-        """The port of the master serving `slot` now."""
-        for port, ranges in self.masters():
-            if any(first <= slot <= last for first, last in ranges):
-                return port
+    def owner_of_slot(self, slot: int, seen_by: int | None = None) -> int:
+        """The port of the master serving `slot` now (as the node on `seen_by` sees it, by default the
+        first live one)."""
+        for view in self.nodes(seen_by):
+            if view.is_master and not view.failed and any(first <= slot <= last for first, last in view.slots):
+                return view.port
         raise LookupError(f"no master serves slot {slot}")
 
-    def key_slot(self, key: str) -> int:
-        with self.node_client(self.live_ports()[0]) as client:
-            return int(client.execute_command("CLUSTER KEYSLOT", key))
+    @staticmethod
+    def key_slot(key: str) -> int:
+        """The key's hash slot (CRC16 of its {hash tag} or whole name), as CLUSTER KEYSLOT says."""
+        return int(key_slot(key.encode()))
 
     def node_id(self, port: int) -> str:
         with self.node_client(port) as client:
@@ -286,15 +293,9 @@ class RedisClusterHarness:
                 client.execute_command("CLUSTER SETSLOT", move.slot, "NODE", target_id)
         self.open_move = None
         self.wait(
-            lambda: all(self._owner_in_view(move.slot, port) == move.target for port in self.live_ports()),
+            lambda: all(self.owner_of_slot(move.slot, seen_by=port) == move.target for port in self.live_ports()),
             f"every node to see slot {move.slot} on {move.target}",
         )
-
-    def _owner_in_view(self, slot: int, port: int) -> int | None:
-        for view in self.nodes(port):
-            if view.is_master and not view.failed and any(first <= slot <= last for first, last in view.slots):
-                return view.port
-        return None
 
     # -- between tests ------------------------------------------------------------------------------
 
@@ -311,8 +312,9 @@ class RedisClusterHarness:
                 self.restart(port)
         self.wait(lambda: self._settled(with_replicas=True), "the cluster to settle")
         for port, _ in self.masters():
-            with self.node_client(port) as client:
-                client.flushall()
+            with self.node_client(port) as client, client.pipeline(transaction=False) as pipe:
+                # WAIT on the same connection: the replicas are empty too before the test reads them
+                pipe.flushall().execute_command("WAIT", self.replicas_per_master, 5000).execute()
 
     def stop(self) -> None:
         for server in self.servers.values():
@@ -353,12 +355,13 @@ class RedisClusterHarness:
 
     @staticmethod
     def wait(check: Callable[[], bool], what: str, timeout_s: float = SETTLE_TIMEOUT_S) -> float:
-        """`wait_until`, counting a Redis error (a node down, loading, or the cluster down) as "not yet"."""
+        """`wait_until`, counting a Redis error (a node down, loading, or the cluster down) or a slot no
+        master serves yet as "not yet"."""
 
         def quietly() -> bool:
             try:
                 return check()
-            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
+            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError, LookupError):
                 return False
 
         return wait_until(quietly, timeout_s, what, poll_s=0.1)
