@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from redis.cluster import RedisCluster
+from redis.cluster import ClusterNode, RedisCluster
 
 from tests.support.redis_cluster import NODE_TIMEOUT_MS, SLOTS, RedisClusterHarness, started_cluster
 from tests.support.waiting import wait_until
@@ -97,6 +97,9 @@ def test_three_masters_each_with_a_replica_in_sync(redis_cluster: RedisClusterHa
         with redis_cluster.node_client(port) as client:
             assert client.config_get("cluster-node-timeout")["cluster-node-timeout"] == str(NODE_TIMEOUT_MS)
             assert client.config_get("appendonly")["appendonly"] == "yes"
+    startup_nodes = [ClusterNode(*address.split(":")) for address in redis_cluster.node_addresses.split(",")]
+    with RedisCluster(startup_nodes=startup_nodes) as client:
+        assert sorted(node.port for node in client.get_nodes()) == sorted(redis_cluster.ports)
     print(f"\ncluster created in {redis_cluster.create_seconds:.2f} s")
 
 

@@ -141,6 +141,7 @@ class RedisClusterHarness:
         self._cli("--cluster", "create", *addresses, "--cluster-replicas", str(replicas_per_master), "--cluster-yes")
         self.wait(lambda: self._settled(with_replicas=True), "the cluster to be created")
         self.create_seconds = time.monotonic() - started
+        self._note(f"created {addresses} in {self.create_seconds:.2f} s: {self.masters()}")
         return self
 
     # -- reading the cluster ------------------------------------------------------------------------
@@ -155,6 +156,11 @@ class RedisClusterHarness:
         port = self.live_ports()[0]
         auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}{HOST}:{port}/0"
+
+    @property
+    def node_addresses(self) -> str:
+        """Every node as host:port, comma-separated (startup nodes for a client that takes several)."""
+        return ",".join(f"{HOST}:{port}" for port in self.servers)
 
     def live_ports(self) -> list[int]:
         return [port for port, server in self.servers.items() if server.proc and server.proc.poll() is None]
@@ -242,6 +248,7 @@ class RedisClusterHarness:
         self.failover_seconds.append(time.monotonic() - started)
         new_master = promoted()
         assert new_master is not None
+        self._note(f"killed master {port}: {new_master} took over in {self.failover_seconds[-1]:.2f} s")
         return new_master
 
     def restart(self, port: int) -> None:
@@ -249,6 +256,7 @@ class RedisClusterHarness:
         went to the replica that took over) and syncs; returns once every master has its replicas."""
         self.servers[port].start(self._log(port))
         self.wait(lambda: self._settled(with_replicas=True), f"{port} to rejoin as a replica")
+        self._note(f"restarted {port}: a replica again")
 
     def move_slot(self, slot: int, to_port: int) -> int:
         """Move one slot with its keys to the master on `to_port`; returns how many keys moved."""
@@ -267,6 +275,7 @@ class RedisClusterHarness:
         if source == to_port:
             return
         move = self.open_move = SlotMove(slot, source, to_port)
+        self._note(f"moving slot {slot} from {source} to {to_port}")
         with self.node_client(to_port) as target_client, self.node_client(source) as source_client:
             target_client.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", self.node_id(source))
             source_client.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", self.node_id(to_port))
@@ -292,6 +301,7 @@ class RedisClusterHarness:
             with self.node_client(port) as client:
                 client.execute_command("CLUSTER SETSLOT", move.slot, "NODE", target_id)
         self.open_move = None
+        self._note(f"slot {move.slot} now on {move.target} ({move.keys_moved} keys moved)")
         self.wait(
             lambda: all(self.owner_of_slot(move.slot, seen_by=port) == move.target for port in self.live_ports()),
             f"every node to see slot {move.slot} on {move.target}",
@@ -376,11 +386,15 @@ class RedisClusterHarness:
             timeout=60,
             check=False,
         )
-        with open(self.root / "redis-cli.log", "a") as log:
-            log.write(f"$ redis-cli {' '.join(args)}\n{done.stdout}{done.stderr}\n")
+        self._note(f"$ redis-cli {' '.join(args)}\n{done.stdout}{done.stderr}")
         if done.returncode != 0:
             raise RuntimeError(f"redis-cli {' '.join(args)} failed ({done.returncode}): {done.stdout}{done.stderr}")
         return done.stdout
+
+    def _note(self, text: str) -> None:
+        """What the harness did, with times, in harness.log beside the nodes' own logs."""
+        with open(self.root / "harness.log", "a") as log:
+            log.write(f"{time.strftime('%H:%M:%S')} {text}\n")
 
     def _log(self, port: int) -> Path:
         return self.root / f"node-{port}.log"
