@@ -234,7 +234,11 @@ class RedisClusterHarness:
     def kill_master(self, port: int) -> int:
         """SIGKILL the master on `port`; wait until its replica serves its slots and every live node
         says cluster_state:ok again. Returns the new master's port (the time taken is appended to
-        `failover_seconds`)."""
+        `failover_seconds`). Refused while `port` is one end of a half-moved slot: Redis 6.2's importing
+        node then keeps the dead source as the slot's owner, so cluster_state stays fail until
+        `redis-cli --cluster fix`."""
+        if self.open_move and port in (self.open_move.source, self.open_move.target):
+            raise ValueError(f"{port} is moving slot {self.open_move.slot}: finish the move before killing it")
         replicas = self.replicas_of(port)
         assert replicas, f"{port} has no replica to take over"
         started = time.monotonic()
