@@ -11,6 +11,7 @@ import redis
 from stack import BIN, RedisServer, free_port, spawn, start_api, start_worker, stop
 
 from jobqueue.settings import Settings
+from tests.support.redis_cluster import RedisClusterHarness, redis_cluster_fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,6 +33,17 @@ def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
     client.flushall()
     yield client
     client.close()
+
+
+# Three masters with a replica each, started once per test module that asks for `redis_cluster`.
+redis_cluster_module = redis_cluster_fixture("redis_cluster_module")
+
+
+@pytest.fixture
+def redis_cluster(redis_cluster_module: RedisClusterHarness) -> RedisClusterHarness:
+    """The module's Redis Cluster, whole again (killed nodes back, no slot half-moved) and empty."""
+    redis_cluster_module.reset()
+    return redis_cluster_module
 
 
 @pytest.fixture
