@@ -121,6 +121,13 @@ class ClusterNodes:
             raise redis.ConnectionError(f"no master serves slot {slot} (cluster_state is not ok)")
         return owner
 
+    def _unreachable(self, address: tuple[str, int], error: BaseException) -> str:
+        """A node that did not answer is asked last from now on (a dead one costs a connect timeout)."""
+        if address in self.addresses:
+            self.addresses.remove(address)
+            self.addresses.append(address)
+        return f"{address[0]}:{address[1]}: {error}"
+
     def owner(self, slot: int) -> tuple[str, int]:
         """The address of the master serving `slot`, as the first node that answers says."""
         errors = []
@@ -129,7 +136,7 @@ class ClusterNodes:
                 with redis.Redis(host=host, port=port, **self.kwargs) as node:
                     return self._learn(node.execute_command("CLUSTER", "SLOTS"), slot)
             except UNAVAILABLE as exc:
-                errors.append(f"{host}:{port}: {exc}")
+                errors.append(self._unreachable((host, port), exc))
         raise redis.ConnectionError(f"no Cluster node answered ({'; '.join(errors)})")
 
     async def owner_async(self, slot: int) -> tuple[str, int]:
@@ -141,7 +148,7 @@ class ClusterNodes:
                 async with redis.asyncio.Redis(host=host, port=port, **self.kwargs) as node:
                     return self._learn(await node.execute_command("CLUSTER", "SLOTS"), slot)  # type: ignore[no-untyped-call]
             except UNAVAILABLE as exc:
-                errors.append(f"{host}:{port}: {exc}")
+                errors.append(self._unreachable((host, port), exc))
         raise redis.ConnectionError(f"no Cluster node answered ({'; '.join(errors)})")
 
 
