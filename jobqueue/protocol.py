@@ -121,6 +121,7 @@ class ClaimedJob:
     payload: str
     traceparent: str = ""
     queued_at_ms: int = 0  # when this run's wait began (queued or requeued), Redis clock
+    started_at: str = ""  # this run's start as the claim wrote it (Redis-clock ms): tells runs apart
 
 
 class EndedTiming(NamedTuple):
@@ -375,11 +376,18 @@ def parse_claim(reply: Sequence[Any], traced: bool = False) -> ClaimedBatch:
     rows = range(1, len(reply), 9 if traced else 7)
     if traced:
         jobs = [
-            ClaimedJob(_text(reply[i]), int(reply[i + 1]), _text(reply[i + 2]), _text(reply[i + 7]), int(reply[i + 8] or 0))
+            ClaimedJob(
+                _text(reply[i]),
+                int(reply[i + 1]),
+                _text(reply[i + 2]),
+                _text(reply[i + 7]),
+                int(reply[i + 8] or 0),
+                _text(reply[i + 6]),
+            )
             for i in rows
         ]
     else:
-        jobs = [ClaimedJob(_text(reply[i]), int(reply[i + 1]), _text(reply[i + 2])) for i in rows]
+        jobs = [ClaimedJob(_text(reply[i]), int(reply[i + 1]), _text(reply[i + 2]), started_at=_text(reply[i + 6])) for i in rows]
     timings = {job.job_id: reply[i + 3 : i + 7] for i, job in zip(rows, jobs, strict=True)}
     return ClaimedBatch(jobs, bool(flags & ClaimFlag.PAUSED), bool(flags & ClaimFlag.SUSPECTS), timings)
 
@@ -405,6 +413,9 @@ def scripts_by_name() -> dict[str, tuple[str, str]]:
 
 
 # -- the API's store (asyncio) --------------------------------------------------------------------
+
+# refusals for one shard's share of a limit: another shard may take the job
+SHARE_REFUSALS = (QueueFull, RateLimited, TooManyUnfinished)
 
 
 class _Node(NamedTuple):
@@ -546,17 +557,16 @@ class JobStore:
         under a new id, until one takes it or every shard has refused (without an idempotency key only:
         a key's repeat must find its job in the one shard it hashes to)."""
         current = list(jobs)
-        results: list[Enqueued | JobQueueError] = []
-        waiting = list(range(len(jobs)))
+        results: list[Enqueued | JobQueueError | None] = [None] * len(jobs)
+        waiting: Sequence[int] = range(len(jobs))
         tries = 0
         while waiting:
             groups: dict[tuple[str, str, str], list[int]] = {}
             for i in waiting:
                 groups.setdefault((tag_of(current[i].job_id) or "", current[i].model, current[i].owner), []).append(i)
-            # sent together, so they leave in one write per server (the shared connections pipeline them)
-            replies = await asyncio.gather(*(self._enqueue_group([current[i] for i in group]) for group in groups.values()))
-            if not results:
-                results = [replies[0][0]] * len(jobs)  # every slot is set below
+            calls = [self._enqueue_group([current[i] for i in group]) for group in groups.values()]
+            # several: sent together, so they leave in one write per server (the connections pipeline them)
+            replies = [await calls[0]] if len(calls) == 1 else await asyncio.gather(*calls)
             tries += 1
             waiting = []
             for group, group_results in zip(groups.values(), replies, strict=True):
@@ -568,7 +578,7 @@ class JobStore:
                         if other is not None:
                             current[i] = dataclasses.replace(job, job_id=other)
                             waiting.append(i)
-        return results
+        return [result for result in results if result is not None]  # every one is set
 
     async def get(self, job_id: str, with_input: bool = False) -> JobRecord:
         """The job's record, or JobNotFound. The input stays in Redis unless asked for."""
@@ -601,8 +611,6 @@ class JobStore:
         return retry_result(reply, record.job_id, self.settings)
 
 
-# refusals for one shard's share of a limit: another shard may take the job
-SHARE_REFUSALS = (QueueFull, RateLimited, TooManyUnfinished)
 STAT_COUNTERS = ("enqueued", "completed", "failed", "retried", "recovered", "expired", "canceled")
 
 
@@ -683,16 +691,20 @@ class WorkerQueue:
         moved = self.client.blmove(self.keys.pending("normal"), self.keys.processing(worker_id), timeout_s, "RIGHT", "LEFT")  # type: ignore[arg-type]
         return None if moved is None else _text(moved)
 
-    def finish(self, worker_id: str, outcomes: Iterable[tuple[str, Outcome, str]]) -> FinishCounts:
-        """Record each held job's outcome (id, outcome, result JSON or error) and release them."""
+    def finish(
+        self, worker_id: str, outcomes: Iterable[tuple[str, Outcome, str] | tuple[str, Outcome, str, str]]
+    ) -> FinishCounts:
+        """Record each held job's outcome (id, outcome, result JSON or error[, the run it is for, its
+        ClaimedJob.started_at: a requeuing outcome then never touches a later run of the job]) and
+        release them."""
         k, s = self.keys, self.settings
         args: list[Any] = [
             worker_id, self.store.job_prefix, s.job_ttl_seconds, s.max_attempts, self.store.events,
             s.max_dead_letters, self.store.principal_prefix,
         ]  # fmt: skip
         job_ids = []
-        for job_id, outcome, payload in outcomes:
-            args += [job_id, str(outcome), payload]
+        for job_id, outcome, payload, *run in outcomes:
+            args += [job_id, str(outcome), payload, run[0] if run else ""]
             job_ids.append(job_id)
         # Each sent id's timings leave `_timings` before the call, whatever it does with the job (ends it,
         # requeues it: the claim that starts it again brings new ones, or ignores it). Not after: a claim

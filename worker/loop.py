@@ -51,6 +51,9 @@ RECONCILE_INTERVAL_S = 5.0  # how often the worker compares what Redis says it h
 CLAIM_AHEAD_MAX_BATCH_S = 0.05
 
 OutcomeList = list[tuple[str, Outcome, str]]
+# an outcome with the run it is for (the claim's started_at): sent again after a lost reply, a requeuing
+# outcome then never requeues a later run of the job that a claim ahead started meanwhile (finish.lua)
+RecordedList = list[tuple[str, Outcome, str, str]]
 
 
 def new_worker_id() -> str:
@@ -110,14 +113,14 @@ class Worker:
         self.redis_ok = False
         self.last_tick = time.monotonic()
         self.processed = 0
-        self._unrecorded: OutcomeList = []  # outcomes Redis has not taken yet
+        self._unrecorded: RecordedList = []  # outcomes Redis has not taken yet
         self._adopt = False  # Redis may list ids under us that this process does not know it holds
         self._next_reconcile = time.monotonic() + RECONCILE_INTERVAL_S
         self._unrecorded_traces: list[tracing.BatchTrace] = []  # their batches' spans, emitted once recorded
         self._batch_ids: list[str] = []  # the batch being run, for `_progress`
         self._ahead_ids: list[str] = []  # the batch claimed ahead of it (set on the I/O thread), for `_progress`
         self._trace: tracing.BatchTrace | None = None  # the running batch's spans
-        self._batch_outcomes: OutcomeList = []  # what the batch just run came to
+        self._batch_outcomes: RecordedList = []  # what the batch just run came to
         self._ahead_claimed_at = 0.0
         self._extended_at = 0.0  # when its jobs' backstop deadlines were last set (claim or extend)
         self._last_batch_s = float("inf")  # how long the last batch took to run (claiming ahead needs it short)
@@ -346,7 +349,10 @@ class Worker:
         self._turn_batches += 1
         self._batch_ids = [job.job_id for job in jobs]
         self._trace = tracing.BatchTrace(self.model.name, self.worker_id, jobs) if tracing.TRACER is not None else None
-        self._batch_outcomes = self._process_safely(jobs)
+        runs = {job.job_id: job.started_at for job in jobs}
+        self._batch_outcomes = [
+            (job_id, outcome, payload, runs[job_id]) for job_id, outcome, payload in self._process_safely(jobs)
+        ]
         self._last_batch_s = time.monotonic() - started
 
     def _pause_for_object_store(self) -> None:
