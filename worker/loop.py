@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 import uuid
+import zlib
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
@@ -104,8 +105,9 @@ class Worker:
             WorkerQueue(sync_client(settings, slot_key=keys.job("")), settings, self.model.name, self.model.version, keys)
             for keys in model_shards(settings, self.config)
         ]
-        self.queue = self.queues[0]
-        self.client = self.queue.client
+        # workers of one model start on different shards (then go round them all)
+        self.queue = self.queues[zlib.crc32(self.worker_id.encode()) % len(self.queues)]
+        self.client = self.queues[0].client
         self._turn_batches = 0  # batches run in the current shard's turn
         self._empty_shards = 0  # shards found empty one after the other (a burst ends after a round of them)
         self.stopping = threading.Event()
@@ -130,7 +132,7 @@ class Worker:
         self.deletion_cost = DeletionCost(settings)  # idle-first scale-in; off outside a cluster
         store = object_store(settings)
         # a model's objects are scheduled for deletion in its first shard (the API does the same)
-        self.objects = ObjectJobs(settings, store, self.client, self.model, self.queue.store.objects) if store else None
+        self.objects = ObjectJobs(settings, store, self.client, self.model, self.queues[0].store.objects) if store else None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
