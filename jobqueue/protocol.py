@@ -241,7 +241,7 @@ def enqueue_call(store: StoreKeys, settings: Settings, job: NewJob, limits: Limi
     lim = limits or Limits.share(settings)
     return ScriptCall(
         "enqueue",
-        [model.pending(job.priority), store.job(job.job_id), idem, model.stats, store.principal(job.owner)],
+        [model.pending(job.priority), store.job(job.job_id), idem, model.stats, store.principal(job.owner), store.migration_guard],
         [
             job.job_id, job.payload, job.model, job.priority, job.owner, job.callback_url, job.fingerprint,
             lim.max_queue_length, "1" if job.idempotency_key else "0",
@@ -267,7 +267,7 @@ def enqueue_many_call(store: StoreKeys, settings: Settings, jobs: Sequence[NewJo
             job.job_id, job.payload, job.priority, job.callback_url, job.fingerprint, "1" if job.idempotency_key else "0",
             job.traceparent,
         ]  # fmt: skip
-    return ScriptCall("enqueue_many", keys, args)
+    return ScriptCall("enqueue_many", [*keys, store.migration_guard], args)
 
 
 def enqueue_result(reply: Sequence[Any], settings: Settings) -> Enqueued | JobQueueError:
@@ -348,7 +348,7 @@ def cancel_call(store: StoreKeys, settings: Settings, record: JobRecord) -> Scri
     model = store.model(record.model or "")
     return ScriptCall(
         "cancel",
-        [store.job(record.job_id), model.pending(record.priority), model.stats, store.notify],
+        [store.job(record.job_id), model.pending(record.priority), model.stats, store.notify, store.migration_guard],
         [record.job_id, settings.job_ttl_seconds, store.events, store.principal_prefix],
     )
 
@@ -365,7 +365,7 @@ def retry_call(
     return ScriptCall(
         "retry",
         [store.job(record.job_id), model.pending(record.priority), model.dead, model.stats,
-         store.principal(record.owner or ANONYMOUS)],
+         store.principal(record.owner or ANONYMOUS), store.migration_guard],
         [record.job_id, lim.max_queue_length, token, store.events, rate, lim.burst, max_unfinished],
     )  # fmt: skip
 
@@ -683,6 +683,7 @@ class WorkerQueue:
         which were 40% of a worker's CPU on small batches. No retry here either: a lost reply is an
         unknown outcome the loop reconciles. A connection that failed is dropped, never reused."""
         sha, source = self._scripts[name]
+        keys = [*keys, self.store.migration_guard]
         pool = self.client.connection_pool
         conn = pool.get_connection()
         try:

@@ -17,7 +17,7 @@ import numpy as np
 import orjson
 
 from jobqueue import logs, tracing
-from jobqueue.connection import REFUSED, UNAVAILABLE, sync_client
+from jobqueue.connection import CLUSTER_BUSY, REFUSED, UNAVAILABLE, sync_client
 from jobqueue.keys import StoreKeys
 from jobqueue.model_signature import BatchPart, convert_batch
 from jobqueue.models import ModelConfig, load_models
@@ -41,6 +41,7 @@ BLOCK_TIMEOUT_S = 0.1
 PAUSED_POLL_S = 0.5  # how often a paused model's worker looks whether it was resumed
 BATCH_LOOK_S = 0.001  # while filling a batch, how long to wait before looking for more jobs
 MAX_BACKOFF_S = 5.0  # longest pause between attempts to reach Redis again
+CLUSTER_BUSY_BACKOFF_S = 0.5  # ... and to run a call again that a Cluster slot's move refused
 # A model split into shards (jobqueue/shards.py): the worker runs up to this many batches in one shard
 # before it looks at the others (a turn), and blocks on an empty shard at least this long
 SHARD_TURN_BATCHES = 4
@@ -177,14 +178,17 @@ class Worker:
                 elif paused:
                     self.stopping.wait(PAUSED_POLL_S)
             except (*UNAVAILABLE, *REFUSED) as exc:
-                self.redis_ok = False
-                log.warning("redis unavailable or refusing (%s); retrying in %.1fs", exc, backoff)
+                moving = isinstance(exc, CLUSTER_BUSY)  # a Cluster slot being moved: refused before it ran
+                self.redis_ok = moving
+                (log.info if moving else log.warning)("redis unavailable or refusing (%s); retrying in %.1fs", exc, backoff)
                 if self._unrecorded:
                     time.sleep(backoff)  # outcomes in hand: keep trying even while stopping
                 else:
                     self.stopping.wait(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
-                self._adopt = True  # a reply may have been lost: look at what Redis says we hold
+                # a move ends within seconds: look again soon rather than backing off to MAX_BACKOFF_S
+                backoff = min(backoff * 2, CLUSTER_BUSY_BACKOFF_S if moving else MAX_BACKOFF_S)
+                # a reply may have been lost: look at what Redis says we hold (a refused call ran nothing)
+                self._adopt = self._adopt or not moving
         self._leave()
 
     def stop(self) -> None:
@@ -299,7 +303,7 @@ class Worker:
         n = len(self.queues)
         current = self.queues.index(self.queue)
         order = [self.queues[(current + i) % n] for i in range(1, n + 1)]  # the current one last
-        lengths = [queue.pending_lengths() for queue in order]
+        lengths = [self._pending_lengths(queue) for queue in order]
         chosen = order[0]
         for level in range(len(PRIORITIES)):
             waiting = [queue for queue, lens in zip(order, lengths, strict=True) if lens[level]]
@@ -309,6 +313,15 @@ class Worker:
         self.queue, self._turn_batches = chosen, 0
         if any(lengths[i][level] for i in range(n) for level in range(len(PRIORITIES))):
             self._empty_shards = 0  # jobs are waiting somewhere: not a round of empty shards
+
+    @staticmethod
+    def _pending_lengths(queue: WorkerQueue) -> list[int]:
+        """A shard's pending lengths; none for a shard whose slot a Cluster is moving (its keys may be
+        half-way: it is looked at again next turn)."""
+        try:
+            return queue.pending_lengths()
+        except CLUSTER_BUSY:
+            return [0] * len(PRIORITIES)
 
     def _may_claim_ahead(self, jobs: list[ClaimedJob], suspects: bool) -> bool:
         return (
