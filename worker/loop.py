@@ -189,6 +189,8 @@ class Worker:
                 backoff = min(backoff * 2, CLUSTER_BUSY_BACKOFF_S if moving else MAX_BACKOFF_S)
                 # a reply may have been lost: look at what Redis says we hold (a refused call ran nothing)
                 self._adopt = self._adopt or not moving
+                if moving:
+                    self._turn_batches = SHARD_TURN_BATCHES  # the other shards meanwhile (if any)
         self._leave()
 
     def stop(self) -> None:
