@@ -7,18 +7,24 @@ is lost, none gets two results, clients see only 202 or a bounded stretch of 503
 from __future__ import annotations
 
 import signal
+import threading
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+import orjson
 import pytest
 
 from jobqueue.keys import StoreKeys
-from jobqueue.shards import tag_of, tag_slot
+from jobqueue.protocol import ANONYMOUS
+from jobqueue.settings import Settings
+from jobqueue.shards import ModelTags, tag_of, tag_slot
 from tests.conftest import service_env
 from tests.faults.helpers import PREFIX, Jobs, assert_queue_consistent, resume, start_paused, write_models_file
-from tests.faults.load import SubmitLoad
+from tests.faults.load import PAYLOAD, SubmitLoad
 from tests.support.redis_cluster import NODE_TIMEOUT_MS, RedisClusterHarness
 from tests.support.waiting import wait_until
 
@@ -36,15 +42,14 @@ COMPLETION_TIMEOUT_S = 120
 
 
 def cluster_env(cluster: RedisClusterHarness, **overrides: object) -> dict[str, str]:
-    return service_env(
-        cluster.seed_url,
-        REDIS_CLUSTER="true",
-        QUEUE_SHARDS=SHARDS,
-        REDIS_MIN_REPLICAS_ACK=1,
-        REDIS_REPLICA_ACK_TIMEOUT_MS=ACK_TIMEOUT_MS,
-        REDIS_DEADLINE_SECONDS=DEADLINE_S,
-        **overrides,
-    )
+    settings: dict[str, object] = {
+        "REDIS_CLUSTER": "true",
+        "QUEUE_SHARDS": SHARDS,
+        "REDIS_MIN_REPLICAS_ACK": 1,
+        "REDIS_REPLICA_ACK_TIMEOUT_MS": ACK_TIMEOUT_MS,
+        "REDIS_DEADLINE_SECONDS": DEADLINE_S,
+    }
+    return service_env(cluster.seed_url, **{**settings, **overrides})
 
 
 def model_tags(cluster: RedisClusterHarness, model: str) -> list[str]:
@@ -233,3 +238,53 @@ def test_a_shard_moved_to_another_master_under_load_loses_and_doubles_no_job(
         f" ({move.keys_moved} keys, {steps} steps); {len(acknowledged)} jobs acknowledged, {refused} answers 503,"
         f" the last {last_503_s:.1f}s after the move began; lost 0, run twice {run_twice}, doubled results 0"
     )
+
+
+def key_for_shard(tags: list[str], tag: str) -> str:
+    """An anonymous client's Idempotency-Key whose submits go to shard `tag` (as api/state.py chooses)."""
+    shards = ModelTags(Settings(redis_cluster=True), {MODEL: tuple(tags)}, {MODEL: len(tags)})
+    while True:
+        key = str(uuid.uuid4())
+        if tag_of(shards.new_job_id(MODEL, affinity=f"{ANONYMOUS}\n{key}")) == tag:
+            return key
+
+
+def test_a_submit_refused_with_ask_mid_move_is_retried_and_acknowledged_once_the_move_ends(
+    redis_cluster: RedisClusterHarness, processes
+) -> None:
+    """The README's promise: ASK (a slot half-way through a move) is a refusal that ran nothing and is
+    retried within REDIS_DEADLINE_SECONDS, then 503. A move that ends well within the deadline must
+    therefore cost a submit only time, not a 503."""
+    deadline_s = 10  # generous: the move below stays open for 0.5 s
+    _, base = processes.api(cluster_env(redis_cluster, REDIS_DEADLINE_SECONDS=deadline_s))
+    tags = model_tags(redis_cluster, MODEL)
+    moved_tag = tags[0]
+    key = key_for_shard(tags, moved_tag)
+    slot = tag_slot(moved_tag)
+    target = next(port for port, _ in redis_cluster.masters() if port != redis_cluster.owner_of_slot(slot))
+    answers: list[tuple[int, str, float]] = []
+    with httpx.Client(base_url=base, timeout=deadline_s * 3) as http:
+        warm = http.post("/predict", content=PAYLOAD, headers={"Idempotency-Key": str(uuid.uuid4())})
+        assert warm.status_code == 202, warm.text  # the API's connections are open before the move
+
+        def submit() -> None:
+            started = time.monotonic()
+            response = http.post("/predict", content=PAYLOAD, headers={"Idempotency-Key": key})
+            answers.append((response.status_code, response.text, time.monotonic() - started))
+
+        steps = redis_cluster.move_slot_steps(slot, target)
+        next(steps)  # the slot is open: the source answers ASK for the new job's keys
+        submitter = threading.Thread(target=submit)
+        submitter.start()
+        time.sleep(0.5)
+        for _ in steps:  # the rest of the move, then SETSLOT NODE everywhere
+            pass
+        submitter.join(deadline_s * 3)
+    ((status, text, took_s),) = answers
+    assert status == 202, (
+        f"a submit refused with ASK while slot {slot} moved was answered {status} after {took_s:.2f}s instead of"
+        f" being retried until the move ended (within REDIS_DEADLINE_SECONDS={deadline_s}): {text}"
+    )
+    job_id = orjson.loads(text)["job_id"]
+    assert tag_of(job_id) == moved_tag
+    assert shard_jobs(redis_cluster, moved_tag).record(job_id), "the acknowledged job is on the slot's new master"
