@@ -1,5 +1,6 @@
-"""A submit load through the API for the failover tests (Sentinel, Cluster): every answer recorded with
-its time, so a test counts acknowledged jobs and measures how long clients were refused."""
+"""A submit load through the API for the failover tests (Sentinel, Cluster), every answer recorded with
+its time, so a test counts acknowledged jobs and measures how long clients were refused; and a poller
+reading those jobs back, so a test sees whether any job's shown end changed."""
 
 from __future__ import annotations
 
@@ -58,3 +59,41 @@ class SubmitLoad:
 
     def statuses(self) -> Counter[int]:
         return Counter(status for _, status, _ in self.answers)
+
+
+class StatePoller:
+    """Reads acknowledged jobs through the API over and over, remembering every (status, result) seen."""
+
+    def __init__(self, base: str, load: SubmitLoad) -> None:
+        self.base, self.load = base, load
+        self.seen: dict[str, list[tuple[str, str]]] = {}  # (status, result JSON)
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+
+    def _poll(self) -> None:
+        with httpx.Client(base_url=self.base, timeout=20) as http:
+            while not self.stopping.is_set():
+                for job_id in self.load.acknowledged()[-40:]:
+                    try:
+                        response = http.get(f"/job/{job_id}")
+                    except httpx.TransportError:
+                        time.sleep(0.1)  # the load's own answers show whether the API was reachable
+                        continue
+                    if response.status_code == 200:
+                        view = response.json()
+                        self.seen.setdefault(job_id, []).append((view["status"], orjson.dumps(view.get("result")).decode()))
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(30)
+
+    def went_backwards(self) -> list[tuple[str, list[tuple[str, str]]]]:
+        """Jobs shown ended and later not, or ended with two different results."""
+        terminal = {"completed", "failed", "canceled", "expired"}
+        wrong = []
+        for job_id, views in self.seen.items():
+            first_end = next((i for i, (status, _) in enumerate(views) if status in terminal), None)
+            if first_end is not None and len(set(views[first_end:])) > 1:
+                wrong.append((job_id, views))
+        return wrong

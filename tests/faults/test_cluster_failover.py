@@ -24,7 +24,7 @@ from jobqueue.settings import Settings
 from jobqueue.shards import ModelTags, tag_of, tag_slot
 from tests.conftest import service_env
 from tests.faults.helpers import PREFIX, Jobs, assert_queue_consistent, resume, start_paused, write_models_file
-from tests.faults.load import PAYLOAD, SubmitLoad
+from tests.faults.load import PAYLOAD, StatePoller, SubmitLoad
 from tests.support.redis_cluster import NODE_TIMEOUT_MS, RedisClusterHarness
 from tests.support.waiting import wait_until
 
@@ -107,33 +107,46 @@ def acknowledged_after(load: SubmitLoad, since: float, tag: str | None = None) -
 
 
 @pytest.fixture
-def load_threads() -> Iterator[list[SubmitLoad]]:
-    """Submit loads to stop when the test ends, failed or not."""
-    running: list[SubmitLoad] = []
+def load_threads() -> Iterator[list[SubmitLoad | StatePoller]]:
+    """Submit loads and pollers to stop when the test ends, failed or not."""
+    running: list[SubmitLoad | StatePoller] = []
     yield running
-    for load in running:
-        load.stop()
+    for thread in running:
+        thread.stop()
 
 
-def start_service(cluster: RedisClusterHarness, processes, load_threads: list[SubmitLoad]) -> tuple[SubmitLoad, list[str]]:
-    """The API, two workers and a submit load on a model in SHARDS shards; returns the load (once it has
-    acknowledged jobs in every shard) and the shards' tags."""
+def start_service(
+    cluster: RedisClusterHarness, processes, load_threads: list[SubmitLoad | StatePoller]
+) -> tuple[SubmitLoad, StatePoller, list[str]]:
+    """The API, two workers, a submit load on a model in SHARDS shards and a poller reading its jobs;
+    returns them once the load has acknowledged jobs in every shard, and the shards' tags."""
     env = cluster_env(cluster)
     _, base = processes.api(env)
     for _ in range(2):
         processes.worker(env)
     load = SubmitLoad(base).start()
-    load_threads.append(load)
+    poller = StatePoller(base, load)
+    load_threads += [load, poller]
     tags = model_tags(cluster, MODEL)
     assert len(tags) == SHARDS, tags
-    wait_until(lambda: all(acknowledged_after(load, 0, tag) >= 20 for tag in tags), 60, "submits in every shard")
-    return load, tags
+    wait_until(lambda: all(acknowledged_after(load, 0, tag) >= 40 for tag in tags), 60, "submits in every shard")
+    return load, poller, tags
+
+
+def stop_and_check_answers(load: SubmitLoad, poller: StatePoller) -> None:
+    """Only 202 or 503 to submits, and no job's shown end changed while the poller read them."""
+    load.stop()
+    poller.stop()
+    counts = load.statuses()
+    assert set(counts) <= {202, 503}, f"only 202 or 503 (never a 500 or a hang): {counts}"
+    assert not poller.went_backwards(), poller.went_backwards()[:3]
+    assert sum(len(views) for views in poller.seen.values()) > 50, "the poller read jobs throughout"
 
 
 def test_a_master_killed_under_load_loses_and_doubles_no_acknowledged_job(
-    redis_cluster: RedisClusterHarness, processes, load_threads: list[SubmitLoad]
+    redis_cluster: RedisClusterHarness, processes, load_threads: list[SubmitLoad | StatePoller]
 ) -> None:
-    load, tags = start_service(redis_cluster, processes, load_threads)
+    load, poller, tags = start_service(redis_cluster, processes, load_threads)
     victim_tag = tags[0]
     victim = redis_cluster.owner_of_slot(tag_slot(victim_tag))
     killed_at = time.monotonic()
@@ -147,10 +160,7 @@ def test_a_master_killed_under_load_loses_and_doubles_no_acknowledged_job(
         60,
         f"submits to shard {victim_tag} on its new master",
     )
-    load.stop()
-
-    counts = load.statuses()
-    assert set(counts) <= {202, 503}, f"only 202 or 503 (never a 500 or a hang): {counts}"
+    stop_and_check_answers(load, poller)
     refused, last_503_s = refused_window(load, killed_at)
     assert last_503_s < FAILOVER_503_BUDGET_S, f"503s went on {last_503_s:.1f}s after the kill"
     acknowledged = load.acknowledged()
@@ -205,29 +215,26 @@ def test_a_worker_whose_claim_was_lost_with_its_master_sees_the_batch_run_again_
 
 
 def test_a_shard_moved_to_another_master_under_load_loses_and_doubles_no_job(
-    redis_cluster: RedisClusterHarness, processes, load_threads: list[SubmitLoad]
+    redis_cluster: RedisClusterHarness, processes, load_threads: list[SubmitLoad | StatePoller]
 ) -> None:
-    load, tags = start_service(redis_cluster, processes, load_threads)
+    load, poller, tags = start_service(redis_cluster, processes, load_threads)
     moved_tag = tags[0]
     slot = tag_slot(moved_tag)
     source = redis_cluster.owner_of_slot(slot)
     target = next(port for port, _ in redis_cluster.masters() if port != source)
     started = time.monotonic()
     steps = 0
-    for move in redis_cluster.move_slot_steps(slot, target, keys_per_batch=100):
-        # Pauses while the slot is open: commands for keys the source lacks get ASK, scripts whose keys
-        # are split between both nodes TRYAGAIN; later batches run at once.
-        if steps < 4:
-            time.sleep(1.0 if move.keys_moved == 0 else 0.5)
+    for move in redis_cluster.move_slot_steps(slot, target):
+        # Pauses while the slot is open, before any key moved and between the first batches: the source
+        # answers ASK for keys it lacks (a new job's record, a migrated one); later batches run at once.
+        if steps < 6:
+            time.sleep(1.0 if move.keys_moved == 0 else 0.3)
         steps += 1
     moved_s = time.monotonic() - started
     wait_until(
         lambda: acknowledged_after(load, started + moved_s, moved_tag) >= 30, 60, f"submits to shard {moved_tag} on {target}"
     )
-    load.stop()
-
-    counts = load.statuses()
-    assert set(counts) <= {202, 503}, f"only 202 or 503 (never a 500 or a hang): {counts}"
+    stop_and_check_answers(load, poller)
     refused, last_503_s = refused_window(load, started)
     assert last_503_s < RESHARD_503_BUDGET_S, f"503s went on {last_503_s:.1f}s after the move began"
     assert redis_cluster.owner_of_slot(slot) == target

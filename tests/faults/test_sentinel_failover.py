@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from jobqueue.connection import demoted
 from jobqueue.keys import StoreKeys
 from tests.conftest import service_env
 from tests.faults.helpers import Jobs, assert_queue_consistent, resume, start_paused
-from tests.faults.load import PAYLOAD, SubmitLoad
+from tests.faults.load import PAYLOAD, StatePoller, SubmitLoad
 from tests.faults.sentinel_cluster import DOWN_AFTER_MS, SentinelCluster
 from tests.notifier.conftest import Notifiers
 from tests.notifier.helpers import Receiver, new_secret
@@ -161,44 +160,6 @@ def test_a_replicas_refusals_read_as_a_demoted_primary(cluster: SentinelCluster)
     with pytest.raises(redis.ResponseError) as other:
         replica.eval("return redis.call('NOSUCHCOMMAND')", 0)
     assert not demoted(other.value)
-
-
-class StatePoller:
-    """Reads acknowledged jobs through the API over and over, remembering every (status, result) seen."""
-
-    def __init__(self, base: str, load: SubmitLoad) -> None:
-        self.base, self.load = base, load
-        self.seen: dict[str, list[tuple[str, str]]] = {}  # (status, result JSON)
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._poll, daemon=True)
-        self.thread.start()
-
-    def _poll(self) -> None:
-        with httpx.Client(base_url=self.base, timeout=20) as http:
-            while not self.stopping.is_set():
-                for job_id in self.load.acknowledged()[-40:]:
-                    try:
-                        response = http.get(f"/job/{job_id}")
-                    except httpx.TransportError:
-                        time.sleep(0.1)  # the load's own answers show whether the API was reachable
-                        continue
-                    if response.status_code == 200:
-                        view = response.json()
-                        self.seen.setdefault(job_id, []).append((view["status"], orjson.dumps(view.get("result")).decode()))
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.thread.join(30)
-
-    def went_backwards(self) -> list[tuple[str, list[tuple[str, str]]]]:
-        """Jobs shown ended and later not, or ended with two different results."""
-        terminal = {"completed", "failed", "canceled", "expired"}
-        wrong = []
-        for job_id, views in self.seen.items():
-            first_end = next((i for i, (status, _) in enumerate(views) if status in terminal), None)
-            if first_end is not None and len(set(views[first_end:])) > 1:
-                wrong.append((job_id, views))
-        return wrong
 
 
 def test_frozen_primary_rejoins_as_a_replica_and_nothing_goes_backwards(cluster: SentinelCluster, processes, background) -> None:
