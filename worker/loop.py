@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 import uuid
+import zlib
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +52,9 @@ RECONCILE_INTERVAL_S = 5.0  # how often the worker compares what Redis says it h
 CLAIM_AHEAD_MAX_BATCH_S = 0.05
 
 OutcomeList = list[tuple[str, Outcome, str]]
+# an outcome with the run it is for (the claim's started_at): sent again after a lost reply, a requeuing
+# outcome then never requeues a later run of the job that a claim ahead started meanwhile (finish.lua)
+RecordedList = list[tuple[str, Outcome, str, str]]
 
 
 def new_worker_id() -> str:
@@ -101,8 +105,9 @@ class Worker:
             WorkerQueue(sync_client(settings, slot_key=keys.job("")), settings, self.model.name, self.model.version, keys)
             for keys in model_shards(settings, self.config)
         ]
-        self.queue = self.queues[0]
-        self.client = self.queue.client
+        # workers of one model start on different shards (then go round them all)
+        self.queue = self.queues[zlib.crc32(self.worker_id.encode()) % len(self.queues)]
+        self.client = self.queues[0].client
         self._turn_batches = 0  # batches run in the current shard's turn
         self._empty_shards = 0  # shards found empty one after the other (a burst ends after a round of them)
         self.stopping = threading.Event()
@@ -110,14 +115,14 @@ class Worker:
         self.redis_ok = False
         self.last_tick = time.monotonic()
         self.processed = 0
-        self._unrecorded: OutcomeList = []  # outcomes Redis has not taken yet
+        self._unrecorded: RecordedList = []  # outcomes Redis has not taken yet
         self._adopt = False  # Redis may list ids under us that this process does not know it holds
         self._next_reconcile = time.monotonic() + RECONCILE_INTERVAL_S
         self._unrecorded_traces: list[tracing.BatchTrace] = []  # their batches' spans, emitted once recorded
         self._batch_ids: list[str] = []  # the batch being run, for `_progress`
         self._ahead_ids: list[str] = []  # the batch claimed ahead of it (set on the I/O thread), for `_progress`
         self._trace: tracing.BatchTrace | None = None  # the running batch's spans
-        self._batch_outcomes: OutcomeList = []  # what the batch just run came to
+        self._batch_outcomes: RecordedList = []  # what the batch just run came to
         self._ahead_claimed_at = 0.0
         self._extended_at = 0.0  # when its jobs' backstop deadlines were last set (claim or extend)
         self._last_batch_s = float("inf")  # how long the last batch took to run (claiming ahead needs it short)
@@ -127,7 +132,7 @@ class Worker:
         self.deletion_cost = DeletionCost(settings)  # idle-first scale-in; off outside a cluster
         store = object_store(settings)
         # a model's objects are scheduled for deletion in its first shard (the API does the same)
-        self.objects = ObjectJobs(settings, store, self.client, self.model, self.queue.store.objects) if store else None
+        self.objects = ObjectJobs(settings, store, self.client, self.model, self.queues[0].store.objects) if store else None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -346,7 +351,10 @@ class Worker:
         self._turn_batches += 1
         self._batch_ids = [job.job_id for job in jobs]
         self._trace = tracing.BatchTrace(self.model.name, self.worker_id, jobs) if tracing.TRACER is not None else None
-        self._batch_outcomes = self._process_safely(jobs)
+        runs = {job.job_id: job.started_at for job in jobs}
+        self._batch_outcomes = [
+            (job_id, outcome, payload, runs[job_id]) for job_id, outcome, payload in self._process_safely(jobs)
+        ]
         self._last_batch_s = time.monotonic() - started
 
     def _pause_for_object_store(self) -> None:
