@@ -248,7 +248,8 @@ def test_a_shard_moved_to_another_master_under_load_loses_and_doubles_no_job(
     steps = 0
     for move in redis_cluster.move_slot_steps(slot, target):
         # Pauses while the slot is open, before any key moved and between the first batches: the source
-        # answers ASK for keys it lacks (a new job's record, a migrated one); later batches run at once.
+        # answers ASK for keys it lacks (a new job's record, a migrated one), the target TRYAGAIN for a
+        # script whose keys are split; later batches run at once.
         if steps < 6:
             time.sleep(1.0 if move.keys_moved == 0 else 0.3)
         steps += 1
@@ -282,10 +283,11 @@ def key_for_shard(tags: list[str], tag: str) -> str:
 def test_a_request_refused_with_ask_mid_move_is_retried_and_answered_once_the_move_ends(
     redis_cluster: RedisClusterHarness, processes, request_kind: str
 ) -> None:
-    """The README's promise: ASK (a slot half-way through a move) is a refusal that ran nothing and is
-    retried within REDIS_DEADLINE_SECONDS, then 503. A move that ends well within the deadline must
-    therefore cost a request only time, not a 503: a submit (its new record is not on the source, which
-    answers ASK from the moment the slot is open) or a read of a job whose record has migrated already."""
+    """A request refused with ASK while its slot moves (a new job's keys the source lacks, from the moment
+    the slot is open; a job's record migrated already) ran nothing: the API follows the ASK to the node
+    named or tries again within REDIS_DEADLINE_SECONDS (README, "Redis Cluster"), so a move that ends
+    well within the deadline costs the request time, not a 503. A keyed submit cannot go to another
+    shard: it stays on the moving one."""
     deadline_s = 10  # generous: the move below stays open for 0.5 s
     _, base = processes.api(cluster_env(redis_cluster, REDIS_DEADLINE_SECONDS=deadline_s))
     tags = model_tags(redis_cluster, MODEL)
