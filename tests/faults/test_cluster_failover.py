@@ -11,7 +11,6 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -104,15 +103,6 @@ def refused_window(load: SubmitLoad, since: float) -> tuple[int, float]:
 
 def acknowledged_after(load: SubmitLoad, since: float, tag: str | None = None) -> int:
     return sum(1 for when, status, job_id in load.answers if status == 202 and when > since and tag in (None, tag_of(job_id)))
-
-
-@pytest.fixture
-def load_threads() -> Iterator[list[SubmitLoad | StatePoller]]:
-    """Submit loads and pollers to stop when the test ends, failed or not."""
-    running: list[SubmitLoad | StatePoller] = []
-    yield running
-    for thread in running:
-        thread.stop()
 
 
 def start_service(

@@ -61,22 +61,13 @@ def all_completed(jobs: Jobs, job_ids: list[str]) -> bool:
     return all(r.get("status") == "completed" for r in jobs.records(job_ids))
 
 
-@pytest.fixture
-def background() -> Iterator[list[SubmitLoad | StatePoller]]:
-    """Load threads to stop when the test ends, failed or not."""
-    running: list[SubmitLoad | StatePoller] = []
-    yield running
-    for thread in running:
-        thread.stop()
-
-
-def test_primary_killed_under_submit_load_loses_no_acknowledged_job(cluster: SentinelCluster, processes, background) -> None:
+def test_primary_killed_under_submit_load_loses_no_acknowledged_job(cluster: SentinelCluster, processes, load_threads) -> None:
     env = sentinel_env(cluster)
     _, base = processes.api(env)
     for _ in range(2):
         processes.worker(env)
     load = SubmitLoad(base).start()
-    background.append(load)
+    load_threads.append(load)
     wait_until(lambda: len(load.acknowledged()) >= 50, 30, "submits before the kill")
     old_port = cluster.primary_port()
     killed_at = time.monotonic()
@@ -162,14 +153,16 @@ def test_a_replicas_refusals_read_as_a_demoted_primary(cluster: SentinelCluster)
     assert not demoted(other.value)
 
 
-def test_frozen_primary_rejoins_as_a_replica_and_nothing_goes_backwards(cluster: SentinelCluster, processes, background) -> None:
+def test_frozen_primary_rejoins_as_a_replica_and_nothing_goes_backwards(
+    cluster: SentinelCluster, processes, load_threads
+) -> None:
     env = sentinel_env(cluster)
     _, base = processes.api(env)
     for _ in range(2):
         processes.worker(env)
     load = SubmitLoad(base).start()
     poller = StatePoller(base, load)
-    background += [load, poller]
+    load_threads += [load, poller]
     wait_until(lambda: len(load.acknowledged()) >= 30, 30, "submits before the freeze")
     old_port = cluster.primary_port()
     old = cluster.index_of(old_port)
