@@ -8,13 +8,16 @@ from __future__ import annotations
 import itertools
 import statistics
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from jobqueue.shards import even_split, tag_slot
+from jobqueue.protocol import ANONYMOUS
+from jobqueue.settings import Settings
+from jobqueue.shards import ModelTags, even_split, tag_of, tag_slot
 from tests.conftest import Processes
 from tests.integration.test_client_paths import TOKENS, bearer, setosa_result, wait_all_done
 from tests.support.cluster_stack import SHARDED, SHARDS, SINGLE, cluster_env, master_of, shard_tag, two_models_file
@@ -157,6 +160,44 @@ def test_high_priority_behind_a_low_backlog_on_every_shard_finishes_first(
         assert max(finished[i] for i in shard_high) < statistics.median_low(finished[i] for i in shard_low), tag
 
 
+def keys_to_shard(tags: tuple[str, ...], index: int, count: int) -> list[str]:
+    """`count` idempotency keys that send an anonymous caller's job to the `index`-th of a model's
+    shards `tags` (the API hashes "<principal>\\n<key>": api/state.py)."""
+    model = ModelTags(Settings(redis_cluster=True), {SHARDED: tags}, {SHARDED: len(tags)})
+    keys = (f"key-{n}" for n in itertools.count())
+    lands = (k for k in keys if tag_of(model.new_job_id(SHARDED, affinity=f"{ANONYMOUS}\n{k}")) == tags[index])
+    return list(itertools.islice(lands, count))
+
+
+def test_high_priority_on_one_shard_is_reached_at_the_end_of_the_current_turn(
+    processes: Processes, redis_cluster: RedisClusterHarness
+) -> None:
+    """A worker leaves a shard with only low jobs for the one with high jobs waiting, not the next in
+    turn: high jobs on the last shard, behind a low backlog on every shard, wait one turn, not two."""
+    low_per_shard, high_count, batch = 60, 8, 4
+    env = cluster_env(redis_cluster, MAX_BATCH_SIZE=batch)
+    _, url = processes.api(env)
+    with redis_cluster.cluster_client() as client:
+        registry = client.hgetall(REGISTRY)
+    tags = tuple(registry[f"{SHARDED}/{i}"] for i in range(SHARDS))  # the worker's order; it starts on the first
+    with httpx.Client(base_url=url, timeout=60) as http:
+        low = submit_many(http, low_per_shard * SHARDS, priority="low")
+        high = []
+        for key in keys_to_shard(tags, SHARDS - 1, high_count):
+            answer = http.post("/predict", json={"data": [ROW], "priority": "high"}, headers={"Idempotency-Key": key})
+            high.append(answer.json()["job_id"])
+        assert {shard_tag(i) for i in high} == {tags[-1]}
+        processes.worker(env)
+        views = finish_order(wait_all_done(http, [*low, *high], timeout_s=180))
+    finished = {v["job_id"]: v["finished_at"] for v in views}
+    last_high = max(finished[i] for i in high)
+    low_before = Counter(shard_tag(i) for i in low if finished[i] < last_high)
+    turn = (SHARD_TURN_BATCHES + 1) * batch  # with the batch claimed ahead (see the test above)
+    # the first shard's turn, then the high shard's claims (their low share); the next in turn would
+    # add the middle shard's whole turn
+    assert low_before[tags[1]] < turn // 2 and sum(low_before.values()) < turn + turn // 2, (low_before, tags)
+
+
 def test_an_idempotency_key_finds_its_job_on_its_shard(processes: Processes, redis_cluster: RedisClusterHarness) -> None:
     env = cluster_env(redis_cluster)
     _, url = processes.api(env)
@@ -183,16 +224,20 @@ def test_an_idempotency_key_finds_its_job_on_its_shard(processes: Processes, red
     assert sum(overview["pending"].values()) == len(first) + len(items)  # no repeat stored a job
 
 
-def alice_submits_until_refused(http: httpx.Client, attempts: int) -> tuple[list[str], list[httpx.Response]]:
-    accepted, refused = [], []
-    for _ in range(attempts):
-        answer = http.post("/predict", json={"data": [ROW]}, headers=bearer("alice"))
+@dataclass
+class Submits:
+    """What one principal sent and got back."""
+
+    accepted: list[str] = field(default_factory=list)
+    refused: list[httpx.Response] = field(default_factory=list)
+
+    def send(self, http: httpx.Client, principal: str) -> None:
+        answer = http.post("/predict", json={"data": [ROW]}, headers=bearer(principal))
         if answer.status_code == 202:
-            assert not refused, "accepted after a refusal"
-            accepted.append(answer.json()["job_id"])
+            assert not self.refused, f"{principal} accepted after a refusal"
+            self.accepted.append(answer.json()["job_id"])
         else:
-            refused.append(answer)
-    return accepted, refused
+            self.refused.append(answer)
 
 
 @pytest.mark.parametrize(
@@ -213,19 +258,26 @@ def test_a_principal_limit_holds_across_shards_within_the_bound(
     env = cluster_env(redis_cluster, AUTH_TOKENS_FILE=tokens_file(tmp_path), **limits)
     _, url = processes.api(env)
     share = -(-limit // SHARDS)
+    alice, bob = Submits(), Submits()
     with httpx.Client(base_url=url, timeout=30) as http:
-        accepted, refused = alice_submits_until_refused(http, limit + SHARDS + 3)
-        # README: a principal is refused only once every shard is at its share (1/n rounded up), so
-        # the overshoot is at most n - 1
-        assert limit <= len(accepted) <= limit + SHARDS - 1, (len(accepted), limit)
-        assert sorted(len(v) for v in by_shard(accepted).values()) == [share] * SHARDS, by_shard(accepted)
-        assert refused and all(r.status_code == 429 for r in refused), [r.text for r in refused]
-        assert setting in refused[0].json()["detail"], refused[0].text
-        # another principal has limits of its own on every shard
-        bobs = [http.post("/predict", json={"data": [ROW]}, headers=bearer("bob")) for _ in range(SHARDS)]
-        assert [b.status_code for b in bobs] == [202] * SHARDS, [b.text for b in bobs]
+        # alice, alice, bob, ...: submits go to the shards in turn, so alice's first tries keep landing
+        # on the same two shards; her share there used up, her submits must move on to the third
+        while len(alice.refused) < 2:
+            alice.send(http, "alice")
+            alice.send(http, "alice")
+            if len(bob.accepted) + len(bob.refused) < limit - 2:
+                bob.send(http, "bob")
+        bob.send(http, "bob")  # alice refused everywhere: bob is not
         pending = http.get("/admin/overview", headers=bearer("root")).json()["models"][0]["pending"]
-    assert sum(pending.values()) == len(accepted) + len(bobs)  # a refusal stored nothing
+    # README: a principal is refused only once every shard is at its share (1/n rounded up), so the
+    # overshoot is at most n - 1
+    assert limit <= len(alice.accepted) <= limit + SHARDS - 1, (len(alice.accepted), limit)
+    assert sorted(len(v) for v in by_shard(alice.accepted).values()) == [share] * SHARDS, by_shard(alice.accepted)
+    assert all(r.status_code == 429 for r in alice.refused), [r.text for r in alice.refused]
+    assert setting in alice.refused[0].json()["detail"], alice.refused[0].text
+    # another principal has limits of its own on every shard
+    assert len(bob.accepted) > SHARDS and not bob.refused, [r.text for r in bob.refused]
+    assert sum(pending.values()) == len(alice.accepted) + len(bob.accepted)  # a refusal stored nothing
 
 
 def test_redis_cli_splits_slots_as_even_split_says(redis_cluster: RedisClusterHarness) -> None:
