@@ -103,7 +103,7 @@ def test_sse_and_websocket_follow_jobs_on_every_shard(processes: Processes, redi
     _, url = processes.api(env)
     with httpx.Client(base_url=url, timeout=30) as http:
         ids = one_per_shard(http)
-        before = one_per_shard(http)  # ended before anyone listens: answered at once
+        before = one_per_shard(http)  # subscribed to once they ended (or about to): each still arrives once
 
     async def scenario() -> tuple[list[list[tuple[str, dict[str, Any]]]], list[dict[str, Any]], list[dict[str, Any]]]:
         async with (
