@@ -19,7 +19,7 @@ from jobqueue.protocol import ANONYMOUS
 from jobqueue.settings import Settings
 from jobqueue.shards import ModelTags, even_split, tag_of, tag_slot
 from tests.conftest import Processes
-from tests.integration.test_client_paths import TOKENS, bearer, setosa_result, wait_all_done
+from tests.integration.test_client_paths import bearer, setosa_result, tokens_env, wait_all_done
 from tests.support.cluster_stack import SHARDED, SHARDS, SINGLE, cluster_env, master_of, shard_tag, two_models_file
 from tests.support.redis_cluster import RedisClusterHarness
 from tests.support.samples import ROW
@@ -27,13 +27,6 @@ from worker.loop import SHARD_TURN_BATCHES
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 REGISTRY = "asyncinfer:shards"
-
-
-def tokens_file(directory: Path) -> Path:
-    """AUTH_TOKENS_FILE with two client principals (the same tokens as tests/integration/test_client_paths.py)."""
-    path = directory / "tokens"
-    path.write_text(f"alice client {TOKENS['alice']}\nbob client {TOKENS['bob']}\nroot admin {TOKENS['root']}\n")
-    return path
 
 
 def submit_many(http: httpx.Client, count: int, priority: str = "normal", path: str = "/predict/batch") -> list[str]:
@@ -255,7 +248,7 @@ def test_a_principal_limit_holds_across_shards_within_the_bound(
     limit: int,
     setting: str,
 ) -> None:
-    env = cluster_env(redis_cluster, AUTH_TOKENS_FILE=tokens_file(tmp_path), **limits)
+    env = tokens_env(tmp_path, redis_cluster.seed_url, REDIS_CLUSTER="true", QUEUE_SHARDS=SHARDS, **limits)
     _, url = processes.api(env)
     share = -(-limit // SHARDS)
     alice, bob = Submits(), Submits()
