@@ -153,13 +153,20 @@ def test_high_priority_behind_a_low_backlog_on_every_shard_finishes_first(
         assert max(finished[i] for i in shard_high) < statistics.median_low(finished[i] for i in shard_low), tag
 
 
-def keys_to_shard(tags: tuple[str, ...], index: int, count: int) -> list[str]:
-    """`count` idempotency keys that send an anonymous caller's job to the `index`-th of a model's
-    shards `tags` (the API hashes "<principal>\\n<key>": api/state.py)."""
+def keys_to_shard(tags: tuple[str, ...], index: int, count: int, principal: str = ANONYMOUS) -> list[str]:
+    """`count` idempotency keys that send `principal`'s job to the `index`-th of a model's shards
+    `tags` (the API hashes "<principal>\\n<key>": api/state.py)."""
     model = ModelTags(Settings(redis_cluster=True), {SHARDED: tags}, {SHARDED: len(tags)})
     keys = (f"key-{n}" for n in itertools.count())
-    lands = (k for k in keys if tag_of(model.new_job_id(SHARDED, affinity=f"{ANONYMOUS}\n{k}")) == tags[index])
+    lands = (k for k in keys if tag_of(model.new_job_id(SHARDED, affinity=f"{principal}\n{k}")) == tags[index])
     return list(itertools.islice(lands, count))
+
+
+def registered_tags(cluster: RedisClusterHarness) -> tuple[str, ...]:
+    """The sharded model's tags in shard order (the order its workers go round them)."""
+    with cluster.cluster_client() as client:
+        registry = client.hgetall(REGISTRY)
+    return tuple(registry[f"{SHARDED}/{i}"] for i in range(SHARDS))
 
 
 def test_high_priority_on_one_shard_is_reached_at_the_end_of_the_current_turn(
@@ -170,9 +177,7 @@ def test_high_priority_on_one_shard_is_reached_at_the_end_of_the_current_turn(
     low_per_shard, high_count, batch = 60, 8, 4
     env = cluster_env(redis_cluster, MAX_BATCH_SIZE=batch)
     _, url = processes.api(env)
-    with redis_cluster.cluster_client() as client:
-        registry = client.hgetall(REGISTRY)
-    tags = tuple(registry[f"{SHARDED}/{i}"] for i in range(SHARDS))  # the worker's order; it starts on the first
+    tags = registered_tags(redis_cluster)  # the worker starts on the first
     with httpx.Client(base_url=url, timeout=60) as http:
         low = submit_many(http, low_per_shard * SHARDS, priority="low")
         high = []
@@ -271,6 +276,27 @@ def test_a_principal_limit_holds_across_shards_within_the_bound(
     # another principal has limits of its own on every shard
     assert len(bob.accepted) > SHARDS and not bob.refused, [r.text for r in bob.refused]
     assert sum(pending.values()) == len(alice.accepted) + len(bob.accepted)  # a refusal stored nothing
+
+
+def test_a_keyed_submit_cannot_move_and_is_refused_at_its_shards_share(
+    processes: Processes, redis_cluster: RedisClusterHarness, tmp_path: Path
+) -> None:
+    """README: a keyed submit, which cannot move, can be refused while other shards have room."""
+    limit = 10
+    env = tokens_env(tmp_path, redis_cluster.seed_url, REDIS_CLUSTER="true", QUEUE_SHARDS=SHARDS, MAX_PENDING_PER_PRINCIPAL=limit)
+    _, url = processes.api(env)
+    share = -(-limit // SHARDS)
+    tags = registered_tags(redis_cluster)
+    with httpx.Client(base_url=url, timeout=30) as http:
+        codes = []
+        for key in keys_to_shard(tags, 0, share + 1, principal="alice"):
+            answer = http.post("/predict", json={"data": [ROW]}, headers={**bearer("alice"), "Idempotency-Key": key})
+            codes.append(answer.status_code)
+            if answer.status_code == 202:
+                assert shard_tag(answer.json()["job_id"]) == tags[0]
+        assert codes == [202] * share + [429], codes
+        unkeyed = http.post("/predict", json={"data": [ROW]}, headers=bearer("alice"))  # moves to a shard with room
+        assert unkeyed.status_code == 202 and shard_tag(unkeyed.json()["job_id"]) != tags[0], unkeyed.text
 
 
 def test_redis_cli_splits_slots_as_even_split_says(redis_cluster: RedisClusterHarness) -> None:
