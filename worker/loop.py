@@ -334,7 +334,7 @@ class Worker:
             and not self.stopping.is_set()
             and time.monotonic() < self._next_reconcile
             and not (self.objects is not None and self.objects.pause_s)
-            and (len(self.queues) == 1 or self._turn_batches < SHARD_TURN_BATCHES)
+            and (len(self.queues) == 1 or self._turn_batches + 1 < SHARD_TURN_BATCHES)  # the batch about to run counts
         )
 
     def _claim_ahead(self) -> Future[ClaimedBatch]:
