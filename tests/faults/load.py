@@ -8,6 +8,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import orjson
@@ -97,3 +98,17 @@ class StatePoller:
             if first_end is not None and len(set(views[first_end:])) > 1:
                 wrong.append((job_id, views))
         return wrong
+
+
+def serve_under_load(
+    processes: Any, env: dict[str, str], load_threads: list[SubmitLoad | StatePoller], workers: int = 2
+) -> tuple[SubmitLoad, StatePoller]:
+    """An API and `workers` workers on `env`, a submit load through the API and a poller reading its jobs
+    (both stopped by the `load_threads` fixture when the test ends)."""
+    _, base = processes.api(env)
+    for _ in range(workers):
+        processes.worker(env)
+    load = SubmitLoad(base).start()
+    poller = StatePoller(base, load)
+    load_threads += [load, poller]
+    return load, poller

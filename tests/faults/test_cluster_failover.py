@@ -23,7 +23,7 @@ from jobqueue.settings import Settings
 from jobqueue.shards import ModelTags, tag_of, tag_slot
 from tests.conftest import service_env
 from tests.faults.helpers import PREFIX, Jobs, assert_queue_consistent, resume, start_paused, write_models_file
-from tests.faults.load import PAYLOAD, StatePoller, SubmitLoad
+from tests.faults.load import PAYLOAD, StatePoller, SubmitLoad, serve_under_load
 from tests.support.redis_cluster import NODE_TIMEOUT_MS, RedisClusterHarness
 from tests.support.waiting import wait_until
 
@@ -110,13 +110,7 @@ def start_service(
 ) -> tuple[SubmitLoad, StatePoller, list[str]]:
     """The API, two workers, a submit load on a model in SHARDS shards and a poller reading its jobs;
     returns them once the load has acknowledged jobs in every shard, and the shards' tags."""
-    env = cluster_env(cluster)
-    _, base = processes.api(env)
-    for _ in range(2):
-        processes.worker(env)
-    load = SubmitLoad(base).start()
-    poller = StatePoller(base, load)
-    load_threads += [load, poller]
+    load, poller = serve_under_load(processes, cluster_env(cluster), load_threads)
     tags = model_tags(cluster, MODEL)
     assert len(tags) == SHARDS, tags
     wait_until(lambda: all(acknowledged_after(load, 0, tag) >= 40 for tag in tags), 60, "submits in every shard")

@@ -22,7 +22,7 @@ from jobqueue.connection import demoted
 from jobqueue.keys import StoreKeys
 from tests.conftest import service_env
 from tests.faults.helpers import Jobs, assert_queue_consistent, resume, start_paused
-from tests.faults.load import PAYLOAD, StatePoller, SubmitLoad
+from tests.faults.load import PAYLOAD, SubmitLoad, serve_under_load
 from tests.faults.sentinel_cluster import DOWN_AFTER_MS, SentinelCluster
 from tests.notifier.conftest import Notifiers
 from tests.notifier.helpers import Receiver, new_secret
@@ -156,13 +156,7 @@ def test_a_replicas_refusals_read_as_a_demoted_primary(cluster: SentinelCluster)
 def test_frozen_primary_rejoins_as_a_replica_and_nothing_goes_backwards(
     cluster: SentinelCluster, processes, load_threads
 ) -> None:
-    env = sentinel_env(cluster)
-    _, base = processes.api(env)
-    for _ in range(2):
-        processes.worker(env)
-    load = SubmitLoad(base).start()
-    poller = StatePoller(base, load)
-    load_threads += [load, poller]
+    load, poller = serve_under_load(processes, sentinel_env(cluster), load_threads)
     wait_until(lambda: len(load.acknowledged()) >= 30, 30, "submits before the freeze")
     old_port = cluster.primary_port()
     old = cluster.index_of(old_port)
