@@ -120,6 +120,24 @@ def resume(jobs: Jobs, model: str) -> None:
     jobs.client.delete(jobs.store.model(model).paused)
 
 
+def assert_held_batch_ran_again(
+    survivor: Jobs, ids: list[str], holder: Any, processes: Any, env: dict[str, str], what: str
+) -> list[dict[str, str]]:
+    """After a failover lost a worker's claim or finish of `ids` (model "loop", paused by the test): resume
+    it (the resume was lost too), start a second worker; every job ends completed with a result, the
+    holder followed the failover, nothing stays held. Returns the records."""
+    resume(survivor, "loop")
+    processes.worker(env)  # a second worker: the jobs may run again on either
+    wait_until(lambda: survivor.all_ended(ids), 60, what)
+    records = survivor.records(ids)
+    assert {r["status"] for r in records} == {"completed"}, records
+    assert all(r.get("result") for r in records)
+    assert holder.poll() is None, "the worker that held the batch followed the failover"
+    wait_until(lambda: not any(survivor.processing_lists("loop").values()), 30, "nothing left held")
+    assert_queue_consistent(survivor, "loop")
+    return records
+
+
 def worker_id_prefix(pid: int) -> str:
     """Worker ids are '<host>-<pid>-<random>': the part after the host names the process."""
     return f"-{pid}-"

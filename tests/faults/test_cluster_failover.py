@@ -22,7 +22,15 @@ from jobqueue.protocol import ANONYMOUS
 from jobqueue.settings import Settings
 from jobqueue.shards import ModelTags, tag_of, tag_slot
 from tests.conftest import service_env
-from tests.faults.helpers import PREFIX, Jobs, assert_queue_consistent, resume, start_paused, write_models_file
+from tests.faults.helpers import (
+    PREFIX,
+    Jobs,
+    assert_held_batch_ran_again,
+    assert_queue_consistent,
+    resume,
+    start_paused,
+    write_models_file,
+)
 from tests.faults.load import PAYLOAD, StatePoller, SubmitLoad, serve_under_load
 from tests.support.redis_cluster import NODE_TIMEOUT_MS, RedisClusterHarness
 from tests.support.waiting import wait_until
@@ -127,6 +135,18 @@ def stop_and_check_answers(load: SubmitLoad, poller: StatePoller) -> None:
     assert sum(len(views) for views in poller.seen.values()) > 50, "the poller read jobs throughout"
 
 
+def settle(
+    cluster: RedisClusterHarness, load: SubmitLoad, poller: StatePoller, since: float, budget_s: float
+) -> tuple[int, float, int, int]:
+    """Stop the load and check it: answers, a 503 window within `budget_s` of `since`, every acknowledged
+    job completed once. Returns (503 answers, the last one's delay, acknowledged jobs, jobs run twice)."""
+    stop_and_check_answers(load, poller)
+    refused, last_503_s = refused_window(load, since)
+    assert last_503_s < budget_s, f"503s went on {last_503_s:.1f}s after the fault began"
+    acknowledged = load.acknowledged()
+    return refused, last_503_s, len(acknowledged), assert_each_completed_once(cluster, MODEL, acknowledged)
+
+
 def test_a_master_killed_under_load_loses_and_doubles_no_acknowledged_job(
     redis_cluster: RedisClusterHarness, processes, load_threads: list[SubmitLoad | StatePoller]
 ) -> None:
@@ -146,14 +166,10 @@ def test_a_master_killed_under_load_loses_and_doubles_no_acknowledged_job(
         60,
         f"submits to shard {victim_tag} on its new master",
     )
-    stop_and_check_answers(load, poller)
-    refused, last_503_s = refused_window(load, killed_at)
-    assert last_503_s < FAILOVER_503_BUDGET_S, f"503s went on {last_503_s:.1f}s after the kill"
-    acknowledged = load.acknowledged()
-    run_twice = assert_each_completed_once(redis_cluster, MODEL, acknowledged)
+    refused, last_503_s, acknowledged, run_twice = settle(redis_cluster, load, poller, killed_at, FAILOVER_503_BUDGET_S)
     print(
         f"\nmaster {victim} (shard {victim_tag}, {'the' if victim == seed else 'not the'} REDIS_URL node) SIGKILLed under load: replica {promoted} took over in"
-        f" {failover_s:.1f}s, the killed node back as a replica at {restarted_s:.1f}s; {len(acknowledged)} jobs"
+        f" {failover_s:.1f}s, the killed node back as a replica at {restarted_s:.1f}s; {acknowledged} jobs"
         f" acknowledged, {refused} answers 503, the last {last_503_s:.1f}s after the kill; lost 0,"
         f" run twice {run_twice}, doubled results 0"
     )
@@ -204,19 +220,8 @@ def test_a_worker_whose_claim_or_finish_was_lost_with_its_master_sees_the_batch_
     # A lost claim: pending again on the new master, unless the holder, which followed the failover with
     # its results in hand, has recorded them already (the first result wins). A lost finish: held.
     assert set(after_failover) <= ({"pending", "completed"} if lost == "claim" else {"processing", "completed"}), after_failover
-    resume(survivor, "loop")  # the resume was lost too
-    processes.worker(env)  # a second worker: the jobs may run again on either
-    wait_until(
-        lambda: survivor.all_ended(ids),
-        60,
-        f"the jobs (after the failover: {after_failover}) to run again on the new master; now {survivor.records(ids)}",
-    )
-    records = survivor.records(ids)
-    assert {r["status"] for r in records} == {"completed"}, records
-    assert all(r.get("result") for r in records)
-    assert holder.poll() is None, "the worker that held the batch followed the failover"
-    wait_until(lambda: not any(survivor.processing_lists("loop").values()), 30, "nothing left held")
-    assert_queue_consistent(survivor, "loop")
+    what = f"the jobs (after the failover: {after_failover}) to run again on the new master"
+    records = assert_held_batch_ran_again(survivor, ids, holder, processes, env, what)
     print(f"\n{lost} lost with the master: after the failover {after_failover}, attempts {[r.get('attempts') for r in records]}")
 
 
@@ -241,15 +246,11 @@ def test_a_shard_moved_to_another_master_under_load_loses_and_doubles_no_job(
     wait_until(
         lambda: acknowledged_after(load, started + moved_s, moved_tag) >= 30, 60, f"submits to shard {moved_tag} on {target}"
     )
-    stop_and_check_answers(load, poller)
-    refused, last_503_s = refused_window(load, started)
-    assert last_503_s < RESHARD_503_BUDGET_S, f"503s went on {last_503_s:.1f}s after the move began"
+    refused, last_503_s, acknowledged, run_twice = settle(redis_cluster, load, poller, started, RESHARD_503_BUDGET_S)
     assert redis_cluster.owner_of_slot(slot) == target
-    acknowledged = load.acknowledged()
-    run_twice = assert_each_completed_once(redis_cluster, MODEL, acknowledged)
     print(
         f"\nshard {moved_tag} (slot {slot}) moved {source} -> {target} under load in {moved_s:.1f}s"
-        f" ({move.keys_moved} keys, {steps} steps); {len(acknowledged)} jobs acknowledged, {refused} answers 503,"
+        f" ({move.keys_moved} keys, {steps} steps); {acknowledged} jobs acknowledged, {refused} answers 503,"
         f" the last {last_503_s:.1f}s after the move began; lost 0, run twice {run_twice}, doubled results 0"
     )
 

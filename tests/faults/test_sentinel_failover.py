@@ -21,7 +21,7 @@ import redis
 from jobqueue.connection import demoted
 from jobqueue.keys import StoreKeys
 from tests.conftest import service_env
-from tests.faults.helpers import Jobs, assert_queue_consistent, resume, start_paused
+from tests.faults.helpers import Jobs, assert_held_batch_ran_again, resume, start_paused
 from tests.faults.load import PAYLOAD, SubmitLoad, serve_under_load
 from tests.faults.sentinel_cluster import DOWN_AFTER_MS, SentinelCluster
 from tests.notifier.conftest import Notifiers
@@ -212,15 +212,7 @@ def test_a_worker_holding_jobs_whose_claim_was_lost_sees_them_run_again_with_one
     # followed the failover with its results in hand, has recorded them already (finish takes a result
     # for a job that has not ended: the first result wins, and the pending copy is then never run).
     assert set(survivor.statuses(ids)) <= {"pending", "completed"}, survivor.records(ids)
-    resume(survivor, "loop")  # the resume was lost too
-    processes.worker(env)  # a second worker: the jobs may run again on either
-    wait_until(lambda: survivor.all_ended(ids), 60, "the jobs to run again on the new primary")
-    records = survivor.records(ids)
-    assert {r["status"] for r in records} == {"completed"}, records
-    assert all(r.get("result") for r in records)
-    assert holder.poll() is None, "the worker that held the batch followed the failover"
-    wait_until(lambda: not any(survivor.processing_lists("loop").values()), 30, "nothing left held")
-    assert_queue_consistent(survivor, "loop")
+    assert_held_batch_ran_again(survivor, ids, holder, processes, env, "the jobs to run again on the new primary")
 
 
 def test_waiters_and_the_notifier_report_every_end_after_a_failover(cluster: SentinelCluster, processes, tmp_path: Path) -> None:
