@@ -78,7 +78,18 @@ bootstrap)
         host=${node%:*}
         port=${node##*:}
         # Every node must answer first: `--cluster create` needs all of them at once.
-        until ip=$(resolve "$host") && [ -n "$ip" ] && [ "$(redis-cli -h "$ip" -p "$port" ping 2>/dev/null)" = PONG ]; do
+        while :; do
+            ip=$(resolve "$host") || ip=""
+            reply=""
+            [ -z "$ip" ] || reply=$(redis-cli -h "$ip" -p "$port" ping 2>&1) || true
+            case "$reply" in
+            PONG) break ;;
+            *WRONGPASS* | *NOAUTH* | *"invalid password"*)
+                # Waiting would not help: the Secret and the nodes disagree.
+                echo "bootstrap: $node refuses the password in PASSWORD_FILE: $reply" >&2
+                exit 1
+                ;;
+            esac
             if [ "$(date +%s)" -ge "$deadline" ]; then
                 echo "bootstrap: $node did not answer within ${TIMEOUT_SECONDS}s" >&2
                 exit 1

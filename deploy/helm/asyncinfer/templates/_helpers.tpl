@@ -668,7 +668,7 @@ Fails on a duplicate name.
 {{- else if $.Values.keda.enabled }}
 {{- fail (printf "model %s: with redis.external.cluster and keda.enabled every model needs `tags` (its shards' hash tags, e.g. from `python -m jobqueue.shards` against your Cluster's slot map): KEDA's triggers must name the keys" $m.name) }}
 {{- end }}
-{{- else if or $tags (gt $shards 1) }}
+{{- else if or $tags (gt (int ($m.shards | default 1)) 1) }}
 {{- fail (printf "model %s: `shards` above 1 and `tags` need a Redis Cluster (redis.architecture=cluster or redis.external.cluster)" $m.name) }}
 {{- end }}
 {{- if $cluster }}
