@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -211,6 +212,27 @@ def test_an_external_cluster_without_keda_lets_the_services_choose_tags() -> Non
 
 
 # -- the bootstrap script, for real ----------------------------------------------------------------
+
+
+def test_a_node_start_points_nodes_conf_at_the_pods_current_addresses(tmp_path: Path) -> None:
+    """After every pod restarted with a new IP, each node's nodes.conf names the others by their new
+    address (what the name each announced resolves to now): a name that does not resolve, or a line
+    with no name, stays as it was. Redis 7.4's line format; the redis-server here (6.2) announces no
+    hostname, so the script's own function runs on a file written in that format."""
+    lines = [
+        "e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 10.1.2.3:6379@16379,127.0.0.1,tls-port=0,shard-id=a1 myself,master - 0 0 1 connected 0-5460",
+        "67ed2db8d677e59ec4a4cefb06858cf2a1a89fa1 10.1.2.4:6379@16379,no-such-pod.invalid,tls-port=0,shard-id=b2 master - 0 1 2 connected 5461-10922",
+        "292f8b365bb7edb5e285caf0b7e6ddc7265d2f4f 10.1.2.5:6379@16379,,tls-port=0,shard-id=c3 master - 0 1 3 connected 10923-16383",
+        "vars currentEpoch 3 lastVoteEpoch 0",
+    ]
+    conf = tmp_path / "nodes.conf"
+    conf.write_text("\n".join(lines) + "\n")
+    text = SCRIPT.read_text()
+    functions = "".join(
+        re.search(rf"^{name}\(\) {{\n.*?^}}\n", text, re.S | re.M)[0] for name in ("resolve", "refresh_nodes_conf")
+    )
+    subprocess.run(["sh", "-c", f'{functions}refresh_nodes_conf "$1"', "sh", str(conf)], check=True, timeout=30)
+    assert conf.read_text().splitlines() == [lines[0].replace("10.1.2.3:", "127.0.0.1:"), *lines[1:]]
 
 
 class Nodes:
