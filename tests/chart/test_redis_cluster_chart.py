@@ -145,7 +145,8 @@ def test_the_statefulset_runs_masters_and_replicas_in_cluster_mode() -> None:
 def test_the_bootstrap_job_creates_the_cluster_from_every_pod() -> None:
     r = rendered("cluster")
     job = r.one("Job", "redis-bootstrap")
-    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    # Not a hook: `helm install --wait` would wait for the API, unready until the Cluster exists.
+    assert "annotations" not in job["metadata"]
     container = pod_spec(job)["containers"][0]
     assert container["command"] == ["sh", "/opt/asyncinfer/redis-cluster.sh", "bootstrap"]
     env = {k: v["value"] for k, v in env_of(container).items()}
@@ -153,6 +154,19 @@ def test_the_bootstrap_job_creates_the_cluster_from_every_pod() -> None:
     assert (env["REPLICAS"], env["PASSWORD_FILE"]) == ("1", "/etc/asyncinfer/secrets/redis-password")
     (cm,) = [o for o in r.of_kind("ConfigMap") if o["metadata"]["name"].endswith("-redis-scripts")]
     assert cm["data"]["redis-cluster.sh"].strip() == SCRIPT.read_text().strip()
+
+
+def test_a_changed_bootstrap_is_a_new_job() -> None:
+    """A Job's pod template cannot be patched: an upgrade that changes it must create another Job (its
+    name carries the template's hash), and one that does not must keep the finished Job as it is."""
+
+    def job_name(*sets: str) -> str:
+        (job,) = [o for o in template(sets=("redis.architecture=cluster", *sets)) if o["kind"] == "Job"]
+        return str(job["metadata"]["name"])
+
+    same = job_name()
+    assert same.startswith("ci-asyncinfer-redis-bootstrap-") and same == job_name("config.logLevel=DEBUG")
+    assert len({same, job_name("redis.cluster.masters=4"), job_name("redis.image.tag=7.4.3")}) == 3
 
 
 @pytest.mark.parametrize(
