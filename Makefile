@@ -92,6 +92,7 @@ e2e: $(STAMP) $(MODEL) ## the HTTP-only e2e suite against E2E_BASE_URL (default:
 bench: $(BENCH_STAMP) $(MODEL) ## every performance target against the naive seed design in the same run; one table (QUICK=1: short, WORKER=1: the worker's figures only)
 	$(PY) bench/run.py $(if $(QUICK),--quick) $(if $(WORKER),--worker)
 	$(if $(WORKER),,$(PY) bench/objects.py $(if $(QUICK),--quick))
+	$(if $(WORKER),,$(PY) bench/cluster.py $(if $(QUICK),--quick))
 
 .PHONY: bench-chaos
 bench-chaos: $(STAMP) $(MODEL) ## 40,000 jobs, 2 workers, a worker SIGKILLed every 1.5 s; prints lost/duplicated

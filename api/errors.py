@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from jobqueue.connection import REFUSED, UNAVAILABLE
-from jobqueue.errors import IdempotencyConflict, JobNotFound, QueueFull, RateLimited, TooManyUnfinished, WrongState
+from jobqueue.errors import IdempotencyConflict, JobNotFound, QueueFull, RateLimited, ShardBusy, TooManyUnfinished, WrongState
 from jobqueue.replicas import ReplicasBehind
 
 log = logging.getLogger("asyncinfer.api")
@@ -98,6 +98,13 @@ def as_problem(exc: Exception) -> HTTPProblem | None:
             422,
             [{"loc": ["header", "Idempotency-Key"], "msg": str(exc), "type": "idempotency_conflict"}],
             fields={"job_id": exc.job_id},
+        )
+    if isinstance(exc, ShardBusy):
+        log.warning("cluster busy: %s", exc)
+        return HTTPProblem(
+            503,
+            f"job store (Redis Cluster) is moving this job's shard ({exc}); nothing was stored, try again",
+            {"Retry-After": "1"},
         )
     if isinstance(exc, ReplicasBehind):
         log.warning("replicas behind: %s", exc)

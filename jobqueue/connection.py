@@ -45,6 +45,13 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.Tim
 # NOPERM, ...). Nothing was written (a script is refused before its first write), so it is retried
 # later, never counted as the job's failure.
 REFUSED: tuple[type[BaseException], ...] = (redis.ResponseError,)
+# A Cluster slot half-way through a move (ASK: the key moved already; TRYAGAIN: some of a script's keys
+# did) or a Cluster down for the slot: refusals (nothing ran) that end on their own within seconds.
+CLUSTER_BUSY: tuple[type[BaseException], ...] = (
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.AskError,
+)
 
 
 def _options(settings: Settings) -> dict[str, Any]:
@@ -121,6 +128,13 @@ class ClusterNodes:
             raise redis.ConnectionError(f"no master serves slot {slot} (cluster_state is not ok)")
         return owner
 
+    def _unreachable(self, address: tuple[str, int], error: BaseException) -> str:
+        """A node that did not answer is asked last from now on (a dead one costs a connect timeout)."""
+        if address in self.addresses:
+            self.addresses.remove(address)
+            self.addresses.append(address)
+        return f"{address[0]}:{address[1]}: {error}"
+
     def owner(self, slot: int) -> tuple[str, int]:
         """The address of the master serving `slot`, as the first node that answers says."""
         errors = []
@@ -129,7 +143,7 @@ class ClusterNodes:
                 with redis.Redis(host=host, port=port, **self.kwargs) as node:
                     return self._learn(node.execute_command("CLUSTER", "SLOTS"), slot)
             except UNAVAILABLE as exc:
-                errors.append(f"{host}:{port}: {exc}")
+                errors.append(self._unreachable((host, port), exc))
         raise redis.ConnectionError(f"no Cluster node answered ({'; '.join(errors)})")
 
     async def owner_async(self, slot: int) -> tuple[str, int]:
@@ -141,7 +155,7 @@ class ClusterNodes:
                 async with redis.asyncio.Redis(host=host, port=port, **self.kwargs) as node:
                     return self._learn(await node.execute_command("CLUSTER", "SLOTS"), slot)  # type: ignore[no-untyped-call]
             except UNAVAILABLE as exc:
-                errors.append(f"{host}:{port}: {exc}")
+                errors.append(self._unreachable((host, port), exc))
         raise redis.ConnectionError(f"no Cluster node answered ({'; '.join(errors)})")
 
 
@@ -159,10 +173,12 @@ class _SlotOwner:
         self.nodes, self.slot = nodes, slot
         super().__init__(**kwargs)
 
-    def connect(self) -> None:
+    # Every (re)connect goes through connect_check_health: `connect` calls it, and so does a command sent
+    # on a connection that was dropped (redis-py reconnects there without `connect`).
+    def connect_check_health(self, *args: Any, **kwargs: Any) -> Any:
         if getattr(self, "_sock", None) is None:
             self.host, self.port = self.nodes.owner(self.slot)
-        super().connect()  # type: ignore[misc]
+        return super().connect_check_health(*args, **kwargs)  # type: ignore[misc]
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -175,10 +191,10 @@ class _SlotOwner:
 
 
 class _AsyncSlotOwner(_SlotOwner):
-    async def connect(self) -> None:  # type: ignore[override]
+    async def connect_check_health(self, *args: Any, **kwargs: Any) -> Any:
         if not getattr(self, "is_connected", False):
             self.host, self.port = await self.nodes.owner_async(self.slot)
-        await super(_SlotOwner, self).connect()  # type: ignore[misc]
+        return await super(_SlotOwner, self).connect_check_health(*args, **kwargs)  # type: ignore[misc]
 
     async def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -283,6 +299,16 @@ def async_client(settings: Settings, max_connections: int = 64, slot_key: str = 
     client.auto_close_connection_pool = True  # as `from_pool`: the client owns the pool, aclose() closes it
     client.deadline_s = settings.redis_deadline_seconds  # retries and reconnects included
     return client
+
+
+def async_node_client(settings: Settings, host: str, port: int) -> redis.asyncio.Redis:
+    """A client for one Cluster node by its address (the target of a slot's move, named by ASK), with
+    REDIS_URL's credentials and TLS options."""
+    import redis.asyncio
+
+    parsed = dict(redis.asyncio.connection.parse_url(settings.redis_url))
+    parsed.update(host=host, port=port)
+    return redis.asyncio.Redis(connection_pool=redis.asyncio.ConnectionPool(**{**parsed, **_options(settings)}))
 
 
 def async_probe_client(settings: Settings) -> redis.asyncio.Redis:

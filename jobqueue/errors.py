@@ -40,3 +40,8 @@ class WrongState(JobQueueError):
         super().__init__(f"job is {status}; {operation} needs another state")
         self.status = status
         self.operation = operation
+
+
+class ShardBusy(JobQueueError):
+    """A Cluster slot is half-way through a move (TRYAGAIN, ASK) or the Cluster is down for it
+    (CLUSTERDOWN): Redis ran nothing; the job may go to another shard, or be submitted again shortly."""

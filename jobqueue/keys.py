@@ -12,6 +12,7 @@ tags). The events channel is not a key (Cluster delivers a PUBLISH to every node
     <prefix>:notify-failed                LIST   job ids whose webhook was given up
     <prefix>:principal:<name>             HASH   per-principal rate-limit bucket and unfinished count
     <prefix>:replica-ack                  STRING written before each Redis WAIT (jobqueue/replicas.py)
+    <prefix>:migration-guard              never exists: last of every script's KEYS (see StoreKeys)
     <prefix>:objects                      ZSET   object key -> when to delete it (ms): uploads and result objects
     KEY_PREFIX:shards                     HASH   model -> its hash tag on a Cluster (jobqueue/shards.py)
     <prefix>:<model>:pending:<priority>   LIST   ids waiting to start; KEDA reads the lengths
@@ -62,6 +63,13 @@ class StoreKeys:
     def events(self) -> str:
         """Pub/Sub channel: '<status> <id> <id> ...' whenever jobs change state."""
         return f"{self.root}:events"
+
+    @property
+    def migration_guard(self) -> str:
+        """A key that never exists, named last in every script's KEYS: while a Cluster moves the slot,
+        a key missing from the node makes Redis refuse the whole script (TRYAGAIN) before it runs,
+        rather than run it against a half-moved slot (its records read by name would be gone mid-way)."""
+        return f"{self.prefix}:migration-guard"
 
     @property
     def shard_registry(self) -> str:

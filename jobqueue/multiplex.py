@@ -116,6 +116,18 @@ class MultiplexedRedis:
                     await asyncio.sleep(BACKOFF_S[attempt])
         raise AssertionError("unreachable")
 
+    async def execute_asking(self, *args: Any) -> tuple[Any, int]:
+        """ASKING, then `args` right behind it on the same connection: a Cluster slot half-way through a
+        move names this node for a key it already took (ASK). Nothing ran if it fails; no retry here."""
+        async with redis_deadline(self._deadline_s):
+            current = self._current
+            if current is None or current.broken is not None:
+                current = await self._connect()
+            asking = self._send(current, ("ASKING",))
+            future = self._send(current, args)
+            await asking
+            return await future, current.serial
+
     async def script(self, sha: str, source: str, keys: list[str], args: list[Any]) -> Any:
         reply, _ = await self.script_traced(sha, source, keys, args)
         return reply

@@ -161,7 +161,7 @@ class NotificationStore:
                 break
             keys, client = outboxes[(self._turn + i) % len(outboxes)]
             reply = await self._scripts["notify_claim"](
-                keys=[keys.notify], args=[keys.job_prefix, max_ids - len(leases), lease_ms], client=client
+                keys=[keys.notify, keys.migration_guard], args=[keys.job_prefix, max_ids - len(leases), lease_ms], client=client
             )
             leases += [Lease(_text(reply[j]), int(reply[j + 1]), int(reply[j + 2])) for j in range(0, len(reply), 3)]
         return leases
@@ -181,7 +181,9 @@ class NotificationStore:
         """Record a 2xx: notify_state delivered, out of the outbox (SUPERSEDED: the job was retried since)."""
         keys, client = self._route(lease.job_id)
         reply = await self._scripts["notify_delivered"](
-            keys=[keys.notify, keys.job(lease.job_id)], args=[lease.job_id, lease.token, http_status, lease.end], client=client
+            keys=[keys.notify, keys.job(lease.job_id), keys.migration_guard],
+            args=[lease.job_id, lease.token, http_status, lease.end],
+            client=client,
         )
         return TransitionCode(int(reply))
 
@@ -192,7 +194,7 @@ class NotificationStore:
         SUPERSEDED when the job was retried since the claim."""
         keys, client = self._route(lease.job_id)
         reply = await self._scripts["notify_failed_attempt"](
-            keys=[keys.notify, keys.job(lease.job_id), keys.notify_failed],
+            keys=[keys.notify, keys.job(lease.job_id), keys.notify_failed, keys.migration_guard],
             args=[
                 lease.job_id,
                 lease.token,
@@ -211,14 +213,16 @@ class NotificationStore:
     async def release(self, lease: Lease) -> TransitionCode:
         """Hand a leased id back, due now, attempt not counted (a stopping notifier)."""
         keys, client = self._route(lease.job_id)
-        reply = await self._scripts["notify_release"](keys=[keys.notify], args=[lease.job_id, lease.token], client=client)
+        reply = await self._scripts["notify_release"](
+            keys=[keys.notify, keys.migration_guard], args=[lease.job_id, lease.token], client=client
+        )
         return TransitionCode(int(reply))
 
     async def resend(self, job_id: str) -> NotifyState:
         """Deliver a finished job's webhook again from attempt 1. JobNotFound / WrongState otherwise."""
         keys, client = self._route(job_id)
         reply = await self._scripts["notify_resend"](
-            keys=[keys.notify, keys.job(job_id), keys.notify_failed], args=[job_id], client=client
+            keys=[keys.notify, keys.job(job_id), keys.notify_failed, keys.migration_guard], args=[job_id], client=client
         )
         code, detail = int(reply[0]), _text(reply[1])
         if code == -1:

@@ -23,13 +23,14 @@ import hiredis
 import redis
 
 from jobqueue import tracing
-from jobqueue.connection import REFUSED, UNAVAILABLE, async_client, rerouted
+from jobqueue.connection import CLUSTER_BUSY, REFUSED, UNAVAILABLE, async_client, async_node_client, rerouted
 from jobqueue.errors import (
     IdempotencyConflict,
     JobNotFound,
     JobQueueError,
     QueueFull,
     RateLimited,
+    ShardBusy,
     TooManyUnfinished,
     WrongState,
 )
@@ -121,6 +122,7 @@ class ClaimedJob:
     payload: str
     traceparent: str = ""
     queued_at_ms: int = 0  # when this run's wait began (queued or requeued), Redis clock
+    started_at: str = ""  # this run's start as the claim wrote it (Redis-clock ms): tells runs apart
 
 
 class EndedTiming(NamedTuple):
@@ -239,7 +241,7 @@ def enqueue_call(store: StoreKeys, settings: Settings, job: NewJob, limits: Limi
     lim = limits or Limits.share(settings)
     return ScriptCall(
         "enqueue",
-        [model.pending(job.priority), store.job(job.job_id), idem, model.stats, store.principal(job.owner)],
+        [model.pending(job.priority), store.job(job.job_id), idem, model.stats, store.principal(job.owner), store.migration_guard],
         [
             job.job_id, job.payload, job.model, job.priority, job.owner, job.callback_url, job.fingerprint,
             lim.max_queue_length, "1" if job.idempotency_key else "0",
@@ -265,7 +267,7 @@ def enqueue_many_call(store: StoreKeys, settings: Settings, jobs: Sequence[NewJo
             job.job_id, job.payload, job.priority, job.callback_url, job.fingerprint, "1" if job.idempotency_key else "0",
             job.traceparent,
         ]  # fmt: skip
-    return ScriptCall("enqueue_many", keys, args)
+    return ScriptCall("enqueue_many", [*keys, store.migration_guard], args)
 
 
 def enqueue_result(reply: Sequence[Any], settings: Settings) -> Enqueued | JobQueueError:
@@ -346,7 +348,7 @@ def cancel_call(store: StoreKeys, settings: Settings, record: JobRecord) -> Scri
     model = store.model(record.model or "")
     return ScriptCall(
         "cancel",
-        [store.job(record.job_id), model.pending(record.priority), model.stats, store.notify],
+        [store.job(record.job_id), model.pending(record.priority), model.stats, store.notify, store.migration_guard],
         [record.job_id, settings.job_ttl_seconds, store.events, store.principal_prefix],
     )
 
@@ -363,7 +365,7 @@ def retry_call(
     return ScriptCall(
         "retry",
         [store.job(record.job_id), model.pending(record.priority), model.dead, model.stats,
-         store.principal(record.owner or ANONYMOUS)],
+         store.principal(record.owner or ANONYMOUS), store.migration_guard],
         [record.job_id, lim.max_queue_length, token, store.events, rate, lim.burst, max_unfinished],
     )  # fmt: skip
 
@@ -375,11 +377,18 @@ def parse_claim(reply: Sequence[Any], traced: bool = False) -> ClaimedBatch:
     rows = range(1, len(reply), 9 if traced else 7)
     if traced:
         jobs = [
-            ClaimedJob(_text(reply[i]), int(reply[i + 1]), _text(reply[i + 2]), _text(reply[i + 7]), int(reply[i + 8] or 0))
+            ClaimedJob(
+                _text(reply[i]),
+                int(reply[i + 1]),
+                _text(reply[i + 2]),
+                _text(reply[i + 7]),
+                int(reply[i + 8] or 0),
+                _text(reply[i + 6]),
+            )
             for i in rows
         ]
     else:
-        jobs = [ClaimedJob(_text(reply[i]), int(reply[i + 1]), _text(reply[i + 2])) for i in rows]
+        jobs = [ClaimedJob(_text(reply[i]), int(reply[i + 1]), _text(reply[i + 2]), started_at=_text(reply[i + 6])) for i in rows]
     timings = {job.job_id: reply[i + 3 : i + 7] for i, job in zip(rows, jobs, strict=True)}
     return ClaimedBatch(jobs, bool(flags & ClaimFlag.PAUSED), bool(flags & ClaimFlag.SUSPECTS), timings)
 
@@ -405,6 +414,9 @@ def scripts_by_name() -> dict[str, tuple[str, str]]:
 
 
 # -- the API's store (asyncio) --------------------------------------------------------------------
+
+# refusals for one shard's share of a limit, or of a shard whose slot is moving: another shard may take the job
+SHARE_REFUSALS = (QueueFull, RateLimited, TooManyUnfinished, ShardBusy)
 
 
 class _Node(NamedTuple):
@@ -433,7 +445,8 @@ class JobStore:
         self.keys = StoreKeys(settings.key_prefix)  # the untagged keys: standalone, every model's
         self.tags = tags or ModelTags(settings)
         self._scripts = scripts_by_name()
-        self._nodes: dict[str, _Node] = {}
+        self._sources = {sha: source for sha, source in self._scripts.values()}
+        self._nodes: dict[str, _Node] = {}  # by tag ("" = untagged), and by address for a slot's move target
         self._node("")  # standalone: the one connection; on a Cluster: the registry's node (admin, Pub/Sub)
 
     def _node(self, tag: str) -> _Node:
@@ -448,11 +461,6 @@ class JobStore:
                 client, redis_, ReplicaAcks(redis_, self.settings, StoreKeys(self.settings.key_prefix, tag).replica_ack)
             )
         return node
-
-    @property
-    def redis(self) -> MultiplexedRedis:
-        """The untagged keys' connection (standalone: every command's)."""
-        return self._nodes[""].redis
 
     def model_shards(self, model: str) -> list[StoreKeys]:
         """Every shard of `model` (standalone: the one untagged)."""
@@ -478,11 +486,49 @@ class JobStore:
             if tag:
                 await node.client.aclose()
 
-    async def _run(self, call: ScriptCall, node: _Node) -> Any:
+    def _node_at(self, host: str, port: int) -> _Node:
+        """The node a Cluster slot is moving to, by its address (ASK names it), opened on first use."""
+        address = f"{host}:{port}"
+        node = self._nodes.get(address)
+        if node is None:
+            client = async_node_client(self.settings, host, port)
+            redis_ = MultiplexedRedis(client.connection_pool.make_connection, self.settings.redis_deadline_seconds)
+            node = self._nodes[address] = _Node(client, redis_, ReplicaAcks(redis_, self.settings, self.keys.replica_ack))
+        return node
+
+    async def _execute(self, node: _Node, args: tuple[Any, ...], patient: bool = True) -> tuple[Any, _Node, int]:
+        """A command on the server of its keys (the reply, the node that answered, its connection's serial),
+        through a Cluster slot's move: ASK is followed (the command again, behind ASKING, on the node it
+        names: the key moved there already); TRYAGAIN and CLUSTERDOWN (nothing ran) are asked again
+        shortly, within REDIS_DEADLINE_SECONDS. `patient` False raises ShardBusy at once instead (a
+        submit then goes to another shard). EVALSHA falls back to EVAL on a server without the script."""
+        deadline = time.monotonic() + self.settings.redis_deadline_seconds
+        delay = 0.02
+        while True:
+            try:
+                try:
+                    reply, serial = await node.redis.execute_traced(*args)
+                    return reply, node, serial
+                except redis.exceptions.AskError as asked:
+                    target = self._node_at(asked.host, asked.port)
+                    reply, serial = await target.redis.execute_asking(*args)
+                    return reply, target, serial
+            except redis.exceptions.NoScriptError:
+                if args[0] != "EVALSHA":
+                    raise
+                args = ("EVAL", self._sources[args[1]], *args[2:])
+                continue
+            except CLUSTER_BUSY as exc:  # an ASK followed to a node that answers TRYAGAIN or ASK again included
+                if not patient or time.monotonic() + delay > deadline:
+                    raise ShardBusy(str(exc)) from exc
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+    async def _run(self, call: ScriptCall, node: _Node, patient: bool = True) -> Any:
         """Run a script that writes; it returns once the replicas asked for hold what it wrote."""
-        sha, source = self._scripts[call.name]
-        reply, serial = await node.redis.script_traced(sha, source, call.keys, call.args)
-        await node.replicas.confirm(serial)
+        sha, _ = self._scripts[call.name]
+        reply, answered, serial = await self._execute(node, ("EVALSHA", sha, len(call.keys), *call.keys, *call.args), patient)
+        await answered.replicas.confirm(serial)
         return reply
 
     async def _read(self, job_id: str, fields: Sequence[str]) -> JobRecord | None:
@@ -492,10 +538,10 @@ class JobStore:
             keys, node = self._job(job_id)
         except JobNotFound:
             return None
-        values, serial = await node.redis.execute_traced("HMGET", keys.job(job_id), *fields)
+        values, answered, serial = await self._execute(node, ("HMGET", keys.job(job_id), *fields))
         record = parse_record(job_id, fields, values)
         if record is not None and record.status.terminal:
-            await node.replicas.confirm(serial)
+            await answered.replicas.confirm(serial)
         return record
 
     def new_job_id(self, model: str, affinity: str | None = None) -> str:
@@ -504,12 +550,21 @@ class JobStore:
         return self.tags.new_job_id(model, affinity)
 
     async def _enqueue_group(self, jobs: Sequence[NewJob]) -> list[Enqueued | JobQueueError]:
-        """Jobs of one shard, model and owner in one script call."""
+        """Jobs of one shard, model and owner in one script call. A shard whose slot is moving answers
+        ShardBusy for each at once when another shard can take them (no idempotency key to keep them here)."""
         keys, node = self._job(jobs[0].job_id)
-        limits = self.limits(jobs[0].model)
-        if len(jobs) == 1:
-            return [enqueue_result(await self._run(enqueue_call(keys, self.settings, jobs[0], limits), node), self.settings)]
-        reply = await self._run(enqueue_many_call(keys, self.settings, jobs, limits), node)
+        model = jobs[0].model
+        limits = self.limits(model)
+        patient = self.tags.submit_shards(model) == 1 or any(job.idempotency_key for job in jobs)
+        try:
+            if len(jobs) == 1:
+                call = enqueue_call(keys, self.settings, jobs[0], limits)
+                return [enqueue_result(await self._run(call, node, patient), self.settings)]
+            reply = await self._run(enqueue_many_call(keys, self.settings, jobs, limits), node, patient)
+        except ShardBusy as busy:
+            if patient:
+                raise
+            return [busy] * len(jobs)
         return [enqueue_result(reply[i : i + 3], self.settings) for i in range(0, len(reply), 3)]
 
     async def enqueue(self, job: NewJob) -> Enqueued:
@@ -546,17 +601,16 @@ class JobStore:
         under a new id, until one takes it or every shard has refused (without an idempotency key only:
         a key's repeat must find its job in the one shard it hashes to)."""
         current = list(jobs)
-        results: list[Enqueued | JobQueueError] = []
-        waiting = list(range(len(jobs)))
+        results: list[Enqueued | JobQueueError | None] = [None] * len(jobs)
+        waiting: Sequence[int] = range(len(jobs))
         tries = 0
         while waiting:
             groups: dict[tuple[str, str, str], list[int]] = {}
             for i in waiting:
                 groups.setdefault((tag_of(current[i].job_id) or "", current[i].model, current[i].owner), []).append(i)
-            # sent together, so they leave in one write per server (the shared connections pipeline them)
-            replies = await asyncio.gather(*(self._enqueue_group([current[i] for i in group]) for group in groups.values()))
-            if not results:
-                results = [replies[0][0]] * len(jobs)  # every slot is set below
+            calls = [self._enqueue_group([current[i] for i in group]) for group in groups.values()]
+            # several: sent together, so they leave in one write per server (the connections pipeline them)
+            replies = [await calls[0]] if len(calls) == 1 else await asyncio.gather(*calls)
             tries += 1
             waiting = []
             for group, group_results in zip(groups.values(), replies, strict=True):
@@ -568,7 +622,7 @@ class JobStore:
                         if other is not None:
                             current[i] = dataclasses.replace(job, job_id=other)
                             waiting.append(i)
-        return results
+        return [result for result in results if result is not None]  # every one is set
 
     async def get(self, job_id: str, with_input: bool = False) -> JobRecord:
         """The job's record, or JobNotFound. The input stays in Redis unless asked for."""
@@ -585,7 +639,7 @@ class JobStore:
         """An object the service hands out (an upload key for `model`) goes at `at_ms` (never earlier:
         GT); `model`'s workers delete it."""
         keys = self.model_shards(model)[0]
-        await self._node(keys.tag).redis.execute("ZADD", keys.objects, "GT", at_ms, object_key)
+        await self._execute(self._node(keys.tag), ("ZADD", keys.objects, "GT", at_ms, object_key))
 
     async def cancel(self, record: JobRecord) -> JobStatus:
         """End a pending job as canceled (409 WrongState otherwise); repeating it is harmless."""
@@ -601,8 +655,6 @@ class JobStore:
         return retry_result(reply, record.job_id, self.settings)
 
 
-# refusals for one shard's share of a limit: another shard may take the job
-SHARE_REFUSALS = (QueueFull, RateLimited, TooManyUnfinished)
 STAT_COUNTERS = ("enqueued", "completed", "failed", "retried", "recovered", "expired", "canceled")
 
 
@@ -631,6 +683,7 @@ class WorkerQueue:
         which were 40% of a worker's CPU on small batches. No retry here either: a lost reply is an
         unknown outcome the loop reconciles. A connection that failed is dropped, never reused."""
         sha, source = self._scripts[name]
+        keys = [*keys, self.store.migration_guard]
         pool = self.client.connection_pool
         conn = pool.get_connection()
         try:
@@ -683,16 +736,20 @@ class WorkerQueue:
         moved = self.client.blmove(self.keys.pending("normal"), self.keys.processing(worker_id), timeout_s, "RIGHT", "LEFT")  # type: ignore[arg-type]
         return None if moved is None else _text(moved)
 
-    def finish(self, worker_id: str, outcomes: Iterable[tuple[str, Outcome, str]]) -> FinishCounts:
-        """Record each held job's outcome (id, outcome, result JSON or error) and release them."""
+    def finish(
+        self, worker_id: str, outcomes: Iterable[tuple[str, Outcome, str] | tuple[str, Outcome, str, str]]
+    ) -> FinishCounts:
+        """Record each held job's outcome (id, outcome, result JSON or error[, the run it is for, its
+        ClaimedJob.started_at: a requeuing outcome then never touches a later run of the job]) and
+        release them."""
         k, s = self.keys, self.settings
         args: list[Any] = [
             worker_id, self.store.job_prefix, s.job_ttl_seconds, s.max_attempts, self.store.events,
             s.max_dead_letters, self.store.principal_prefix,
         ]  # fmt: skip
         job_ids = []
-        for job_id, outcome, payload in outcomes:
-            args += [job_id, str(outcome), payload]
+        for job_id, outcome, payload, *run in outcomes:
+            args += [job_id, str(outcome), payload, run[0] if run else ""]
             job_ids.append(job_id)
         # Each sent id's timings leave `_timings` before the call, whatever it does with the job (ends it,
         # requeues it: the claim that starts it again brings new ones, or ignores it). Not after: a claim

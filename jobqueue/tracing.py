@@ -263,14 +263,14 @@ class BatchTrace:
         traces = self.trace_ids()
         return next((traces[job_id] for job_id in job_ids if job_id in traces), None)
 
-    def emit(self, outcomes: Sequence[tuple[str, Any, str]], write_start_ns: int, write_end_ns: int) -> None:
+    def emit(self, outcomes: Sequence[tuple[str, Any, str, str]], write_start_ns: int, write_end_ns: int) -> None:
         """The result write (`finish`) ran from `write_start_ns` to `write_end_ns`: emit every span."""
         tracer = TRACER
         if tracer is None:
             return
         from opentelemetry.trace import Link, NonRecordingSpan, SpanKind, StatusCode, set_span_in_context
 
-        for job_id, outcome, payload in outcomes:
+        for job_id, outcome, payload, *_ in outcomes:
             timing = self.jobs.get(job_id)
             if timing is not None:
                 timing.outcome = str(outcome)

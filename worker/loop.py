@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 import uuid
+import zlib
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +17,7 @@ import numpy as np
 import orjson
 
 from jobqueue import logs, tracing
-from jobqueue.connection import REFUSED, UNAVAILABLE, sync_client
+from jobqueue.connection import CLUSTER_BUSY, REFUSED, UNAVAILABLE, sync_client
 from jobqueue.keys import StoreKeys
 from jobqueue.model_signature import BatchPart, convert_batch
 from jobqueue.models import ModelConfig, load_models
@@ -40,6 +41,7 @@ BLOCK_TIMEOUT_S = 0.1
 PAUSED_POLL_S = 0.5  # how often a paused model's worker looks whether it was resumed
 BATCH_LOOK_S = 0.001  # while filling a batch, how long to wait before looking for more jobs
 MAX_BACKOFF_S = 5.0  # longest pause between attempts to reach Redis again
+CLUSTER_BUSY_BACKOFF_S = 0.5  # ... and to run a call again that a Cluster slot's move refused
 # A model split into shards (jobqueue/shards.py): the worker runs up to this many batches in one shard
 # before it looks at the others (a turn), and blocks on an empty shard at least this long
 SHARD_TURN_BATCHES = 4
@@ -51,6 +53,9 @@ RECONCILE_INTERVAL_S = 5.0  # how often the worker compares what Redis says it h
 CLAIM_AHEAD_MAX_BATCH_S = 0.05
 
 OutcomeList = list[tuple[str, Outcome, str]]
+# an outcome with the run it is for (the claim's started_at): sent again after a lost reply, a requeuing
+# outcome then never requeues a later run of the job that a claim ahead started meanwhile (finish.lua)
+RecordedList = list[tuple[str, Outcome, str, str]]
 
 
 def new_worker_id() -> str:
@@ -101,8 +106,9 @@ class Worker:
             WorkerQueue(sync_client(settings, slot_key=keys.job("")), settings, self.model.name, self.model.version, keys)
             for keys in model_shards(settings, self.config)
         ]
-        self.queue = self.queues[0]
-        self.client = self.queue.client
+        # workers of one model start on different shards (then go round them all)
+        self.queue = self.queues[zlib.crc32(self.worker_id.encode()) % len(self.queues)]
+        self.client = self.queues[0].client
         self._turn_batches = 0  # batches run in the current shard's turn
         self._empty_shards = 0  # shards found empty one after the other (a burst ends after a round of them)
         self.stopping = threading.Event()
@@ -110,14 +116,14 @@ class Worker:
         self.redis_ok = False
         self.last_tick = time.monotonic()
         self.processed = 0
-        self._unrecorded: OutcomeList = []  # outcomes Redis has not taken yet
+        self._unrecorded: RecordedList = []  # outcomes Redis has not taken yet
         self._adopt = False  # Redis may list ids under us that this process does not know it holds
         self._next_reconcile = time.monotonic() + RECONCILE_INTERVAL_S
         self._unrecorded_traces: list[tracing.BatchTrace] = []  # their batches' spans, emitted once recorded
         self._batch_ids: list[str] = []  # the batch being run, for `_progress`
         self._ahead_ids: list[str] = []  # the batch claimed ahead of it (set on the I/O thread), for `_progress`
         self._trace: tracing.BatchTrace | None = None  # the running batch's spans
-        self._batch_outcomes: OutcomeList = []  # what the batch just run came to
+        self._batch_outcomes: RecordedList = []  # what the batch just run came to
         self._ahead_claimed_at = 0.0
         self._extended_at = 0.0  # when its jobs' backstop deadlines were last set (claim or extend)
         self._last_batch_s = float("inf")  # how long the last batch took to run (claiming ahead needs it short)
@@ -127,7 +133,7 @@ class Worker:
         self.deletion_cost = DeletionCost(settings)  # idle-first scale-in; off outside a cluster
         store = object_store(settings)
         # a model's objects are scheduled for deletion in its first shard (the API does the same)
-        self.objects = ObjectJobs(settings, store, self.client, self.model, self.queue.store.objects) if store else None
+        self.objects = ObjectJobs(settings, store, self.client, self.model, self.queues[0].store.objects) if store else None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -172,14 +178,19 @@ class Worker:
                 elif paused:
                     self.stopping.wait(PAUSED_POLL_S)
             except (*UNAVAILABLE, *REFUSED) as exc:
-                self.redis_ok = False
-                log.warning("redis unavailable or refusing (%s); retrying in %.1fs", exc, backoff)
+                moving = isinstance(exc, CLUSTER_BUSY)  # a Cluster slot being moved: refused before it ran
+                self.redis_ok = moving
+                (log.info if moving else log.warning)("redis unavailable or refusing (%s); retrying in %.1fs", exc, backoff)
                 if self._unrecorded:
                     time.sleep(backoff)  # outcomes in hand: keep trying even while stopping
                 else:
                     self.stopping.wait(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
-                self._adopt = True  # a reply may have been lost: look at what Redis says we hold
+                # a move ends within seconds: look again soon rather than backing off to MAX_BACKOFF_S
+                backoff = min(backoff * 2, CLUSTER_BUSY_BACKOFF_S if moving else MAX_BACKOFF_S)
+                # a reply may have been lost: look at what Redis says we hold (a refused call ran nothing)
+                self._adopt = self._adopt or not moving
+                if moving:
+                    self._turn_batches = SHARD_TURN_BATCHES  # the other shards meanwhile (if any)
         self._leave()
 
     def stop(self) -> None:
@@ -294,7 +305,7 @@ class Worker:
         n = len(self.queues)
         current = self.queues.index(self.queue)
         order = [self.queues[(current + i) % n] for i in range(1, n + 1)]  # the current one last
-        lengths = [queue.pending_lengths() for queue in order]
+        lengths = [self._pending_lengths(queue) for queue in order]
         chosen = order[0]
         for level in range(len(PRIORITIES)):
             waiting = [queue for queue, lens in zip(order, lengths, strict=True) if lens[level]]
@@ -305,6 +316,15 @@ class Worker:
         if any(lengths[i][level] for i in range(n) for level in range(len(PRIORITIES))):
             self._empty_shards = 0  # jobs are waiting somewhere: not a round of empty shards
 
+    @staticmethod
+    def _pending_lengths(queue: WorkerQueue) -> list[int]:
+        """A shard's pending lengths; none for a shard whose slot a Cluster is moving (its keys may be
+        half-way: it is looked at again next turn)."""
+        try:
+            return queue.pending_lengths()
+        except CLUSTER_BUSY:
+            return [0] * len(PRIORITIES)
+
     def _may_claim_ahead(self, jobs: list[ClaimedJob], suspects: bool) -> bool:
         return (
             len(jobs) >= self.config.max_batch_size  # a full batch: a backlog is likely
@@ -314,7 +334,7 @@ class Worker:
             and not self.stopping.is_set()
             and time.monotonic() < self._next_reconcile
             and not (self.objects is not None and self.objects.pause_s)
-            and (len(self.queues) == 1 or self._turn_batches < SHARD_TURN_BATCHES)
+            and (len(self.queues) == 1 or self._turn_batches + 1 < SHARD_TURN_BATCHES)  # the batch about to run counts
         )
 
     def _claim_ahead(self) -> Future[ClaimedBatch]:
@@ -346,7 +366,10 @@ class Worker:
         self._turn_batches += 1
         self._batch_ids = [job.job_id for job in jobs]
         self._trace = tracing.BatchTrace(self.model.name, self.worker_id, jobs) if tracing.TRACER is not None else None
-        self._batch_outcomes = self._process_safely(jobs)
+        runs = {job.job_id: job.started_at for job in jobs}
+        self._batch_outcomes = [
+            (job_id, outcome, payload, runs[job_id]) for job_id, outcome, payload in self._process_safely(jobs)
+        ]
         self._last_batch_s = time.monotonic() - started
 
     def _pause_for_object_store(self) -> None:

@@ -20,7 +20,7 @@ ARGV[4] max attempts
 ARGV[5] events channel
 ARGV[6] max dead letters kept
 ARGV[7] principal key prefix
-ARGV[8..] triples: id, outcome, payload
+ARGV[8..] quads: id, outcome, payload, the run the outcome is for (its started_at as claim wrote it; "": any)
   "completed": payload is the result JSON, or the s3://bucket/key of a result object (issue #26)
   "failed":    payload is the error; permanent (the input does not fit the model, it hung alone)
   "retry":     payload is the error; requeued at the front until max attempts, then failed
@@ -28,6 +28,10 @@ ARGV[8..] triples: id, outcome, payload
                only ids still in this worker's list, so nothing is queued twice
   "isolate":   its batch crashed or hung; requeued at the front as a suspect, the attempt not counted;
                payload is its suspect group (the half of the batch it runs with next; "" or "1": alone)
+  A requeuing outcome (retry, release, isolate) applies only to the run it is for: sent again after a lost
+  reply, once a claim has started the job again, it must not requeue that new run (nor count twice). A
+  run is told by its start (started_at, ms): attempts do not tell runs apart (release and isolate give the
+  attempt back).
 Returns {completed, failed, requeued, ignored, still held, now, then the id of each job this call ended} (the
 worker's latency histograms take these jobs' timings from the claim that started them, or from the records
 for ids no claim of the worker's process read: WorkerQueue.ended_timings); still held > 0
@@ -79,9 +83,14 @@ for i, id in ipairs(holding) do
   if previous then closer[i] = previous end
   tail_most[id] = i
 end
-local held_ids = {}  -- per triple (by its ARGV index): whether the id was held
-for i = 8, #ARGV, 3 do
-  local at = tail_most[ARGV[i]]
+local held_ids = {}  -- per quad (by its ARGV index): whether the id was held
+local stale = {}  -- per quad: a requeuing outcome for an earlier run (the id stays held: a later run's)
+local requeuing = {retry = true, release = true, isolate = true}
+for i = 8, #ARGV, 4 do
+  if requeuing[ARGV[i + 1]] and ARGV[i + 3] ~= '' then
+    stale[i] = redis.call('HGET', job_prefix .. ARGV[i], 'started_at') ~= ARGV[i + 3]
+  end
+  local at = not stale[i] and tail_most[ARGV[i]]
   if at then
     tail_most[ARGV[i]] = closer[at]
     holding[at] = false
@@ -110,7 +119,7 @@ else
   for i = 1, #rest, 1000 do redis.call('RPUSH', processing, unpack(rest, i, math.min(i + 999, #rest))) end
 end
 
-for i = 8, #ARGV, 3 do
+for i = 8, #ARGV, 4 do
   local id, outcome, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local job = job_prefix .. id
   local held = held_ids[i] or false
@@ -124,6 +133,7 @@ for i = 8, #ARGV, 3 do
   end
   local live = status == 'processing' or status == 'pending'
   local ours = status == 'processing' and worker == wid
+  if stale[i] then ours, held = false, false end  -- the outcome of a run that ended: ignored
   -- A result for a job handed back uncounted (a second signal released it while its batch still
   -- ran to the end): the run that made the result is its attempt.
   if result and status == 'pending' then

@@ -13,6 +13,7 @@ from onnx import TensorProto
 from stack import RedisServer
 
 from tests.faults.helpers import Jobs, write_models_file
+from tests.faults.load import StatePoller, SubmitLoad
 from tests.support.models import (
     batch_mean_model,
     fixed_one_output_model,
@@ -76,3 +77,12 @@ def own_jobs(own_client: redis.Redis) -> Jobs:
 def jobs(redis_client: redis.Redis) -> Jobs:
     """Jobs in the session's redis-server (flushed for this test)."""
     return Jobs(redis_client)
+
+
+@pytest.fixture
+def load_threads() -> Iterator[list[SubmitLoad | StatePoller]]:
+    """Submit loads and pollers (tests/faults/load.py) to stop when the test ends, failed or not."""
+    running: list[SubmitLoad | StatePoller] = []
+    yield running
+    for thread in running:
+        thread.stop()

@@ -3,7 +3,6 @@ invariants every test ends with (no id lost or doubled, counters equal to what t
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ import yaml
 from jobqueue.keys import ModelKeys, StoreKeys
 from jobqueue.protocol import ANONYMOUS, NewJob, ScriptCall, enqueue_call, lua_source
 from jobqueue.settings import Settings
+from jobqueue.shards import new_job_id
 from tests.support.waiting import wait_until
 
 PREFIX = "asyncinfer"
@@ -33,9 +33,11 @@ def write_models_file(path: Path, models: dict[str, Path | dict[str, Any]]) -> P
 
 @dataclass
 class Jobs:
-    """Direct access to one Redis for a test: enqueue through the real script, read records raw."""
+    """Direct access to one Redis for a test: enqueue through the real script, read records raw. On a
+    Cluster: one shard's keys (`store` with its tag) on the node serving them."""
 
     client: redis.Redis
+    store: StoreKeys = STORE
 
     def enqueue(self, model: str, data: Any, priority: str = "normal", raw_payload: str | None = None) -> str:
         """Enqueue through enqueue.lua exactly as the API does, minus the API's validation: a payload
@@ -49,7 +51,7 @@ class Jobs:
         """Pause `model` and enqueue one job per input in one transaction: a worker blocked in its wait
         sees the pause and the new ids together, as when a pause lands while it is blocked."""
         pipe = self.client.pipeline(transaction=True)
-        pipe.set(STORE.model(model).paused, "1")
+        pipe.set(self.store.model(model).paused, "1")
         job_ids = []
         for data in inputs:
             job_id, call = self._enqueue_call(model, data)
@@ -59,19 +61,20 @@ class Jobs:
         assert all(int(reply[0]) == 1 for reply in replies[1:]), replies
         return job_ids
 
-    @staticmethod
-    def _enqueue_call(model: str, data: Any, priority: str = "normal", raw_payload: str | None = None) -> tuple[str, ScriptCall]:
+    def _enqueue_call(
+        self, model: str, data: Any, priority: str = "normal", raw_payload: str | None = None
+    ) -> tuple[str, ScriptCall]:
         payload = raw_payload if raw_payload is not None else orjson.dumps({"data": data}).decode()
-        job = NewJob(job_id=str(uuid.uuid4()), model=model, payload=payload, priority=priority, owner=ANONYMOUS)
-        return job.job_id, enqueue_call(STORE, Settings(), job)
+        job = NewJob(job_id=new_job_id(self.store.tag), model=model, payload=payload, priority=priority, owner=ANONYMOUS)
+        return job.job_id, enqueue_call(self.store, Settings(), job)
 
     def record(self, job_id: str) -> dict[str, str]:
-        return self.client.hgetall(STORE.job(job_id))
+        return self.client.hgetall(self.store.job(job_id))
 
     def records(self, job_ids: Sequence[str]) -> list[dict[str, str]]:
         pipe = self.client.pipeline(transaction=False)
         for job_id in job_ids:
-            pipe.hgetall(STORE.job(job_id))
+            pipe.hgetall(self.store.job(job_id))
         return pipe.execute()
 
     def statuses(self, job_ids: Sequence[str]) -> list[str | None]:
@@ -81,31 +84,31 @@ class Jobs:
         return all(status in TERMINAL for status in self.statuses(job_ids))
 
     def result(self, job_id: str) -> Any:
-        raw = self.client.hget(STORE.job(job_id), "result")
+        raw = self.client.hget(self.store.job(job_id), "result")
         return None if raw is None else orjson.loads(raw)
 
     def stats(self, model: str) -> dict[str, int]:
         counters = ("enqueued", "completed", "failed", "retried", "recovered", "expired", "canceled")
-        raw = self.client.hgetall(STORE.model(model).stats)
+        raw = self.client.hgetall(self.store.model(model).stats)
         return {name: int(raw.get(name, 0)) for name in counters}
 
     def processing_lists(self, model: str) -> dict[str, list[str]]:
-        keys = STORE.model(model)
+        keys = self.store.model(model)
         return {key: self.client.lrange(key, 0, -1) for key in self.client.scan_iter(keys.processing_prefix + "*")}
 
     def pending_ids(self, model: str) -> list[str]:
-        keys = STORE.model(model)
+        keys = self.store.model(model)
         return [job_id for key in keys.pending_all for job_id in self.client.lrange(key, 0, -1)]
 
     def job_ids(self) -> list[str]:
-        return [key.removeprefix(STORE.job_prefix) for key in self.client.scan_iter(STORE.job_prefix + "*")]
+        return [key.removeprefix(self.store.job_prefix) for key in self.client.scan_iter(self.store.job_prefix + "*")]
 
 
 def start_paused(jobs: Jobs, model: str, start_worker: Callable[[], Any]) -> Any:
     """Start a worker with its model paused and wait until it beats: jobs enqueued next are all taken by
     one claim when `resume` is called, however short REQUEST_TTL_SECONDS is (a worker takes seconds
     to import ONNX Runtime)."""
-    keys = STORE.model(model)
+    keys = jobs.store.model(model)
     jobs.client.set(keys.paused, "1")
     before = set(jobs.client.zrange(keys.workers, 0, -1))
     proc = start_worker()
@@ -114,7 +117,7 @@ def start_paused(jobs: Jobs, model: str, start_worker: Callable[[], Any]) -> Any
 
 
 def resume(jobs: Jobs, model: str) -> None:
-    jobs.client.delete(STORE.model(model).paused)
+    jobs.client.delete(jobs.store.model(model).paused)
 
 
 def worker_id_prefix(pid: int) -> str:
@@ -126,7 +129,7 @@ def assert_queue_consistent(jobs: Jobs, model: str, expect_idle: bool = True) ->
     """The queue's structures agree with the records: every pending id waits exactly once in a pending
     list, no terminal id is queued or held, counters match the records; with `expect_idle`, nothing is
     held or in flight any more."""
-    keys: ModelKeys = STORE.model(model)
+    keys: ModelKeys = jobs.store.model(model)
     pending = jobs.pending_ids(model)
     doubled = [job_id for job_id, n in Counter(pending).items() if n > 1]
     assert not doubled, f"ids queued twice: {doubled}"
@@ -145,7 +148,7 @@ def assert_queue_consistent(jobs: Jobs, model: str, expect_idle: bool = True) ->
     stats = jobs.stats(model)
     assert stats["completed"] == by_status["completed"], (stats, by_status)
     assert stats["enqueued"] == len(mine), (stats, len(mine))
-    unfinished = jobs.client.hget(STORE.principal(ANONYMOUS), "unfinished")
+    unfinished = jobs.client.hget(jobs.store.principal(ANONYMOUS), "unfinished")
     assert int(unfinished or 0) == sum(1 for r in records.values() if r["status"] not in TERMINAL), "principal's unfinished count"
     if expect_idle:
         assert not held, f"ids still held: {jobs.processing_lists(model)}"

@@ -135,3 +135,31 @@ def test_late_result_of_a_presumed_dead_worker_is_counted_once(queue: WorkerQueu
     assert jobs.stats(MODEL)["completed"] == 1
     assert jobs.client.llen(KEYS.processing("b")) == 0
     assert_queue_consistent(jobs, MODEL)
+
+
+@pytest.mark.parametrize("outcome", [Outcome.RETRY, Outcome.RELEASE, Outcome.ISOLATE])
+def test_a_requeuing_outcome_sent_again_after_a_lost_reply_leaves_the_run_a_claim_started_since(
+    queue: WorkerQueue, jobs: Jobs, outcome: Outcome
+):
+    """The overlapped loop records batch k while it claims batch k+1: if the record's reply is lost after
+    Redis ran it, the claim may already have started the requeued job again, and the loop sends the
+    record again. That copy names the run it is for (its start), so it leaves the new run alone: not
+    requeued again, no attempt counted or given back twice, still held."""
+    job = jobs.enqueue(MODEL, [[1.0, 2.0, 3.0, 4.0]])
+    (first,) = queue.claim("w", 1).jobs
+    record = (job, outcome, "boom", first.started_at)
+    assert queue.finish("w", [record]).requeued == 1  # Redis ran it; the worker never read the reply
+    while now_ms() <= int(first.started_at):
+        pass  # the next run starts in a later millisecond
+    (second,) = queue.claim("w", 1).jobs  # the claim ahead starts it again
+    before = jobs.record(job)
+
+    counts = queue.finish("w", [record])  # the record, sent again
+
+    assert (counts.requeued, counts.ignored, counts.still_held) == (0, 1, 1)
+    assert jobs.record(job) == before  # status processing, same attempts, no new error or suspect mark
+    assert jobs.client.lrange(KEYS.processing("w"), 0, -1) == [job]
+    assert jobs.pending_ids(MODEL) == []
+    assert jobs.stats(MODEL)["retried"] == (1 if outcome is Outcome.RETRY else 0)
+    assert queue.finish("w", [(job, Outcome.COMPLETED, '{"prediction": 2}', second.started_at)]).completed == 1
+    assert_queue_consistent(jobs, MODEL)

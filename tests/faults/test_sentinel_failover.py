@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -25,13 +22,13 @@ from jobqueue.connection import demoted
 from jobqueue.keys import StoreKeys
 from tests.conftest import service_env
 from tests.faults.helpers import Jobs, assert_queue_consistent, resume, start_paused
+from tests.faults.load import PAYLOAD, SubmitLoad, serve_under_load
 from tests.faults.sentinel_cluster import DOWN_AFTER_MS, SentinelCluster
 from tests.notifier.conftest import Notifiers
 from tests.notifier.helpers import Receiver, new_secret
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
-PAYLOAD = orjson.dumps({"data": [[5.9, 3.0, 4.2, 1.5]]})
 STORE = StoreKeys("asyncinfer")
 ACK_TIMEOUT_MS = 500
 # What "a few seconds past down-after" means here: Sentinel's vote and promotion, the clients' next
@@ -60,72 +57,17 @@ def sentinel_env(cluster: SentinelCluster, **overrides: object) -> dict[str, str
     )
 
 
-@dataclass
-class SubmitLoad:
-    """Threads submitting jobs as fast as the API answers, each answer recorded with its time."""
-
-    base: str
-    threads: int = 4
-    answers: list[tuple[float, int, str]] = field(default_factory=list)  # (when, status, job id or detail)
-    stopping: threading.Event = field(default_factory=threading.Event)
-    _workers: list[threading.Thread] = field(default_factory=list)
-
-    def start(self) -> SubmitLoad:
-        for _ in range(self.threads):
-            thread = threading.Thread(target=self._submit, daemon=True)
-            thread.start()
-            self._workers.append(thread)
-        return self
-
-    def _submit(self) -> None:
-        with httpx.Client(base_url=self.base, timeout=20) as http:
-            while not self.stopping.is_set():
-                try:
-                    response = http.post("/predict", content=PAYLOAD, headers={"Content-Type": "application/json"})
-                except httpx.TimeoutException:
-                    self.answers.append((time.monotonic(), 0, "client timeout: a hang"))
-                    continue
-                except httpx.TransportError as exc:  # the API itself is gone: a failure too
-                    self.answers.append((time.monotonic(), 0, f"API unreachable: {exc!r}"))
-                    time.sleep(0.1)
-                    continue
-                body = response.json()
-                self.answers.append((time.monotonic(), response.status_code, body.get("job_id") or str(body)))
-                if response.status_code == 503:
-                    time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.stopping.set()
-        for thread in self._workers:
-            thread.join(30)
-
-    def acknowledged(self) -> list[str]:
-        return [detail for _, status, detail in self.answers if status == 202]
-
-    def statuses(self) -> Counter[int]:
-        return Counter(status for _, status, _ in self.answers)
-
-
 def all_completed(jobs: Jobs, job_ids: list[str]) -> bool:
     return all(r.get("status") == "completed" for r in jobs.records(job_ids))
 
 
-@pytest.fixture
-def background() -> Iterator[list[SubmitLoad | StatePoller]]:
-    """Load threads to stop when the test ends, failed or not."""
-    running: list[SubmitLoad | StatePoller] = []
-    yield running
-    for thread in running:
-        thread.stop()
-
-
-def test_primary_killed_under_submit_load_loses_no_acknowledged_job(cluster: SentinelCluster, processes, background) -> None:
+def test_primary_killed_under_submit_load_loses_no_acknowledged_job(cluster: SentinelCluster, processes, load_threads) -> None:
     env = sentinel_env(cluster)
     _, base = processes.api(env)
     for _ in range(2):
         processes.worker(env)
     load = SubmitLoad(base).start()
-    background.append(load)
+    load_threads.append(load)
     wait_until(lambda: len(load.acknowledged()) >= 50, 30, "submits before the kill")
     old_port = cluster.primary_port()
     killed_at = time.monotonic()
@@ -211,52 +153,10 @@ def test_a_replicas_refusals_read_as_a_demoted_primary(cluster: SentinelCluster)
     assert not demoted(other.value)
 
 
-class StatePoller:
-    """Reads acknowledged jobs through the API over and over, remembering every (status, result) seen."""
-
-    def __init__(self, base: str, load: SubmitLoad) -> None:
-        self.base, self.load = base, load
-        self.seen: dict[str, list[tuple[str, str]]] = {}  # (status, result JSON)
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._poll, daemon=True)
-        self.thread.start()
-
-    def _poll(self) -> None:
-        with httpx.Client(base_url=self.base, timeout=20) as http:
-            while not self.stopping.is_set():
-                for job_id in self.load.acknowledged()[-40:]:
-                    try:
-                        response = http.get(f"/job/{job_id}")
-                    except httpx.TransportError:
-                        time.sleep(0.1)  # the load's own answers show whether the API was reachable
-                        continue
-                    if response.status_code == 200:
-                        view = response.json()
-                        self.seen.setdefault(job_id, []).append((view["status"], orjson.dumps(view.get("result")).decode()))
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.thread.join(30)
-
-    def went_backwards(self) -> list[tuple[str, list[tuple[str, str]]]]:
-        """Jobs shown ended and later not, or ended with two different results."""
-        terminal = {"completed", "failed", "canceled", "expired"}
-        wrong = []
-        for job_id, views in self.seen.items():
-            first_end = next((i for i, (status, _) in enumerate(views) if status in terminal), None)
-            if first_end is not None and len(set(views[first_end:])) > 1:
-                wrong.append((job_id, views))
-        return wrong
-
-
-def test_frozen_primary_rejoins_as_a_replica_and_nothing_goes_backwards(cluster: SentinelCluster, processes, background) -> None:
-    env = sentinel_env(cluster)
-    _, base = processes.api(env)
-    for _ in range(2):
-        processes.worker(env)
-    load = SubmitLoad(base).start()
-    poller = StatePoller(base, load)
-    background += [load, poller]
+def test_frozen_primary_rejoins_as_a_replica_and_nothing_goes_backwards(
+    cluster: SentinelCluster, processes, load_threads
+) -> None:
+    load, poller = serve_under_load(processes, sentinel_env(cluster), load_threads)
     wait_until(lambda: len(load.acknowledged()) >= 30, 30, "submits before the freeze")
     old_port = cluster.primary_port()
     old = cluster.index_of(old_port)

@@ -40,6 +40,12 @@ def test_settings_that_cannot_work_together_are_refused():
         Settings(model_name="Not_A_Label")
     with pytest.raises(ValidationError, match="REDIS_REPLICA_ACK_TIMEOUT_MS"):
         Settings(redis_deadline_seconds=1, redis_replica_ack_timeout_ms=1000)
+    with pytest.raises(ValidationError, match="REDIS_CLUSTER and REDIS_SENTINELS exclude each other"):
+        Settings(redis_cluster=True, redis_sentinels="127.0.0.1:26379")
+    with pytest.raises(ValidationError, match="QUEUE_SHARDS > 1 needs REDIS_CLUSTER"):
+        Settings(queue_shards=2)
+    with pytest.raises(ValidationError, match="KEY_PREFIX must not hold a hash tag"):
+        Settings(redis_cluster=True, key_prefix="{tenant}")
 
 
 def test_every_key_shares_the_prefix_and_model_keys_are_apart():
@@ -53,6 +59,21 @@ def test_every_key_shares_the_prefix_and_model_keys_are_apart():
     assert iris.pending("high") == "{tenant}:iris:pending:high"
     assert not set(iris.pending_all) & set(other.pending_all)
     assert store.idempotency("alice", "k") != store.idempotency("bob", "k")
+
+
+def test_a_shards_keys_share_its_hash_tag_and_the_events_channel_stays_untagged():
+    """On a Cluster every key one script touches must hash to one slot: the shard's tag is the only {...}
+    in them. The events channel is not a key (Cluster delivers a PUBLISH to every node)."""
+    store = StoreKeys("asyncinfer", "k3")
+    iris = store.model("iris")
+    derived = [store.job("j"), store.idempotency("alice", "k"), store.notify, store.notify_failed, store.principal("alice"),
+               store.objects, store.replica_ack, *iris.pending_all, iris.inflight, iris.workers, iris.dead, iris.stats,
+               iris.recovery_lock, iris.paused, iris.processing("w")]  # fmt: skip
+    assert all(key.startswith("asyncinfer:{k3}:") for key in derived), derived
+    assert store.job_prefix + "j" == store.job("j") and store.principal_prefix + "a" == store.principal("a")
+    assert store.events == StoreKeys("asyncinfer").events == "asyncinfer:events"
+    assert store.shard_registry == "asyncinfer:shards"
+    assert StoreKeys("asyncinfer").job("j") == "asyncinfer:job:j"  # standalone: the layout from before
 
 
 def test_terminal_states():
