@@ -99,8 +99,9 @@ bench-chaos: $(STAMP) $(MODEL) ## 40,000 jobs, 2 workers, a worker SIGKILLed eve
 	$(PY) bench/chaos.py --jobs 40000 --kill-every 1.5
 
 .PHONY: docs
-docs: $(STAMP) ## regenerate the README's settings table from jobqueue/settings.py
+docs: $(STAMP) ## regenerate the README's settings table from jobqueue/settings.py and the chart's Cluster tag table from jobqueue/shards.py
 	$(PY) docs/splice.py README.md settings "$$($(PY) -m jobqueue.settings)"
+	$(PY) -m jobqueue.shards > deploy/helm/asyncinfer/files/cluster-tags.json
 
 .PHONY: sync-client
 sync-client: $(STAMP) ## regenerate the SDK's sync client (client.py) from the asyncio one (aio.py) with unasync

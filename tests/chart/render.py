@@ -124,7 +124,7 @@ def pod_labels(obj: dict[str, Any]) -> dict[str, str]:
 
 
 def workloads(r: Rendered) -> list[dict[str, Any]]:
-    return [o for o in r.objects if o["kind"] in ("Deployment", "StatefulSet", "Pod")]
+    return [o for o in r.objects if o["kind"] in ("Deployment", "StatefulSet", "Job", "Pod")]
 
 
 def all_containers(obj: dict[str, Any]) -> list[dict[str, Any]]:

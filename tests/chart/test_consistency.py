@@ -23,6 +23,24 @@ def without_keda(r: Any) -> bool:
     return True
 
 
+def expected_trigger_keys(root: str, model: str, tags: list[str]) -> dict[str, str]:
+    """Trigger name -> the key it reads, as jobqueue.keys names it: the model's pending lists and in-flight
+    ZSET, once (standalone, Sentinels) or per shard's hash tag t0, t1, ... (Redis Cluster)."""
+    if not tags:
+        keys = StoreKeys(root).model(model)
+        return {"pending_high": keys.pending("high"), "pending_normal": keys.pending("normal"),
+                "pending_low": keys.pending("low"), "inflight": keys.inflight}  # fmt: skip
+    names = (f"t{i}" for i in range(4 * len(tags)))
+    shard_keys = [StoreKeys(root, tag).model(model) for tag in tags]
+    return dict(
+        zip(
+            names,
+            [key for k in shard_keys for key in (*(k.pending(p) for p in ("high", "normal", "low")), k.inflight)],
+            strict=True,
+        )
+    )
+
+
 @pytest.mark.parametrize("scenario", ALL)
 def test_each_scaledobject_reads_its_models_keys_as_jobqueue_names_them(scenario: str) -> None:
     r = rendered(scenario)
@@ -30,25 +48,26 @@ def test_each_scaledobject_reads_its_models_keys_as_jobqueue_names_them(scenario
         return
     workers = r.workers()
     assert set(r.scaled_objects()) == set(workers)
+    models_file = yaml.safe_load(r.one("ConfigMap", "models")["data"]["models.yaml"])
     for model, so in r.scaled_objects().items():
-        keys = StoreKeys(r.config["KEY_PREFIX"]).model(model)
         triggers = {t["name"]: t["metadata"] for t in so["spec"]["triggers"]}
         types = {t["type"] for t in so["spec"]["triggers"]}
-        assert {name: t["listName"] for name, t in triggers.items()} == {
-            "pending_high": keys.pending("high"),
-            "pending_normal": keys.pending("normal"),
-            "pending_low": keys.pending("low"),
-            "inflight": keys.inflight,
-        }
+        assert {name: t["listName"] for name, t in triggers.items()} == expected_trigger_keys(
+            r.config["KEY_PREFIX"], model, models_file[model].get("tags", [])
+        )
         # The formula sums every trigger: all outstanding work of the model.
         formula = so["spec"]["advanced"]["scalingModifiers"]["formula"]
         assert sorted(term.strip() for term in formula.split("+")) == sorted(triggers)
         url = urlsplit(r.config["REDIS_URL"])
         for t in triggers.values():
             # KEDA reads the same db, over the same TLS, of the same Redis the services use: through the
-            # same Sentinels when they have some, else at REDIS_URL's address.
-            assert t["databaseIndex"] == (url.path.lstrip("/") or "0")
+            # same Sentinels when they have some, else at REDIS_URL's address (a Cluster's seed node).
             assert t.get("enableTLS", "false") == str(url.scheme == "rediss").lower()
+            if r.config.get("REDIS_CLUSTER") == "true":
+                assert types == {"redis-cluster"} and "databaseIndex" not in t
+                assert t["addresses"] == url.netloc.rpartition("@")[2]
+                continue
+            assert t["databaseIndex"] == (url.path.lstrip("/") or "0")
             if "REDIS_SENTINELS" in r.config:
                 assert types == {"redis-sentinel"} and "address" not in t
                 assert (t["addresses"], t["sentinelMaster"]) == (r.config["REDIS_SENTINELS"], r.config["REDIS_SENTINEL_MASTER"])
@@ -107,13 +126,17 @@ def test_redis_runs_aof_noeviction_and_takes_its_password_from_the_file(scenario
     assert pairs["--maxmemory-policy"] == "noeviction"
     assert "--requirepass" not in container["args"], "the password never goes in argv"
     mount = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}["secrets"]
-    if scenario == "replication":
-        # files/redis-replication.sh starts redis-server the same way, with min-replicas-to-write on top.
-        script = (CHART / "files" / "redis-replication.sh").read_text()
-        assert container["command"] == ["sh", "/opt/asyncinfer/redis-replication.sh", "redis"]
+    if scenario in ("replication", "cluster"):
+        # files/redis-<architecture>.sh starts redis-server the same way, with its architecture's flags on top.
+        script = (CHART / "files" / f"redis-{scenario}.sh").read_text()
+        assert container["command"] == ["sh", f"/opt/asyncinfer/redis-{scenario}.sh", "redis"]
         assert env_of(container)["PASSWORD_FILE"]["value"] == f"{mount}/redis-password"
         assert 'od -An -v -tx1 "$PASSWORD_FILE"' in script and "requirepass $password" in script
-        assert pairs["--min-replicas-to-write"] == "1" and pairs["--min-replicas-max-lag"] == "10"
+        if scenario == "replication":
+            assert pairs["--min-replicas-to-write"] == "1" and pairs["--min-replicas-max-lag"] == "10"
+        else:
+            assert "masterauth $password" in script
+            assert (pairs["--cluster-enabled"], pairs["--cluster-config-file"]) == ("yes", "/data/nodes.conf")
     else:
         script = container["command"][2]
         assert container["command"][:2] == ["sh", "-c"]

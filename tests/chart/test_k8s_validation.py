@@ -29,6 +29,8 @@ CORE_KINDS = {
     "PodDisruptionBudget",
     "NetworkPolicy",
     "Pod",
+    # the Redis Cluster's bootstrap (redis.architecture=cluster)
+    "Job",
     # the workers' identity for their pod-deletion-cost (scaleIn.idleFirst)
     "ServiceAccount",
     "Role",
@@ -94,8 +96,8 @@ def validate_keda(obj: dict[str, Any]) -> None:
     validate_typed(obj, KEDA_MODELS[obj["kind"]])
     if obj["kind"] == "ScaledObject":
         for trigger in obj["spec"]["triggers"]:
-            # redis and redis-sentinel are one scaler in KEDA (redis_scaler.go), reading the same keys.
-            assert trigger["type"] in ("redis", "redis-sentinel")
+            # redis, redis-sentinel and redis-cluster are one scaler in KEDA (redis_scaler.go), reading the same keys.
+            assert trigger["type"] in ("redis", "redis-sentinel", "redis-cluster")
             extra = set(trigger["metadata"]) - REDIS_TRIGGER_KEYS
             assert not extra, f"redis trigger {trigger.get('name')}: unknown metadata keys {sorted(extra)}"
             assert all(isinstance(v, str) for v in trigger["metadata"].values()), "trigger metadata values are strings"

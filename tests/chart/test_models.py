@@ -232,16 +232,25 @@ def test_the_services_own_parser_reads_the_rendered_models_files(scenario: str, 
     cm = r.one("ConfigMap", "models")["data"]
     for key, text in cm.items():
         (tmp_path / key).write_text(text)
-    api_models = load_models(Settings(models_file=str(tmp_path / "models.yaml"), default_model=r.config["DEFAULT_MODEL"]))
+    cluster = r.config.get("REDIS_CLUSTER") == "true"
+    api_models = load_models(
+        Settings(models_file=str(tmp_path / "models.yaml"), default_model=r.config["DEFAULT_MODEL"], redis_cluster=cluster)
+    )
     assert list(api_models)[0] == r.config["DEFAULT_MODEL"]
     assert set(api_models) == set(r.workers())
     for model, worker in r.workers().items():
         env = env_values(pod_spec(worker)["containers"][0])
         own = load_models(
-            Settings(models_file=str(tmp_path / os.path.basename(env["MODELS_FILE"])), default_model=env["DEFAULT_MODEL"])
+            Settings(
+                models_file=str(tmp_path / os.path.basename(env["MODELS_FILE"])),
+                default_model=env["DEFAULT_MODEL"],
+                redis_cluster=cluster,
+            )
         )
         assert list(own) == [env["MODEL_NAME"]] == [model]
         assert own[model].path == api_models[model].path, "a worker opens the file the API read the signature from"
         assert own[model].max_batch_size == api_models[model].max_batch_size == int(env["MAX_BATCH_SIZE"])
+        # A worker goes round the shards new jobs go to: the same hash tags.
+        assert (own[model].shards, own[model].tags) == (api_models[model].shards, api_models[model].tags)
         if own[model].labels_path:
             assert os.path.dirname(own[model].labels_path) == os.path.dirname(env["MODELS_FILE"])

@@ -206,7 +206,7 @@ def test_contradicting_topology_values_fail_with_one_clear_message(sets: tuple[s
 @pytest.mark.parametrize(
     "sets",
     [
-        ("redis.architecture=cluster",),
+        ("redis.architecture=sharded",),
         ("redis.replication.replicas=2",),
         ("redis.external.url=http://h:1/0",),
         ("redis.external.sentinels[0]=no-port",),

@@ -108,6 +108,18 @@ def test_only_this_releases_services_and_keda_reach_redis(scenario: str) -> None
     if scenario == "replication":
         (peers_rule,) = among_redis_pods
         assert peers_rule == {"from": [{"podSelector": {"matchLabels": redis_labels}}], "ports": ports}
+    elif scenario == "cluster":
+        # The bootstrap Job joins the nodes; the nodes reach each other on the client and cluster bus ports.
+        bootstrap_rule, peers_rule = among_redis_pods
+        job_labels = r.one("Job")["spec"]["template"]["metadata"]["labels"]
+        (bootstrap_peer,) = bootstrap_rule["from"]
+        assert bootstrap_peer["podSelector"]["matchLabels"].items() <= job_labels.items() and bootstrap_rule["ports"] == ports
+        assert peers_rule == {
+            "from": [{"podSelector": {"matchLabels": redis_labels}}],
+            "ports": [*ports, {"port": "cluster-bus", "protocol": "TCP"}],
+        }
+        bus = {p["name"]: p["containerPort"] for p in pod_spec(r.one("StatefulSet"))["containers"][0]["ports"]}
+        assert bus == {"redis": 6379, "cluster-bus": 16379}
     else:
         assert among_redis_pods == []
 

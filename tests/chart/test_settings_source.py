@@ -45,6 +45,7 @@ SET_BY_THE_CHART = {
     "redis_sentinels": "computed: the replication set's Sentinels (redis.architecture=replication) or redis.external.sentinels",
     "redis_sentinel_master": "redis.replication.masterSet or redis.external.masterSet, set with the Sentinels",
     "redis_sentinel_password_file": "the mounted Secret file: Redis's password (replication) or redis.external.sentinelPasswordKey",
+    "redis_cluster": "computed: redis.architecture=cluster or redis.external.cluster",
     "redis_min_replicas_ack": "redis.replication.minReplicasAck or redis.external.minReplicasAck; standalone has no replica",
     "redis_replica_ack_timeout_ms": "redis.replication.replicaAckTimeoutMs or redis.external.replicaAckTimeoutMs",
     "object_store_url": "objectStore.url",

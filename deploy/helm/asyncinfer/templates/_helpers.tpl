@@ -146,6 +146,34 @@ Return "true" for the in-chart replication set: a primary, replicas and a Sentin
 {{- end }}
 
 {{/*
+Return "true" for the in-chart Redis Cluster (redis.architecture=cluster).
+*/}}
+{{- define "asyncinfer.redisClusterInChart" -}}
+{{- if and (not .Values.redis.external.enabled) (eq .Values.redis.architecture "cluster") }}true{{ end }}
+{{- end }}
+
+{{/*
+Return "true" when Redis is a Redis Cluster, the chart's own or an external one (REDIS_CLUSTER).
+*/}}
+{{- define "asyncinfer.redisCluster" -}}
+{{- if .Values.redis.external.enabled }}{{ if .Values.redis.external.cluster }}true{{ end }}
+{{- else if eq .Values.redis.architecture "cluster" }}true{{ end }}
+{{- end }}
+
+{{/*
+Return the in-chart Cluster's nodes as `host:port` separated by spaces (the bootstrap Job's NODES).
+*/}}
+{{- define "asyncinfer.redisClusterNodes" -}}
+{{- $sts := include "asyncinfer.componentName" (dict "ctx" . "component" "redis") }}
+{{- $c := .Values.redis.cluster }}
+{{- $nodes := list }}
+{{- range $i := until (int (mul $c.masters (add1 $c.replicasPerMaster))) }}
+{{- $nodes = append $nodes (printf "%s-%d.%s:%d" $sts $i (include "asyncinfer.redisHost" $) (int $.Values.redis.port)) }}
+{{- end }}
+{{- join " " $nodes }}
+{{- end }}
+
+{{/*
 Return the replication set's pod names' DNS addresses, one per pod (`<sts>-<i>.<headless>.<ns>.svc.<domain>`):
 what each redis-server and Sentinel announces, so Sentinels name the primary by a name that survives a pod's new IP.
 */}}
@@ -231,6 +259,18 @@ Return a model's in-flight ZSET (KEDA counts it with ZCARD). Call with (dict "ct
 */}}
 {{- define "asyncinfer.inflightKey" -}}
 {{- printf "%s:%s:inflight" (include "asyncinfer.keyPrefix" .ctx) .model }}
+{{- end }}
+
+{{/*
+Return the names of a sharded model's KEDA triggers, space-separated: t0 t1 ... four per shard (its
+pending lists high, normal, low, then its in-flight ZSET). Call with the model.
+*/}}
+{{- define "asyncinfer.kedaTriggerNames" -}}
+{{- $names := list }}
+{{- range $i := until (int (mul (len .tags) 4)) }}
+{{- $names = append $names (printf "t%d" $i) }}
+{{- end }}
+{{- join " " $names }}
 {{- end }}
 
 {{/*
@@ -563,7 +603,16 @@ Fails on a duplicate name.
 {{- $k := .Values.keda }}
 {{- $seen := dict }}
 {{- $out := list }}
-{{- range $m := .Values.models }}
+{{- $cluster := include "asyncinfer.redisCluster" . }}
+{{- /* Helm cannot compute a hash slot: the in-chart Cluster's tags come from files/cluster-tags.json
+       (`python -m jobqueue.shards`), per master the tags whose slots it serves once slots are split
+       evenly. Model j's shard i goes to master (j + i) mod masters, taking that master's next unused tag. */}}
+{{- $columns := list }}
+{{- if include "asyncinfer.redisClusterInChart" . }}
+{{- $columns = index (.Files.Get "files/cluster-tags.json" | fromJson) (toString (int .Values.redis.cluster.masters)) }}
+{{- end }}
+{{- $taken := dict }}
+{{- range $j, $m := .Values.models }}
 {{- if hasKey $seen $m.name }}
 {{- fail (printf "models: %q appears twice; every model needs its own name (it names its Redis keys and its worker Deployment)" $m.name) }}
 {{- end }}
@@ -597,6 +646,36 @@ Fails on a duplicate name.
 {{- $_ := set $entry "podAnnotations" (merge (deepCopy ($m.podAnnotations | default dict)) ($w.podAnnotations | default dict)) }}
 {{- $_ := set $entry "labels" ($m.labels | default list) }}
 {{- $_ := set $entry "sizeLimit" $.Values.modelFetch.sizeLimit }}
+{{- $tags := $m.tags | default list }}
+{{- $shards := int ($m.shards | default $c.queueShards) }}
+{{- if $cluster }}
+{{- if and $tags (hasKey $m "shards") (ne (int $m.shards) (len $tags)) }}
+{{- fail (printf "model %s: shards (%d) differs from the number of its tags (%d)" $m.name (int $m.shards) (len $tags)) }}
+{{- end }}
+{{- if $tags }}
+{{- $shards = len $tags }}
+{{- else if $columns }}
+{{- range $i := until $shards }}
+{{- $master := mod (add $j $i) (len $columns) }}
+{{- $column := index $columns $master }}
+{{- $next := int (get $taken (toString $master) | default 0) }}
+{{- if ge $next (len $column) }}
+{{- fail (printf "model %s: master %d has no unused tag left in files/cluster-tags.json (%d per master): fewer shards, or more redis.cluster.masters" $m.name $master (len $column)) }}
+{{- end }}
+{{- $tags = append $tags (index $column $next) }}
+{{- $_ := set $taken (toString $master) (add1 $next) }}
+{{- end }}
+{{- else if $.Values.keda.enabled }}
+{{- fail (printf "model %s: with redis.external.cluster and keda.enabled every model needs `tags` (its shards' hash tags, e.g. from `python -m jobqueue.shards` against your Cluster's slot map): KEDA's triggers must name the keys" $m.name) }}
+{{- end }}
+{{- else if or $tags (gt (int ($m.shards | default 1)) 1) }}
+{{- fail (printf "model %s: `shards` above 1 and `tags` need a Redis Cluster (redis.architecture=cluster or redis.external.cluster)" $m.name) }}
+{{- end }}
+{{- if $cluster }}
+{{- $_ := set $entry "cluster" true }}
+{{- $_ := set $entry "shards" $shards }}
+{{- $_ := set $entry "tags" $tags }}
+{{- end }}
 {{- $out = append $out $entry }}
 {{- end }}
 {{- toJson $out }}
@@ -622,6 +701,12 @@ file: the model's label list, rendered as labels-<name>.json in the same ConfigM
   inference_threads: {{ .inferenceThreads }}
   {{- if .labels }}
   labels: {{ printf "/etc/asyncinfer/models/labels-%s.json" .name | quote }}
+  {{- end }}
+  {{- if .cluster }}
+  shards: {{ .shards }}
+  {{- with .tags }}
+  tags: {{ toJson . }}
+  {{- end }}
   {{- end }}
 {{- end }}
 
@@ -787,9 +872,21 @@ redis.replication, redis.external) contradict each other.
 {{- define "asyncinfer.validateRedisTopology" -}}
 {{- $rep := .Values.redis.replication }}
 {{- $ext := .Values.redis.external }}
+{{- if and (gt (int .Values.config.queueShards) 1) (not (include "asyncinfer.redisCluster" .)) }}
+{{- fail (printf "config.queueShards (%d) above 1 needs a Redis Cluster (redis.architecture=cluster or redis.external.cluster): shards spread a queue over its masters" (int .Values.config.queueShards)) }}
+{{- end }}
+{{- if and (include "asyncinfer.redisCluster" .) (regexMatch "[{}]" .Values.config.keyPrefix) }}
+{{- fail "config.keyPrefix must not hold a hash tag ({...}) on a Redis Cluster: the models' tags follow it" }}
+{{- end }}
 {{- if $ext.enabled }}
-{{- if eq .Values.redis.architecture "replication" }}
-{{- fail "redis.external.enabled and redis.architecture=replication are mutually exclusive: with an external Redis the chart runs none (leave architecture standalone)" }}
+{{- if ne .Values.redis.architecture "standalone" }}
+{{- fail (printf "redis.external.enabled and redis.architecture=%s are mutually exclusive: with an external Redis the chart runs none (leave architecture standalone; redis.external.cluster for a Cluster)" .Values.redis.architecture) }}
+{{- end }}
+{{- if and $ext.cluster $ext.sentinels }}
+{{- fail "redis.external.cluster and redis.external.sentinels are mutually exclusive: a Cluster fails over on its own" }}
+{{- end }}
+{{- if and $ext.cluster (not (has (trimPrefix "/" ((urlParse $ext.url).path | default "")) (list "" "0"))) }}
+{{- fail "redis.external.cluster: redis.external.url must name db 0 (a Redis Cluster has no other)" }}
 {{- end }}
 {{- if not .Values.redis.auth.existingSecret }}
 {{- fail "redis.external.enabled needs redis.auth.existingSecret: the external Redis's password (and redis.external.sentinelPasswordKey, the Sentinels') are read from that Secret, mounted as files" }}
@@ -919,10 +1016,14 @@ Call with (dict "ctx" $ "name" triggerName "key" redisKey "listLength" target).
 {{- define "asyncinfer.kedaRedisTrigger" -}}
 {{- $url := urlParse (include "asyncinfer.redisUrl" .ctx) }}
 {{- $sentinels := include "asyncinfer.redisSentinels" .ctx -}}
-- type: {{ ternary "redis-sentinel" "redis" (ne $sentinels "") }}
+{{- $cluster := include "asyncinfer.redisCluster" .ctx -}}
+- type: {{ if $cluster }}redis-cluster{{ else }}{{ ternary "redis-sentinel" "redis" (ne $sentinels "") }}{{ end }}
   name: {{ .name }}
   metadata:
-    {{- if $sentinels }}
+    {{- if $cluster }}
+    # Any node: KEDA reads the slot map from it and asks the node serving the key.
+    addresses: {{ include "asyncinfer.redisAddress" .ctx | quote }}
+    {{- else if $sentinels }}
     addresses: {{ $sentinels | quote }}
     sentinelMaster: {{ include "asyncinfer.redisSentinelMaster" .ctx | quote }}
     {{- else }}
@@ -933,7 +1034,9 @@ Call with (dict "ctx" $ "name" triggerName "key" redisKey "listLength" target).
     {{- end }}
     listName: {{ .key | quote }}
     listLength: {{ .listLength | quote }}
+    {{- if not $cluster }}
     databaseIndex: {{ trimPrefix "/" $url.path | default "0" | quote }}
+    {{- end }}
     {{- if eq $url.scheme "rediss" }}
     enableTLS: "true"
     {{- end }}
