@@ -28,13 +28,13 @@ sys.path[:0] = [str(ROOT), str(ROOT / "deploy" / "local")]
 
 from stack import RedisServer, free_port, start_api, start_worker, stop  # noqa: E402
 
+from bench.run import CLIENTS, end_to_end  # noqa: E402
 from jobqueue.shards import tag_of, tag_slot  # noqa: E402
 from tests.support.redis_cluster import RedisClusterHarness  # noqa: E402
 
 MODEL = str(ROOT / "models" / "iris.onnx")
 BODY = {"data": [[6.7, 3.0, 5.2, 2.3]]}
 SIZES = {"full": (40_000, 8_000, 3), "quick": (10_000, 3_000, 2), "smoke": (300, 120, 1)}  # drain jobs, e2e jobs, rounds
-CLIENTS = 32
 SHARDS = 3
 
 
@@ -89,21 +89,11 @@ def iso_s(text: str) -> float:
     return time.mktime(time.strptime(text[:19], "%Y-%m-%dT%H:%M:%S")) + int(text[20:23]) / 1000
 
 
-async def e2e(http: httpx.AsyncClient, n: int) -> tuple[float, list[str]]:
-    """`Prefer: wait` submits from CLIENTS concurrent clients: jobs/s and the ids."""
-    ids: list[str] = []
-    left = n
-
-    async def client() -> None:
-        nonlocal left
-        while left > 0:
-            left -= 1
-            answer = await http.post("/predict", json=BODY, headers={"Prefer": "wait=30"})
-            ids.append(answer.json()["job_id"])
-
-    started = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(CLIENTS)))
-    return n / (time.perf_counter() - started), ids
+async def e2e(base: str, n: int) -> tuple[float, list[str]]:
+    """`Prefer: wait` submits from CLIENTS concurrent clients, as `make bench` measures them
+    (bench/run.py's end_to_end): jobs/s and the ids."""
+    load = await end_to_end(base, n, "wait")
+    return load.completed_jps, load.job_ids
 
 
 def run_system(label: str, env: dict[str, str], workdir: Path, masters: list[int], n_drain: int, n_e2e: int) -> Figures:
@@ -122,7 +112,7 @@ def run_system(label: str, env: dict[str, str], workdir: Path, masters: list[int
                 worker = start_worker(env, workdir / f"{label}-e2e-worker.log")
                 try:
                     await http.post("/predict", json=BODY, headers={"Prefer": "wait=60"})  # the worker is up
-                    rate, ids = await e2e(http, n_e2e)
+                    rate, ids = await e2e(f"http://127.0.0.1:{env['PORT']}", n_e2e)
                 finally:
                     stop(worker)
                 usec = {port: sum(int(e["usec"]) for e in node.info("commandstats").values()) for port, node in nodes.items()}

@@ -145,6 +145,7 @@ class Load:
     redis_cpu_us: float = 0.0  # redis-server CPU per job
     worker_cpu_us: float = 0.0  # worker CPU per job
     client_cpu_us: float = 0.0  # the load generator's (this process's) CPU per job
+    job_ids: list[str] = field(default_factory=list)  # every job submitted (bench/cluster.py counts them per shard)
 
 
 async def end_to_end(base: str, jobs: int, mode: str) -> Load:
@@ -173,6 +174,7 @@ async def end_to_end(base: str, jobs: int, mode: str) -> Load:
                 load.requests += 1
                 async with http.post(f"{base}/predict", data=BODY, headers=headers) as response:
                     body = await response.json()
+                    load.job_ids.append(body.get("job_id", ""))
                     expected = 200 if mode == "wait" else 202
                     if response.status != expected:
                         raise RuntimeError(f"submit answered {response.status} {body}")

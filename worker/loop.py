@@ -111,6 +111,9 @@ class Worker:
         self.client = self.queues[0].client
         self._turn_batches = 0  # batches run in the current shard's turn
         self._empty_shards = 0  # shards found empty one after the other (a burst ends after a round of them)
+        # no shard had jobs waiting when the current one was chosen (always, with one): an empty claim
+        # then blocks on it for a while rather than looking at the others again at once
+        self._all_idle = len(self.queues) == 1
         self.stopping = threading.Event()
         self._closed = threading.Event()  # set once the loop has left: ends the heartbeat
         self.redis_ok = False
@@ -232,7 +235,10 @@ class Worker:
             if burst or batch.paused:
                 self._empty_shards += 1
                 return [], batch.paused, False
-            # Several shards: block on this one for a share of the time, then look at the next.
+            if not self._all_idle:  # several shards, and the others may have jobs: look there first
+                self._empty_shards += 1
+                return [], False, False
+            # Every shard was empty (or there is one): block on this one, for a share of the time with several.
             moved = self.queue.wait_for_job(self.worker_id, max(BLOCK_TIMEOUT_S / len(self.queues), MIN_SHARD_BLOCK_S))
             batch = self.queue.claim(self.worker_id, size - 1 if moved else size, moved=[moved] if moved else [])
             jobs = list(batch.jobs)
@@ -313,7 +319,8 @@ class Worker:
                 chosen = waiting[0]
                 break
         self.queue, self._turn_batches = chosen, 0
-        if any(lengths[i][level] for i in range(n) for level in range(len(PRIORITIES))):
+        self._all_idle = not any(any(lens) for lens in lengths)
+        if not self._all_idle:
             self._empty_shards = 0  # jobs are waiting somewhere: not a round of empty shards
 
     @staticmethod
