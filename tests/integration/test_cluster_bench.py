@@ -16,7 +16,11 @@ def test_the_cluster_bench_prints_balance_drain_e2e_and_cpu_per_job_per_master()
     for figure in ("drain, jobs/s (one worker)", "e2e `Prefer: wait`, jobs/s"):
         assert re.search(rf"^\| {re.escape(figure)} \| [\d,]+ \| [\d,]+ \| [\d.]+x \|", out, re.MULTILINE), out
     assert re.search(r"^\| masters' command time, max/min \| - \| [\d.]+ \| \| <= 1\.3: (yes|no) \|$", out, re.MULTILINE)
-    masters = re.findall(r"^\| cluster :\d+ \| ([\d,]+) \| [\d,]+ \| [\d.]+ \| \d+ \| [\d,]+ \|$", out, re.MULTILINE)
+    masters = re.findall(
+        r"^\| cluster :\d+ \| ([\d,]+) \| [\d,]+ \| \d+ \| [\d,]+ \| ([\d,]+) \| \d+ \| [\d,]+ \|$", out, re.MULTILINE
+    )
     assert len(masters) == 3, out
-    assert all(int(jobs.replace(",", "")) > 0 for jobs in masters), "every master serves one of the model's shards"
+    assert all(int(e2e.replace(",", "")) > 0 and int(drained.replace(",", "")) > 0 for e2e, drained in masters), (
+        "every master serves one of the model's shards"
+    )
     assert re.search(r"^\| standalone :\d+ \| [\d,]+ \|", out, re.MULTILINE)
