@@ -139,17 +139,20 @@ class MultiplexedRedis:
         except redis.exceptions.NoScriptError:
             return await self.execute_traced("EVAL", source, len(keys), *keys, *args)
 
-    async def wait_replicas(self, serial: int, marker: str, replicas: int, timeout_ms: int) -> int:
+    async def wait_replicas(self, serial: int, marker: str, replicas: int, timeout_ms: int, asking: bool = False) -> int:
         """How many replicas hold everything connection `serial` has seen answered (a write of its own to
         `marker`, then WAIT, on that same connection). A replica's acknowledgement counts only for the
         server that was asked: if that connection is gone (a failover may have moved us to another
-        server), nothing can be confirmed, and ConnectionError says so. Blocks the shared connection
+        server), nothing can be confirmed, and ConnectionError says so. `asking`: the marker goes behind
+        ASKING (a Cluster slot moving to this node). Blocks the shared connection
         until WAIT answers (at most `timeout_ms`): callers share one WAIT (jobqueue/replicas.py)."""
         current = self._current
         if current is None or current.broken is not None or current.serial != serial:
             raise redis.exceptions.ConnectionError(
                 "the Redis connection that carried the write was lost before replicas confirmed it"
             )
+        if asking:  # a Cluster node still importing the marker's slot (the write it confirms came by ASK)
+            self._send(current, ("ASKING",))
         marked = self._send(current, ("SET", marker, "1", "PX", MARKER_TTL_MS))
         acked = self._send(current, ("WAIT", replicas, timeout_ms))
         await marked

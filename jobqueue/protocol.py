@@ -36,7 +36,7 @@ from jobqueue.errors import (
 )
 from jobqueue.keys import ModelKeys, StoreKeys
 from jobqueue.multiplex import MultiplexedRedis
-from jobqueue.replicas import ReplicaAcks
+from jobqueue.replicas import ReplicaAcks, ReplicasBehind
 from jobqueue.settings import Settings
 from jobqueue.shards import ModelTags, tag_of
 from jobqueue.states import ClaimFlag, JobStatus, Outcome, ScriptCode
@@ -496,8 +496,9 @@ class JobStore:
             node = self._nodes[address] = _Node(client, redis_, ReplicaAcks(redis_, self.settings, self.keys.replica_ack))
         return node
 
-    async def _execute(self, node: _Node, args: tuple[Any, ...], patient: bool = True) -> tuple[Any, _Node, int]:
-        """A command on the server of its keys (the reply, the node that answered, its connection's serial),
+    async def _execute(self, node: _Node, args: tuple[Any, ...], patient: bool = True) -> tuple[Any, _Node, int, bool]:
+        """A command on the server of its keys (the reply, the node that answered, its connection's serial,
+        whether it answered behind ASKING),
         through a Cluster slot's move: ASK is followed (the command again, behind ASKING, on the node it
         names: the key moved there already); TRYAGAIN and CLUSTERDOWN (nothing ran) are asked again
         shortly, within REDIS_DEADLINE_SECONDS. `patient` False raises ShardBusy at once instead (a
@@ -508,11 +509,11 @@ class JobStore:
             try:
                 try:
                     reply, serial = await node.redis.execute_traced(*args)
-                    return reply, node, serial
+                    return reply, node, serial, False
                 except redis.exceptions.AskError as asked:
                     target = self._node_at(asked.host, asked.port)
                     reply, serial = await target.redis.execute_asking(*args)
-                    return reply, target, serial
+                    return reply, target, serial, True
             except redis.exceptions.NoScriptError:
                 if args[0] != "EVALSHA":
                     raise
@@ -524,11 +525,29 @@ class JobStore:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.2)
 
-    async def _run(self, call: ScriptCall, node: _Node, patient: bool = True) -> Any:
-        """Run a script that writes; it returns once the replicas asked for hold what it wrote."""
+    async def _confirm(self, node: _Node, serial: int, keys: StoreKeys, asked: bool) -> None:
+        """Return once REDIS_MIN_REPLICAS_ACK replicas hold what `node`'s connection `serial` wrote or
+        read. After an ASK the marker is the shard's own key, behind ASKING (the node is importing its
+        slot). A marker refused because the slot moved meanwhile confirms nothing: ReplicasBehind (503:
+        the write may stand), never a refusal that would say nothing was stored."""
+        required = self.settings.redis_min_replicas_ack
+        timeout_ms = self.settings.redis_replica_ack_timeout_ms
+        try:
+            if not asked:
+                await node.replicas.confirm(serial)
+            elif required:
+                acked = await node.redis.wait_replicas(serial, keys.replica_ack, required, timeout_ms, asking=True)
+                if acked < required:
+                    raise ReplicasBehind(acked, required, timeout_ms)
+        except CLUSTER_BUSY as exc:
+            raise ReplicasBehind(0, required, timeout_ms) from exc
+
+    async def _run(self, call: ScriptCall, keys: StoreKeys, node: _Node, patient: bool = True) -> Any:
+        """Run a script on `keys`' shard that writes; it returns once the replicas asked for hold what it wrote."""
         sha, _ = self._scripts[call.name]
-        reply, answered, serial = await self._execute(node, ("EVALSHA", sha, len(call.keys), *call.keys, *call.args), patient)
-        await answered.replicas.confirm(serial)
+        args = ("EVALSHA", sha, len(call.keys), *call.keys, *call.args)
+        reply, answered, serial, asked = await self._execute(node, args, patient)
+        await self._confirm(answered, serial, keys, asked)
         return reply
 
     async def _read(self, job_id: str, fields: Sequence[str]) -> JobRecord | None:
@@ -538,10 +557,10 @@ class JobStore:
             keys, node = self._job(job_id)
         except JobNotFound:
             return None
-        values, answered, serial = await self._execute(node, ("HMGET", keys.job(job_id), *fields))
+        values, answered, serial, asked = await self._execute(node, ("HMGET", keys.job(job_id), *fields))
         record = parse_record(job_id, fields, values)
         if record is not None and record.status.terminal:
-            await answered.replicas.confirm(serial)
+            await self._confirm(answered, serial, keys, asked)
         return record
 
     def new_job_id(self, model: str, affinity: str | None = None) -> str:
@@ -559,8 +578,8 @@ class JobStore:
         try:
             if len(jobs) == 1:
                 call = enqueue_call(keys, self.settings, jobs[0], limits)
-                return [enqueue_result(await self._run(call, node, patient), self.settings)]
-            reply = await self._run(enqueue_many_call(keys, self.settings, jobs, limits), node, patient)
+                return [enqueue_result(await self._run(call, keys, node, patient), self.settings)]
+            reply = await self._run(enqueue_many_call(keys, self.settings, jobs, limits), keys, node, patient)
         except ShardBusy as busy:
             if patient:
                 raise
@@ -644,14 +663,15 @@ class JobStore:
     async def cancel(self, record: JobRecord) -> JobStatus:
         """End a pending job as canceled (409 WrongState otherwise); repeating it is harmless."""
         keys, node = self._job(record.job_id)
-        reply = await self._run(cancel_call(keys, self.settings, record), node)
+        reply = await self._run(cancel_call(keys, self.settings, record), keys, node)
         return state_change(reply, record.job_id, "cancel", self.settings)
 
     async def retry(self, record: JobRecord, token: str) -> Enqueued:
         """Requeue a failed or expired job (refusals raised as for a submit); the same `token` again
         answers as its first run did, whatever the job did since (`created` False)."""
         keys, node = self._job(record.job_id)
-        reply = await self._run(retry_call(keys, self.settings, record, token, limits=self.limits(record.model or "")), node)
+        call = retry_call(keys, self.settings, record, token, limits=self.limits(record.model or ""))
+        reply = await self._run(call, keys, node)
         return retry_result(reply, record.job_id, self.settings)
 
 

@@ -72,6 +72,11 @@ def model_config(settings: Settings) -> ModelConfig:
     return models[name]
 
 
+def first_shard(worker_id: str, shards: int) -> int:
+    """The shard a worker starts on: workers of one model start on different shards (then go round)."""
+    return zlib.crc32(worker_id.encode()) % shards
+
+
 def model_shards(settings: Settings, config: ModelConfig) -> list[StoreKeys]:
     """The model's shards; on a Cluster their tags come from the registry (chosen there by the first
     process to need them), read before anything else: a worker holds nothing yet, so it just waits."""
@@ -106,8 +111,7 @@ class Worker:
             WorkerQueue(sync_client(settings, slot_key=keys.job("")), settings, self.model.name, self.model.version, keys)
             for keys in model_shards(settings, self.config)
         ]
-        # workers of one model start on different shards (then go round them all)
-        self.queue = self.queues[zlib.crc32(self.worker_id.encode()) % len(self.queues)]
+        self.queue = self.queues[first_shard(self.worker_id, len(self.queues))]
         self.client = self.queues[0].client
         self._turn_batches = 0  # batches run in the current shard's turn
         self._empty_shards = 0  # shards found empty one after the other (a burst ends after a round of them)

@@ -23,7 +23,8 @@ from tests.integration.test_client_paths import bearer, setosa_result, tokens_en
 from tests.support.cluster_stack import SHARDED, SHARDS, SINGLE, cluster_env, master_of, shard_tag, two_models_file
 from tests.support.redis_cluster import RedisClusterHarness
 from tests.support.samples import ROW
-from worker.loop import SHARD_TURN_BATCHES
+from tests.support.waiting import wait_until
+from worker.loop import SHARD_TURN_BATCHES, first_shard
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 REGISTRY = "asyncinfer:shards"
@@ -162,6 +163,12 @@ def keys_to_shard(tags: tuple[str, ...], index: int, count: int, principal: str 
     return list(itertools.islice(lands, count))
 
 
+def sharded_workers(http: httpx.Client) -> list[dict[str, Any]]:
+    models = http.get("/admin/overview").json()["models"]
+    workers: list[dict[str, Any]] = next(m for m in models if m["name"] == SHARDED)["workers"]
+    return workers
+
+
 def registered_tags(cluster: RedisClusterHarness) -> tuple[str, ...]:
     """The sharded model's tags in shard order (the order its workers go round them)."""
     with cluster.cluster_client() as client:
@@ -177,23 +184,31 @@ def test_high_priority_on_one_shard_is_reached_at_the_end_of_the_current_turn(
     low_per_shard, high_count, batch = 60, 8, 4
     env = cluster_env(redis_cluster, MAX_BATCH_SIZE=batch)
     _, url = processes.api(env)
-    tags = registered_tags(redis_cluster)  # the worker starts on the first
+    tags = registered_tags(redis_cluster)
     with httpx.Client(base_url=url, timeout=60) as http:
+        # the worker starts paused, so the shard it starts on (worker.loop.first_shard) is known first
+        assert http.post(f"/admin/models/{SHARDED}/pause").status_code == 200
+        processes.worker(env)
+        wait_until(lambda: sharded_workers(http), 60, "the worker to beat")
+        worker_id = sharded_workers(http)[0]["id"]
+        start = first_shard(worker_id, SHARDS)
+        # high jobs on the shard two turns away: reached after the first turn, not after the middle one's
+        high_shard, middle = (start + 2) % SHARDS, tags[(start + 1) % SHARDS]
         low = submit_many(http, low_per_shard * SHARDS, priority="low")
         high = []
-        for key in keys_to_shard(tags, SHARDS - 1, high_count):
+        for key in keys_to_shard(tags, high_shard, high_count):
             answer = http.post("/predict", json={"data": [ROW], "priority": "high"}, headers={"Idempotency-Key": key})
             high.append(answer.json()["job_id"])
-        assert {shard_tag(i) for i in high} == {tags[-1]}
-        processes.worker(env)
+        assert {shard_tag(i) for i in high} == {tags[high_shard]}
+        assert http.post(f"/admin/models/{SHARDED}/resume").status_code == 200
         views = finish_order(wait_all_done(http, [*low, *high], timeout_s=180))
     finished = {v["job_id"]: v["finished_at"] for v in views}
     last_high = max(finished[i] for i in high)
     low_before = Counter(shard_tag(i) for i in low if finished[i] < last_high)
-    turn = (SHARD_TURN_BATCHES + 1) * batch  # with the batch claimed ahead (see the test above)
+    turn = SHARD_TURN_BATCHES * batch  # the claim ahead included
     # the first shard's turn, then the high shard's claims (their low share); the next in turn would
     # add the middle shard's whole turn
-    assert low_before[tags[1]] < turn // 2 and sum(low_before.values()) < turn + turn // 2, (low_before, tags)
+    assert low_before[middle] < turn // 2 and sum(low_before.values()) < turn + turn // 2, (low_before, tags, start)
 
 
 def test_an_idempotency_key_finds_its_job_on_its_shard(processes: Processes, redis_cluster: RedisClusterHarness) -> None:

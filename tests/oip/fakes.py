@@ -18,6 +18,7 @@ from api.state import AppState
 from jobqueue.model_signature import ModelSignature, parse_input
 from jobqueue.protocol import Enqueued, NewJob
 from jobqueue.settings import Settings
+from jobqueue.shards import new_job_id
 from jobqueue.states import JobStatus
 from worker.model import OnnxModel
 
@@ -66,6 +67,13 @@ class FakeRedis:
         return True
 
 
+class FakeStore:
+    """The job store as a new job's id needs it (a standalone Redis: untagged uuid4 ids)."""
+
+    def new_job_id(self, model: str, affinity: str | None = None) -> str:
+        return new_job_id("")
+
+
 class FakeEvents:
     """End notifications: the fake's jobs have ended (or never will) by the time anyone listens."""
 
@@ -85,6 +93,7 @@ class FakeState:
     callback_validator: Any = None
     probe: FakeRedis = field(default_factory=lambda: FakeRedis())
     events: FakeEvents = field(default_factory=lambda: FakeEvents())
+    store: FakeStore = field(default_factory=lambda: FakeStore())
     jobs: dict[str, FakeRecord] = field(default_factory=dict)
     submitted: list[dict[str, Any]] = field(default_factory=list)
     run_jobs: bool = True  # False: jobs stay pending (a worker-less queue)
