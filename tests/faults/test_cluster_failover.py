@@ -21,7 +21,7 @@ from jobqueue.keys import StoreKeys
 from jobqueue.protocol import ANONYMOUS
 from jobqueue.settings import Settings
 from jobqueue.shards import ModelTags, tag_of, tag_slot
-from tests.conftest import service_env
+from tests.conftest import MODEL_PATH, service_env
 from tests.faults.helpers import (
     PREFIX,
     Jobs,
@@ -32,7 +32,7 @@ from tests.faults.helpers import (
     write_models_file,
 )
 from tests.faults.load import PAYLOAD, StatePoller, SubmitLoad, serve_under_load
-from tests.support.redis_cluster import NODE_TIMEOUT_MS, RedisClusterHarness
+from tests.support.redis_cluster import NODE_TIMEOUT_MS, RedisClusterHarness, hash_tag_in_slot
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -46,6 +46,8 @@ FAILOVER_503_BUDGET_S = NODE_TIMEOUT_MS / 1000 * 3 + 30
 # A slot move's own pauses plus its migrations, the API's deadline and a loaded machine.
 RESHARD_503_BUDGET_S = 60
 COMPLETION_TIMEOUT_S = 120
+# redis-cli reshard's slots: the source's lowest, the first shard's slot the last of them
+RESHARDED_SLOTS = 10
 
 
 def cluster_env(cluster: RedisClusterHarness, **overrides: object) -> dict[str, str]:
@@ -114,11 +116,12 @@ def acknowledged_after(load: SubmitLoad, since: float, tag: str | None = None) -
 
 
 def start_service(
-    cluster: RedisClusterHarness, processes, load_threads: list[SubmitLoad | StatePoller]
+    cluster: RedisClusterHarness, processes, load_threads: list[SubmitLoad | StatePoller], **env: object
 ) -> tuple[SubmitLoad, StatePoller, list[str]]:
     """The API, two workers, a submit load on a model in SHARDS shards and a poller reading its jobs;
-    returns them once the load has acknowledged jobs in every shard, and the shards' tags."""
-    load, poller = serve_under_load(processes, cluster_env(cluster), load_threads)
+    returns them once the load has acknowledged jobs in every shard, and the shards' tags. `env`: more
+    settings for the services."""
+    load, poller = serve_under_load(processes, cluster_env(cluster, **env), load_threads)
     tags = model_tags(cluster, MODEL)
     assert len(tags) == SHARDS, tags
     wait_until(lambda: all(acknowledged_after(load, 0, tag) >= 40 for tag in tags), 60, "submits in every shard")
@@ -243,15 +246,53 @@ def test_a_shard_moved_to_another_master_under_load_loses_and_doubles_no_job(
             time.sleep(1.0 if move.keys_moved == 0 else 0.3)
         steps += 1
     moved_s = time.monotonic() - started
-    wait_until(
-        lambda: acknowledged_after(load, started + moved_s, moved_tag) >= 30, 60, f"submits to shard {moved_tag} on {target}"
-    )
-    refused, last_503_s, acknowledged, run_twice = settle(redis_cluster, load, poller, started, RESHARD_503_BUDGET_S)
-    assert redis_cluster.owner_of_slot(slot) == target
+    outcome = settle_moved_shard(redis_cluster, load, poller, moved_tag, target, started, moved_s)
+    print(f"\nshard {moved_tag} (slot {slot}) moved {source} -> {target} ({move.keys_moved} keys, {steps} steps) {outcome}")
+
+
+def test_a_shard_resharded_by_redis_cli_under_load_loses_and_doubles_no_job(
+    redis_cluster: RedisClusterHarness, processes, load_threads: list[SubmitLoad | StatePoller], tmp_path: Path
+) -> None:
+    """`redis-cli --cluster reshard` itself moves a master's lowest slots to another master, the first
+    shard's among them, last: the slots before it are empty, so the load meets the slots opening and
+    closing as an operator's reshard makes them before its own shard moves."""
+    (source, _), (target, _), (third, _) = redis_cluster.masters()
+    resharded = redis_cluster.lowest_slots(source, RESHARDED_SLOTS)
+    others = [redis_cluster.lowest_slots(port, 1)[0] for port in (target, third)]  # a shard on each other master
+    tags = [hash_tag_in_slot(slot) for slot in (resharded[-1], *others)]
+    models = write_models_file(tmp_path / "models.yaml", {MODEL: {"path": MODEL_PATH, "tags": tags}})
+    load, poller, registered = start_service(redis_cluster, processes, load_threads, MODELS_FILE=models)
+    assert registered == tags
+    moved_tag = tags[0]
+    started = time.monotonic()
+    moved = redis_cluster.reshard_with_cli(source, target, len(resharded))
+    moved_s = time.monotonic() - started
+    assert moved == resharded, f"redis-cli moved {moved}, not the source's lowest slots {resharded}"
+    outcome = settle_moved_shard(redis_cluster, load, poller, moved_tag, target, started, moved_s)
     print(
-        f"\nshard {moved_tag} (slot {slot}) moved {source} -> {target} under load in {moved_s:.1f}s"
-        f" ({move.keys_moved} keys, {steps} steps); {acknowledged} jobs acknowledged, {refused} answers 503,"
-        f" the last {last_503_s:.1f}s after the move began; lost 0, run twice {run_twice}, doubled results 0"
+        f"\nredis-cli --cluster reshard moved slots {moved[0]}-{moved[-1]} of {source} (shard {moved_tag}'s slot"
+        f" {moved[-1]} last) to {target} ({redis_cluster.cli_keys_moved[-1]} keys) {outcome}"
+    )
+
+
+def settle_moved_shard(
+    cluster: RedisClusterHarness,
+    load: SubmitLoad,
+    poller: StatePoller,
+    tag: str,
+    target: int,
+    started: float,
+    moved_s: float,
+) -> str:
+    """After shard `tag`'s slot moved to `target` (from `started`, in `moved_s`): submits to it are
+    acknowledged there, then `settle` (RESHARD_503_BUDGET_S) and its slot is still on `target`; returns
+    the figures to print."""
+    wait_until(lambda: acknowledged_after(load, started + moved_s, tag) >= 30, 60, f"submits to shard {tag} on {target}")
+    refused, last_503_s, acknowledged, run_twice = settle(cluster, load, poller, started, RESHARD_503_BUDGET_S)
+    assert cluster.owner_of_slot(tag_slot(tag)) == target
+    return (
+        f"under load in {moved_s:.1f}s; {acknowledged} jobs acknowledged, {refused} answers 503, the last"
+        f" {last_503_s:.1f}s after the move began; lost 0, run twice {run_twice}, doubled results 0"
     )
 
 
