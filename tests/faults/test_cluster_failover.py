@@ -305,7 +305,7 @@ def key_for_shard(tags: list[str], tag: str) -> str:
             return key
 
 
-@pytest.mark.parametrize("request_kind", ["submit", "read"])
+@pytest.mark.parametrize("request_kind", ["submit", "read", "read-ended"])
 def test_a_request_refused_with_ask_mid_move_is_retried_and_answered_once_the_move_ends(
     redis_cluster: RedisClusterHarness, processes, request_kind: str
 ) -> None:
@@ -313,19 +313,29 @@ def test_a_request_refused_with_ask_mid_move_is_retried_and_answered_once_the_mo
     the slot is open; a job's record migrated already) ran nothing: the API follows the ASK to the node
     named or tries again within REDIS_DEADLINE_SECONDS (README, "Redis Cluster"), so a move that ends
     well within the deadline costs the request time, not a 503. A keyed submit cannot go to another
-    shard: it stays on the moving one."""
+    shard: it stays on the moving one. `read-ended`: the job has ended, so the read followed to the
+    target also waits for the target's replicas (REDIS_MIN_REPLICAS_ACK) before showing its end."""
     deadline_s = 10  # generous: the move below stays open for 0.5 s
-    _, base = processes.api(cluster_env(redis_cluster, REDIS_DEADLINE_SECONDS=deadline_s))
+    env = cluster_env(redis_cluster, REDIS_DEADLINE_SECONDS=deadline_s)
+    _, base = processes.api(env)
     tags = model_tags(redis_cluster, MODEL)
     moved_tag = tags[0]
     slot = tag_slot(moved_tag)
-    target = next(port for port, _ in redis_cluster.masters() if port != redis_cluster.owner_of_slot(slot))
+    source = redis_cluster.owner_of_slot(slot)
+    # a target that serves none of the untagged keys (the replica-ack marker's slot among them): what
+    # the API sends there behind ASKING must keep to the moving slot
+    untagged_owner = redis_cluster.owner_of_slot(redis_cluster.key_slot(StoreKeys(PREFIX).replica_ack))
+    target = next(port for port, _ in redis_cluster.masters() if port not in (source, untagged_owner))
     answers: list[tuple[int, str, float]] = []
     with httpx.Client(base_url=base, timeout=deadline_s * 3) as http:
-        # no worker: the job stays pending, its record in the moved slot
+        # no worker (but for read-ended, below): the job stays pending, its record in the moved slot
         existing = http.post("/predict", content=PAYLOAD, headers={"Idempotency-Key": key_for_shard(tags, moved_tag)})
         assert existing.status_code == 202, existing.text
         existing_id = existing.json()["job_id"]
+        if request_kind == "read-ended":
+            processes.worker(env)
+            jobs = shard_jobs(redis_cluster, moved_tag)
+            wait_until(lambda: jobs.statuses([existing_id]) == ["completed"], 30, "the worker to complete the job")
 
         def send() -> None:
             started = time.monotonic()
@@ -337,7 +347,7 @@ def test_a_request_refused_with_ask_mid_move_is_retried_and_answered_once_the_mo
 
         steps = redis_cluster.move_slot_steps(slot, target, keys_per_batch=1000)
         next(steps)  # the slot is open: the source answers ASK for keys it lacks (a new job's)
-        if request_kind == "read":
+        if request_kind != "submit":
             next(steps)  # every key of the slot migrated: ASK for the existing job's record too
         requester = threading.Thread(target=send)
         requester.start()
@@ -350,6 +360,8 @@ def test_a_request_refused_with_ask_mid_move_is_retried_and_answered_once_the_mo
         f"a {request_kind} refused with ASK while slot {slot} moved was answered {status} after {took_s:.2f}s instead"
         f" of being retried until the move ended (within REDIS_DEADLINE_SECONDS={deadline_s}): {text}"
     )
-    job_id = orjson.loads(text)["job_id"]
+    view = orjson.loads(text)
+    assert view["status"] == ("completed" if request_kind == "read-ended" else "pending"), view
+    job_id = view["job_id"]
     assert tag_of(job_id) == moved_tag
     assert shard_jobs(redis_cluster, moved_tag).record(job_id), "the job is on the slot's new master"
