@@ -74,6 +74,18 @@ def shard_jobs(cluster: RedisClusterHarness, tag: str) -> Jobs:
     return Jobs(cluster.node_client(cluster.owner_of_slot(tag_slot(tag))), StoreKeys(PREFIX, tag))
 
 
+def untagged_keys_owner(cluster: RedisClusterHarness) -> int:
+    """The master serving the slot of the untagged replica-ack marker (KEY_PREFIX:replica-ack)."""
+    return cluster.owner_of_slot(cluster.key_slot(StoreKeys(PREFIX).replica_ack))
+
+
+def stored_jobs(cluster: RedisClusterHarness, tag: str) -> list[str]:
+    """The ids of every job record shard `tag` holds."""
+    store = StoreKeys(PREFIX, tag)
+    with cluster.node_client(cluster.owner_of_slot(tag_slot(tag))) as client:
+        return [key.removeprefix(store.job("")) for key in client.scan_iter(match=store.job("*"), count=1000)]
+
+
 def by_shard(job_ids: list[str]) -> dict[str, list[str]]:
     shards: dict[str, list[str]] = defaultdict(list)
     for job_id in job_ids:
@@ -246,7 +258,7 @@ def test_a_shard_moved_to_another_master_under_load_loses_and_doubles_no_job(
             time.sleep(1.0 if move.keys_moved == 0 else 0.3)
         steps += 1
     moved_s = time.monotonic() - started
-    outcome = settle_moved_shard(redis_cluster, load, poller, moved_tag, target, started, moved_s)
+    outcome = settle_moved_shard(redis_cluster, load, poller, tags, target, started, moved_s)
     print(f"\nshard {moved_tag} (slot {slot}) moved {source} -> {target} ({move.keys_moved} keys, {steps} steps) {outcome}")
 
 
@@ -256,7 +268,10 @@ def test_a_shard_resharded_by_redis_cli_under_load_loses_and_doubles_no_job(
     """`redis-cli --cluster reshard` itself moves a master's lowest slots to another master, the first
     shard's among them, last: the slots before it are empty, so the load meets the slots opening and
     closing as an operator's reshard makes them before its own shard moves."""
-    (source, _), (target, _), (third, _) = redis_cluster.masters()
+    # neither end of the move serves the untagged keys (the replica-ack marker's slot among them): what
+    # the API sends to the target behind ASKING must keep to the moving slot
+    third = untagged_keys_owner(redis_cluster)
+    source, target = (port for port, _ in redis_cluster.masters() if port != third)
     resharded = redis_cluster.lowest_slots(source, RESHARDED_SLOTS)
     others = [redis_cluster.lowest_slots(port, 1)[0] for port in (target, third)]  # a shard on each other master
     tags = [hash_tag_in_slot(slot) for slot in (resharded[-1], *others)]
@@ -268,10 +283,10 @@ def test_a_shard_resharded_by_redis_cli_under_load_loses_and_doubles_no_job(
     moved = redis_cluster.reshard_with_cli(source, target, len(resharded))
     moved_s = time.monotonic() - started
     assert moved == resharded, f"redis-cli moved {moved}, not the source's lowest slots {resharded}"
-    outcome = settle_moved_shard(redis_cluster, load, poller, moved_tag, target, started, moved_s)
+    outcome = settle_moved_shard(redis_cluster, load, poller, tags, target, started, moved_s)
     print(
-        f"\nredis-cli --cluster reshard moved slots {moved[0]}-{moved[-1]} of {source} (shard {moved_tag}'s slot"
-        f" {moved[-1]} last) to {target} ({redis_cluster.cli_keys_moved[-1]} keys) {outcome}"
+        f"\nredis-cli --cluster reshard moved slots {moved} of {source} (shard {moved_tag}'s the last) to {target}"
+        f" ({redis_cluster.cli_keys_moved[-1]} keys) {outcome}"
     )
 
 
@@ -279,17 +294,25 @@ def settle_moved_shard(
     cluster: RedisClusterHarness,
     load: SubmitLoad,
     poller: StatePoller,
-    tag: str,
+    tags: list[str],
     target: int,
     started: float,
     moved_s: float,
 ) -> str:
-    """After shard `tag`'s slot moved to `target` (from `started`, in `moved_s`): submits to it are
-    acknowledged there, then `settle` (RESHARD_503_BUDGET_S) and its slot is still on `target`; returns
-    the figures to print."""
+    """After the first shard's slot moved to `target` (from `started`, in `moved_s`): submits to it are
+    acknowledged there, then `settle` (RESHARD_503_BUDGET_S), its slot is still on `target`, and no
+    refused submit left a job behind (a move refuses only commands that ran nothing); returns the
+    figures to print."""
+    tag = tags[0]
     wait_until(lambda: acknowledged_after(load, started + moved_s, tag) >= 30, 60, f"submits to shard {tag} on {target}")
     refused, last_503_s, acknowledged, run_twice = settle(cluster, load, poller, started, RESHARD_503_BUDGET_S)
     assert cluster.owner_of_slot(tag_slot(tag)) == target
+    stored = {job_id for shard in tags for job_id in stored_jobs(cluster, shard)}
+    refused_but_stored = stored - set(load.acknowledged())
+    assert not refused_but_stored, (
+        f"{len(refused_but_stored)} jobs stored for submits answered 503 (a client's retry makes another):"
+        f" {sorted(refused_but_stored)[:3]}; the 503s said {[d for _, status, d in load.answers if status == 503][:3]}"
+    )
     return (
         f"under load in {moved_s:.1f}s; {acknowledged} jobs acknowledged, {refused} answers 503, the last"
         f" {last_503_s:.1f}s after the move began; lost 0, run twice {run_twice}, doubled results 0"
@@ -324,8 +347,7 @@ def test_a_request_refused_with_ask_mid_move_is_retried_and_answered_once_the_mo
     source = redis_cluster.owner_of_slot(slot)
     # a target that serves none of the untagged keys (the replica-ack marker's slot among them): what
     # the API sends there behind ASKING must keep to the moving slot
-    untagged_owner = redis_cluster.owner_of_slot(redis_cluster.key_slot(StoreKeys(PREFIX).replica_ack))
-    target = next(port for port, _ in redis_cluster.masters() if port not in (source, untagged_owner))
+    target = next(port for port, _ in redis_cluster.masters() if port not in (source, untagged_keys_owner(redis_cluster)))
     answers: list[tuple[int, str, float]] = []
     with httpx.Client(base_url=base, timeout=deadline_s * 3) as http:
         # no worker (but for read-ended, below): the job stays pending, its record in the moved slot
