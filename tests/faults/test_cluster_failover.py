@@ -301,15 +301,18 @@ def settle_moved_shard(
 ) -> str:
     """After the first shard's slot moved to `target` (from `started`, in `moved_s`): submits to it are
     acknowledged there, then `settle` (RESHARD_503_BUDGET_S), its slot is still on `target`, and no
-    refused submit left a job behind (a move refuses only commands that ran nothing); returns the
-    figures to print."""
+    refused submit left a job behind (a move refuses only commands that ran nothing) unless its 503 said
+    it may have; returns the figures to print."""
     tag = tags[0]
     wait_until(lambda: acknowledged_after(load, started + moved_s, tag) >= 30, 60, f"submits to shard {tag} on {target}")
     refused, last_503_s, acknowledged, run_twice = settle(cluster, load, poller, started, RESHARD_503_BUDGET_S)
     assert cluster.owner_of_slot(tag_slot(tag)) == target
     stored = {job_id for shard in tags for job_id in stored_jobs(cluster, shard)}
     refused_but_stored = stored - set(load.acknowledged())
-    assert not refused_but_stored, (
+    # only a 503 that says the write may stand ("not acknowledged": its replicas were not confirmed, as
+    # the README says) may have left a job behind
+    may_stand = sum(1 for _, status, detail in load.answers if status == 503 and "not acknowledged" in str(detail))
+    assert len(refused_but_stored) <= may_stand, (
         f"{len(refused_but_stored)} jobs stored for submits answered 503 (a client's retry makes another):"
         f" {sorted(refused_but_stored)[:3]}; the 503s said {[d for _, status, d in load.answers if status == 503][:3]}"
     )
