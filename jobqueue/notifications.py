@@ -30,7 +30,7 @@ from jobqueue.keys import StoreKeys
 from jobqueue.protocol import RECORD_FIELDS, JobRecord, lua_source, parse_record
 from jobqueue.replicas import execute_confirmed
 from jobqueue.settings import Settings
-from jobqueue.shards import tag_of
+from jobqueue.shards import ModelTags
 from jobqueue.views import job_view
 
 # Most ids kept on the notify-failed list; older ones drop off (their records still say `failed`).
@@ -135,15 +135,14 @@ class NotificationStore:
         self._clients = clients or (lambda _tag: client)
         self._tags = tags or (lambda: ("",))
         self._scripts = {name: client.register_script(lua_source(name)) for name in SCRIPT_NAMES}
+        self._job_keys = ModelTags(settings).job_keys  # a job's keys from its id (no model's tags needed)
         self._turn = 0  # where the next claim starts going round the tags
 
     def _route(self, job_id: str) -> tuple[StoreKeys, redis.asyncio.Redis]:
-        if not self.settings.redis_cluster:
-            return self.keys, self.client
-        tag = tag_of(job_id)
-        if not tag:
+        keys = self._job_keys(job_id)
+        if keys is None:
             raise JobNotFound(job_id)
-        return StoreKeys(self.keys.root, tag), self._clients(tag)
+        return keys, self._clients(keys.tag) if keys.tag else self.client
 
     def _outboxes(self) -> list[tuple[StoreKeys, redis.asyncio.Redis]]:
         if not self.settings.redis_cluster:

@@ -453,14 +453,15 @@ class JobStore:
         """The connection serving `tag`'s keys ("" = `client`'s server), opened on first use."""
         node = self._nodes.get(tag)
         if node is None:
-            client = (
-                self.client if not tag else async_client(self.settings, slot_key=StoreKeys(self.settings.key_prefix, tag).job(""))
-            )
-            redis_ = MultiplexedRedis(client.connection_pool.make_connection, self.settings.redis_deadline_seconds)
-            node = self._nodes[tag] = _Node(
-                client, redis_, ReplicaAcks(redis_, self.settings, StoreKeys(self.settings.key_prefix, tag).replica_ack)
-            )
+            keys = StoreKeys(self.settings.key_prefix, tag)
+            client = async_client(self.settings, slot_key=keys.job("")) if tag else self.client
+            node = self._nodes[tag] = self._opened(client, keys.replica_ack)
         return node
+
+    def _opened(self, client: AsyncRedis, marker: str) -> _Node:
+        """A node around `client`: its shared pipelined connection, and replica acks written to `marker`."""
+        multiplexed = MultiplexedRedis(client.connection_pool.make_connection, self.settings.redis_deadline_seconds)
+        return _Node(client, multiplexed, ReplicaAcks(multiplexed, self.settings, marker))
 
     def model_shards(self, model: str) -> list[StoreKeys]:
         """Every shard of `model` (standalone: the one untagged)."""
@@ -491,9 +492,9 @@ class JobStore:
         address = f"{host}:{port}"
         node = self._nodes.get(address)
         if node is None:
-            client = async_node_client(self.settings, host, port)
-            redis_ = MultiplexedRedis(client.connection_pool.make_connection, self.settings.redis_deadline_seconds)
-            node = self._nodes[address] = _Node(client, redis_, ReplicaAcks(redis_, self.settings, self.keys.replica_ack))
+            # its own replica acks are never used: an answer by ASK is confirmed with its shard's marker
+            # behind ASKING (`_confirm`), as the node may serve no slot of the untagged one's
+            node = self._nodes[address] = self._opened(async_node_client(self.settings, host, port), self.keys.replica_ack)
         return node
 
     async def _execute(self, node: _Node, args: tuple[Any, ...], patient: bool = True) -> tuple[Any, _Node, int, bool]:
