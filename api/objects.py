@@ -58,7 +58,7 @@ async def validated_object_job(
         raise invalid(loc, str(exc)) from None
     except StoreUnavailable as exc:
         raise store_unavailable(exc) from None
-    payload = orjson.dumps({"input_url": ref.url})
+    payload = orjson.dumps({"input_url": ref.url}).decode()
     return state.new_job(owner, entry, payload, priority, callback_url, idempotency_key, ("body",))
 
 

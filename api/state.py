@@ -19,7 +19,8 @@ from fastapi import Request
 from api.auth import TokenFile
 from api.errors import HTTPProblem, as_problem
 from jobqueue.connection import REFUSED, UNAVAILABLE, primary_moved
-from jobqueue.model_signature import InputError, ModelSignature, parse_input
+from jobqueue.job_input import checked_payload
+from jobqueue.model_signature import InputError, ModelSignature
 from jobqueue.models import ModelConfig, read_model
 from jobqueue.objectstore import ObjectStore
 from jobqueue.protocol import Enqueued, JobRecord, JobStore, NewJob
@@ -250,22 +251,27 @@ class AppState:
         """A job ready to store: `data` checked against the model's signature (422 naming the field)."""
         signature = model.require_signature()
         try:
-            parse_input(data, signature, self.settings.max_rows_per_job, raw)
+            payload = checked_payload(data, signature, self.settings.max_rows_per_job, raw)
         except InputError as exc:
             raise HTTPProblem(422, [{"loc": [*loc, *exc.loc[1:]], "msg": exc.msg, "type": "value_error"}]) from None
-        return self.new_job(owner, model, orjson.dumps({"data": data}), priority, callback_url, idempotency_key, loc)
+        # the request's own JSON identifies it for an idempotency key, as before inputs were kept as tensors:
+        # a retry across an upgrade still matches its first submit
+        identity = orjson.dumps({"data": data}) if idempotency_key else None
+        return self.new_job(owner, model, payload, priority, callback_url, idempotency_key, loc, identity)
 
     def new_job(
         self,
         owner: str,
         model: ModelEntry,
-        payload: bytes,
+        payload: str,
         priority: str,
         callback_url: str | None,
         idempotency_key: str | None,
         loc: tuple[str | int, ...],
+        identity: bytes | None = None,
     ) -> NewJob:
-        """A job from a checked payload (`{"data": ...}` or `{"input_url": ...}`): priority and callback checked."""
+        """A job from a checked payload (its tensors, `{"data": ...}` or `{"input_url": ...}`): priority and
+        callback checked. `identity`: what an idempotency key's repeat must match (default: the payload)."""
         if priority not in ("high", "normal", "low"):
             raise HTTPProblem(422, [{"loc": [*loc, "priority"], "msg": "must be one of high, normal, low", "type": "enum"}])
         callback = ""
@@ -280,13 +286,13 @@ class AppState:
             # an idempotency key's repeat must reach the shard its first job went to
             job_id=self.store.new_job_id(model.name, f"{owner}\n{idempotency_key}" if idempotency_key else None),
             model=model.name,
-            payload=payload.decode(),
+            payload=payload,
             priority=priority,
             owner=owner,
             callback_url=callback,
             idempotency_key=idempotency_key,
             # only an idempotency key's replay compares fingerprints: no key, no hashing
-            fingerprint=fingerprint(model.name, payload, priority, callback) if idempotency_key else "",
+            fingerprint=fingerprint(model.name, identity or payload.encode(), priority, callback) if idempotency_key else "",
         )
 
     async def enqueue(self, job: NewJob) -> Enqueued:

@@ -1,5 +1,5 @@
 """A compute-bound model for the bench: an MLP 256 -> 1024 -> 1024 -> 10 whose call costs milliseconds,
-and ONNX Runtime's own throughput on it (no queue, no JSON), to compare the worker against."""
+and ONNX Runtime's own throughput on it (no queue, no Redis), to compare the worker against."""
 
 from __future__ import annotations
 
@@ -64,7 +64,8 @@ def rows(n: int) -> list[list[float]]:
 
 @dataclass
 class Probe:
-    """ONNX Runtime alone, default session options (as the worker's with INFERENCE_THREADS=0)."""
+    """ONNX Runtime alone, with the worker's session options (INFERENCE_THREADS=0: ONNX Runtime's own
+    thread count; no spinning between calls)."""
 
     call_ms: dict[int, float]  # batch size -> median ms per call
     rows_per_s: float  # at the bench's batch size
@@ -81,7 +82,9 @@ def probe(path: Path, batch: int, seconds: float) -> Probe:
     """Median call time at each of PROBE_BATCHES, and rows/s at `batch` over about `seconds`."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), ort.SessionOptions(), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as worker/model.py sets it
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     data = np.asarray(rows(max(*PROBE_BATCHES, batch)), dtype=np.float32)
     call_ms = {}
     for size in PROBE_BATCHES:

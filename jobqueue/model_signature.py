@@ -508,6 +508,21 @@ def _convert_numbers(rows: list[Any], spec: TensorSpec) -> np.ndarray | None:
     return arr if np.isfinite(arr).all() else None
 
 
+def tensors_fit(arrays: dict[str, np.ndarray], signature: ModelSignature, max_rows: int) -> bool:
+    """Whether arrays the API converted (`job_input`) are what the model takes as they are: exactly its
+    inputs, each of its dtype and row shape, the same 1..max_rows rows in each. False sends them back
+    through `parse_input` (the model may have changed since the API checked them)."""
+    if len(arrays) != len(signature.inputs):
+        return False
+    rows = set()
+    for spec in signature.inputs:
+        arr = arrays.get(spec.name)
+        if arr is None or arr.dtype != spec.dtype or arr.ndim == 0 or not _shape_fits(arr, spec):
+            return False
+        rows.add(len(arr))
+    return len(rows) == 1 and 0 < rows.pop() <= max_rows
+
+
 def _shape_fits(arr: np.ndarray, spec: TensorSpec) -> bool:
     want = spec.shape[1:]
     got = arr.shape[1:]

@@ -18,6 +18,7 @@ import orjson
 
 from jobqueue import logs, tracing
 from jobqueue.connection import CLUSTER_BUSY, REFUSED, UNAVAILABLE, sync_client
+from jobqueue.job_input import as_data, as_model_takes, decode_tensors, is_tensors
 from jobqueue.keys import StoreKeys
 from jobqueue.model_signature import BatchPart, convert_batch
 from jobqueue.models import ModelConfig, load_models
@@ -437,27 +438,40 @@ class Worker:
 
     def process(self, jobs: list[ClaimedJob]) -> OutcomeList:
         """Run the model on a batch; returns an outcome per job. Every job's input is checked as if
-        alone (`convert_batch` converts alike jobs together only where that is provably the same), then
-        jobs whose rows have the same shapes share one model call."""
+        alone: the tensors the API converted (`job_input`) are used as they are while they fit the
+        model, JSON input is converted here (`convert_batch` converts alike jobs together only where
+        that is provably the same); then jobs whose rows have the same shapes share one model call."""
         outcomes: OutcomeList = []
-        decoded: list[tuple[ClaimedJob, Any]] = []
+        signature, max_rows = self.model.signature, self.settings.max_rows_per_job
+        decoded: list[tuple[ClaimedJob, Any, str | None]] = []  # (job, JSON data, its text) to convert
+        ready: list[tuple[ClaimedJob, dict[str, np.ndarray]]] = []  # tensors the API converted, as the model takes them
         if self.objects is not None:  # an object job runs alone: its input streams through the model in chunks
             outcomes += [self.objects.run(job) for job in jobs if is_object_job(job)]
             jobs = [job for job in jobs if not is_object_job(job)]
         for job in jobs:
             try:
-                decoded.append((job, orjson.loads(job.payload)["data"]))
-            except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+                if is_tensors(job.payload):
+                    stored = decode_tensors(job.payload)
+                    arrays = as_model_takes(stored, signature, max_rows)
+                    if arrays is not None:
+                        ready.append((job, arrays))
+                    else:  # the model changed since the API checked them: check and convert the values again
+                        decoded.append((job, as_data(stored, signature), None))
+                else:
+                    decoded.append((job, orjson.loads(job.payload)["data"], job.payload))
+            except (ValueError, KeyError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
                 outcomes.append((job.job_id, Outcome.FAILED, f"invalid input: {exc}"))
-        parts, errors = convert_batch(
-            [(data, job.payload) for job, data in decoded], self.model.signature, self.settings.max_rows_per_job
-        )
+        parts, errors = convert_batch([(data, raw) for _, data, raw in decoded], signature, max_rows)
         outcomes += [(decoded[index][0].job_id, Outcome.FAILED, f"invalid input: {exc}") for index, exc in errors.items()]
+        converted = [job for job, _, _ in decoded] + [job for job, _ in ready]  # BatchPart indices point here
+        parts += [
+            BatchPart([len(decoded) + i], [len(next(iter(arrays.values())))], arrays) for i, (_, arrays) in enumerate(ready)
+        ]
         groups: dict[tuple[Any, ...], list[BatchPart]] = defaultdict(list)
         for part in parts:
             groups[tuple((name, arr.shape[1:], arr.dtype.str) for name, arr in part.arrays.items())].append(part)
         for same in groups.values():
-            members = [(decoded[index][0], rows) for part in same for index, rows in zip(part.indices, part.rows, strict=True)]
+            members = [(converted[index], rows) for part in same for index, rows in zip(part.indices, part.rows, strict=True)]
             feeds = {name: _stack([part.arrays[name] for part in same]) for name in same[0].arrays}
             outcomes += self._run_group(members, feeds)
         return self.objects.offload_large(outcomes) if self.objects is not None else outcomes

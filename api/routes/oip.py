@@ -368,7 +368,7 @@ async def infer(request: Request, name: str, version: str | None) -> Response:
         rows = oip.checked_inputs(infer_request, signature)
         content, fmt = oip.input_file(infer_request, signature)
         ref = await stored_input(state, content, fmt, entry.name)
-        payload = orjson.dumps({"input_url": ref.url})
+        payload = orjson.dumps({"input_url": ref.url}).decode()
         job = state.new_job(caller.name, entry, payload, priority, None, idempotency_key, ("body",))
     else:
         data, rows = oip.job_data(infer_request, signature)

@@ -10,6 +10,7 @@ import numpy as np
 import orjson
 import pytest
 
+from jobqueue.job_input import checked_payload, encode_tensors, is_tensors
 from jobqueue.models import ModelConfig
 from jobqueue.states import JobStatus
 from tests.support.queue import SyncJobs
@@ -67,6 +68,50 @@ def test_batch_runs_model_once_and_isolates_bad_job(settings, redis_client, mode
     assert all(queue.get(i).status is JobStatus.COMPLETED for i in good)
     record = queue.get(bad)
     assert record.status is JobStatus.FAILED and "4 values" in record.error
+
+
+def test_tensor_records_share_the_model_call_with_json_ones_and_give_the_same_results(settings, redis_client, model):
+    """Jobs the API stored as tensors (job_input) and old JSON records run in one call; a row's result is
+    the same whichever way it was stored."""
+    queue = SyncJobs(redis_client, settings)
+    as_json = {name: submit(queue, [row]) for name, row in IRIS.items()}
+    as_tensors = {
+        name: queue.enqueue(str(uuid.uuid4()), checked_payload([row], model.signature, 100)).job_id for name, row in IRIS.items()
+    }
+    assert all(is_tensors(queue.get(i, with_input=True).input or "") for i in as_tensors.values())
+    calls = []
+    original = model.run
+    model.run = lambda feeds, timeout_s: calls.append(len(next(iter(feeds.values())))) or original(feeds, timeout_s)
+    try:
+        Worker(settings, model).run(burst=True)
+    finally:
+        model.run = original
+    assert calls == [2 * len(IRIS)]
+    for name in IRIS:
+        stored, sent = queue.get(as_tensors[name]), queue.get(as_json[name])
+        assert stored.status is JobStatus.COMPLETED and stored.result == sent.result
+
+
+def test_stored_tensors_the_model_no_longer_takes_are_checked_again_and_a_damaged_record_fails_alone(
+    settings, redis_client, model
+):
+    """Tensors of another dtype (the model changed after the API checked them) are converted again from
+    their values; another row width fails with parse_input's message; an unreadable record fails with a
+    reason; the jobs beside them complete."""
+    queue = SyncJobs(redis_client, settings)
+    row = IRIS["virginica"]
+    wider_dtype = queue.enqueue(str(uuid.uuid4()), encode_tensors({"X": np.array([row], np.float64)})).job_id
+    narrow = queue.enqueue(str(uuid.uuid4()), encode_tensors({"X": np.array([row[:2]], np.float32)})).job_id
+    damaged = queue.enqueue(str(uuid.uuid4()), encode_tensors({"X": np.array([row], np.float32)})[:-3]).job_id
+    good = submit(queue, [row])
+    Worker(settings, model).run(burst=True)
+    assert queue.get(wider_dtype).status is JobStatus.COMPLETED
+    assert orjson.loads(queue.get(wider_dtype).result) == orjson.loads(queue.get(good).result)
+    record = queue.get(narrow)
+    assert record.status is JobStatus.FAILED and "each row must have 4 values" in record.error
+    record = queue.get(damaged)
+    assert record.status is JobStatus.FAILED and "stored input is not a tensor record" in record.error
+    assert queue.get(good).status is JobStatus.COMPLETED
 
 
 def test_model_error_fails_only_the_poison_job(settings, redis_client, model):

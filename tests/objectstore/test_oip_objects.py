@@ -15,6 +15,7 @@ import pytest
 import redis
 import tritonclient.http as triton
 
+from jobqueue.job_input import TENSORS_PREFIX, is_tensors
 from tests.conftest import Processes, service_env
 from tests.objectstore.test_object_jobs import expected, features, job_keys, redis_bytes
 from tests.support.seaweed import BUCKET, PREFIX, SeaweedServer
@@ -38,10 +39,10 @@ def infer(base: str, array: np.ndarray, binary: bool = True, headers: dict[str, 
 
 
 def job_payloads(client: redis.Redis) -> list[str]:
-    """What each stored job holds as its input (the one field naming `data` or `input_url`)."""
+    """What each stored job holds as its input (`input_url`, or the API's tensors: job_input)."""
     found = []
     for key in job_keys(client):
-        found += [v for v in client.hgetall(key).values() if v.startswith('{"input_url"') or v.startswith('{"data"')]
+        found += [v for v in client.hgetall(key).values() if v.startswith(('{"input_url"', '{"data"', TENSORS_PREFIX))]
     return found
 
 
@@ -98,7 +99,7 @@ def test_binary_tensors_under_the_threshold_stay_inline(
     array = features(200, seed=6)  # 3.2 KB (and within MAX_ROWS_PER_JOB, which inline jobs keep)
     assert_outputs(infer(oip_stack, array), array)
     payloads = job_payloads(redis_client)
-    assert len(payloads) == 1 and "data" in orjson.loads(payloads[0])
+    assert len(payloads) == 1 and is_tensors(payloads[0])
     assert len(store_up.keys(f"{PREFIX}/uploads/")) == uploads_before
 
 

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from api.errors import HTTPProblem
 from api.state import AppState
+from jobqueue.job_input import as_data, decode_tensors, is_tensors
 from jobqueue.model_signature import ModelSignature, parse_input
 from jobqueue.protocol import Enqueued, NewJob
 from jobqueue.settings import Settings
@@ -109,8 +110,11 @@ class FakeState:
             raise self.refuse
         entry = self.models.get(job.model)
         assert entry is not None and entry.model is not None
-        # the stored input is JSON, as in Redis: what the worker sees went through a JSON round trip
-        data = orjson.loads(job.payload)["data"]
+        # the stored input read back as a worker reads it: the API's tensors (`job_input`), or JSON
+        if is_tensors(job.payload):
+            data = as_data(decode_tensors(job.payload), entry.require_signature())
+        else:
+            data = orjson.loads(job.payload)["data"]
         self.submitted.append({"model": job.model, "data": data, "priority": job.priority})
         if not self.run_jobs or self.outcome is not None:
             self.jobs[job.job_id] = replace(self.outcome or FakeRecord(JobStatus.PENDING), job_id=job.job_id)
