@@ -16,12 +16,13 @@ memory speed, where base64 would cost the worker ~5 us per KB.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import orjson
 
-from jobqueue.model_signature import ModelSignature, parse_input, tensors_fit
+from jobqueue.model_signature import BatchPart, ModelSignature, parse_input, tensors_fit
 
 TENSORS_PREFIX = "tensors:"  # never the start of JSON text, so old and new records tell themselves apart
 BINARY_KINDS = "biufc"  # numpy kinds with a fixed-size binary form: booleans, integers, floats, complex
@@ -95,3 +96,87 @@ def as_data(arrays: dict[str, np.ndarray], signature: ModelSignature) -> Any:
     if len(arrays) == 1 and len(signature.inputs) == 1:
         return next(iter(arrays.values())).tolist()
     return {name: arr.tolist() for name, arr in arrays.items()}
+
+
+@dataclass
+class StoredBatch:
+    """A batch's tensor records read back (`read_stored`): `parts` ready for the model, the values of
+    jobs the model no longer takes as stored (`to_convert`, JSON data by position), unreadable records
+    (`errors`, by position)."""
+
+    parts: list[BatchPart] = field(default_factory=list)
+    to_convert: dict[int, Any] = field(default_factory=dict)
+    errors: dict[int, ValueError] = field(default_factory=dict)
+
+
+def read_stored(payloads: list[str], signature: ModelSignature, max_rows: int) -> StoredBatch:
+    """Tensor records of one batch, read as the model takes them. Records with the same header (names,
+    dtypes, shapes: a stream of alike jobs) are read together, one `np.frombuffer` per input over their
+    bodies joined, so a job costs a string slice rather than its own arrays; the first record of each
+    header is checked whole, and any record that does not match it is read alone. A job's values are its
+    own bytes either way: nothing is converted, so a batch mate cannot change them."""
+    out = StoredBatch()
+    by_header: dict[str, list[int]] = {}
+    for index, payload in enumerate(payloads):
+        end = payload.find("\n", len(TENSORS_PREFIX))
+        by_header.setdefault(payload[:end] if end > 0 else "", []).append(index)
+    for members in by_header.values():
+        first = payloads[members[0]]
+        alike = [index for index in members if len(payloads[index]) == len(first)]  # same header, same body size
+        stacked = _read_alike([payloads[index] for index in alike], signature, max_rows) if len(alike) > 1 else None
+        if stacked is None:
+            alike = []
+        else:
+            out.parts.append(BatchPart(alike, [len(next(iter(stacked.values()))) // len(alike)] * len(alike), stacked))
+        for index in members:
+            if index not in alike:
+                _read_alone(index, payloads[index], signature, max_rows, out)
+    return out
+
+
+def _read_alone(index: int, payload: str, signature: ModelSignature, max_rows: int, out: StoredBatch) -> None:
+    try:
+        stored = decode_tensors(payload)
+    except ValueError as exc:
+        out.errors[index] = exc
+        return
+    arrays = as_model_takes(stored, signature, max_rows)
+    if arrays is None:  # the model changed since the API checked them: convert the values again
+        out.to_convert[index] = as_data(stored, signature)
+    else:
+        out.parts.append(BatchPart([index], [len(next(iter(arrays.values())))], arrays))
+
+
+def _read_alike(payloads: list[str], signature: ModelSignature, max_rows: int) -> dict[str, np.ndarray] | None:
+    """The records' arrays stacked, when the first one is one the model takes as it is and every one
+    decodes in the same layout; None sends each to `_read_alone` (which words what is wrong)."""
+    try:
+        sample = decode_tensors(payloads[0])
+    except ValueError:
+        return None
+    arrays = as_model_takes(sample, signature, max_rows)
+    if arrays is None:
+        return None
+    start = payloads[0].index("\n", len(TENSORS_PREFIX)) + 1
+    try:
+        body = "".join([payload[start:] for payload in payloads]).encode("latin-1")
+    except UnicodeEncodeError:
+        return None
+    count = len(payloads)
+    try:
+        return _stack_bodies(body, count, arrays)
+    except ValueError:  # a layout numpy cannot view (a zero-size row): each is read alone
+        return None
+
+
+def _stack_bodies(body: bytes, count: int, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    if len(arrays) == 1:
+        ((name, arr),) = arrays.items()
+        return {name: np.frombuffer(body, arr.dtype).reshape(count * len(arr), *arr.shape[1:])}
+    # several inputs: each record is one row of a structured array, one field per input
+    layout = np.dtype([(f"f{i}", arr.dtype, arr.shape) for i, arr in enumerate(arrays.values())])
+    records = np.frombuffer(body, layout)
+    return {
+        name: np.ascontiguousarray(records[f"f{i}"]).reshape(count * len(arr), *arr.shape[1:])
+        for i, (name, arr) in enumerate(arrays.items())
+    }

@@ -11,6 +11,7 @@ import time
 import uuid
 import zlib
 from collections import defaultdict
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -18,7 +19,7 @@ import orjson
 
 from jobqueue import logs, tracing
 from jobqueue.connection import CLUSTER_BUSY, REFUSED, UNAVAILABLE, sync_client
-from jobqueue.job_input import as_data, as_model_takes, decode_tensors, is_tensors
+from jobqueue.job_input import is_tensors, read_stored
 from jobqueue.keys import StoreKeys
 from jobqueue.model_signature import BatchPart, convert_batch
 from jobqueue.models import ModelConfig, load_models
@@ -443,30 +444,27 @@ class Worker:
         that is provably the same); then jobs whose rows have the same shapes share one model call."""
         outcomes: OutcomeList = []
         signature, max_rows = self.model.signature, self.settings.max_rows_per_job
-        decoded: list[tuple[ClaimedJob, Any, str | None]] = []  # (job, JSON data, its text) to convert
-        ready: list[tuple[ClaimedJob, dict[str, np.ndarray]]] = []  # tensors the API converted, as the model takes them
         if self.objects is not None:  # an object job runs alone: its input streams through the model in chunks
             outcomes += [self.objects.run(job) for job in jobs if is_object_job(job)]
             jobs = [job for job in jobs if not is_object_job(job)]
+        tensor_jobs = [job for job in jobs if is_tensors(job.payload)]
+        stored = read_stored([job.payload for job in tensor_jobs], signature, max_rows)
+        outcomes += [(tensor_jobs[index].job_id, Outcome.FAILED, f"invalid input: {exc}") for index, exc in stored.errors.items()]
+        # (job, JSON data, its text) to convert: JSON records, and tensors the model no longer takes as they are
+        decoded: list[tuple[ClaimedJob, Any, str | None]] = [
+            (tensor_jobs[index], data, None) for index, data in stored.to_convert.items()
+        ]
         for job in jobs:
+            if is_tensors(job.payload):
+                continue
             try:
-                if is_tensors(job.payload):
-                    stored = decode_tensors(job.payload)
-                    arrays = as_model_takes(stored, signature, max_rows)
-                    if arrays is not None:
-                        ready.append((job, arrays))
-                    else:  # the model changed since the API checked them: check and convert the values again
-                        decoded.append((job, as_data(stored, signature), None))
-                else:
-                    decoded.append((job, orjson.loads(job.payload)["data"], job.payload))
-            except (ValueError, KeyError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
+                decoded.append((job, orjson.loads(job.payload)["data"], job.payload))
+            except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
                 outcomes.append((job.job_id, Outcome.FAILED, f"invalid input: {exc}"))
         parts, errors = convert_batch([(data, raw) for _, data, raw in decoded], signature, max_rows)
         outcomes += [(decoded[index][0].job_id, Outcome.FAILED, f"invalid input: {exc}") for index, exc in errors.items()]
-        converted = [job for job, _, _ in decoded] + [job for job, _ in ready]  # BatchPart indices point here
-        parts += [
-            BatchPart([len(decoded) + i], [len(next(iter(arrays.values())))], arrays) for i, (_, arrays) in enumerate(ready)
-        ]
+        converted = [job for job, _, _ in decoded] + tensor_jobs  # what BatchPart indices point at
+        parts += [replace(part, indices=[len(decoded) + index for index in part.indices]) for part in stored.parts]
         groups: dict[tuple[Any, ...], list[BatchPart]] = defaultdict(list)
         for part in parts:
             groups[tuple((name, arr.shape[1:], arr.dtype.str) for name, arr in part.arrays.items())].append(part)

@@ -13,12 +13,14 @@ from hypothesis import given, settings
 
 from jobqueue.job_input import (
     TENSORS_PREFIX,
+    StoredBatch,
     as_data,
     as_model_takes,
     checked_payload,
     decode_tensors,
     encode_tensors,
     is_tensors,
+    read_stored,
 )
 from jobqueue.model_signature import InputError, ModelSignature, parse_input, tensors_fit
 from tests.unit.test_batch_conversion import MAX_ROWS, MODELS, alone, assert_same, batch, model
@@ -178,3 +180,57 @@ def test_an_array_that_is_a_strided_view_is_stored_in_c_order() -> None:
     full = np.arange(24, dtype=np.int32).reshape(4, 6)
     view = full[::2, ::3].T  # neither C- nor F-contiguous
     assert decode_tensors(encode_tensors({"v": view}) or "")["v"].tolist() == view.tolist()
+
+
+def stored_jobs(*arrays_per_job: dict[str, np.ndarray]) -> list[str]:
+    return [encode_tensors(arrays) or "" for arrays in arrays_per_job]
+
+
+def rows_of(batch: StoredBatch, index: int) -> dict[str, list[Any]]:
+    """Job `index`'s slice of the part holding it."""
+    for part in batch.parts:
+        if index in part.indices:
+            start = sum(part.rows[: part.indices.index(index)])
+            count = part.rows[part.indices.index(index)]
+            return {name: arr[start : start + count].tolist() for name, arr in part.arrays.items()}
+    raise AssertionError(f"job {index} is in no part")
+
+
+def test_alike_records_are_read_together_and_each_job_gets_its_own_bytes() -> None:
+    jobs = [{"X": np.array([[i, i + 0.5, -i, 2**24 + 1]], np.float32)} for i in range(50)]
+    batch = read_stored(stored_jobs(*jobs), IRIS_LIKE, MAX_ROWS)
+    assert len(batch.parts) == 1 and batch.parts[0].indices == list(range(50)) and not batch.errors
+    for i, arrays in enumerate(jobs):
+        assert rows_of(batch, i) == {"X": arrays["X"].tolist()}
+
+
+def test_several_inputs_are_read_together_as_a_structured_view() -> None:
+    two = MODELS["two inputs"]
+    jobs = [{"a": np.array([[i, -i]] * 2, np.float32), "b": np.array([[2**31 - 1 - i]] * 2, np.int32)} for i in range(5)]
+    batch = read_stored(stored_jobs(*jobs), two, MAX_ROWS)
+    (part,) = batch.parts
+    assert part.rows == [2] * 5 and all(arr.flags.c_contiguous for arr in part.arrays.values())
+    for i, arrays in enumerate(jobs):
+        assert rows_of(batch, i) == {name: arr.tolist() for name, arr in arrays.items()}
+
+
+def test_a_damaged_record_among_alike_ones_fails_alone_and_a_changed_shape_is_converted() -> None:
+    good = [{"X": np.array([[i, 1, 2, 3]], np.float32)} for i in range(4)]
+    payloads = stored_jobs(*good)
+    same_length = payloads[1][:-1] + "\u20ac"  # one character: not a byte
+    shorter = payloads[2][:-2]
+    other_dtype = encode_tensors({"X": np.array([[9, 8, 7, 6]], np.float64)}) or ""
+    batch = read_stored([payloads[0], same_length, shorter, payloads[3], other_dtype, "tensors:no header"], IRIS_LIKE, MAX_ROWS)
+    assert sorted(batch.errors) == [1, 2, 5]
+    assert all("stored input is not a tensor record" in str(exc) for exc in batch.errors.values())
+    assert batch.to_convert == {4: [[9.0, 8.0, 7.0, 6.0]]}
+    assert rows_of(batch, 0) == {"X": good[0]["X"].tolist()} and rows_of(batch, 3) == {"X": good[3]["X"].tolist()}
+
+
+def test_records_with_different_row_counts_or_widths_form_their_own_parts() -> None:
+    wide = model(("d", "double", "float64", ("n", "w")))
+    jobs = [{"d": np.ones((1, 3))}, {"d": np.ones((2, 3))}, {"d": np.ones((1, 5))}, {"d": np.ones((1, 3)) * 2}]
+    batch = read_stored(stored_jobs(*jobs), wide, MAX_ROWS)
+    assert sorted(sorted(part.indices) for part in batch.parts) == [[0, 3], [1], [2]]
+    for i, arrays in enumerate(jobs):
+        assert rows_of(batch, i) == {"d": arrays["d"].tolist()}
