@@ -19,19 +19,27 @@ SUBMITTERS = 32
 
 
 def checkout(results: Path, commit: str = BASELINE_COMMIT) -> Path:
-    """That commit's tree, extracted once into results/baseline-<commit>/ (no worktree, no index change)."""
-    dest = results / f"baseline-{commit}"
-    done = dest / ".complete"
-    if done.exists():
-        return dest
+    """That commit's tree, extracted once into results/baseline-<commit>/ (no worktree, no index change).
+    A name that moves (HEAD, a branch) is resolved first, so the directory always holds what it names."""
     try:
+        if commit != BASELINE_COMMIT:
+            commit = subprocess.run(
+                ["git", "-C", str(ROOT), "rev-parse", "--short=12", f"{commit}^{{commit}}"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+        dest = results / f"baseline-{commit}"
+        done = dest / ".complete"
+        if done.exists():
+            return dest
         archive = subprocess.run(
             ["git", "-C", str(ROOT), "archive", "--format=tar", commit], capture_output=True, check=True
         ).stdout
     except subprocess.CalledProcessError as exc:
         raise RuntimeError(
             f"commit {commit} is not in this clone's history (a shallow clone? `git fetch --unshallow`): "
-            f"{exc.stderr.decode().strip()}"
+            f"{exc.stderr if isinstance(exc.stderr, str) else exc.stderr.decode()}".strip()
         ) from None
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)

@@ -87,3 +87,25 @@ def test_bench_prints_every_figure_with_the_naive_design_and_the_bound() -> None
     assert re.search(r"\| [\d,.]+ \|", tracing["tracing off"]) and re.search(r"\| [\d,.]+ \|", tracing["tracing on, 10% sampled"])
     assert any(name.startswith("before tracing (") for name in tracing) or "no build to compare tracing off with" in run.stdout
     assert (latest.stat().st_mtime if latest.exists() else None) == before  # a smoke run writes no results
+
+
+@pytest.mark.timeout(300)
+def test_the_mlp_ab_prints_both_workers_beside_onnx_runtime_alone() -> None:
+    """bench/mlp_ab.py (the input path's regression guard): another commit's worker and this tree's drain
+    the MLP's jobs in alternating rounds; a smoke size, read for its lines, not its speed."""
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.mlp_ab", "--against", "HEAD", "--jobs", "256", "--rounds", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=280, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    for name in ("old", "new"):
+        assert re.search(rf"^round 0 {name}: +[\d,]+ rows/s, worker +[\d.]+ us/job, Redis +[\d.]+ us/job$", run.stdout, re.M)
+        assert re.search(rf"^{name}: median [\d,]+ rows/s \([\d.]+% of ONNX Runtime alone\)", run.stdout, re.M)
+    assert re.search(r"^new / old per round: \d+\.\d\dx$", run.stdout, re.M)
+    assert re.search(r"^ONNX Runtime alone: [\d,]+, [\d,]+ rows/s", run.stdout, re.M)
+    for label in ("MLP", "iris"):
+        assert re.search(
+            rf"^{label} .*: JSON [\d.]+ us/job, tensors [\d.]+ us/job; stored input \d+ bytes as JSON, \d+ as tensors$",
+            run.stdout,
+            re.M,
+        )
