@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import orjson
@@ -28,6 +30,18 @@ def model() -> OnnxModel:
 
 def submit(queue: SyncJobs, data) -> str:
     return queue.enqueue(str(uuid.uuid4()), orjson.dumps({"data": data}).decode()).job_id
+
+
+@contextmanager
+def model_calls(model: OnnxModel) -> Iterator[list[int]]:
+    """The row count of each model call made while the block runs."""
+    calls: list[int] = []
+    original = model.run
+    model.run = lambda feeds, timeout_s: calls.append(len(next(iter(feeds.values())))) or original(feeds, timeout_s)
+    try:
+        yield calls
+    finally:
+        model.run = original
 
 
 def test_round_trip_gives_correct_iris_classes(settings, redis_client, model):
@@ -57,13 +71,8 @@ def test_batch_runs_model_once_and_isolates_bad_job(settings, redis_client, mode
     good = [submit(queue, [IRIS["setosa"]]) for _ in range(5)]
     bad = submit(queue, [[1.0, 2.0]])  # wrong feature count, slipped past the API (e.g. model swapped)
     good += [submit(queue, [IRIS["virginica"]]) for _ in range(5)]
-    calls = []
-    original = model.run
-    model.run = lambda feeds, timeout_s: calls.append(len(next(iter(feeds.values())))) or original(feeds, timeout_s)
-    try:
+    with model_calls(model) as calls:
         Worker(settings, model).run(burst=True)
-    finally:
-        model.run = original
     assert calls == [10]  # one model call for the ten valid jobs
     assert all(queue.get(i).status is JobStatus.COMPLETED for i in good)
     record = queue.get(bad)
@@ -79,13 +88,8 @@ def test_tensor_records_share_the_model_call_with_json_ones_and_give_the_same_re
         name: queue.enqueue(str(uuid.uuid4()), checked_payload([row], model.signature, 100)).job_id for name, row in IRIS.items()
     }
     assert all(is_tensors(queue.get(i, with_input=True).input or "") for i in as_tensors.values())
-    calls = []
-    original = model.run
-    model.run = lambda feeds, timeout_s: calls.append(len(next(iter(feeds.values())))) or original(feeds, timeout_s)
-    try:
+    with model_calls(model) as calls:
         Worker(settings, model).run(burst=True)
-    finally:
-        model.run = original
     assert calls == [2 * len(IRIS)]
     for name in IRIS:
         stored, sent = queue.get(as_tensors[name]), queue.get(as_json[name])
