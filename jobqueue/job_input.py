@@ -128,9 +128,11 @@ def read_stored(payloads: list[str], signature: ModelSignature, max_rows: int) -
             alike = []
         else:
             out.parts.append(BatchPart(alike, [len(next(iter(stacked.values()))) // len(alike)] * len(alike), stacked))
-        for index in members:
-            if index not in alike:
-                _read_alone(index, payloads[index], signature, max_rows, out)
+        if len(alike) < len(members):
+            read = set(alike)
+            for index in members:
+                if index not in read:
+                    _read_alone(index, payloads[index], signature, max_rows, out)
     return out
 
 
