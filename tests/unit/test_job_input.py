@@ -32,6 +32,7 @@ IRIS_LIKE = MODELS["float32 x4"]
 @given(batch())
 def test_what_a_worker_reads_back_is_what_the_api_converted(case: tuple[ModelSignature, list[tuple[Any, str]]]) -> None:
     signature, items = case
+    kept: list[tuple[str, dict[str, np.ndarray]]] = []  # the batch's tensor records, and what each must read as
     for data, raw in items:
         expected = alone(data, raw, signature)
         try:
@@ -47,6 +48,13 @@ def test_what_a_worker_reads_back_is_what_the_api_converted(case: tuple[ModelSig
         stored = decode_tensors(payload)
         assert_same(stored, expected)  # dtypes, shapes and every value, exactly
         assert tensors_fit(stored, signature, MAX_ROWS)
+        kept.append((payload, expected))
+    # read as a worker reads a batch: each job's slice of whatever part holds it is its own values
+    batch = read_stored([payload for payload, _ in kept], signature, MAX_ROWS)
+    assert not batch.errors and not batch.to_convert
+    for index, (_, expected) in enumerate(kept):
+        assert rows_of(batch, index) == {name: arr.tolist() for name, arr in expected.items()}
+        assert all(part.arrays[name].dtype == arr.dtype for part in batch.parts for name, arr in expected.items())
 
 
 @pytest.mark.parametrize(
