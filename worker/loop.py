@@ -447,16 +447,17 @@ class Worker:
         if self.objects is not None:  # an object job runs alone: its input streams through the model in chunks
             outcomes += [self.objects.run(job) for job in jobs if is_object_job(job)]
             jobs = [job for job in jobs if not is_object_job(job)]
-        tensor_jobs = [job for job in jobs if is_tensors(job.payload)]
+        tensor_jobs: list[ClaimedJob] = []
+        json_jobs: list[ClaimedJob] = []
+        for job in jobs:
+            (tensor_jobs if is_tensors(job.payload) else json_jobs).append(job)
         stored = read_stored([job.payload for job in tensor_jobs], signature, max_rows)
         outcomes += [(tensor_jobs[index].job_id, Outcome.FAILED, f"invalid input: {exc}") for index, exc in stored.errors.items()]
         # (job, JSON data, its text) to convert: JSON records, and tensors the model no longer takes as they are
         decoded: list[tuple[ClaimedJob, Any, str | None]] = [
             (tensor_jobs[index], data, None) for index, data in stored.to_convert.items()
         ]
-        for job in jobs:
-            if is_tensors(job.payload):
-                continue
+        for job in json_jobs:
             try:
                 decoded.append((job, orjson.loads(job.payload)["data"], job.payload))
             except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
